@@ -1,0 +1,1 @@
+"""Moorage wire contract: messages, unit model, hashes. No I/O."""
