@@ -1,0 +1,1 @@
+"""Harness that starts real components (systemd --user, journald, dockerd) for integration tests."""

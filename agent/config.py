@@ -1,0 +1,81 @@
+"""Agent configuration: /etc/moorage/agent.toml, overridable by flags."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+DEFAULT_CONFIG = Path("/etc/moorage/agent.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/moorage/agent")
+MACHINE_ID_FILE = Path("/etc/machine-id")
+
+
+class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    state_dir: str = str(DEFAULT_STATE_DIR)
+    machine_id: str = ""
+    metadata: dict[str, str] = {}
+    systemd_scope: Literal["system", "user"] = "system"
+    unit_dir: str = ""
+    journal_dir: str = ""
+    hub_url: str = ""
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    renew_fraction: float = 1 / 3
+    """Renew the certificate once less than this fraction of its lifetime remains."""
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_config(path: Path | None) -> AgentConfig:
+    if path is None:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+    if path is None:
+        return AgentConfig()
+    try:
+        return msgspec.convert(tomllib.loads(path.read_text()), AgentConfig)
+    except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def resolve_machine_id(config: AgentConfig) -> str:
+    """The configured id, else /etc/machine-id, else one generated once and kept in state."""
+    if config.machine_id:
+        return config.machine_id
+    try:
+        text = MACHINE_ID_FILE.read_text().strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    own = config.state_path / "machine-id"
+    if own.exists():
+        return own.read_text().strip()
+    own.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(16)
+    own.write_text(value + "\n")
+    return value
+
+
+def parse_metadata(pairs: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"metadata {pair!r} must be KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false")

@@ -1,0 +1,57 @@
+"""Error bodies. fleet clients parse `{"error":{"code","message"}}`; Moorage's own
+routes use the same envelope so one client helper reads them all."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+T = TypeVar("T")
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    code: int
+    message: str
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: ErrorDetail
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = msgspec.json.encode(ErrorBody(ErrorDetail(status, message)))
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def json_response(value: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=msgspec.json.encode(value), content_type="application/json"
+    )
+
+
+class ApiError(Exception):
+    """Raised by handlers; the middleware renders it with the route family's error format."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def decode_body(request: web.Request, kind: type[T], *, max_bytes: int = 1 << 20) -> T:
+    """Read a JSON body as `kind`: 415 if not JSON, 400 if malformed or invalid (field named)."""
+    if request.content_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {request.content_type!r}")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, f"request body larger than {max_bytes} bytes")
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None

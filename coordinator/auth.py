@@ -1,0 +1,74 @@
+"""Who is calling the API: an admin client certificate or a Bearer token, never nobody.
+
+TLS (CERT_OPTIONAL against the fleet CA) has already verified any certificate the
+client presented; this module decides whether that certificate, or the token in the
+`Authorization` header, grants access. Agent certificates grant none: agents speak
+only on the hub.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from aiohttp import web
+
+from coordinator import pki
+from coordinator.storage import Storage
+from coordinator.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
+
+ROLE_ADMIN = "admin"
+
+
+class Principal(msgspec.Struct, frozen=True):
+    kind: str  # "certificate" | "token"
+    name: str
+    role: str
+
+
+class AuthError(Exception):
+    """401 by default: no usable credentials; 403: credentials fine but not for the API."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def authenticate(request: web.Request, storage: Storage) -> Principal:
+    """Return the caller or raise AuthError with a message safe to show the client."""
+    header = request.headers.get("Authorization", "")
+    api_key = request.headers.get("api-key", "")
+    if header or api_key:
+        return _token_principal(header, api_key, storage)
+    peer = pki.peer_cert_info(request.transport)
+    if peer is not None:
+        if peer.role != pki.ROLE_ADMIN:
+            raise AuthError(f"certificate role {peer.role!r} may not use the API", 403)
+        if storage.is_serial_revoked(peer.serial):
+            raise AuthError("certificate revoked", 403)
+        return Principal("certificate", peer.common_name, ROLE_ADMIN)
+    raise AuthError(
+        "authentication required: a client certificate or an Authorization: Bearer token"
+    )
+
+
+def _token_principal(header: str, api_key: str, storage: Storage) -> Principal:
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("Authorization header must be 'Bearer <token>'")
+    else:
+        value = api_key
+    try:
+        token = parse_token(value.strip(), API_KIND)
+    except TokenFormatError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    found = storage.api_token(token.id)
+    if found is None or not secret_matches(token.secret, found[1]):
+        raise AuthError("invalid token")
+    record = found[0]
+    if record.revoked:
+        raise AuthError("token revoked")
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise AuthError("token expired")
+    return Principal("token", record.name, record.role)

@@ -1,0 +1,100 @@
+"""`moorage-coordinator`: initialise the PKI, serve the API and the agent hub."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import msgspec
+
+from coordinator import __version__, pki
+from coordinator.config import ConfigError, CoordinatorConfig, load_config
+from coordinator.process import run_main, setup_logging
+from coordinator.server import Coordinator, run_until_signalled, server_identity
+
+
+def _config(config_path: Path | None, **overrides: object) -> CoordinatorConfig:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    changes = {k: v for k, v in overrides.items() if v not in (None, ())}
+    for key in ("server_names", "server_ips"):
+        if key in changes:
+            changes[key] = [*getattr(config, key), *changes[key]]  # type: ignore[misc]
+    return msgspec.structs.replace(config, **changes)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="moorage-coordinator")
+def cli() -> None:
+    """Moorage coordinator: desired state, scheduling, APIs and the agent hub."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file.")
+@click.option("--state-dir", help="State directory (database, PKI).")
+@click.option("--name", "names", multiple=True, help="Extra DNS name for the server certificate.")
+@click.option("--ip", "ips", multiple=True, help="Extra IP address for the server certificate.")
+def init(
+    config_path: Path | None, state_dir: str | None, names: tuple[str, ...], ips: tuple[str, ...]
+) -> None:
+    """Create the fleet CA, the server certificate and the admin client certificate."""
+    config = _config(config_path, state_dir=state_dir, server_names=names, server_ips=ips)
+    paths = pki.init_pki(config.pki_dir, *server_identity(config))
+    info = pki.inspect_cert(Path(paths.ca_cert).read_bytes())
+    click.echo(f"fleet CA:            {paths.ca_cert} (sha256 {info.fingerprint})")
+    click.echo(f"server certificate:  {paths.server_cert}")
+    click.echo(f"admin certificate:   {paths.admin_cert}")
+    click.echo(f"admin key:           {paths.admin_key} (mode 0600)")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file.")
+@click.option("--state-dir", help="State directory (database, PKI).")
+@click.option("--api-listen", help="HOST:PORT of the HTTPS API.")
+@click.option("--hub-listen", help="HOST:PORT of the agent hub.")
+@click.option("--hub-url", help="Hub URL advertised to enrolling agents.")
+@click.option(
+    "--lost-after",
+    "lost_after_s",
+    type=float,
+    help="Seconds before a disconnected machine is lost.",
+)
+@click.option("--heartbeat", "heartbeat_s", type=float, help="Agent heartbeat interval in seconds.")
+@click.option(
+    "--agent-cert-ttl",
+    "agent_cert_ttl_s",
+    type=float,
+    help="Agent certificate lifetime in seconds.",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def serve(config_path: Path | None, verbose: bool, **overrides: object) -> None:
+    """Run the coordinator until SIGINT or SIGTERM."""
+    setup_logging(verbose)
+    config = _config(config_path, **overrides)
+    coordinator = Coordinator(config)
+
+    def ready() -> None:
+        click.echo(f"API: https://{_display(config.api_listen)}:{coordinator.api_port}", err=True)
+        click.echo(
+            f"hub: wss://{_display(config.hub_listen)}:{coordinator.hub_port}/agent/v1", err=True
+        )
+
+    try:
+        run_main(run_until_signalled(coordinator, ready))
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _display(listen: str) -> str:
+    host = listen.rpartition(":")[0].strip("[]")
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def main() -> None:
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)

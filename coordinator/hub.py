@@ -1,0 +1,288 @@
+"""The agent hub: one mutual-TLS WebSocket session per machine.
+
+The TLS layer has already verified the client certificate against the fleet CA;
+here the hub checks what TLS cannot: the certificate is an agent's, not revoked, and
+its CN is the machine id the Hello claims. Frames that cannot be decoded are answered
+with an Error and counted; they never end the hub, and only end a session when the
+WebSocket layer itself cannot continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from coordinator import liveness, pki
+from coordinator.enrolment import Enroller
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.storage import EnrollRefused, Storage
+from proto import messages as m
+
+log = logging.getLogger(__name__)
+
+CLOSE_PROTO = 4000
+CLOSE_REVOKED = 4001
+CLOSE_IDENTITY = 4003
+CLOSE_REPLACED = 4008
+CLOSE_SILENT = 4009
+HELLO_TIMEOUT_S = 10.0
+
+MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
+
+
+class Session:
+    """A live agent connection; `send` is the only way to reach that machine."""
+
+    def __init__(
+        self, machine_id: str, serial: str, ws: web.WebSocketResponse, metrics: CoordinatorMetrics
+    ) -> None:
+        self.machine_id = machine_id
+        self.serial = serial
+        self.id = secrets.token_hex(8)
+        self.ws = ws
+        self.connected_at = time.time()
+        self.last_seen = self.connected_at
+        self.hello: m.Hello | None = None
+        self._metrics = metrics
+
+    async def send(self, message: m.Message) -> None:
+        await self.ws.send_bytes(m.encode(message))
+        self._metrics.messages_out.labels(type(message).__struct_config__.tag).inc()
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+class Hub:
+    def __init__(
+        self,
+        storage: Storage,
+        enroller: Enroller,
+        metrics: CoordinatorMetrics,
+        *,
+        heartbeat_s: float,
+        lost_after_s: float,
+    ) -> None:
+        self.storage = storage
+        self.enroller = enroller
+        self.metrics = metrics
+        self.heartbeat_s = heartbeat_s
+        self.lost_after_s = lost_after_s
+        self.sessions: dict[str, Session] = {}
+        self.handlers: list[MessageHandler] = []
+        """Domain services subscribe here for Applied, StateReport, LogChunk..."""
+        self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
+
+    # --- session lifecycle ----------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        peer = pki.peer_cert_info(request.transport)
+        refusal = self._refuse_peer(peer)
+        if refusal or peer is None:
+            self.metrics.sessions_refused.labels(refusal or "no_cert").inc()
+            raise web.HTTPForbidden(text=refusal or "client certificate required")
+
+        ws = web.WebSocketResponse(max_msg_size=m.HARD_FRAME_LIMIT, autoping=True)
+        await ws.prepare(request)
+        session = Session(peer.common_name, peer.serial, ws, self.metrics)
+        try:
+            if await self._handshake(session):
+                await self._serve(session)
+        finally:
+            await self._drop(session)
+        return ws
+
+    def _refuse_peer(self, peer: pki.CertInfo | None) -> str:
+        if peer is None:
+            return "no_cert"
+        if peer.role != pki.ROLE_AGENT:
+            return "not_agent_cert"
+        if self.storage.is_serial_revoked(peer.serial):
+            return "revoked"
+        machine = self.storage.get_machine(peer.common_name)
+        if machine is None or machine.revoked:
+            return "unknown_machine" if machine is None else "revoked"
+        return ""
+
+    async def _handshake(self, session: Session) -> bool:
+        try:
+            msg = await session.ws.receive(timeout=HELLO_TIMEOUT_S)
+        except TimeoutError:
+            await self._refuse(session, "hello_timeout", CLOSE_PROTO, "no Hello received")
+            return False
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            await self._refuse(session, "no_hello", CLOSE_PROTO, "expected a binary Hello frame")
+            return False
+        try:
+            hello = m.decode(msg.data)
+        except m.FrameError as exc:
+            self.metrics.frame_errors.labels(exc.reason).inc()
+            await self._refuse(session, "bad_hello", CLOSE_PROTO, exc.message)
+            return False
+        if not isinstance(hello, m.Hello):
+            await self._refuse(session, "no_hello", CLOSE_PROTO, "the first message must be Hello")
+            return False
+        if hello.proto != m.PROTO_VERSION:
+            await self._refuse(
+                session,
+                "proto_mismatch",
+                CLOSE_PROTO,
+                f"protocol {hello.proto} not supported (coordinator speaks {m.PROTO_VERSION})",
+            )
+            return False
+        if hello.machine_id != session.machine_id:
+            await self._refuse(
+                session,
+                "identity_mismatch",
+                CLOSE_IDENTITY,
+                f"Hello names machine {hello.machine_id!r} but the certificate is for "
+                f"{session.machine_id!r}",
+            )
+            return False
+        self.metrics.messages_in.labels("hello").inc()
+        session.hello = hello
+        old = self.sessions.get(session.machine_id)
+        self.sessions[session.machine_id] = session
+        if old is not None:
+            await old.close(CLOSE_REPLACED, "replaced by a newer session")
+        now = time.time()
+        self.storage.record_hello(
+            session.machine_id,
+            hostname=hello.hostname,
+            primary_ip=hello.primary_ip,
+            metadata=hello.metadata,
+            capabilities=hello.capabilities,
+            agent_version=hello.agent_version,
+            now=now,
+        )
+        self.metrics.agents_connected.set(len(self.sessions))
+        await session.send(m.Welcome(m.PROTO_VERSION, session.id, self.heartbeat_s))
+        log.info("machine %s connected (session %s)", session.machine_id, session.id)
+        for hook in self.on_connect:
+            await hook(session)
+        return True
+
+    async def _refuse(self, session: Session, reason: str, code: int, message: str) -> None:
+        self.metrics.sessions_refused.labels(reason).inc()
+        log.warning("refusing agent %s: %s", session.machine_id, message)
+        with contextlib.suppress(ConnectionError):
+            await session.send(m.Error(reason, message))
+        await session.close(code, message)
+
+    async def _serve(self, session: Session) -> None:
+        ws = session.ws
+        async for msg in ws:
+            session.last_seen = time.time()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await self._on_frame(session, msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await self._frame_error(session, "undecodable", "text frames are not accepted")
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                exc = ws.exception()
+                too_big = isinstance(exc, aiohttp.WebSocketError) and exc.code == 1009
+                self.metrics.frame_errors.labels("too_large" if too_big else "transport").inc()
+                log.warning("session of %s failed: %s", session.machine_id, exc)
+
+    async def _on_frame(self, session: Session, data: bytes) -> None:
+        try:
+            message = m.decode(data)
+        except m.FrameError as exc:
+            await self._frame_error(session, exc.reason, exc.message)
+            return
+        self.metrics.messages_in.labels(type(message).__struct_config__.tag).inc()
+        if isinstance(message, m.Heartbeat):
+            await session.send(message)
+        elif isinstance(message, m.CertRenew):
+            await self._renew(session, message)
+        for handler in self.handlers:
+            try:
+                await handler(session, message)
+            except Exception:
+                log.exception(
+                    "handler failed on %s from %s", type(message).__name__, session.machine_id
+                )
+
+    async def _frame_error(self, session: Session, reason: str, message: str) -> None:
+        self.metrics.frame_errors.labels(reason).inc()
+        log.warning("frame from %s refused (%s): %s", session.machine_id, reason, message)
+        with contextlib.suppress(ConnectionError):
+            await session.send(m.Error(f"frame_{reason}", message))
+
+    async def _renew(self, session: Session, req: m.CertRenew) -> None:
+        try:
+            cert = self.enroller.renew(session.machine_id, req.csr_pem)
+        except EnrollRefused as exc:
+            await session.send(m.Error("renew_refused", str(exc)))
+            return
+        await session.send(m.CertIssued(cert))
+        log.info("renewed the certificate of %s", session.machine_id)
+
+    async def _drop(self, session: Session) -> None:
+        if self.sessions.get(session.machine_id) is session:
+            del self.sessions[session.machine_id]
+            self.storage.set_machine_state(
+                session.machine_id, "disconnected", time.time(), last_seen=session.last_seen
+            )
+            self.metrics.agents_connected.set(len(self.sessions))
+            log.info("machine %s disconnected", session.machine_id)
+        if not session.ws.closed:
+            await session.ws.close()
+
+    # --- operator actions -------------------------------------------------------------
+
+    async def revoke(self, machine_id: str) -> bool:
+        """Refuse the machine's certificates from now on and end its live session."""
+        if not self.storage.revoke_machine(machine_id, time.time()):
+            return False
+        session = self.sessions.get(machine_id)
+        if session is not None:
+            await session.close(CLOSE_REVOKED, "certificate revoked")
+        return True
+
+    async def close_all(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.close(aiohttp.WSCloseCode.GOING_AWAY, "coordinator shutting down")
+
+    # --- liveness -----------------------------------------------------------------------
+
+    async def liveness_loop(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.check_liveness(time.time())
+            except Exception:
+                log.exception("liveness check failed")
+
+    async def check_liveness(self, now: float) -> None:
+        views = [
+            liveness.LivenessView(
+                id=mach.id,
+                state=mach.state,
+                state_since=mach.state_since,
+                last_seen=self.sessions[mach.id].last_seen
+                if mach.id in self.sessions
+                else mach.last_seen,
+                has_session=mach.id in self.sessions,
+            )
+            for mach in self.storage.list_machines()
+            if mach.state != "lost" or mach.id in self.sessions
+        ]
+        for t in liveness.transitions(
+            views,
+            now=now,
+            lost_after=self.lost_after_s,
+            heartbeat_timeout=3 * self.heartbeat_s,
+        ):
+            if t.close_session and t.id in self.sessions:
+                log.warning("machine %s missed its heartbeats; closing its session", t.id)
+                await self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed")
+            else:
+                log.info("machine %s is now %s", t.id, t.state)
+                self.storage.set_machine_state(t.id, t.state, now)

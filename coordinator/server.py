@@ -1,0 +1,223 @@
+"""Assembles the coordinator: storage, PKI, hub, API, and runs them until stopped.
+
+Two listeners: the API (TLS, client certificate optional so Bearer tokens work) and
+the agent hub (TLS 1.3, client certificate required). Enrolment lives on the API
+port because a new agent has no certificate yet; the join token authenticates it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coordinator import pki
+from coordinator.api import fleet_v1, native
+from coordinator.api.errors import ApiError, decode_body, error_response, json_response
+from coordinator.auth import AuthError, authenticate
+from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.enrolment import Enroller
+from coordinator.hub import Hub
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.storage import EnrollRefused, Storage
+from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", CA_PATH, ENROLL_PATH})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.metrics = CoordinatorMetrics()
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.paths = pki.init_pki(config.pki_dir, *server_identity(config))
+        ca_key = pki.load_key(Path(self.paths.ca_key).read_bytes())
+        self.ca_cert = pki.load_cert(Path(self.paths.ca_cert).read_bytes())
+        self.ca_pin = pki.ca_pin(self.ca_cert)
+        self.storage = Storage(config.db_path)
+        self.enroller = Enroller(
+            self.storage, ca_key, self.ca_cert, cert_ttl_s=config.agent_cert_ttl_s
+        )
+        self.hub = Hub(
+            self.storage,
+            self.enroller,
+            self.metrics,
+            heartbeat_s=config.heartbeat_s,
+            lost_after_s=config.lost_after_s,
+        )
+        self.api_port = 0
+        self.hub_port = 0
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- applications -------------------------------------------------------------------
+
+    def api_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=4 << 20)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(CA_PATH, self._ca)
+        app.router.add_post(ENROLL_PATH, self._enroll)
+        app.add_routes(fleet_v1.routes(self.storage))
+        app.add_routes(
+            native.routes(
+                self.storage, self.hub, ca_pin=self.ca_pin, join_ttl_s=self.config.join_token_ttl_s
+            )
+        )
+        return app
+
+    def hub_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(HUB_PATH, self.hub.handle)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response: web.StreamResponse
+        try:
+            if request.path not in PUBLIC_PATHS:
+                request["principal"] = authenticate(request, self.storage)
+            response = await handler(request)
+        except AuthError as exc:
+            response = error_response(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_response(exc.status, exc.reason)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        self.metrics.api_latency.labels(request.method, route, str(response.status)).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _ca(self, request: web.Request) -> web.Response:
+        """The CA certificate is public; agents pin it by the hash carried in the join token."""
+        return web.Response(text=self.enroller.ca_pem, content_type="application/x-pem-file")
+
+    async def _enroll(self, request: web.Request) -> web.Response:
+        body = await decode_body(request, EnrollRequest, max_bytes=64 << 10)
+        try:
+            result = self.enroller.enroll(body, self._hub_url(request))
+        except EnrollRefused as exc:
+            self.metrics.enrolments.labels("refused").inc()
+            log.warning("enrolment of %r refused: %s", body.machine_id, exc)
+            raise ApiError(403, str(exc)) from None
+        self.metrics.enrolments.labels("ok").inc()
+        log.info("enrolled machine %s", body.machine_id)
+        return json_response(result)
+
+    def _hub_url(self, request: web.Request) -> str:
+        if self.config.hub_url:
+            return self.config.hub_url
+        host = request.url.host or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"wss://{host}:{self.hub_port}{HUB_PATH}"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        now = time.time()
+        self.storage.disconnect_all(now)
+        api_ctx = pki.server_ssl_context(
+            self.paths.server_cert,
+            self.paths.server_key,
+            self.paths.ca_cert,
+            client_certs="optional",
+        )
+        hub_ctx = pki.server_ssl_context(
+            self.paths.server_cert,
+            self.paths.server_key,
+            self.paths.ca_cert,
+            client_certs="required",
+        )
+        self.api_port = await self._listen(self.api_app(), self.config.api_listen, api_ctx)
+        self.hub_port = await self._listen(self.hub_app(), self.config.hub_listen, hub_ctx)
+        self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
+        log.info("API on port %d, agent hub on port %d", self.api_port, self.hub_port)
+
+    async def _listen(self, app: web.Application, listen: str, ctx: object) -> int:
+        host, port = split_host_port(listen)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)  # type: ignore[arg-type]
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.hub.close_all()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self.storage.disconnect_all(time.time())
+        self.storage.close()
+
+
+def server_identity(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
+    """Names and IPs the server certificate must cover, so clients can verify it by
+    whatever address they use: configured ones, this host's names and its addresses."""
+    names = [*config.server_names, socket.getfqdn(), socket.gethostname(), "localhost"]
+    ips = [*config.server_ips, "127.0.0.1", "::1"]
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family in (socket.AF_INET, socket.AF_INET6) and "%" not in addr.address:
+                ips.append(addr.address)
+    for listen in (config.api_listen, config.hub_listen):
+        host, _ = split_host_port(listen)
+        if _is_ip(host) and not ipaddress.ip_address(host).is_unspecified:
+            ips.append(host)
+    return list(dict.fromkeys(names)), list(dict.fromkeys(ips))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+async def run_until_signalled(
+    coordinator: Coordinator, on_ready: Callable[[], None] | None = None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await coordinator.start()
+    if on_ready:
+        on_ready()
+    await stop.wait()
+    log.info("stopping")
+    await coordinator.stop()

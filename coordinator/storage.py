@@ -1,0 +1,346 @@
+"""The coordinator's only door to its database: SQLite in WAL mode, versioned schema.
+
+Every method that changes state runs in one transaction and returns only after
+COMMIT with `synchronous=FULL`: what a caller acknowledges is on disk, so `kill -9`
+(or a power cut) loses nothing acknowledged. Schema changes are numbered migrations
+applied in order under `PRAGMA user_version`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from coordinator.models import ApiToken, JoinToken, Machine, MachineState
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: machines, enrolment and API tokens, certificate revocation.
+    """
+    CREATE TABLE machines (
+        id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL DEFAULT '',
+        primary_ip TEXT NOT NULL DEFAULT '',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        capabilities TEXT NOT NULL DEFAULT '[]',
+        state TEXT NOT NULL DEFAULT 'disconnected',
+        state_since REAL NOT NULL DEFAULT 0,
+        last_seen REAL NOT NULL DEFAULT 0,
+        enrolled_at REAL NOT NULL,
+        cert_serial TEXT NOT NULL DEFAULT '',
+        cert_not_after REAL NOT NULL DEFAULT 0,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        agent_version TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE join_tokens (
+        id TEXT PRIMARY KEY,
+        secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        used_by TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE issued_certs (
+        serial TEXT PRIMARY KEY,
+        machine_id TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        not_after REAL NOT NULL
+    );
+    CREATE TABLE revoked_certs (
+        serial TEXT PRIMARY KEY,
+        machine_id TEXT NOT NULL,
+        revoked_at REAL NOT NULL
+    );
+    """,
+)
+
+
+class StorageError(Exception):
+    pass
+
+
+class EnrollRefused(StorageError):
+    """The join token cannot be used; the message says why (shown to the agent)."""
+
+
+class Storage:
+    """One SQLite connection, used from the event loop thread only."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StorageError(
+                f"database schema version {current} is newer than this coordinator "
+                f"understands ({len(MIGRATIONS)}); upgrade the coordinator"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            with self._tx() as db:
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={version}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- machines -----------------------------------------------------------------
+
+    def get_machine(self, machine_id: str) -> Machine | None:
+        row = self._db.execute("SELECT * FROM machines WHERE id=?", (machine_id,)).fetchone()
+        return _machine(row) if row else None
+
+    def list_machines(self, *, include_revoked: bool = False) -> list[Machine]:
+        sql = "SELECT * FROM machines"
+        if not include_revoked:
+            sql += " WHERE revoked=0"
+        return [_machine(r) for r in self._db.execute(sql + " ORDER BY id")]
+
+    def record_hello(
+        self,
+        machine_id: str,
+        *,
+        hostname: str,
+        primary_ip: str,
+        metadata: dict[str, str],
+        capabilities: Sequence[str],
+        agent_version: str,
+        now: float,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE machines SET hostname=?, primary_ip=?, metadata=?, capabilities=?,"
+                " agent_version=?, state='connected', state_since=?, last_seen=? WHERE id=?",
+                (
+                    hostname,
+                    primary_ip,
+                    json.dumps(metadata, sort_keys=True),
+                    json.dumps(list(capabilities)),
+                    agent_version,
+                    now,
+                    now,
+                    machine_id,
+                ),
+            )
+
+    def set_machine_state(
+        self, machine_id: str, state: MachineState, now: float, *, last_seen: float | None = None
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE machines SET state=?, state_since=?, last_seen=COALESCE(?, last_seen)"
+                " WHERE id=?",
+                (state, now, last_seen, machine_id),
+            )
+
+    def disconnect_all(self, now: float) -> int:
+        """After a restart no session survives: every connected machine is disconnected now."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE machines SET state='disconnected', state_since=? WHERE state='connected'",
+                (now,),
+            )
+            return cur.rowcount
+
+    def set_machine_cert(self, machine_id: str, serial: str, not_after: float, now: float) -> None:
+        """Record a renewed certificate; earlier ones stay valid until expiry or revocation."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE machines SET cert_serial=?, cert_not_after=? WHERE id=?",
+                (serial, not_after, machine_id),
+            )
+            _record_issued(db, serial, machine_id, now, not_after)
+
+    def revoke_machine(self, machine_id: str, now: float) -> bool:
+        """Mark the machine revoked and refuse every certificate it was issued so far."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT cert_serial FROM machines WHERE id=?", (machine_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            db.execute(
+                "UPDATE machines SET revoked=1, state='disconnected', state_since=? WHERE id=?",
+                (now, machine_id),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO revoked_certs (serial, machine_id, revoked_at)"
+                " SELECT serial, machine_id, ? FROM issued_certs WHERE machine_id=?",
+                (now, machine_id),
+            )
+            return True
+
+    def is_serial_revoked(self, serial: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)).fetchone()
+        return row is not None
+
+    # --- join tokens ----------------------------------------------------------------
+
+    def create_join_token(
+        self, token_id: str, secret_hash: str, *, now: float, ttl_s: float, description: str = ""
+    ) -> JoinToken:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token_id, secret_hash, now, now + ttl_s, description),
+            )
+        return JoinToken(
+            id=token_id, created_at=now, expires_at=now + ttl_s, description=description
+        )
+
+    def join_token_hash(self, token_id: str, now: float) -> str:
+        """The stored hash of a usable token, or EnrollRefused saying why it is unusable."""
+        row = self._db.execute("SELECT * FROM join_tokens WHERE id=?", (token_id,)).fetchone()
+        if row is None:
+            raise EnrollRefused("unknown join token")
+        if row["used_at"] is not None:
+            raise EnrollRefused("join token was already used")
+        if row["expires_at"] <= now:
+            raise EnrollRefused("join token has expired")
+        return str(row["secret_hash"])
+
+    def enroll(
+        self, token_id: str, machine_id: str, *, serial: str, not_after: float, now: float
+    ) -> None:
+        """Consume the token and record the machine in one transaction: a token enrols once."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE join_tokens SET used_at=?, used_by=?"
+                " WHERE id=? AND used_at IS NULL AND expires_at>?",
+                (now, machine_id, token_id, now),
+            )
+            if cur.rowcount != 1:
+                raise EnrollRefused("join token was already used or has expired")
+            db.execute(
+                "INSERT INTO machines (id, enrolled_at, cert_serial, cert_not_after, state,"
+                " state_since) VALUES (?, ?, ?, ?, 'disconnected', ?)"
+                " ON CONFLICT(id) DO UPDATE SET cert_serial=excluded.cert_serial,"
+                " cert_not_after=excluded.cert_not_after, revoked=0,"
+                " enrolled_at=excluded.enrolled_at",
+                (machine_id, now, serial, not_after, now),
+            )
+            _record_issued(db, serial, machine_id, now, not_after)
+
+    def list_join_tokens(self) -> list[JoinToken]:
+        rows = self._db.execute("SELECT * FROM join_tokens ORDER BY created_at")
+        return [
+            JoinToken(
+                id=r["id"],
+                created_at=r["created_at"],
+                expires_at=r["expires_at"],
+                used_at=r["used_at"],
+                used_by=r["used_by"],
+                description=r["description"],
+            )
+            for r in rows
+        ]
+
+    # --- API tokens -------------------------------------------------------------------
+
+    def create_api_token(
+        self,
+        token_id: str,
+        secret_hash: str,
+        *,
+        name: str,
+        role: str,
+        now: float,
+        ttl_s: float | None,
+    ) -> ApiToken:
+        expires = now + ttl_s if ttl_s else None
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (token_id, name, role, secret_hash, now, expires),
+            )
+        return ApiToken(id=token_id, name=name, role=role, created_at=now, expires_at=expires)
+
+    def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
+        row = self._db.execute("SELECT * FROM api_tokens WHERE id=?", (token_id,)).fetchone()
+        if row is None:
+            return None
+        return _api_token(row), str(row["secret_hash"])
+
+    def list_api_tokens(self) -> list[ApiToken]:
+        return [_api_token(r) for r in self._db.execute("SELECT * FROM api_tokens ORDER BY id")]
+
+    def revoke_api_token(self, token_id: str) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute("UPDATE api_tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount == 1
+            )
+
+
+def _record_issued(
+    db: sqlite3.Connection, serial: str, machine_id: str, now: float, not_after: float
+) -> None:
+    db.execute(
+        "INSERT INTO issued_certs (serial, machine_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        (serial, machine_id, now, not_after),
+    )
+
+
+def _machine(row: sqlite3.Row) -> Machine:
+    return Machine(
+        id=row["id"],
+        hostname=row["hostname"],
+        primary_ip=row["primary_ip"],
+        metadata=json.loads(row["metadata"]),
+        capabilities=json.loads(row["capabilities"]),
+        state=row["state"],
+        state_since=row["state_since"],
+        last_seen=row["last_seen"],
+        enrolled_at=row["enrolled_at"],
+        cert_serial=row["cert_serial"],
+        cert_not_after=row["cert_not_after"],
+        revoked=bool(row["revoked"]),
+        agent_version=row["agent_version"],
+    )
+
+
+def _api_token(row: sqlite3.Row) -> ApiToken:
+    return ApiToken(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked=bool(row["revoked"]),
+    )

@@ -1,0 +1,66 @@
+"""Join and API token formats: generated, parsed and hashed here, stored only hashed.
+
+A token is `<kind>.<id>.<secret>[.<pin>]`. The id finds the row, the secret is kept
+only as its SHA-256 (the secret carries 128 random bits, so a slow hash buys nothing)
+and compared in constant time. A join token also carries a prefix of the fleet CA's
+SHA-256 so a new agent can pin the coordinator before it trusts it with the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import msgspec
+
+JOIN_KIND = "mjt"
+API_KIND = "mat"
+PIN_CHARS = 32
+
+
+class TokenFormatError(ValueError):
+    pass
+
+
+class ParsedToken(msgspec.Struct, frozen=True):
+    kind: str
+    id: str
+    secret: str
+    pin: str = ""
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def new_join_token(ca_pin: str) -> ParsedToken:
+    return ParsedToken(JOIN_KIND, secrets.token_hex(8), secrets.token_hex(16), ca_pin[:PIN_CHARS])
+
+
+def new_api_token() -> ParsedToken:
+    return ParsedToken(API_KIND, secrets.token_hex(8), secrets.token_hex(20))
+
+
+def format_token(token: ParsedToken) -> str:
+    parts = [token.kind, token.id, token.secret] + ([token.pin] if token.pin else [])
+    return ".".join(parts)
+
+
+def parse_token(text: str, kind: str) -> ParsedToken:
+    parts = text.strip().split(".")
+    want = 4 if kind == JOIN_KIND else 3
+    if len(parts) != want or parts[0] != kind:
+        label = "join" if kind == JOIN_KIND else "API"
+        raise TokenFormatError(f"not a Moorage {label} token (expected {kind}.<id>.<secret>...)")
+    if not all(_is_hex(p) for p in parts[1:]):
+        raise TokenFormatError("token contains characters other than hexadecimal digits")
+    return ParsedToken(*parts)
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)

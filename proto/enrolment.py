@@ -1,0 +1,35 @@
+"""The enrolment exchange (HTTPS JSON, before the agent has a certificate)."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+ENROLL_PATH = "/agent/v1/enroll"
+CA_PATH = "/agent/v1/ca"
+HUB_PATH = "/agent/v1"
+
+_MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class EnrollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    token: str
+    machine_id: str
+    csr_pem: str
+
+
+class EnrollResponse(msgspec.Struct, frozen=True):
+    machine_id: str
+    cert_pem: str
+    ca_pem: str
+    hub_url: str
+
+
+def machine_id_problem(machine_id: str) -> str | None:
+    """Why a machine id is unusable (it becomes a certificate CN and a URL segment), or None."""
+    if not _MACHINE_ID.match(machine_id):
+        return (
+            "machine id must be 1-64 characters of [A-Za-z0-9_.-] starting with a letter or digit"
+        )
+    return None

@@ -1,0 +1,217 @@
+"""The agent link's messages: one msgspec tagged union, MessagePack on the wire.
+
+Every frame carries exactly one message. Decoding validates types in the same pass,
+so a handler never sees a half-checked value. Unknown tags, undecodable bytes and
+over-size frames are classified (not just rejected) so both peers can answer with an
+`Error` and count the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from proto.units import UnitOption
+
+PROTO_VERSION = 1
+"""Bumped on an incompatible change; Hello and Welcome both carry it."""
+
+MAX_FRAME = 4 * 1024 * 1024
+"""Largest frame a peer accepts and answers; larger ones get Error(frame_too_large)."""
+
+HARD_FRAME_LIMIT = 4 * MAX_FRAME
+"""Beyond this the WebSocket layer drops the connection rather than buffer the frame."""
+
+DesiredState = Literal["inactive", "loaded", "launched"]
+
+
+class UnitStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a machine reports about one unit (fleet's UnitState plus Moorage's extras)."""
+
+    name: str
+    hash: str = ""
+    load_state: str = ""
+    active_state: str = ""
+    sub_state: str = ""
+    main_pid: int = 0
+    image_digest: str = ""
+    message: str = ""
+
+
+class DesiredUnit(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One unit as the coordinator wants it on this machine."""
+
+    name: str
+    options: list[UnitOption]
+    desired_state: DesiredState = "launched"
+    hash: str = ""
+    labels: dict[str, str] = {}
+
+
+class Hello(msgspec.Struct, tag="hello", frozen=True, omit_defaults=True):
+    proto: int
+    machine_id: str
+    hostname: str = ""
+    primary_ip: str = ""
+    metadata: dict[str, str] = {}
+    capabilities: list[str] = []
+    applied_revision: int = 0
+    snapshot: list[UnitStatus] = []
+    agent_version: str = ""
+
+
+class Welcome(msgspec.Struct, tag="welcome", frozen=True, omit_defaults=True):
+    proto: int
+    session: str
+    heartbeat_s: float
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True, omit_defaults=True):
+    """Sent by the agent every `heartbeat_s`; the hub echoes it so both sides see silence."""
+
+    seq: int
+    sent_at: float = 0.0
+
+
+class Desired(msgspec.Struct, tag="desired", frozen=True, omit_defaults=True):
+    """A revisioned diff against `base_revision`; `full` replaces everything the agent has."""
+
+    revision: int
+    base_revision: int = 0
+    full: bool = False
+    upserts: list[DesiredUnit] = []
+    removes: list[str] = []
+
+
+class Applied(msgspec.Struct, tag="applied", frozen=True, omit_defaults=True):
+    revision: int
+
+
+class StateReport(msgspec.Struct, tag="state", frozen=True, omit_defaults=True):
+    changes: list[UnitStatus] = []
+    removed: list[str] = []
+
+
+class Error(msgspec.Struct, tag="error", frozen=True, omit_defaults=True):
+    code: str
+    message: str = ""
+
+
+class LogRequest(msgspec.Struct, tag="log_request", frozen=True, omit_defaults=True):
+    """Ask for a unit's last `lines` lines; `follow` keeps streaming after `cursor`."""
+
+    request_id: str
+    unit: str
+    lines: int = 10
+    follow: bool = False
+    cursor: str = ""
+
+
+class LogLine(msgspec.Struct, frozen=True, omit_defaults=True):
+    cursor: str
+    message: str
+    timestamp: float = 0.0
+
+
+class LogChunk(msgspec.Struct, tag="log_chunk", frozen=True, omit_defaults=True):
+    request_id: str
+    lines: list[LogLine] = []
+    done: bool = False
+    error: str = ""
+
+
+class LogCancel(msgspec.Struct, tag="log_cancel", frozen=True):
+    request_id: str
+
+
+class CertRenew(msgspec.Struct, tag="cert_renew", frozen=True):
+    csr_pem: str
+
+
+class CertIssued(msgspec.Struct, tag="cert_issued", frozen=True):
+    cert_pem: str
+
+
+Message = (
+    Hello
+    | Welcome
+    | Heartbeat
+    | Desired
+    | Applied
+    | StateReport
+    | Error
+    | LogRequest
+    | LogChunk
+    | LogCancel
+    | CertRenew
+    | CertIssued
+)
+
+MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    Hello,
+    Welcome,
+    Heartbeat,
+    Desired,
+    Applied,
+    StateReport,
+    Error,
+    LogRequest,
+    LogChunk,
+    LogCancel,
+    CertRenew,
+    CertIssued,
+)
+
+KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in MESSAGE_TYPES)
+
+FrameErrorReason = Literal["too_large", "undecodable", "unknown_type", "invalid"]
+
+
+class FrameError(Exception):
+    """A frame that cannot become a Message; `reason` is the metrics label."""
+
+    def __init__(self, reason: FrameErrorReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: FrameErrorReason = reason
+        self.message = message
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+_raw_decoder = msgspec.msgpack.Decoder()
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
+    """Decode one frame or raise FrameError saying why it was refused."""
+    if len(frame) > max_size:
+        raise FrameError(
+            "too_large", f"frame of {len(frame)} bytes exceeds the {max_size} byte limit"
+        )
+    try:
+        return _decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise _classify(frame, exc) from None
+    except msgspec.DecodeError as exc:
+        raise FrameError("undecodable", f"frame is not valid MessagePack: {exc}") from None
+
+
+def _classify(frame: bytes, exc: msgspec.ValidationError) -> FrameError:
+    """Tell an unknown message type from a known one with bad fields."""
+    try:
+        raw = _raw_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return FrameError("undecodable", str(exc))
+    if isinstance(raw, dict):
+        tag = raw.get("type")
+        if tag is None:
+            return FrameError("invalid", "message has no 'type' field")
+        if tag not in KNOWN_TAGS:
+            return FrameError("unknown_type", f"unknown message type {tag!r}")
+    else:
+        return FrameError("invalid", "message is not a map")
+    return FrameError("invalid", f"invalid {raw.get('type')!r} message: {exc}")

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import AgentProc, CoordinatorProc
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[CoordinatorProc]:
+    proc = CoordinatorProc(tmp_path / "coordinator")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[AgentProc]]:
+    """Agents the test creates are appended here and always stopped."""
+    made: list[AgentProc] = []
+    try:
+        yield made
+    finally:
+        for agent in made:
+            agent.stop()

@@ -1,0 +1,268 @@
+"""Real coordinator and agent processes for integration tests, stopped by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from coordinator import pki
+from coordinator.client import ApiClient, ClientConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A child process with its log in a file; stop() and kill() act on its PID only."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log
+        self._log = log.open("ab")
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait()
+        self._log.close()
+
+
+class CoordinatorProc:
+    """`moorage-coordinator serve` on loopback ports chosen once and kept across restarts."""
+
+    def __init__(self, state_dir: Path, **options: Any) -> None:
+        self.state_dir = state_dir
+        self.api_port = free_port()
+        self.hub_port = free_port()
+        self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
+        self.proc: Proc | None = None
+        self.starts = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def paths(self) -> pki.PkiPaths:
+        return pki.PkiPaths.under(self.state_dir / "pki")
+
+    def start(self) -> CoordinatorProc:
+        args = [
+            sys.executable,
+            "-m",
+            "coordinator",
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            "--api-listen",
+            f"127.0.0.1:{self.api_port}",
+            "--hub-listen",
+            f"127.0.0.1:{self.hub_port}",
+        ]
+        for key, value in self.options.items():
+            args += [f"--{key}", str(value)]
+        self.starts += 1
+        self.proc = Proc(args, self.state_dir.parent / f"coordinator-{self.starts}.log")
+        wait_for(self._healthy, 20, what="coordinator /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if not self.proc.alive():
+            raise AssertionError(f"coordinator exited:\n{self.proc.log()}")
+        try:
+            ctx = ssl.create_default_context(cafile=self.paths.ca_cert)
+            with (
+                socket.create_connection(("127.0.0.1", self.api_port), timeout=1) as raw,
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                tls.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                return tls.recv(64).startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
+        except (OSError, ssl.SSLError):
+            return False
+
+    def admin_client(self) -> ClientConfig:
+        p = self.paths
+        return ClientConfig(
+            endpoint=self.endpoint, ca_file=p.ca_cert, cert_file=p.admin_cert, key_file=p.admin_key
+        )
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        async def go() -> Any:
+            async with ApiClient(self.admin_client()) as api:
+                return await api.call(method, path, body)
+
+        return asyncio.run(go())
+
+    def raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+        cert: bool = True,
+    ) -> tuple[int, bytes]:
+        """One request with full control over credentials (for auth and status-code tests)."""
+
+        async def go() -> tuple[int, bytes]:
+            p = self.paths
+            ctx = pki.client_ssl_context(
+                p.ca_cert, p.admin_cert if cert else None, p.admin_key if cert else None
+            )
+            async with (
+                aiohttp.ClientSession() as s,
+                s.request(
+                    method, self.endpoint + path, headers=headers, data=data, ssl=ctx
+                ) as resp,
+            ):
+                return resp.status, await resp.read()
+
+        return asyncio.run(go())
+
+    def join_token(self, ttl_s: float = 600) -> str:
+        return str(self.api("POST", "/moorage/v1/join-tokens", {"ttl_s": ttl_s})["token"])
+
+    def machines(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/moorage/v1/machines")["machines"])
+
+    def connected(self) -> set[str]:
+        return {m["id"] for m in self.machines() if m["state"] == "connected"}
+
+    def metrics(self) -> str:
+        status, body = self.raw("GET", "/metrics")
+        assert status == 200, body
+        return body.decode()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill9()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+class AgentProc:
+    def __init__(
+        self,
+        root: Path,
+        machine_id: str,
+        coordinator: CoordinatorProc,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.state_dir = root / f"agent-{machine_id}"
+        self.machine_id = machine_id
+        self.coordinator = coordinator
+        self.extra = extra or []
+        self.env = env or {}
+        self.proc: Proc | None = None
+        self.runs = 0
+
+    def base_args(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "agent",
+            "--state-dir",
+            str(self.state_dir),
+            "--machine-id",
+            self.machine_id,
+            "--backoff-max",
+            "1",
+            *self.extra,
+        ]
+
+    def enroll(self, token: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *self.base_args(),
+                "enroll",
+                "--coordinator",
+                self.coordinator.endpoint,
+                "--token",
+                token,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    def start(self) -> AgentProc:
+        self.runs += 1
+        self.proc = Proc(
+            self.base_args(),
+            self.state_dir.parent / f"agent-{self.machine_id}-{self.runs}.log",
+            self.env,
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def cert_serial(self) -> str:
+        data = (self.state_dir / "identity.pem").read_bytes()
+        return pki.inspect_cert(data[data.index(b"-----BEGIN CERTIFICATE-----") :]).serial
+
+
+def decode_json(raw: bytes) -> Any:
+    return msgspec.json.decode(raw)

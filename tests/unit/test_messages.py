@@ -1,0 +1,132 @@
+"""Every link message round-trips; bad frames are classified, never crash the decoder."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proto import messages as m
+from proto.units import UnitOption
+
+text = st.text(max_size=40)
+small_int = st.integers(min_value=0, max_value=2**53)
+options = st.lists(st.builds(UnitOption, text, text, text), max_size=4)
+statuses = st.lists(
+    st.builds(
+        m.UnitStatus,
+        name=text,
+        hash=text,
+        load_state=text,
+        active_state=text,
+        sub_state=text,
+        main_pid=small_int,
+        image_digest=text,
+        message=text,
+    ),
+    max_size=3,
+)
+desired_units = st.lists(
+    st.builds(
+        m.DesiredUnit,
+        name=text,
+        options=options,
+        desired_state=st.sampled_from(["inactive", "loaded", "launched"]),
+        hash=text,
+        labels=st.dictionaries(text, text, max_size=3),
+    ),
+    max_size=3,
+)
+floats = st.floats(allow_nan=False, allow_infinity=False)
+
+STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
+    m.Hello: st.builds(
+        m.Hello,
+        proto=small_int,
+        machine_id=text,
+        hostname=text,
+        primary_ip=text,
+        metadata=st.dictionaries(text, text, max_size=3),
+        capabilities=st.lists(text, max_size=3),
+        applied_revision=small_int,
+        snapshot=statuses,
+        agent_version=text,
+    ),
+    m.Welcome: st.builds(m.Welcome, small_int, text, floats),
+    m.Heartbeat: st.builds(m.Heartbeat, small_int, floats),
+    m.Desired: st.builds(
+        m.Desired,
+        revision=small_int,
+        base_revision=small_int,
+        full=st.booleans(),
+        upserts=desired_units,
+        removes=st.lists(text, max_size=3),
+    ),
+    m.Applied: st.builds(m.Applied, small_int),
+    m.StateReport: st.builds(m.StateReport, changes=statuses, removed=st.lists(text, max_size=3)),
+    m.Error: st.builds(m.Error, text, text),
+    m.LogRequest: st.builds(
+        m.LogRequest, request_id=text, unit=text, lines=small_int, follow=st.booleans(), cursor=text
+    ),
+    m.LogChunk: st.builds(
+        m.LogChunk,
+        request_id=text,
+        lines=st.lists(st.builds(m.LogLine, text, text, floats), max_size=3),
+        done=st.booleans(),
+        error=text,
+    ),
+    m.LogCancel: st.builds(m.LogCancel, text),
+    m.CertRenew: st.builds(m.CertRenew, text),
+    m.CertIssued: st.builds(m.CertIssued, text),
+}
+
+
+def test_every_message_type_has_a_strategy() -> None:
+    assert set(STRATEGIES) == set(m.MESSAGE_TYPES)
+
+
+@given(st.one_of(*STRATEGIES.values()))
+def test_round_trip(message: m.Message) -> None:
+    decoded = m.decode(m.encode(message))
+    assert type(decoded) is type(message)
+    assert decoded == message
+
+
+def test_tags_are_unique() -> None:
+    assert len(m.KNOWN_TAGS) == len(m.MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"\xc1\xc1\xc1", "undecodable"),
+        (b"", "undecodable"),
+        (msgspec.msgpack.encode({"type": "launch_missiles"}), "unknown_type"),
+        (msgspec.msgpack.encode({"no_type": 1}), "invalid"),
+        (msgspec.msgpack.encode([1, 2, 3]), "invalid"),
+        (msgspec.msgpack.encode({"type": "heartbeat", "seq": "not-an-int"}), "invalid"),
+        (msgspec.msgpack.encode({"type": "hello"}), "invalid"),
+    ],
+)
+def test_bad_frames_are_classified(frame: bytes, reason: str) -> None:
+    with pytest.raises(m.FrameError) as err:
+        m.decode(frame)
+    assert err.value.reason == reason
+    assert err.value.message
+
+
+def test_oversized_frame_is_refused_before_decoding() -> None:
+    frame = m.encode(m.Error("x", "y" * 100))
+    with pytest.raises(m.FrameError) as err:
+        m.decode(frame, max_size=50)
+    assert err.value.reason == "too_large"
+    assert m.decode(frame) == m.Error("x", "y" * 100)
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise_anything_but_frame_error(data: bytes) -> None:
+    try:
+        m.decode(data)
+    except m.FrameError:
+        pass
