@@ -14,7 +14,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -79,6 +80,7 @@ class Hub:
         self.handlers: list[MessageHandler] = []
         """Domain services subscribe here for Applied, StateReport, LogChunk..."""
         self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # --- session lifecycle ----------------------------------------------------------
 
@@ -151,7 +153,7 @@ class Hub:
         old = self.sessions.get(session.machine_id)
         self.sessions[session.machine_id] = session
         if old is not None:
-            await old.close(CLOSE_REPLACED, "replaced by a newer session")
+            self._background(old.close(CLOSE_REPLACED, "replaced by a newer session"))
         now = time.time()
         self.storage.record_hello(
             session.machine_id,
@@ -243,8 +245,14 @@ class Hub:
             return False
         session = self.sessions.get(machine_id)
         if session is not None:
-            await session.close(CLOSE_REVOKED, "certificate revoked")
+            self._background(session.close(CLOSE_REVOKED, "certificate revoked"))
         return True
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Closing handshakes wait on the peer; an API call must not wait with them."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):
@@ -282,7 +290,7 @@ class Hub:
         ):
             if t.close_session and t.id in self.sessions:
                 log.warning("machine %s missed its heartbeats; closing its session", t.id)
-                await self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed")
+                self._background(self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed"))
             else:
                 log.info("machine %s is now %s", t.id, t.state)
                 self.storage.set_machine_state(t.id, t.state, now)

@@ -275,3 +275,7 @@ def api_token_revoke(ctx: Ctx, token_id: str) -> None:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

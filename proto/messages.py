@@ -204,7 +204,7 @@ def _classify(frame: bytes, exc: msgspec.ValidationError) -> FrameError:
     """Tell an unknown message type from a known one with bad fields."""
     try:
         raw = _raw_decoder.decode(frame)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
         return FrameError("undecodable", str(exc))
     if isinstance(raw, dict):
         tag = raw.get("type")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import socket
@@ -10,8 +11,9 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -19,7 +21,14 @@ import msgspec
 from coordinator import pki
 from coordinator.client import ApiClient, ClientConfig
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even inside an async test's loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def free_port() -> int:
@@ -148,7 +157,7 @@ class CoordinatorProc:
             async with ApiClient(self.admin_client()) as api:
                 return await api.call(method, path, body)
 
-        return asyncio.run(go())
+        return run_sync(go)
 
     def raw(
         self,
@@ -174,7 +183,7 @@ class CoordinatorProc:
             ):
                 return resp.status, await resp.read()
 
-        return asyncio.run(go())
+        return run_sync(go)
 
     def join_token(self, ttl_s: float = 600) -> str:
         return str(self.api("POST", "/moorage/v1/join-tokens", {"ttl_s": ttl_s})["token"])

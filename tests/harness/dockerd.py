@@ -18,10 +18,11 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from .systemd import (
     HarnessError,
@@ -70,7 +71,7 @@ def _is_static_elf(path: Path) -> bool:
         header = f.read(64)
         if header[:4] != b"\x7fELF" or header[4] != 2:  # 64-bit only; fine for busybox here
             return False
-        order = "little" if header[5] == 1 else "big"
+        order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
         phoff = int.from_bytes(header[32:40], order)
         phentsize = int.from_bytes(header[54:56], order)
         phnum = int.from_bytes(header[56:58], order)
@@ -119,9 +120,16 @@ def _pids_mentioning(text: str) -> list[int]:
 class Dockerd:
     """A private dockerd; use as a context manager or start()/stop()."""
 
-    def __init__(self, *, start_timeout: float = 30.0, stop_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 30.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.extra_args = tuple(extra_args)
         self.root = Path(tempfile.mkdtemp(prefix="moorage-dockerd-"))
         self.data_root = self.root / "data"
         self.exec_root = self.root / "exec"
@@ -261,6 +269,7 @@ class Dockerd:
             "--pidfile", str(self.pidfile),
             "--host", self.host,
             "--cgroup-parent", f"/{self.cgroup_parent}",
+            *self.extra_args,
         ]  # fmt: skip
 
     def _write_config(self) -> None:

@@ -387,19 +387,9 @@ class UserSystemd:
         """One property of a unit, e.g. ``unit_property("x.service", "ActiveState")``."""
         return self.systemctl("show", "-p", name, "--value", unit, check=True).stdout.strip()
 
-    def journal_entries(self, unit: str) -> list[dict[str, object]]:
-        """Journal entries (``journalctl -o json``) of a user unit of this manager."""
+    def _journalctl_json(self, *matches: str) -> list[dict[str, object]]:
         result = subprocess.run(
-            [
-                "journalctl",
-                "-D",
-                str(self.journal_dir),
-                "--user-unit",
-                unit,
-                "-o",
-                "json",
-                "--no-pager",
-            ],
+            ["journalctl", "-D", str(self.journal_dir), "-o", "json", "--no-pager", *matches],
             env=self.env,
             capture_output=True,
             text=True,
@@ -411,10 +401,24 @@ class UserSystemd:
             raise HarnessError(f"journalctl failed ({result.returncode}): {result.stderr}")
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
-    def journal_lines(self, unit: str) -> list[str]:
+    def journal_entries(
+        self, unit: str, *, identifier: str | None = None
+    ) -> list[dict[str, object]]:
+        """Journal entries (``journalctl -o json``) of a user unit, oldest first.
+
+        A process that exits within milliseconds may lose its unit attribution; give
+        such units ``SyslogIdentifier=`` and pass it as ``identifier`` to match it too.
+        """
+        entries = self._journalctl_json("--user-unit", unit)
+        if identifier is not None:
+            entries += self._journalctl_json(f"SYSLOG_IDENTIFIER={identifier}")
+        unique = {str(e.get("__CURSOR")): e for e in entries}
+        return sorted(unique.values(), key=lambda e: int(str(e.get("__REALTIME_TIMESTAMP", 0))))
+
+    def journal_lines(self, unit: str, *, identifier: str | None = None) -> list[str]:
         """The MESSAGE field of every journal entry of a user unit, oldest first."""
         lines: list[str] = []
-        for entry in self.journal_entries(unit):
+        for entry in self.journal_entries(unit, identifier=identifier):
             message = entry.get("MESSAGE")
             if isinstance(message, list):  # non-UTF-8 messages come as byte arrays
                 lines.append(bytes(message).decode("utf-8", "replace"))
@@ -422,11 +426,13 @@ class UserSystemd:
                 lines.append(str(message))
         return lines
 
-    def wait_journal_line(self, unit: str, text: str, *, timeout: float = 5.0) -> list[str]:
+    def wait_journal_line(
+        self, unit: str, text: str, *, timeout: float = 5.0, identifier: str | None = None
+    ) -> list[str]:
         """Poll the journal until a line of ``unit`` contains ``text``; returns all lines."""
         deadline = time.monotonic() + timeout
         while True:
-            lines = self.journal_lines(unit)
+            lines = self.journal_lines(unit, identifier=identifier)
             if any(text in line for line in lines):
                 return lines
             if time.monotonic() >= deadline:
@@ -560,9 +566,13 @@ exec {q(self.systemd_binary)} --user --log-target=journal
         if proc is None or proc.poll() is not None:
             return
         try:
-            self.systemctl("exit", timeout=15)
+            asked = self.systemctl("exit", timeout=15).returncode == 0
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("systemctl --user exit failed: %s", exc)
+            asked = False
+        if not asked:  # not (yet) listening, e.g. a failed start: SIGTERM means exit too
+            stop_popen(proc, timeout=5, what="systemd --user")
+            return
         try:
             proc.wait(timeout=self.stop_timeout)
         except subprocess.TimeoutExpired:
