@@ -224,3 +224,7 @@ def _print_banner(
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()
