@@ -20,8 +20,13 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     machine_id: str = ""
     metadata: dict[str, str] = {}
     systemd_scope: Literal["system", "user"] = "system"
+    bus_address: str = ""
+    """Empty: the system bus, or $DBUS_SESSION_BUS_ADDRESS for the user scope."""
     unit_dir: str = ""
+    """Empty: /etc/systemd/system, or $XDG_CONFIG_HOME/systemd/user for the user scope."""
     journal_dir: str = ""
+    """Empty: the machine's journal; else a journal directory (journalctl -D)."""
+    reconcile_interval_s: float = 60.0
     hub_url: str = ""
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -31,6 +36,14 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+    def resolved_unit_dir(self) -> str:
+        if self.unit_dir:
+            return self.unit_dir
+        if self.systemd_scope == "system":
+            return "/etc/systemd/system"
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return str(Path(base) / "systemd" / "user")
 
 
 class ConfigError(Exception):

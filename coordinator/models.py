@@ -6,6 +6,9 @@ from typing import Literal
 
 import msgspec
 
+from proto.messages import DesiredState
+from proto.units import UnitOption
+
 MachineState = Literal["connected", "disconnected", "lost"]
 
 
@@ -23,6 +26,8 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     cert_not_after: float = 0.0
     revoked: bool = False
     agent_version: str = ""
+    desired_revision: int = 0
+    applied_revision: int = 0
 
 
 class JoinToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,3 +46,30 @@ class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     expires_at: float | None = None
     revoked: bool = False
+
+
+class Unit(msgspec.Struct, frozen=True, kw_only=True):
+    """A unit as the operator defined it, and the machines it is placed on."""
+
+    name: str
+    options: list[UnitOption]
+    hash: str
+    desired_state: DesiredState = "inactive"
+    machines: list[str] = []
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class UnitState(msgspec.Struct, frozen=True, kw_only=True):
+    """What one machine last reported about one unit."""
+
+    name: str
+    machine_id: str
+    hash: str = ""
+    load_state: str = ""
+    active_state: str = ""
+    sub_state: str = ""
+    main_pid: int = 0
+    image_digest: str = ""
+    message: str = ""
+    updated_at: float = 0.0

@@ -27,8 +27,10 @@ from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.enrolment import Enroller
 from coordinator.hub import Hub
+from coordinator.logs import LogService
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.storage import EnrollRefused, Storage
+from coordinator.units import UnitService
 from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class Coordinator:
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
         )
+        self.units = UnitService(self.storage, self.hub)
+        self.logs = LogService(self.hub)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -76,7 +80,12 @@ class Coordinator:
         app.add_routes(fleet_v1.routes(self.storage))
         app.add_routes(
             native.routes(
-                self.storage, self.hub, ca_pin=self.ca_pin, join_ttl_s=self.config.join_token_ttl_s
+                self.storage,
+                self.hub,
+                self.units,
+                self.logs,
+                ca_pin=self.ca_pin,
+                join_ttl_s=self.config.join_token_ttl_s,
             )
         )
         return app

@@ -14,7 +14,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from coordinator.models import ApiToken, JoinToken, Machine, MachineState
+import msgspec
+
+from coordinator.models import ApiToken, JoinToken, Machine, MachineState, Unit, UnitState
+from proto.messages import UnitStatus
+from proto.units import UnitOption
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: machines, enrolment and API tokens, certificate revocation.
@@ -63,6 +67,38 @@ MIGRATIONS: tuple[str, ...] = (
         machine_id TEXT NOT NULL,
         revoked_at REAL NOT NULL
     );
+    """,
+    # 2: units, where they are placed, what machines report, per-machine revisions.
+    """
+    CREATE TABLE units (
+        name TEXT PRIMARY KEY,
+        options TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        desired_state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE placements (
+        unit TEXT NOT NULL REFERENCES units(name) ON DELETE CASCADE,
+        machine_id TEXT NOT NULL,
+        PRIMARY KEY (unit, machine_id)
+    );
+    CREATE INDEX placements_by_machine ON placements(machine_id);
+    CREATE TABLE unit_states (
+        name TEXT NOT NULL,
+        machine_id TEXT NOT NULL,
+        hash TEXT NOT NULL DEFAULT '',
+        load_state TEXT NOT NULL DEFAULT '',
+        active_state TEXT NOT NULL DEFAULT '',
+        sub_state TEXT NOT NULL DEFAULT '',
+        main_pid INTEGER NOT NULL DEFAULT 0,
+        image_digest TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (name, machine_id)
+    );
+    ALTER TABLE machines ADD COLUMN desired_revision INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE machines ADD COLUMN applied_revision INTEGER NOT NULL DEFAULT 0
     """,
 )
 
@@ -209,6 +245,162 @@ class Storage:
         row = self._db.execute("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)).fetchone()
         return row is not None
 
+    # --- units ---------------------------------------------------------------------
+
+    def get_unit(self, name: str) -> Unit | None:
+        row = self._db.execute("SELECT * FROM units WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        machines = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT machine_id FROM placements WHERE unit=? ORDER BY machine_id", (name,)
+            )
+        ]
+        return _unit(row, machines)
+
+    def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
+        """Units ordered by name (fleet's order), optionally only those placed on a machine."""
+        placements: dict[str, list[str]] = {}
+        for unit, machine in self._db.execute(
+            "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
+        ):
+            placements.setdefault(unit, []).append(machine)
+        if machine_id is None:
+            rows = self._db.execute("SELECT * FROM units ORDER BY name")
+        else:
+            rows = self._db.execute(
+                "SELECT u.* FROM units u JOIN placements p ON p.unit=u.name"
+                " WHERE p.machine_id=? ORDER BY u.name",
+                (machine_id,),
+            )
+        return [_unit(r, placements.get(r["name"], [])) for r in rows]
+
+    def put_unit(self, unit: Unit, now: float) -> set[str]:
+        """Create or replace a unit with its placements; returns the machines whose
+        desired state changed (their revisions are bumped in the same transaction)."""
+        with self._tx() as db:
+            old = {
+                r[0]
+                for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (unit.name,))
+            }
+            db.execute(
+                "INSERT INTO units (name, options, hash, desired_state, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " options=excluded.options, hash=excluded.hash,"
+                " desired_state=excluded.desired_state, updated_at=excluded.updated_at",
+                (
+                    unit.name,
+                    msgspec.json.encode(unit.options).decode(),
+                    unit.hash,
+                    unit.desired_state,
+                    now,
+                    now,
+                ),
+            )
+            new = set(unit.machines)
+            db.executemany(
+                "DELETE FROM placements WHERE unit=? AND machine_id=?",
+                [(unit.name, m) for m in old - new],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO placements (unit, machine_id) VALUES (?, ?)",
+                [(unit.name, m) for m in new - old],
+            )
+            db.executemany(
+                "DELETE FROM unit_states WHERE name=? AND machine_id=?",
+                [(unit.name, m) for m in old - new],
+            )
+            affected = old | new
+            _bump(db, affected)
+            return affected
+
+    def delete_unit(self, name: str) -> set[str] | None:
+        """Remove a unit; None if it did not exist, else the machines it was placed on."""
+        with self._tx() as db:
+            placed = {
+                r[0] for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (name,))
+            }
+            if db.execute("DELETE FROM units WHERE name=?", (name,)).rowcount != 1:
+                return None
+            db.execute("DELETE FROM unit_states WHERE name=?", (name,))
+            _bump(db, placed)
+            return placed
+
+    def set_applied_revision(self, machine_id: str, revision: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE machines SET applied_revision=? WHERE id=?", (revision, machine_id))
+
+    def record_unit_states(
+        self,
+        machine_id: str,
+        changes: list[UnitStatus],
+        removed: list[str],
+        now: float,
+        *,
+        replace_all: bool = False,
+    ) -> None:
+        """Store what a machine reported; `replace_all` for a Hello's full snapshot."""
+        with self._tx() as db:
+            if replace_all:
+                db.execute("DELETE FROM unit_states WHERE machine_id=?", (machine_id,))
+            db.executemany(
+                "DELETE FROM unit_states WHERE name=? AND machine_id=?",
+                [(name, machine_id) for name in removed],
+            )
+            db.executemany(
+                "INSERT INTO unit_states (name, machine_id, hash, load_state, active_state,"
+                " sub_state, main_pid, image_digest, message, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(name, machine_id) DO UPDATE SET hash=excluded.hash,"
+                " load_state=excluded.load_state, active_state=excluded.active_state,"
+                " sub_state=excluded.sub_state, main_pid=excluded.main_pid,"
+                " image_digest=excluded.image_digest, message=excluded.message,"
+                " updated_at=excluded.updated_at",
+                [
+                    (
+                        c.name,
+                        machine_id,
+                        c.hash,
+                        c.load_state,
+                        c.active_state,
+                        c.sub_state,
+                        c.main_pid,
+                        c.image_digest,
+                        c.message,
+                        now,
+                    )
+                    for c in changes
+                ],
+            )
+
+    def unit_states(
+        self, *, machine_id: str | None = None, name: str | None = None
+    ) -> list[UnitState]:
+        """Reported states ordered by (name, machine) - fleet's order for /state."""
+        sql = "SELECT * FROM unit_states WHERE 1=1"
+        args: list[str] = []
+        if machine_id is not None:
+            sql, args = sql + " AND machine_id=?", [*args, machine_id]
+        if name is not None:
+            sql, args = sql + " AND name=?", [*args, name]
+        rows = self._db.execute(sql + " ORDER BY name, machine_id", args)
+        return [
+            UnitState(
+                name=r["name"],
+                machine_id=r["machine_id"],
+                hash=r["hash"],
+                load_state=r["load_state"],
+                active_state=r["active_state"],
+                sub_state=r["sub_state"],
+                main_pid=r["main_pid"],
+                image_digest=r["image_digest"],
+                message=r["message"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
     # --- join tokens ----------------------------------------------------------------
 
     def create_join_token(
@@ -308,6 +500,28 @@ class Storage:
             )
 
 
+_options_decoder = msgspec.json.Decoder(list[UnitOption])
+
+
+def _unit(row: sqlite3.Row, machines: list[str]) -> Unit:
+    return Unit(
+        name=row["name"],
+        options=_options_decoder.decode(row["options"]),
+        hash=row["hash"],
+        desired_state=row["desired_state"],
+        machines=machines,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _bump(db: sqlite3.Connection, machine_ids: set[str]) -> None:
+    db.executemany(
+        "UPDATE machines SET desired_revision=desired_revision+1 WHERE id=?",
+        [(m,) for m in sorted(machine_ids)],
+    )
+
+
 def _record_issued(
     db: sqlite3.Connection, serial: str, machine_id: str, now: float, not_after: float
 ) -> None:
@@ -332,6 +546,8 @@ def _machine(row: sqlite3.Row) -> Machine:
         cert_not_after=row["cert_not_after"],
         revoked=bool(row["revoked"]),
         agent_version=row["agent_version"],
+        desired_revision=row["desired_revision"],
+        applied_revision=row["applied_revision"],
     )
 
 

@@ -185,6 +185,27 @@ class CoordinatorProc:
 
         return run_sync(go)
 
+    def raw_stream(self, path: str, *, max_lines: int, timeout: float) -> tuple[int, list[bytes]]:
+        """Read up to max_lines lines of a streaming response, then hang up."""
+
+        async def go() -> tuple[int, list[bytes]]:
+            p = self.paths
+            ctx = pki.client_ssl_context(p.ca_cert, p.admin_cert, p.admin_key)
+            lines: list[bytes] = []
+            async with aiohttp.ClientSession() as s, s.get(self.endpoint + path, ssl=ctx) as resp:
+                try:
+                    async with asyncio.timeout(timeout):
+                        while len(lines) < max_lines:
+                            line = await resp.content.readline()
+                            if not line:
+                                break
+                            lines.append(line)
+                except TimeoutError:
+                    pass
+                return resp.status, lines
+
+        return run_sync(go)
+
     def join_token(self, ttl_s: float = 600) -> str:
         return str(self.api("POST", "/moorage/v1/join-tokens", {"ttl_s": ttl_s})["token"])
 

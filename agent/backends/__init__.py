@@ -1,0 +1,1 @@
+"""Backends run units: systemd over D-Bus, Docker over the Engine API."""

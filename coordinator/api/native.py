@@ -10,9 +10,13 @@ from aiohttp import web
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.auth import ROLE_ADMIN
 from coordinator.hub import Hub
-from coordinator.models import ApiToken, Machine
+from coordinator.logs import LogService, LogUnavailable
+from coordinator.models import ApiToken, Machine, Unit, UnitState
 from coordinator.storage import Storage
 from coordinator.tokens import format_token, hash_secret, new_api_token, new_join_token
+from coordinator.units import UnitService
+from proto.messages import DesiredState
+from proto.units import UnitNameError, UnitOption, validate_unit_name
 
 PREFIX = "/moorage/v1"
 MAX_TOKEN_TTL_S = 30 * 86400.0
@@ -50,6 +54,22 @@ class ApiTokenList(msgspec.Struct, frozen=True):
     tokens: list[ApiToken]
 
 
+class UnitRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Place a unit explicitly (the scheduler-free call tests and tools use)."""
+
+    options: list[UnitOption]
+    desired_state: DesiredState = "launched"
+    machines: list[str] = []
+
+
+class UnitList(msgspec.Struct, frozen=True):
+    units: list[Unit]
+
+
+class UnitStateList(msgspec.Struct, frozen=True):
+    states: list[UnitState]
+
+
 def _ttl(value: float | None, default: float) -> float:
     ttl = default if value is None else value
     if not 0 < ttl <= MAX_TOKEN_TTL_S:
@@ -79,8 +99,105 @@ def create_api_token(storage: Storage, name: str, ttl_s: float | None) -> tuple[
     return format_token(token), record
 
 
-def routes(storage: Storage, hub: Hub, *, ca_pin: str, join_ttl_s: float) -> web.RouteTableDef:
+def routes(
+    storage: Storage,
+    hub: Hub,
+    units: UnitService,
+    logs: LogService,
+    *,
+    ca_pin: str,
+    join_ttl_s: float,
+) -> web.RouteTableDef:
     r = web.RouteTableDef()
+
+    def unit_name(request: web.Request) -> str:
+        name = request.match_info["name"]
+        try:
+            validate_unit_name(name)
+        except UnitNameError as exc:
+            raise ApiError(400, str(exc)) from None
+        return name
+
+    @r.get(PREFIX + "/units")
+    async def list_units(request: web.Request) -> web.Response:
+        return json_response(UnitList(storage.list_units()))
+
+    @r.get(PREFIX + "/units/{name}")
+    async def get_unit(request: web.Request) -> web.Response:
+        unit = storage.get_unit(unit_name(request))
+        if unit is None:
+            raise ApiError(404, f"unit {request.match_info['name']!r} does not exist")
+        return json_response(unit)
+
+    @r.put(PREFIX + "/units/{name}")
+    async def put_unit(request: web.Request) -> web.Response:
+        name = unit_name(request)
+        body = await decode_body(request, UnitRequest)
+        unknown = [mid for mid in body.machines if storage.get_machine(mid) is None]
+        if unknown:
+            raise ApiError(400, f"unknown machine(s): {', '.join(unknown)}")
+        unit = await units.set_unit(name, body.options, body.desired_state, body.machines)
+        return json_response(unit)
+
+    @r.delete(PREFIX + "/units/{name}")
+    async def delete_unit(request: web.Request) -> web.Response:
+        name = unit_name(request)
+        if not await units.destroy(name):
+            raise ApiError(404, f"unit {name!r} does not exist")
+        return web.Response(status=204)
+
+    @r.get(PREFIX + "/unit-states")
+    async def unit_states(request: web.Request) -> web.Response:
+        states = storage.unit_states(
+            machine_id=request.query.get("machine") or None,
+            name=request.query.get("unit") or None,
+        )
+        return json_response(UnitStateList(states))
+
+    @r.get(PREFIX + "/units/{name}/journal")
+    async def journal(request: web.Request) -> web.StreamResponse:
+        """Last `lines` lines as JSON, or with follow=1 an NDJSON stream of LogLines."""
+        name = unit_name(request)
+        unit = storage.get_unit(name)
+        if unit is None:
+            raise ApiError(404, f"unit {name!r} does not exist")
+        machine = request.query.get("machine") or ""
+        if not machine:
+            if len(unit.machines) != 1:
+                raise ApiError(
+                    400, f"unit {name} is on {len(unit.machines)} machines; pass machine=ID"
+                )
+            machine = unit.machines[0]
+        try:
+            lines = int(request.query.get("lines", "10"))
+        except ValueError:
+            raise ApiError(400, "lines must be an integer") from None
+        follow = request.query.get("follow", "") in ("1", "true")
+        cursor = request.query.get("cursor", "")
+        stream = logs.stream(machine, name, lines=lines, follow=follow, cursor=cursor)
+        if not follow:
+            collected = []
+            try:
+                async for chunk in stream:
+                    if chunk.error:
+                        raise ApiError(502, f"machine {machine}: {chunk.error}")
+                    collected.extend(chunk.lines)
+            except LogUnavailable as exc:
+                raise ApiError(503, str(exc)) from None
+            return json_response({"machine": machine, "unit": name, "lines": collected})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            async for chunk in stream:
+                for line in chunk.lines:
+                    await response.write(msgspec.json.encode(line) + b"\n")
+                if chunk.error:
+                    await response.write(msgspec.json.encode({"error": chunk.error}) + b"\n")
+        except LogUnavailable as exc:
+            await response.write(msgspec.json.encode({"error": str(exc)}) + b"\n")
+        except ConnectionResetError:
+            pass
+        return response
 
     @r.get(PREFIX + "/machines")
     async def list_machines(request: web.Request) -> web.Response:

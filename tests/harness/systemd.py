@@ -359,6 +359,30 @@ class UserSystemd:
             except Exception:
                 log.exception("teardown of systemd --user (%s) failed a step", self.cgroup_name)
 
+    def reboot(self) -> None:
+        """Power-cycle the "machine": every unit stops and runtime state (/run, the
+        volatile journal) is wiped; persistent config such as unit_dir survives."""
+        if self._stopped or self._proc is None:
+            raise HarnessError("reboot() needs a running manager")
+        for step in (
+            self._stop_units,
+            self._stop_journald,
+            self._stop_manager,
+            lambda: kill_cgroup(self.cgroup_name),
+            lambda: remove_cgroup(self.cgroup_name),
+        ):
+            step()
+        for runtime in (self.run_dir, self.root / "fakerun", self.root / "runlog"):
+            shutil.rmtree(runtime, ignore_errors=True)
+        self._proc = None
+        self._journald_pid = None
+        try:
+            self._launch()
+            self._wait_running()
+        except BaseException:
+            self.stop()
+            raise
+
     def __enter__(self) -> Self:
         return self.start()
 

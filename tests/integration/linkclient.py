@@ -52,24 +52,28 @@ class RawLink:
     async def send(self, message: m.Message) -> None:
         await self.ws.send_bytes(m.encode(message))
 
-    async def recv(self, timeout: float = 5.0) -> m.Message:
-        msg = await self.ws.receive(timeout=timeout)
-        assert msg.type == aiohttp.WSMsgType.BINARY, (
-            f"expected a frame, got {msg.type} {msg.data!r} {msg.extra!r}"
-        )
-        return m.decode(msg.data)
-
-    async def closed(self, timeout: float = 5.0) -> int | None:
-        """Wait for the server to close; returns the close code."""
+    async def recv(self, timeout: float = 5.0, skip: tuple[type, ...] = (m.Desired,)) -> m.Message:
+        """The next message, skipping desired-state pushes the test is not about."""
         while True:
             msg = await self.ws.receive(timeout=timeout)
+            assert msg.type == aiohttp.WSMsgType.BINARY, (
+                f"expected a frame, got {msg.type} {msg.data!r} {msg.extra!r}"
+            )
+            message = m.decode(msg.data)
+            if not isinstance(message, skip):
+                return message
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Wait for the server to close; returns the code of its close frame."""
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            if msg.type == aiohttp.WSMsgType.CLOSE:
+                return int(msg.data)
             if msg.type in (
-                aiohttp.WSMsgType.CLOSE,
                 aiohttp.WSMsgType.CLOSED,
                 aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.ERROR,
             ):
-                return self.ws.close_code
-            if msg.type == aiohttp.WSMsgType.ERROR:
                 return self.ws.close_code
 
     async def close(self) -> None:

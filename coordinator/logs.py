@@ -1,0 +1,66 @@
+"""Unit logs through the agent link: no SSH, and a follow survives nothing but itself.
+
+A request gets an id; the agent answers with LogChunks carrying journal cursors, so a
+client that reconnects can resume from the last cursor it saw without gaps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+from coordinator.hub import Hub, Session
+from proto import messages as m
+
+FIRST_CHUNK_TIMEOUT_S = 30.0
+
+
+class LogUnavailable(Exception):
+    pass
+
+
+class LogService:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._queues: dict[str, asyncio.Queue[m.LogChunk | None]] = {}
+        hub.handlers.append(self._on_message)
+
+    async def _on_message(self, session: Session, message: m.Message) -> None:
+        if isinstance(message, m.LogChunk):
+            queue = self._queues.get(message.request_id)
+            if queue is not None:
+                queue.put_nowait(message)
+
+    async def stream(
+        self, machine_id: str, unit: str, *, lines: int, follow: bool, cursor: str = ""
+    ) -> AsyncIterator[m.LogChunk]:
+        session = self.hub.sessions.get(machine_id)
+        if session is None:
+            raise LogUnavailable(f"machine {machine_id} is not connected")
+        request_id = secrets.token_hex(8)
+        queue: asyncio.Queue[m.LogChunk | None] = asyncio.Queue()
+        self._queues[request_id] = queue
+        try:
+            await session.send(
+                m.LogRequest(request_id, unit, lines=lines, follow=follow, cursor=cursor)
+            )
+            first = True
+            while True:
+                timeout = FIRST_CHUNK_TIMEOUT_S if (first or not follow) else None
+                try:
+                    chunk = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    raise LogUnavailable(f"machine {machine_id} did not answer in time") from None
+                first = False
+                if chunk is None:
+                    return
+                yield chunk
+                if chunk.done:
+                    return
+        finally:
+            self._queues.pop(request_id, None)
+            if follow and session is self.hub.sessions.get(machine_id):
+                with contextlib.suppress(ConnectionError):
+                    await session.send(m.LogCancel(request_id))
