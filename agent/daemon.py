@@ -279,6 +279,8 @@ class Agent:
 
     def _status(self, name: str, rt: UnitRuntime | None) -> m.UnitStatus:
         unit = self.state.desired[name]
+        done = self.state.applied.get(name)
+        target = done.state if done is not None and done.hash == unit.hash else ""
         reason = self.conflicts.get(name) or (
             f"systemd is not available on this machine: {self.systemd_error}"
             if not self.systemd.connected
@@ -292,6 +294,7 @@ class Agent:
                 active_state="failed",
                 sub_state="failed",
                 message=reason or "no state reported by systemd",
+                target_state=target,
             )
         return m.UnitStatus(
             name=name,
@@ -301,6 +304,7 @@ class Agent:
             sub_state=rt.sub_state,
             main_pid=rt.main_pid,
             message=self.errors.get(name, rt.message),
+            target_state=target,
         )
 
     async def _report_loop(self) -> None:

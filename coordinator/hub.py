@@ -80,6 +80,8 @@ class Hub:
         self.handlers: list[MessageHandler] = []
         """Domain services subscribe here for Applied, StateReport, LogChunk..."""
         self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
+        self.on_state_change: list[Callable[[str, str], Awaitable[None]]] = []
+        """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- session lifecycle ----------------------------------------------------------
@@ -294,3 +296,5 @@ class Hub:
             else:
                 log.info("machine %s is now %s", t.id, t.state)
                 self.storage.set_machine_state(t.id, t.state, now)
+                for hook in self.on_state_change:
+                    await hook(t.id, t.state)

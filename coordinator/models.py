@@ -55,6 +55,8 @@ class Unit(msgspec.Struct, frozen=True, kw_only=True):
     options: list[UnitOption]
     hash: str
     desired_state: DesiredState = "inactive"
+    pinned: bool = False
+    """Placed explicitly by an operator call: the scheduler leaves its placement alone."""
     machines: list[str] = []
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -72,4 +74,5 @@ class UnitState(msgspec.Struct, frozen=True, kw_only=True):
     main_pid: int = 0
     image_digest: str = ""
     message: str = ""
+    target_state: str = ""
     updated_at: float = 0.0

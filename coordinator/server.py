@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import pki
-from coordinator.api import fleet_v1, native
+from coordinator.api import fleet_v1, native, openapi, v1_alpha
 from coordinator.api.errors import ApiError, decode_body, error_response, json_response
 from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
@@ -77,7 +77,9 @@ class Coordinator:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get(CA_PATH, self._ca)
         app.router.add_post(ENROLL_PATH, self._enroll)
-        app.add_routes(fleet_v1.routes(self.storage))
+        app.add_routes(fleet_v1.routes(self.storage, self.units))
+        app.add_routes(v1_alpha.routes(self.storage, self.units))
+        app.router.add_get("/openapi.json", self._openapi)
         app.add_routes(
             native.routes(
                 self.storage,
@@ -120,6 +122,9 @@ class Coordinator:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return json_response(openapi.document(request.app))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

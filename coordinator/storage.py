@@ -100,6 +100,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE machines ADD COLUMN desired_revision INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE machines ADD COLUMN applied_revision INTEGER NOT NULL DEFAULT 0
     """,
+    # 3: fleet's currentState needs what the agent did; PATCHed metadata; pinned units.
+    """
+    ALTER TABLE unit_states ADD COLUMN target_state TEXT NOT NULL DEFAULT '';
+    ALTER TABLE machines ADD COLUMN metadata_patch TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE units ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 
@@ -194,6 +200,21 @@ class Storage:
                 ),
             )
 
+    def patch_metadata(self, machine_id: str, patch: dict[str, str | None]) -> bool:
+        """Operator overrides over what the agent publishes; None removes a key."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT metadata_patch FROM machines WHERE id=?", (machine_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            merged = {**json.loads(row["metadata_patch"]), **patch}
+            db.execute(
+                "UPDATE machines SET metadata_patch=? WHERE id=?",
+                (json.dumps(merged, sort_keys=True), machine_id),
+            )
+            return True
+
     def set_machine_state(
         self, machine_id: str, state: MachineState, now: float, *, last_seen: float | None = None
     ) -> None:
@@ -285,15 +306,16 @@ class Storage:
                 for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (unit.name,))
             }
             db.execute(
-                "INSERT INTO units (name, options, hash, desired_state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
-                " options=excluded.options, hash=excluded.hash,"
+                "INSERT INTO units (name, options, hash, desired_state, pinned, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " options=excluded.options, hash=excluded.hash, pinned=excluded.pinned,"
                 " desired_state=excluded.desired_state, updated_at=excluded.updated_at",
                 (
                     unit.name,
                     msgspec.json.encode(unit.options).decode(),
                     unit.hash,
                     unit.desired_state,
+                    int(unit.pinned),
                     now,
                     now,
                 ),
@@ -314,6 +336,33 @@ class Storage:
             affected = old | new
             _bump(db, affected)
             return affected
+
+    def set_placements(self, changes: dict[str, list[str]]) -> set[str]:
+        """Store many units' new placements in one transaction (the scheduler's output);
+        returns every machine whose desired state changed, revisions bumped."""
+        affected: set[str] = set()
+        with self._tx() as db:
+            for name, machines in sorted(changes.items()):
+                old = {
+                    r[0]
+                    for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (name,))
+                }
+                new = set(machines)
+                db.executemany(
+                    "DELETE FROM placements WHERE unit=? AND machine_id=?",
+                    [(name, m) for m in old - new],
+                )
+                db.executemany(
+                    "DELETE FROM unit_states WHERE name=? AND machine_id=?",
+                    [(name, m) for m in old - new],
+                )
+                db.executemany(
+                    "INSERT INTO placements (unit, machine_id) VALUES (?, ?)",
+                    [(name, m) for m in new - old],
+                )
+                affected |= old ^ new
+            _bump(db, affected)
+        return affected
 
     def delete_unit(self, name: str) -> set[str] | None:
         """Remove a unit; None if it did not exist, else the machines it was placed on."""
@@ -350,13 +399,13 @@ class Storage:
             )
             db.executemany(
                 "INSERT INTO unit_states (name, machine_id, hash, load_state, active_state,"
-                " sub_state, main_pid, image_digest, message, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " sub_state, main_pid, image_digest, message, target_state, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(name, machine_id) DO UPDATE SET hash=excluded.hash,"
                 " load_state=excluded.load_state, active_state=excluded.active_state,"
                 " sub_state=excluded.sub_state, main_pid=excluded.main_pid,"
                 " image_digest=excluded.image_digest, message=excluded.message,"
-                " updated_at=excluded.updated_at",
+                " target_state=excluded.target_state, updated_at=excluded.updated_at",
                 [
                     (
                         c.name,
@@ -368,6 +417,7 @@ class Storage:
                         c.main_pid,
                         c.image_digest,
                         c.message,
+                        c.target_state,
                         now,
                     )
                     for c in changes
@@ -396,6 +446,7 @@ class Storage:
                 main_pid=r["main_pid"],
                 image_digest=r["image_digest"],
                 message=r["message"],
+                target_state=r["target_state"],
                 updated_at=r["updated_at"],
             )
             for r in rows
@@ -509,6 +560,7 @@ def _unit(row: sqlite3.Row, machines: list[str]) -> Unit:
         options=_options_decoder.decode(row["options"]),
         hash=row["hash"],
         desired_state=row["desired_state"],
+        pinned=bool(row["pinned"]),
         machines=machines,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -532,11 +584,17 @@ def _record_issued(
 
 
 def _machine(row: sqlite3.Row) -> Machine:
+    metadata: dict[str, str] = json.loads(row["metadata"])
+    for key, value in json.loads(row["metadata_patch"]).items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
     return Machine(
         id=row["id"],
         hostname=row["hostname"],
         primary_ip=row["primary_ip"],
-        metadata=json.loads(row["metadata"]),
+        metadata=metadata,
         capabilities=json.loads(row["capabilities"]),
         state=row["state"],
         state_since=row["state_since"],

@@ -1,4 +1,4 @@
-"""The unit domain service: define units, place them, and keep machines in sync.
+"""The unit domain service: define units, schedule them, keep machines in sync.
 
 Every API adapter (fleet v1, v1-alpha, moorctl's routes) goes through this one
 service. A change is committed first (with the affected machines' revisions bumped
@@ -18,13 +18,16 @@ import msgspec
 
 from coordinator.desired import diff, machine_desired
 from coordinator.hub import Hub, Session
-from coordinator.models import Unit
+from coordinator.models import Machine, Unit, UnitState
+from coordinator.scheduler import MachineView, UnitView, parse_xfleet, schedule
 from coordinator.storage import Storage
 from proto import messages as m
 from proto.messages import DesiredState, DesiredUnit
-from proto.units import UnitOption, unit_hash
+from proto.units import UnitOption, backend_for, unit_hash
 
 log = logging.getLogger(__name__)
+
+RESCHEDULE_DELAY_S = 0.02
 
 
 class Sent(msgspec.Struct):
@@ -35,43 +38,114 @@ class Sent(msgspec.Struct):
     units: dict[str, DesiredUnit]
 
 
+def current_state(unit: Unit, states: Iterable[UnitState]) -> str:
+    """fleet's currentState: what the target machine reports having done for this
+    version of the unit; `inactive` while unplaced or unreported."""
+    if len(unit.machines) != 1:
+        return "inactive"
+    for s in states:
+        if s.machine_id == unit.machines[0] and s.hash == unit.hash and s.target_state:
+            return s.target_state
+    return "inactive"
+
+
 class UnitService:
     def __init__(self, storage: Storage, hub: Hub) -> None:
         self.storage = storage
         self.hub = hub
         self._sent: dict[str, Sent] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._schedule_lock = asyncio.Lock()
+        self._pending: asyncio.Task[None] | None = None
         hub.on_connect.append(self._on_connect)
+        hub.on_state_change.append(self._on_machine_state)
         hub.handlers.append(self._on_message)
 
     # --- commands ---------------------------------------------------------------------
 
-    async def set_unit(
+    async def put(
         self,
         name: str,
         options: list[UnitOption],
         desired_state: DesiredState,
-        machines: Iterable[str],
+        *,
+        machines: Iterable[str] | None = None,
     ) -> Unit:
+        """Create or replace a unit. `machines` pins it (operator placement); without
+        it the scheduler places it, keeping its current machine while that fits."""
         existing = self.storage.get_unit(name)
+        pinned = machines is not None
         unit = Unit(
             name=name,
             options=list(options),
             hash=unit_hash(options),
             desired_state=desired_state,
-            machines=sorted(set(machines)),
+            pinned=pinned,
+            machines=sorted(set(machines))
+            if machines is not None
+            else (list(existing.machines) if existing and not existing.pinned else []),
             created_at=existing.created_at if existing else 0.0,
         )
         affected = self.storage.put_unit(unit, time.time())
         await self.push(affected)
+        await self.reschedule()
         return self.storage.get_unit(name) or unit
+
+    async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:
+        unit = self.storage.get_unit(name)
+        if unit is None:
+            return None
+        if unit.desired_state == desired_state:
+            return unit
+        return await self.put(
+            name,
+            unit.options,
+            desired_state,
+            machines=unit.machines if unit.pinned else None,
+        )
 
     async def destroy(self, name: str) -> bool:
         placed = self.storage.delete_unit(name)
         if placed is None:
             return False
         await self.push(placed)
+        await self.reschedule()
         return True
+
+    # --- scheduling -------------------------------------------------------------------
+
+    async def reschedule(self) -> None:
+        """Run the scheduler over the current snapshot and store what moved, at once."""
+        async with self._schedule_lock:
+            units = self.storage.list_units()
+            machines = self.storage.list_machines()
+            views = [_unit_view(u) for u in units if not u.pinned]
+            if not views:
+                return
+            placements = schedule(views, [_machine_view(mach) for mach in machines])
+            current = {u.name: u.machines for u in units}
+            changes = {n: mids for n, mids in placements.items() if mids != current.get(n)}
+            if not changes:
+                return
+            affected = self.storage.set_placements(changes)
+            log.info("scheduler moved %d unit(s) across %d machine(s)", len(changes), len(affected))
+        await self.push(affected)
+
+    def reschedule_soon(self) -> None:
+        """Coalesce bursts (many machines connecting) into one scheduling pass."""
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.create_task(self._delayed_reschedule())
+
+    async def _delayed_reschedule(self) -> None:
+        await asyncio.sleep(RESCHEDULE_DELAY_S)
+        try:
+            await self.reschedule()
+        except Exception:
+            log.exception("scheduling failed")
+
+    async def _on_machine_state(self, machine_id: str, state: str) -> None:
+        if state == "lost":
+            self.reschedule_soon()
 
     # --- distribution -----------------------------------------------------------------
 
@@ -124,8 +198,9 @@ class UnitService:
             # The agent already has exactly this revision: only remember it as the base.
             desired = machine_desired(self.storage.list_units(machine_id=session.machine_id))
             self._sent[session.machine_id] = Sent(session.id, machine.desired_revision, desired)
-            return
-        await self._push_one(session.machine_id, full=True)
+        else:
+            await self._push_one(session.machine_id, full=True)
+        self.reschedule_soon()
 
     async def _on_message(self, session: Session, message: m.Message) -> None:
         if isinstance(message, m.StateReport):
@@ -137,3 +212,22 @@ class UnitService:
         elif isinstance(message, m.Error) and message.code == "resync":
             log.info("machine %s asked for a full resync: %s", session.machine_id, message.message)
             await self._push_one(session.machine_id, full=True)
+
+
+def _unit_view(unit: Unit) -> UnitView:
+    return UnitView(
+        name=unit.name,
+        xfleet=parse_xfleet(unit.options),
+        backend=backend_for(unit.name),
+        active=unit.desired_state != "inactive",
+        machines=tuple(unit.machines),
+    )
+
+
+def _machine_view(machine: Machine) -> MachineView:
+    return MachineView(
+        id=machine.id,
+        metadata=dict(machine.metadata),
+        capabilities=tuple(machine.capabilities),
+        state=machine.state,
+    )

@@ -37,6 +37,10 @@ class UnitStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     main_pid: int = 0
     image_digest: str = ""
     message: str = ""
+    target_state: str = ""
+    """What the agent has done for the current hash: "loaded" or "launched" (fleet's
+    currentState), "" while nothing is applied. A unit that started and then failed
+    is still "launched": the agent did launch it."""
 
 
 class DesiredUnit(msgspec.Struct, frozen=True, omit_defaults=True):

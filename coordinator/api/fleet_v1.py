@@ -1,16 +1,29 @@
-"""`/fleet/v1/`: what `fleetctl` v1.0.0 speaks (see spec/fleet-v1-notes.md)."""
+"""`/fleet/v1/`: what `fleetctl` v1.0.0 speaks (spec/fleet-v1-notes.md), to the status code.
+
+A thin adapter: every rule about units lives in coordinator/units.py,
+coordinator/validation.py and coordinator/scheduler.py; this module only maps
+fleet's JSON shapes and status codes onto them.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from coordinator.api.discovery import fleet_v1_discovery
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
-from coordinator.models import Machine
+from coordinator.models import Machine, Unit, UnitState
 from coordinator.storage import Storage
+from coordinator.units import UnitService, current_state
+from coordinator.validation import UnitInvalid, validate_name, validate_unit
+from proto.units import UnitOption, is_template, unit_hash
 
 PREFIX = "/fleet/v1"
+DESIRED = ("inactive", "loaded", "launched")
+METADATA_KEY = r"[A-Za-z0-9_.-]+"
 
 
 class FleetMachine(msgspec.Struct, frozen=True):
@@ -24,6 +37,47 @@ class MachinePage(msgspec.Struct, frozen=True, omit_defaults=True):
     nextPageToken: str | None = None
 
 
+class FleetUnit(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    options: list[UnitOption]
+    machineID: str
+    desiredState: str = ""
+    currentState: str = ""
+
+
+class UnitPage(msgspec.Struct, frozen=True, omit_defaults=True):
+    units: list[FleetUnit]
+    nextPageToken: str | None = None
+
+
+class FleetUnitState(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    hash: str = ""
+    machineID: str = ""
+    systemdLoadState: str = ""
+    systemdActiveState: str = ""
+    systemdSubState: str = ""
+
+
+class UnitStatePage(msgspec.Struct, frozen=True, omit_defaults=True):
+    states: list[FleetUnitState]
+    nextPageToken: str | None = None
+
+
+class UnitBody(msgspec.Struct, frozen=True):
+    """What fleetctl PUTs; other fields it may send (currentState, machineID) are ignored."""
+
+    name: str = ""
+    options: list[UnitOption] | None = None
+    desiredState: str = ""
+
+
+class PatchOp(msgspec.Struct, frozen=True):
+    op: str = ""
+    path: str = ""
+    value: Any = None
+
+
 def fleet_machine(machine: Machine) -> FleetMachine:
     return FleetMachine(machine.id, machine.primary_ip, dict(machine.metadata))
 
@@ -33,7 +87,36 @@ def visible(machine: Machine) -> bool:
     return not machine.revoked and machine.state != "lost"
 
 
-def paged(request: web.Request, items: list[FleetMachine]) -> tuple[list[FleetMachine], str | None]:
+def fleet_unit(unit: Unit, states: list[UnitState]) -> FleetUnit:
+    is_global = len(unit.machines) > 1 or _is_global(unit)
+    return FleetUnit(
+        name=unit.name,
+        options=list(unit.options),
+        machineID="" if is_global or not unit.machines else unit.machines[0],
+        desiredState=unit.desired_state,
+        currentState="" if is_global else current_state(unit, states),
+    )
+
+
+def _is_global(unit: Unit) -> bool:
+    return any(
+        o.section == "X-Fleet" and o.name == "Global" and o.value.strip().lower() in ("true", "1")
+        for o in unit.options
+    )
+
+
+def fleet_state(state: UnitState) -> FleetUnitState:
+    return FleetUnitState(
+        name=state.name,
+        hash=state.hash,
+        machineID=state.machine_id,
+        systemdLoadState=state.load_state,
+        systemdActiveState=state.active_state,
+        systemdSubState=state.sub_state,
+    )
+
+
+def paged(request: web.Request, items: list[Any]) -> tuple[list[Any], str | None]:
     try:
         token = token_from_query(request.query.getall("nextPageToken", []))
     except PageTokenError as exc:
@@ -41,8 +124,44 @@ def paged(request: web.Request, items: list[FleetMachine]) -> tuple[list[FleetMa
     return page(items, token)
 
 
-def routes(storage: Storage) -> web.RouteTableDef:
+def parse_patch(raw: bytes, known: set[str]) -> dict[str, dict[str, str | None]]:
+    """JSON-Patch on machine metadata -> {machine: {key: value or None to remove}}."""
+    import re
+
+    try:
+        ops = msgspec.json.decode(raw, type=list[PatchOp])
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, f"unable to decode body: {exc}") from None
+    out: dict[str, dict[str, str | None]] = {}
+    for op in ops:
+        if op.op not in ("add", "replace", "remove"):
+            raise ApiError(400, f"invalid op {op.op!r}: must be add, replace or remove")
+        match = re.fullmatch(rf"/([^/]+)/metadata/({METADATA_KEY})", op.path)
+        if not match:
+            raise ApiError(400, f"invalid path {op.path!r}: must be /<machineID>/metadata/<key>")
+        machine_id, key = match.groups()
+        if machine_id not in known:
+            raise ApiError(400, f"machine {machine_id!r} does not exist")
+        value: str | None = None
+        if op.op != "remove":
+            raw_value = op.value
+            if isinstance(raw_value, dict):
+                raw_value = raw_value.get("value")
+            if not isinstance(raw_value, str):
+                raise ApiError(400, f"{op.op} of {op.path!r} needs a string value")
+            value = raw_value
+        out.setdefault(machine_id, {})[key] = value
+    return out
+
+
+def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
     r = web.RouteTableDef()
+
+    @r.route("*", PREFIX + "/discovery")
+    async def discovery(request: web.Request) -> web.Response:
+        if request.method != "GET":
+            raise ApiError(400, "only HTTP GET supported against this resource")
+        return json_response(fleet_v1_discovery())
 
     @r.get(PREFIX + "/machines")
     async def list_machines(request: web.Request) -> web.Response:
@@ -50,4 +169,118 @@ def routes(storage: Storage) -> web.RouteTableDef:
         items, next_token = paged(request, machines)
         return json_response(MachinePage(items, next_token))
 
+    @r.patch(PREFIX + "/machines")
+    async def patch_machines(request: web.Request) -> web.Response:
+        known = {mach.id for mach in storage.list_machines()}
+        for machine_id, patch in parse_patch(await request.read(), known).items():
+            storage.patch_metadata(machine_id, patch)
+        units.reschedule_soon()
+        return web.Response(status=204)
+
+    @r.get(PREFIX + "/units")
+    async def list_units(request: web.Request) -> web.Response:
+        states = _states_by_unit(storage.unit_states())
+        items = [fleet_unit(u, states.get(u.name, [])) for u in storage.list_units()]
+        chunk, next_token = paged(request, items)
+        return json_response(UnitPage(chunk, next_token))
+
+    @r.get(PREFIX + "/units/{name}")
+    async def get_unit(request: web.Request) -> web.Response:
+        unit = storage.get_unit(request.match_info["name"])
+        if unit is None:
+            raise ApiError(404, "unit does not exist")
+        return json_response(fleet_unit(unit, storage.unit_states(name=unit.name)))
+
+    @r.put(PREFIX + "/units/{name}")
+    async def put_unit(request: web.Request) -> web.Response:
+        if request.content_type != "application/json":
+            raise ApiError(415, "expected Content-Type application/json")
+        item = request.match_info["name"]
+        try:
+            body = msgspec.json.decode(await request.read(), type=UnitBody)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, f"unable to decode body: {exc}") from None
+        name = body.name or item
+        if name != item:
+            raise ApiError(
+                400, f"name in URL {item!r} differs from unit name in request body {name!r}"
+            )
+        try:
+            validate_name(name)
+        except UnitInvalid as exc:
+            raise ApiError(400, str(exc)) from None
+        if body.desiredState and body.desiredState not in DESIRED:
+            raise ApiError(400, f"invalid desiredState {body.desiredState!r}")
+        desired = body.desiredState or None
+        existing = storage.get_unit(name)
+        options = body.options or []
+
+        if existing is None:
+            if not options:
+                raise ApiError(409, "unit does not exist and options field empty")
+            _validate(name, options)
+            state = desired or "inactive"
+            if is_template(name) and state != "inactive":
+                raise ApiError(400, f"cannot activate template {name!r}")
+            await units.put(name, options, state)  # type: ignore[arg-type]
+            return web.Response(status=201)
+
+        if options and unit_hash(options) != existing.hash:
+            _validate(name, options)
+            state = desired or existing.desired_state
+            if is_template(name) and state != "inactive":
+                raise ApiError(400, f"cannot activate template {name!r}")
+            pinned = existing.machines if existing.pinned else None
+            await units.put(name, options, state, machines=pinned)  # type: ignore[arg-type]
+            return web.Response(status=201)
+
+        if desired is None:
+            raise ApiError(409, "must provide DesiredState to update existing unit")
+        if is_template(name) and desired != "inactive":
+            raise ApiError(400, f"cannot activate template {name!r}")
+        await units.set_desired_state(name, desired)  # type: ignore[arg-type]
+        return web.Response(status=204)
+
+    @r.delete(PREFIX + "/units/{name}")
+    async def delete_unit(request: web.Request) -> web.Response:
+        if not await units.destroy(request.match_info["name"]):
+            raise ApiError(404, "unit does not exist")
+        return web.Response(status=204)
+
+    @r.get(PREFIX + "/state")
+    async def list_states(request: web.Request) -> web.Response:
+        states = storage.unit_states(
+            machine_id=request.query.get("machineID") or None,
+            name=request.query.get("unitName") or None,
+        )
+        known = {u.name for u in storage.list_units()}
+        items = [fleet_state(s) for s in states if s.name in known]
+        chunk, next_token = paged(request, items)
+        return json_response(UnitStatePage(chunk, next_token))
+
+    @r.get(PREFIX + "/state/{name}")
+    async def get_state(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        unit = storage.get_unit(name)
+        if unit is None:
+            raise ApiError(404, "unit does not exist")
+        states = [s for s in storage.unit_states(name=name) if s.machine_id in unit.machines]
+        # A known unit without a state yet answers with just its name: fleetctl start
+        # polls this and a 404 would make it give up.
+        return json_response(fleet_state(states[0]) if states else FleetUnitState(name=name))
+
     return r
+
+
+def _validate(name: str, options: list[UnitOption]) -> None:
+    try:
+        validate_unit(name, options)
+    except UnitInvalid as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _states_by_unit(states: list[UnitState]) -> dict[str, list[UnitState]]:
+    out: dict[str, list[UnitState]] = {}
+    for s in states:
+        out.setdefault(s.name, []).append(s)
+    return out

@@ -15,6 +15,7 @@ from coordinator.models import ApiToken, Machine, Unit, UnitState
 from coordinator.storage import Storage
 from coordinator.tokens import format_token, hash_secret, new_api_token, new_join_token
 from coordinator.units import UnitService
+from coordinator.validation import UnitInvalid, validate_unit
 from proto.messages import DesiredState
 from proto.units import UnitNameError, UnitOption, validate_unit_name
 
@@ -59,7 +60,8 @@ class UnitRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     options: list[UnitOption]
     desired_state: DesiredState = "launched"
-    machines: list[str] = []
+    machines: list[str] | None = None
+    """Pin to these machines; omitted: the scheduler places the unit."""
 
 
 class UnitList(msgspec.Struct, frozen=True):
@@ -133,10 +135,14 @@ def routes(
     async def put_unit(request: web.Request) -> web.Response:
         name = unit_name(request)
         body = await decode_body(request, UnitRequest)
-        unknown = [mid for mid in body.machines if storage.get_machine(mid) is None]
+        try:
+            validate_unit(name, body.options)
+        except UnitInvalid as exc:
+            raise ApiError(400, str(exc)) from None
+        unknown = [mid for mid in body.machines or [] if storage.get_machine(mid) is None]
         if unknown:
             raise ApiError(400, f"unknown machine(s): {', '.join(unknown)}")
-        unit = await units.set_unit(name, body.options, body.desired_state, body.machines)
+        unit = await units.put(name, body.options, body.desired_state, machines=body.machines)
         return json_response(unit)
 
     @r.delete(PREFIX + "/units/{name}")

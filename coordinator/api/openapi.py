@@ -1,0 +1,243 @@
+"""The OpenAPI 3.1 document of the coordinator's HTTP API, served at /openapi.json.
+
+Schemas come from the same msgspec Structs the handlers encode and decode, so the
+document cannot drift from the wire format; the route table below is checked
+against the application's router by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from coordinator import __version__
+from coordinator.api import fleet_v1, native, v1_alpha
+from coordinator.api.errors import ErrorBody
+from coordinator.models import Machine, Unit
+
+Json = dict[str, Any]
+
+
+class Route(msgspec.Struct, frozen=True):
+    method: str
+    path: str
+    summary: str
+    request: Any = None
+    response: Any = None
+    ok: int = 200
+    errors: tuple[int, ...] = ()
+    query: tuple[str, ...] = ()
+
+
+PAGE = ("nextPageToken",)
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", "Liveness probe (no authentication)"),
+    Route("GET", "/readyz", "Readiness probe (no authentication)"),
+    Route("GET", "/metrics", "Prometheus metrics"),
+    Route("GET", "/openapi.json", "This document"),
+    Route("GET", "/agent/v1/ca", "The fleet CA certificate (PEM; public)"),
+    Route(
+        "POST",
+        "/agent/v1/enroll",
+        "Enrol a machine with a join token and a CSR",
+        errors=(400, 403, 415),
+    ),
+    Route("GET", "/fleet/v1/discovery", "fleet v1 discovery document", errors=(400,)),
+    Route(
+        "GET",
+        "/fleet/v1/machines",
+        "List machines",
+        response=fleet_v1.MachinePage,
+        errors=(400,),
+        query=PAGE,
+    ),
+    Route(
+        "PATCH",
+        "/fleet/v1/machines",
+        "Patch machine metadata (JSON-Patch)",
+        request=list[fleet_v1.PatchOp],
+        ok=204,
+        errors=(400,),
+    ),
+    Route(
+        "GET",
+        "/fleet/v1/units",
+        "List units",
+        response=fleet_v1.UnitPage,
+        errors=(400,),
+        query=PAGE,
+    ),
+    Route(
+        "GET", "/fleet/v1/units/{name}", "Get a unit", response=fleet_v1.FleetUnit, errors=(404,)
+    ),
+    Route(
+        "PUT",
+        "/fleet/v1/units/{name}",
+        "Create, replace or change the state of a unit",
+        request=fleet_v1.UnitBody,
+        ok=201,
+        errors=(204, 400, 409, 415),
+    ),
+    Route("DELETE", "/fleet/v1/units/{name}", "Destroy a unit", ok=204, errors=(404,)),
+    Route(
+        "GET",
+        "/fleet/v1/state",
+        "List unit states",
+        response=fleet_v1.UnitStatePage,
+        errors=(400,),
+        query=(*PAGE, "machineID", "unitName"),
+    ),
+    Route(
+        "GET",
+        "/fleet/v1/state/{name}",
+        "State of one unit",
+        response=fleet_v1.FleetUnitState,
+        errors=(404,),
+    ),
+    Route("GET", "/v1-alpha/discovery", "fleet v1-alpha discovery document"),
+    Route(
+        "GET",
+        "/v1-alpha/units",
+        "List units (draft shape)",
+        response=v1_alpha.AlphaUnitPage,
+        errors=(400,),
+        query=PAGE,
+    ),
+    Route(
+        "GET",
+        "/v1-alpha/units/{name}",
+        "Get a unit (draft shape)",
+        response=v1_alpha.AlphaUnit,
+        errors=(404,),
+    ),
+    Route(
+        "DELETE",
+        "/v1-alpha/units",
+        "Destroy units",
+        request=v1_alpha.DeletableUnits,
+        ok=204,
+        errors=(400,),
+    ),
+    Route(
+        "GET",
+        "/v1-alpha/machines",
+        "List machines (draft shape)",
+        response=v1_alpha.AlphaMachinePage,
+        errors=(400,),
+        query=PAGE,
+    ),
+    Route(
+        "GET",
+        "/moorage/v1/machines",
+        "Machines with state",
+        response=native.MachineList,
+        query=("all",),
+    ),
+    Route("GET", "/moorage/v1/machines/{id}", "One machine", response=Machine, errors=(404,)),
+    Route(
+        "POST",
+        "/moorage/v1/machines/{id}/revoke",
+        "Revoke a machine's certificates",
+        ok=204,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/moorage/v1/join-tokens",
+        "Create a one-time join token",
+        request=native.JoinTokenRequest,
+        response=native.JoinTokenCreated,
+        ok=201,
+        errors=(400, 415),
+    ),
+    Route("GET", "/moorage/v1/api-tokens", "List API tokens", response=native.ApiTokenList),
+    Route(
+        "POST",
+        "/moorage/v1/api-tokens",
+        "Create an API token",
+        request=native.ApiTokenRequest,
+        response=native.ApiTokenCreated,
+        ok=201,
+        errors=(400, 415),
+    ),
+    Route("DELETE", "/moorage/v1/api-tokens/{id}", "Revoke an API token", ok=204, errors=(404,)),
+    Route("GET", "/moorage/v1/units", "Units with placements", response=native.UnitList),
+    Route("GET", "/moorage/v1/units/{name}", "One unit", response=Unit, errors=(404,)),
+    Route(
+        "PUT",
+        "/moorage/v1/units/{name}",
+        "Set a unit, optionally pinned to machines",
+        request=native.UnitRequest,
+        response=Unit,
+        errors=(400, 415),
+    ),
+    Route("DELETE", "/moorage/v1/units/{name}", "Destroy a unit", ok=204, errors=(404,)),
+    Route(
+        "GET",
+        "/moorage/v1/unit-states",
+        "What machines report",
+        response=native.UnitStateList,
+        query=("machine", "unit"),
+    ),
+    Route(
+        "GET",
+        "/moorage/v1/units/{name}/journal",
+        "Unit log lines; follow=1 streams NDJSON",
+        errors=(400, 404, 502, 503),
+        query=("machine", "lines", "follow", "cursor"),
+    ),
+)
+
+
+def document(app: web.Application | None = None) -> Json:
+    types = [t for r in ROUTES for t in (r.request, r.response) if t is not None]
+    schemas, components = msgspec.json.schema_components(
+        [*types, ErrorBody], ref_template="#/components/schemas/{name}"
+    )
+    refs = dict(zip([*types, ErrorBody], schemas, strict=True))
+    paths: Json = {}
+    for route in ROUTES:
+        op: Json = {"summary": route.summary, "responses": {}}
+        params = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in _path_params(route.path)
+        ] + [{"name": q, "in": "query", "schema": {"type": "string"}} for q in route.query]
+        if params:
+            op["parameters"] = params
+        if route.request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": refs[route.request]}},
+            }
+        ok: Json = {"description": "success"}
+        if route.response is not None:
+            ok["content"] = {"application/json": {"schema": refs[route.response]}}
+        op["responses"][str(route.ok)] = ok
+        for status in (*route.errors, 401):
+            op["responses"][str(status)] = {
+                "description": "error",
+                "content": {"application/json": {"schema": refs[ErrorBody]}},
+            }
+        if route.path in ("/healthz", "/readyz", "/agent/v1/ca", "/agent/v1/enroll"):
+            op["security"] = []
+            del op["responses"]["401"]
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Moorage coordinator API", "version": __version__},
+        "security": [{"bearer": []}, {"clientCertificate": []}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "clientCertificate": {"type": "mutualTLS"},
+            },
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]

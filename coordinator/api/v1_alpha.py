@@ -1,0 +1,115 @@
+"""`/v1-alpha/`: the June 2014 fleet API draft (spec/fleet-v1-alpha-api.md), as documented.
+
+The same units and machines as /fleet/v1, in the draft's shapes: file contents in
+base64 with their SHA-1, the systemd states folded into the Unit entity, and
+`targetMachine` for the placement.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import msgspec
+from aiohttp import web
+
+from coordinator.api.discovery import fleet_v1_alpha_discovery
+from coordinator.api.errors import ApiError, json_response
+from coordinator.api.fleet_v1 import FleetMachine, fleet_machine, paged, visible
+from coordinator.models import Unit, UnitState
+from coordinator.storage import Storage
+from coordinator.units import UnitService, current_state
+from proto.units import serialize
+
+PREFIX = "/v1-alpha"
+
+
+class AlphaUnit(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    fileContents: str
+    fileHash: str
+    desiredState: str = ""
+    currentState: str = ""
+    loadState: str = ""
+    activeState: str = ""
+    subState: str = ""
+    targetMachine: str = ""
+
+
+class AlphaUnitPage(msgspec.Struct, frozen=True, omit_defaults=True):
+    units: list[AlphaUnit]
+    nextPageToken: str | None = None
+
+
+class AlphaMachinePage(msgspec.Struct, frozen=True, omit_defaults=True):
+    machines: list[FleetMachine]
+    nextPageToken: str | None = None
+
+
+class DeletableUnit(msgspec.Struct, frozen=True):
+    name: str
+
+
+class DeletableUnits(msgspec.Struct, frozen=True):
+    units: list[DeletableUnit]
+
+
+def alpha_unit(unit: Unit, states: list[UnitState]) -> AlphaUnit:
+    target = unit.machines[0] if len(unit.machines) == 1 else ""
+    mine = next((s for s in states if s.machine_id == target), None)
+    return AlphaUnit(
+        name=unit.name,
+        fileContents=base64.b64encode(serialize(unit.options).encode()).decode(),
+        fileHash=unit.hash,
+        desiredState=unit.desired_state,
+        currentState=current_state(unit, states),
+        loadState=mine.load_state if mine else "",
+        activeState=mine.active_state if mine else "",
+        subState=mine.sub_state if mine else "",
+        targetMachine=target,
+    )
+
+
+def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
+    r = web.RouteTableDef()
+
+    @r.get(PREFIX + "/discovery")
+    async def discovery(request: web.Request) -> web.Response:
+        return json_response(fleet_v1_alpha_discovery())
+
+    @r.get(PREFIX + "/units")
+    async def list_units(request: web.Request) -> web.Response:
+        by_unit: dict[str, list[UnitState]] = {}
+        for s in storage.unit_states():
+            by_unit.setdefault(s.name, []).append(s)
+        items = [alpha_unit(u, by_unit.get(u.name, [])) for u in storage.list_units()]
+        chunk, next_token = paged(request, items)
+        return json_response(AlphaUnitPage(chunk, next_token))
+
+    @r.get(PREFIX + "/units/{name}")
+    async def get_unit(request: web.Request) -> web.Response:
+        unit = storage.get_unit(request.match_info["name"])
+        if unit is None:
+            raise ApiError(404, "unit does not exist")
+        return json_response(alpha_unit(unit, storage.unit_states(name=unit.name)))
+
+    @r.delete(PREFIX + "/units")
+    async def destroy_units(request: web.Request) -> web.Response:
+        try:
+            body = msgspec.json.decode(await request.read(), type=DeletableUnits)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ApiError(400, f"unable to decode body: {exc}") from None
+        names = [u.name for u in body.units]
+        missing = [n for n in names if storage.get_unit(n) is None]
+        if missing:
+            raise ApiError(400, f"unit(s) do not exist: {', '.join(missing)}")
+        for name in names:
+            await units.destroy(name)
+        return web.Response(status=204)
+
+    @r.get(PREFIX + "/machines")
+    async def list_machines(request: web.Request) -> web.Response:
+        machines = [fleet_machine(mach) for mach in storage.list_machines() if visible(mach)]
+        chunk, next_token = paged(request, machines)
+        return json_response(AlphaMachinePage(chunk, next_token))
+
+    return r
