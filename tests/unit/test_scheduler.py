@@ -1,0 +1,190 @@
+"""The scheduler on plain values: every [X-Fleet] option and forbidden combination."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.scheduler import MachineView, UnitView, XFleet, XFleetError, parse_xfleet, schedule
+from proto.units import UnitOption
+
+
+def xf(*pairs: tuple[str, str]) -> XFleet:
+    return parse_xfleet([UnitOption("X-Fleet", k, v) for k, v in pairs])
+
+
+def m(
+    mid: str, state: str = "connected", caps: tuple[str, ...] = ("systemd",), **meta: str
+) -> MachineView:
+    return MachineView(mid, dict(meta), caps, state)  # type: ignore[arg-type]
+
+
+def u(
+    name: str,
+    *pairs: tuple[str, str],
+    on: tuple[str, ...] = (),
+    active: bool = True,
+    backend: str = "systemd",
+) -> UnitView:
+    return UnitView(name, xf(*pairs), backend, active, on)
+
+
+THREE = [m("m1"), m("m2"), m("m3")]
+
+
+def test_parse_all_options() -> None:
+    x = xf(
+        ("MachineMetadata", "region=us disk=ssd"),
+        ("MachineMetadata", "region=eu"),
+        ("Conflicts", "web@*.service db.service"),
+    )
+    assert x.metadata == {"disk": ("ssd",), "region": ("us", "eu")}
+    assert x.conflicts == ("web@*.service", "db.service")
+    assert xf(("Global", "true")).is_global
+    assert not xf(("Global", "false")).is_global
+    assert xf(("X-ConditionMachineID", "abc")).machine_id == "abc"
+    assert xf(("MachineOf", "a.service")).machine_of == ("a.service",)
+    assert xf(("Replaces", "old.service")).replaces == ("old.service",)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("MachineID", "m1"), ("MachineOf", "x.service")),
+        (("MachineID", "m1"), ("Conflicts", "x*")),
+        (("MachineID", "m1"), ("Global", "true")),
+        (("MachineID", "m1"), ("Replaces", "x.service")),
+        (("Global", "true"), ("MachineOf", "x.service")),
+        (("Global", "true"), ("Replaces", "x.service")),
+        (("Conflicts", "x*"), ("Replaces", "x.service")),
+    ],
+)
+def test_forbidden_combinations(a: tuple[str, str], b: tuple[str, str]) -> None:
+    with pytest.raises(XFleetError, match="cannot be combined"):
+        xf(a, b)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ("Global", "maybe"),
+        ("MachineMetadata", "novalue"),
+        ("Bogus", "1"),
+        ("MachineID", ""),
+        ("MachineID", "a b"),
+    ],
+)
+def test_invalid_options(bad: tuple[str, str]) -> None:
+    with pytest.raises(XFleetError):
+        xf(bad)
+
+
+def test_global_false_with_machine_id_is_fine() -> None:
+    assert xf(("Global", "false"), ("MachineID", "m1")).machine_id == "m1"
+
+
+def test_machine_id_pins() -> None:
+    assert schedule([u("a.service", ("MachineID", "m2"))], THREE) == {"a.service": ["m2"]}
+
+
+def test_machine_id_of_an_absent_machine_stays_unplaced() -> None:
+    assert schedule([u("a.service", ("MachineID", "nope"))], THREE) == {"a.service": []}
+
+
+def test_spread_by_load_deterministically() -> None:
+    units = [u(f"u{i}.service") for i in range(6)]
+    placed = schedule(units, THREE)
+    counts = {mid: sum(mid in v for v in placed.values()) for mid in ("m1", "m2", "m3")}
+    assert counts == {"m1": 2, "m2": 2, "m3": 2}
+    assert schedule(list(reversed(units)), list(reversed(THREE))) == placed
+
+
+def test_metadata_and_across_keys_or_within() -> None:
+    machines = [
+        m("m1", region="us", disk="hdd"),
+        m("m2", region="eu", disk="ssd"),
+        m("m3", region="us", disk="ssd"),
+    ]
+    only = u("a.service", ("MachineMetadata", "region=us"), ("MachineMetadata", "disk=ssd"))
+    assert schedule([only], machines)["a.service"] == ["m3"]
+    either = u(
+        "g.service",
+        ("Global", "true"),
+        ("MachineMetadata", "region=us region=eu"),
+        ("MachineMetadata", "disk=ssd"),
+    )
+    assert schedule([either], machines)["g.service"] == ["m2", "m3"]
+
+
+def test_machine_of_colocates_even_when_anchor_sorts_later() -> None:
+    units = [
+        u("a-sidecar.service", ("MachineOf", "z-main.service")),
+        u("z-main.service"),
+        u("other.service"),
+    ]
+    placed = schedule(units, THREE)
+    assert placed["a-sidecar.service"] == placed["z-main.service"] != []
+
+
+def test_machine_of_unplaced_anchor_keeps_unit_unplaced() -> None:
+    units = [
+        u("side.service", ("MachineOf", "main.service")),
+        u("main.service", ("MachineID", "absent")),
+    ]
+    assert schedule(units, THREE) == {"side.service": [], "main.service": []}
+
+
+def test_conflicts_both_ways() -> None:
+    units = [u(f"web@{i}.service", ("Conflicts", "web@*.service")) for i in range(3)]
+    placed = schedule(units, THREE)
+    assert sorted(v[0] for v in placed.values()) == ["m1", "m2", "m3"]
+    fourth = [*units, u("web@9.service", ("Conflicts", "web@*.service"))]
+    assert schedule(fourth, THREE)["web@9.service"] == []
+    # a unit without Conflicts is still kept off machines whose units conflict with it
+    plain = schedule(
+        [
+            u("db.service", ("MachineID", "m1")),
+            u("x.service", ("Conflicts", "db.*"), ("MachineMetadata", "k=v")),
+        ],
+        [m("m1", k="v"), m("m2")],
+    )
+    assert plain["x.service"] == []
+
+
+def test_global_on_every_matching_machine_and_new_ones() -> None:
+    g = u("g.service", ("Global", "true"))
+    assert schedule([g], THREE)["g.service"] == ["m1", "m2", "m3"]
+    assert schedule([g], [*THREE, m("m4")])["g.service"] == ["m1", "m2", "m3", "m4"]
+
+
+def test_replaces_moves_the_replaced_unit_away() -> None:
+    old = u("old.service", on=("m1",))
+    new = u("new.service", ("Replaces", "old.service"), ("MachineMetadata", "k=v"))
+    machines = [m("m1", k="v"), m("m2")]
+    placed = schedule([old, new], machines)
+    assert placed == {"new.service": ["m1"], "old.service": ["m2"]}
+
+
+def test_existing_placement_is_kept() -> None:
+    units = [u("a.service", on=("m3",)), u("b.service", on=("m3",))]
+    assert schedule(units, THREE) == {"a.service": ["m3"], "b.service": ["m3"]}
+
+
+def test_lost_machine_units_are_rescheduled_disconnected_not() -> None:
+    units = [u("a.service", on=("m1",)), u("b.service", on=("m2",))]
+    machines = [m("m1", state="lost"), m("m2", state="disconnected"), m("m3")]
+    assert schedule(units, machines) == {"a.service": ["m3"], "b.service": ["m2"]}
+
+
+def test_new_units_only_on_connected_machines_with_the_backend() -> None:
+    machines = [m("m1", state="disconnected"), m("m2", caps=()), m("m3", caps=("docker",))]
+    assert schedule([u("a.service")], machines) == {"a.service": []}
+    assert schedule([u("c.container", backend="docker")], machines) == {"c.container": ["m3"]}
+
+
+def test_inactive_units_are_not_placed() -> None:
+    assert schedule([u("a.service", active=False, on=("m1",))], THREE) == {"a.service": []}
+
+
+def test_metadata_change_moves_a_unit() -> None:
+    unit = u("a.service", ("MachineMetadata", "role=web"), on=("m1",))
+    assert schedule([unit], [m("m1", role="db"), m("m2", role="web")]) == {"a.service": ["m2"]}
