@@ -210,6 +210,7 @@ def test_machines_patch_metadata(coordinator: CoordinatorProc, tmp_path: Path) -
                     "PATCH", "/fleet/v1/machines", headers=JSON, data=json.dumps(bad).encode()
                 )
                 assert status == 400, bad
+                assert json.loads(raw)["error"]["message"]
         finally:
             await link.close()
 
