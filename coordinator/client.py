@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,23 @@ class ApiClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise ApiClientError(0, f"request to {self.config.endpoint} failed: {exc}") from None
+
+    async def stream_lines(self, path: str) -> AsyncIterator[bytes]:
+        """A streaming GET (NDJSON), one line at a time, with no overall timeout."""
+        try:
+            async with self._session.get(
+                path.lstrip("/"), ssl=self._ssl or True, timeout=aiohttp.ClientTimeout(total=None)
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    raise ApiClientError(resp.status, _error_message(raw) or resp.reason or "")
+                async for line in resp.content:
+                    if line.strip():
+                        yield line
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiClientError(
+                0, f"cannot reach {self.config.endpoint}: {exc.os_error}"
+            ) from None
 
 
 def _error_message(raw: bytes) -> str:

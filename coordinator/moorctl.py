@@ -1,7 +1,12 @@
 """`moorctl`: the operator's CLI. Tables for people, `--json` for scripts.
 
-Exit codes: 0 success, 1 the coordinator refused or failed the request, 2 usage
-error, 3 the coordinator could not be reached.
+Every fleetctl command that works over HTTP (list-machines, list-units,
+list-unit-files, submit, load, start, stop, unload, destroy, cat) plus `status` and
+`journal`, which fleetctl did over SSH and moorctl does through the API.
+
+Exit codes: 0 success, 1 the coordinator refused or failed the request (or a unit
+failed to start), 2 usage error, 3 the coordinator could not be reached, 4 timed
+out waiting for a unit.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import msgspec
@@ -20,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator import __version__
+from coordinator import fleet_client as fc
 from coordinator.client import (
     ApiClient,
     ApiClientError,
@@ -28,9 +35,11 @@ from coordinator.client import (
     load_dev_client,
 )
 from coordinator.process import run_main
+from proto.units import UnitNameError, UnitOption, serialize, unit_hash, validate_unit_name
 
 EXIT_API = 1
 EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -271,6 +280,312 @@ def api_token_revoke(ctx: Ctx, token_id: str) -> None:
     """Revoke the API token with id TOKEN_ID."""
     _call(ctx, lambda api: api.call("DELETE", f"moorage/v1/api-tokens/{token_id}"))
     click.echo(f"API token {token_id} revoked")
+
+
+# --- units (fleetctl's commands) ------------------------------------------------------
+
+
+def _machine_label(machine_id: str, machines: dict[str, dict[str, Any]], full: bool) -> str:
+    if not machine_id:
+        return "-"
+    ip = machines.get(machine_id, {}).get("primaryIP", "")
+    return f"{short_id(machine_id, full)}/{ip}" if ip else short_id(machine_id, full)
+
+
+@cli.command("list-units")
+@click.pass_obj
+def list_units(ctx: Ctx) -> None:
+    """Units and their state on each machine (UNIT MACHINE ACTIVE SUB)."""
+
+    async def go(api: ApiClient) -> tuple[list[Any], list[Any]]:
+        return (
+            await fc.list_all(api, "state", "states"),
+            await fc.list_all(api, "machines", "machines"),
+        )
+
+    states, machines = _call(ctx, go)
+    if ctx.json:
+        _emit_json(states)
+        return
+    by_id = {mach["id"]: mach for mach in machines}
+    rows = [
+        [
+            s["name"],
+            _machine_label(s.get("machineID", ""), by_id, ctx.full),
+            s.get("systemdActiveState", "-"),
+            s.get("systemdSubState", "-"),
+        ]
+        for s in states
+    ]
+    _table(["UNIT", "MACHINE", "ACTIVE", "SUB"], rows)
+
+
+@cli.command("list-unit-files")
+@click.pass_obj
+def list_unit_files(ctx: Ctx) -> None:
+    """Submitted units (UNIT HASH DSTATE STATE TARGET)."""
+
+    async def go(api: ApiClient) -> tuple[list[Any], list[Any]]:
+        return (
+            await fc.list_all(api, "units", "units"),
+            await fc.list_all(api, "machines", "machines"),
+        )
+
+    units, machines = _call(ctx, go)
+    if ctx.json:
+        _emit_json(units)
+        return
+    by_id = {mach["id"]: mach for mach in machines}
+    rows = [
+        [
+            u["name"],
+            unit_hash(msgspec.convert(u.get("options", []), list[UnitOption]))[:7],
+            u.get("desiredState", "-"),
+            "-" if fc.is_global(u) else u.get("currentState", "-"),
+            "global"
+            if fc.is_global(u)
+            else _machine_label(u.get("machineID", ""), by_id, ctx.full),
+        ]
+        for u in units
+    ]
+    _table(["UNIT", "HASH", "DSTATE", "STATE", "TARGET"], rows)
+
+
+def _names(files: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """Unit names from arguments that may be paths (like fleetctl: the basename)."""
+    return [(Path(f).name, Path(f).parent) for f in files]
+
+
+async def _ensure_submitted(api: ApiClient, name: str, directory: Path) -> bool:
+    if await fc.get_unit(api, name) is not None:
+        return False
+    options = await fc.resolve_options(api, name, directory)
+    if options is None:
+        raise ApiClientError(404, f"unit {name} not found: no such file and not in the cluster")
+    try:
+        validate_unit_name(name)
+    except UnitNameError as exc:
+        raise ApiClientError(400, str(exc)) from None
+    return await fc.submit(api, name, options)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@click.pass_obj
+def submit(ctx: Ctx, files: tuple[str, ...]) -> None:
+    """Upload unit files (desired state inactive)."""
+
+    async def go(api: ApiClient) -> list[tuple[str, bool]]:
+        return [(n, await _ensure_submitted(api, n, d)) for n, d in _names(files)]
+
+    results = _call(ctx, go)
+    if ctx.json:
+        _emit_json([{"unit": n, "submitted": new} for n, new in results])
+        return
+    for name, new in results:
+        click.echo(f"Unit {name} {'submitted' if new else 'already submitted'}")
+
+
+def _transition(
+    ctx: Ctx, files: tuple[str, ...], state: str, timeout: float, submit_first: bool
+) -> None:
+    started = state == "launched"
+
+    async def go(api: ApiClient) -> list[dict[str, Any]]:
+        out = []
+        names = _names(files)
+        for name, directory in names:
+            if submit_first:
+                await _ensure_submitted(api, name, directory)
+            elif await fc.get_unit(api, name) is None:
+                raise ApiClientError(404, f"unit {name} does not exist")
+            await fc.set_state(api, name, state)
+        for name, _ in names:
+            unit = await fc.wait_current(api, name, state, timeout)
+            result: dict[str, Any] = {
+                "unit": name,
+                "state": state,
+                "machine": unit.get("machineID", ""),
+            }
+            if started:
+                ok, states = await fc.wait_active(api, name, window=timeout)
+                result["active"] = ok
+                result["states"] = states
+                if not ok:
+                    detail = await api.call("GET", f"moorage/v1/unit-states?unit={name}")
+                    result["reason"] = (
+                        "; ".join(
+                            f"{s['machine_id'][:8]}: {s['active_state']}/{s['sub_state']}"
+                            + (f" ({s['message']})" if s.get("message") else "")
+                            for s in detail["states"]
+                        )
+                        or "no state reported"
+                    )
+            out.append(result)
+        return out
+
+    try:
+        results = _call(ctx, go)
+    except TimeoutError as exc:
+        _fail(str(exc), EXIT_TIMEOUT)
+    if ctx.json:
+        _emit_json(results)
+    else:
+        verb = {"launched": "launched", "loaded": "loaded", "inactive": "unloaded"}[state]
+        for r in results:
+            where = f" on {short_id(r['machine'], ctx.full)}" if r["machine"] else ""
+            if started and not r["active"]:
+                click.echo(
+                    f"Unit {r['unit']} {verb}{where} but is not active: {r['reason']}", err=True
+                )
+            else:
+                click.echo(f"Unit {r['unit']} {verb}{where}")
+    if started and not all(r["active"] for r in results):
+        sys.exit(EXIT_API)
+
+
+TIMEOUT_OPT = click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@TIMEOUT_OPT
+@click.pass_obj
+def load(ctx: Ctx, files: tuple[str, ...], timeout: float) -> None:
+    """Submit if needed and load units on their machines (not started)."""
+    _transition(ctx, files, "loaded", timeout, submit_first=True)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True)
+@TIMEOUT_OPT
+@click.pass_obj
+def start(ctx: Ctx, files: tuple[str, ...], timeout: float) -> None:
+    """Submit if needed, start units, and wait until they are active (or failed)."""
+    _transition(ctx, files, "launched", timeout, submit_first=True)
+
+
+@cli.command()
+@click.argument("units", nargs=-1, required=True)
+@TIMEOUT_OPT
+@click.pass_obj
+def stop(ctx: Ctx, units: tuple[str, ...], timeout: float) -> None:
+    """Stop units (they stay loaded)."""
+    _transition(ctx, units, "loaded", timeout, submit_first=False)
+
+
+@cli.command()
+@click.argument("units", nargs=-1, required=True)
+@TIMEOUT_OPT
+@click.pass_obj
+def unload(ctx: Ctx, units: tuple[str, ...], timeout: float) -> None:
+    """Stop and unload units from their machines (they stay submitted)."""
+    _transition(ctx, units, "inactive", timeout, submit_first=False)
+
+
+@cli.command()
+@click.argument("units", nargs=-1, required=True)
+@click.pass_obj
+def destroy(ctx: Ctx, units: tuple[str, ...]) -> None:
+    """Stop, unload and remove units from the cluster."""
+
+    async def go(api: ApiClient) -> list[str]:
+        done = []
+        for name, _ in _names(units):
+            await api.call("DELETE", fc.unit_path(name))
+            done.append(name)
+        return done
+
+    destroyed = _call(ctx, go)
+    if ctx.json:
+        _emit_json({"destroyed": destroyed})
+    else:
+        for name in destroyed:
+            click.echo(f"Destroyed {name}")
+
+
+@cli.command()
+@click.argument("unit")
+@click.pass_obj
+def cat(ctx: Ctx, unit: str) -> None:
+    """Print a unit's file as submitted."""
+    body = _call(ctx, lambda api: api.call("GET", fc.unit_path(unit)))
+    if ctx.json:
+        _emit_json(body)
+    else:
+        click.echo(serialize(msgspec.convert(body["options"], list[UnitOption])), nl=False)
+
+
+@cli.command()
+@click.argument("unit")
+@click.option("-n", "--lines", default=10, show_default=True, help="Journal lines to show.")
+@click.pass_obj
+def status(ctx: Ctx, unit: str, lines: int) -> None:
+    """Where a unit runs, its state on each machine and its last journal lines."""
+
+    async def go(api: ApiClient) -> dict[str, Any]:
+        record = await api.call("GET", f"moorage/v1/units/{quote(unit, safe='')}")
+        states = await api.call("GET", f"moorage/v1/unit-states?unit={quote(unit, safe='')}")
+        journals: dict[str, Any] = {}
+        base = f"moorage/v1/units/{quote(unit, safe='')}/journal?lines={lines}"
+        for mid in record["machines"]:
+            try:
+                journals[mid] = (await api.call("GET", f"{base}&machine={mid}"))["lines"]
+            except ApiClientError as exc:
+                journals[mid] = [{"cursor": "", "message": f"(journal unavailable: {exc.message})"}]
+        return {"unit": record, "states": states["states"], "journal": journals}
+
+    result = _call(ctx, go)
+    if ctx.json:
+        _emit_json(result)
+        return
+    record = result["unit"]
+    click.echo(f"● {unit} - desired {record['desired_state']}, hash {record['hash'][:7]}")
+    if not record["machines"]:
+        click.echo("  not scheduled on any machine")
+    for s in result["states"]:
+        click.echo(
+            f"  {short_id(s['machine_id'], ctx.full)}: {s['load_state']} {s['active_state']} "
+            f"({s['sub_state']})"
+            + (f" main pid {s['main_pid']}" if s.get("main_pid") else "")
+            + (f" - {s['message']}" if s.get("message") else "")
+        )
+    for mid, entries in result["journal"].items():
+        click.echo(f"\n-- journal of {unit} on {short_id(mid, ctx.full)} --")
+        for line in entries:
+            click.echo(line["message"])
+
+
+@cli.command()
+@click.argument("unit")
+@click.option("-n", "--lines", default=10, show_default=True, help="Lines to show.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--machine", default="", help="Machine id (for units on several machines).")
+@click.pass_obj
+def journal(ctx: Ctx, unit: str, lines: int, follow: bool, machine: str) -> None:
+    """A unit's journal through the coordinator (no SSH)."""
+    query = f"lines={lines}" + (f"&machine={machine}" if machine else "")
+    path = f"moorage/v1/units/{quote(unit, safe='')}/journal?{query}"
+    if not follow:
+        body = _call(ctx, lambda api: api.call("GET", path))
+        if ctx.json:
+            _emit_json(body["lines"])
+        else:
+            for line in body["lines"]:
+                click.echo(line["message"])
+        return
+
+    async def stream(api: ApiClient) -> None:
+        async for line in api.stream_lines(path + "&follow=1"):
+            entry = msgspec.json.decode(line)
+            if "error" in entry:
+                raise ApiClientError(1, entry["error"])
+            click.echo(line.decode().rstrip() if ctx.json else entry["message"])
+
+    try:
+        _call(ctx, stream)
+    except KeyboardInterrupt:
+        pass
 
 
 def main() -> None:

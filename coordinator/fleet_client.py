@@ -1,0 +1,129 @@
+"""What `fleetctl` does over the fleet v1 API, for `moorctl` (same requests, same waits).
+
+Kept apart from the CLI so the waiting rules (poll currentState, then the unit's
+systemd state for `start`) are plain async functions that tests can drive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from coordinator.client import ApiClient, ApiClientError
+from proto.units import UnitOption, parse_unit_file, template_of
+
+POLL_S = 0.25
+ACTIVE_WINDOW_S = 10.0
+
+
+class UnitNotFound(Exception):
+    pass
+
+
+def unit_path(name: str) -> str:
+    return f"fleet/v1/units/{quote(name, safe='')}"
+
+
+async def list_all(api: ApiClient, resource: str, field: str, query: str = "") -> list[Any]:
+    """Every page of a fleet list, following nextPageToken like fleetctl does."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        params = "&".join(p for p in (query, f"nextPageToken={token}" if token else "") if p)
+        body = await api.call("GET", f"fleet/v1/{resource}" + (f"?{params}" if params else ""))
+        items += body.get(field, []) if body else []
+        token = (body or {}).get("nextPageToken", "")
+        if not token:
+            return items
+
+
+async def get_unit(api: ApiClient, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(await api.call("GET", unit_path(name)))
+    except ApiClientError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def options_from_file(path: Path) -> list[UnitOption]:
+    return parse_unit_file(path.read_text())
+
+
+async def resolve_options(api: ApiClient, name: str, search: Path) -> list[UnitOption] | None:
+    """The unit's file from disk, else its template's file, else the template unit already
+    in the cluster (fleetctl's order); None when none exists."""
+    local = search / name
+    if local.is_file():
+        return options_from_file(local)
+    template = template_of(name)
+    if template is None:
+        return None
+    if (search / template).is_file():
+        return options_from_file(search / template)
+    existing = await get_unit(api, template)
+    if existing is None:
+        return None
+    return msgspec.convert(existing["options"], list[UnitOption])
+
+
+async def submit(api: ApiClient, name: str, options: list[UnitOption]) -> bool:
+    """PUT the unit if it is new; False if it already existed (left unchanged)."""
+    if await get_unit(api, name) is not None:
+        return False
+    await api.call("PUT", unit_path(name), {"name": name, "options": _plain(options)})
+    return True
+
+
+async def set_state(api: ApiClient, name: str, state: str) -> None:
+    await api.call("PUT", unit_path(name), {"name": name, "desiredState": state})
+
+
+async def wait_current(api: ApiClient, name: str, state: str, limit_s: float) -> dict[str, Any]:
+    """Poll until currentState reaches `state` (fleetctl polls every 250 ms)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        unit = await get_unit(api, name)
+        if unit is None:
+            raise UnitNotFound(name)
+        if is_global(unit) or unit.get("currentState", "inactive") == state:
+            return unit  # global units have no currentState: fleetctl does not wait
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not reach {state} within {limit_s:.0f} s")
+        await asyncio.sleep(POLL_S)
+
+
+async def wait_active(
+    api: ApiClient, name: str, window: float = ACTIVE_WINDOW_S
+) -> tuple[bool, list[dict[str, Any]]]:
+    """After a start: wait for every state of the unit to be active (True) or for one
+    to fail or the window to pass (False); returns the last states seen."""
+    deadline = time.monotonic() + window
+    states: list[dict[str, Any]] = []
+    while True:
+        states = await list_all(api, "state", "states", f"unitName={quote(name, safe='')}")
+        if states and all(s.get("systemdActiveState") == "active" for s in states):
+            return True, states
+        if any(s.get("systemdActiveState") == "failed" for s in states):
+            return False, states
+        if time.monotonic() > deadline:
+            return False, states
+        await asyncio.sleep(POLL_S)
+
+
+def is_global(unit: dict[str, Any]) -> bool:
+    return any(
+        o.get("section") == "X-Fleet"
+        and o.get("name") == "Global"
+        and str(o.get("value", "")).strip().lower() in ("true", "1", "yes")
+        for o in unit.get("options", [])
+    )
+
+
+def _plain(options: list[UnitOption]) -> list[dict[str, str]]:
+    return [{"section": o.section, "name": o.name, "value": o.value} for o in options]
