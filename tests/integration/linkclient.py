@@ -45,8 +45,12 @@ class RawLink:
             raise
         return cls(http, ws)
 
-    async def hello(self, machine_id: str, proto: int = m.PROTO_VERSION) -> m.Message:
-        await self.send(m.Hello(proto=proto, machine_id=machine_id, hostname="raw"))
+    async def hello(
+        self, machine_id: str, proto: int = m.PROTO_VERSION, capabilities: tuple[str, ...] = ()
+    ) -> m.Message:
+        await self.send(
+            m.Hello(proto=proto, machine_id=machine_id, hostname="raw", capabilities=list(capabilities))
+        )
         return await self.recv()
 
     async def send(self, message: m.Message) -> None:

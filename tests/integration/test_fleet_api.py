@@ -291,3 +291,31 @@ def test_openapi_covers_every_route(coordinator: CoordinatorProc) -> None:
     }
     assert served - documented == set()
     assert doc["paths"]["/fleet/v1/units/{name}"]["put"]["requestBody"]
+
+
+def test_unplaceable_unit_is_placed_when_a_fitting_machine_appears(
+    coordinator: CoordinatorProc, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from proto import messages as m
+
+    c = coordinator
+    opts = [*SLEEP, {"section": "X-Fleet", "name": "MachineID", "value": "late"}]
+    assert put(c, "waiting.service", {"options": opts, "desiredState": "launched"})[0] == 201
+    assert get(c, "/fleet/v1/units/waiting.service")[1]["machineID"] == ""
+
+    async def scenario() -> m.Message:
+        identity = await enrolled_identity(c, tmp_path, "late")
+        link = await RawLink.open(c, identity)
+        try:
+            assert isinstance(await link.hello("late", capabilities=("systemd",)), m.Welcome)
+            return await link.recv(skip=())
+        finally:
+            await link.close()
+
+    desired = asyncio.run(scenario())
+    assert isinstance(desired, m.Desired)
+    pushed = desired.upserts[-1] if desired.upserts else None
+    assert pushed is not None and pushed.name == "waiting.service"
+    assert get(c, "/fleet/v1/units/waiting.service")[1]["machineID"] == "late"
