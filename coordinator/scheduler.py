@@ -18,8 +18,9 @@ Rules (fleet's `[X-Fleet]` semantics):
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -144,15 +145,78 @@ class UnitView(msgspec.Struct, frozen=True):
 
 
 def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict[str, list[str]]:
-    """Placements for every unit (empty list: unplaced), deterministic for the input."""
-    by_id = {m.id: m for m in machines}
-    live = {m.id for m in machines if m.state != "lost"}
-    fresh = sorted(m.id for m in machines if m.state == "connected")
-    placed: dict[str, list[str]] = {u.name: [] for u in units}
-    hosted: dict[str, set[str]] = {mid: set() for mid in by_id}
+    """Placements for every unit (empty list: unplaced), deterministic for the input.
 
-    def fits(unit: UnitView, mid: str) -> bool:
-        machine = by_id[mid]
+    Cost is O(units · log machines) for ordinary units: candidate machines sit in
+    heaps keyed by (load, id), one heap per distinct set of static constraints, with
+    stale entries dropped lazily; only units with conflicts look past the first fit.
+    """
+    state = _State(units, machines)
+    active = state.active
+
+    # Keep what still fits, so nothing moves without a reason.
+    for unit in active:
+        if unit.xfleet.is_global:
+            continue
+        for mid in unit.machines[:1]:
+            if mid in state.live and state.fits(unit, mid):
+                state.put(unit.name, mid)
+
+    # Global units: every matching machine that is present.
+    for unit in (u for u in active if u.xfleet.is_global):
+        for mid in sorted(state.live):
+            keep = mid in unit.machines
+            if (
+                (keep or mid in state.fresh)
+                and state.fits(unit, mid)
+                and not state.conflicted(unit, mid)
+            ):
+                state.put(unit.name, mid)
+
+    # Everything else that is unplaced; co-located units after their anchors.
+    order = lambda u: (bool(u.xfleet.machine_of), u.name)  # noqa: E731
+    queue = sorted(
+        (u for u in active if not u.xfleet.is_global and not state.placed[u.name]), key=order
+    )
+    progress = True
+    while queue and progress:
+        progress = False
+        waiting: list[UnitView] = []
+        for unit in queue:
+            if any(not state.placed.get(a) for a in unit.xfleet.machine_of if a in state.by_name):
+                waiting.append(unit)
+                continue
+            target = state.choose(unit)
+            if target is None:
+                continue
+            state.put(unit.name, target)
+            progress = True
+            for evicted in sorted(state.replaced_on(unit, target)):
+                state.evict(evicted, target)
+                waiting.append(state.by_name[evicted])
+        queue = sorted(waiting, key=order)
+    return {name: sorted(mids) for name, mids in state.placed.items()}
+
+
+_PoolKey = tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]
+
+
+class _State:
+    """The scheduler's working set for one pass."""
+
+    def __init__(self, units: Sequence[UnitView], machines: Sequence[MachineView]) -> None:
+        self.by_id = {m.id: m for m in machines}
+        self.live = {m.id for m in machines if m.state != "lost"}
+        self.fresh = {m.id for m in machines if m.state == "connected"}
+        self.placed: dict[str, list[str]] = {u.name: [] for u in units}
+        self.hosted: dict[str, set[str]] = {mid: set() for mid in self.by_id}
+        self.active = sorted((u for u in units if u.active), key=lambda u: u.name)
+        self.by_name = {u.name: u for u in self.active}
+        self._pools: dict[_PoolKey, list[tuple[int, str]]] = {}
+        self._members: dict[_PoolKey, set[str]] = {}
+
+    def fits(self, unit: UnitView, mid: str) -> bool:
+        machine = self.by_id[mid]
         x = unit.xfleet
         if unit.backend not in machine.capabilities:
             return False
@@ -160,93 +224,88 @@ def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict
             return False
         return all(machine.metadata.get(k) in allowed for k, allowed in x.metadata.items())
 
-    def put(name: str, mid: str) -> None:
-        placed[name].append(mid)
-        hosted[mid].add(name)
+    def load(self, mid: str) -> int:
+        return len(self.hosted[mid])
 
-    active = sorted((u for u in units if u.active), key=lambda u: u.name)
-    by_name = {u.name: u for u in active}
+    def put(self, name: str, mid: str) -> None:
+        self.placed[name].append(mid)
+        self.hosted[mid].add(name)
+        self._reheap(mid)
 
-    # Keep what still fits, so nothing moves without a reason.
-    for unit in active:
-        if unit.xfleet.is_global:
-            continue
-        for mid in unit.machines[:1]:
-            if mid in live and fits(unit, mid):
-                put(unit.name, mid)
+    def evict(self, name: str, mid: str) -> None:
+        self.hosted[mid].discard(name)
+        self.placed[name] = []
+        self._reheap(mid)
 
-    # Global units: every matching machine that is present.
-    for unit in (u for u in active if u.xfleet.is_global):
-        for mid in sorted(live):
-            keep = mid in unit.machines
-            if (
-                (keep or mid in fresh)
-                and fits(unit, mid)
-                and not _conflicted(unit, mid, hosted, by_name)
-            ):
-                put(unit.name, mid)
+    def _reheap(self, mid: str) -> None:
+        """Push the machine's new load; its older entries go stale and are skipped."""
+        for key, pool in self._pools.items():
+            if mid in self._members[key]:
+                heapq.heappush(pool, (self.load(mid), mid))
 
-    # Everything else that is unplaced; co-located units after their anchors.
-    queue = [u for u in active if not u.xfleet.is_global and not placed[u.name]]
-    queue.sort(key=lambda u: (bool(u.xfleet.machine_of), u.name))
-    progress = True
-    while queue and progress:
-        progress = False
-        waiting: list[UnitView] = []
-        for unit in queue:
-            if any(not placed.get(a) for a in unit.xfleet.machine_of if a in by_name):
-                waiting.append(unit)
+    def _pool(self, unit: UnitView) -> list[tuple[int, str]]:
+        key = (unit.backend, tuple(sorted(unit.xfleet.metadata.items())))
+        pool = self._pools.get(key)
+        if pool is None:
+            probe = UnitView(unit.name, XFleet(metadata=unit.xfleet.metadata), unit.backend)
+            members = {mid for mid in self.fresh if self.fits(probe, mid)}
+            pool = [(self.load(mid), mid) for mid in members]
+            heapq.heapify(pool)
+            self._pools[key] = pool
+            self._members[key] = members
+        return pool
+
+    def choose(self, unit: UnitView) -> str | None:
+        x = unit.xfleet
+        if x.machine_id:
+            mid = x.machine_id
+            ok = mid in self.fresh and self.fits(unit, mid) and self.allowed(unit, mid)
+            return mid if ok else None
+        if x.machine_of:
+            anchors = {m for a in x.machine_of for m in self.placed.get(a, [])}
+            fitting = sorted(
+                (self.load(m), m)
+                for m in anchors
+                if m in self.fresh
+                and self.fits(unit, m)
+                and self.allowed(unit, m)
+                and all(m in self.placed.get(a, []) for a in x.machine_of)
+            )
+            return fitting[0][1] if fitting else None
+        pool = self._pool(unit)
+        rejected: list[tuple[int, str]] = []
+        found: str | None = None
+        while pool:
+            load, mid = heapq.heappop(pool)
+            if load != self.load(mid):
+                continue  # stale entry: a fresher one is in the heap
+            rejected.append((load, mid))
+            if self.allowed(unit, mid):
+                found = mid
+                break
+        for entry in rejected:
+            heapq.heappush(pool, entry)
+        return found
+
+    def allowed(self, unit: UnitView, mid: str) -> bool:
+        if self.conflicted(unit, mid):
+            return False
+        return not any(
+            unit.name in self.by_name[o].xfleet.replaces
+            for o in self.hosted[mid]
+            if o in self.by_name
+        )
+
+    def conflicted(self, unit: UnitView, mid: str) -> bool:
+        for other in self.hosted[mid]:
+            if other == unit.name or other in unit.xfleet.replaces:
                 continue
-            target = _choose(unit, fresh, hosted, by_name, placed, fits)
-            if target is None:
-                continue
-            put(unit.name, target)
-            progress = True
-            for evicted in sorted(_replaced_on(unit, target, hosted)):
-                hosted[target].discard(evicted)
-                placed[evicted] = []
-                waiting.append(by_name[evicted])
-        queue = sorted(waiting, key=lambda u: (bool(u.xfleet.machine_of), u.name))
-    return {name: sorted(mids) for name, mids in placed.items()}
+            if any(fnmatch.fnmatchcase(other, g) for g in unit.xfleet.conflicts):
+                return True
+            theirs = self.by_name[other].xfleet.conflicts if other in self.by_name else ()
+            if any(fnmatch.fnmatchcase(unit.name, g) for g in theirs):
+                return True
+        return False
 
-
-def _choose(
-    unit: UnitView,
-    fresh: Sequence[str],
-    hosted: Mapping[str, set[str]],
-    by_name: Mapping[str, UnitView],
-    placed: Mapping[str, list[str]],
-    fits: object,
-) -> str | None:
-    best: tuple[int, str] | None = None
-    for mid in fresh:
-        if not fits(unit, mid):  # type: ignore[operator]
-            continue
-        if any(mid not in placed.get(a, []) for a in unit.xfleet.machine_of):
-            continue
-        if _conflicted(unit, mid, hosted, by_name):
-            continue
-        if any(unit.name in by_name[o].xfleet.replaces for o in hosted[mid] if o in by_name):
-            continue
-        load = len(hosted[mid] - set(unit.xfleet.replaces))
-        if best is None or (load, mid) < best:
-            best = (load, mid)
-    return best[1] if best else None
-
-
-def _conflicted(
-    unit: UnitView, mid: str, hosted: Mapping[str, set[str]], by_name: Mapping[str, UnitView]
-) -> bool:
-    for other in hosted[mid]:
-        if other == unit.name or other in unit.xfleet.replaces:
-            continue
-        if any(fnmatch.fnmatchcase(other, g) for g in unit.xfleet.conflicts):
-            return True
-        theirs = by_name[other].xfleet.conflicts if other in by_name else ()
-        if any(fnmatch.fnmatchcase(unit.name, g) for g in theirs):
-            return True
-    return False
-
-
-def _replaced_on(unit: UnitView, mid: str, hosted: Mapping[str, set[str]]) -> set[str]:
-    return {o for o in hosted[mid] if o in unit.xfleet.replaces and o != unit.name}
+    def replaced_on(self, unit: UnitView, mid: str) -> set[str]:
+        return {o for o in self.hosted[mid] if o in unit.xfleet.replaces and o != unit.name}
