@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -23,6 +24,7 @@ from aiohttp import web
 from coordinator import liveness, pki
 from coordinator.enrolment import Enroller
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.statebuffer import StateBuffer
 from coordinator.storage import EnrollRefused, Storage
 from proto import messages as m
 
@@ -77,6 +79,8 @@ class Hub:
         self.heartbeat_s = heartbeat_s
         self.lost_after_s = lost_after_s
         self.sessions: dict[str, Session] = {}
+        self.disconnected_since: dict[str, float] = {}
+        self.buffer = StateBuffer(storage)
         self.handlers: list[MessageHandler] = []
         """Domain services subscribe here for Applied, StateReport, LogChunk..."""
         self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
@@ -154,17 +158,20 @@ class Hub:
         session.hello = hello
         old = self.sessions.get(session.machine_id)
         self.sessions[session.machine_id] = session
+        self.disconnected_since.pop(session.machine_id, None)
         if old is not None:
             self._background(old.close(CLOSE_REPLACED, "replaced by a newer session"))
-        now = time.time()
-        self.storage.record_hello(
-            session.machine_id,
-            hostname=hello.hostname,
-            primary_ip=hello.primary_ip,
-            metadata=hello.metadata,
-            capabilities=hello.capabilities,
-            agent_version=hello.agent_version,
-            now=now,
+        self.buffer.add(
+            functools.partial(
+                self.storage.record_hello,
+                session.machine_id,
+                hostname=hello.hostname,
+                primary_ip=hello.primary_ip,
+                metadata=hello.metadata,
+                capabilities=hello.capabilities,
+                agent_version=hello.agent_version,
+                now=time.time(),
+            )
         )
         self.metrics.agents_connected.set(len(self.sessions))
         await session.send(m.Welcome(m.PROTO_VERSION, session.id, self.heartbeat_s))
@@ -231,8 +238,15 @@ class Hub:
     async def _drop(self, session: Session) -> None:
         if self.sessions.get(session.machine_id) is session:
             del self.sessions[session.machine_id]
-            self.storage.set_machine_state(
-                session.machine_id, "disconnected", time.time(), last_seen=session.last_seen
+            self.disconnected_since[session.machine_id] = time.time()
+            self.buffer.add(
+                functools.partial(
+                    self.storage.set_machine_state,
+                    session.machine_id,
+                    "disconnected",
+                    time.time(),
+                    last_seen=session.last_seen,
+                )
             )
             self.metrics.agents_connected.set(len(self.sessions))
             log.info("machine %s disconnected", session.machine_id)
@@ -270,19 +284,22 @@ class Hub:
             except Exception:
                 log.exception("liveness check failed")
 
-    async def check_liveness(self, now: float) -> None:
-        views = [
-            liveness.LivenessView(
-                id=mach.id,
-                state=mach.state,
-                state_since=mach.state_since,
-                last_seen=self.sessions[mach.id].last_seen
-                if mach.id in self.sessions
-                else mach.last_seen,
-                has_session=mach.id in self.sessions,
-            )
+    def load_liveness(self) -> None:
+        """Machines without a session and since when (from the store, at start-up)."""
+        self.disconnected_since = {
+            mach.id: mach.state_since
             for mach in self.storage.list_machines()
-            if mach.state != "lost" or mach.id in self.sessions
+            if mach.state == "disconnected" and mach.id not in self.sessions
+        }
+
+    async def check_liveness(self, now: float) -> None:
+        """In memory: sessions for heartbeats, disconnected machines for `lost`."""
+        views = [
+            liveness.LivenessView(mid, "connected", s.connected_at, s.last_seen, True)
+            for mid, s in self.sessions.items()
+        ] + [
+            liveness.LivenessView(mid, "disconnected", since, since, False)
+            for mid, since in self.disconnected_since.items()
         ]
         for t in liveness.transitions(
             views,
@@ -293,8 +310,10 @@ class Hub:
             if t.close_session and t.id in self.sessions:
                 log.warning("machine %s missed its heartbeats; closing its session", t.id)
                 self._background(self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed"))
-            else:
-                log.info("machine %s is now %s", t.id, t.state)
-                self.storage.set_machine_state(t.id, t.state, now)
+            elif t.state == "lost":
+                log.info("machine %s is now lost", t.id)
+                self.disconnected_since.pop(t.id, None)
+                self.buffer.flush()
+                self.storage.set_machine_state(t.id, "lost", now)
                 for hook in self.on_state_change:
                     await hook(t.id, t.state)

@@ -159,6 +159,7 @@ class Coordinator:
     async def start(self) -> None:
         now = time.time()
         self.storage.disconnect_all(now)
+        self.hub.load_liveness()
         api_ctx = pki.server_ssl_context(
             self.paths.server_cert,
             self.paths.server_key,
@@ -174,6 +175,7 @@ class Coordinator:
         self.api_port = await self._listen(self.api_app(), self.config.api_listen, api_ctx)
         self.hub_port = await self._listen(self.hub_app(), self.config.hub_listen, hub_ctx)
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
+        self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         log.info("API on port %d, agent hub on port %d", self.api_port, self.hub_port)
 
     async def _listen(self, app: web.Application, listen: str, ctx: object) -> int:
@@ -194,6 +196,7 @@ class Coordinator:
         await self.hub.close_all()
         for runner in reversed(self._runners):
             await runner.cleanup()
+        self.hub.buffer.flush()
         self.storage.disconnect_all(time.time())
         self.storage.close()
 

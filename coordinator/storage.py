@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import msgspec
@@ -153,6 +153,10 @@ class Storage:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested uses join the outer one (see `batch`)."""
+        if self._db.in_transaction:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -160,6 +164,10 @@ class Storage:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def batch(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Group many writes into one transaction (one fsync)."""
+        return self._tx()
 
     # --- machines -----------------------------------------------------------------
 
@@ -270,32 +278,34 @@ class Storage:
 
     def get_unit(self, name: str) -> Unit | None:
         row = self._db.execute("SELECT * FROM units WHERE name=?", (name,)).fetchone()
-        if row is None:
-            return None
-        machines = [
+        return None if row is None else _unit(row, self._placements_of(name))
+
+    def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
+        """Units ordered by name (fleet's order), optionally only those placed on a machine."""
+        if machine_id is None:
+            placements: dict[str, list[str]] = {}
+            for unit, machine in self._db.execute(
+                "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
+            ):
+                placements.setdefault(unit, []).append(machine)
+            everything = self._db.execute("SELECT * FROM units ORDER BY name")
+            return [_unit(r, placements.get(r["name"], [])) for r in everything]
+        rows = list(
+            self._db.execute(
+                "SELECT u.* FROM units u JOIN placements p ON p.unit=u.name"
+                " WHERE p.machine_id=? ORDER BY u.name",
+                (machine_id,),
+            )
+        )
+        return [_unit(r, self._placements_of(r["name"])) for r in rows]
+
+    def _placements_of(self, name: str) -> list[str]:
+        return [
             r[0]
             for r in self._db.execute(
                 "SELECT machine_id FROM placements WHERE unit=? ORDER BY machine_id", (name,)
             )
         ]
-        return _unit(row, machines)
-
-    def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
-        """Units ordered by name (fleet's order), optionally only those placed on a machine."""
-        placements: dict[str, list[str]] = {}
-        for unit, machine in self._db.execute(
-            "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
-        ):
-            placements.setdefault(unit, []).append(machine)
-        if machine_id is None:
-            rows = self._db.execute("SELECT * FROM units ORDER BY name")
-        else:
-            rows = self._db.execute(
-                "SELECT u.* FROM units u JOIN placements p ON p.unit=u.name"
-                " WHERE p.machine_id=? ORDER BY u.name",
-                (machine_id,),
-            )
-        return [_unit(r, placements.get(r["name"], [])) for r in rows]
 
     def put_unit(self, unit: Unit, now: float) -> set[str]:
         """Create or replace a unit with its placements; returns the machines whose
@@ -457,15 +467,23 @@ class Storage:
     def create_join_token(
         self, token_id: str, secret_hash: str, *, now: float, ttl_s: float, description: str = ""
     ) -> JoinToken:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (token_id, secret_hash, now, now + ttl_s, description),
-            )
+        self.create_join_tokens(
+            [(token_id, secret_hash)], now=now, ttl_s=ttl_s, description=description
+        )
         return JoinToken(
             id=token_id, created_at=now, expires_at=now + ttl_s, description=description
         )
+
+    def create_join_tokens(
+        self, tokens: list[tuple[str, str]], *, now: float, ttl_s: float, description: str = ""
+    ) -> None:
+        """(id, secret hash) pairs, all in one transaction."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(tid, h, now, now + ttl_s, description) for tid, h in tokens],
+            )
 
     def join_token_hash(self, token_id: str, now: float) -> str:
         """The stored hash of a usable token, or EnrollRefused saying why it is unusable."""

@@ -10,6 +10,7 @@ revision they acknowledged with its own and sends the full state when they diffe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ from proto.units import UnitOption, backend_for, unit_hash
 
 log = logging.getLogger(__name__)
 
-RESCHEDULE_DELAY_S = 0.02
+RESCHEDULE_DELAY_S = 0.25
 
 
 class Sent(msgspec.Struct):
@@ -118,10 +119,10 @@ class UnitService:
         """Run the scheduler over the current snapshot and store what moved, at once."""
         async with self._schedule_lock:
             units = self.storage.list_units()
-            machines = self.storage.list_machines()
             views = [_unit_view(u) for u in units if not u.pinned]
             if not views:
                 return
+            machines = self.storage.list_machines()
             placements = schedule(views, [_machine_view(mach) for mach in machines])
             current = {u.name: u.machines for u in units}
             changes = {n: mids for n, mids in placements.items() if mids != current.get(n)}
@@ -188,8 +189,15 @@ class UnitService:
     async def _on_connect(self, session: Session) -> None:
         hello = session.hello
         assert hello is not None
-        self.storage.record_unit_states(
-            session.machine_id, list(hello.snapshot), [], time.time(), replace_all=True
+        self.hub.buffer.add(
+            functools.partial(
+                self.storage.record_unit_states,
+                session.machine_id,
+                list(hello.snapshot),
+                [],
+                time.time(),
+                replace_all=True,
+            )
         )
         machine = self.storage.get_machine(session.machine_id)
         if machine is None:
@@ -204,11 +212,21 @@ class UnitService:
 
     async def _on_message(self, session: Session, message: m.Message) -> None:
         if isinstance(message, m.StateReport):
-            self.storage.record_unit_states(
-                session.machine_id, list(message.changes), list(message.removed), time.time()
+            self.hub.buffer.add(
+                functools.partial(
+                    self.storage.record_unit_states,
+                    session.machine_id,
+                    list(message.changes),
+                    list(message.removed),
+                    time.time(),
+                )
             )
         elif isinstance(message, m.Applied):
-            self.storage.set_applied_revision(session.machine_id, message.revision)
+            self.hub.buffer.add(
+                functools.partial(
+                    self.storage.set_applied_revision, session.machine_id, message.revision
+                )
+            )
         elif isinstance(message, m.Error) and message.code == "resync":
             log.info("machine %s asked for a full resync: %s", session.machine_id, message.message)
             await self._push_one(session.machine_id, full=True)

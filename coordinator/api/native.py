@@ -21,17 +21,22 @@ from proto.units import UnitNameError, UnitOption, validate_unit_name
 
 PREFIX = "/moorage/v1"
 MAX_TOKEN_TTL_S = 30 * 86400.0
+MAX_TOKENS_PER_CALL = 10_000
 
 
 class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ttl_s: float | None = None
     description: str = ""
+    count: int = 1
+    """Several tokens in one transaction, for enrolling many machines at once."""
 
 
-class JoinTokenCreated(msgspec.Struct, frozen=True):
+class JoinTokenCreated(msgspec.Struct, frozen=True, omit_defaults=True):
     id: str
     token: str
     expires_at: float
+    more: list[str] = []
+    """With count > 1: the other tokens (token is the first)."""
 
 
 class ApiTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -81,11 +86,20 @@ def _ttl(value: float | None, default: float) -> float:
 
 def create_join_token(storage: Storage, ca_pin: str, ttl_s: float, description: str = "") -> str:
     """Shared by the API and `moorage dev`: the plain token exists only in the return value."""
-    token = new_join_token(ca_pin)
-    storage.create_join_token(
-        token.id, hash_secret(token.secret), now=time.time(), ttl_s=ttl_s, description=description
+    return create_join_tokens(storage, ca_pin, ttl_s, description, 1)[0]
+
+
+def create_join_tokens(
+    storage: Storage, ca_pin: str, ttl_s: float, description: str, count: int
+) -> list[str]:
+    tokens = [new_join_token(ca_pin) for _ in range(count)]
+    storage.create_join_tokens(
+        [(t.id, hash_secret(t.secret)) for t in tokens],
+        now=time.time(),
+        ttl_s=ttl_s,
+        description=description,
     )
-    return format_token(token)
+    return [format_token(t) for t in tokens]
 
 
 def create_api_token(storage: Storage, name: str, ttl_s: float | None) -> tuple[str, ApiToken]:
@@ -229,9 +243,11 @@ def routes(
     async def new_join(request: web.Request) -> web.Response:
         body = await decode_body(request, JoinTokenRequest)
         ttl = _ttl(body.ttl_s, join_ttl_s)
-        token = create_join_token(storage, ca_pin, ttl, body.description)
+        if not 1 <= body.count <= MAX_TOKENS_PER_CALL:
+            raise ApiError(400, f"count must be between 1 and {MAX_TOKENS_PER_CALL}")
+        first, *more = create_join_tokens(storage, ca_pin, ttl, body.description, body.count)
         return json_response(
-            JoinTokenCreated(token.split(".")[1], token, time.time() + ttl), status=201
+            JoinTokenCreated(first.split(".")[1], first, time.time() + ttl, more), status=201
         )
 
     @r.post(PREFIX + "/api-tokens")

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures with the core count and writes JSON to results/."""

@@ -1,0 +1,71 @@
+"""What every benchmark shares: the machine's facts, sampling a process, writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def sample(pid: int, seconds: float) -> dict[str, float]:
+    """RSS (MiB) at the end and mean CPU (% of one core) over `seconds`, children excluded."""
+    proc = psutil.Process(pid)
+    before = proc.cpu_times()
+    started = time.monotonic()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    elapsed = time.monotonic() - started
+    used = (after.user - before.user) + (after.system - before.system)
+    return {
+        "rss_mib": round(proc.memory_info().rss / 2**20, 1),
+        "cpu_percent": round(100 * used / elapsed, 2),
+        "seconds": round(elapsed, 1),
+    }
+
+
+def write(name: str, figures: dict[str, Any], params: dict[str, Any]) -> Path:
+    """Print the figures (with the core count) and write bench/results/<name>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "params": params,
+        "figures": figures,
+    }
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"\n== {name} ({doc['machine']['cores']} cores, {doc['machine']['memory_gib']} GiB) ==")
+    for key, value in figures.items():
+        print(f"  {key:<40} {value}")
+    print(f"  -> {path}")
+    return path
+
+
+def progress(label: str) -> Any:
+    started = time.monotonic()
+
+    def show(stats: dict[str, float]) -> None:
+        print(f"  [{time.monotonic() - started:6.1f} s] {label}: "
+              + ", ".join(f"{k}={int(v)}" for k, v in stats.items() if k != "last_applied_at"),
+              flush=True)
+
+    return show

@@ -1,0 +1,126 @@
+"""Run simulated agents in a few worker processes and aggregate what they count."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+import aiohttp
+
+from bench.simagent import SimAgent, SimIdentity, Stats, raise_fd_limit
+
+Metadata = Callable[[str], dict[str, str]]
+
+
+def _worker(
+    identities: list[SimIdentity], hub_url: str, ca_file: str, conn: Connection, rack_count: int
+) -> None:
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(identities, hub_url, ca_file, conn, rack_count))
+
+
+async def _serve(
+    identities: list[SimIdentity], hub_url: str, ca_file: str, conn: Connection, rack_count: int
+) -> None:
+    stats = Stats()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        agents = [
+            SimAgent(i, hub_url, ca_file, stats, {"rack": f"r{n % rack_count}"})
+            for n, i in enumerate(identities)
+        ]
+        tasks = []
+        for n, agent in enumerate(agents):
+            tasks.append(asyncio.create_task(agent.run(http, stop)))
+            if n % 50 == 49:
+                await asyncio.sleep(0)  # let handshakes progress while ramping up
+        while True:
+            if await loop.run_in_executor(None, conn.poll, 0.5):
+                if conn.recv() == "stop":
+                    break
+            conn.send(
+                {
+                    "connected": stats.connected,
+                    "sessions": stats.sessions,
+                    "heartbeats": stats.heartbeats,
+                    "desired": stats.desired,
+                    "applied_units": stats.applied_units,
+                    "errors": stats.errors,
+                    "last_applied_at": stats.last_applied_at,
+                }
+            )
+        stop.set()
+        await asyncio.wait(tasks, timeout=10)
+
+
+class LoadGen:
+    def __init__(
+        self, identities: list[SimIdentity], hub_url: str, ca_file: str, *, workers: int = 2,
+        racks: int = 10,
+    ) -> None:
+        ctx = mp.get_context("fork")
+        self._conns: list[Connection] = []
+        self._procs: list[mp.process.BaseProcess] = []
+        self._last: list[dict[str, float]] = [{} for _ in range(workers)]
+        for w in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker,
+                args=(identities[w::workers], hub_url, ca_file, child, racks),
+                daemon=True,
+            )
+            proc.start()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def stats(self) -> dict[str, float]:
+        for i, conn in enumerate(self._conns):
+            while conn.poll():
+                self._last[i] = conn.recv()
+        total: dict[str, float] = {}
+        for snap in self._last:
+            for k, v in snap.items():
+                total[k] = max(total.get(k, 0.0), v) if k == "last_applied_at" else total.get(k, 0.0) + v
+        return total
+
+    def wait(self, predicate: Callable[[dict[str, float]], bool], timeout: float,
+             progress: Callable[[dict[str, float]], None] | None = None) -> float:
+        started = time.monotonic()
+        last_print = 0.0
+        while True:
+            stats = self.stats()
+            if predicate(stats):
+                return time.monotonic() - started
+            now = time.monotonic()
+            if progress and now - last_print >= 2:
+                progress(stats)
+                last_print = now
+            if now - started > timeout:
+                raise TimeoutError(f"load generator: condition not met within {timeout} s: {stats}")
+            time.sleep(0.2)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    def stop(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send("stop")
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()

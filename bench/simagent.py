@@ -1,0 +1,229 @@
+"""Simulated agents: the real protocol over real mutual-TLS WebSockets, many per process.
+
+Each simulated agent has its own key and certificate from a real enrolment, says
+Hello, heartbeats at the interval the hub asks for, acknowledges every `Desired` with
+`Applied` and reports its units `active` like a real agent would (without running
+anything). Used only by the benchmarks and the scale tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from coordinator import pki
+from coordinator.client import ApiClient, ClientConfig
+from proto import messages as m
+from proto.enrolment import ENROLL_PATH, EnrollRequest, EnrollResponse
+
+
+class SimIdentity(msgspec.Struct, frozen=True):
+    machine_id: str
+    pem_file: str
+    """Key and certificate in one file, as the real agent keeps them."""
+
+
+async def enrol_many(
+    admin: ClientConfig,
+    machine_ids: Sequence[str],
+    directory: Path,
+    *,
+    concurrency: int = 16,
+) -> list[SimIdentity]:
+    """Enrol every id through the real API (join token + CSR), keeping the PEMs on disk."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens: list[str] = []
+    async with ApiClient(admin, timeout_s=300) as api:
+        while len(tokens) < len(machine_ids):
+            want = min(10_000, len(machine_ids) - len(tokens))
+            body = await api.call(
+                "POST", "moorage/v1/join-tokens", {"count": want, "description": "bench"}
+            )
+            tokens += [body["token"], *body.get("more", [])]
+    ca = ssl.create_default_context(cafile=admin.ca_file)
+    sem = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=ca)
+
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(machine_id: str, token: str) -> SimIdentity:
+            async with sem:
+                key = pki.generate_key()
+                req = EnrollRequest(token, machine_id, pki.make_csr(key, machine_id).decode())
+                async with http.post(
+                    admin.endpoint + ENROLL_PATH,
+                    data=msgspec.json.encode(req),
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
+                    raw = await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"enrolment of {machine_id} failed: {resp.status} {raw!r}")
+                got = msgspec.json.decode(raw, type=EnrollResponse)
+                path = directory / f"{machine_id}.pem"
+                pki.write_private(path, pki.key_pem(key) + got.cert_pem.encode())
+                return SimIdentity(machine_id, str(path))
+
+        return list(await asyncio.gather(*(one(i, t) for i, t in zip(machine_ids, tokens, strict=False))))
+
+
+class Stats:
+    """Counters one worker process reports to the benchmark."""
+
+    def __init__(self) -> None:
+        self.connected = 0
+        self.sessions = 0
+        self.heartbeats = 0
+        self.desired = 0
+        self.applied_units = 0
+        self.errors = 0
+        self.last_applied_at = 0.0
+
+
+class SimAgent:
+    def __init__(
+        self,
+        identity: SimIdentity,
+        hub_url: str,
+        ca_file: str,
+        stats: Stats,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.hub_url = hub_url
+        self.stats = stats
+        self.metadata = metadata or {}
+        self.revision = 0
+        self.units: dict[str, m.DesiredUnit] = {}
+        self.connected = False
+        ctx = ssl.create_default_context(cafile=ca_file)
+        ctx.load_cert_chain(identity.pem_file)
+        self.ssl = ctx
+
+    async def run(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await self._session(http, stop)
+                attempt = 0
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                self.stats.errors += 1
+            if stop.is_set():
+                return
+            attempt += 1
+            delay = min(5.0, 0.25 * 2 ** min(attempt, 5)) * (0.5 + random.random() / 2)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _session(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        async with http.ws_connect(
+            self.hub_url, ssl=self.ssl, max_msg_size=m.HARD_FRAME_LIMIT, autoping=True
+        ) as ws:
+            await ws.send_bytes(m.encode(self._hello()))
+            first = await ws.receive(timeout=60)
+            welcome = m.decode(first.data) if first.type == aiohttp.WSMsgType.BINARY else None
+            if not isinstance(welcome, m.Welcome):
+                raise aiohttp.ClientError(f"no Welcome: {first.type} {first.data!r}")
+            self.connected = True
+            self.stats.connected += 1
+            self.stats.sessions += 1
+            beat = asyncio.create_task(self._beat(ws, welcome.heartbeat_s))
+            closer = asyncio.create_task(self._close_on(stop, ws))
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        await self._on(ws, m.decode(msg.data))
+            finally:
+                beat.cancel()
+                closer.cancel()
+                self.connected = False
+                self.stats.connected -= 1
+
+    @staticmethod
+    async def _close_on(stop: asyncio.Event, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await stop.wait()
+        await ws.close()
+
+    def _hello(self) -> m.Hello:
+        return m.Hello(
+            proto=m.PROTO_VERSION,
+            machine_id=self.identity.machine_id,
+            hostname=self.identity.machine_id,
+            primary_ip="127.0.0.1",
+            metadata=self.metadata,
+            capabilities=["systemd", "docker"],
+            applied_revision=self.revision,
+            snapshot=[self._status(u) for u in self.units.values()],
+            agent_version="sim",
+        )
+
+    @staticmethod
+    def _status(unit: m.DesiredUnit) -> m.UnitStatus:
+        launched = unit.desired_state == "launched"
+        return m.UnitStatus(
+            name=unit.name,
+            hash=unit.hash,
+            load_state="loaded",
+            active_state="active" if launched else "inactive",
+            sub_state="running" if launched else "dead",
+            target_state=unit.desired_state,
+        )
+
+    async def _beat(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+        # Spread the first beat so thousands of agents do not beat in lockstep.
+        await asyncio.sleep(random.random() * interval)
+        seq = 0
+        while not ws.closed:
+            seq += 1
+            await ws.send_bytes(m.encode(m.Heartbeat(seq, time.time())))
+            self.stats.heartbeats += 1
+            await asyncio.sleep(interval)
+
+    async def _on(self, ws: aiohttp.ClientWebSocketResponse, message: m.Message) -> None:
+        if not isinstance(message, m.Desired):
+            return
+        self.stats.desired += 1
+        if message.full:
+            new = {u.name: u for u in message.upserts}
+        elif message.base_revision != self.revision:
+            await ws.send_bytes(m.encode(m.Error("resync", "revision gap")))
+            return
+        else:
+            new = dict(self.units)
+            for name in message.removes:
+                new.pop(name, None)
+            new.update({u.name: u for u in message.upserts})
+        changed = [u for n, u in new.items() if self.units.get(n) != u]
+        removed = [n for n in self.units if n not in new]
+        self.units = new
+        self.revision = message.revision
+        await ws.send_bytes(m.encode(m.Applied(message.revision)))
+        if changed or removed:
+            await ws.send_bytes(
+                m.encode(m.StateReport([self._status(u) for u in changed], removed))
+            )
+        self.stats.applied_units += len(changed)
+        self.stats.last_applied_at = time.time()
+
+
+def raise_fd_limit() -> int:
+    """Thousands of sockets need more than the default 1024 descriptors."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
