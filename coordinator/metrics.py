@@ -33,6 +33,15 @@ class CoordinatorMetrics:
         self.enrolments = Counter(
             "moorage_enrolments", "Enrolment attempts", ["result"], registry=r
         )
+        self.schedule_seconds = Histogram(
+            "moorage_schedule_seconds",
+            "Duration of one scheduling pass (snapshot, placement, store)",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.placements = Counter(
+            "moorage_placements", "Unit placements changed by the scheduler", registry=r
+        )
         self.api_latency = Histogram(
             "moorage_api_request_seconds",
             "API request latency",

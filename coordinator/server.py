@@ -61,7 +61,7 @@ class Coordinator:
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
         )
-        self.units = UnitService(self.storage, self.hub)
+        self.units = UnitService(self.storage, self.hub, self.metrics)
         self.logs = LogService(self.hub)
         self.api_port = 0
         self.hub_port = 0
@@ -71,7 +71,7 @@ class Coordinator:
     # --- applications -------------------------------------------------------------------
 
     def api_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=4 << 20)
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 << 20)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._healthz)
         app.router.add_get("/metrics", self._metrics)

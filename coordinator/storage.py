@@ -297,7 +297,15 @@ class Storage:
                 (machine_id,),
             )
         )
-        return [_unit(r, self._placements_of(r["name"])) for r in rows]
+        placed: dict[str, list[str]] = {}
+        for unit, machine in self._db.execute(
+            "SELECT p2.unit, p2.machine_id FROM placements p1"
+            " JOIN placements p2 ON p2.unit=p1.unit WHERE p1.machine_id=?"
+            " ORDER BY p2.unit, p2.machine_id",
+            (machine_id,),
+        ):
+            placed.setdefault(unit, []).append(machine)
+        return [_unit(r, placed.get(r["name"], [])) for r in rows]
 
     def _placements_of(self, name: str) -> list[str]:
         return [
@@ -306,6 +314,14 @@ class Storage:
                 "SELECT machine_id FROM placements WHERE unit=? ORDER BY machine_id", (name,)
             )
         ]
+
+    def put_units(self, units: list[Unit], now: float) -> set[str]:
+        """Many units in one transaction (one fsync); returns the affected machines."""
+        affected: set[str] = set()
+        with self._tx():
+            for unit in units:
+                affected |= self.put_unit(unit, now)
+        return affected
 
     def put_unit(self, unit: Unit, now: float) -> set[str]:
         """Create or replace a unit with its placements; returns the machines whose

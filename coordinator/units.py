@@ -19,6 +19,7 @@ import msgspec
 
 from coordinator.desired import diff, machine_desired
 from coordinator.hub import Hub, Session
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import Machine, Unit, UnitState
 from coordinator.scheduler import MachineView, UnitView, parse_xfleet, schedule
 from coordinator.storage import Storage
@@ -51,9 +52,12 @@ def current_state(unit: Unit, states: Iterable[UnitState]) -> str:
 
 
 class UnitService:
-    def __init__(self, storage: Storage, hub: Hub) -> None:
+    def __init__(
+        self, storage: Storage, hub: Hub, metrics: CoordinatorMetrics | None = None
+    ) -> None:
         self.storage = storage
         self.hub = hub
+        self.metrics = metrics
         self._sent: dict[str, Sent] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._schedule_lock = asyncio.Lock()
@@ -92,6 +96,26 @@ class UnitService:
         await self.reschedule()
         return self.storage.get_unit(name) or unit
 
+    async def put_many(self, units: list[tuple[str, list[UnitOption], DesiredState]]) -> int:
+        """Create or replace many units at once: one transaction, one scheduling pass."""
+        existing = {u.name: u for u in self.storage.list_units()}
+        records = []
+        for name, options, state in units:
+            old = existing.get(name)
+            records.append(
+                Unit(
+                    name=name,
+                    options=list(options),
+                    hash=unit_hash(options),
+                    desired_state=state,
+                    machines=list(old.machines) if old and not old.pinned else [],
+                )
+            )
+        affected = self.storage.put_units(records, time.time())
+        await self.push(affected)
+        await self.reschedule()
+        return len(records)
+
     async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:
         unit = self.storage.get_unit(name)
         if unit is None:
@@ -118,6 +142,7 @@ class UnitService:
     async def reschedule(self) -> None:
         """Run the scheduler over the current snapshot and store what moved, at once."""
         async with self._schedule_lock:
+            started = time.perf_counter()
             units = self.storage.list_units()
             views = [_unit_view(u) for u in units if not u.pinned]
             if not views:
@@ -129,6 +154,9 @@ class UnitService:
             if not changes:
                 return
             affected = self.storage.set_placements(changes)
+            if self.metrics is not None:
+                self.metrics.schedule_seconds.observe(time.perf_counter() - started)
+                self.metrics.placements.inc(sum(len(v) for v in changes.values()))
             log.info("scheduler moved %d unit(s) across %d machine(s)", len(changes), len(affected))
         await self.push(affected)
 

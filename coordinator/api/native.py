@@ -69,6 +69,22 @@ class UnitRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Pin to these machines; omitted: the scheduler places the unit."""
 
 
+class BatchUnit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    options: list[UnitOption]
+    desired_state: DesiredState = "launched"
+
+
+class UnitBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Many units in one request: one transaction and one scheduling pass."""
+
+    units: list[BatchUnit]
+
+
+class BatchResult(msgspec.Struct, frozen=True):
+    accepted: int
+
+
 class UnitList(msgspec.Struct, frozen=True):
     units: list[Unit]
 
@@ -137,6 +153,21 @@ def routes(
     @r.get(PREFIX + "/units")
     async def list_units(request: web.Request) -> web.Response:
         return json_response(UnitList(storage.list_units()))
+
+    @r.put(PREFIX + "/units")
+    async def put_units(request: web.Request) -> web.Response:
+        body = await decode_body(request, UnitBatch, max_bytes=256 << 20)
+        seen: set[str] = set()
+        for i, u in enumerate(body.units):
+            if u.name in seen:
+                raise ApiError(400, f"units[{i}]: {u.name} appears twice")
+            seen.add(u.name)
+            try:
+                validate_unit(u.name, u.options)
+            except UnitInvalid as exc:
+                raise ApiError(400, f"units[{i}] ({u.name}): {exc}") from None
+        count = await units.put_many([(u.name, u.options, u.desired_state) for u in body.units])
+        return json_response(BatchResult(count))
 
     @r.get(PREFIX + "/units/{name}")
     async def get_unit(request: web.Request) -> web.Response:

@@ -164,6 +164,14 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("DELETE", "/moorage/v1/api-tokens/{id}", "Revoke an API token", ok=204, errors=(404,)),
     Route("GET", "/moorage/v1/units", "Units with placements", response=native.UnitList),
+    Route(
+        "PUT",
+        "/moorage/v1/units",
+        "Create or replace many units at once",
+        request=native.UnitBatch,
+        response=native.BatchResult,
+        errors=(400, 413, 415),
+    ),
     Route("GET", "/moorage/v1/units/{name}", "One unit", response=Unit, errors=(404,)),
     Route(
         "PUT",
