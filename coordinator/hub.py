@@ -36,6 +36,7 @@ CLOSE_IDENTITY = 4003
 CLOSE_REPLACED = 4008
 CLOSE_SILENT = 4009
 HELLO_TIMEOUT_S = 10.0
+MAX_HEARTBEATS_PER_S = 500.0
 
 MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
 
@@ -174,7 +175,9 @@ class Hub:
             )
         )
         self.metrics.agents_connected.set(len(self.sessions))
-        await session.send(m.Welcome(m.PROTO_VERSION, session.id, self.heartbeat_s))
+        await session.send(
+            m.Welcome(m.PROTO_VERSION, session.id, self.heartbeat_for(len(self.sessions)))
+        )
         log.info("machine %s connected (session %s)", session.machine_id, session.id)
         for hook in self.on_connect:
             await hook(session)
@@ -253,6 +256,11 @@ class Hub:
         if not session.ws.closed:
             await session.ws.close()
 
+    def heartbeat_for(self, fleet_size: int) -> float:
+        """Nomad's rule: the interval grows with the fleet so the hub never handles more
+        than MAX_HEARTBEATS_PER_S beats, however many machines there are."""
+        return max(self.heartbeat_s, fleet_size / MAX_HEARTBEATS_PER_S)
+
     # --- operator actions -------------------------------------------------------------
 
     async def revoke(self, machine_id: str) -> bool:
@@ -305,7 +313,7 @@ class Hub:
             views,
             now=now,
             lost_after=self.lost_after_s,
-            heartbeat_timeout=3 * self.heartbeat_s,
+            heartbeat_timeout=3 * self.heartbeat_for(len(self.sessions)),
         ):
             if t.close_session and t.id in self.sessions:
                 log.warning("machine %s missed its heartbeats; closing its session", t.id)

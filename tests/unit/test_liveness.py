@@ -32,3 +32,13 @@ def test_disconnected_becomes_lost_only_after_lost_after() -> None:
 
 def test_lost_stays_lost() -> None:
     assert run(view("lost", since=0), now=10_000) == []
+
+
+def test_heartbeat_interval_grows_with_the_fleet() -> None:
+    from coordinator.hub import MAX_HEARTBEATS_PER_S, Hub
+
+    hub = Hub.__new__(Hub)
+    hub.heartbeat_s = 10.0
+    assert hub.heartbeat_for(100) == 10.0
+    assert hub.heartbeat_for(20_000) == 20_000 / MAX_HEARTBEATS_PER_S
+    assert hub.heartbeat_for(20_000) * MAX_HEARTBEATS_PER_S >= 20_000
