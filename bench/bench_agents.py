@@ -22,7 +22,9 @@ from tests.procs import CoordinatorProc
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2, help="load generator processes")
     ap.add_argument("--rest", type=float, default=30.0, help="seconds sampled at rest")
@@ -34,7 +36,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     raise_fd_limit()
 
     root = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
-    coordinator = CoordinatorProc(root / "coordinator", heartbeat=args.heartbeat, **{"lost-after": 300})
+    coordinator = CoordinatorProc(
+        root / "coordinator", heartbeat=args.heartbeat, **{"lost-after": 300}
+    )
     load: LoadGen | None = None
     try:
         coordinator.start()
@@ -46,12 +50,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
         hub = f"wss://127.0.0.1:{coordinator.hub_port}/agent/v1"
         load = LoadGen(identities, hub, coordinator.paths.ca_cert, workers=args.workers)
-        connect_s = load.wait(lambda s: s.get("connected", 0) >= args.agents, args.timeout,
-                              common.progress("connecting"))
+        connect_s = load.wait(
+            lambda s: s.get("connected", 0) >= args.agents,
+            args.timeout,
+            common.progress("connecting"),
+        )
         assert coordinator.proc is not None
         server_connected = len(coordinator.connected())
-        print(f"all {args.agents} connected in {connect_s:.1f} s; sampling {args.rest:.0f} s at rest",
-              flush=True)
+        print(
+            f"all {args.agents} connected in {connect_s:.1f} s; sampling {args.rest:.0f} s at rest",
+            flush=True,
+        )
         beats_before = load.stats().get("heartbeats", 0)
         rest = common.sample(coordinator.proc.pid, args.rest)
         beats = load.stats().get("heartbeats", 0) - beats_before
@@ -68,9 +77,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             coordinator.kill9()
             t1 = time.monotonic()
             coordinator.start()
-            load.wait(lambda s: s.get("sessions", 0) >= sessions + args.agents
-                      and s.get("connected", 0) >= args.agents, args.timeout,
-                      common.progress("reconnecting"))
+            load.wait(
+                lambda s: (
+                    s.get("sessions", 0) >= sessions + args.agents
+                    and s.get("connected", 0) >= args.agents
+                ),
+                args.timeout,
+                common.progress("reconnecting"),
+            )
             consistent = len(coordinator.connected())
             figures["kill9_reconnect_all_seconds"] = round(time.monotonic() - t1, 1)
             figures["agents_connected_after_restart"] = consistent

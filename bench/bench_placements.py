@@ -31,7 +31,9 @@ def unit_body(i: int) -> dict[str, Any]:
     opts = [{"section": "Service", "name": "ExecStart", "value": f"/bin/sleep {1000 + i}"}]
     kind = i % 3
     if kind == 0:
-        opts.append({"section": "X-Fleet", "name": "MachineMetadata", "value": f"rack=r{i % RACKS}"})
+        opts.append(
+            {"section": "X-Fleet", "name": "MachineMetadata", "value": f"rack=r{i % RACKS}"}
+        )
     elif kind == 1:
         opts.append({"section": "X-Fleet", "name": "Conflicts", "value": f"u{i:06d}@*.service"})
     return {"name": f"u{i:06d}.service", "options": opts, "desired_state": "launched"}
@@ -43,16 +45,21 @@ async def submit(coordinator: CoordinatorProc, total: int, batch: int) -> float:
         for start in range(0, total, batch):
             body = {"units": [unit_body(i) for i in range(start, min(total, start + batch))]}
             await api.call("PUT", "moorage/v1/units", body)
-            print(f"  submitted {min(total, start + batch)} units "
-                  f"({time.monotonic() - started:.1f} s)", flush=True)
+            print(
+                f"  submitted {min(total, start + batch)} units "
+                f"({time.monotonic() - started:.1f} s)",
+                flush=True,
+            )
     return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--machines", type=int, default=10_000)
     ap.add_argument("--units", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=100_000, help="units per API request")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--name", default="placements")
@@ -66,14 +73,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ids = [f"sim{i:05d}" for i in range(args.machines)]
         identities = asyncio.run(enrol_many(coordinator.admin_client(), ids, root / "ids"))
         hub = f"wss://127.0.0.1:{coordinator.hub_port}/agent/v1"
-        load = LoadGen(identities, hub, coordinator.paths.ca_cert, workers=args.workers, racks=RACKS)
-        load.wait(lambda s: s.get("connected", 0) >= args.machines, args.timeout,
-                  common.progress("connecting"))
+        load = LoadGen(
+            identities, hub, coordinator.paths.ca_cert, workers=args.workers, racks=RACKS
+        )
+        load.wait(
+            lambda s: s.get("connected", 0) >= args.machines,
+            args.timeout,
+            common.progress("connecting"),
+        )
         print(f"{args.machines} agents connected; submitting {args.units} units", flush=True)
         started = time.monotonic()
         submit_s = asyncio.run(submit(coordinator, args.units, args.batch))
-        load.wait(lambda s: s.get("applied_units", 0) >= args.units, args.timeout,
-                  common.progress("acknowledging"))
+        load.wait(
+            lambda s: s.get("applied_units", 0) >= args.units,
+            args.timeout,
+            common.progress("acknowledging"),
+        )
         total_s = time.monotonic() - started
         metrics = coordinator.metrics()
         passes = re.search(r"^moorage_schedule_seconds_count (\S+)", metrics, re.M)

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("MOORAGE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict[str, Any]:
@@ -64,8 +64,10 @@ def progress(label: str) -> Any:
     started = time.monotonic()
 
     def show(stats: dict[str, float]) -> None:
-        print(f"  [{time.monotonic() - started:6.1f} s] {label}: "
-              + ", ".join(f"{k}={int(v)}" for k, v in stats.items() if k != "last_applied_at"),
-              flush=True)
+        print(
+            f"  [{time.monotonic() - started:6.1f} s] {label}: "
+            + ", ".join(f"{k}={int(v)}" for k, v in stats.items() if k != "last_applied_at"),
+            flush=True,
+        )
 
     return show

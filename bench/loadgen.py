@@ -46,9 +46,8 @@ async def _serve(
             if n % 50 == 49:
                 await asyncio.sleep(0)  # let handshakes progress while ramping up
         while True:
-            if await loop.run_in_executor(None, conn.poll, 0.5):
-                if conn.recv() == "stop":
-                    break
+            if await loop.run_in_executor(None, conn.poll, 0.5) and conn.recv() == "stop":
+                break
             conn.send(
                 {
                     "connected": stats.connected,
@@ -66,7 +65,12 @@ async def _serve(
 
 class LoadGen:
     def __init__(
-        self, identities: list[SimIdentity], hub_url: str, ca_file: str, *, workers: int = 2,
+        self,
+        identities: list[SimIdentity],
+        hub_url: str,
+        ca_file: str,
+        *,
+        workers: int = 2,
         racks: int = 10,
     ) -> None:
         ctx = mp.get_context("fork")
@@ -91,11 +95,17 @@ class LoadGen:
         total: dict[str, float] = {}
         for snap in self._last:
             for k, v in snap.items():
-                total[k] = max(total.get(k, 0.0), v) if k == "last_applied_at" else total.get(k, 0.0) + v
+                total[k] = (
+                    max(total.get(k, 0.0), v) if k == "last_applied_at" else total.get(k, 0.0) + v
+                )
         return total
 
-    def wait(self, predicate: Callable[[dict[str, float]], bool], timeout: float,
-             progress: Callable[[dict[str, float]], None] | None = None) -> float:
+    def wait(
+        self,
+        predicate: Callable[[dict[str, float]], bool],
+        timeout: float,
+        progress: Callable[[dict[str, float]], None] | None = None,
+    ) -> float:
         started = time.monotonic()
         last_print = 0.0
         while True:

@@ -39,7 +39,7 @@ async def enrol_many(
     concurrency: int = 16,
 ) -> list[SimIdentity]:
     """Enrol every id through the real API (join token + CSR), keeping the PEMs on disk."""
-    directory.mkdir(parents=True, exist_ok=True)
+    os.makedirs(directory, exist_ok=True)
     tokens: list[str] = []
     async with ApiClient(admin, timeout_s=300) as api:
         while len(tokens) < len(machine_ids):
@@ -65,13 +65,17 @@ async def enrol_many(
                 ) as resp:
                     raw = await resp.read()
                     if resp.status != 200:
-                        raise RuntimeError(f"enrolment of {machine_id} failed: {resp.status} {raw!r}")
+                        raise RuntimeError(
+                            f"enrolment of {machine_id} failed: {resp.status} {raw!r}"
+                        )
                 got = msgspec.json.decode(raw, type=EnrollResponse)
                 path = directory / f"{machine_id}.pem"
                 pki.write_private(path, pki.key_pem(key) + got.cert_pem.encode())
                 return SimIdentity(machine_id, str(path))
 
-        return list(await asyncio.gather(*(one(i, t) for i, t in zip(machine_ids, tokens, strict=False))))
+        return list(
+            await asyncio.gather(*(one(i, t) for i, t in zip(machine_ids, tokens, strict=False)))
+        )
 
 
 class Stats:

@@ -214,6 +214,8 @@ class _State:
         self.by_name = {u.name: u for u in self.active}
         self._pools: dict[_PoolKey, list[tuple[int, str]]] = {}
         self._members: dict[_PoolKey, set[str]] = {}
+        self.conflict_hosts: set[str] = set()
+        """Machines hosting a unit that declares Conflicts (the only ones to check)."""
 
     def fits(self, unit: UnitView, mid: str) -> bool:
         machine = self.by_id[mid]
@@ -230,6 +232,9 @@ class _State:
     def put(self, name: str, mid: str) -> None:
         self.placed[name].append(mid)
         self.hosted[mid].add(name)
+        unit = self.by_name.get(name)
+        if unit is not None and unit.xfleet.conflicts:
+            self.conflict_hosts.add(mid)
         self._reheap(mid)
 
     def evict(self, name: str, mid: str) -> None:
@@ -297,6 +302,8 @@ class _State:
         )
 
     def conflicted(self, unit: UnitView, mid: str) -> bool:
+        if not unit.xfleet.conflicts and mid not in self.conflict_hosts:
+            return False  # the common case: nobody involved declares Conflicts
         for other in self.hosted[mid]:
             if other == unit.name or other in unit.xfleet.replaces:
                 continue

@@ -21,7 +21,7 @@ from coordinator.desired import diff, machine_desired
 from coordinator.hub import Hub, Session
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import Machine, Unit, UnitState
-from coordinator.scheduler import MachineView, UnitView, parse_xfleet, schedule
+from coordinator.scheduler import MachineView, UnitView, XFleet, parse_xfleet, schedule
 from coordinator.storage import Storage
 from proto import messages as m
 from proto.messages import DesiredState, DesiredUnit
@@ -62,6 +62,7 @@ class UnitService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._schedule_lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
+        self._xfleet: dict[str, XFleet] = {}
         hub.on_connect.append(self._on_connect)
         hub.on_state_change.append(self._on_machine_state)
         hub.handlers.append(self._on_message)
@@ -144,7 +145,7 @@ class UnitService:
         async with self._schedule_lock:
             started = time.perf_counter()
             units = self.storage.list_units()
-            views = [_unit_view(u) for u in units if not u.pinned]
+            views = [self._view(u) for u in units if not u.pinned]
             if not views:
                 return
             machines = self.storage.list_machines()
@@ -159,6 +160,19 @@ class UnitService:
                 self.metrics.placements.inc(sum(len(v) for v in changes.values()))
             log.info("scheduler moved %d unit(s) across %d machine(s)", len(changes), len(affected))
         await self.push(affected)
+
+    def _view(self, unit: Unit) -> UnitView:
+        """Scheduling view of a unit; its parsed [X-Fleet] is cached by hash."""
+        xfleet = self._xfleet.get(unit.hash)
+        if xfleet is None:
+            xfleet = self._xfleet[unit.hash] = parse_xfleet(unit.options)
+        return UnitView(
+            name=unit.name,
+            xfleet=xfleet,
+            backend=backend_for(unit.name),
+            active=unit.desired_state != "inactive",
+            machines=tuple(unit.machines),
+        )
 
     def reschedule_soon(self) -> None:
         """Coalesce bursts (many machines connecting) into one scheduling pass."""
@@ -258,16 +272,6 @@ class UnitService:
         elif isinstance(message, m.Error) and message.code == "resync":
             log.info("machine %s asked for a full resync: %s", session.machine_id, message.message)
             await self._push_one(session.machine_id, full=True)
-
-
-def _unit_view(unit: Unit) -> UnitView:
-    return UnitView(
-        name=unit.name,
-        xfleet=parse_xfleet(unit.options),
-        backend=backend_for(unit.name),
-        active=unit.desired_state != "inactive",
-        machines=tuple(unit.machines),
-    )
 
 
 def _machine_view(machine: Machine) -> MachineView:

@@ -1,0 +1,50 @@
+"""One real agent on a real systemd manager (the test harness's), for benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness.systemd import UserSystemd, systemd_available
+from tests.procs import AgentProc, CoordinatorProc, wait_for
+
+
+class RealAgent:
+    def __init__(self, root: Path) -> None:
+        reason = systemd_available()
+        if reason:
+            raise SystemExit(f"cannot run: {reason}")
+        self.systemd = UserSystemd().start()
+        self.coordinator = CoordinatorProc(root / "coordinator").start()
+        env = {
+            k: self.systemd.env[k]
+            for k in ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
+        }
+        self.agent = AgentProc(
+            root,
+            "bench-machine",
+            self.coordinator,
+            extra=[
+                "--systemd-scope",
+                "user",
+                "--unit-dir",
+                str(self.systemd.unit_dir),
+                "--journal-dir",
+                str(self.systemd.journal_dir),
+            ],
+            env=env,
+        )
+        result = self.agent.enroll(self.coordinator.join_token())
+        if result.returncode != 0:
+            raise SystemExit(result.stderr)
+        self.agent.start()
+        wait_for(lambda: "bench-machine" in self.coordinator.connected(), what="agent connected")
+
+    @property
+    def agent_pid(self) -> int:
+        assert self.agent.proc is not None
+        return self.agent.proc.pid
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.coordinator.stop()
+        self.systemd.stop()

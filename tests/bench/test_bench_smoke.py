@@ -1,0 +1,71 @@
+"""Every benchmark runs end to end at a tiny size: the figures exist and are sane.
+
+Targets are not asserted here (timed assertions are flaky); bench/README.md holds
+the real figures from full runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.harness.systemd import systemd_available
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def results_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MOORAGE_BENCH_RESULTS", str(tmp_path))
+    import importlib
+
+    import bench.common
+
+    importlib.reload(bench.common)
+    return tmp_path
+
+
+def load(results: Path, name: str) -> dict:  # type: ignore[type-arg]
+    doc = json.loads((results / f"{name}.json").read_text())
+    assert doc["machine"]["cores"] >= 1
+    return dict(doc["figures"])
+
+
+def test_agents_and_kill9(results_dir: Path) -> None:
+    from bench import bench_agents
+
+    bench_agents.main(["--agents", "40", "--rest", "1", "--name", "smoke-agents"])
+    figures = load(results_dir, "smoke-agents")
+    assert figures["agents_connected"] == 40
+    assert figures["agents_connected_after_restart"] == 40
+    assert figures["kill9_reconnect_all_seconds"] > 0
+
+
+def test_placements(results_dir: Path) -> None:
+    from bench import bench_placements
+
+    bench_placements.main(
+        ["--machines", "30", "--units", "300", "--batch", "100", "--name", "smoke-place"]
+    )
+    figures = load(results_dir, "smoke-place")
+    assert figures["units"] == 300 and figures["placements_per_second_acknowledged"] > 0
+
+
+@pytest.mark.skipif(systemd_available() is not None, reason=str(systemd_available()))
+def test_latency(results_dir: Path) -> None:
+    from bench import bench_latency
+
+    bench_latency.main(["--units", "3", "--name", "smoke-latency"])
+    figures = load(results_dir, "smoke-latency")
+    assert figures["units"] == 3 and 0 < figures["p50_ms"] <= figures["max_ms"]
+
+
+@pytest.mark.skipif(systemd_available() is not None, reason=str(systemd_available()))
+def test_agent_footprint(results_dir: Path) -> None:
+    from bench import bench_agent_footprint
+
+    bench_agent_footprint.main(["--units", "10", "--rest", "2", "--name", "smoke-footprint"])
+    figures = load(results_dir, "smoke-footprint")
+    assert figures["units"] == 10 and figures["agent_rss_mib"] > 0
