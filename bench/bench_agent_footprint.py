@@ -6,13 +6,10 @@ python -m bench.bench_agent_footprint --units 500 --rest 60
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from bench import common
-from bench.realagent import RealAgent
+from bench.realagent import RealAgent, real_agent
 from tests.procs import wait_for
 
 
@@ -24,46 +21,45 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--rest", type=float, default=60.0)
     ap.add_argument("--name", default="agent-footprint")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
-    rig = RealAgent(root)
+    with real_agent() as rig:
+        return _run(rig, args)
+
+
+def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     c = rig.coordinator
-    try:
-        started = time.monotonic()
-        units = [
-            {
-                "name": f"idle{i:04d}.service",
-                "desired_state": "launched",
-                "options": [
-                    {"section": "Service", "name": "ExecStart", "value": "/bin/sleep infinity"}
-                ],
-            }
-            for i in range(args.units)
-        ]
-        c.api("PUT", "/moorage/v1/units", {"units": units})
-
-        def active() -> bool:
-            states = c.api("GET", "/moorage/v1/unit-states")["states"]
-            return sum(s["active_state"] == "active" for s in states) >= args.units
-
-        wait_for(active, timeout=600, interval=1.0, what=f"{args.units} units active")
-        launch_s = time.monotonic() - started
-        print(
-            f"{args.units} units active in {launch_s:.1f} s; settling, then sampling {args.rest:.0f} s",
-            flush=True,
-        )
-        time.sleep(5)
-        rest = common.sample(rig.agent_pid, args.rest)
-        figures: dict[str, object] = {
-            "units": args.units,
-            "launch_all_seconds": round(launch_s, 1),
-            "agent_rss_mib": rest["rss_mib"],
-            "agent_cpu_percent_at_rest": rest["cpu_percent"],
+    started = time.monotonic()
+    units = [
+        {
+            "name": f"idle{i:04d}.service",
+            "desired_state": "launched",
+            "options": [
+                {"section": "Service", "name": "ExecStart", "value": "/bin/sleep infinity"}
+            ],
         }
-        common.write(args.name, figures, vars(args))
-        return figures
-    finally:
-        rig.close()
-        shutil.rmtree(root, ignore_errors=True)
+        for i in range(args.units)
+    ]
+    c.api("PUT", "/moorage/v1/units", {"units": units})
+
+    def active() -> bool:
+        states = c.api("GET", "/moorage/v1/unit-states")["states"]
+        return sum(s["active_state"] == "active" for s in states) >= args.units
+
+    wait_for(active, timeout=600, interval=1.0, what=f"{args.units} units active")
+    launch_s = time.monotonic() - started
+    print(
+        f"{args.units} units active in {launch_s:.1f} s; settling, then sampling {args.rest:.0f} s",
+        flush=True,
+    )
+    time.sleep(5)
+    rest = common.sample(rig.agent_pid, args.rest)
+    figures: dict[str, object] = {
+        "units": args.units,
+        "launch_all_seconds": round(launch_s, 1),
+        "agent_rss_mib": rest["rss_mib"],
+        "agent_cpu_percent_at_rest": rest["cpu_percent"],
+    }
+    common.write(args.name, figures, vars(args))
+    return figures
 
 
 if __name__ == "__main__":

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from bench import common
-from bench.realagent import RealAgent
+from bench.realagent import RealAgent, real_agent
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -25,53 +22,50 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--units", type=int, default=100)
     ap.add_argument("--name", default="latency")
     args = ap.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
-    rig = RealAgent(root)
+    with real_agent() as rig:
+        return _run(rig, args)
+
+
+def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     c = rig.coordinator
     samples: list[float] = []
-    try:
-        for i in range(args.units):
-            name = f"lat{i:04d}.service"
-            body = {
-                "name": name,
-                "desiredState": "launched",
-                "options": [
-                    {"section": "Service", "name": "ExecStart", "value": "/bin/sleep 3600"}
-                ],
-            }
-            started = time.monotonic()
-            status, _ = c.raw(
-                "PUT",
-                f"/fleet/v1/units/{name}",
-                headers={"Content-Type": "application/json"},
-                data=json.dumps(body).encode(),
-            )
-            assert status == 201, status
-            while True:
-                status, raw = c.raw("GET", f"/fleet/v1/state/{name}")
-                if json.loads(raw).get("systemdActiveState") == "active":
-                    break
-                if time.monotonic() - started > 30:
-                    raise TimeoutError(f"{name} not active after 30 s")
-                time.sleep(0.005)
-            samples.append(time.monotonic() - started)
-            if (i + 1) % 20 == 0:
-                print(
-                    f"  {i + 1}/{args.units} units, p50 so far {statistics.median(samples) * 1000:.0f} ms",
-                    flush=True,
-                )
-        samples.sort()
-        figures: dict[str, object] = {
-            "units": len(samples),
-            "p50_ms": round(statistics.median(samples) * 1000),
-            "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000),
-            "max_ms": round(samples[-1] * 1000),
+    for i in range(args.units):
+        name = f"lat{i:04d}.service"
+        body = {
+            "name": name,
+            "desiredState": "launched",
+            "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/sleep 3600"}],
         }
-        common.write(args.name, figures, vars(args))
-        return figures
-    finally:
-        rig.close()
-        shutil.rmtree(root, ignore_errors=True)
+        started = time.monotonic()
+        status, _ = c.raw(
+            "PUT",
+            f"/fleet/v1/units/{name}",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps(body).encode(),
+        )
+        assert status == 201, status
+        while True:
+            status, raw = c.raw("GET", f"/fleet/v1/state/{name}")
+            if json.loads(raw).get("systemdActiveState") == "active":
+                break
+            if time.monotonic() - started > 30:
+                raise TimeoutError(f"{name} not active after 30 s")
+            time.sleep(0.005)
+        samples.append(time.monotonic() - started)
+        if (i + 1) % 20 == 0:
+            print(
+                f"  {i + 1}/{args.units} units, p50 so far {statistics.median(samples) * 1000:.0f} ms",
+                flush=True,
+            )
+    samples.sort()
+    figures: dict[str, object] = {
+        "units": len(samples),
+        "p50_ms": round(statistics.median(samples) * 1000),
+        "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000),
+        "max_ms": round(samples[-1] * 1000),
+    }
+    common.write(args.name, figures, vars(args))
+    return figures
 
 
 if __name__ == "__main__":

@@ -12,15 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.loadgen import LoadGen
-from bench.simagent import enrol_many, raise_fd_limit
+from bench.loadgen import sim_fleet
 from coordinator.client import ApiClient
 from tests.procs import CoordinatorProc
 
@@ -64,24 +60,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--name", default="placements")
     args = ap.parse_args(argv)
-    raise_fd_limit()
-    root = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
-    coordinator = CoordinatorProc(root / "coordinator", heartbeat=10, **{"lost-after": 600})
-    load: LoadGen | None = None
-    try:
-        coordinator.start()
-        ids = [f"sim{i:05d}" for i in range(args.machines)]
-        identities = asyncio.run(enrol_many(coordinator.admin_client(), ids, root / "ids"))
-        hub = f"wss://127.0.0.1:{coordinator.hub_port}/agent/v1"
-        load = LoadGen(
-            identities, hub, coordinator.paths.ca_cert, workers=args.workers, racks=RACKS
-        )
-        load.wait(
-            lambda s: s.get("connected", 0) >= args.machines,
-            args.timeout,
-            common.progress("connecting"),
-        )
-        print(f"{args.machines} agents connected; submitting {args.units} units", flush=True)
+    with sim_fleet(
+        args.machines,
+        workers=args.workers,
+        timeout=args.timeout,
+        racks=RACKS,
+        heartbeat=10,
+        **{"lost-after": 600},
+    ) as fleet:
+        coordinator, load = fleet.coordinator, fleet.load
+        print(f"submitting {args.units} units", flush=True)
         started = time.monotonic()
         submit_s = asyncio.run(submit(coordinator, args.units, args.batch))
         load.wait(
@@ -104,11 +92,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         }
         common.write(args.name, figures, vars(args))
         return figures
-    finally:
-        if load is not None:
-            load.stop()
-        coordinator.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from typing import Any
 
 import psutil
 
-RESULTS = Path(os.environ.get("MOORAGE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+RESULTS = Path(
+    os.environ.get("MOORAGE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
 
 
 def machine() -> dict[str, Any]:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -134,3 +139,46 @@ class LoadGen:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+
+
+class SimFleet:
+    """A coordinator process with `agents` simulated agents enrolled and connected."""
+
+    def __init__(self, coordinator: Any, load: LoadGen, enrol_s: float, connect_s: float) -> None:
+        self.coordinator = coordinator
+        self.load = load
+        self.enrol_s = enrol_s
+        self.connect_s = connect_s
+
+
+@contextlib.contextmanager
+def sim_fleet(
+    agents: int, *, workers: int, timeout: float, racks: int = 10, **coordinator_options: Any
+) -> Iterator[SimFleet]:
+    from bench import common
+    from bench.simagent import enrol_many, raise_fd_limit
+    from tests.procs import CoordinatorProc
+
+    raise_fd_limit()
+    root = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
+    coordinator = CoordinatorProc(root / "coordinator", **coordinator_options)
+    load: LoadGen | None = None
+    try:
+        coordinator.start()
+        started = time.monotonic()
+        ids = [f"sim{i:05d}" for i in range(agents)]
+        identities = asyncio.run(enrol_many(coordinator.admin_client(), ids, root / "ids"))
+        enrol_s = time.monotonic() - started
+        print(f"enrolled {agents} agents in {enrol_s:.1f} s", flush=True)
+        hub = f"wss://127.0.0.1:{coordinator.hub_port}/agent/v1"
+        load = LoadGen(identities, hub, coordinator.paths.ca_cert, workers=workers, racks=racks)
+        connect_s = load.wait(
+            lambda s: s.get("connected", 0) >= agents, timeout, common.progress("connecting")
+        )
+        print(f"all {agents} agents connected in {connect_s:.1f} s", flush=True)
+        yield SimFleet(coordinator, load, enrol_s, connect_s)
+    finally:
+        if load is not None:
+            load.stop()
+        coordinator.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.harness.systemd import UserSystemd, systemd_available
@@ -48,3 +52,16 @@ class RealAgent:
         self.agent.stop()
         self.coordinator.stop()
         self.systemd.stop()
+
+
+@contextlib.contextmanager
+def real_agent() -> Iterator[RealAgent]:
+    root = Path(tempfile.mkdtemp(prefix="moorage-bench-"))
+    rig: RealAgent | None = None
+    try:
+        rig = RealAgent(root)
+        yield rig
+    finally:
+        if rig is not None:
+            rig.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -99,15 +99,16 @@ async def wait_current(api: ApiClient, name: str, state: str, limit_s: float) ->
 
 
 async def wait_active(
-    api: ApiClient, name: str, window: float = ACTIVE_WINDOW_S
+    api: ApiClient, name: str, window: float = ACTIVE_WINDOW_S, expected: int = 1
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """After a start: wait for every state of the unit to be active (True) or for one
-    to fail or the window to pass (False); returns the last states seen."""
+    """After a start: wait until `expected` machines report the unit active (True), or
+    one reports it failed or the window passes (False); returns the last states seen."""
     deadline = time.monotonic() + window
     states: list[dict[str, Any]] = []
     while True:
         states = await list_all(api, "state", "states", f"unitName={quote(name, safe='')}")
-        if states and all(s.get("systemdActiveState") == "active" for s in states):
+        active = [s for s in states if s.get("systemdActiveState") == "active"]
+        if states and len(active) == len(states) and len(active) >= expected:
             return True, states
         if any(s.get("systemdActiveState") == "failed" for s in states):
             return False, states

@@ -408,7 +408,9 @@ def _transition(
                 "machine": unit.get("machineID", ""),
             }
             if started:
-                ok, states = await fc.wait_active(api, name, window=timeout)
+                placed = await api.call("GET", f"moorage/v1/units/{quote(name, safe='')}")
+                expected = max(1, len(placed["machines"]))
+                ok, states = await fc.wait_active(api, name, window=timeout, expected=expected)
                 result["active"] = ok
                 result["states"] = states
                 if not ok:
@@ -447,40 +449,31 @@ def _transition(
 TIMEOUT_OPT = click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
 
 
-@cli.command()
-@click.argument("files", nargs=-1, required=True)
-@TIMEOUT_OPT
-@click.pass_obj
-def load(ctx: Ctx, files: tuple[str, ...], timeout: float) -> None:
-    """Submit if needed and load units on their machines (not started)."""
-    _transition(ctx, files, "loaded", timeout, submit_first=True)
+def _state_command(name: str, state: str, submit_first: bool, doc: str) -> None:
+    """load/start submit local files first (like fleetctl); stop/unload need the unit."""
+    arg = "files" if submit_first else "units"
+
+    @cli.command(name, help=doc)
+    @click.argument(arg, nargs=-1, required=True)
+    @TIMEOUT_OPT
+    @click.pass_obj
+    def command(ctx: Ctx, /, timeout: float, **names: tuple[str, ...]) -> None:
+        _transition(ctx, names[arg], state, timeout, submit_first=submit_first)
 
 
-@cli.command()
-@click.argument("files", nargs=-1, required=True)
-@TIMEOUT_OPT
-@click.pass_obj
-def start(ctx: Ctx, files: tuple[str, ...], timeout: float) -> None:
-    """Submit if needed, start units, and wait until they are active (or failed)."""
-    _transition(ctx, files, "launched", timeout, submit_first=True)
-
-
-@cli.command()
-@click.argument("units", nargs=-1, required=True)
-@TIMEOUT_OPT
-@click.pass_obj
-def stop(ctx: Ctx, units: tuple[str, ...], timeout: float) -> None:
-    """Stop units (they stay loaded)."""
-    _transition(ctx, units, "loaded", timeout, submit_first=False)
-
-
-@cli.command()
-@click.argument("units", nargs=-1, required=True)
-@TIMEOUT_OPT
-@click.pass_obj
-def unload(ctx: Ctx, units: tuple[str, ...], timeout: float) -> None:
-    """Stop and unload units from their machines (they stay submitted)."""
-    _transition(ctx, units, "inactive", timeout, submit_first=False)
+_state_command(
+    "load", "loaded", True, "Submit if needed and load units on their machines (not started)."
+)
+_state_command(
+    "start",
+    "launched",
+    True,
+    "Submit if needed, start units, and wait until they are active (or failed).",
+)
+_state_command("stop", "loaded", False, "Stop units (they stay loaded).")
+_state_command(
+    "unload", "inactive", False, "Stop and unload units from their machines (they stay submitted)."
+)
 
 
 @cli.command()

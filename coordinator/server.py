@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +35,9 @@ from coordinator.units import UnitService
 from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
 
 log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 4096
+"""Thousands of agents reconnect at once after a restart; 128 would drop their SYNs."""
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", CA_PATH, ENROLL_PATH})
 
@@ -178,11 +182,18 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         log.info("API on port %d, agent hub on port %d", self.api_port, self.hub_port)
 
-    async def _listen(self, app: web.Application, listen: str, ctx: object) -> int:
+    async def _listen(self, app: web.Application, listen: str, ctx: ssl.SSLContext) -> int:
         host, port = split_host_port(listen)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)  # type: ignore[arg-type]
+        site = web.TCPSite(
+            runner,
+            host,
+            port,
+            ssl_context=ctx,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+        )
         await site.start()
         self._runners.append(runner)
         server = site._server

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -461,22 +462,7 @@ class Storage:
         if name is not None:
             sql, args = sql + " AND name=?", [*args, name]
         rows = self._db.execute(sql + " ORDER BY name, machine_id", args)
-        return [
-            UnitState(
-                name=r["name"],
-                machine_id=r["machine_id"],
-                hash=r["hash"],
-                load_state=r["load_state"],
-                active_state=r["active_state"],
-                sub_state=r["sub_state"],
-                main_pid=r["main_pid"],
-                image_digest=r["image_digest"],
-                message=r["message"],
-                target_state=r["target_state"],
-                updated_at=r["updated_at"],
-            )
-            for r in rows
-        ]
+        return [_record(r, UnitState) for r in rows]
 
     # --- join tokens ----------------------------------------------------------------
 
@@ -536,17 +522,7 @@ class Storage:
 
     def list_join_tokens(self) -> list[JoinToken]:
         rows = self._db.execute("SELECT * FROM join_tokens ORDER BY created_at")
-        return [
-            JoinToken(
-                id=r["id"],
-                created_at=r["created_at"],
-                expires_at=r["expires_at"],
-                used_at=r["used_at"],
-                used_by=r["used_by"],
-                description=r["description"],
-            )
-            for r in rows
-        ]
+        return [_record(r, JoinToken) for r in rows]
 
     # --- API tokens -------------------------------------------------------------------
 
@@ -586,6 +562,7 @@ class Storage:
 
 
 _options_decoder = msgspec.json.Decoder(list[UnitOption])
+R = TypeVar("R")
 
 
 def _unit(row: sqlite3.Row, machines: list[str]) -> Unit:
@@ -644,11 +621,10 @@ def _machine(row: sqlite3.Row) -> Machine:
 
 
 def _api_token(row: sqlite3.Row) -> ApiToken:
-    return ApiToken(
-        id=row["id"],
-        name=row["name"],
-        role=row["role"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked=bool(row["revoked"]),
-    )
+    return _record(row, ApiToken)
+
+
+def _record(row: sqlite3.Row, kind: type[R]) -> R:
+    """A row whose columns are named like the Struct's fields (extra columns ignored,
+    SQLite's 0/1 read as booleans)."""
+    return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)
