@@ -10,10 +10,14 @@ from __future__ import annotations
 import ssl
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordinator import pki
+from coordinator.files import write_private, write_public
+
+if TYPE_CHECKING:
+    from coordinator.pki import CertInfo
 
 
 class LinkInfo(msgspec.Struct, frozen=True):
@@ -37,24 +41,36 @@ class Identity:
 
     def save(self, *, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, link: LinkInfo) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        pki.write_public(self.ca_file, ca_pem)
+        write_public(self.ca_file, ca_pem)
         self.install(key_pem, cert_pem)
-        pki.write_public(self.link_file, msgspec.json.encode(link))
+        write_public(self.link_file, msgspec.json.encode(link))
 
     def install(self, key_pem: bytes, cert_pem: bytes) -> None:
-        pki.write_private(self.identity_file, key_pem + cert_pem)
+        write_private(self.identity_file, key_pem + cert_pem)
 
-    def cert_info(self) -> pki.CertInfo:
+    def cert_info(self) -> CertInfo:
+        from coordinator import pki  # the crypto stack is loaded only when needed
+
         return pki.inspect_cert(_cert_block(self.identity_file.read_bytes()))
 
-    def needs_renewal(self, fraction: float, now: float | None = None) -> bool:
-        info = self.cert_info()
+    def needs_renewal(
+        self, fraction: float, window: tuple[float, float] | None = None, now: float | None = None
+    ) -> bool:
+        """`window` (not_before, not_after) as the hub saw the certificate spares parsing
+        it here; without it the file is read."""
+        if window is None or not window[1]:
+            info = self.cert_info()
+            window = (info.not_before, info.not_after)
         now = time.time() if now is None else now
-        lifetime = info.not_after - info.not_before
-        return info.not_after - now < lifetime * fraction
+        not_before, not_after = window
+        return not_after - now < (not_after - not_before) * fraction
 
     def ssl_context(self) -> ssl.SSLContext:
-        return pki.client_ssl_context(self.ca_file, self.identity_file)
+        """Verify the coordinator with the fleet CA; present our identity (TLS 1.2+)."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.identity_file))
+        return ctx
 
 
 def _cert_block(pem: bytes) -> bytes:

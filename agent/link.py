@@ -18,7 +18,6 @@ import aiohttp
 
 from agent.backoff import backoff_delay
 from agent.identity import Identity
-from coordinator import pki
 from proto import messages as m
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,7 @@ class Link:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pending_key: bytes | None = None
         self._last_echo = 0.0
+        self._cert_window: tuple[float, float] | None = None
 
     async def send(self, message: m.Message) -> bool:
         """Send if connected; False means the caller must rely on the next Hello."""
@@ -116,6 +116,7 @@ class Link:
                 await ws.send_bytes(m.encode(await self.make_hello(self.hub_url)))
                 welcome = await self._welcome(ws)
                 self.sessions += 1
+                self._cert_window = (welcome.cert_not_before, welcome.cert_not_after)
                 self.connected.set()
                 log.info("connected to %s (session %s)", self.hub_url, welcome.session)
                 beat = asyncio.create_task(self._heartbeat(ws, welcome.heartbeat_s))
@@ -180,8 +181,12 @@ class Link:
             await self._maybe_renew()
 
     async def _maybe_renew(self) -> None:
-        if self._pending_key is not None or not self.identity.needs_renewal(self.renew_fraction):
+        if self._pending_key is not None or not self.identity.needs_renewal(
+            self.renew_fraction, self._cert_window
+        ):
             return
+        from coordinator import pki  # loaded only for the rare renewal
+
         key = pki.generate_key()
         csr = pki.make_csr(key, self.identity.cert_info().common_name)
         self._pending_key = pki.key_pem(key)
@@ -197,4 +202,6 @@ class Link:
             log.warning("ignoring a certificate that was not requested")
             return
         self.identity.install(key, issued.cert_pem.encode())
-        log.info("installed renewed certificate (serial %s)", self.identity.cert_info().serial)
+        info = self.identity.cert_info()
+        self._cert_window = (info.not_before, info.not_after)
+        log.info("installed renewed certificate (serial %s)", info.serial)

@@ -12,14 +12,18 @@ from pathlib import Path
 
 import msgspec
 
-from coordinator import pki
+from coordinator.files import write_private
 from proto.messages import DesiredState, DesiredUnit
 
 log = logging.getLogger(__name__)
 
 
 class AppliedUnit(msgspec.Struct, frozen=True):
-    """A unit file the agent wrote (it owns only these) and the state it put the unit in."""
+    """A unit file the agent wrote (it owns only these) and the state it put the unit in.
+
+    For a `.container` unit ``file_sha256`` is "": nothing is written to disk, the
+    container is found by its name and owned through its ``moorage.unit`` label.
+    """
 
     hash: str
     state: DesiredState
@@ -50,4 +54,4 @@ class StateStore:
             return AgentState()
 
     def save(self, state: AgentState) -> None:
-        pki.write_private(self.path, msgspec.json.encode(state))
+        write_private(self.path, msgspec.json.encode(state))

@@ -54,6 +54,7 @@ class Session:
         self.connected_at = time.time()
         self.last_seen = self.connected_at
         self.hello: m.Hello | None = None
+        self.cert_window = (0.0, 0.0)
         self._metrics = metrics
 
     async def send(self, message: m.Message) -> None:
@@ -101,6 +102,7 @@ class Hub:
         ws = web.WebSocketResponse(max_msg_size=m.HARD_FRAME_LIMIT, autoping=True)
         await ws.prepare(request)
         session = Session(peer.common_name, peer.serial, ws, self.metrics)
+        session.cert_window = (peer.not_before, peer.not_after)
         try:
             if await self._handshake(session):
                 await self._serve(session)
@@ -176,7 +178,13 @@ class Hub:
         )
         self.metrics.agents_connected.set(len(self.sessions))
         await session.send(
-            m.Welcome(m.PROTO_VERSION, session.id, self.heartbeat_for(len(self.sessions)))
+            m.Welcome(
+                m.PROTO_VERSION,
+                session.id,
+                self.heartbeat_for(len(self.sessions)),
+                cert_not_before=session.cert_window[0],
+                cert_not_after=session.cert_window[1],
+            )
         )
         log.info("machine %s connected (session %s)", session.machine_id, session.id)
         for hook in self.on_connect:

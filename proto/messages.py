@@ -69,6 +69,10 @@ class Welcome(msgspec.Struct, tag="welcome", frozen=True, omit_defaults=True):
     proto: int
     session: str
     heartbeat_s: float
+    cert_not_before: float = 0.0
+    cert_not_after: float = 0.0
+    """The validity of the certificate this session presented, so the agent can plan
+    its renewal without parsing certificates itself."""
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True, omit_defaults=True):
