@@ -26,6 +26,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Empty: /etc/systemd/system, or $XDG_CONFIG_HOME/systemd/user for the user scope."""
     journal_dir: str = ""
     """Empty: the machine's journal; else a journal directory (journalctl -D)."""
+    docker_host: str = ""
+    """Empty: like the docker CLI ($DOCKER_HOST, else unix:///var/run/docker.sock)."""
     reconcile_interval_s: float = 60.0
     hub_url: str = ""
     backoff_initial_s: float = 0.5

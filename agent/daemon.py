@@ -1,8 +1,15 @@
 """The agent process: persisted desired state, reconcile, state reports, logs, link.
 
-Start-up order is the promise: load the persisted desired state, connect to systemd,
-re-adopt what runs and reconcile (repair mode) - all before, and without, reaching
-the coordinator. Stopping the agent stops nothing but the agent.
+Start-up order is the promise: load the persisted desired state, connect to systemd
+and Docker, re-adopt what runs and reconcile (repair mode) - all before, and without,
+reaching the coordinator. Stopping the agent stops nothing but the agent.
+
+Units go to a backend by name (`proto.units.backend_for`): `.container` units to
+Docker, everything else to systemd. Each backend is planned only while it is
+connected; the units of a missing backend are reported failed with the reason and
+their applied state is kept untouched. When the Docker event stream comes back
+(dockerd restarted, or started after the agent) containers alone get a repair pass:
+the ones dockerd's shutdown stopped are started again, with the same container.
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ from pathlib import Path
 
 from agent import __version__, facts
 from agent.backends.base import BackendUnavailable, UnitRuntime
+from agent.backends.docker import DockerBackend, DockerError
 from agent.backends.systemd import SystemdBackend, SystemdError
 from agent.config import AgentConfig
 from agent.identity import Identity
 from agent.journal import JournalError, JournalReader
 from agent.link import Link
-from agent.reconciler import Observed, Plan, Step, plan, sha256_text
+from agent.reconciler import Observed, Plan, Step, is_container, plan, sha256_text
 from agent.store import AgentState, StateStore
-from coordinator import pki
 from coordinator.desired import apply_diff
+from coordinator.files import write_public
 from proto import messages as m
+from proto.container import ContainerOptionError, parse_container
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,14 @@ class Agent:
         self.journal = JournalReader(
             scope=config.systemd_scope, journal_dir=config.journal_dir or None
         )
+        self.docker = DockerBackend(docker_host=config.docker_host)
+        self.docker_error = "not connected yet"
         self.conflicts: dict[str, str] = {}
         self.errors: dict[str, str] = {}
+        self.create_failed: dict[str, tuple[str, str]] = {}
+        """Container units whose container could not be made: name -> (hash, why)."""
+        self._repair_containers = False
+        self._retry_creates = False
         self.reported: dict[str, m.UnitStatus] = {}
         self.acked_revision = -1
         self._dirty: set[str] = set()
@@ -66,6 +81,11 @@ class Agent:
             renew_fraction=config.renew_fraction,
             hub_url=config.hub_url,
         )
+        self.systemd.on_change(self._on_unit_change)
+        self.systemd.on_disconnect(self._on_systemd_lost)
+        self.docker.on_change(self._on_unit_change)
+        self.docker.on_connect(self._on_docker_back)
+        self.docker.on_disconnect(self._on_docker_lost)
 
     def _bus_address(self) -> str | None:
         if self.config.bus_address:
@@ -82,6 +102,7 @@ class Agent:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.connect_systemd()
+        await self.connect_docker()
         await self.reconcile(repair=True)
         tasks = [
             asyncio.create_task(self.link.run()),
@@ -97,6 +118,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.systemd.close()
+        await self.docker.close()
 
     async def connect_systemd(self) -> bool:
         if self.systemd.connected:
@@ -109,8 +131,6 @@ class Agent:
             self.systemd_error = str(exc)
             return False
         self.systemd_error = ""
-        self.systemd.on_change(self._on_unit_change)
-        self.systemd.on_disconnect(self._on_systemd_lost)
         log.info("connected to the systemd %s manager", self.config.systemd_scope)
         return True
 
@@ -118,6 +138,31 @@ class Agent:
         self.systemd_error = "the connection to systemd was lost"
         log.warning("lost the connection to systemd; will reconnect")
         self._mark_dirty(self.state.desired)
+
+    async def connect_docker(self) -> bool:
+        """Connect once; after a failure the backend keeps trying by itself and
+        `_on_docker_back` runs when it gets through."""
+        if self.docker.connected:
+            return True
+        try:
+            await self.docker.connect()
+        except BackendUnavailable as exc:
+            self.docker_error = str(exc)  # the backend logged it
+            return False
+        self.docker_error = ""
+        return True
+
+    def _on_docker_back(self) -> None:
+        """dockerd (re)appeared: what its restart stopped is repaired, failed creates retried."""
+        self.docker_error = ""
+        self._repair_containers = True
+        self._retry_creates = True
+        self._mark_dirty(n for n in self.state.desired if is_container(n))
+        self._reconcile_wake.set()
+
+    def _on_docker_lost(self) -> None:
+        self.docker_error = self.docker.last_error
+        self._mark_dirty(n for n in self.state.desired if is_container(n))
 
     def _on_unit_change(self, name: str) -> None:
         if name in self.state.desired or name in self.state.applied:
@@ -154,12 +199,16 @@ class Agent:
         else:
             desired = apply_diff(self.state.desired, message.upserts, message.removes)
         removed = set(self.state.desired) - set(desired)
+        for name, unit in desired.items():
+            if self.state.desired.get(name) != unit:
+                self.create_failed.pop(name, None)  # a changed unit gets a fresh try
         self.state.desired = desired
         self.state.revision = message.revision
         self.store.save(self.state)  # persisted before anything is acknowledged
         for name in removed:
             self.conflicts.pop(name, None)
             self.errors.pop(name, None)
+            self.create_failed.pop(name, None)
         self._mark_dirty(removed)
         self._reconcile_wake.set()
 
@@ -180,7 +229,11 @@ class Agent:
         )
 
     def capabilities(self) -> list[str]:
-        return ["systemd"] if self.systemd.connected else []
+        return [
+            name
+            for name, up in (("systemd", self.systemd.connected), ("docker", self.docker.connected))
+            if up
+        ]
 
     # --- reconcile ----------------------------------------------------------------------
 
@@ -188,29 +241,76 @@ class Agent:
         while True:
             await self._reconcile_wake.wait()
             self._reconcile_wake.clear()
+            repair_containers, retry = self._repair_containers, self._retry_creates
+            self._repair_containers = self._retry_creates = False
             try:
-                await self.reconcile(repair=False)
+                await self.reconcile(repair=False, repair_containers=repair_containers, retry=retry)
             except Exception:
                 log.exception("reconcile failed")
 
     async def _periodic_loop(self) -> None:
-        """The safety net: reconnect systemd, re-read every unit, reconcile."""
+        """The safety net: reconnect systemd, re-read every unit, reconcile (and retry
+        containers that could not be created, e.g. for an image that was missing)."""
         while True:
             await asyncio.sleep(self.config.reconcile_interval_s)
-            if await self.connect_systemd():
+            if await self.connect_systemd() or self.docker.connected:
+                self._retry_creates = True
                 self._reconcile_wake.set()
             self._mark_dirty(self.state.desired)
 
-    async def reconcile(self, *, repair: bool) -> None:
+    async def reconcile(
+        self, *, repair: bool, repair_containers: bool | None = None, retry: bool = False
+    ) -> None:
+        """Plan and run the steps for the units of every connected backend.
+
+        ``repair_containers`` (default: ``repair``) repairs containers alone; ``retry``
+        (and any repair of containers) tries again to create containers that failed.
+        """
         async with self._reconcile_lock:
             started = time.perf_counter()
-            if self.systemd.connected:
-                names = set(self.state.desired) | set(self.state.applied)
-                observed = await self._observe(names)
-                result = plan(self.state.desired, self.state.applied, observed, repair=repair)
+            names = set(self.state.desired) | set(self.state.applied)
+            units = {n for n in names if not is_container(n)} if self.systemd.connected else set()
+            containers = {n for n in names if is_container(n)} if self.docker.connected else set()
+            observed: dict[str, Observed] = {}
+            if units:
+                try:
+                    observed.update(await self._observe(units))
+                except (SystemdError, BackendUnavailable) as exc:
+                    if not containers:
+                        raise
+                    log.warning("reading unit states failed: %s", exc)  # containers go on
+                    units = set()
+            if containers:
+                try:
+                    observed.update(await self._observe_containers(containers))
+                except (BackendUnavailable, DockerError) as exc:
+                    log.warning("reading container states failed: %s", exc)
+                    containers = set()
+            planned = units | containers
+            if planned:
+                repair_c = repair if repair_containers is None else repair_containers
+                blocked = set()
+                if not (retry or repair_c):
+                    blocked = {
+                        n
+                        for n, (unit_hash, _) in self.create_failed.items()
+                        if n in self.state.desired and self.state.desired[n].hash == unit_hash
+                    }
+                result = plan(
+                    {n: u for n, u in self.state.desired.items() if n in planned},
+                    {n: a for n, a in self.state.applied.items() if n in planned},
+                    observed,
+                    repair=repair,
+                    repair_containers=repair_c,
+                    blocked=blocked,
+                )
                 await self._execute(result)
-                self.conflicts = dict(result.conflicts)
-                self.state.applied = result.applied
+                self.conflicts = {
+                    n: c for n, c in self.conflicts.items() if n not in planned
+                } | result.conflicts
+                self.state.applied = {
+                    n: a for n, a in self.state.applied.items() if n not in planned
+                } | result.applied
                 self.store.save(self.state)
                 if result.steps:
                     log.info(
@@ -227,6 +327,18 @@ class Agent:
         runtimes = await self.systemd.states(names)
         return {n: Observed(self._file_sha(n), runtimes.get(n) or UnitRuntime(n)) for n in names}
 
+    async def _observe_containers(self, names: set[str]) -> dict[str, Observed]:
+        infos = await self.docker.inspect(names)
+        out: dict[str, Observed] = {}
+        for name, info in infos.items():
+            if info is None:
+                out[name] = Observed(None, UnitRuntime(name))
+            elif not info.owned:
+                out[name] = Observed(None, info.runtime, foreign=True)
+            else:
+                out[name] = Observed(None, info.runtime, container_hash=info.hash)
+        return out
+
     def _file_sha(self, name: str) -> str | None:
         try:
             return sha256_text((self.unit_dir / name).read_text())
@@ -237,16 +349,19 @@ class Agent:
 
     async def _execute(self, result: Plan) -> None:
         """Run the steps in order; steps of one kind run concurrently (one job each)."""
-        for op in ("stop", "remove", "write", "reload", "load", "start"):
+        for op in ("stop", "remove", "write", "create", "reload", "load", "start"):
             batch = [s for s in result.steps if s.op == op]
             if batch:
                 await asyncio.gather(*(self._step(s) for s in batch))
 
     async def _step(self, step: Step) -> None:
+        if step.unit and is_container(step.unit):
+            await self._container_step(step)
+            return
         try:
             if step.op == "write":
                 self.unit_dir.mkdir(parents=True, exist_ok=True)
-                pki.write_public(self.unit_dir / step.unit, step.content.encode())
+                write_public(self.unit_dir / step.unit, step.content.encode())
             elif step.op == "remove":
                 (self.unit_dir / step.unit).unlink(missing_ok=True)
             elif step.op == "reload":
@@ -265,27 +380,92 @@ class Agent:
             if step.unit:
                 self.errors[step.unit] = f"{step.op} failed: {exc}"
 
+    async def _container_step(self, step: Step) -> None:
+        """One step for a container unit; failures are remembered and reported, not raised."""
+        name = step.unit
+        unit = self.state.desired.get(name)
+        try:
+            if step.op == "create":
+                assert unit is not None
+                try:
+                    spec = parse_container(unit.options)
+                except ContainerOptionError as exc:
+                    raise DockerError(f"invalid unit: {exc}") from None
+                await self.docker.ensure(unit, spec)
+                self.create_failed.pop(name, None)
+                self.errors.pop(name, None)
+            elif step.op == "start":
+                failed = self.create_failed.get(name)
+                if failed is not None and unit is not None and failed[0] == unit.hash:
+                    return  # its container could not be made; that is what is reported
+                await self.docker.start(name)
+                self.errors.pop(name, None)
+            elif step.op == "stop":
+                await self.docker.stop(name)
+                self.errors.pop(name, None)
+            elif step.op == "remove":
+                await self.docker.remove(name)
+                self.errors.pop(name, None)
+                self.create_failed.pop(name, None)
+        except (DockerError, BackendUnavailable) as exc:
+            log.warning("%s %s failed: %s", step.op, name, exc)
+            if step.op == "create" and unit is not None:
+                self.create_failed[name] = (unit.hash, f"cannot create the container: {exc}")
+            else:
+                self.errors[name] = f"{step.op} failed: {exc}"
+
     # --- state reports ------------------------------------------------------------------
 
     async def statuses(self, names: Iterable[str]) -> list[m.UnitStatus]:
         wanted = sorted(n for n in names if n in self.state.desired)
+        units = [n for n in wanted if not is_container(n) and n not in self.conflicts]
+        containers = [n for n in wanted if is_container(n) and n not in self.conflicts]
         runtimes: dict[str, UnitRuntime] = {}
-        if self.systemd.connected:
+        hashes: dict[str, str] = {}
+        if self.systemd.connected and units:
             try:
-                runtimes = await self.systemd.states([n for n in wanted if n not in self.conflicts])
+                runtimes.update(await self.systemd.states(units))
             except SystemdError as exc:
                 log.warning("reading unit states failed: %s", exc)
-        return [self._status(n, runtimes.get(n)) for n in wanted]
+        if self.docker.connected and containers:
+            try:
+                infos = await self.docker.inspect(containers)
+            except (BackendUnavailable, DockerError) as exc:
+                log.warning("reading container states failed: %s", exc)
+            else:
+                runtimes.update({n: self.docker.runtime(n, i) for n, i in infos.items()})
+                hashes = {n: i.hash for n, i in infos.items() if i is not None and i.owned}
+        return [self._status(n, runtimes.get(n), hashes.get(n)) for n in wanted]
 
-    def _status(self, name: str, rt: UnitRuntime | None) -> m.UnitStatus:
+    def _status(
+        self, name: str, rt: UnitRuntime | None, running_hash: str | None = None
+    ) -> m.UnitStatus:
+        """One unit's report. ``running_hash`` is the hash label of a container unit's
+        container: reported instead of the desired hash, so while an old container is
+        being replaced the report says so (and fleet's currentState waits for the new)."""
         unit = self.state.desired[name]
         done = self.state.applied.get(name)
         target = done.state if done is not None and done.hash == unit.hash else ""
-        reason = self.conflicts.get(name) or (
-            f"systemd is not available on this machine: {self.systemd_error}"
-            if not self.systemd.connected
-            else ""
-        )
+        if is_container(name):
+            backend = "docker"
+            failed = self.create_failed.get(name)
+            reason = (
+                self.conflicts.get(name)
+                or (
+                    "docker is not available on this machine: "
+                    f"{self.docker.last_error or self.docker_error}"
+                    if not self.docker.connected
+                    else ""
+                )
+                or (failed[1] if failed is not None and failed[0] == unit.hash else "")
+            )
+        else:
+            backend = "systemd"
+            reason = self.conflicts.get(name) or (
+                f"systemd is not available on this machine: {self.systemd_error}"
+                if not self.systemd.connected
+                else ""
+            )
         if reason or rt is None:
             return m.UnitStatus(
                 name=name,
@@ -293,16 +473,17 @@ class Agent:
                 load_state="error",
                 active_state="failed",
                 sub_state="failed",
-                message=reason or "no state reported by systemd",
+                message=reason or f"no state reported by {backend}",
                 target_state=target,
             )
         return m.UnitStatus(
             name=name,
-            hash=unit.hash,
+            hash=running_hash or unit.hash,
             load_state=rt.load_state,
             active_state=rt.active_state,
             sub_state=rt.sub_state,
             main_pid=rt.main_pid,
+            image_digest=rt.image_digest,
             message=self.errors.get(name, rt.message),
             target_state=target,
         )
@@ -339,6 +520,9 @@ class Agent:
         task.add_done_callback(lambda _: self._log_tasks.pop(req.request_id, None))
 
     async def _serve_log(self, req: m.LogRequest) -> None:
+        if is_container(req.unit):
+            await self._serve_container_log(req)
+            return
         try:
             if not req.follow:
                 lines = await self.journal.tail(req.unit, req.lines, after_cursor=req.cursor)
@@ -350,4 +534,24 @@ class Agent:
                 if not await self.link.send(m.LogChunk(req.request_id, lines=batch)):
                     return
         except JournalError as exc:
+            await self.link.send(m.LogChunk(req.request_id, done=True, error=str(exc)))
+
+    async def _serve_container_log(self, req: m.LogRequest) -> None:
+        """`LogRequest` for a `.container` unit: the same chunks, from `docker logs`."""
+        try:
+            if not self.docker.connected:
+                raise DockerError(
+                    "docker is not available on this machine: "
+                    f"{self.docker.last_error or self.docker_error}"
+                )
+            if not req.follow:
+                lines = await self.docker.logs(req.unit, req.lines, after_cursor=req.cursor)
+                await self.link.send(m.LogChunk(req.request_id, lines=lines, done=True))
+                return
+            follow = self.docker.follow_logs(req.unit, after_cursor=req.cursor, lines=req.lines)
+            async with contextlib.aclosing(follow) as batches:
+                async for batch in batches:
+                    if not await self.link.send(m.LogChunk(req.request_id, lines=batch)):
+                        return
+        except (DockerError, BackendUnavailable) as exc:
             await self.link.send(m.LogChunk(req.request_id, done=True, error=str(exc)))
