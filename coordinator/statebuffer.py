@@ -44,11 +44,18 @@ class StateBuffer:
                 for op in ops:
                     op()
         except Exception:
-            log.exception("writing %d buffered state update(s) failed", len(ops))
+            # One bad write must not cost the others: replay them one transaction each.
+            log.warning("a batch of %d state updates failed; writing them one by one", len(ops))
+            for op in ops:
+                try:
+                    with self.storage.batch():
+                        op()
+                except Exception:
+                    log.exception("a buffered state update failed")
 
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            self._wake.clear()  # before sleeping: an add() during the sleep wakes us again
             await asyncio.sleep(self.interval_s)
-            self._wake.clear()
             self.flush()

@@ -112,11 +112,16 @@ class CoordinatorProc:
         return pki.PkiPaths.under(self.state_dir / "pki")
 
     def start(self) -> CoordinatorProc:
+        empty = self.state_dir.parent / "coordinator-empty.toml"
+        empty.parent.mkdir(parents=True, exist_ok=True)
+        empty.touch()
         args = [
             sys.executable,
             "-m",
             "coordinator",
             "serve",
+            "--config",
+            str(empty),
             "--state-dir",
             str(self.state_dir),
             "--api-listen",
@@ -247,10 +252,15 @@ class AgentProc:
         self.runs = 0
 
     def base_args(self) -> list[str]:
+        # An empty config of our own: a host's /etc/moorage/agent.toml must not leak in.
+        empty = self.state_dir.parent / "agent-empty.toml"
+        empty.touch()
         return [
             sys.executable,
             "-m",
             "agent",
+            "--config",
+            str(empty),
             "--state-dir",
             str(self.state_dir),
             "--machine-id",

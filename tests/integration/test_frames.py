@@ -58,7 +58,9 @@ async def test_bad_frames_get_errors_and_are_counted(
         # the session survives all of that
         await link.send(m.Heartbeat(7, 1.0))
         assert await link.recv() == m.Heartbeat(7, 1.0)
-        assert "fuzzer" in coordinator.connected()
+        wait_for(
+            lambda: "fuzzer" in coordinator.connected(), timeout=5, what="fuzzer still connected"
+        )
     finally:
         await link.close()
 

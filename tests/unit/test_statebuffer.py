@@ -1,0 +1,34 @@
+"""Observed state written behind: nothing queued is left unwritten."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from coordinator.statebuffer import StateBuffer
+from coordinator.storage import Storage
+
+
+async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_path: Path) -> None:
+    db = Storage(tmp_path / "m.db")
+    buffer = StateBuffer(db, interval_s=0.05)
+    task = asyncio.create_task(buffer.run())
+    written: list[int] = []
+    try:
+        for i in range(20):
+            buffer.add(lambda i=i: written.append(i))
+            await asyncio.sleep(0.013)  # adds land before, during and after each sleep
+        await asyncio.sleep(0.2)
+        assert written == list(range(20))
+    finally:
+        task.cancel()
+
+
+def test_one_failing_update_does_not_cost_the_others(tmp_path: Path) -> None:
+    db = Storage(tmp_path / "m.db")
+    buffer = StateBuffer(db)
+    buffer.add(lambda: db.create_join_token("t1", "h", now=1, ttl_s=10))
+    buffer.add(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    buffer.add(lambda: db.create_join_token("t2", "h", now=1, ttl_s=10))
+    buffer.flush()
+    assert [t.id for t in db.list_join_tokens()] == ["t1", "t2"]
