@@ -49,7 +49,9 @@ class RawLink:
         self, machine_id: str, proto: int = m.PROTO_VERSION, capabilities: tuple[str, ...] = ()
     ) -> m.Message:
         await self.send(
-            m.Hello(proto=proto, machine_id=machine_id, hostname="raw", capabilities=list(capabilities))
+            m.Hello(
+                proto=proto, machine_id=machine_id, hostname="raw", capabilities=list(capabilities)
+            )
         )
         return await self.recv()
 
