@@ -29,6 +29,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     docker_host: str = ""
     """Empty: like the docker CLI ($DOCKER_HOST, else unix:///var/run/docker.sock)."""
     reconcile_interval_s: float = 60.0
+    metrics_listen: str = "127.0.0.1:7444"
+    """Prometheus /metrics on loopback; empty disables it."""
     hub_url: str = ""
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0

@@ -31,6 +31,7 @@ from agent.config import AgentConfig
 from agent.identity import Identity
 from agent.journal import JournalError, JournalReader
 from agent.link import Link
+from agent.metrics import AgentMetrics
 from agent.reconciler import Observed, Plan, Step, is_container, plan, sha256_text
 from agent.store import AgentState, StateStore
 from coordinator.desired import apply_diff
@@ -72,6 +73,8 @@ class Agent:
         self._reconcile_wake = asyncio.Event()
         self._reconcile_lock = asyncio.Lock()
         self._log_tasks: dict[str, asyncio.Task[None]] = {}
+        self._sent_caps: list[str] = []
+        self.metrics = AgentMetrics()
         self.link = Link(
             self.identity,
             make_hello=self.hello,
@@ -80,6 +83,7 @@ class Agent:
             backoff_max_s=config.backoff_max_s,
             renew_fraction=config.renew_fraction,
             hub_url=config.hub_url,
+            metrics=self.metrics,
         )
         self.systemd.on_change(self._on_unit_change)
         self.systemd.on_disconnect(self._on_systemd_lost)
@@ -104,6 +108,7 @@ class Agent:
         await self.connect_systemd()
         await self.connect_docker()
         await self.reconcile(repair=True)
+        metrics_server = await self.metrics.serve(self.config.metrics_listen)
         tasks = [
             asyncio.create_task(self.link.run()),
             asyncio.create_task(self._reconcile_loop()),
@@ -119,6 +124,8 @@ class Agent:
                 await task
         await self.systemd.close()
         await self.docker.close()
+        if metrics_server is not None:
+            await metrics_server.cleanup()
 
     async def connect_systemd(self) -> bool:
         if self.systemd.connected:
@@ -216,17 +223,24 @@ class Agent:
         snapshot = await self.statuses(self.state.desired)
         self.reported = {s.name: s for s in snapshot}
         self.acked_revision = self.state.revision
+        self._sent_caps = self.capabilities()
         return m.Hello(
             proto=m.PROTO_VERSION,
             machine_id=self.machine_id,
             hostname=facts.hostname(),
             primary_ip=facts.primary_ip(hub_url),
             metadata=dict(self.config.metadata),
-            capabilities=self.capabilities(),
+            capabilities=self._sent_caps,
             applied_revision=self.state.revision,
             snapshot=snapshot,
             agent_version=__version__,
         )
+
+    async def _announce_facts(self) -> None:
+        """Tell the coordinator when a backend appeared or went away after Hello."""
+        caps = self.capabilities()
+        if caps != self._sent_caps and await self.link.send(m.Facts(caps)):
+            self._sent_caps = caps
 
     def capabilities(self) -> list[str]:
         return [
@@ -318,6 +332,8 @@ class Agent:
                         len(result.steps),
                         (time.perf_counter() - started) * 1000,
                     )
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+            self.metrics.units.set(len(self.state.desired))
             self._mark_dirty(set(self.state.desired) | set(self.reported))
             revision = self.state.revision
             if self.acked_revision != revision and await self.link.send(m.Applied(revision)):
@@ -496,6 +512,7 @@ class Agent:
             self._report_wake.clear()
             names, self._dirty = self._dirty, set()
             try:
+                await self._announce_facts()
                 await self._report(names)
             except Exception:
                 log.exception("state report failed")
@@ -507,6 +524,7 @@ class Agent:
         if not changes and not removed:
             return
         if await self.link.send(m.StateReport(changes=changes, removed=removed)):
+            self.metrics.reports.inc()
             for s in changes:
                 self.reported[s.name] = s
             for n in removed:

@@ -18,6 +18,7 @@ import aiohttp
 
 from agent.backoff import backoff_delay
 from agent.identity import Identity
+from agent.metrics import AgentMetrics
 from proto import messages as m
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Link:
         backoff_max_s: float,
         renew_fraction: float,
         hub_url: str = "",
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.identity = identity
         self.make_hello = make_hello
@@ -50,6 +52,7 @@ class Link:
         self.backoff_max_s = backoff_max_s
         self.renew_fraction = renew_fraction
         self.hub_url = hub_url or identity.link().hub_url
+        self.metrics = metrics or AgentMetrics()
         self.connected = asyncio.Event()
         self.sessions = 0
         self.frame_errors = 0
@@ -67,6 +70,7 @@ class Link:
             await ws.send_bytes(m.encode(message))
         except (ConnectionError, RuntimeError):
             return False
+        self.metrics.messages_out.labels(_tag(message)).inc()
         return True
 
     async def run(self) -> None:
@@ -84,6 +88,7 @@ class Link:
             finally:
                 self._ws = None
                 self.connected.clear()
+                self.metrics.connected.set(0)
             if time.monotonic() - started > STABLE_SESSION_S:
                 attempt = 0
             delay = backoff_delay(
@@ -118,6 +123,7 @@ class Link:
                 self.sessions += 1
                 self._cert_window = (welcome.cert_not_before, welcome.cert_not_after)
                 self.connected.set()
+                self.metrics.connected.set(1)
                 log.info("connected to %s (session %s)", self.hub_url, welcome.session)
                 beat = asyncio.create_task(self._heartbeat(ws, welcome.heartbeat_s))
                 try:
@@ -152,9 +158,11 @@ class Link:
                 message = m.decode(msg.data)
             except m.FrameError as exc:
                 self.frame_errors += 1
+                self.metrics.frame_errors.inc()
                 log.warning("refused a frame from the coordinator: %s", exc.message)
                 await self.send(m.Error(f"frame_{exc.reason}", exc.message))
                 continue
+            self.metrics.messages_in.labels(_tag(message)).inc()
             if isinstance(message, m.Heartbeat):
                 self._last_echo = time.monotonic()
             elif isinstance(message, m.CertIssued):
@@ -205,3 +213,7 @@ class Link:
         info = self.identity.cert_info()
         self._cert_window = (info.not_before, info.not_after)
         log.info("installed renewed certificate (serial %s)", info.serial)
+
+
+def _tag(message: m.Message) -> str:
+    return str(type(message).__struct_config__.tag)

@@ -224,6 +224,13 @@ class Storage:
             )
             return True
 
+    def set_capabilities(self, machine_id: str, capabilities: list[str]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE machines SET capabilities=? WHERE id=?",
+                (json.dumps(capabilities), machine_id),
+            )
+
     def set_machine_state(
         self, machine_id: str, state: MachineState, now: float, *, last_seen: float | None = None
     ) -> None:

@@ -269,6 +269,9 @@ class UnitService:
                     self.storage.set_applied_revision, session.machine_id, message.revision
                 )
             )
+        elif isinstance(message, m.Facts):
+            self.storage.set_capabilities(session.machine_id, list(message.capabilities))
+            self.reschedule_soon()  # a machine that gained docker can now take containers
         elif isinstance(message, m.Error) and message.code == "resync":
             log.info("machine %s asked for a full resync: %s", session.machine_id, message.message)
             await self._push_one(session.machine_id, full=True)

@@ -65,6 +65,12 @@ class Hello(msgspec.Struct, tag="hello", frozen=True, omit_defaults=True):
     agent_version: str = ""
 
 
+class Facts(msgspec.Struct, tag="facts", frozen=True):
+    """Host facts that changed after Hello (dockerd started, systemd went away...)."""
+
+    capabilities: list[str]
+
+
 class Welcome(msgspec.Struct, tag="welcome", frozen=True, omit_defaults=True):
     proto: int
     session: str
@@ -143,6 +149,7 @@ class CertIssued(msgspec.Struct, tag="cert_issued", frozen=True):
 
 Message = (
     Hello
+    | Facts
     | Welcome
     | Heartbeat
     | Desired
@@ -158,6 +165,7 @@ Message = (
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     Hello,
+    Facts,
     Welcome,
     Heartbeat,
     Desired,

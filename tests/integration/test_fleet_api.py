@@ -319,3 +319,39 @@ def test_unplaceable_unit_is_placed_when_a_fitting_machine_appears(
     pushed = desired.upserts[-1] if desired.upserts else None
     assert pushed is not None and pushed.name == "waiting.service"
     assert get(c, "/fleet/v1/units/waiting.service")[1]["machineID"] == "late"
+
+
+def test_machine_that_gains_docker_gets_container_units(
+    coordinator: CoordinatorProc, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from proto import messages as m
+
+    c = coordinator
+    opts = [
+        {"section": "Container", "name": "Image", "value": "busybox:1"},
+        {"section": "Container", "name": "Network", "value": "none"},
+    ]
+    assert put(c, "box.container", {"options": opts, "desiredState": "launched"})[0] == 201
+
+    async def scenario() -> str:
+        identity = await enrolled_identity(c, tmp_path, "late-docker")
+        link = await RawLink.open(c, identity)
+        try:
+            assert isinstance(await link.hello("late-docker", capabilities=("systemd",)), m.Welcome)
+            await asyncio.sleep(0.6)  # a scheduling pass runs; nothing fits yet
+            assert get(c, "/fleet/v1/units/box.container")[1]["machineID"] == ""
+            await link.send(m.Facts(["systemd", "docker"]))
+            while True:
+                message = await link.recv(skip=(), timeout=5)
+                if isinstance(message, m.Desired) and any(
+                    u.name == "box.container" for u in message.upserts
+                ):
+                    return "placed"
+        finally:
+            await link.close()
+
+    assert asyncio.run(scenario()) == "placed"
+    machine = c.api("GET", "/moorage/v1/machines/late-docker")
+    assert machine["capabilities"] == ["systemd", "docker"]

@@ -25,7 +25,7 @@ SLEEPER = "[Unit]\nDescription=Moorage test {name}\n\n[Service]\nExecStart=/bin/
 class Rig:
     """One coordinator and one agent driving the test's systemd manager."""
 
-    def __init__(self, tmp: Path, systemd: UserSystemd) -> None:
+    def __init__(self, tmp: Path, systemd: UserSystemd, extra: list[str] | None = None) -> None:
         self.systemd = systemd
         self.coordinator = CoordinatorProc(tmp / "coordinator").start()
         self.agent = AgentProc(
@@ -39,6 +39,7 @@ class Rig:
                 str(systemd.unit_dir),
                 "--journal-dir",
                 str(systemd.journal_dir),
+                *(extra or []),
             ],
             env={
                 k: systemd.env[k]
@@ -104,6 +105,32 @@ def test_unit_becomes_active_with_its_fleet_hash(rig: Rig) -> None:
     assert state["main_pid"] == int(rig.prop("hello.service", "MainPID")) > 0
     on_disk = (rig.systemd.unit_dir / "hello.service").read_text()
     assert "X-Fleet" not in on_disk and "ExecStart=/bin/sleep 300" in on_disk
+
+
+def test_agent_metrics(tmp_path: Path, user_systemd: UserSystemd) -> None:
+    import urllib.request
+
+    from tests.procs import free_port
+
+    port = free_port()
+    rig = Rig(tmp_path, user_systemd, extra=["--metrics-listen", f"127.0.0.1:{port}"])
+    try:
+        rig.put("metered.service", SLEEPER.format(name="m", secs=300))
+        rig.wait_state("metered.service", "active")
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+
+        text = wait_for(
+            lambda: (t := scrape()) and "moorage_agent_units 1.0" in t and t, what="metrics"
+        )
+        assert "moorage_agent_connected 1.0" in text
+        assert 'moorage_agent_messages_in_total{type="desired"}' in text
+        assert "moorage_agent_reconcile_seconds_count" in text
+        assert "moorage_agent_state_reports_total" in text
+    finally:
+        rig.close()
 
 
 def test_launch_latency(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:

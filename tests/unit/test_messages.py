@@ -53,7 +53,8 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
         snapshot=statuses,
         agent_version=text,
     ),
-    m.Welcome: st.builds(m.Welcome, small_int, text, floats),
+    m.Facts: st.builds(m.Facts, st.lists(text, max_size=3)),
+    m.Welcome: st.builds(m.Welcome, small_int, text, floats, floats, floats),
     m.Heartbeat: st.builds(m.Heartbeat, small_int, floats),
     m.Desired: st.builds(
         m.Desired,
