@@ -12,7 +12,6 @@ import msgspec
 from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config, parse_metadata, resolve_machine_id
 from agent.daemon import Agent
-from agent.enrol import EnrolError, enrol
 from agent.identity import Identity
 from coordinator.process import run_main, setup_logging
 
@@ -92,6 +91,8 @@ def run(config: AgentConfig) -> None:
 @click.pass_obj
 def enroll(config: AgentConfig, coordinator_url: str, token: str, ca_file: Path | None) -> None:
     """Enrol this machine with a one-time join token."""
+    from agent.enrol import EnrolError, enrol  # the crypto stack: only for enrolment
+
     identity = Identity(config.state_path)
     machine_id = resolve_machine_id(config)
     try:

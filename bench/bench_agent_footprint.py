@@ -56,6 +56,7 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
         "units": args.units,
         "launch_all_seconds": round(launch_s, 1),
         "agent_rss_mib": rest["rss_mib"],
+        "agent_uss_mib": rest["uss_mib"],
         "agent_cpu_percent_at_rest": rest["cpu_percent"],
     }
     common.write(args.name, figures, vars(args))

@@ -26,7 +26,8 @@ def machine() -> dict[str, Any]:
 
 
 def sample(pid: int, seconds: float) -> dict[str, float]:
-    """RSS (MiB) at the end and mean CPU (% of one core) over `seconds`, children excluded."""
+    """RSS and USS (MiB: USS leaves out shared libraries' pages) at the end, and mean CPU
+    (% of one core) over `seconds`, children excluded."""
     proc = psutil.Process(pid)
     before = proc.cpu_times()
     started = time.monotonic()
@@ -34,8 +35,10 @@ def sample(pid: int, seconds: float) -> dict[str, float]:
     after = proc.cpu_times()
     elapsed = time.monotonic() - started
     used = (after.user - before.user) + (after.system - before.system)
+    full = proc.memory_full_info()
     return {
-        "rss_mib": round(proc.memory_info().rss / 2**20, 1),
+        "rss_mib": round(full.rss / 2**20, 1),
+        "uss_mib": round(full.uss / 2**20, 1),
         "cpu_percent": round(100 * used / elapsed, 2),
         "seconds": round(elapsed, 1),
     }
