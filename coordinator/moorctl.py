@@ -292,22 +292,30 @@ def _machine_label(machine_id: str, machines: dict[str, dict[str, Any]], full: b
     return f"{short_id(machine_id, full)}/{ip}" if ip else short_id(machine_id, full)
 
 
+def _with_machines(
+    ctx: Ctx, resource: str, field: str
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """A fleet list and the machines by id, as fleetctl fetches them to label rows."""
+
+    async def go(api: ApiClient) -> tuple[list[Any], list[Any]]:
+        return (
+            await fc.list_all(api, resource, field),
+            await fc.list_all(api, "machines", "machines"),
+        )
+
+    items, machines = _call(ctx, go)
+    return items, {mach["id"]: mach for mach in machines}
+
+
 @cli.command("list-units")
 @click.pass_obj
 def list_units(ctx: Ctx) -> None:
     """Units and their state on each machine (UNIT MACHINE ACTIVE SUB)."""
 
-    async def go(api: ApiClient) -> tuple[list[Any], list[Any]]:
-        return (
-            await fc.list_all(api, "state", "states"),
-            await fc.list_all(api, "machines", "machines"),
-        )
-
-    states, machines = _call(ctx, go)
+    states, by_id = _with_machines(ctx, "state", "states")
     if ctx.json:
         _emit_json(states)
         return
-    by_id = {mach["id"]: mach for mach in machines}
     rows = [
         [
             s["name"],
@@ -325,17 +333,10 @@ def list_units(ctx: Ctx) -> None:
 def list_unit_files(ctx: Ctx) -> None:
     """Submitted units (UNIT HASH DSTATE STATE TARGET)."""
 
-    async def go(api: ApiClient) -> tuple[list[Any], list[Any]]:
-        return (
-            await fc.list_all(api, "units", "units"),
-            await fc.list_all(api, "machines", "machines"),
-        )
-
-    units, machines = _call(ctx, go)
+    units, by_id = _with_machines(ctx, "units", "units")
     if ctx.json:
         _emit_json(units)
         return
-    by_id = {mach["id"]: mach for mach in machines}
     rows = [
         [
             u["name"],

@@ -75,7 +75,8 @@ def _base(version: str) -> str:
     return "fleet/v1" if version == "v1" else version
 
 
-def fleet_v1_discovery() -> Json:
+def _machines(api: str) -> tuple[Json, Json]:
+    """The Machine schemas and resource, identical in both versions."""
     machine = _obj(
         "Machine",
         {
@@ -84,6 +85,29 @@ def fleet_v1_discovery() -> Json:
             "metadata": {"type": "object", "additionalProperties": _STR},
         },
     )
+    schemas = {"Machine": machine, "MachinePage": _page("MachinePage", "machines", "Machine")}
+    resource = {
+        "methods": {
+            "List": _method(
+                api,
+                "Machine.List",
+                "GET",
+                "machines",
+                response="MachinePage",
+                query=("nextPageToken",),
+            ),
+        }
+    }
+    return schemas, resource
+
+
+def _list_units(api: str) -> Json:
+    return _method(api, "Unit.List", "GET", "units", response="UnitPage", query=("nextPageToken",))
+
+
+def fleet_v1_discovery() -> Json:
+    api = "fleet"
+    machine_schemas, machines = _machines(api)
     option = _obj("UnitOption", {"section": _STR, "name": _STR, "value": _STR})
     unit = _obj(
         "Unit",
@@ -95,48 +119,27 @@ def fleet_v1_discovery() -> Json:
             "machineID": {"type": "string", "required": True},
         },
     )
-    state = _obj(
-        "UnitState",
-        {
-            k: _STR
-            for k in (
-                "name",
-                "hash",
-                "machineID",
-                "systemdLoadState",
-                "systemdActiveState",
-                "systemdSubState",
-            )
-        },
+    state_fields = (
+        "name",
+        "hash",
+        "machineID",
+        "systemdLoadState",
+        "systemdActiveState",
+        "systemdSubState",
     )
     schemas = {
-        "Machine": machine,
-        "MachinePage": _page("MachinePage", "machines", "Machine"),
+        **machine_schemas,
         "UnitOption": option,
         "Unit": unit,
         "UnitPage": _page("UnitPage", "units", "Unit"),
-        "UnitState": state,
+        "UnitState": _obj("UnitState", {k: _STR for k in state_fields}),
         "UnitStatePage": _page("UnitStatePage", "states", "UnitState"),
     }
-    api = "fleet"
     resources = {
-        "Machines": {
-            "methods": {
-                "List": _method(
-                    api,
-                    "Machine.List",
-                    "GET",
-                    "machines",
-                    response="MachinePage",
-                    query=("nextPageToken",),
-                ),
-            }
-        },
+        "Machines": machines,
         "Units": {
             "methods": {
-                "List": _method(
-                    api, "Unit.List", "GET", "units", response="UnitPage", query=("nextPageToken",)
-                ),
+                "List": _list_units(api),
                 "Get": _method(
                     api, "Unit.Get", "GET", "units/{unitName}", response="Unit", item=True
                 ),
@@ -163,31 +166,22 @@ def fleet_v1_discovery() -> Json:
 
 
 def fleet_v1_alpha_discovery() -> Json:
-    machine = _obj(
-        "Machine",
-        {
-            "id": _STR,
-            "primaryIP": _STR,
-            "metadata": {"type": "object", "additionalProperties": _STR},
-        },
+    api = "fleet"
+    machine_schemas, machines = _machines(api)
+    unit_fields = (
+        "name",
+        "fileContents",
+        "fileHash",
+        "loadState",
+        "activeState",
+        "subState",
+        "targetMachine",
     )
     unit = _obj(
-        "Unit",
-        {
-            "name": _STR,
-            "fileContents": _STR,
-            "fileHash": _STR,
-            "desiredState": _STATES,
-            "currentState": _STATES,
-            "loadState": _STR,
-            "activeState": _STR,
-            "subState": _STR,
-            "targetMachine": _STR,
-        },
+        "Unit", {**{k: _STR for k in unit_fields}, "desiredState": _STATES, "currentState": _STATES}
     )
     schemas = {
-        "Machine": machine,
-        "MachinePage": _page("MachinePage", "machines", "Machine"),
+        **machine_schemas,
         "Unit": unit,
         "UnitPage": _page("UnitPage", "units", "Unit"),
         "DeletableUnit": _obj("DeletableUnit", {"name": _STR}),
@@ -196,25 +190,11 @@ def fleet_v1_alpha_discovery() -> Json:
             {"units": {"type": "array", "items": {"$ref": "DeletableUnit"}}},
         ),
     }
-    api = "fleet"
     resources = {
-        "Machines": {
-            "methods": {
-                "List": _method(
-                    api,
-                    "Machine.List",
-                    "GET",
-                    "machines",
-                    response="MachinePage",
-                    query=("nextPageToken",),
-                ),
-            }
-        },
+        "Machines": machines,
         "Units": {
             "methods": {
-                "List": _method(
-                    api, "Unit.List", "GET", "units", response="UnitPage", query=("nextPageToken",)
-                ),
+                "List": _list_units(api),
                 "Delete": _method(
                     api, "Unit.Delete", "DELETE", "units", request="DeletableUnitCollection"
                 ),

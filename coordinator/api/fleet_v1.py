@@ -179,7 +179,7 @@ def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
 
     @r.get(PREFIX + "/units")
     async def list_units(request: web.Request) -> web.Response:
-        states = _states_by_unit(storage.unit_states())
+        states = states_by_unit(storage.unit_states())
         items = [fleet_unit(u, states.get(u.name, [])) for u in storage.list_units()]
         chunk, next_token = paged(request, items)
         return json_response(UnitPage(chunk, next_token))
@@ -279,7 +279,7 @@ def _validate(name: str, options: list[UnitOption]) -> None:
         raise ApiError(400, str(exc)) from None
 
 
-def _states_by_unit(states: list[UnitState]) -> dict[str, list[UnitState]]:
+def states_by_unit(states: list[UnitState]) -> dict[str, list[UnitState]]:
     out: dict[str, list[UnitState]] = {}
     for s in states:
         out.setdefault(s.name, []).append(s)

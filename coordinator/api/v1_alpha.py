@@ -14,7 +14,7 @@ from aiohttp import web
 
 from coordinator.api.discovery import fleet_v1_alpha_discovery
 from coordinator.api.errors import ApiError, json_response
-from coordinator.api.fleet_v1 import FleetMachine, fleet_machine, paged, visible
+from coordinator.api.fleet_v1 import FleetMachine, fleet_machine, paged, states_by_unit, visible
 from coordinator.models import Unit, UnitState
 from coordinator.storage import Storage
 from coordinator.units import UnitService, current_state
@@ -78,9 +78,7 @@ def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
 
     @r.get(PREFIX + "/units")
     async def list_units(request: web.Request) -> web.Response:
-        by_unit: dict[str, list[UnitState]] = {}
-        for s in storage.unit_states():
-            by_unit.setdefault(s.name, []).append(s)
+        by_unit = states_by_unit(storage.unit_states())
         items = [alpha_unit(u, by_unit.get(u.name, [])) for u in storage.list_units()]
         chunk, next_token = paged(request, items)
         return json_response(AlphaUnitPage(chunk, next_token))
