@@ -306,3 +306,46 @@ class AgentProc:
 
 def decode_json(raw: bytes) -> Any:
     return msgspec.json.decode(raw)
+
+
+class MachineRig:
+    """One coordinator and one enrolled, connected agent ("m1"), with helpers to set
+    units on it through the API and to wait for what it reports."""
+
+    def __init__(self, tmp: Path, *, extra: list[str], env: dict[str, str]) -> None:
+        from tests.procs import AgentProc, CoordinatorProc
+
+        self.coordinator = CoordinatorProc(tmp / "coordinator").start()
+        self.agent = AgentProc(tmp, "m1", self.coordinator, extra=extra, env=env)
+        result = self.agent.enroll(self.coordinator.join_token())
+        assert result.returncode == 0, result.stderr
+        self.agent.start()
+        wait_for(lambda: "m1" in self.coordinator.connected(), what="agent connected")
+
+    def put(self, name: str, text: str, state: str = "launched") -> dict[str, Any]:
+        from proto.units import parse_unit_file
+
+        options = [
+            {"section": o.section, "name": o.name, "value": o.value} for o in parse_unit_file(text)
+        ]
+        body = {"options": options, "desired_state": state, "machines": ["m1"]}
+        return dict(self.coordinator.api("PUT", f"/moorage/v1/units/{name}", body))
+
+    def reported(self, name: str) -> dict[str, Any] | None:
+        states = self.coordinator.api("GET", f"/moorage/v1/unit-states?unit={name}")["states"]
+        return states[0] if states else None
+
+    def wait_state(
+        self, name: str, active: str, timeout: float = 20, **more: Any
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            s = self.reported(name)
+            if s and s["active_state"] == active and all(s.get(k) == v for k, v in more.items()):
+                return s
+            return None
+
+        return dict(wait_for(check, timeout, what=f"{name} {active} {more}"))
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.coordinator.stop()

@@ -17,7 +17,7 @@ from proto.container import LABEL_HASH, LABEL_UNIT, container_name
 from proto.units import parse_unit_file, unit_hash
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd  # noqa: F401
-from tests.procs import AgentProc, CoordinatorProc, wait_for
+from tests.procs import AgentProc, CoordinatorProc, MachineRig, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,59 +34,25 @@ def sleeper(name: str, secs: int = 300, extra: str = "") -> str:
     return SLEEPER.format(name=name, secs=secs) + extra
 
 
-class Rig:
-    """One coordinator and one agent (no systemd) driving the test's dockerd."""
+class Rig(MachineRig):
+    """The machine's agent (no systemd) drives the test's dockerd."""
 
     def __init__(self, tmp: Path, daemon: Dockerd) -> None:
         self.tmp = tmp
         self.dockerd = daemon
         self.image_id = daemon.import_busybox()
-        self.coordinator = CoordinatorProc(tmp / "coordinator").start()
-        self.agent = AgentProc(
+        super().__init__(
             tmp,
-            "m1",
-            self.coordinator,
             extra=["--systemd-scope", "user", "--unit-dir", str(tmp / "units")],
             env={
                 "DOCKER_HOST": daemon.host,
                 "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp}/no-such-bus",
             },
         )
-        result = self.agent.enroll(self.coordinator.join_token())
-        assert result.returncode == 0, result.stderr
-        self.agent.start()
-        wait_for(lambda: "m1" in self.coordinator.connected(), what="agent connected")
 
     @functools.cached_property
     def docker(self) -> Any:
         return self.dockerd.client()  # keeps working across dockerd restarts
-
-    def put(self, name: str, text: str, state: str = "launched") -> dict[str, Any]:
-        options = [
-            {"section": o.section, "name": o.name, "value": o.value} for o in parse_unit_file(text)
-        ]
-        return dict(
-            self.coordinator.api(
-                "PUT",
-                f"/moorage/v1/units/{name}",
-                {"options": options, "desired_state": state, "machines": ["m1"]},
-            )
-        )
-
-    def reported(self, name: str) -> dict[str, Any] | None:
-        states = self.coordinator.api("GET", f"/moorage/v1/unit-states?unit={name}")["states"]
-        return states[0] if states else None
-
-    def wait_state(
-        self, name: str, active: str, timeout: float = 20, **more: Any
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            s = self.reported(name)
-            if s and s["active_state"] == active and all(s.get(k) == v for k, v in more.items()):
-                return s
-            return None
-
-        return dict(wait_for(check, timeout, what=f"{name} {active} {more}"))
 
     def container(self, unit: str) -> dict[str, Any] | None:
         import docker
@@ -106,10 +72,6 @@ class Rig:
     def agent_back(self) -> None:
         self.agent.start()
         wait_for(lambda: "m1" in self.coordinator.connected(), what="agent back")
-
-    def close(self) -> None:
-        self.agent.stop()
-        self.coordinator.stop()
 
 
 @pytest.fixture

@@ -15,23 +15,21 @@ import pytest
 from proto.units import parse_unit_file, unit_hash
 from tests.harness.fixtures import user_systemd  # noqa: F401
 from tests.harness.systemd import UserSystemd
-from tests.procs import AgentProc, CoordinatorProc, wait_for
+from tests.procs import AgentProc, CoordinatorProc, MachineRig, wait_for
 
 pytestmark = pytest.mark.integration
 
 SLEEPER = "[Unit]\nDescription=Moorage test {name}\n\n[Service]\nExecStart=/bin/sleep {secs}\n"
 
 
-class Rig:
-    """One coordinator and one agent driving the test's systemd manager."""
+class Rig(MachineRig):
+    """The machine's agent drives the test's systemd manager."""
 
     def __init__(self, tmp: Path, systemd: UserSystemd, extra: list[str] | None = None) -> None:
         self.systemd = systemd
-        self.coordinator = CoordinatorProc(tmp / "coordinator").start()
-        self.agent = AgentProc(
+        keys = ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
+        super().__init__(
             tmp,
-            "m1",
-            self.coordinator,
             extra=[
                 "--systemd-scope",
                 "user",
@@ -41,49 +39,11 @@ class Rig:
                 str(systemd.journal_dir),
                 *(extra or []),
             ],
-            env={
-                k: systemd.env[k]
-                for k in ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
-            },
+            env={k: systemd.env[k] for k in keys},
         )
-        result = self.agent.enroll(self.coordinator.join_token())
-        assert result.returncode == 0, result.stderr
-        self.agent.start()
-        wait_for(lambda: "m1" in self.coordinator.connected(), what="agent connected")
-
-    def put(self, name: str, text: str, state: str = "launched") -> dict[str, Any]:
-        options = [
-            {"section": o.section, "name": o.name, "value": o.value} for o in parse_unit_file(text)
-        ]
-        return dict(
-            self.coordinator.api(
-                "PUT",
-                f"/moorage/v1/units/{name}",
-                {"options": options, "desired_state": state, "machines": ["m1"]},
-            )
-        )
-
-    def reported(self, name: str) -> dict[str, Any] | None:
-        states = self.coordinator.api("GET", f"/moorage/v1/unit-states?unit={name}")["states"]
-        return states[0] if states else None
-
-    def wait_state(
-        self, name: str, active: str, timeout: float = 15, **more: str
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            s = self.reported(name)
-            if s and s["active_state"] == active and all(s.get(k) == v for k, v in more.items()):
-                return s
-            return None
-
-        return dict(wait_for(check, timeout, what=f"{name} {active} {more}"))
 
     def prop(self, name: str, prop: str) -> str:
         return self.systemd.unit_property(name, prop)
-
-    def close(self) -> None:
-        self.agent.stop()
-        self.coordinator.stop()
 
 
 @pytest.fixture
