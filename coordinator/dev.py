@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -196,6 +197,14 @@ async def _stop_agent(agent: asyncio.subprocess.Process) -> None:
             await agent.wait()
 
 
+def _command_path(name: str) -> str:
+    """`name` if it is on PATH, else its path beside this interpreter (a virtualenv)."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
 def _print_banner(
     paths: DevPaths, coordinator: Coordinator, endpoint: str, machine_id: str, scope: str
 ) -> None:
@@ -204,12 +213,15 @@ def _print_banner(
     state_flag = (
         "" if paths.root == default_dev_dir().resolve() else f" --state-dir {q(str(paths.root))}"
     )
+    session = coordinator.hub.sessions.get(machine_id)
+    caps = list(session.hello.capabilities) if session and session.hello else []
+    runs = ", ".join(caps) if caps else "nothing yet: neither systemd nor Docker is reachable"
     lines = [
         f"API: {endpoint}",
-        f"machine: {machine_id} (local agent, systemd {scope} manager)",
+        f"machine: {machine_id} (local agent, systemd {scope} manager; runs: {runs})",
         f"state: {paths.root}",
         "",
-        f"moorctl:  moorctl{state_flag} list-machines",
+        f"moorctl:  {q(_command_path('moorctl'))}{state_flag} list-machines",
         f"curl:     curl --cacert {q(p.ca_cert)}"
         f' -H "Authorization: Bearer $(cat {q(str(paths.token_file))})"'
         f" {endpoint}/fleet/v1/machines",

@@ -81,7 +81,12 @@ def test_dev_starts_lists_stops_and_resumes(tmp_path: Path) -> None:
         match = re.search(r"^API: (https://127\.0\.0\.1:(\d+))$", banner, re.M)
         assert match, banner
         endpoint = match.group(1)
-        assert re.search(r"^moorctl: +moorctl --state-dir \S+ list-machines$", banner, re.M)
+        printed = re.search(r"^moorctl: +(\S*moorctl --state-dir \S+ list-machines)$", banner, re.M)
+        assert printed
+        pasted = subprocess.run(
+            ["bash", "-c", printed.group(1)], capture_output=True, text=True, timeout=60
+        )
+        assert pasted.returncode == 0 and "connected" in pasted.stdout, pasted
         curl = re.search(r"^curl: +(curl --cacert .*)$", banner, re.M)
         assert (
             curl and "Authorization: Bearer $(cat " in curl.group(1) and endpoint in curl.group(1)
