@@ -15,6 +15,7 @@ from urllib.parse import quote
 import msgspec
 
 from coordinator.client import ApiClient, ApiClientError
+from coordinator.scheduler import XFleetError, parse_xfleet
 from proto.units import UnitOption, parse_unit_file, template_of
 
 POLL_S = 0.25
@@ -118,12 +119,12 @@ async def wait_active(
 
 
 def is_global(unit: dict[str, Any]) -> bool:
-    return any(
-        o.get("section") == "X-Fleet"
-        and o.get("name") == "Global"
-        and str(o.get("value", "")).strip().lower() in ("true", "1", "yes")
-        for o in unit.get("options", [])
-    )
+    """A fleet Unit (JSON) with [X-Fleet] Global=true, read as the scheduler reads it."""
+    try:
+        options = msgspec.convert(unit.get("options", []), list[UnitOption])
+        return parse_xfleet(options).is_global
+    except (msgspec.ValidationError, XFleetError):
+        return False
 
 
 def _plain(options: list[UnitOption]) -> list[dict[str, str]]:

@@ -55,3 +55,12 @@ async def decode_body(request: web.Request, kind: type[T], *, max_bytes: int = 1
         raise ApiError(400, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def decode_fleet(raw: bytes, kind: type[T]) -> T:
+    """fleet's routes decode whatever arrives (fleet did not check Content-Type but on
+    PUT) and answer a bad body with 400 "unable to decode body"."""
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, f"unable to decode body: {exc}") from None

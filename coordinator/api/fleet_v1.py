@@ -13,9 +13,10 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.discovery import fleet_v1_discovery
-from coordinator.api.errors import ApiError, json_response
+from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
 from coordinator.models import Machine, Unit, UnitState
+from coordinator.scheduler import XFleetError, parse_xfleet
 from coordinator.storage import Storage
 from coordinator.units import UnitService, current_state
 from coordinator.validation import UnitInvalid, validate_name, validate_unit
@@ -99,10 +100,10 @@ def fleet_unit(unit: Unit, states: list[UnitState]) -> FleetUnit:
 
 
 def _is_global(unit: Unit) -> bool:
-    return any(
-        o.section == "X-Fleet" and o.name == "Global" and o.value.strip().lower() in ("true", "1")
-        for o in unit.options
-    )
+    try:
+        return parse_xfleet(unit.options).is_global
+    except XFleetError:
+        return False
 
 
 def fleet_state(state: UnitState) -> FleetUnitState:
@@ -128,10 +129,7 @@ def parse_patch(raw: bytes, known: set[str]) -> dict[str, dict[str, str | None]]
     """JSON-Patch on machine metadata -> {machine: {key: value or None to remove}}."""
     import re
 
-    try:
-        ops = msgspec.json.decode(raw, type=list[PatchOp])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, f"unable to decode body: {exc}") from None
+    ops = decode_fleet(raw, list[PatchOp])
     out: dict[str, dict[str, str | None]] = {}
     for op in ops:
         if op.op not in ("add", "replace", "remove"):
@@ -196,10 +194,7 @@ def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
         if request.content_type != "application/json":
             raise ApiError(415, "expected Content-Type application/json")
         item = request.match_info["name"]
-        try:
-            body = msgspec.json.decode(await request.read(), type=UnitBody)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, f"unable to decode body: {exc}") from None
+        body = decode_fleet(await request.read(), UnitBody)
         name = body.name or item
         if name != item:
             raise ApiError(

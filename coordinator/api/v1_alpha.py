@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.discovery import fleet_v1_alpha_discovery
-from coordinator.api.errors import ApiError, json_response
+from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.fleet_v1 import FleetMachine, fleet_machine, paged, states_by_unit, visible
 from coordinator.models import Unit, UnitState
 from coordinator.storage import Storage
@@ -92,10 +92,7 @@ def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
 
     @r.delete(PREFIX + "/units")
     async def destroy_units(request: web.Request) -> web.Response:
-        try:
-            body = msgspec.json.decode(await request.read(), type=DeletableUnits)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ApiError(400, f"unable to decode body: {exc}") from None
+        body = decode_fleet(await request.read(), DeletableUnits)
         names = [u.name for u in body.units]
         missing = [n for n in names if storage.get_unit(n) is None]
         if missing:
