@@ -87,6 +87,8 @@ class Hub:
         """Domain services subscribe here for Applied, StateReport, LogChunk..."""
         self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
         self.on_state_change: list[Callable[[str, str], Awaitable[None]]] = []
+        self.on_disconnect: list[Callable[[Session], None]] = []
+        """Called when a session ends (streams waiting on that machine end too)."""
         """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -250,6 +252,8 @@ class Hub:
         if self.sessions.get(session.machine_id) is session:
             del self.sessions[session.machine_id]
             self.disconnected_since[session.machine_id] = time.time()
+            for hook in self.on_disconnect:
+                hook(session)
             self.buffer.add(
                 functools.partial(
                     self.storage.set_machine_state,

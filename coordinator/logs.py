@@ -25,7 +25,18 @@ class LogService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self._queues: dict[str, asyncio.Queue[m.LogChunk | None]] = {}
+        self._machines: dict[str, str] = {}
         hub.handlers.append(self._on_message)
+        hub.on_disconnect.append(self._on_disconnect)
+
+    def _on_disconnect(self, session: Session) -> None:
+        """A follow must not hang when its machine goes away: end it with the reason."""
+        for request_id, machine_id in list(self._machines.items()):
+            queue = self._queues.get(request_id)
+            if machine_id == session.machine_id and queue is not None:
+                queue.put_nowait(
+                    m.LogChunk(request_id, done=True, error=f"machine {machine_id} disconnected")
+                )
 
     async def _on_message(self, session: Session, message: m.Message) -> None:
         if isinstance(message, m.LogChunk):
@@ -42,6 +53,7 @@ class LogService:
         request_id = secrets.token_hex(8)
         queue: asyncio.Queue[m.LogChunk | None] = asyncio.Queue()
         self._queues[request_id] = queue
+        self._machines[request_id] = machine_id
         try:
             await session.send(
                 m.LogRequest(request_id, unit, lines=lines, follow=follow, cursor=cursor)
@@ -61,6 +73,7 @@ class LogService:
                     return
         finally:
             self._queues.pop(request_id, None)
+            self._machines.pop(request_id, None)
             if follow and session is self.hub.sessions.get(machine_id):
                 with contextlib.suppress(ConnectionError):
                     await session.send(m.LogCancel(request_id))

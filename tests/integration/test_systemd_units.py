@@ -278,3 +278,35 @@ def test_agent_without_systemd_runs_and_reports_why(tmp_path: Path) -> None:
     finally:
         agent.stop()
         coordinator.stop()
+
+
+def test_journal_follow_ends_when_the_machine_goes_away(rig: Rig) -> None:
+    import threading
+
+    rig.put(
+        "chatty.service",
+        "[Service]\nExecStart=/bin/sh -c 'while true; do echo chat; sleep 0.2; done'\n",
+    )
+    rig.wait_state("chatty.service", "active")
+    result: dict[str, Any] = {}
+
+    def follow() -> None:
+        started = time.monotonic()
+        result["status"], result["lines"] = rig.coordinator.raw_stream(
+            "/moorage/v1/units/chatty.service/journal?follow=1&lines=1",
+            max_lines=10_000,
+            timeout=30,
+        )
+        result["seconds"] = time.monotonic() - started
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    time.sleep(1.5)
+    assert rig.agent.proc is not None
+    rig.agent.proc.kill9()
+    reader.join(40)
+    assert result["status"] == 200
+    assert result["seconds"] < 15, "the follow should end when the agent disconnects"
+    last = json.loads(result["lines"][-1])
+    assert "disconnected" in last["error"]
+    assert any(json.loads(line).get("message") == "chat" for line in result["lines"][:-1])
