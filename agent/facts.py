@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from urllib.parse import urlsplit
 
@@ -27,21 +26,3 @@ def primary_ip(hub_url: str) -> str:
         except OSError:
             continue
     return ""
-
-
-def capabilities(bus_address: str | None, docker_host: str | None) -> list[str]:
-    """Cheap presence checks; the backends refine them once they connect."""
-    caps: list[str] = []
-    if bus_address and _unix_socket_exists(bus_address):
-        caps.append("systemd")
-    if docker_host is not None and _unix_socket_exists(docker_host):
-        caps.append("docker")
-    return caps
-
-
-def _unix_socket_exists(address: str) -> bool:
-    for prefix in ("unix:path=", "unix://"):
-        if address.startswith(prefix):
-            path = address[len(prefix) :].split(",")[0].split(";")[0]
-            return os.path.exists(path)
-    return False

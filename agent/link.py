@@ -54,8 +54,6 @@ class Link:
         self.hub_url = hub_url or identity.link().hub_url
         self.metrics = metrics or AgentMetrics()
         self.connected = asyncio.Event()
-        self.sessions = 0
-        self.frame_errors = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pending_key: bytes | None = None
         self._last_echo = 0.0
@@ -120,7 +118,6 @@ class Link:
                 self._pending_key = None
                 await ws.send_bytes(m.encode(await self.make_hello(self.hub_url)))
                 welcome = await self._welcome(ws)
-                self.sessions += 1
                 self._cert_window = (welcome.cert_not_before, welcome.cert_not_after)
                 self.connected.set()
                 self.metrics.connected.set(1)
@@ -157,7 +154,6 @@ class Link:
             try:
                 message = m.decode(msg.data)
             except m.FrameError as exc:
-                self.frame_errors += 1
                 self.metrics.frame_errors.inc()
                 log.warning("refused a frame from the coordinator: %s", exc.message)
                 await self.send(m.Error(f"frame_{exc.reason}", exc.message))

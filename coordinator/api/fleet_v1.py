@@ -7,6 +7,7 @@ fleet's JSON shapes and status codes onto them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -24,7 +25,7 @@ from proto.units import UnitOption, is_template, unit_hash
 
 PREFIX = "/fleet/v1"
 DESIRED = ("inactive", "loaded", "launched")
-METADATA_KEY = r"[A-Za-z0-9_.-]+"
+_PATCH_PATH = re.compile(r"/([^/]+)/metadata/([A-Za-z0-9_.-]+)")
 
 
 class FleetMachine(msgspec.Struct, frozen=True):
@@ -127,14 +128,12 @@ def paged(request: web.Request, items: list[Any]) -> tuple[list[Any], str | None
 
 def parse_patch(raw: bytes, known: set[str]) -> dict[str, dict[str, str | None]]:
     """JSON-Patch on machine metadata -> {machine: {key: value or None to remove}}."""
-    import re
-
     ops = decode_fleet(raw, list[PatchOp])
     out: dict[str, dict[str, str | None]] = {}
     for op in ops:
         if op.op not in ("add", "replace", "remove"):
             raise ApiError(400, f"invalid op {op.op!r}: must be add, replace or remove")
-        match = re.fullmatch(rf"/([^/]+)/metadata/({METADATA_KEY})", op.path)
+        match = _PATCH_PATH.fullmatch(op.path)
         if not match:
             raise ApiError(400, f"invalid path {op.path!r}: must be /<machineID>/metadata/<key>")
         machine_id, key = match.groups()
