@@ -41,7 +41,7 @@ from agent.backends.base import UnitRuntime
 from agent.store import AppliedUnit
 from proto.container import container_name
 from proto.messages import DesiredUnit
-from proto.units import UnitNameError, backend_for, render_unit_file
+from proto.units import UnitNameError, backend_for, unit_file_text
 
 RUNNING = frozenset({"active", "activating", "reloading", "deactivating"})
 CONTAINER_RUNNING = frozenset({"running", "restarting", "paused"})
@@ -88,8 +88,7 @@ class Plan(msgspec.Struct, frozen=True):
 
 def file_content(unit: DesiredUnit) -> str:
     """The bytes written to disk: the unit without [X-Fleet], newline-terminated."""
-    text = render_unit_file(unit.options)
-    return text if text.endswith("\n") or not text else text + "\n"
+    return unit_file_text(unit.options)
 
 
 def sha256_text(text: str) -> str:

@@ -6,7 +6,7 @@ from typing import Literal
 
 import msgspec
 
-from proto.messages import DesiredState
+from proto.messages import DesiredState, DriftEntry, Sticker
 from proto.units import UnitOption
 
 MachineState = Literal["connected", "disconnected", "lost"]
@@ -76,3 +76,135 @@ class UnitState(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     target_state: str = ""
     updated_at: float = 0.0
+
+
+# --- applications, groups, deployments, releases (the Fleet Manager vocabulary) ---------
+
+DeploymentStatus = Literal["Created", "Running", "Success", "Failed"]
+JobStatus = Literal["Created", "Running", "Success", "Failed"]
+
+
+class MachineGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """Machines chosen by metadata (`selector`, every pair must match) and/or by id.
+    The built-in `default` group (empty selector, no ids) holds every machine."""
+
+    id: str
+    name: str
+    description: str = ""
+    selector: dict[str, str] = {}
+    machines: list[str] = []
+    builtin: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Application(msgspec.Struct, frozen=True, kw_only=True):
+    """An application and its latest version; every version is kept, immutable."""
+
+    id: str
+    name: str
+    description: str = ""
+    source_type: str = ""
+    version: str = ""
+    """The latest version's label."""
+    version_number: int = 0
+    source_config: str = ""
+    """The latest version's manifest, byte for byte."""
+    digest: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class ApplicationVersion(msgspec.Struct, frozen=True, kw_only=True):
+    application_id: str
+    number: int
+    label: str
+    source_config: str
+    digest: str
+    created_at: float = 0.0
+
+
+class Deployment(msgspec.Struct, frozen=True, kw_only=True):
+    """An application rolled out to a machine group; at most one rollout at a time."""
+
+    id: str
+    name: str
+    application_id: str
+    group_id: str
+    application_version: str = ""
+    """The version label to deploy; empty: the application's latest at deploy time."""
+    status: DeploymentStatus = "Created"
+    current_release: str = ""
+    """The last release that finished with Success (what new group members get)."""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class ReleaseUnit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    name: str
+    options: list[UnitOption]
+    hash: str
+    sha256: str
+    image: str = ""
+    """The manifest's `Image=` as written (container units)."""
+    image_digest: str = ""
+    """What it was pinned to when the release was cut (`sha256:...`)."""
+
+
+class Release(msgspec.Struct, frozen=True, kw_only=True):
+    """An immutable cut of one application version for one deployment, and the state
+    of its rollout (the only mutable part: status, batch, message)."""
+
+    id: str
+    deployment_id: str
+    seq: int
+    application_id: str
+    version: str
+    version_number: int
+    units: list[ReleaseUnit]
+    batch_size: int = 1
+    min_healthy_s: float = 5.0
+    timeout_s: float = 300.0
+    rollback_on_failure: bool = False
+    drift_policy: str = "report"
+    previous_release: str = ""
+    status: DeploymentStatus = "Created"
+    batch: int = 0
+    """Index of the batch being rolled out (or the last one, once finished)."""
+    batches: int = 0
+    message: str = ""
+    rolled_back: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float = 0.0
+
+
+class ReleaseJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One machine's part of a release."""
+
+    id: str
+    release_id: str
+    machine_id: str
+    batch: int
+    status: JobStatus = "Created"
+    message: str = ""
+    started_at: float = 0.0
+    healthy_since: float = 0.0
+    finished_at: float = 0.0
+
+
+class MachineSticker(msgspec.Struct, frozen=True, kw_only=True):
+    """A sticker as the machine's agent last reported it."""
+
+    machine_id: str
+    sticker: Sticker
+    reported_at: float = 0.0
+
+
+class MachineDrift(msgspec.Struct, frozen=True, kw_only=True):
+    """A machine's last drift report (empty entries: no drift)."""
+
+    machine_id: str
+    entries: list[DriftEntry]
+    checked_at: float = 0.0
+    reported_at: float = 0.0

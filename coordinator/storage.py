@@ -107,6 +107,98 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE machines ADD COLUMN metadata_patch TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE units ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0
     """,
+    # 4: machine groups, applications and their versions, deployments, releases with
+    # their per-machine jobs, which release each machine runs, stickers, drift.
+    """
+    CREATE TABLE machine_groups (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        selector TEXT NOT NULL DEFAULT '{}',
+        machines TEXT NOT NULL DEFAULT '[]',
+        builtin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    INSERT INTO machine_groups (id, name, description, builtin, created_at, updated_at)
+        VALUES ('c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01', 'default', 'Every machine of the fleet',
+                1, CAST(strftime('%s','now') AS REAL), CAST(strftime('%s','now') AS REAL));
+    CREATE TABLE applications (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        source_type TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE application_versions (
+        application_id TEXT NOT NULL REFERENCES applications(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        label TEXT NOT NULL,
+        source_config TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (application_id, number),
+        UNIQUE (application_id, label)
+    );
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        application_id TEXT NOT NULL REFERENCES applications(id),
+        group_id TEXT NOT NULL REFERENCES machine_groups(id),
+        application_version TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'Created',
+        current_release TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE releases (
+        id TEXT PRIMARY KEY,
+        deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        status TEXT NOT NULL,
+        batch INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        rolled_back INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL NOT NULL DEFAULT 0,
+        UNIQUE (deployment_id, seq)
+    );
+    CREATE TABLE release_jobs (
+        id TEXT PRIMARY KEY,
+        release_id TEXT NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+        machine_id TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'Created',
+        message TEXT NOT NULL DEFAULT '',
+        started_at REAL NOT NULL DEFAULT 0,
+        healthy_since REAL NOT NULL DEFAULT 0,
+        finished_at REAL NOT NULL DEFAULT 0,
+        UNIQUE (release_id, machine_id)
+    );
+    CREATE TABLE deployment_targets (
+        deployment_id TEXT NOT NULL REFERENCES deployments(id) ON DELETE CASCADE,
+        machine_id TEXT NOT NULL,
+        release_id TEXT NOT NULL,
+        PRIMARY KEY (deployment_id, machine_id)
+    );
+    CREATE INDEX deployment_targets_by_machine ON deployment_targets(machine_id);
+    CREATE TABLE machine_stickers (
+        machine_id TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        body TEXT NOT NULL,
+        reported_at REAL NOT NULL,
+        PRIMARY KEY (machine_id, deployment)
+    );
+    CREATE TABLE machine_drift (
+        machine_id TEXT PRIMARY KEY,
+        entries TEXT NOT NULL,
+        checked_at REAL NOT NULL,
+        reported_at REAL NOT NULL
+    )
+    """,
 )
 
 
@@ -169,6 +261,15 @@ class Storage:
     def batch(self) -> AbstractContextManager[sqlite3.Connection]:
         """Group many writes into one transaction (one fsync)."""
         return self._tx()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """For the other stores over the same database (`coordinator.deploystore`)."""
+        return self._db
+
+    def bump(self, db: sqlite3.Connection, machine_ids: set[str]) -> None:
+        """Bump the desired revision of these machines inside the caller's transaction."""
+        _bump(db, machine_ids)
 
     # --- machines -----------------------------------------------------------------
 
@@ -469,7 +570,7 @@ class Storage:
         if name is not None:
             sql, args = sql + " AND name=?", [*args, name]
         rows = self._db.execute(sql + " ORDER BY name, machine_id", args)
-        return [_record(r, UnitState) for r in rows]
+        return [row_record(r, UnitState) for r in rows]
 
     # --- join tokens ----------------------------------------------------------------
 
@@ -529,7 +630,7 @@ class Storage:
 
     def list_join_tokens(self) -> list[JoinToken]:
         rows = self._db.execute("SELECT * FROM join_tokens ORDER BY created_at")
-        return [_record(r, JoinToken) for r in rows]
+        return [row_record(r, JoinToken) for r in rows]
 
     # --- API tokens -------------------------------------------------------------------
 
@@ -628,10 +729,10 @@ def _machine(row: sqlite3.Row) -> Machine:
 
 
 def _api_token(row: sqlite3.Row) -> ApiToken:
-    return _record(row, ApiToken)
+    return row_record(row, ApiToken)
 
 
-def _record(row: sqlite3.Row, kind: type[R]) -> R:
+def row_record(row: sqlite3.Row, kind: type[R]) -> R:
     """A row whose columns are named like the Struct's fields (extra columns ignored,
     SQLite's 0/1 read as booleans)."""
     return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)

@@ -51,6 +51,52 @@ class DesiredUnit(msgspec.Struct, frozen=True, omit_defaults=True):
     desired_state: DesiredState = "launched"
     hash: str = ""
     labels: dict[str, str] = {}
+    """Deployment labels (`LABEL_DEPLOYMENT`, `LABEL_RELEASE`, `LABEL_VERSION`,
+    `LABEL_DRIFT`) on units that come from a release; empty for plain fleet units."""
+    image_digest: str = ""
+    """For a `.container` unit of a release: the `sha256:...` digest its image was pinned
+    to when the release was cut (drift compares the running container with it)."""
+
+
+LABEL_DEPLOYMENT = "deployment"
+LABEL_RELEASE = "release"
+LABEL_VERSION = "version"
+LABEL_DRIFT = "drift"
+"""`report` (default) or `repair`: what the agent does about drift of this unit."""
+
+DriftKind = Literal["file_changed", "missing", "extra", "image_differs", "state_differs"]
+
+
+class DriftEntry(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One way the machine differs from what it was told."""
+
+    unit: str
+    kind: DriftKind
+    expected: str = ""
+    actual: str = ""
+    deployment: str = ""
+    message: str = ""
+    repairing: bool = False
+    """The unit's policy is `repair`: the agent is restoring it."""
+
+
+class StickerUnit(msgspec.Struct, frozen=True, omit_defaults=True):
+    hash: str
+    """fleet SHA-1 of the unit's options (its identity)."""
+    sha256: str = ""
+    """SHA-256 of the unit file text (`proto.units.unit_file_sha256`)."""
+
+
+class Sticker(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a machine says it runs of one deployment: written by the agent to
+    `<sticker dir>/<deployment>.json` once every unit of the release is applied and up."""
+
+    deployment: str
+    release: str
+    version: str
+    units: dict[str, StickerUnit]
+    image_digests: dict[str, str] = {}
+    applied_at: float = 0.0
 
 
 class Hello(msgspec.Struct, tag="hello", frozen=True, omit_defaults=True):
@@ -63,6 +109,7 @@ class Hello(msgspec.Struct, tag="hello", frozen=True, omit_defaults=True):
     applied_revision: int = 0
     snapshot: list[UnitStatus] = []
     agent_version: str = ""
+    stickers: list[Sticker] = []
 
 
 class Facts(msgspec.Struct, tag="facts", frozen=True):
@@ -139,6 +186,42 @@ class LogCancel(msgspec.Struct, tag="log_cancel", frozen=True):
     request_id: str
 
 
+class Stickers(msgspec.Struct, tag="stickers", frozen=True):
+    """Every sticker on the machine (the whole set: it is small), sent when one changes."""
+
+    stickers: list[Sticker]
+
+
+class DriftRequest(msgspec.Struct, tag="drift_request", frozen=True):
+    request_id: str
+
+
+class DriftReport(msgspec.Struct, tag="drift", frozen=True, omit_defaults=True):
+    """The machine's whole drift: sent when it changes, and in answer to a DriftRequest
+    (then with its `request_id`). No entries: the machine is as it was told."""
+
+    entries: list[DriftEntry] = []
+    request_id: str = ""
+    checked_at: float = 0.0
+
+
+class ImageResolve(msgspec.Struct, tag="image_resolve", frozen=True):
+    """Pin image references to digests (pulling what is missing) when a release is cut."""
+
+    request_id: str
+    images: list[str]
+
+
+class ImageResolved(msgspec.Struct, tag="image_resolved", frozen=True, omit_defaults=True):
+    request_id: str
+    digests: dict[str, str] = {}
+    """image reference -> `sha256:...` (`agent.backends.docker.image_digest`)."""
+    references: dict[str, str] = {}
+    """image reference -> a reference that names exactly that digest (`repo@sha256:...`
+    for registry images, the image ID for local ones), used as the release's `Image=`."""
+    errors: dict[str, str] = {}
+
+
 class CertRenew(msgspec.Struct, tag="cert_renew", frozen=True):
     csr_pem: str
 
@@ -159,6 +242,11 @@ Message = (
     | LogRequest
     | LogChunk
     | LogCancel
+    | Stickers
+    | DriftRequest
+    | DriftReport
+    | ImageResolve
+    | ImageResolved
     | CertRenew
     | CertIssued
 )
@@ -175,6 +263,11 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     LogRequest,
     LogChunk,
     LogCancel,
+    Stickers,
+    DriftRequest,
+    DriftReport,
+    ImageResolve,
+    ImageResolved,
     CertRenew,
     CertIssued,
 )

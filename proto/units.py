@@ -292,6 +292,17 @@ def render_unit_file(options: Sequence[UnitOption]) -> str:
     return serialize(file_options(options))
 
 
+def unit_file_text(options: Sequence[UnitOption]) -> str:
+    """The bytes the agent writes for a unit: :func:`render_unit_file`, newline-terminated.
+    Also the text a release's and a sticker's SHA-256 are taken over (container units too)."""
+    text = render_unit_file(options)
+    return text if text.endswith("\n") or not text else text + "\n"
+
+
+def unit_file_sha256(options: Sequence[UnitOption]) -> str:
+    return hashlib.sha256(unit_file_text(options).encode()).hexdigest()
+
+
 # ------------------------------------------------------------------------ parsing
 
 

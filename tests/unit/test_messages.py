@@ -35,10 +35,38 @@ desired_units = st.lists(
         desired_state=st.sampled_from(["inactive", "loaded", "launched"]),
         hash=text,
         labels=st.dictionaries(text, text, max_size=3),
+        image_digest=text,
     ),
     max_size=3,
 )
 floats = st.floats(allow_nan=False, allow_infinity=False)
+stickers = st.lists(
+    st.builds(
+        m.Sticker,
+        deployment=text,
+        release=text,
+        version=text,
+        units=st.dictionaries(text, st.builds(m.StickerUnit, text, text), max_size=3),
+        image_digests=st.dictionaries(text, text, max_size=2),
+        applied_at=floats,
+    ),
+    max_size=2,
+)
+drift_entries = st.lists(
+    st.builds(
+        m.DriftEntry,
+        unit=text,
+        kind=st.sampled_from(
+            ["file_changed", "missing", "extra", "image_differs", "state_differs"]
+        ),
+        expected=text,
+        actual=text,
+        deployment=text,
+        message=text,
+        repairing=st.booleans(),
+    ),
+    max_size=3,
+)
 
 STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
     m.Hello: st.builds(
@@ -52,6 +80,7 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
         applied_revision=small_int,
         snapshot=statuses,
         agent_version=text,
+        stickers=stickers,
     ),
     m.Facts: st.builds(m.Facts, st.lists(text, max_size=3)),
     m.Welcome: st.builds(m.Welcome, small_int, text, floats, floats, floats),
@@ -78,6 +107,19 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
         error=text,
     ),
     m.LogCancel: st.builds(m.LogCancel, text),
+    m.Stickers: st.builds(m.Stickers, stickers),
+    m.DriftRequest: st.builds(m.DriftRequest, text),
+    m.DriftReport: st.builds(
+        m.DriftReport, entries=drift_entries, request_id=text, checked_at=floats
+    ),
+    m.ImageResolve: st.builds(m.ImageResolve, text, st.lists(text, max_size=3)),
+    m.ImageResolved: st.builds(
+        m.ImageResolved,
+        request_id=text,
+        digests=st.dictionaries(text, text, max_size=2),
+        references=st.dictionaries(text, text, max_size=2),
+        errors=st.dictionaries(text, text, max_size=2),
+    ),
     m.CertRenew: st.builds(m.CertRenew, text),
     m.CertIssued: st.builds(m.CertIssued, text),
 }

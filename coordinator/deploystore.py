@@ -1,0 +1,486 @@
+"""Storage for machine groups, applications, deployments, releases, stickers and drift.
+
+The same SQLite database and the same rules as `coordinator.storage` (whose
+migration 4 made these tables): every change is one transaction, committed before
+the caller answers, and every change of what a machine must run bumps that
+machine's desired revision inside the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+
+import msgspec
+
+from coordinator.models import (
+    Application,
+    ApplicationVersion,
+    Deployment,
+    DeploymentStatus,
+    JobStatus,
+    MachineDrift,
+    MachineGroup,
+    MachineSticker,
+    Release,
+    ReleaseJob,
+)
+from coordinator.storage import Storage
+from coordinator.storage import row_record as _record
+from proto.messages import DriftEntry, Sticker
+
+DEFAULT_GROUP_ID = "c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01"
+DEFAULT_GROUP = "default"
+
+_release_decoder = msgspec.json.Decoder(Release)
+_sticker_decoder = msgspec.json.Decoder(Sticker)
+_drift_decoder = msgspec.json.Decoder(list[DriftEntry])
+
+
+class Conflict(Exception):
+    """A write that would break a uniqueness rule; the message names it."""
+
+
+class DeployStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._db = storage.db
+
+    # --- machine groups -----------------------------------------------------------------
+
+    def list_groups(self) -> list[MachineGroup]:
+        rows = self._db.execute("SELECT * FROM machine_groups ORDER BY builtin DESC, name")
+        return [_group(r) for r in rows]
+
+    def get_group(self, group_id: str) -> MachineGroup | None:
+        row = self._db.execute("SELECT * FROM machine_groups WHERE id=?", (group_id,)).fetchone()
+        return _group(row) if row else None
+
+    def group_by_name(self, name: str) -> MachineGroup | None:
+        row = self._db.execute("SELECT * FROM machine_groups WHERE name=?", (name,)).fetchone()
+        return _group(row) if row else None
+
+    def put_group(self, group: MachineGroup) -> None:
+        """Create or replace (by id); a name used by another group is a Conflict."""
+        with self.storage.batch() as db:
+            other = db.execute(
+                "SELECT id FROM machine_groups WHERE name=? AND id<>?", (group.name, group.id)
+            ).fetchone()
+            if other is not None:
+                raise Conflict(f"a cluster group named {group.name!r} already exists")
+            db.execute(
+                "INSERT INTO machine_groups (id, name, description, selector, machines, builtin,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(id) DO"
+                " UPDATE SET name=excluded.name, description=excluded.description,"
+                " selector=excluded.selector, machines=excluded.machines,"
+                " updated_at=excluded.updated_at",
+                (
+                    group.id,
+                    group.name,
+                    group.description,
+                    json.dumps(group.selector, sort_keys=True),
+                    json.dumps(sorted(set(group.machines))),
+                    group.created_at,
+                    group.updated_at,
+                ),
+            )
+
+    def delete_group(self, group_id: str) -> bool:
+        with self.storage.batch() as db:
+            return (
+                db.execute(
+                    "DELETE FROM machine_groups WHERE id=? AND builtin=0", (group_id,)
+                ).rowcount
+                == 1
+            )
+
+    # --- applications ---------------------------------------------------------------------
+
+    _APP_SQL = (
+        "SELECT a.*, v.number AS version_number, v.label AS version, v.source_config,"
+        " v.digest FROM applications a JOIN application_versions v ON v.application_id=a.id"
+        " AND v.number=(SELECT MAX(number) FROM application_versions WHERE application_id=a.id)"
+    )
+
+    def list_applications(self) -> list[Application]:
+        rows = self._db.execute(self._APP_SQL + " ORDER BY a.created_at, a.id")
+        return [_record(r, Application) for r in rows]
+
+    def get_application(self, app_id: str) -> Application | None:
+        row = self._db.execute(self._APP_SQL + " WHERE a.id=?", (app_id,)).fetchone()
+        return _record(row, Application) if row else None
+
+    def application_by_name(self, name: str) -> Application | None:
+        row = self._db.execute(self._APP_SQL + " WHERE a.name=?", (name,)).fetchone()
+        return _record(row, Application) if row else None
+
+    def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
+        """Create or update an application (by id), adding `new_version` if given."""
+        with self.storage.batch() as db:
+            other = db.execute(
+                "SELECT id FROM applications WHERE name=? AND id<>?", (app.name, app.id)
+            ).fetchone()
+            if other is not None:
+                raise Conflict(f"an application named {app.name!r} already exists")
+            db.execute(
+                "INSERT INTO applications (id, name, description, source_type, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " name=excluded.name, description=excluded.description,"
+                " source_type=excluded.source_type, updated_at=excluded.updated_at",
+                (
+                    app.id,
+                    app.name,
+                    app.description,
+                    app.source_type,
+                    app.created_at,
+                    app.updated_at,
+                ),
+            )
+            if new_version is not None:
+                taken = db.execute(
+                    "SELECT 1 FROM application_versions WHERE application_id=? AND label=?",
+                    (app.id, new_version.label),
+                ).fetchone()
+                if taken is not None:
+                    raise Conflict(
+                        f"application {app.name!r} already has a version {new_version.label!r}"
+                        " with other content; give the new content a new version"
+                    )
+                db.execute(
+                    "INSERT INTO application_versions (application_id, number, label,"
+                    " source_config, digest, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        app.id,
+                        new_version.number,
+                        new_version.label,
+                        new_version.source_config,
+                        new_version.digest,
+                        new_version.created_at,
+                    ),
+                )
+
+    def delete_application(self, app_id: str) -> bool:
+        with self.storage.batch() as db:
+            return db.execute("DELETE FROM applications WHERE id=?", (app_id,)).rowcount == 1
+
+    def versions(self, app_id: str) -> list[ApplicationVersion]:
+        rows = self._db.execute(
+            "SELECT * FROM application_versions WHERE application_id=? ORDER BY number",
+            (app_id,),
+        )
+        return [_record(r, ApplicationVersion) for r in rows]
+
+    def version(self, app_id: str, label: str) -> ApplicationVersion | None:
+        row = self._db.execute(
+            "SELECT * FROM application_versions WHERE application_id=? AND label=?",
+            (app_id, label),
+        ).fetchone()
+        return _record(row, ApplicationVersion) if row else None
+
+    # --- deployments ----------------------------------------------------------------------
+
+    def list_deployments(self) -> list[Deployment]:
+        rows = self._db.execute("SELECT * FROM deployments ORDER BY created_at, id")
+        return [_record(r, Deployment) for r in rows]
+
+    def get_deployment(self, deployment_id: str) -> Deployment | None:
+        row = self._db.execute("SELECT * FROM deployments WHERE id=?", (deployment_id,)).fetchone()
+        return _record(row, Deployment) if row else None
+
+    def deployment_by_name(self, name: str) -> Deployment | None:
+        row = self._db.execute("SELECT * FROM deployments WHERE name=?", (name,)).fetchone()
+        return _record(row, Deployment) if row else None
+
+    def deployments_using(
+        self, *, application_id: str | None = None, group_id: str | None = None
+    ) -> list[Deployment]:
+        return [
+            d
+            for d in self.list_deployments()
+            if (application_id is None or d.application_id == application_id)
+            and (group_id is None or d.group_id == group_id)
+        ]
+
+    def put_deployment(self, deployment: Deployment) -> None:
+        with self.storage.batch() as db:
+            other = db.execute(
+                "SELECT id FROM deployments WHERE name=? AND id<>?",
+                (deployment.name, deployment.id),
+            ).fetchone()
+            if other is not None:
+                raise Conflict(f"a deployment named {deployment.name!r} already exists")
+            db.execute(
+                "INSERT INTO deployments (id, name, application_id, group_id,"
+                " application_version, status, current_release, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " name=excluded.name, application_id=excluded.application_id,"
+                " group_id=excluded.group_id, application_version=excluded.application_version,"
+                " updated_at=excluded.updated_at",
+                (
+                    deployment.id,
+                    deployment.name,
+                    deployment.application_id,
+                    deployment.group_id,
+                    deployment.application_version,
+                    deployment.status,
+                    deployment.current_release,
+                    deployment.created_at,
+                    deployment.updated_at,
+                ),
+            )
+
+    def delete_deployment(self, deployment_id: str) -> set[str] | None:
+        """Remove a deployment and what it put on machines; None if it did not exist,
+        else the machines whose desired state changed (revisions bumped)."""
+        with self.storage.batch() as db:
+            machines = {
+                r[0]
+                for r in db.execute(
+                    "SELECT machine_id FROM deployment_targets WHERE deployment_id=?",
+                    (deployment_id,),
+                )
+            }
+            if db.execute("DELETE FROM deployments WHERE id=?", (deployment_id,)).rowcount != 1:
+                return None
+            self.storage.bump(db, machines)
+            return machines
+
+    def set_deployment_status(
+        self,
+        deployment_id: str,
+        status: DeploymentStatus,
+        now: float,
+        *,
+        current_release: str | None = None,
+    ) -> None:
+        with self.storage.batch() as db:
+            db.execute(
+                "UPDATE deployments SET status=?, updated_at=?,"
+                " current_release=COALESCE(?, current_release) WHERE id=?",
+                (status, now, current_release, deployment_id),
+            )
+
+    # --- releases and jobs ------------------------------------------------------------------
+
+    def create_release(self, release: Release, jobs: list[ReleaseJob]) -> None:
+        """Store a new release with its jobs and mark the deployment Running, at once."""
+        with self.storage.batch() as db:
+            db.execute(
+                "INSERT INTO releases (id, deployment_id, seq, body, status, batch, message,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    release.id,
+                    release.deployment_id,
+                    release.seq,
+                    msgspec.json.encode(release).decode(),
+                    release.status,
+                    release.batch,
+                    release.message,
+                    release.created_at,
+                    release.updated_at,
+                ),
+            )
+            db.executemany(
+                "INSERT INTO release_jobs (id, release_id, machine_id, batch, status)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(j.id, j.release_id, j.machine_id, j.batch, j.status) for j in jobs],
+            )
+            db.execute(
+                "UPDATE deployments SET status=?, updated_at=? WHERE id=?",
+                (release.status, release.created_at, release.deployment_id),
+            )
+
+    def next_release_seq(self, deployment_id: str) -> int:
+        row = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM releases WHERE deployment_id=?", (deployment_id,)
+        ).fetchone()
+        return int(row[0]) + 1
+
+    def get_release(self, release_id: str) -> Release | None:
+        row = self._db.execute("SELECT * FROM releases WHERE id=?", (release_id,)).fetchone()
+        return _release(row) if row else None
+
+    def list_releases(self, deployment_id: str) -> list[Release]:
+        rows = self._db.execute(
+            "SELECT * FROM releases WHERE deployment_id=? ORDER BY seq", (deployment_id,)
+        )
+        return [_release(r) for r in rows]
+
+    def releases_with_status(self, status: DeploymentStatus) -> list[Release]:
+        rows = self._db.execute(
+            "SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,)
+        )
+        return [_release(r) for r in rows]
+
+    def update_release(
+        self,
+        release_id: str,
+        *,
+        status: DeploymentStatus,
+        batch: int,
+        message: str,
+        now: float,
+        finished: bool = False,
+        rolled_back: bool = False,
+    ) -> None:
+        with self.storage.batch() as db:
+            db.execute(
+                "UPDATE releases SET status=?, batch=?, message=?, updated_at=?,"
+                " finished_at=CASE WHEN ? THEN ? ELSE finished_at END,"
+                " rolled_back=MAX(rolled_back, ?) WHERE id=?",
+                (status, batch, message, now, finished, now, int(rolled_back), release_id),
+            )
+
+    def jobs(self, release_id: str) -> list[ReleaseJob]:
+        rows = self._db.execute(
+            "SELECT * FROM release_jobs WHERE release_id=? ORDER BY batch, machine_id",
+            (release_id,),
+        )
+        return [_record(r, ReleaseJob) for r in rows]
+
+    def update_jobs(self, jobs: Iterable[ReleaseJob]) -> None:
+        with self.storage.batch() as db:
+            db.executemany(
+                "UPDATE release_jobs SET status=?, message=?, started_at=?, healthy_since=?,"
+                " finished_at=? WHERE id=?",
+                [
+                    (j.status, j.message, j.started_at, j.healthy_since, j.finished_at, j.id)
+                    for j in jobs
+                ],
+            )
+
+    def set_job_status(
+        self, release_id: str, machine_ids: Iterable[str], status: JobStatus, now: float
+    ) -> None:
+        with self.storage.batch() as db:
+            db.executemany(
+                "UPDATE release_jobs SET status=?, started_at=?"
+                " WHERE release_id=? AND machine_id=?",
+                [(status, now, release_id, m) for m in machine_ids],
+            )
+
+    # --- which release each machine runs ------------------------------------------------
+
+    def targets(self, deployment_id: str) -> dict[str, str]:
+        """machine id -> release id it must run, for one deployment."""
+        rows = self._db.execute(
+            "SELECT machine_id, release_id FROM deployment_targets WHERE deployment_id=?",
+            (deployment_id,),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    def set_targets(self, deployment_id: str, changes: Mapping[str, str | None]) -> set[str]:
+        """Point machines at a release (None: the deployment leaves the machine); returns
+        the machines whose desired state changed, revisions bumped in the same transaction."""
+        affected: set[str] = set()
+        with self.storage.batch() as db:
+            for machine_id, release_id in sorted(changes.items()):
+                if release_id is None:
+                    cur = db.execute(
+                        "DELETE FROM deployment_targets WHERE deployment_id=? AND machine_id=?",
+                        (deployment_id, machine_id),
+                    )
+                else:
+                    cur = db.execute(
+                        "INSERT INTO deployment_targets (deployment_id, machine_id, release_id)"
+                        " VALUES (?, ?, ?) ON CONFLICT(deployment_id, machine_id) DO UPDATE SET"
+                        " release_id=excluded.release_id WHERE release_id<>excluded.release_id",
+                        (deployment_id, machine_id, release_id),
+                    )
+                if cur.rowcount:
+                    affected.add(machine_id)
+            self.storage.bump(db, affected)
+        return affected
+
+    def machine_targets(self, machine_id: str) -> list[tuple[str, str]]:
+        """(deployment name, release id) of every deployment on one machine, by name."""
+        rows = self._db.execute(
+            "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
+            " ON d.id=t.deployment_id WHERE t.machine_id=? ORDER BY d.name",
+            (machine_id,),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    # --- what machines report: stickers and drift -----------------------------------------
+
+    def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
+        """Replace every sticker of the machine with what its agent reported."""
+        with self.storage.batch() as db:
+            db.execute("DELETE FROM machine_stickers WHERE machine_id=?", (machine_id,))
+            db.executemany(
+                "INSERT INTO machine_stickers (machine_id, deployment, body, reported_at)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (machine_id, s.deployment, msgspec.json.encode(s).decode(), now)
+                    for s in stickers
+                ],
+            )
+
+    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
+        sql, args = "SELECT * FROM machine_stickers", tuple[str, ...]()
+        if machine_id is not None:
+            sql, args = sql + " WHERE machine_id=?", (machine_id,)
+        rows = self._db.execute(sql + " ORDER BY machine_id, deployment", args)
+        return [
+            MachineSticker(
+                machine_id=r["machine_id"],
+                sticker=_sticker_decoder.decode(r["body"]),
+                reported_at=r["reported_at"],
+            )
+            for r in rows
+        ]
+
+    def put_drift(
+        self, machine_id: str, entries: list[DriftEntry], checked_at: float, now: float
+    ) -> None:
+        with self.storage.batch() as db:
+            db.execute(
+                "INSERT INTO machine_drift (machine_id, entries, checked_at, reported_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET"
+                " entries=excluded.entries, checked_at=excluded.checked_at,"
+                " reported_at=excluded.reported_at",
+                (machine_id, msgspec.json.encode(entries).decode(), checked_at, now),
+            )
+
+    def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
+        sql, args = "SELECT * FROM machine_drift", tuple[str, ...]()
+        if machine_id is not None:
+            sql, args = sql + " WHERE machine_id=?", (machine_id,)
+        rows = self._db.execute(sql + " ORDER BY machine_id", args)
+        return [
+            MachineDrift(
+                machine_id=r["machine_id"],
+                entries=_drift_decoder.decode(r["entries"]),
+                checked_at=r["checked_at"],
+                reported_at=r["reported_at"],
+            )
+            for r in rows
+        ]
+
+
+def _group(row: sqlite3.Row) -> MachineGroup:
+    return MachineGroup(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        selector=json.loads(row["selector"]),
+        machines=json.loads(row["machines"]),
+        builtin=bool(row["builtin"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _release(row: sqlite3.Row) -> Release:
+    """The immutable body as cut, with the columns that a rollout moves on."""
+    body = _release_decoder.decode(row["body"])
+    return msgspec.structs.replace(
+        body,
+        status=row["status"],
+        batch=row["batch"],
+        message=row["message"],
+        rolled_back=bool(row["rolled_back"]),
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+    )
