@@ -21,7 +21,13 @@ from proto.units import UnitFileError, UnitOption, parse_unit_file
 
 TOP_KEYS = ("units", "rollout", "drift")
 UNIT_KEYS = ("name", "contents")
-ROLLOUT_KEYS = ("batch_size", "max_unavailable", "rollback_on_failure")
+ROLLOUT_KEYS = (
+    "batch_size",
+    "max_unavailable",
+    "rollback_on_failure",
+    "min_healthy_s",
+    "timeout_s",
+)
 DRIFT_KEYS = ("policy",)
 _PERCENT = re.compile(r"^([1-9][0-9]?|100)%$")
 
@@ -44,8 +50,13 @@ class ManifestUnit(msgspec.Struct, frozen=True):
 class Rollout(msgspec.Struct, frozen=True):
     batch_size: int | str = 1
     """Machines per batch, or a percentage of the group such as "25%"."""
-    max_unavailable: int = 1
+    max_unavailable: int | None = None
+    """At most this many machines updating (so possibly down) at once: caps the batch."""
     rollback_on_failure: bool = False
+    min_healthy_s: float = 5.0
+    """A machine's units must stay active this long before its part counts as healthy."""
+    timeout_s: float = 300.0
+    """A machine not healthy this long after its batch started fails the batch."""
 
 
 class Manifest(msgspec.Struct, frozen=True):
@@ -126,8 +137,9 @@ def _units(node: yaml.Node) -> list[ManifestUnit]:
                 raise ManifestError(f"missing {key!r}", _line(item), field)
         name = _scalar(fields["name"], f"{field}.name")
         contents = _scalar(fields["contents"], f"{field}.contents")
-        if not isinstance(name, str) or not isinstance(contents, str):
-            raise ManifestError("name and contents must be strings", _line(item), field)
+        for key, value in (("name", name), ("contents", contents)):
+            if not isinstance(value, str):
+                raise ManifestError("must be a string", _line(fields[key]), f"{field}.{key}")
         if name in seen:
             raise ManifestError(
                 f"unit {name} appears twice", _line(fields["name"]), f"{field}.name"
@@ -168,9 +180,9 @@ def _rollout(node: yaml.Node) -> Rollout:
         values["batch_size"] = batch
     if "max_unavailable" in fields:
         value = _scalar(fields["max_unavailable"], "rollout.max_unavailable")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ManifestError(
-                "must be a whole number >= 0",
+                "must be a whole number >= 1",
                 _line(fields["max_unavailable"]),
                 "rollout.max_unavailable",
             )
@@ -184,6 +196,20 @@ def _rollout(node: yaml.Node) -> Rollout:
                 "rollout.rollback_on_failure",
             )
         values["rollback_on_failure"] = value
+    for key, low, high in (("min_healthy_s", 0.0, 3600.0), ("timeout_s", 1.0, 86400.0)):
+        if key in fields:
+            value = _scalar(fields[key], f"rollout.{key}")
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not low <= value <= high
+            ):
+                raise ManifestError(
+                    f"must be a number of seconds from {low:g} to {high:g}",
+                    _line(fields[key]),
+                    f"rollout.{key}",
+                )
+            values[key] = float(value)
     return Rollout(**values)
 
 

@@ -22,10 +22,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import pki
-from coordinator.api import fleet_v1, native, openapi, v1_alpha
+from coordinator.api import fleet_manager, fleet_v1, native, openapi, v1_alpha
 from coordinator.api.errors import ApiError, decode_body, error_response, json_response
 from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.deployments import DeploymentService
+from coordinator.deploystore import DeployStore
 from coordinator.enrolment import Enroller
 from coordinator.hub import Hub
 from coordinator.logs import LogService
@@ -66,6 +68,8 @@ class Coordinator:
             lost_after_s=config.lost_after_s,
         )
         self.units = UnitService(self.storage, self.hub, self.metrics)
+        self.deploystore = DeployStore(self.storage)
+        self.deployments = DeploymentService(self.storage, self.deploystore, self.units, self.hub)
         self.logs = LogService(self.hub)
         self.api_port = 0
         self.hub_port = 0
@@ -83,6 +87,9 @@ class Coordinator:
         app.router.add_post(ENROLL_PATH, self._enroll)
         app.add_routes(fleet_v1.routes(self.storage, self.units))
         app.add_routes(v1_alpha.routes(self.storage, self.units))
+        app.add_routes(
+            fleet_manager.routes(self.storage, self.deploystore, self.deployments, self.hub)
+        )
         app.router.add_get("/openapi.json", self._openapi)
         app.add_routes(
             native.routes(
@@ -105,18 +112,21 @@ class Coordinator:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         response: web.StreamResponse
+        envelope = request.path.startswith("/api/")
         try:
             if request.path not in PUBLIC_PATHS:
                 request["principal"] = authenticate(request, self.storage)
             response = await handler(request)
         except AuthError as exc:
-            response = error_response(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+            response = error_response(
+                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}, envelope=envelope
+            )
         except ApiError as exc:
-            response = error_response(exc.status, exc.message)
+            response = error_response(exc.status, exc.message, envelope=envelope)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            response = error_response(exc.status, exc.reason)
+            response = error_response(exc.status, exc.reason, envelope=envelope)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         self.metrics.api_latency.labels(request.method, route, str(response.status)).observe(
@@ -180,6 +190,7 @@ class Coordinator:
         self.hub_port = await self._listen(self.hub_app(), self.config.hub_listen, hub_ctx)
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
+        self._tasks.append(asyncio.create_task(self.deployments.run()))
         log.info("API on port %d, agent hub on port %d", self.api_port, self.hub_port)
 
     async def _listen(self, app: web.Application, listen: str, ctx: ssl.SSLContext) -> int:

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -63,6 +63,9 @@ class UnitService:
         self._schedule_lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self._xfleet: dict[str, XFleet] = {}
+        self.desired_sources: list[Callable[[str], dict[str, DesiredUnit]]] = []
+        """Other producers of a machine's units (deployments' releases); fleet units
+        come first and a source never replaces one of them."""
         hub.on_connect.append(self._on_connect)
         hub.on_state_change.append(self._on_machine_state)
         hub.handlers.append(self._on_message)
@@ -204,7 +207,7 @@ class UnitService:
             machine = self.storage.get_machine(machine_id)
             if machine is None:
                 return
-            desired = machine_desired(self.storage.list_units(machine_id=machine_id))
+            desired = self.desired_for(machine_id)
             sent = self._sent.get(machine_id)
             if full or sent is None or sent.session_id != session.id:
                 message = m.Desired(
@@ -228,6 +231,14 @@ class UnitService:
                 return
             self._sent[machine_id] = Sent(session.id, machine.desired_revision, desired)
 
+    def desired_for(self, machine_id: str) -> dict[str, DesiredUnit]:
+        """Everything one machine must run: its fleet units, then every other source's."""
+        desired = machine_desired(self.storage.list_units(machine_id=machine_id))
+        for source in self.desired_sources:
+            for name, unit in source(machine_id).items():
+                desired.setdefault(name, unit)
+        return desired
+
     async def _on_connect(self, session: Session) -> None:
         hello = session.hello
         assert hello is not None
@@ -246,7 +257,7 @@ class UnitService:
             return
         if hello.applied_revision == machine.desired_revision:
             # The agent already has exactly this revision: only remember it as the base.
-            desired = machine_desired(self.storage.list_units(machine_id=session.machine_id))
+            desired = self.desired_for(session.machine_id)
             self._sent[session.machine_id] = Sent(session.id, machine.desired_revision, desired)
         else:
             await self._push_one(session.machine_id, full=True)

@@ -20,10 +20,46 @@ class ErrorBody(msgspec.Struct, frozen=True):
     error: ErrorDetail
 
 
+class EnvelopeDetail(msgspec.Struct, frozen=True):
+    code: str
+    status: int
+    message: str
+
+
+class EnvelopeError(msgspec.Struct, frozen=True):
+    """The `/api/...` families' error (WebOps' envelope): `success` false, a code a
+    program can switch on, and the message a person can act on (also at top level)."""
+
+    success: bool
+    error: EnvelopeDetail
+    message: str
+
+
+ERROR_CODES = {
+    400: "VALIDATION_ERROR",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "UNPROCESSABLE_ENTITY",
+    429: "RATE_LIMITED",
+    503: "UNAVAILABLE",
+}
+
+
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
+    status: int, message: str, headers: dict[str, str] | None = None, *, envelope: bool = False
 ) -> web.Response:
-    body = msgspec.json.encode(ErrorBody(ErrorDetail(status, message)))
+    value: ErrorBody | EnvelopeError
+    if envelope:
+        code = ERROR_CODES.get(status, "ERROR" if status < 500 else "INTERNAL_ERROR")
+        value = EnvelopeError(False, EnvelopeDetail(code, status, message), message)
+    else:
+        value = ErrorBody(ErrorDetail(status, message))
+    body = msgspec.json.encode(value)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 

@@ -13,8 +13,9 @@ import msgspec
 from aiohttp import web
 
 from coordinator import __version__
+from coordinator.api import fleet_manager as fm
 from coordinator.api import fleet_v1, native, v1_alpha
-from coordinator.api.errors import ErrorBody
+from coordinator.api.errors import EnvelopeError, ErrorBody
 from coordinator.models import Machine, Unit
 
 Json = dict[str, Any]
@@ -199,14 +200,154 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+V2 = fm.PREFIX
+LIST = ("limit", "cursor")
+FLEET_MANAGER_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET", V2 + "/clusters", "Machines with health", response=fm.Page, errors=(400,), query=LIST
+    ),
+    Route("GET", V2 + "/clusters/{id}", "One machine", response=fm.ClusterOut, errors=(404,)),
+    Route(
+        "GET", V2 + "/cluster-groups", "Machine groups", response=fm.Page, errors=(400,), query=LIST
+    ),
+    Route(
+        "POST",
+        V2 + "/cluster-groups",
+        "Create a machine group (by metadata selector and/or machine ids)",
+        request=fm.GroupBody,
+        response=fm.GroupOut,
+        ok=201,
+        errors=(400, 409, 415),
+    ),
+    Route(
+        "GET", V2 + "/cluster-groups/{id}", "One machine group", response=fm.GroupOut, errors=(404,)
+    ),
+    Route(
+        "PUT",
+        V2 + "/cluster-groups/{id}",
+        "Change a machine group",
+        request=fm.GroupBody,
+        response=fm.GroupOut,
+        errors=(400, 404, 409, 415),
+    ),
+    Route(
+        "DELETE",
+        V2 + "/cluster-groups/{id}",
+        "Delete a machine group",
+        ok=204,
+        errors=(400, 404, 409),
+    ),
+    Route(
+        "GET",
+        V2 + "/deployment-applications",
+        "Applications (latest version each)",
+        response=fm.Page,
+        errors=(400,),
+        query=LIST,
+    ),
+    Route(
+        "POST",
+        V2 + "/deployment-applications",
+        "Create an application from its manifest (a retry returns the same object)",
+        request=fm.ApplicationBody,
+        response=fm.ApplicationOut,
+        ok=201,
+        errors=(400, 409, 415),
+    ),
+    Route(
+        "GET",
+        V2 + "/deployment-applications/{id}",
+        "One application with its sourceConfig",
+        response=fm.ApplicationOut,
+        errors=(404,),
+    ),
+    Route(
+        "PUT",
+        V2 + "/deployment-applications/{id}",
+        "Update an application; a changed manifest is a new version",
+        request=fm.ApplicationBody,
+        response=fm.ApplicationOut,
+        errors=(400, 404, 409, 415),
+    ),
+    Route(
+        "DELETE",
+        V2 + "/deployment-applications/{id}",
+        "Delete an application (409 while a deployment uses it)",
+        ok=204,
+        errors=(404, 409),
+    ),
+    Route("GET", V2 + "/deployments", "Deployments", response=fm.Page, errors=(400,), query=LIST),
+    Route(
+        "POST",
+        V2 + "/deployments",
+        "Bind an application to a cluster group",
+        request=fm.DeploymentBody,
+        response=fm.DeploymentOut,
+        ok=201,
+        errors=(400, 409, 415),
+    ),
+    Route(
+        "GET", V2 + "/deployments/{id}", "One deployment", response=fm.DeploymentOut, errors=(404,)
+    ),
+    Route(
+        "PUT",
+        V2 + "/deployments/{id}",
+        "Change a deployment (takes effect at the next deploy)",
+        request=fm.DeploymentBody,
+        response=fm.DeploymentOut,
+        errors=(400, 404, 409, 415),
+    ),
+    Route(
+        "DELETE",
+        V2 + "/deployments/{id}",
+        "Delete a deployment and its units (409 while a release runs)",
+        ok=204,
+        errors=(404, 409),
+    ),
+    Route(
+        "POST",
+        V2 + "/deployments/{id}/deploy",
+        "Cut a release and start its rollout (409 while one runs)",
+        response=fm.ReleaseOut,
+        ok=201,
+        errors=(400, 404, 409, 503),
+    ),
+    Route(
+        "GET",
+        V2 + "/deployments/{id}/releases",
+        "The deployment's releases, oldest first",
+        response=list[fm.ReleaseOut],
+        errors=(404,),
+        query=("limit",),
+    ),
+    Route(
+        "GET",
+        V2 + "/deployment-releases/{id}",
+        "One release with its progress",
+        response=fm.ReleaseOut,
+        errors=(404,),
+    ),
+    Route(
+        "GET",
+        V2 + "/deployment-releases/{id}/jobs",
+        "Each machine's part of a release",
+        response=list[fm.JobOut],
+        errors=(404,),
+        query=("limit",),
+    ),
+)
+
+
 def document(app: web.Application | None = None) -> Json:
-    types = [t for r in ROUTES for t in (r.request, r.response) if t is not None]
+    routes = (*ROUTES, *FLEET_MANAGER_ROUTES)
+    types = [t for r in routes for t in (r.request, r.response) if t is not None]
     schemas, components = msgspec.json.schema_components(
-        [*types, ErrorBody], ref_template="#/components/schemas/{name}"
+        [*types, ErrorBody, EnvelopeError], ref_template="#/components/schemas/{name}"
     )
-    refs = dict(zip([*types, ErrorBody], schemas, strict=True))
+    refs = dict(zip([*types, ErrorBody, EnvelopeError], schemas, strict=True))
     paths: Json = {}
-    for route in ROUTES:
+    for route in routes:
+        error_schema = refs[EnvelopeError if route.path.startswith("/api/") else ErrorBody]
         op: Json = {"summary": route.summary, "responses": {}}
         params = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -226,7 +367,7 @@ def document(app: web.Application | None = None) -> Json:
         for status in (*route.errors, 401):
             op["responses"][str(status)] = {
                 "description": "error",
-                "content": {"application/json": {"schema": refs[ErrorBody]}},
+                "content": {"application/json": {"schema": error_schema}},
             }
         if route.path in ("/healthz", "/readyz", "/agent/v1/ca", "/agent/v1/enroll"):
             op["security"] = []

@@ -3,19 +3,18 @@ systemd manager; submit/start/list/journal/status/stop/destroy as an operator wo
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.harness.systemd import UserSystemd, systemd_available
-from tests.procs import ROOT, AgentProc, CoordinatorProc, wait_for
+from tests.fleetrig import Fleet
+from tests.harness.systemd import systemd_available
+from tests.procs import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,100 +22,12 @@ MACHINES = ("m1", "m2", "m3")
 TICKER = "[Service]\nExecStart=/bin/sh -c 'i=0; while true; do echo {word}-$i; i=$((i+1)); sleep 0.3; done'\n"
 
 
-class Fleet:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.systemds: dict[str, UserSystemd] = {}
-        self.agents: dict[str, AgentProc] = {}
-        self.coordinator = CoordinatorProc(tmp / "coordinator", **{"lost-after": 4}).start()
-        self.workdir = tmp / "units"
-        self.workdir.mkdir()
-        for i, mid in enumerate(MACHINES):
-            sd = UserSystemd().start()
-            self.systemds[mid] = sd
-            agent = AgentProc(
-                tmp,
-                mid,
-                self.coordinator,
-                extra=[
-                    "--systemd-scope",
-                    "user",
-                    "--unit-dir",
-                    str(sd.unit_dir),
-                    "--journal-dir",
-                    str(sd.journal_dir),
-                    "--metadata",
-                    f"rack=r{i % 2}",
-                ],
-                env={
-                    k: sd.env[k]
-                    for k in (
-                        "XDG_RUNTIME_DIR",
-                        "HOME",
-                        "XDG_CONFIG_HOME",
-                        "DBUS_SESSION_BUS_ADDRESS",
-                    )
-                },
-            )
-            result = agent.enroll(self.coordinator.join_token())
-            assert result.returncode == 0, result.stderr
-            self.agents[mid] = agent.start()
-        wait_for(lambda: self.coordinator.connected() == set(MACHINES), timeout=30, what="3 agents")
-
-    def moorctl(
-        self, *args: str, check: bool = True, timeout: float = 90
-    ) -> subprocess.CompletedProcess[str]:
-        p = self.coordinator.paths
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.moorctl",
-                "--endpoint",
-                self.coordinator.endpoint,
-                "--ca-file",
-                p.ca_cert,
-                "--cert-file",
-                p.admin_cert,
-                "--key-file",
-                p.admin_key,
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.workdir,
-        )
-        if check:
-            assert out.returncode == 0, (
-                f"moorctl {args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
-            )
-        return out
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.moorctl("--json", *args).stdout)
-
-    def active_on(self, unit: str) -> set[str]:
-        return {
-            mid
-            for mid, sd in self.systemds.items()
-            if sd.unit_property(unit, "ActiveState") == "active"
-        }
-
-    def close(self) -> None:
-        for agent in self.agents.values():
-            agent.stop()
-        self.coordinator.stop()
-        for sd in self.systemds.values():
-            sd.stop()
-
-
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     reason = systemd_available()
     if reason:
         pytest.skip(reason)
-    f = Fleet(tmp_path)
+    f = Fleet(tmp_path, MACHINES, metadata=lambda i: {"rack": f"r{i % 2}"}, lost_after=4)
     try:
         yield f
     finally:

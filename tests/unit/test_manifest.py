@@ -29,10 +29,17 @@ def test_the_documented_core_parses() -> None:
 
 def test_rollout_and_drift_keys() -> None:
     m = parse_manifest(
-        SEED + "rollout:\n  batch_size: 25%\n  max_unavailable: 0\n"
-        "  rollback_on_failure: true\ndrift:\n  policy: repair\n"
+        SEED + "rollout:\n  batch_size: 25%\n  max_unavailable: 2\n"
+        "  rollback_on_failure: true\n  min_healthy_s: 1\n  timeout_s: 60.5\n"
+        "drift:\n  policy: repair\n"
     )
-    assert m.rollout == Rollout(batch_size="25%", max_unavailable=0, rollback_on_failure=True)
+    assert m.rollout == Rollout(
+        batch_size="25%",
+        max_unavailable=2,
+        rollback_on_failure=True,
+        min_healthy_s=1.0,
+        timeout_s=60.5,
+    )
     assert m.drift_policy == "repair"
 
 
@@ -76,6 +83,9 @@ units:
         ),
         (SEED + "rollout:\n  batch_size: 0\n", 12, "rollout.batch_size"),
         (SEED + "rollout:\n  speed: 3\n", 12, "unknown key 'speed'"),
+        (SEED + "rollout:\n  max_unavailable: 0\n", 12, "rollout.max_unavailable"),
+        (SEED + "rollout:\n  min_healthy_s: -1\n", 12, "rollout.min_healthy_s"),
+        (SEED + "rollout:\n  timeout_s: fast\n", 12, "rollout.timeout_s"),
         (SEED + "drift:\n  policy: ignore\n", 12, "drift.policy"),
         (SEED + "units: []\n", 11, "appears twice"),
     ],

@@ -1,0 +1,600 @@
+"""`/api/v2`: the GitOps Fleet Manager API, a thin adapter over `DeploymentService`.
+
+Shapes follow `spec/fleet-manager-notes.md` to the field: lists are
+`{"items", "next"}` with `next` the absolute URL of the next page (keyset cursors, so
+a page never skips or repeats an object created meanwhile), `limit` defaults to 50 and
+is capped at 200; releases and jobs are plain arrays, oldest first. Creates are safe to
+retry: repeating one returns the object already made instead of a second one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from coordinator.api.errors import ApiError, decode_body, json_response
+from coordinator.deployments import DeploymentService, Invalid, NotFound, Unavailable
+from coordinator.deploystore import Conflict, DeployStore
+from coordinator.groups import members
+from coordinator.hub import Hub
+from coordinator.models import (
+    Application,
+    Deployment,
+    Machine,
+    MachineGroup,
+    Release,
+    ReleaseJob,
+)
+from coordinator.storage import Storage
+
+PREFIX = "/api/v2"
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+T = TypeVar("T")
+
+
+def iso(ts: float) -> str | None:
+    if not ts:
+        return None
+    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- bodies -----------------------------------------------------------------------------
+
+
+class ApplicationBody(msgspec.Struct, frozen=True, rename="camel"):
+    name: str | None = None
+    source_config: str | None = None
+    version: str = ""
+    source_type: str | None = None
+    description: str | None = None
+
+
+class ApplicationRef(msgspec.Struct, frozen=True, rename="camel"):
+    id: str = ""
+    name: str = ""
+    version: str = ""
+    strategy: str = "manual"
+
+
+class DeploymentBody(msgspec.Struct, frozen=True, rename="camel"):
+    name: str | None = None
+    application_id: str | None = None
+    target_group: str | None = None
+    cluster_group_id: str | None = None
+    application_version: str | None = None
+    applications: list[ApplicationRef] = []
+
+
+class GroupBody(msgspec.Struct, frozen=True, rename="camel"):
+    name: str | None = None
+    description: str | None = None
+    selector: dict[str, str] | None = None
+    cluster_ids: list[str] | None = None
+
+
+# --- objects ----------------------------------------------------------------------------
+
+
+class ApplicationOut(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    name: str
+    version: str
+    versions: list[str]
+    source_config: str
+    source_type: str
+    description: str
+    created_at: str | None
+    updated_at: str | None
+
+
+class DeploymentOut(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    name: str
+    application_id: str
+    applications: list[str]
+    cluster_group_id: str
+    target_group: str
+    application_version: str
+    status: str
+    current_release_id: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class ReleaseUnitOut(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    name: str
+    hash: str
+    sha256: str
+    image: str | None = None
+    image_digest: str | None = None
+
+
+class Progress(msgspec.Struct, frozen=True):
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+
+
+class ReleaseOut(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    deployment_id: str
+    sequence: int
+    application_id: str
+    application_version: str
+    status: str
+    message: str
+    batch: int
+    batches: int
+    batch_size: int
+    rolled_back: bool
+    previous_release_id: str | None
+    units: list[ReleaseUnitOut]
+    progress: Progress
+    created_at: str | None
+    updated_at: str | None
+    finished_at: str | None
+
+
+class JobOut(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    release_id: str
+    cluster_id: str
+    cluster_name: str
+    batch: int
+    status: str
+    message: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ClusterOut(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    name: str
+    hostname: str
+    ip: str
+    health: str
+    """healthy (connected, no drift) | drifted | unreachable (disconnected) | offline (lost)"""
+    state: str
+    metadata: dict[str, str]
+    capabilities: list[str]
+    agent_version: str
+    last_seen: str | None
+    drift: int
+    deployments: dict[str, str]
+    """deployment -> release its sticker says the machine runs."""
+
+
+class GroupOut(msgspec.Struct, frozen=True, rename="camel"):
+    id: str
+    name: str
+    description: str
+    builtin: bool
+    selector: dict[str, str]
+    cluster_ids: list[str]
+    members: list[str]
+    created_at: str | None
+    updated_at: str | None
+
+
+class Page(msgspec.Struct, frozen=True):
+    items: list[Any]
+    next: str | None
+
+
+# --- paging -----------------------------------------------------------------------------
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"limit must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ApiError(400, f"limit must be at least 1, got {value}")
+    return min(value, MAX_LIMIT)
+
+
+def encode_cursor(key: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> list[Any]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"cursor {raw!r} is not one this server issued") from None
+    if not isinstance(key, list):
+        raise ApiError(400, f"cursor {raw!r} is not one this server issued")
+    return key
+
+
+def keyset_page(
+    items: Sequence[T], key: Callable[[T], Sequence[Any]], limit: int, cursor: list[Any] | None
+) -> tuple[list[T], list[Any] | None]:
+    """Items after `cursor` in key order, at most `limit`, and the cursor of the next
+    page (None on the last). Pure."""
+    ordered = sorted(items, key=lambda i: list(key(i)))
+    if cursor is not None:
+        ordered = [i for i in ordered if list(key(i)) > cursor]
+    page = ordered[:limit]
+    more = len(ordered) > limit
+    return page, (list(key(page[-1])) if more and page else None)
+
+
+def paged(
+    request: web.Request,
+    items: Sequence[T],
+    key: Callable[[T], Sequence[Any]],
+    out: Callable[[T], Any],
+) -> web.Response:
+    limit = parse_limit(request.query.get("limit"))
+    raw = request.query.get("cursor")
+    page, nxt = keyset_page(items, key, limit, decode_cursor(raw) if raw else None)
+    next_url = None
+    if nxt is not None:
+        next_url = str(
+            request.url.update_query({"limit": str(limit), "cursor": encode_cursor(nxt)})
+        )
+    return json_response(Page([out(i) for i in page], next_url))
+
+
+# --- the adapter --------------------------------------------------------------------------
+
+
+def routes(
+    storage: Storage, store: DeployStore, service: DeploymentService, hub: Hub
+) -> web.RouteTableDef:
+    r = web.RouteTableDef()
+
+    def app_out(app: Application) -> ApplicationOut:
+        return ApplicationOut(
+            id=app.id,
+            name=app.name,
+            version=app.version,
+            versions=[v.label for v in store.versions(app.id)],
+            source_config=app.source_config,
+            source_type=app.source_type,
+            description=app.description,
+            created_at=iso(app.created_at),
+            updated_at=iso(app.updated_at),
+        )
+
+    def deployment_out(d: Deployment) -> DeploymentOut:
+        return DeploymentOut(
+            id=d.id,
+            name=d.name,
+            application_id=d.application_id,
+            applications=[d.application_id],
+            cluster_group_id=d.group_id,
+            target_group=d.group_id,
+            application_version=d.application_version,
+            status=d.status,
+            current_release_id=d.current_release or None,
+            created_at=iso(d.created_at),
+            updated_at=iso(d.updated_at),
+        )
+
+    def release_out(rel: Release) -> ReleaseOut:
+        jobs = store.jobs(rel.id)
+        count = {s: sum(1 for j in jobs if j.status == s) for s in ("Created", "Running")}
+        return ReleaseOut(
+            id=rel.id,
+            deployment_id=rel.deployment_id,
+            sequence=rel.seq,
+            application_id=rel.application_id,
+            application_version=rel.version,
+            status=rel.status,
+            message=rel.message,
+            batch=rel.batch + 1 if rel.batches else 0,
+            batches=rel.batches,
+            batch_size=rel.batch_size,
+            rolled_back=rel.rolled_back,
+            previous_release_id=rel.previous_release or None,
+            units=[
+                ReleaseUnitOut(u.name, u.hash, u.sha256, u.image or None, u.image_digest or None)
+                for u in rel.units
+            ],
+            progress=Progress(
+                total=len(jobs),
+                pending=count["Created"],
+                running=count["Running"],
+                succeeded=sum(1 for j in jobs if j.status == "Success"),
+                failed=sum(1 for j in jobs if j.status == "Failed"),
+            ),
+            created_at=iso(rel.created_at),
+            updated_at=iso(rel.updated_at),
+            finished_at=iso(rel.finished_at),
+        )
+
+    def job_out(job: ReleaseJob, names: dict[str, str]) -> JobOut:
+        return JobOut(
+            id=job.id,
+            release_id=job.release_id,
+            cluster_id=job.machine_id,
+            cluster_name=names.get(job.machine_id, job.machine_id),
+            batch=job.batch + 1,
+            status=job.status,
+            message=job.message,
+            started_at=iso(job.started_at),
+            finished_at=iso(job.finished_at),
+        )
+
+    def group_out(group: MachineGroup, machines: list[Machine]) -> GroupOut:
+        return GroupOut(
+            id=group.id,
+            name=group.name,
+            description=group.description,
+            builtin=group.builtin,
+            selector=group.selector,
+            cluster_ids=group.machines,
+            members=[mach.id for mach in members(group, machines)],
+            created_at=iso(group.created_at),
+            updated_at=iso(group.updated_at),
+        )
+
+    def cluster_out(
+        mach: Machine, drift: dict[str, int], stickers: dict[str, dict[str, str]]
+    ) -> ClusterOut:
+        connected = mach.id in hub.sessions
+        drifted = drift.get(mach.id, 0)
+        if mach.state == "lost":
+            health = "offline"
+        elif not connected:
+            health = "unreachable"
+        else:
+            health = "drifted" if drifted else "healthy"
+        return ClusterOut(
+            id=mach.id,
+            name=mach.hostname or mach.id,
+            hostname=mach.hostname,
+            ip=mach.primary_ip,
+            health=health,
+            state="connected" if connected else mach.state,
+            metadata=mach.metadata,
+            capabilities=mach.capabilities,
+            agent_version=mach.agent_version,
+            last_seen=iso(mach.last_seen),
+            drift=drifted,
+            deployments=stickers.get(mach.id, {}),
+        )
+
+    # -- clusters (machines) and cluster groups
+
+    @r.get(PREFIX + "/clusters")
+    async def list_clusters(request: web.Request) -> web.Response:
+        drift = {d.machine_id: len(d.entries) for d in store.drift()}
+        stickers: dict[str, dict[str, str]] = {}
+        for s in store.stickers():
+            stickers.setdefault(s.machine_id, {})[s.sticker.deployment] = s.sticker.release
+        return paged(
+            request,
+            storage.list_machines(),
+            lambda mach: (mach.id,),
+            lambda mach: cluster_out(mach, drift, stickers),
+        )
+
+    @r.get(PREFIX + "/clusters/{id}")
+    async def get_cluster(request: web.Request) -> web.Response:
+        mach = storage.get_machine(request.match_info["id"])
+        if mach is None or mach.revoked:
+            raise ApiError(404, f"cluster {request.match_info['id']!r} does not exist")
+        drift = {d.machine_id: len(d.entries) for d in store.drift(mach.id)}
+        stickers = {
+            mach.id: {s.sticker.deployment: s.sticker.release for s in store.stickers(mach.id)}
+        }
+        return json_response(cluster_out(mach, drift, stickers))
+
+    @r.get(PREFIX + "/cluster-groups")
+    async def list_groups(request: web.Request) -> web.Response:
+        machines = storage.list_machines()
+        return paged(
+            request,
+            store.list_groups(),
+            lambda g: (0 if g.builtin else 1, g.created_at, g.id),
+            lambda g: group_out(g, machines),
+        )
+
+    @r.post(PREFIX + "/cluster-groups")
+    async def create_group(request: web.Request) -> web.Response:
+        body = await decode_body(request, GroupBody)
+        if not body.name:
+            raise ApiError(400, "name: required")
+        group, _ = _domain(
+            service.create_group,
+            body.name,
+            description=body.description or "",
+            selector=body.selector,
+            machines=body.cluster_ids,
+        )
+        return json_response(group_out(group, storage.list_machines()), status=201)
+
+    @r.get(PREFIX + "/cluster-groups/{id}")
+    async def get_group(request: web.Request) -> web.Response:
+        group = _domain(service.group, request.match_info["id"])
+        return json_response(group_out(group, storage.list_machines()))
+
+    @r.put(PREFIX + "/cluster-groups/{id}")
+    async def update_group(request: web.Request) -> web.Response:
+        body = await decode_body(request, GroupBody)
+        group = await _adomain(
+            service.update_group(
+                request.match_info["id"],
+                name=body.name,
+                description=body.description,
+                selector=body.selector,
+                machines=body.cluster_ids,
+            )
+        )
+        return json_response(group_out(group, storage.list_machines()))
+
+    @r.delete(PREFIX + "/cluster-groups/{id}")
+    async def delete_group(request: web.Request) -> web.Response:
+        _domain(service.delete_group, request.match_info["id"])
+        return web.Response(status=204)
+
+    # -- applications
+
+    @r.get(PREFIX + "/deployment-applications")
+    async def list_apps(request: web.Request) -> web.Response:
+        return paged(request, store.list_applications(), lambda a: (a.created_at, a.id), app_out)
+
+    @r.post(PREFIX + "/deployment-applications")
+    async def create_app(request: web.Request) -> web.Response:
+        body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
+        if not body.name:
+            raise ApiError(400, "name: required")
+        if body.source_config is None:
+            raise ApiError(400, "sourceConfig: required (the application's YAML manifest)")
+        app, _ = _domain(
+            service.create_application,
+            body.name,
+            body.source_config,
+            description=body.description or "",
+            source_type=body.source_type or "",
+            version=body.version,
+        )
+        return json_response(app_out(app), status=201)
+
+    @r.get(PREFIX + "/deployment-applications/{id}")
+    async def get_app(request: web.Request) -> web.Response:
+        return json_response(app_out(_domain(service.application, request.match_info["id"])))
+
+    @r.put(PREFIX + "/deployment-applications/{id}")
+    async def update_app(request: web.Request) -> web.Response:
+        body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
+        app = _domain(
+            service.update_application,
+            request.match_info["id"],
+            source_config=body.source_config,
+            name=body.name,
+            description=body.description,
+            source_type=body.source_type,
+            version=body.version,
+        )
+        return json_response(app_out(app))
+
+    @r.delete(PREFIX + "/deployment-applications/{id}")
+    async def delete_app(request: web.Request) -> web.Response:
+        _domain(service.delete_application, request.match_info["id"])
+        return web.Response(status=204)
+
+    # -- deployments
+
+    def deployment_fields(body: DeploymentBody) -> tuple[str | None, str | None, str | None]:
+        first = body.applications[0] if body.applications else ApplicationRef()
+        app_id = body.application_id or first.id or first.name or None
+        group = body.cluster_group_id or body.target_group
+        version = body.application_version
+        if version is None and first.version:
+            version = first.version
+        return app_id, group, version
+
+    @r.get(PREFIX + "/deployments")
+    async def list_deployments(request: web.Request) -> web.Response:
+        return paged(
+            request, store.list_deployments(), lambda d: (d.created_at, d.id), deployment_out
+        )
+
+    @r.post(PREFIX + "/deployments")
+    async def create_deployment(request: web.Request) -> web.Response:
+        body = await decode_body(request, DeploymentBody)
+        app_id, group, version = deployment_fields(body)
+        if not app_id:
+            raise ApiError(400, "applicationId: required (or applications[0].id)")
+        if not group:
+            raise ApiError(400, "clusterGroupId: required (or targetGroup)")
+        d, _ = _domain(
+            service.create_deployment,
+            body.name or "",
+            app_id,
+            group,
+            application_version=version or "",
+        )
+        return json_response(deployment_out(d), status=201)
+
+    @r.get(PREFIX + "/deployments/{id}")
+    async def get_deployment(request: web.Request) -> web.Response:
+        return json_response(deployment_out(_domain(service.deployment, request.match_info["id"])))
+
+    @r.put(PREFIX + "/deployments/{id}")
+    async def update_deployment(request: web.Request) -> web.Response:
+        body = await decode_body(request, DeploymentBody)
+        app_id, group, version = deployment_fields(body)
+        d = _domain(
+            service.update_deployment,
+            request.match_info["id"],
+            name=body.name,
+            application_id=app_id,
+            group_id=group,
+            application_version=version,
+        )
+        return json_response(deployment_out(d))
+
+    @r.delete(PREFIX + "/deployments/{id}")
+    async def delete_deployment(request: web.Request) -> web.Response:
+        await _adomain(service.delete_deployment(request.match_info["id"]))
+        return web.Response(status=204)
+
+    @r.post(PREFIX + "/deployments/{id}/deploy")
+    async def deploy(request: web.Request) -> web.Response:
+        release = await _adomain(service.deploy(request.match_info["id"]))
+        return json_response(release_out(release), status=201)
+
+    @r.get(PREFIX + "/deployments/{id}/releases")
+    async def list_releases(request: web.Request) -> web.Response:
+        releases = _domain(service.releases, request.match_info["id"])
+        if "limit" in request.query:
+            releases = releases[-parse_limit(request.query["limit"]) :]
+        return json_response([release_out(rel) for rel in releases])
+
+    @r.get(PREFIX + "/deployment-releases/{id}")
+    async def get_release(request: web.Request) -> web.Response:
+        return json_response(release_out(_domain(service.release, request.match_info["id"])))
+
+    @r.get(PREFIX + "/deployment-releases/{id}/jobs")
+    async def list_jobs(request: web.Request) -> web.Response:
+        jobs = _domain(service.jobs, request.match_info["id"])
+        if "limit" in request.query:
+            jobs = jobs[: parse_limit(request.query["limit"])]
+        names = {mach.id: mach.hostname or mach.id for mach in storage.list_machines()}
+        return json_response([job_out(j, names) for j in jobs])
+
+    return r
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, Unavailable):
+        return 503
+    return 400
+
+
+def _domain(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call the domain; its refusals become the API's status codes."""
+    try:
+        return fn(*args, **kwargs)
+    except (NotFound, Conflict, Invalid, Unavailable) as exc:
+        raise ApiError(_status(exc), str(exc)) from None
+
+
+async def _adomain(coro: Any) -> Any:
+    try:
+        return await coro
+    except (NotFound, Conflict, Invalid, Unavailable) as exc:
+        raise ApiError(_status(exc), str(exc)) from None

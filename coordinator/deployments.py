@@ -1,0 +1,757 @@
+"""Applications, machine groups, deployments and their rollouts: the domain service.
+
+Every API that speaks of applications and deployments (`/api/v2`, `moorctl`) goes
+through this one service. An application keeps every version of its manifest; a
+deployment binds an application to a machine group; `deploy` cuts an immutable
+release (units with their fleet hash and SHA-256, images pinned to digests) and
+rolls it out batch by batch. Which release each machine runs is stored per machine
+(`deployment_targets`), so during a rollout two batches can run two releases. What
+is stored is the truth: a coordinator restarted mid-rollout picks the rollout up
+where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import msgspec
+
+from coordinator import groups, rollout
+from coordinator.deploystore import DEFAULT_GROUP, Conflict, DeployStore
+from coordinator.hub import Hub, Session
+from coordinator.manifest import Manifest, ManifestError, parse_manifest
+from coordinator.models import (
+    Application,
+    ApplicationVersion,
+    Deployment,
+    DeploymentStatus,
+    Machine,
+    MachineGroup,
+    Release,
+    ReleaseJob,
+    ReleaseUnit,
+)
+from coordinator.storage import Storage
+from coordinator.units import UnitService
+from proto import messages as m
+from proto.messages import DesiredUnit
+from proto.units import UnitOption, backend_for, unit_file_sha256, unit_hash
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+"""How often running rollouts look at what their machines report."""
+SYNC_EVERY_TICKS = 10
+"""Every so many ticks, machines that joined a group get its deployments' releases."""
+IMAGE_RESOLVE_TIMEOUT_S = 120.0
+
+__all__ = ["Conflict", "DeploymentService", "Invalid", "NotFound", "Unavailable"]
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Invalid(ValueError):
+    """The request cannot be carried out as given; the message names the field."""
+
+
+class Unavailable(Exception):
+    """Cannot be done right now (no machine to pin an image with): try again later."""
+
+
+class ImageResolver(Protocol):
+    async def resolve_images(
+        self, machine_id: str, images: list[str], timeout_s: float = ...
+    ) -> m.ImageResolved: ...
+
+
+class DeploymentService:
+    def __init__(
+        self,
+        storage: Storage,
+        store: DeployStore,
+        units: UnitService,
+        hub: Hub,
+        images: ImageResolver | None = None,
+    ) -> None:
+        self.storage = storage
+        self.store = store
+        self.units = units
+        self.hub = hub
+        self.images = images
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._release_units: dict[tuple[str, str], list[DesiredUnit]] = {}
+        self._wake = asyncio.Event()
+        self.on_release_change: list[Callable[[Release], Awaitable[None]]] = []
+        units.desired_sources.append(self.machine_units)
+        hub.on_connect.append(self._on_connect)
+
+    # --- machine groups -------------------------------------------------------------------
+
+    def create_group(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        selector: dict[str, str] | None = None,
+        machines: list[str] | None = None,
+    ) -> tuple[MachineGroup, bool]:
+        """A new group, or the existing one when a retried create repeats it exactly
+        (the bool says whether it was created)."""
+        _check_name(name, "cluster group")
+        existing = self.store.group_by_name(name)
+        group = MachineGroup(
+            id=str(uuid.uuid4()),
+            name=name,
+            description=description,
+            selector=dict(selector or {}),
+            machines=sorted(set(machines or [])),
+            created_at=time.time(),
+            updated_at=time.time(),
+        )
+        if existing is not None:
+            if _same_group(existing, group):
+                return existing, False
+            raise Conflict(f"a cluster group named {name!r} already exists (id {existing.id})")
+        self.store.put_group(group)
+        return group, True
+
+    async def update_group(
+        self,
+        group_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        selector: dict[str, str] | None = None,
+        machines: list[str] | None = None,
+    ) -> MachineGroup:
+        group = self.group(group_id)
+        if group.builtin and (name not in (None, group.name) or selector or machines):
+            raise Invalid(f"the built-in group {group.name!r} always holds every machine")
+        if name is not None:
+            _check_name(name, "cluster group")
+        updated = msgspec.structs.replace(
+            group,
+            name=group.name if name is None else name,
+            description=group.description if description is None else description,
+            selector=group.selector if selector is None else dict(selector),
+            machines=group.machines if machines is None else sorted(set(machines)),
+            updated_at=time.time(),
+        )
+        self.store.put_group(updated)
+        self._wake.set()
+        await self.sync_members()
+        return updated
+
+    def delete_group(self, group_id: str) -> None:
+        group = self.group(group_id)
+        if group.builtin:
+            raise Invalid(f"the built-in group {group.name!r} cannot be deleted")
+        users = self.store.deployments_using(group_id=group_id)
+        if users:
+            raise Conflict(
+                f"cluster group {group.name!r} is used by deployment(s) "
+                + ", ".join(d.name for d in users)
+            )
+        self.store.delete_group(group_id)
+
+    def group(self, group_id: str) -> MachineGroup:
+        group = self.store.get_group(group_id) or self.store.group_by_name(group_id)
+        if group is None:
+            raise NotFound(f"cluster group {group_id!r} does not exist")
+        return group
+
+    def group_members(self, group: MachineGroup) -> list[Machine]:
+        return groups.members(group, self.storage.list_machines())
+
+    # --- applications ---------------------------------------------------------------------
+
+    def create_application(
+        self,
+        name: str,
+        source_config: str,
+        *,
+        description: str = "",
+        source_type: str = "",
+        version: str = "",
+    ) -> tuple[Application, bool]:
+        """A new application with its first version; a retried create that repeats an
+        existing one (same name, same manifest) returns it (False: not created)."""
+        _check_name(name, "application")
+        manifest = _manifest(source_config)
+        existing = self.store.application_by_name(name)
+        if existing is not None:
+            if existing.digest == manifest.digest():
+                return existing, False
+            raise Conflict(
+                f"an application named {name!r} already exists (id {existing.id});"
+                " update it with PUT"
+            )
+        now = time.time()
+        app = Application(
+            id=str(uuid.uuid4()),
+            name=name,
+            description=description,
+            source_type=source_type,
+            created_at=now,
+            updated_at=now,
+        )
+        first = ApplicationVersion(
+            application_id=app.id,
+            number=1,
+            label=version or "1",
+            source_config=source_config,
+            digest=manifest.digest(),
+            created_at=now,
+        )
+        self.store.put_application(app, first)
+        return self.application(app.id), True
+
+    def update_application(
+        self,
+        app_id: str,
+        *,
+        source_config: str | None,
+        name: str | None = None,
+        description: str | None = None,
+        source_type: str | None = None,
+        version: str = "",
+    ) -> Application:
+        """New metadata and, when the manifest's normalised content changed, a new
+        version (an unchanged manifest, comments aside, is not a new version)."""
+        app = self.application(app_id)
+        if name is not None:
+            _check_name(name, "application")
+        now = time.time()
+        new_version = None
+        if source_config is not None:
+            manifest = _manifest(source_config)
+            if manifest.digest() != app.digest:
+                number = app.version_number + 1
+                new_version = ApplicationVersion(
+                    application_id=app.id,
+                    number=number,
+                    label=version or str(number),
+                    source_config=source_config,
+                    digest=manifest.digest(),
+                    created_at=now,
+                )
+        updated = msgspec.structs.replace(
+            app,
+            name=app.name if name is None else name,
+            description=app.description if description is None else description,
+            source_type=app.source_type if source_type is None else source_type,
+            updated_at=now,
+        )
+        self.store.put_application(updated, new_version)
+        return self.application(app_id)
+
+    def delete_application(self, app_id: str) -> None:
+        app = self.application(app_id)
+        users = self.store.deployments_using(application_id=app_id)
+        if users:
+            raise Conflict(
+                f"application {app.name!r} is used by deployment(s) "
+                + ", ".join(d.name for d in users)
+                + "; delete them first"
+            )
+        self.store.delete_application(app_id)
+
+    def application(self, app_id: str) -> Application:
+        app = self.store.get_application(app_id)
+        if app is None:
+            raise NotFound(f"application {app_id!r} does not exist")
+        return app
+
+    # --- deployments ----------------------------------------------------------------------
+
+    def create_deployment(
+        self, name: str, application_id: str, group_id: str, *, application_version: str = ""
+    ) -> tuple[Deployment, bool]:
+        app = self._application_ref(application_id, "applicationId")
+        group = self._group_ref(group_id)
+        name = name or f"{app.name}-{group.name}"
+        _check_name(name, "deployment")
+        self._check_version(app, application_version)
+        existing = self.store.deployment_by_name(name)
+        if existing is not None:
+            same = (
+                existing.application_id == app.id
+                and existing.group_id == group.id
+                and existing.application_version == application_version
+            )
+            if same:
+                return existing, False
+            raise Conflict(
+                f"a deployment named {name!r} already exists (id {existing.id}); update it with PUT"
+            )
+        now = time.time()
+        deployment = Deployment(
+            id=str(uuid.uuid4()),
+            name=name,
+            application_id=app.id,
+            group_id=group.id,
+            application_version=application_version,
+            created_at=now,
+            updated_at=now,
+        )
+        self.store.put_deployment(deployment)
+        return deployment, True
+
+    def update_deployment(
+        self,
+        deployment_id: str,
+        *,
+        name: str | None = None,
+        application_id: str | None = None,
+        group_id: str | None = None,
+        application_version: str | None = None,
+    ) -> Deployment:
+        """Change what a deployment deploys where; it takes effect at the next deploy
+        (a running rollout is never changed under its feet)."""
+        d = self.deployment(deployment_id)
+        app = self._application_ref(application_id or d.application_id, "applicationId")
+        group = self._group_ref(group_id or d.group_id)
+        version = d.application_version if application_version is None else application_version
+        self._check_version(app, version)
+        if name is not None:
+            _check_name(name, "deployment")
+            if name != d.name and (d.current_release or self.store.targets(d.id)):
+                raise Conflict(
+                    f"deployment {d.name!r} has been deployed; its name is on its machines"
+                    " (sticker files) and cannot change"
+                )
+        if group.id != d.group_id and d.status == "Running":
+            raise Conflict(f"deployment {d.name!r} has a release running")
+        updated = msgspec.structs.replace(
+            d,
+            name=d.name if name is None else name,
+            application_id=app.id,
+            group_id=group.id,
+            application_version=version,
+            updated_at=time.time(),
+        )
+        self.store.put_deployment(updated)
+        return updated
+
+    async def delete_deployment(self, deployment_id: str) -> None:
+        """Remove a deployment and its units from every machine (409 while it rolls out)."""
+        d = self.deployment(deployment_id)
+        async with self._lock(d.id):
+            if self.deployment(d.id).status == "Running":
+                raise Conflict(f"deployment {d.name!r} has a release running; wait for it")
+            affected = self.store.delete_deployment(d.id) or set()
+        await self.units.push(affected)
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        d = self.store.get_deployment(deployment_id)
+        if d is None:
+            raise NotFound(f"deployment {deployment_id!r} does not exist")
+        return d
+
+    def releases(self, deployment_id: str) -> list[Release]:
+        return self.store.list_releases(self.deployment(deployment_id).id)
+
+    def release(self, release_id: str) -> Release:
+        r = self.store.get_release(release_id)
+        if r is None:
+            raise NotFound(f"deployment release {release_id!r} does not exist")
+        return r
+
+    def jobs(self, release_id: str) -> list[ReleaseJob]:
+        return self.store.jobs(self.release(release_id).id)
+
+    def _application_ref(self, ref: str, field: str) -> Application:
+        app = self.store.get_application(ref) or self.store.application_by_name(ref)
+        if app is None:
+            raise Invalid(f"{field}: application {ref!r} does not exist")
+        return app
+
+    def _group_ref(self, ref: str) -> MachineGroup:
+        group = self.store.get_group(ref) or self.store.group_by_name(ref or DEFAULT_GROUP)
+        if group is None:
+            raise Invalid(f"clusterGroupId: cluster group {ref!r} does not exist")
+        return group
+
+    def _check_version(self, app: Application, label: str) -> None:
+        if label and label != "latest" and self.store.version(app.id, label) is None:
+            known = ", ".join(v.label for v in self.store.versions(app.id))
+            raise Invalid(
+                f"applicationVersion: application {app.name!r} has no version {label!r}"
+                f" (it has {known})"
+            )
+
+    # --- deploy -----------------------------------------------------------------------------
+
+    async def deploy(self, deployment_id: str) -> Release:
+        """Cut a release of the deployment's application version and start rolling it
+        out; Conflict while another release of the same deployment runs."""
+        d = self.deployment(deployment_id)
+        async with self._lock(d.id):
+            d = self.deployment(d.id)
+            if d.status == "Running":
+                raise Conflict(f"deployment {d.name!r} already has a release running")
+            app = self.application(d.application_id)
+            label = d.application_version
+            version = (
+                self.store.version(app.id, label)
+                if label and label != "latest"
+                else self.store.version(app.id, app.version)
+            )
+            if version is None:
+                raise Invalid(f"application {app.name!r} has no version {label!r}")
+            manifest = _manifest(version.source_config)
+            group = self._group_ref(d.group_id)
+            members = [mach for mach in self.group_members(group) if mach.state != "lost"]
+            units = await self._pin(manifest, members)
+            self._check_overlap(d, units, [mach.id for mach in members])
+            now = time.time()
+            size = rollout.batch_size(
+                len(members), manifest.rollout.batch_size, manifest.rollout.max_unavailable
+            )
+            batches = rollout.plan_batches([mach.id for mach in members], size)
+            release = Release(
+                id=str(uuid.uuid4()),
+                deployment_id=d.id,
+                seq=self.store.next_release_seq(d.id),
+                application_id=app.id,
+                version=version.label,
+                version_number=version.number,
+                units=units,
+                batch_size=size,
+                min_healthy_s=manifest.rollout.min_healthy_s,
+                timeout_s=manifest.rollout.timeout_s,
+                rollback_on_failure=manifest.rollout.rollback_on_failure,
+                drift_policy=manifest.drift_policy,
+                previous_release=d.current_release,
+                status="Running",
+                batches=len(batches),
+                created_at=now,
+                updated_at=now,
+            )
+            jobs = [
+                ReleaseJob(id=str(uuid.uuid4()), release_id=release.id, machine_id=mid, batch=i)
+                for i, batch in enumerate(batches)
+                for mid in batch
+            ]
+            self.store.create_release(release, jobs)
+            log.info(
+                "deployment %s: release %s (version %s) to %d machine(s) in %d batch(es)",
+                d.name,
+                release.id,
+                release.version,
+                len(members),
+                len(batches),
+            )
+            await self._advance(self.release(release.id), self.store.jobs(release.id))
+        self._wake.set()
+        return self.release(release.id)
+
+    async def _pin(self, manifest: Manifest, members: list[Machine]) -> list[ReleaseUnit]:
+        """The release's units: every container image pinned to a digest, asked of a
+        connected Docker machine of the group (which pulls what it lacks)."""
+        from proto.container import parse_container
+
+        images: dict[str, str] = {}
+        for unit in manifest.units:
+            if backend_for(unit.name) == "docker":
+                images[unit.name] = parse_container(unit.options).image
+        pins: dict[str, tuple[str, str]] = {}
+        to_resolve = sorted({ref for ref in images.values() if "@sha256:" not in ref})
+        for ref in images.values():
+            if "@sha256:" in ref:
+                pins[ref] = (ref, "sha256:" + ref.rpartition("@sha256:")[2])
+        if to_resolve:
+            pins.update(await self._resolve(to_resolve, members))
+        out = []
+        for unit in manifest.units:
+            options = unit.options
+            digest = ""
+            if unit.name in images:
+                reference, digest = pins[images[unit.name]]
+                options = [
+                    UnitOption(o.section, o.name, reference)
+                    if o.section == "Container" and o.name == "Image"
+                    else o
+                    for o in options
+                ]
+            out.append(
+                ReleaseUnit(
+                    name=unit.name,
+                    options=options,
+                    hash=unit_hash(options),
+                    sha256=unit_file_sha256(options),
+                    image=images.get(unit.name, ""),
+                    image_digest=digest,
+                )
+            )
+        return out
+
+    async def _resolve(self, refs: list[str], members: list[Machine]) -> dict[str, tuple[str, str]]:
+        candidates = [
+            mach.id
+            for mach in members
+            if mach.id in self.hub.sessions and "docker" in mach.capabilities
+        ]
+        if not candidates or self.images is None:
+            raise Unavailable(
+                f"cannot pin image(s) {', '.join(refs)} to a digest: no machine of the group"
+                " with Docker is connected"
+            )
+        answer = await self.images.resolve_images(
+            candidates[0], refs, timeout_s=IMAGE_RESOLVE_TIMEOUT_S
+        )
+        if answer.errors:
+            raise Invalid(
+                "cannot pin image(s): "
+                + "; ".join(f"{ref}: {why}" for ref, why in sorted(answer.errors.items()))
+            )
+        out: dict[str, tuple[str, str]] = {}
+        for ref in refs:
+            digest = answer.digests.get(ref, "")
+            reference = answer.references.get(ref, "") or digest
+            if not digest:
+                raise Invalid(f"cannot pin image {ref}: machine {candidates[0]} did not say")
+            out[ref] = (reference, digest)
+        return out
+
+    def _check_overlap(
+        self, d: Deployment, units: list[ReleaseUnit], machine_ids: list[str]
+    ) -> None:
+        """A unit name is one unit per machine: refuse to put a release's unit where a
+        fleet unit or another deployment's unit of that name already is."""
+        names = {u.name for u in units}
+        for mid in machine_ids:
+            for unit in self.storage.list_units(machine_id=mid):
+                if unit.name in names:
+                    raise Conflict(
+                        f"unit {unit.name} is already on machine {mid} as a fleet unit;"
+                        " rename it in the manifest or destroy the fleet unit"
+                    )
+            for dep_name, release_id in self.store.machine_targets(mid):
+                if dep_name == d.name:
+                    continue
+                other = self.store.get_release(release_id)
+                clash = names & {u.name for u in other.units} if other else set()
+                if clash:
+                    raise Conflict(
+                        f"unit {sorted(clash)[0]} is already on machine {mid} from"
+                        f" deployment {dep_name!r}"
+                    )
+
+    # --- rollouts -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive every running rollout (also those a restart interrupted)."""
+        ticks = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
+            try:
+                await self.tick(time.time())
+                ticks += 1
+                if ticks % SYNC_EVERY_TICKS == 0:
+                    await self.sync_members()
+            except Exception:
+                log.exception("rollout step failed")
+
+    async def tick(self, now: float) -> None:
+        self.hub.buffer.flush()  # judge by the newest reports
+        for release in self.store.releases_with_status("Running"):
+            async with self._lock(release.deployment_id):
+                current = self.store.get_release(release.id)
+                if current is None or current.status != "Running":
+                    continue
+                jobs = self.store.jobs(current.id)
+                evaluated = [self._evaluate(current, j, now) for j in jobs]
+                changed = [j for j, old in zip(evaluated, jobs, strict=True) if j != old]
+                if changed:
+                    self.store.update_jobs(changed)
+                await self._advance(current, evaluated)
+
+    def _evaluate(self, release: Release, job: ReleaseJob, now: float) -> ReleaseJob:
+        if job.status != "Running":
+            return job
+        states = {s.name: s for s in self.storage.unit_states(machine_id=job.machine_id)}
+        machine = self.storage.get_machine(job.machine_id)
+        if machine is None or machine.revoked:
+            return msgspec.structs.replace(
+                job, status="Failed", message="machine was revoked", finished_at=now
+            )
+        return rollout.evaluate_job(job, release, states, now)
+
+    async def _advance(self, release: Release, jobs: list[ReleaseJob]) -> None:
+        """Start the current batch if it has not started, or take the next step."""
+        now = time.time()
+        current = [j for j in jobs if j.batch == release.batch]
+        if current and all(j.status == "Created" for j in current):
+            await self._start_batch(release, current, now)
+            return
+        step = rollout.next_step(release, jobs)
+        if step == "advance":
+            self.store.update_release(
+                release.id, status="Running", batch=release.batch + 1, message="", now=now
+            )
+            nxt = self.release(release.id)
+            await self._start_batch(nxt, [j for j in jobs if j.batch == nxt.batch], now)
+        elif step == "succeed":
+            await self._finish(release, "Success", "", now)
+        elif step == "fail":
+            failed = [j for j in jobs if j.batch == release.batch and j.status == "Failed"]
+            why = "; ".join(f"{j.machine_id}: {j.message}" for j in failed)
+            await self._finish(release, "Failed", f"batch {release.batch + 1} failed: {why}", now)
+
+    async def _start_batch(self, release: Release, batch: list[ReleaseJob], now: float) -> None:
+        machine_ids = [j.machine_id for j in batch]
+        self.store.set_job_status(release.id, machine_ids, "Running", now)
+        affected = self.store.set_targets(
+            release.deployment_id, {mid: release.id for mid in machine_ids}
+        )
+        self.store.update_release(
+            release.id,
+            status="Running",
+            batch=release.batch,
+            message=f"batch {release.batch + 1} of {release.batches}",
+            now=now,
+        )
+        await self.units.push(affected)
+        await self._notify(release.id)
+
+    async def _finish(self, release: Release, status: str, message: str, now: float) -> None:
+        d = self.deployment(release.deployment_id)
+        rolled_back = False
+        if status == "Failed" and release.rollback_on_failure:
+            started = {j.machine_id for j in self.store.jobs(release.id) if j.status != "Created"}
+            back: dict[str, str | None] = {
+                mid: (release.previous_release or None) for mid in started
+            }
+            affected = self.store.set_targets(d.id, back)
+            await self.units.push(affected)
+            rolled_back = True
+            message += (
+                f"; rolled back to release {release.previous_release}"
+                if release.previous_release
+                else "; rolled back (removed from the machines: no earlier release)"
+            )
+        if status == "Success" and release.batches == 0:
+            message = "the cluster group has no machines; new members will get this release"
+        final: DeploymentStatus = "Success" if status == "Success" else "Failed"
+        self.store.update_release(
+            release.id,
+            status=final,
+            batch=release.batch,
+            message=message,
+            now=now,
+            finished=True,
+            rolled_back=rolled_back,
+        )
+        self.store.set_deployment_status(
+            d.id, final, now, current_release=release.id if final == "Success" else None
+        )
+        log.info("deployment %s: release %s %s %s", d.name, release.id, final, message)
+        await self._notify(release.id)
+
+    async def _notify(self, release_id: str) -> None:
+        release = self.release(release_id)
+        for hook in self.on_release_change:
+            try:
+                await hook(release)
+            except Exception:
+                log.exception("release hook failed")
+
+    # --- group membership --------------------------------------------------------------------
+
+    async def sync_members(self) -> None:
+        """Machines that joined a group get the deployment's current release; machines
+        that left it (or were revoked) lose its units. Running rollouts are left alone."""
+        machines = self.storage.list_machines(include_revoked=True)
+        affected: set[str] = set()
+        for d in self.store.list_deployments():
+            if d.status == "Running" or not d.current_release:
+                continue
+            group = self.store.get_group(d.group_id)
+            if group is None:
+                continue
+            wanted = {mach.id for mach in groups.members(group, machines)}
+            targets = self.store.targets(d.id)
+            changes: dict[str, str | None] = {
+                mid: d.current_release for mid in wanted if mid not in targets
+            }
+            changes.update({mid: None for mid in targets if mid not in wanted})
+            if changes:
+                affected |= self.store.set_targets(d.id, changes)
+        if affected:
+            log.info("group membership changed the deployments of %d machine(s)", len(affected))
+            await self.units.push(affected)
+
+    async def _on_connect(self, session: Session) -> None:
+        self._wake.set()
+
+    # --- what machines run ---------------------------------------------------------------------
+
+    def machine_units(self, machine_id: str) -> dict[str, DesiredUnit]:
+        """The units of every release a machine is pointed at (a source of UnitService)."""
+        out: dict[str, DesiredUnit] = {}
+        for dep_name, release_id in self.store.machine_targets(machine_id):
+            for unit in self._desired_units(dep_name, release_id):
+                out.setdefault(unit.name, unit)
+        return out
+
+    def _desired_units(self, deployment: str, release_id: str) -> list[DesiredUnit]:
+        """Releases are immutable, so their desired units are built once."""
+        key = (deployment, release_id)
+        cached = self._release_units.get(key)
+        if cached is None:
+            release = self.store.get_release(release_id)
+            if release is None:
+                return []
+            labels = {
+                m.LABEL_DEPLOYMENT: deployment,
+                m.LABEL_RELEASE: release.id,
+                m.LABEL_VERSION: release.version,
+                m.LABEL_DRIFT: release.drift_policy,
+            }
+            cached = self._release_units[key] = [
+                DesiredUnit(
+                    name=u.name,
+                    options=list(u.options),
+                    desired_state="launched",
+                    hash=u.hash,
+                    labels=labels,
+                    image_digest=u.image_digest,
+                )
+                for u in release.units
+            ]
+        return cached
+
+    def _lock(self, deployment_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(deployment_id, asyncio.Lock())
+
+
+def _check_name(name: str, what: str) -> None:
+    problem = groups.name_problem(name, what)
+    if problem:
+        raise Invalid(problem)
+
+
+def _manifest(source_config: str) -> Manifest:
+    try:
+        return parse_manifest(source_config)
+    except ManifestError as exc:
+        raise Invalid(f"sourceConfig: {exc}") from None
+
+
+def _same_group(a: MachineGroup, b: MachineGroup) -> bool:
+    return (a.description, a.selector, sorted(a.machines)) == (
+        b.description,
+        b.selector,
+        sorted(b.machines),
+    )

@@ -1,0 +1,126 @@
+"""Several real machines for end-to-end tests: a coordinator and agents on real systemd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.harness.systemd import UserSystemd
+from tests.procs import AgentProc, CoordinatorProc, wait_for
+
+
+class Fleet:
+    """A real coordinator and one real agent per machine id, each agent on its own real
+    systemd manager; `close` stops everything it started, also after a failed start."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        machines: Sequence[str],
+        *,
+        metadata: Callable[[int], dict[str, str]] = lambda i: {},
+        lost_after: float = 5.0,
+    ) -> None:
+        self.tmp = tmp
+        self.machines = tuple(machines)
+        self.systemds: dict[str, UserSystemd] = {}
+        self.agents: dict[str, AgentProc] = {}
+        self.coordinator = CoordinatorProc(tmp / "coordinator", **{"lost-after": lost_after})
+        self.workdir = tmp / "units"
+        self.workdir.mkdir()
+        try:
+            self._start(metadata)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, metadata: Callable[[int], dict[str, str]]) -> None:
+        self.coordinator.start()
+        for i, mid in enumerate(self.machines):
+            sd = UserSystemd()
+            self.systemds[mid] = sd
+            sd.start()
+            meta = [f"--metadata={k}={v}" for k, v in metadata(i).items()]
+            agent = AgentProc(
+                self.tmp,
+                mid,
+                self.coordinator,
+                extra=[
+                    "--systemd-scope",
+                    "user",
+                    "--unit-dir",
+                    str(sd.unit_dir),
+                    "--journal-dir",
+                    str(sd.journal_dir),
+                    *meta,
+                ],
+                env={
+                    k: sd.env[k]
+                    for k in (
+                        "XDG_RUNTIME_DIR",
+                        "HOME",
+                        "XDG_CONFIG_HOME",
+                        "DBUS_SESSION_BUS_ADDRESS",
+                    )
+                },
+            )
+            self.agents[mid] = agent
+            result = agent.enroll(self.coordinator.join_token())
+            assert result.returncode == 0, result.stderr
+            agent.start()
+        wait_for(
+            lambda: self.coordinator.connected() == set(self.machines),
+            timeout=30,
+            what=f"{len(self.machines)} agents",
+        )
+
+    def moorctl(
+        self, *args: str, check: bool = True, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        p = self.coordinator.paths
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "coordinator.moorctl",
+                "--endpoint",
+                self.coordinator.endpoint,
+                "--ca-file",
+                p.ca_cert,
+                "--cert-file",
+                p.admin_cert,
+                "--key-file",
+                p.admin_key,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.workdir,
+        )
+        if check:
+            assert out.returncode == 0, (
+                f"moorctl {args}: {out.returncode}\n{out.stdout}\n{out.stderr}"
+            )
+        return out
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.moorctl("--json", *args).stdout)
+
+    def active_on(self, unit: str) -> set[str]:
+        return {
+            mid
+            for mid, sd in self.systemds.items()
+            if sd.unit_property(unit, "ActiveState") == "active"
+        }
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+        self.coordinator.stop()
+        for sd in self.systemds.values():
+            sd.stop()

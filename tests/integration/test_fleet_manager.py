@@ -1,0 +1,351 @@
+"""The GitOps Fleet Manager API (/api/v2) against a real coordinator and real agents on
+real systemd: the seed document's workflow, 409s, paging, and a rolling rollout over
+four machines in which one machine's unit fails."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.manifest import parse_manifest
+from proto.units import unit_file_sha256, unit_hash
+from tests.fleetrig import Fleet
+from tests.harness.systemd import systemd_available
+from tests.procs import wait_for
+
+pytestmark = pytest.mark.integration
+
+MANIFEST = """\
+# GitOps managed: https://example.invalid/repo (comments are kept byte for byte)
+units:
+  - name: web.service
+    contents: |
+      [Service]
+      ExecStart=/bin/sh -c 'while true; do echo {word}; sleep 1; done'
+rollout:
+  batch_size: 2
+  min_healthy_s: 1
+  timeout_s: 60
+"""
+
+FAILS_ON_MARKED = """\
+units:
+  - name: web.service
+    contents: |
+      [Service]
+      ExecStart=/bin/sh -c 'test -e %h/fail-v2 && exit 3; while true; do echo v2; sleep 1; done'
+rollout:
+  batch_size: 2
+  min_healthy_s: 1
+  timeout_s: 60
+"""
+
+
+class FleetManager:
+    """A GitOps client: an API key, JSON in and out, status codes kept."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.coordinator = fleet.coordinator
+        self.key = str(
+            self.coordinator.api("POST", "/moorage/v1/api-tokens", {"name": "gitops"})["token"]
+        )
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, header: str = "api-key"
+    ) -> tuple[int, Any]:
+        headers = {"accept": "application/json"}
+        if header == "api-key":
+            headers["api-key"] = self.key
+        else:
+            headers["Authorization"] = f"Bearer {self.key}"
+        data = None
+        if body is not None:
+            headers["content-type"] = "application/json"
+            data = json.dumps(body).encode()
+        status, raw = self.coordinator.raw(
+            method, "/api/v2" + path, headers=headers, data=data, cert=False
+        )
+        return status, (json.loads(raw) if raw else None)
+
+    def ok(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        status, value = self.call(method, path, body)
+        assert status == expect, (method, path, status, value)
+        return value
+
+    def all_items(self, path: str) -> list[Any]:
+        """Follow `next` like the GitOps scripts do."""
+        items: list[Any] = []
+        url: str | None = path
+        while url:
+            page = self.ok("GET", url)
+            items.extend(page["items"])
+            nxt = page.get("next")
+            url = nxt.split("/api/v2", 1)[1] if nxt else None
+        return items
+
+    def default_group(self) -> dict[str, Any]:
+        groups = self.ok("GET", "/cluster-groups?limit=200")["items"]
+        return next(g for g in groups if g["name"] == "default")
+
+    def wait_release(self, deployment_id: str, status: str, timeout: float = 60) -> Any:
+        def done() -> Any:
+            releases = self.ok("GET", f"/deployments/{deployment_id}/releases")
+            return releases if releases and releases[-1]["status"] == status else None
+
+        return wait_for(done, timeout, interval=0.2, what=f"release {status}")
+
+
+def _fleet(tmp: Path, machines: tuple[str, ...]) -> Iterator[Fleet]:
+    reason = systemd_available()
+    if reason:
+        pytest.skip(reason)
+    f = Fleet(tmp, machines)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture
+def one(tmp_path: Path) -> Iterator[Fleet]:
+    yield from _fleet(tmp_path, ("m1",))
+
+
+@pytest.fixture
+def four(tmp_path: Path) -> Iterator[Fleet]:
+    yield from _fleet(tmp_path, ("m1", "m2", "m3", "m4"))
+
+
+def test_seed_workflow_and_concurrent_deploy(one: Fleet) -> None:
+    fm = FleetManager(one)
+    # 1. health check, with both ways of presenting the key
+    clusters = fm.ok("GET", "/clusters")
+    assert clusters["next"] is None
+    assert [(c["id"], c["health"]) for c in clusters["items"]] == [("m1", "healthy")]
+    assert fm.call("GET", "/clusters", header="bearer")[0] == 200
+    status, body = one.coordinator.raw("GET", "/api/v2/clusters", cert=False)
+    assert status == 401 and body and json.loads(body)["success"] is False
+
+    # 2-3. list, create, update applications
+    assert fm.ok("GET", "/deployment-applications?limit=50") == {"items": [], "next": None}
+    text = MANIFEST.format(word="web-v1")
+    create = {
+        "name": "web",
+        "version": "1",
+        "sourceConfig": text,
+        "sourceType": "gitops",
+        "description": "GitOps managed via https://example.invalid/repo",
+    }
+    app = fm.ok("POST", "/deployment-applications", create, expect=201)
+    assert app["sourceConfig"] == text and app["version"] == "1" and app["id"]
+    again = fm.ok("POST", "/deployment-applications", create, expect=201)
+    assert again["id"] == app["id"]  # a retried create makes no second application
+    assert len(fm.all_items("/deployment-applications")) == 1
+    comment_only = text.replace("# GitOps", "# (reworded) GitOps")
+    same = fm.ok(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {**create, "version": "", "sourceConfig": comment_only},
+    )
+    assert same["version"] == "1" and same["sourceConfig"] == text
+    status, err = fm.call(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {**create, "sourceConfig": "units:\n  - name: web.service\n    contents: 3\n"},
+    )
+    assert status == 400 and "line 3" in err["message"] and "units[0]" in err["message"]
+    assert fm.ok("GET", f"/deployment-applications/{app['id']}")["version"] == "1"
+
+    # 4. cluster groups; 5-6. create and update the deployment
+    group = fm.default_group()
+    assert group["members"] == ["m1"]
+    assert fm.ok("GET", "/deployments?limit=50")["items"] == []
+    deployment_body = {
+        "name": f"web-{group['name']}",
+        "applicationId": app["id"],
+        "targetGroup": group["id"],
+        "applications": [{"id": app["id"], "name": "web", "version": "1", "strategy": "manual"}],
+    }
+    dep = fm.ok("POST", "/deployments", deployment_body, expect=201)
+    assert (dep["name"], dep["status"], dep["clusterGroupId"]) == (
+        "web-default",
+        "Created",
+        group["id"],
+    )
+    assert dep["applications"] == [app["id"]]
+    assert fm.ok("POST", "/deployments", deployment_body, expect=201)["id"] == dep["id"]
+    dep = fm.ok("PUT", f"/deployments/{dep['id']}", deployment_body)
+    assert fm.ok("GET", f"/deployments/{dep['id']}")["applicationId"] == app["id"]
+
+    # 7. deploy; a second deploy while the first runs is a 409
+    release = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    assert release["status"] == "Running"
+    status, err = fm.call("POST", f"/deployments/{dep['id']}/deploy")
+    assert status == 409 and "already has a release running" in err["message"]
+    assert fm.call("DELETE", f"/deployments/{dep['id']}")[0] == 409
+    assert fm.call("DELETE", f"/deployment-applications/{app['id']}")[0] == 409
+
+    # 8. releases: an array, oldest first, the latest last
+    releases = fm.wait_release(dep["id"], "Success")
+    assert [r["id"] for r in releases] == [release["id"]]
+    options = parse_manifest(text).units[0].options
+    (unit,) = releases[-1]["units"]
+    assert unit == {
+        "name": "web.service",
+        "hash": unit_hash(options),
+        "sha256": unit_file_sha256(options),
+    }
+    jobs = fm.ok("GET", f"/deployment-releases/{release['id']}/jobs")
+    assert [(j["clusterId"], j["status"]) for j in jobs] == [("m1", "Success")]
+    assert one.active_on("web.service") == {"m1"}
+    assert fm.ok("GET", f"/deployments/{dep['id']}")["status"] == "Success"
+
+    # a new version, then deploy it
+    v2 = fm.ok(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {**create, "version": "", "sourceConfig": MANIFEST.format(word="web-v2")},
+    )
+    assert v2["version"] == "2" and v2["versions"] == ["1", "2"]
+    fm.ok(
+        "PUT",
+        f"/deployments/{dep['id']}",
+        {**deployment_body, "applications": [{"id": app["id"], "version": "2"}]},
+    )
+    fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    releases = fm.wait_release(dep["id"], "Success")
+    assert [r["applicationVersion"] for r in releases] == ["1", "2"]
+    assert "web-v2" in (one.systemds["m1"].unit_dir / "web.service").read_text()
+
+    # deleting removes its units from the machine
+    assert fm.call("DELETE", f"/deployments/{dep['id']}")[0] == 204
+    wait_for(
+        lambda: not (one.systemds["m1"].unit_dir / "web.service").exists(), what="unit removed"
+    )
+    assert fm.call("GET", f"/deployments/{dep['id']}")[0] == 404
+    assert fm.call("DELETE", f"/deployment-applications/{app['id']}")[0] == 204
+
+
+def test_bad_input_and_paging(one: Fleet) -> None:
+    fm = FleetManager(one)
+    status, err = fm.call("POST", "/deployment-applications", {"name": "x"})
+    assert (
+        status == 400
+        and "sourceConfig" in err["message"]
+        and err["error"]["code"] == "VALIDATION_ERROR"
+    )
+    status, _ = one.coordinator.raw(
+        "POST",
+        "/api/v2/deployment-applications",
+        headers={"api-key": fm.key, "content-type": "text/plain"},
+        data=b"name: x",
+        cert=False,
+    )
+    assert status == 415
+    assert fm.call("GET", "/deployments/nope")[0] == 404
+    assert fm.call("POST", "/deployments/nope/deploy")[0] == 404
+    status, err = fm.call(
+        "POST", "/deployments", {"applicationId": "nope", "clusterGroupId": "default"}
+    )
+    assert status == 400 and "applicationId" in err["message"]
+    assert fm.call("GET", "/clusters?limit=zero")[0] == 400
+    assert fm.call("GET", "/clusters?cursor=@@@")[0] == 400
+
+    for i in range(5):
+        fm.ok(
+            "POST",
+            "/cluster-groups",
+            {"name": f"rack-{i}", "selector": {"rack": str(i)}},
+            expect=201,
+        )
+    status, err = fm.call("POST", "/cluster-groups", {"name": "rack-0", "selector": {"rack": "9"}})
+    assert status == 409 and "rack-0" in err["message"]
+    first = fm.ok("GET", "/cluster-groups?limit=2")
+    assert len(first["items"]) == 2 and first["next"].startswith("https://127.0.0.1:")
+    names = [g["name"] for g in fm.all_items("/cluster-groups?limit=2")]
+    assert names == ["default", "rack-0", "rack-1", "rack-2", "rack-3", "rack-4"]
+    assert len(fm.ok("GET", "/cluster-groups?limit=1000")["items"]) == 6  # capped at 200
+    default = fm.default_group()
+    assert fm.call("DELETE", f"/cluster-groups/{default['id']}")[0] == 400
+    rack = next(g for g in fm.all_items("/cluster-groups") if g["name"] == "rack-0")
+    assert fm.ok("PUT", f"/cluster-groups/{rack['id']}", {"clusterIds": ["m1"]})["members"] == [
+        "m1"
+    ]
+    assert fm.call("DELETE", f"/cluster-groups/{rack['id']}")[0] == 204
+
+
+def test_rollout_stops_after_a_failed_batch(four: Fleet) -> None:
+    """Batches of two over four machines; m2's unit fails with v2: the rollout stops
+    after the first batch and m3, m4 keep v1."""
+    fm = FleetManager(four)
+    app = fm.ok(
+        "POST",
+        "/deployment-applications",
+        {"name": "web", "sourceConfig": MANIFEST.format(word="v1"), "sourceType": "gitops"},
+        expect=201,
+    )
+    group = fm.default_group()
+    dep = fm.ok(
+        "POST",
+        "/deployments",
+        {"applicationId": app["id"], "clusterGroupId": group["id"]},
+        expect=201,
+    )
+    assert dep["name"] == "web-default"
+    v1 = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    assert (v1["batches"], v1["batchSize"]) == (2, 2)
+    fm.wait_release(dep["id"], "Success")
+    assert four.active_on("web.service") == {"m1", "m2", "m3", "m4"}
+    v1_text = (four.systemds["m3"].unit_dir / "web.service").read_text()
+
+    (Path(four.systemds["m2"].env["HOME"]) / "fail-v2").touch()
+    fm.ok(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {"name": "web", "sourceConfig": FAILS_ON_MARKED},
+    )
+    started = time.monotonic()
+    v2 = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    releases = fm.wait_release(dep["id"], "Failed")
+    assert time.monotonic() - started < 30
+    latest = releases[-1]
+    assert (
+        latest["id"] == v2["id"]
+        and "m2" in latest["message"]
+        and "web.service failed" in latest["message"]
+    )
+    assert latest["progress"] == {
+        "total": 4,
+        "pending": 2,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 1,
+    }
+    jobs = {j["clusterId"]: j for j in fm.ok("GET", f"/deployment-releases/{v2['id']}/jobs")}
+    assert {k: (j["batch"], j["status"]) for k, j in jobs.items()} == {
+        "m1": (1, "Success"),
+        "m2": (1, "Failed"),
+        "m3": (2, "Created"),
+        "m4": (2, "Created"),
+    }
+    assert fm.ok("GET", f"/deployments/{dep['id']}")["status"] == "Failed"
+    # the other batch keeps the old release, untouched
+    for mid in ("m3", "m4"):
+        assert (four.systemds[mid].unit_dir / "web.service").read_text() == v1_text
+    assert four.active_on("web.service") == {"m1", "m3", "m4"}
+    assert "v2" in (four.systemds["m1"].unit_dir / "web.service").read_text()
+    # the deployment is free again: a fixed version goes out everywhere
+    (Path(four.systemds["m2"].env["HOME"]) / "fail-v2").unlink()
+    fm.ok(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {"name": "web", "sourceConfig": MANIFEST.format(word="v3")},
+    )
+    fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    fm.wait_release(dep["id"], "Success")
+    assert four.active_on("web.service") == {"m1", "m2", "m3", "m4"}
