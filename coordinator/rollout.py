@@ -22,11 +22,11 @@ Step = Literal["wait", "advance", "succeed", "fail"]
 
 def batch_size(total: int, size: int | str, max_unavailable: int | None) -> int:
     """Machines per batch: a number or a percentage of `total`, capped by
-    `max_unavailable`; at least one."""
+    `max_unavailable` and by `total`; at least one."""
     n = math.ceil(total * int(size.rstrip("%")) / 100) if isinstance(size, str) else size
     if max_unavailable is not None:
         n = min(n, max_unavailable)
-    return max(1, n)
+    return max(1, min(n, total))
 
 
 def plan_batches(machine_ids: Sequence[str], size: int) -> list[list[str]]:
