@@ -41,42 +41,52 @@ class Fleet:
     def _start(self, metadata: Callable[[int], dict[str, str]]) -> None:
         self.coordinator.start()
         for i, mid in enumerate(self.machines):
-            sd = UserSystemd()
-            self.systemds[mid] = sd
-            sd.start()
-            meta = [f"--metadata={k}={v}" for k, v in metadata(i).items()]
-            agent = AgentProc(
-                self.tmp,
-                mid,
-                self.coordinator,
-                extra=[
-                    "--systemd-scope",
-                    "user",
-                    "--unit-dir",
-                    str(sd.unit_dir),
-                    "--journal-dir",
-                    str(sd.journal_dir),
-                    *meta,
-                ],
-                env={
-                    k: sd.env[k]
-                    for k in (
-                        "XDG_RUNTIME_DIR",
-                        "HOME",
-                        "XDG_CONFIG_HOME",
-                        "DBUS_SESSION_BUS_ADDRESS",
-                    )
-                },
-            )
-            self.agents[mid] = agent
-            result = agent.enroll(self.coordinator.join_token())
-            assert result.returncode == 0, result.stderr
-            agent.start()
+            self._add(mid, metadata(i))
         wait_for(
             lambda: self.coordinator.connected() == set(self.machines),
             timeout=30,
             what=f"{len(self.machines)} agents",
         )
+
+    def add_machine(self, mid: str, metadata: dict[str, str] | None = None) -> None:
+        """Another machine joins the running fleet (connected when this returns)."""
+        self._add(mid, metadata or {})
+        self.machines = (*self.machines, mid)
+        wait_for(lambda: mid in self.coordinator.connected(), timeout=30, what=f"{mid} connected")
+
+    def _add(self, mid: str, metadata: dict[str, str]) -> None:
+        """Start a systemd manager and an agent for `mid`, enrolled with a join token."""
+        sd = UserSystemd()
+        self.systemds[mid] = sd
+        sd.start()
+        meta = [f"--metadata={k}={v}" for k, v in metadata.items()]
+        agent = AgentProc(
+            self.tmp,
+            mid,
+            self.coordinator,
+            extra=[
+                "--systemd-scope",
+                "user",
+                "--unit-dir",
+                str(sd.unit_dir),
+                "--journal-dir",
+                str(sd.journal_dir),
+                *meta,
+            ],
+            env={
+                k: sd.env[k]
+                for k in (
+                    "XDG_RUNTIME_DIR",
+                    "HOME",
+                    "XDG_CONFIG_HOME",
+                    "DBUS_SESSION_BUS_ADDRESS",
+                )
+            },
+        )
+        self.agents[mid] = agent
+        result = agent.enroll(self.coordinator.join_token())
+        assert result.returncode == 0, result.stderr
+        agent.start()
 
     def moorctl(
         self, *args: str, check: bool = True, timeout: float = 90

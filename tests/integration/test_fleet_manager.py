@@ -349,3 +349,76 @@ def test_rollout_stops_after_a_failed_batch(four: Fleet) -> None:
     fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
     fm.wait_release(dep["id"], "Success")
     assert four.active_on("web.service") == {"m1", "m2", "m3", "m4"}
+
+
+ROLLBACK = """\
+units:
+  - name: web.service
+    contents: |
+      [Service]
+      ExecStart=/bin/sh -c 'test -e %h/fail-{word} && exit 3; while true; do echo {word}; sleep 1; done'
+rollout:
+  batch_size: 1
+  min_healthy_s: {healthy}
+  timeout_s: 60
+  rollback_on_failure: true
+"""
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[Fleet]:
+    yield from _fleet(tmp_path, ("m1", "m2"))
+
+
+def test_rollback_restart_and_new_members(two: Fleet) -> None:
+    fm = FleetManager(two)
+    unit_file = {mid: sd.unit_dir / "web.service" for mid, sd in two.systemds.items()}
+    app = fm.ok(
+        "POST",
+        "/deployment-applications",
+        {"name": "web", "sourceConfig": ROLLBACK.format(word="v1", healthy=1)},
+        expect=201,
+    )
+    dep = fm.ok(
+        "POST", "/deployments", {"applicationId": app["id"], "targetGroup": "default"}, expect=201
+    )
+    v1 = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    fm.wait_release(dep["id"], "Success")
+    v1_text = unit_file["m1"].read_text()
+
+    # v2 fails on m1, the first batch: m1 goes back to v1, m2 never sees v2
+    (Path(two.systemds["m1"].env["HOME"]) / "fail-v2").touch()
+    fm.ok(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {"sourceConfig": ROLLBACK.format(word="v2", healthy=1)},
+    )
+    v2 = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    failed = fm.wait_release(dep["id"], "Failed")[-1]
+    assert failed["rolledBack"] is True and failed["previousReleaseId"] == v1["id"]
+    assert "rolled back to release" in failed["message"]
+    wait_for(lambda: unit_file["m1"].read_text() == v1_text, what="m1 back on v1")
+    wait_for(lambda: two.active_on("web.service") == {"m1", "m2"}, what="both running v1")
+    assert unit_file["m2"].read_text() == v1_text
+    jobs = fm.ok("GET", f"/deployment-releases/{v2['id']}/jobs")
+    assert [(j["clusterId"], j["status"]) for j in jobs] == [("m1", "Failed"), ("m2", "Created")]
+
+    # kill -9 of the coordinator in the middle of a rollout: it resumes where it was
+    fm.ok(
+        "PUT",
+        f"/deployment-applications/{app['id']}",
+        {"sourceConfig": ROLLBACK.format(word="v3", healthy=3)},
+    )
+    v3 = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    wait_for(lambda: "v3" in unit_file["m1"].read_text(), what="v3 on m1")
+    two.coordinator.kill9()
+    two.coordinator.start()
+    wait_for(lambda: two.coordinator.connected() == {"m1", "m2"}, timeout=30, what="agents back")
+    releases = fm.wait_release(dep["id"], "Success", timeout=60)
+    assert releases[-1]["id"] == v3["id"] and releases[-1]["progress"]["succeeded"] == 2
+    assert all("v3" in f.read_text() for f in unit_file.values())
+
+    # a machine that joins the group gets the deployment's current release
+    two.add_machine("m3")
+    wait_for(lambda: "m3" in two.active_on("web.service"), timeout=30, what="m3 runs web")
+    assert "v3" in (two.systemds["m3"].unit_dir / "web.service").read_text()
