@@ -154,13 +154,13 @@ class DeploymentService:
         group = self.group(group_id)
         if group.builtin:
             raise Invalid(f"the built-in group {group.name!r} cannot be deleted")
-        users = self.store.deployments_using(group_id=group_id)
+        users = self.store.deployments_using(group_id=group.id)
         if users:
             raise Conflict(
                 f"cluster group {group.name!r} is used by deployment(s) "
                 + ", ".join(d.name for d in users)
             )
-        self.store.delete_group(group_id)
+        self.store.delete_group(group.id)
 
     def group(self, group_id: str) -> MachineGroup:
         group = self.store.get_group(group_id) or self.store.group_by_name(group_id)
@@ -251,21 +251,22 @@ class DeploymentService:
             updated_at=now,
         )
         self.store.put_application(updated, new_version)
-        return self.application(app_id)
+        return self.application(app.id)
 
     def delete_application(self, app_id: str) -> None:
         app = self.application(app_id)
-        users = self.store.deployments_using(application_id=app_id)
+        users = self.store.deployments_using(application_id=app.id)
         if users:
             raise Conflict(
                 f"application {app.name!r} is used by deployment(s) "
                 + ", ".join(d.name for d in users)
                 + "; delete them first"
             )
-        self.store.delete_application(app_id)
+        self.store.delete_application(app.id)
 
     def application(self, app_id: str) -> Application:
-        app = self.store.get_application(app_id)
+        """By id, or by name (names are unique; moorctl uses them)."""
+        app = self.store.get_application(app_id) or self.store.application_by_name(app_id)
         if app is None:
             raise NotFound(f"application {app_id!r} does not exist")
         return app
@@ -351,7 +352,8 @@ class DeploymentService:
         await self.units.push(affected)
 
     def deployment(self, deployment_id: str) -> Deployment:
-        d = self.store.get_deployment(deployment_id)
+        """By id, or by name (names are unique; moorctl uses them)."""
+        d = self.store.get_deployment(deployment_id) or self.store.deployment_by_name(deployment_id)
         if d is None:
             raise NotFound(f"deployment {deployment_id!r} does not exist")
         return d

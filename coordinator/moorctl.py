@@ -11,6 +11,7 @@ out waiting for a unit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
@@ -580,6 +581,388 @@ def journal(ctx: Ctx, unit: str, lines: int, follow: bool, machine: str) -> None
         _call(ctx, stream)
     except KeyboardInterrupt:
         pass
+
+
+# --- applications, groups, deployments, rollouts (the /api/v2 Fleet Manager API) ------
+
+V2 = "api/v2"
+
+
+async def _all_items(api: ApiClient, path: str) -> list[dict[str, Any]]:
+    """Every item of a paged /api/v2 list, following `next`."""
+    items: list[dict[str, Any]] = []
+    url: str | None = f"{path}{'&' if '?' in path else '?'}limit=200"
+    while url:
+        page = await api.call("GET", url)
+        items.extend(page["items"])
+        nxt = page.get("next")
+        url = f"{V2}/" + nxt.split("/api/v2/", 1)[1] if nxt else None
+    return items
+
+
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} must be KEY=VALUE", param_hint=what)
+        out[key] = val
+    return out
+
+
+def _when(iso: str | None) -> str:
+    return iso.replace("T", " ")[:19] if iso else "-"
+
+
+@cli.group("group")
+def group_cmd() -> None:
+    """Machine groups (cluster groups): by metadata selector and/or machine ids."""
+
+
+@group_cmd.command("list")
+@click.pass_obj
+def group_list(ctx: Ctx) -> None:
+    groups = _call(ctx, lambda api: _all_items(api, f"{V2}/cluster-groups"))
+    if ctx.json:
+        _emit_json(groups)
+        return
+    _table(
+        ["NAME", "SELECTOR", "MACHINES", "MEMBERS", "DESCRIPTION"],
+        [
+            [
+                g["name"],
+                "(every machine)" if g["builtin"] else format_metadata(g["selector"]) or "-",
+                ",".join(short_id(m, ctx.full) for m in g["clusterIds"]) or "-",
+                str(len(g["members"])),
+                g["description"],
+            ]
+            for g in groups
+        ],
+    )
+
+
+@group_cmd.command("create")
+@click.argument("name")
+@click.option(
+    "--selector", "selectors", multiple=True, help="KEY=VALUE machine metadata; repeatable."
+)
+@click.option("--machine", "machines", multiple=True, help="A machine id; repeatable.")
+@click.option("--description", default="")
+@click.pass_obj
+def group_create(
+    ctx: Ctx, name: str, selectors: tuple[str, ...], machines: tuple[str, ...], description: str
+) -> None:
+    body = {
+        "name": name,
+        "selector": _pairs(selectors, "--selector"),
+        "clusterIds": list(machines),
+        "description": description,
+    }
+    made = _call(ctx, lambda api: api.call("POST", f"{V2}/cluster-groups", body))
+    if ctx.json:
+        _emit_json(made)
+    else:
+        click.echo(f"Group {made['name']} holds {len(made['members'])} machine(s)")
+
+
+@group_cmd.command("delete")
+@click.argument("name")
+@click.pass_obj
+def group_delete(ctx: Ctx, name: str) -> None:
+    _call(ctx, lambda api: api.call("DELETE", f"{V2}/cluster-groups/{quote(name, safe='')}"))
+    click.echo(f"Group {name} deleted")
+
+
+@cli.group("app")
+def app_cmd() -> None:
+    """Applications: versioned manifests of units (docs/manifest.md)."""
+
+
+@app_cmd.command("list")
+@click.pass_obj
+def app_list(ctx: Ctx) -> None:
+    apps = _call(ctx, lambda api: _all_items(api, f"{V2}/deployment-applications"))
+    if ctx.json:
+        _emit_json(apps)
+        return
+    _table(
+        ["NAME", "VERSION", "VERSIONS", "UPDATED", "DESCRIPTION"],
+        [
+            [
+                a["name"],
+                a["version"],
+                str(len(a["versions"])),
+                _when(a["updatedAt"]),
+                a["description"],
+            ]
+            for a in apps
+        ],
+    )
+
+
+@app_cmd.command("push")
+@click.argument("name")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--version", "version", default="", help="Version label (default: the next number).")
+@click.option("--description", default=None)
+@click.pass_obj
+def app_push(ctx: Ctx, name: str, manifest: str, version: str, description: str | None) -> None:
+    """Create the application or give it a new version (an unchanged manifest is not one)."""
+    text = Path(manifest).read_text()
+
+    async def go(api: ApiClient) -> tuple[dict[str, Any], str]:
+        body: dict[str, Any] = {"name": name, "sourceConfig": text, "version": version}
+        if description is not None:
+            body["description"] = description
+        try:
+            old = await api.call("GET", f"{V2}/deployment-applications/{quote(name, safe='')}")
+        except ApiClientError as exc:
+            if exc.status != 404:
+                raise
+            body.setdefault("sourceType", "moorctl")
+            return await api.call("POST", f"{V2}/deployment-applications", body), "created"
+        new = await api.call("PUT", f"{V2}/deployment-applications/{old['id']}", body)
+        return new, "new version" if new["version"] != old["version"] else "unchanged"
+
+    app, what = _call(ctx, go)
+    if ctx.json:
+        _emit_json(app)
+    else:
+        click.echo(f"Application {app['name']}: version {app['version']} ({what})")
+
+
+@app_cmd.command("show")
+@click.argument("name")
+@click.pass_obj
+def app_show(ctx: Ctx, name: str) -> None:
+    """The latest version's manifest, byte for byte."""
+    app = _call(
+        ctx, lambda api: api.call("GET", f"{V2}/deployment-applications/{quote(name, safe='')}")
+    )
+    if ctx.json:
+        _emit_json(app)
+    else:
+        click.echo(app["sourceConfig"], nl=False)
+
+
+@cli.group("deployment")
+def deployment_cmd() -> None:
+    """Deployments: an application on a machine group."""
+
+
+@deployment_cmd.command("list")
+@click.pass_obj
+def deployment_list(ctx: Ctx) -> None:
+    async def go(api: ApiClient) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+        deps = await _all_items(api, f"{V2}/deployments")
+        apps = {a["id"]: a["name"] for a in await _all_items(api, f"{V2}/deployment-applications")}
+        groups = {g["id"]: g["name"] for g in await _all_items(api, f"{V2}/cluster-groups")}
+        return deps, apps, groups
+
+    deps, apps, groups = _call(ctx, go)
+    if ctx.json:
+        _emit_json(deps)
+        return
+    _table(
+        ["NAME", "APPLICATION", "GROUP", "VERSION", "STATUS", "UPDATED"],
+        [
+            [
+                d["name"],
+                apps.get(d["applicationId"], d["applicationId"]),
+                groups.get(d["clusterGroupId"], d["clusterGroupId"]),
+                d["applicationVersion"] or "latest",
+                d["status"],
+                _when(d["updatedAt"]),
+            ]
+            for d in deps
+        ],
+    )
+
+
+@deployment_cmd.command("create")
+@click.argument("application")
+@click.option("--group", "group_name", default="default", show_default=True)
+@click.option("--name", default="", help="Default: APPLICATION-GROUP.")
+@click.option("--version", "version", default="", help="Version label to deploy (default: latest).")
+@click.pass_obj
+def deployment_create(ctx: Ctx, application: str, group_name: str, name: str, version: str) -> None:
+    body = {
+        "name": name,
+        "applicationId": application,
+        "clusterGroupId": group_name,
+        "applicationVersion": version,
+    }
+    made = _call(ctx, lambda api: api.call("POST", f"{V2}/deployments", body))
+    if ctx.json:
+        _emit_json(made)
+    else:
+        click.echo(f"Deployment {made['name']} created ({made['status']})")
+
+
+@deployment_cmd.command("delete")
+@click.argument("name")
+@click.pass_obj
+def deployment_delete(ctx: Ctx, name: str) -> None:
+    """Delete a deployment; its units leave its machines."""
+    _call(ctx, lambda api: api.call("DELETE", f"{V2}/deployments/{quote(name, safe='')}"))
+    click.echo(f"Deployment {name} deleted")
+
+
+@cli.command("deploy")
+@click.argument("deployment")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the rollout.")
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to follow it.")
+@click.pass_obj
+def deploy_cmd(ctx: Ctx, deployment: str, wait: bool, timeout: float) -> None:
+    """Cut a release of the deployment and roll it out (exit 1 if it fails)."""
+    release = _call(
+        ctx, lambda api: api.call("POST", f"{V2}/deployments/{quote(deployment, safe='')}/deploy")
+    )
+    if not wait:
+        if ctx.json:
+            _emit_json(release)
+        else:
+            click.echo(f"Release {release['id']} of {deployment} started")
+        return
+    _follow_rollout(ctx, deployment, timeout)
+
+
+@cli.group("rollout")
+def rollout_cmd() -> None:
+    """Rollouts of deployments."""
+
+
+@rollout_cmd.command("status")
+@click.argument("deployment")
+@click.option("--watch", "-w", is_flag=True, help="Follow until the rollout ends.")
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to follow it.")
+@click.pass_obj
+def rollout_status(ctx: Ctx, deployment: str, watch: bool, timeout: float) -> None:
+    """The latest release of a deployment: batches, progress, each machine's job."""
+    if watch:
+        _follow_rollout(ctx, deployment, timeout)
+        return
+    release, jobs = _call(ctx, lambda api: _latest_release(api, deployment))
+    if ctx.json:
+        _emit_json({"release": release, "jobs": jobs})
+        return
+    _print_rollout(release, jobs, ctx.full)
+    if release and release["status"] == "Failed":
+        sys.exit(EXIT_API)
+
+
+async def _latest_release(
+    api: ApiClient, deployment: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    releases = await api.call("GET", f"{V2}/deployments/{quote(deployment, safe='')}/releases")
+    if not releases:
+        return None, []
+    latest = releases[-1]
+    return latest, await api.call("GET", f"{V2}/deployment-releases/{latest['id']}/jobs")
+
+
+def _print_rollout(release: dict[str, Any] | None, jobs: list[dict[str, Any]], full: bool) -> None:
+    if release is None:
+        click.echo("No release yet (moorctl deploy DEPLOYMENT cuts one)")
+        return
+    p = release["progress"]
+    click.echo(
+        f"Release {release['id']} (#{release['sequence']},"
+        f" version {release['applicationVersion']}):"
+        f" {release['status']}, batch {release['batch']}/{release['batches']},"
+        f" {p['succeeded']}/{p['total']} machines done"
+        + (f", {p['failed']} failed" if p["failed"] else "")
+    )
+    if release["message"]:
+        click.echo(f"  {release['message']}")
+    _table(
+        ["MACHINE", "BATCH", "STATUS", "DETAIL"],
+        [
+            [short_id(j["clusterId"], full), str(j["batch"]), j["status"], j["message"]]
+            for j in jobs
+        ],
+    )
+
+
+def _follow_rollout(ctx: Ctx, deployment: str, timeout: float) -> None:
+    """A progress bar (machines done out of all) until the release ends; exit 1 if it
+    failed, 4 on timeout."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    async def go(api: ApiClient) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        release, jobs = await _latest_release(api, deployment)
+        if ctx.json or not sys.stderr.isatty():
+            while release is not None and release["status"] == "Running":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rollout of {deployment} still running after {timeout:g} s")
+                await asyncio.sleep(0.5)
+                release, jobs = await _latest_release(api, deployment)
+            return release, jobs
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task(deployment, total=max(1, len(jobs)), detail="")
+            while release is not None:
+                p = release["progress"]
+                bar.update(
+                    task,
+                    total=max(1, p["total"]),
+                    completed=p["succeeded"] + p["failed"],
+                    description=f"{deployment} batch {release['batch']}/{release['batches']}",
+                    detail=release["status"],
+                )
+                if release["status"] != "Running":
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rollout of {deployment} still running after {timeout:g} s")
+                await asyncio.sleep(0.5)
+                release, jobs = await _latest_release(api, deployment)
+        return release, jobs
+
+    try:
+        release, jobs = _call(ctx, go)
+    except TimeoutError as exc:
+        _fail(str(exc), EXIT_TIMEOUT)
+    if ctx.json:
+        _emit_json({"release": release, "jobs": jobs})
+    else:
+        _print_rollout(release, jobs, ctx.full)
+    if release is None or release["status"] != "Success":
+        sys.exit(EXIT_API)
+
+
+@cli.command("releases")
+@click.argument("deployment")
+@click.pass_obj
+def releases_cmd(ctx: Ctx, deployment: str) -> None:
+    """Every release of a deployment, oldest first."""
+    releases = _call(
+        ctx, lambda api: api.call("GET", f"{V2}/deployments/{quote(deployment, safe='')}/releases")
+    )
+    if ctx.json:
+        _emit_json(releases)
+        return
+    _table(
+        ["#", "RELEASE", "VERSION", "STATUS", "MACHINES", "CREATED", "MESSAGE"],
+        [
+            [
+                str(r["sequence"]),
+                r["id"] if ctx.full else r["id"][:8],
+                r["applicationVersion"],
+                r["status"] + (" (rolled back)" if r["rolledBack"] else ""),
+                f"{r['progress']['succeeded']}/{r['progress']['total']}",
+                _when(r["createdAt"]),
+                r["message"],
+            ]
+            for r in releases
+        ],
+    )
 
 
 def main() -> None:

@@ -422,3 +422,47 @@ def test_rollback_restart_and_new_members(two: Fleet) -> None:
     two.add_machine("m3")
     wait_for(lambda: "m3" in two.active_on("web.service"), timeout=30, what="m3 runs web")
     assert "v3" in (two.systemds["m3"].unit_dir / "web.service").read_text()
+
+
+def test_moorctl_apps_groups_deploy_and_rollout_status(one: Fleet) -> None:
+    manifest = one.workdir / "web.yaml"
+    manifest.write_text(MANIFEST.format(word="cli-v1"))
+    out = one.moorctl("app", "push", "web", str(manifest)).stdout
+    assert "Application web: version 1 (created)" in out
+    assert "(unchanged)" in one.moorctl("app", "push", "web", str(manifest)).stdout
+    assert one.moorctl("app", "show", "web").stdout == manifest.read_text()
+    assert [a["name"] for a in one.json("app", "list")] == ["web"]
+
+    out = one.moorctl(
+        "group", "create", "racked", "--selector", "rack=r1", "--machine", "m1"
+    ).stdout
+    assert "Group racked holds 1 machine(s)" in out
+    table = one.moorctl("group", "list").stdout
+    assert "default" in table and "(every machine)" in table and "rack=r1" in table
+    bad = one.moorctl("group", "create", "oops", "--selector", "norack", check=False)
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+    out = one.moorctl("deployment", "create", "web", "--group", "racked").stdout
+    assert "Deployment web-racked created (Created)" in out
+    assert "No release yet" in one.moorctl("rollout", "status", "web-racked").stdout
+    out = one.moorctl("deploy", "web-racked").stdout
+    assert "Success" in out and "1/1 machines done" in out and "m1" in out
+    assert one.active_on("web.service") == {"m1"}
+    status = one.json("rollout", "status", "web-racked")
+    assert status["release"]["status"] == "Success" and status["jobs"][0]["clusterId"] == "m1"
+    in_use = one.moorctl("group", "delete", "racked", check=False)
+    assert in_use.returncode == 1 and "used by deployment" in in_use.stderr
+
+    # a failing version: deploy exits 1, rollout status shows why
+    manifest.write_text(MANIFEST.format(word="x").replace("while true", "exit 4; while true"))
+    assert "version 2 (new version)" in one.moorctl("app", "push", "web", str(manifest)).stdout
+    failed = one.moorctl("deploy", "web-racked", check=False)
+    assert failed.returncode == 1 and "Failed" in failed.stdout
+    status = one.moorctl("rollout", "status", "web-racked", check=False)
+    assert status.returncode == 1 and "web.service failed" in status.stdout
+    rows = one.moorctl("releases", "web-racked").stdout.splitlines()
+    assert len(rows) == 3 and "Success" in rows[1] and "Failed" in rows[2]
+    assert "Failed" in one.moorctl("deployment", "list").stdout
+    one.moorctl("deployment", "delete", "web-racked")
+    wait_for(lambda: not (one.systemds["m1"].unit_dir / "web.service").exists(), what="removed")
+    assert "Group racked deleted" in one.moorctl("group", "delete", "racked").stdout
