@@ -227,6 +227,11 @@ def _print_banner(
         f" {endpoint}/fleet/v1/machines",
         f"fleetctl: fleetctl --endpoint {endpoint} --ca-file {q(p.ca_cert)}"
         f" --cert-file {q(p.admin_cert)} --key-file {q(p.admin_key)} list-machines",
+        f"gitops:   curl --cacert {q(p.ca_cert)}"
+        f' -H "api-key: $(cat {q(str(paths.token_file))})"'
+        f" {endpoint}/api/v2/clusters",
+        f"deploy:   {q(_command_path('moorctl'))}{state_flag} app push web web.yaml"
+        " && moorctl deployment create web && moorctl deploy web-default",
         "",
         "Ctrl-C stops both; run 'moorage dev' again to resume.",
     ]

@@ -106,6 +106,14 @@ def test_dev_starts_lists_stops_and_resumes(tmp_path: Path) -> None:
         machines = json.loads(out.stdout)["machines"]
         assert len(machines) == 1
         machine_id = machines[0]["id"]
+        gitops = re.search(r"^gitops: +(curl --cacert .*)$", banner, re.M)
+        assert gitops and "api-key: $(cat " in gitops.group(1), banner
+        out = subprocess.run(
+            ["bash", "-c", gitops.group(1) + " -s"], capture_output=True, text=True, timeout=30
+        )
+        clusters = json.loads(out.stdout)
+        assert [c["id"] for c in clusters["items"]] == [machine_id] and clusters["next"] is None
+        assert re.search(r"^deploy: +\S*moorctl --state-dir \S+ app push ", banner, re.M)
 
         listed = moorctl(state, "--json", "list-machines")
         assert listed.returncode == 0, listed.stderr
