@@ -588,6 +588,15 @@ class DeploymentService:
             return msgspec.structs.replace(
                 job, status="Failed", message="machine was revoked", finished_at=now
             )
+        fleet_units = {u.name for u in self.storage.list_units(machine_id=job.machine_id)}
+        clash = sorted(fleet_units & {u.name for u in release.units})
+        if clash:
+            return msgspec.structs.replace(
+                job,
+                status="Failed",
+                message=f"{clash[0]} on this machine is a fleet unit of the same name",
+                finished_at=now,
+            )
         return rollout.evaluate_job(job, release, states, now)
 
     async def _advance(self, release: Release, jobs: list[ReleaseJob]) -> None:

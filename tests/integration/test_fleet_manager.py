@@ -256,6 +256,27 @@ def test_bad_input_and_paging(one: Fleet) -> None:
     assert fm.call("GET", "/clusters?limit=zero")[0] == 400
     assert fm.call("GET", "/clusters?cursor=@@@")[0] == 400
 
+    # a unit name is one unit per machine: a fleet unit of that name blocks the deploy
+    fleet_unit = {
+        "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/sleep 300"}],
+        "machines": ["m1"],
+    }
+    one.coordinator.api("PUT", "/moorage/v1/units/clash.service", fleet_unit)
+    clash = MANIFEST.format(word="c").replace("web.service", "clash.service")
+    app = fm.ok(
+        "POST", "/deployment-applications", {"name": "clash", "sourceConfig": clash}, expect=201
+    )
+    dep = fm.ok(
+        "POST", "/deployments", {"applicationId": "clash", "targetGroup": "default"}, expect=201
+    )
+    status, err = fm.call("POST", f"/deployments/{dep['id']}/deploy")
+    assert (
+        status == 409 and "clash.service is already on machine m1 as a fleet unit" in err["message"]
+    )
+    assert fm.ok("GET", f"/deployments/{dep['name']}")["status"] == "Created"
+    assert fm.call("DELETE", f"/deployments/{dep['id']}")[0] == 204
+    assert fm.call("DELETE", f"/deployment-applications/{app['id']}")[0] == 204
+
     for i in range(5):
         fm.ok(
             "POST",
