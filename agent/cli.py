@@ -30,6 +30,10 @@ from coordinator.process import run_main, setup_logging
 @click.option("--journal-dir", help="Read this journal directory instead of the machine's.")
 @click.option("--docker-host", help="Docker endpoint (default: $DOCKER_HOST, as the docker CLI).")
 @click.option("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
+@click.option("--sticker-dir", help="Where version stickers are written.")
+@click.option(
+    "--drift-interval", "drift_interval_s", type=float, help="Unit file drift check period (s)."
+)
 @click.option("--backoff-max", "backoff_max_s", type=float, help="Longest reconnect delay (s).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context

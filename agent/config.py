@@ -12,6 +12,7 @@ import msgspec
 
 DEFAULT_CONFIG = Path("/etc/moorage/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/moorage/agent")
+DEFAULT_STICKER_DIR = Path("/var/lib/moorage/stickers")
 MACHINE_ID_FILE = Path("/etc/machine-id")
 
 
@@ -29,6 +30,11 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     docker_host: str = ""
     """Empty: like the docker CLI ($DOCKER_HOST, else unix:///var/run/docker.sock)."""
     reconcile_interval_s: float = 60.0
+    sticker_dir: str = ""
+    """Empty: /var/lib/moorage/stickers with the default state_dir, else <state_dir>/stickers
+    (an agent with a state directory of its own never touches the host's stickers)."""
+    drift_interval_s: float = 2.0
+    """How often unit files are checked for drift (a stat each; hashed only if changed)."""
     metrics_listen: str = "127.0.0.1:7444"
     """Prometheus /metrics on loopback; empty disables it."""
     hub_url: str = ""
@@ -40,6 +46,13 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+    def resolved_sticker_dir(self) -> Path:
+        if self.sticker_dir:
+            return Path(self.sticker_dir)
+        if Path(self.state_dir) == DEFAULT_STATE_DIR:
+            return DEFAULT_STICKER_DIR
+        return Path(self.state_dir) / "stickers"
 
     def resolved_unit_dir(self) -> str:
         if self.unit_dir:

@@ -10,6 +10,16 @@ connected; the units of a missing backend are reported failed with the reason an
 their applied state is kept untouched. When the Docker event stream comes back
 (dockerd restarted, or started after the agent) containers alone get a repair pass:
 the ones dockerd's shutdown stopped are started again, with the same container.
+
+Drift and stickers (`agent.drift`, `agent.stickers`) are worked out by one
+observation pass that runs after every state-report pass and every
+`drift_interval_s` (a stat of each unit file; a file is hashed only when its stat
+changed), always between reconcile passes (under the reconcile lock, never while a
+reconcile is due), so the agent's own work in progress is never drift. Runtimes come
+from what the report pass read; units that look drifted are read again before they
+are reported. Drift is sent when it changes and in answer to a DriftRequest; units
+with the `repair` policy are handed to the reconciler (`plan(repair_units=...)`),
+with a growing delay between attempts on the same unit.
 """
 
 from __future__ import annotations
@@ -20,10 +30,11 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
-from agent import __version__, facts
+from agent import __version__, drift, facts
 from agent.backends.base import BackendUnavailable, UnitRuntime
 from agent.backends.docker import DockerBackend, DockerError
 from agent.backends.systemd import SystemdBackend, SystemdError
@@ -33,7 +44,9 @@ from agent.journal import JournalError, JournalReader
 from agent.link import Link
 from agent.metrics import AgentMetrics
 from agent.reconciler import Observed, Plan, Step, is_container, plan, sha256_text
+from agent.stickers import StickerStore, by_deployment, is_current, sticker_for
 from agent.store import AgentState, StateStore
+from agent.unitfiles import UnitFiles
 from coordinator.desired import apply_diff
 from coordinator.files import write_public
 from proto import messages as m
@@ -43,6 +56,8 @@ log = logging.getLogger(__name__)
 
 REPORT_COALESCE_S = 0.05
 SYSTEMD_RETRY_S = 30.0
+REPAIR_MAX_DELAY_S = 60.0
+"""Longest wait between two repairs of a unit that stays drifted (the first is at once)."""
 
 
 class Agent:
@@ -74,6 +89,25 @@ class Agent:
         self._reconcile_lock = asyncio.Lock()
         self._log_tasks: dict[str, asyncio.Task[None]] = {}
         self._sent_caps: list[str] = []
+        # drift and stickers (see the module docstring)
+        self.sticker_store = StickerStore(config.resolved_sticker_dir())
+        self.stickers: dict[str, m.Sticker] = self.sticker_store.load()
+        self._stickers_sent: list[m.Sticker] | None = None
+        self.files = UnitFiles(self.unit_dir)
+        self._runtimes: dict[str, UnitRuntime] = {}
+        self._container_hashes: dict[str, str | None] = {}
+        self._owned: set[str] = set()
+        self._owned_stale = True
+        self._files_stale = True
+        self._last_file_scan = 0.0
+        self.drift: list[m.DriftEntry] = []
+        self._drift_checked_at = 0.0
+        self._drift_sent: list[m.DriftEntry] | None = None
+        self._drift_wake = asyncio.Event()
+        self._drift_requests: list[str] = []
+        self._repair_units: set[str] = set()
+        self._repair_tries: dict[str, tuple[int, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = AgentMetrics()
         self.link = Link(
             self.identity,
@@ -87,7 +121,7 @@ class Agent:
         )
         self.systemd.on_change(self._on_unit_change)
         self.systemd.on_disconnect(self._on_systemd_lost)
-        self.docker.on_change(self._on_unit_change)
+        self.docker.on_change(self._on_container_change)
         self.docker.on_connect(self._on_docker_back)
         self.docker.on_disconnect(self._on_docker_lost)
 
@@ -114,10 +148,11 @@ class Agent:
             asyncio.create_task(self._reconcile_loop()),
             asyncio.create_task(self._report_loop()),
             asyncio.create_task(self._periodic_loop()),
+            asyncio.create_task(self._drift_loop()),
         ]
         await stop.wait()
         log.info("stopping (units keep running)")
-        for task in [*tasks, *self._log_tasks.values()]:
+        for task in [*tasks, *self._log_tasks.values(), *self._tasks]:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -164,6 +199,7 @@ class Agent:
         self.docker_error = ""
         self._repair_containers = True
         self._retry_creates = True
+        self._owned_stale = True
         self._mark_dirty(n for n in self.state.desired if is_container(n))
         self._reconcile_wake.set()
 
@@ -174,6 +210,14 @@ class Agent:
     def _on_unit_change(self, name: str) -> None:
         if name in self.state.desired or name in self.state.applied:
             self._mark_dirty([name])
+
+    def _on_container_change(self, name: str) -> None:
+        """Every labelled container's events come here: ours, or an extra one (drift)."""
+        if name in self.state.desired or name in self.state.applied:
+            self._mark_dirty([name])
+        else:
+            self._owned_stale = True
+            self._drift_wake.set()
 
     def _mark_dirty(self, names: Iterable[str]) -> None:
         self._dirty.update(names)
@@ -190,6 +234,17 @@ class Agent:
             task = self._log_tasks.pop(message.request_id, None)
             if task is not None:
                 task.cancel()
+        elif isinstance(message, m.DriftRequest):
+            self._drift_requests.append(message.request_id)
+            self._drift_wake.set()
+        elif isinstance(message, m.ImageResolve):
+            self._background(self._resolve_images(message))
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Long requests (image pulls) must not hold up the messages behind them."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_desired(self, message: m.Desired) -> None:
         if message.full:
@@ -224,6 +279,10 @@ class Agent:
         self.reported = {s.name: s for s in snapshot}
         self.acked_revision = self.state.revision
         self._sent_caps = self.capabilities()
+        stickers = self._sticker_list()
+        self._stickers_sent = stickers
+        self._drift_sent = None  # this session's coordinator gets the whole drift again
+        self._drift_wake.set()
         return m.Hello(
             proto=m.PROTO_VERSION,
             machine_id=self.machine_id,
@@ -234,6 +293,7 @@ class Agent:
             applied_revision=self.state.revision,
             snapshot=snapshot,
             agent_version=__version__,
+            stickers=stickers,
         )
 
     async def _announce_facts(self) -> None:
@@ -257,8 +317,14 @@ class Agent:
             self._reconcile_wake.clear()
             repair_containers, retry = self._repair_containers, self._retry_creates
             self._repair_containers = self._retry_creates = False
+            repair_units, self._repair_units = self._repair_units, set()
             try:
-                await self.reconcile(repair=False, repair_containers=repair_containers, retry=retry)
+                await self.reconcile(
+                    repair=False,
+                    repair_containers=repair_containers,
+                    retry=retry,
+                    repair_units=repair_units,
+                )
             except Exception:
                 log.exception("reconcile failed")
 
@@ -273,12 +339,18 @@ class Agent:
             self._mark_dirty(self.state.desired)
 
     async def reconcile(
-        self, *, repair: bool, repair_containers: bool | None = None, retry: bool = False
+        self,
+        *,
+        repair: bool,
+        repair_containers: bool | None = None,
+        retry: bool = False,
+        repair_units: Collection[str] = (),
     ) -> None:
         """Plan and run the steps for the units of every connected backend.
 
         ``repair_containers`` (default: ``repair``) repairs containers alone; ``retry``
-        (and any repair of containers) tries again to create containers that failed.
+        (and any repair of containers) tries again to create containers that failed;
+        ``repair_units`` are units whose drift is to be repaired (their policy).
         """
         async with self._reconcile_lock:
             started = time.perf_counter()
@@ -308,7 +380,9 @@ class Agent:
                     blocked = {
                         n
                         for n, (unit_hash, _) in self.create_failed.items()
-                        if n in self.state.desired and self.state.desired[n].hash == unit_hash
+                        if n in self.state.desired
+                        and self.state.desired[n].hash == unit_hash
+                        and n not in repair_units  # a drift repair (with its own backoff)
                     }
                 result = plan(
                     {n: u for n, u in self.state.desired.items() if n in planned},
@@ -317,6 +391,7 @@ class Agent:
                     repair=repair,
                     repair_containers=repair_c,
                     blocked=blocked,
+                    repair_units={n for n in repair_units if n in planned},
                 )
                 await self._execute(result)
                 self.conflicts = {
@@ -332,6 +407,7 @@ class Agent:
                         len(result.steps),
                         (time.perf_counter() - started) * 1000,
                     )
+            self._files_stale = self._owned_stale = True
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
             self.metrics.units.set(len(self.state.desired))
             self._mark_dirty(set(self.state.desired) | set(self.reported))
@@ -451,6 +527,8 @@ class Agent:
             else:
                 runtimes.update({n: self.docker.runtime(n, i) for n, i in infos.items()})
                 hashes = {n: i.hash for n, i in infos.items() if i is not None and i.owned}
+                self._container_hashes.update({n: hashes.get(n) for n in infos})
+        self._runtimes.update(runtimes)
         return [self._status(n, runtimes.get(n), hashes.get(n)) for n in wanted]
 
     def _status(
@@ -516,6 +594,7 @@ class Agent:
                 await self._report(names)
             except Exception:
                 log.exception("state report failed")
+            self._drift_wake.set()
 
     async def _report(self, names: set[str]) -> None:
         statuses = await self.statuses(names)
@@ -529,6 +608,252 @@ class Agent:
                 self.reported[s.name] = s
             for n in removed:
                 self.reported.pop(n, None)
+
+    # --- drift and stickers ---------------------------------------------------------------
+
+    async def _drift_loop(self) -> None:
+        """Observation passes: woken by state reports, requests and container events, and
+        every `drift_interval_s` for the unit-file check."""
+        interval = self.config.drift_interval_s
+        while True:
+            await self._wait_drift(interval)
+            woken = self._drift_wake.is_set()
+            self._drift_wake.clear()
+            try:
+                await self._observe_pass(woken)
+            except Exception:
+                log.exception("drift check failed")
+
+    async def _wait_drift(self, period_s: float) -> None:
+        """Until woken or ``period_s`` passed; or the link came up while a report waits for it."""
+        waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(self._drift_wake.wait())}
+        if self._unsent() and not self.link.connected.is_set():
+            waits.add(asyncio.ensure_future(self.link.connected.wait()))
+        try:
+            await asyncio.wait(waits, timeout=period_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    def _unsent(self) -> bool:
+        return self._drift_sent != self.drift or self._stickers_sent != self._sticker_list()
+
+    async def _observe_pass(self, woken: bool) -> None:
+        """Work out drift and stickers between reconcile passes; send what changed."""
+        async with self._reconcile_lock:
+            requests, self._drift_requests = self._drift_requests, []
+            if self._reconcile_wake.is_set() and not requests:
+                return  # a reconcile is due; the report pass after it wakes us again
+            now = time.monotonic()
+            changed: set[str] = set()
+            if (
+                requests
+                or self._files_stale
+                or now - self._last_file_scan >= (self.config.drift_interval_s)
+            ):
+                self._files_stale, self._last_file_scan = False, now
+                changed = self.files.scan(self._systemd_names(), prune=True)
+            if woken or changed or requests or self._repair_tries:
+                await self._check(fresh=bool(requests))
+        await self._send_observations(requests)
+        self._schedule_repairs()
+
+    def _systemd_names(self) -> set[str]:
+        names = set(self.state.applied) | {
+            n for n, u in self.state.desired.items() if u.desired_state != "inactive"
+        }
+        return {n for n in names if not is_container(n)}
+
+    async def _check(self, *, fresh: bool) -> None:
+        """Drift and stickers from what was last read; what looks drifted (and, with
+        ``fresh``, everything) is read again first, so a stale read is never reported."""
+        if self._owned_stale and self.docker.connected:
+            try:
+                self._owned = set(await self.docker.list_owned())
+                self._owned_stale = False
+            except (BackendUnavailable, DockerError) as exc:
+                log.warning("listing containers failed: %s", exc)
+        names = set(self.state.desired) | set(self.state.applied) | self._owned
+        if fresh:
+            await self._read_again(names)
+        entries = self._drift_entries(names)
+        suspects = {e.unit for e in entries if e.kind != "file_changed"}
+        if suspects and not fresh:
+            await self._read_again(suspects)
+            entries = self._drift_entries(names)
+        if entries != self.drift:
+            if entries:
+                log.info(
+                    "drift: %s",
+                    "; ".join(
+                        f"{e.unit} {e.kind}{' (repairing)' if e.repairing else ''}" for e in entries
+                    ),
+                )
+            else:
+                log.info("no drift")
+        self.drift = entries
+        self._drift_checked_at = time.time()
+        await self._update_stickers()
+
+    def _drift_entries(self, names: set[str]) -> list[m.DriftEntry]:
+        return drift.compute(
+            self.state.desired,
+            self.state.applied,
+            self._observed_view(names),
+            owned=self._owned,
+            problems=self._problems(),
+            retried={n for n in self.create_failed if self.docker.connected},
+        )
+
+    def _observed_view(self, names: Iterable[str]) -> dict[str, Observed]:
+        out: dict[str, Observed] = {}
+        for name in names:
+            rt = self._runtimes.get(name) or UnitRuntime(name)
+            if is_container(name):
+                out[name] = Observed(None, rt, container_hash=self._container_hashes.get(name))
+            else:
+                out[name] = Observed(self.files.sha(name), rt)
+        return out
+
+    def _problems(self) -> dict[str, str]:
+        """Units the agent could not apply, and why (reported as state_differs)."""
+        out = dict(self.conflicts)
+        for name, (unit_hash, why) in self.create_failed.items():
+            unit = self.state.desired.get(name)
+            if unit is not None and unit.hash == unit_hash:
+                out.setdefault(name, why)
+        for name in self.state.desired:
+            if is_container(name) and not self.docker.connected:
+                reason = self.docker.last_error or self.docker_error
+                out.setdefault(name, f"docker is not available on this machine: {reason}")
+            elif not is_container(name) and not self.systemd.connected:
+                out.setdefault(
+                    name, f"systemd is not available on this machine: {self.systemd_error}"
+                )
+        return out
+
+    async def _read_again(self, names: Iterable[str]) -> None:
+        """Re-read units (files too); what differs from the last read is reported again."""
+        wanted = set(names)
+        units = [n for n in wanted if not is_container(n)]
+        containers = [n for n in wanted if is_container(n)]
+        self.files.scan(units)
+        fresh: dict[str, UnitRuntime] = {}
+        if units and self.systemd.connected:
+            try:
+                fresh.update(await self.systemd.states(units))
+            except (SystemdError, BackendUnavailable) as exc:
+                log.warning("reading unit states failed: %s", exc)
+        if containers and self.docker.connected:
+            try:
+                infos = await self.docker.inspect(containers)
+            except (BackendUnavailable, DockerError) as exc:
+                log.warning("reading container states failed: %s", exc)
+            else:
+                fresh.update({n: self.docker.runtime(n, i) for n, i in infos.items()})
+                self._container_hashes.update(
+                    {n: i.hash if i is not None and i.owned else None for n, i in infos.items()}
+                )
+        stale = {n for n, rt in fresh.items() if self._runtimes.get(n) != rt}
+        self._runtimes.update(fresh)
+        if stale:
+            self._mark_dirty(stale & set(self.state.desired))
+
+    async def _update_stickers(self) -> None:
+        """Write the sticker of each deployment whose release is newly complete; remove
+        those of deployments that left (once the agent has been told anything)."""
+        groups = by_deployment(self.state.desired)
+        for deployment, units in groups.items():
+            current = self.stickers.get(deployment)
+            if current is not None and is_current(current, units):
+                continue
+            names = [u.name for u in units]
+            if sticker_for(deployment, units, self.state.applied, self._observed_view(names), 0):
+                await self._read_again(names)  # written only from a fresh read
+                sticker = sticker_for(
+                    deployment,
+                    units,
+                    self.state.applied,
+                    self._observed_view(names),
+                    time.time(),
+                )
+                if sticker is None:
+                    continue
+                try:
+                    self.sticker_store.write(sticker)
+                except OSError as exc:
+                    log.warning("writing the sticker of %s failed: %s", deployment, exc)
+                    continue
+                self.stickers[deployment] = sticker
+                log.info("sticker: %s runs release %s", deployment, sticker.release)
+        if self.state.revision <= 0:
+            return
+        for deployment in [d for d in self.stickers if d not in groups]:
+            try:
+                self.sticker_store.delete(deployment)
+            except OSError as exc:
+                log.warning("removing the sticker of %s failed: %s", deployment, exc)
+                continue
+            del self.stickers[deployment]
+            log.info("sticker of %s removed (the deployment left this machine)", deployment)
+
+    def _sticker_list(self) -> list[m.Sticker]:
+        return [self.stickers[d] for d in sorted(self.stickers)]
+
+    async def _send_observations(self, requests: list[str]) -> None:
+        if not self.link.connected.is_set():
+            return
+        stickers = self._sticker_list()
+        if stickers != self._stickers_sent and await self.link.send(m.Stickers(stickers)):
+            self._stickers_sent = stickers
+        entries, checked_at = self.drift, self._drift_checked_at
+        for request_id in requests:
+            report = m.DriftReport(entries, request_id=request_id, checked_at=checked_at)
+            if await self.link.send(report):
+                self._drift_sent = entries
+        if entries != self._drift_sent and await self.link.send(
+            m.DriftReport(entries, checked_at=checked_at)
+        ):
+            self._drift_sent = entries
+
+    def _schedule_repairs(self) -> None:
+        """Hand units with the `repair` policy to the reconciler: at once the first time,
+        then after 2, 4, 8... s (up to a minute) while the same unit stays drifted."""
+        names = drift.repair_names(self.drift)
+        for name in [n for n in self._repair_tries if n not in names]:
+            del self._repair_tries[name]
+        now = time.monotonic()
+        due: set[str] = set()
+        for name in sorted(names):
+            tries, last = self._repair_tries.get(name, (0, 0.0))
+            if tries == 0 or now - last >= min(2.0**tries, REPAIR_MAX_DELAY_S):
+                due.add(name)
+                self._repair_tries[name] = (tries + 1, now)
+        if due:
+            log.info("repairing drift of %s", ", ".join(sorted(due)))
+            self._repair_units |= due
+            self._reconcile_wake.set()
+
+    # --- images -------------------------------------------------------------------------
+
+    async def _resolve_images(self, req: m.ImageResolve) -> None:
+        """`ImageResolve`: each reference's digest and a reference naming exactly it."""
+        digests: dict[str, str] = {}
+        references: dict[str, str] = {}
+        errors: dict[str, str] = {}
+
+        async def one(image: str) -> None:
+            if not self.docker.connected:
+                reason = self.docker.last_error or self.docker_error
+                errors[image] = f"docker is not available on this machine: {reason}"
+                return
+            try:
+                digests[image], references[image] = await self.docker.resolve_image(image)
+            except (DockerError, BackendUnavailable) as exc:
+                errors[image] = str(exc)
+
+        await asyncio.gather(*(one(i) for i in dict.fromkeys(req.images)))
+        await self.link.send(m.ImageResolved(req.request_id, digests, references, errors))
 
     # --- logs ---------------------------------------------------------------------------
 

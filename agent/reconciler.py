@@ -27,6 +27,15 @@ with a container in place of the unit file:
 * `blocked` names containers whose creation already failed for the current hash
   (e.g. a missing image): no create and no start until the unit changes or a retry
   pass comes, so a missing image is a reported failure, not a loop.
+
+`repair_units` names units whose drift is to be repaired (their `drift` label is
+`repair`, see `agent.drift`). Beyond what `repair` does, for them alone:
+* a unit file changed on the machine is rewritten and, if the unit runs, the unit is
+  restarted (stop, write, reload, start), so what runs is what was released;
+* a container whose image is not the unit's pinned `image_digest` is recreated (the
+  backend checks the pinned image before it removes the old container);
+* a `loaded` unit found running is stopped.
+Units that failed on their own are still not restarted; `blocked` still holds.
 """
 
 from __future__ import annotations
@@ -111,10 +120,12 @@ def plan(
     repair: bool,
     repair_containers: bool | None = None,
     blocked: Collection[str] = (),
+    repair_units: Collection[str] = (),
 ) -> Plan:
     """The steps that take the machine from ``observed`` to ``desired`` (module rules).
 
-    ``repair_containers`` defaults to ``repair``; ``blocked`` only concerns containers.
+    ``repair_containers`` defaults to ``repair``; ``blocked`` only concerns containers;
+    ``repair_units`` are repaired (drift policy `repair`) whatever ``repair`` says.
     """
     steps: list[Step] = []
     new_applied: dict[str, AppliedUnit] = {}
@@ -125,8 +136,11 @@ def plan(
     for name in sorted(set(wanted) | set(applied)):
         d, a = wanted.get(name), applied.get(name)
         o = observed.get(name) or Observed(None, UnitRuntime(name))
+        fix = name in repair_units
         if is_container(name):
-            _plan_container(name, d, a, o, repair_c, name in blocked, steps, new_applied, conflicts)
+            _plan_container(
+                name, d, a, o, repair_c or fix, fix, name in blocked, steps, new_applied, conflicts
+            )
             continue
         running = o.runtime.active_state in RUNNING
         if d is None:
@@ -147,10 +161,12 @@ def plan(
             continue
         changed = a is None or a.hash != d.hash
         content_changed = a is not None and a.file_sha256 != sha
-        if content_changed and running:
+        edited = fix and o.file_sha256 is not None and o.file_sha256 != sha
+        restart = False
+        if (content_changed or edited) and running:
             steps.append(Step("stop", name))
-            running = False
-        write = o.file_sha256 != sha and (changed or repair or o.file_sha256 is None)
+            running, restart = False, True
+        write = o.file_sha256 != sha and (changed or repair or fix or o.file_sha256 is None)
         if write:
             steps.append(Step("write", name, content))
         new_applied[name] = AppliedUnit(d.hash, d.desired_state, sha)
@@ -159,12 +175,12 @@ def plan(
         state_changed = changed or a is None or a.state != d.desired_state
         if d.desired_state == "launched":
             plain_inactive = o.runtime.active_state == "inactive"
-            if not running and (state_changed or (repair and plain_inactive)):
+            if not running and (state_changed or restart or ((repair or fix) and plain_inactive)):
                 steps.append(Step("start", name))
             elif needs_load:
                 steps.append(Step("load", name))
         else:
-            if running and state_changed:
+            if running and (state_changed or fix):
                 steps.append(Step("stop", name))
             if needs_load:
                 steps.append(Step("load", name))
@@ -181,12 +197,13 @@ def _plan_container(
     a: AppliedUnit | None,
     o: Observed,
     repair: bool,
+    fix: bool,
     blocked: bool,
     steps: list[Step],
     new_applied: dict[str, AppliedUnit],
     conflicts: dict[str, str],
 ) -> None:
-    """The container-unit half of `plan` (see the module rules)."""
+    """The container-unit half of `plan` (see the module rules); ``fix``: drift repair."""
     exists = o.container_hash is not None
     running = exists and o.runtime.sub_state in CONTAINER_RUNNING
     if d is None:
@@ -202,15 +219,19 @@ def _plan_container(
     new_applied[name] = AppliedUnit(d.hash, d.desired_state, "")
     changed = a is None or a.hash != d.hash
     state_changed = changed or a is None or a.state != d.desired_state
-    if o.container_hash != d.hash:
+    other_image = (
+        fix and exists and bool(d.image_digest) and o.runtime.image_digest != d.image_digest
+    )
+    if o.container_hash != d.hash or other_image:
         if blocked:
             return
         steps.append(Step("create", name))
         running, plain_inactive = False, True
+        state_changed = state_changed or other_image
     else:
         plain_inactive = o.runtime.active_state == "inactive"
     if d.desired_state == "launched":
         if not running and (state_changed or (repair and plain_inactive)):
             steps.append(Step("start", name))
-    elif running and state_changed:
+    elif running and (state_changed or fix):
         steps.append(Step("stop", name))

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import click
 import msgspec
@@ -961,6 +961,95 @@ def releases_cmd(ctx: Ctx, deployment: str) -> None:
                 r["message"],
             ]
             for r in releases
+        ],
+    )
+
+
+# --- drift and version stickers ------------------------------------------------------------
+
+
+@cli.command("drift")
+@click.argument("machine", required=False, default="")
+@click.option("--refresh", is_flag=True, help="Ask the agent(s) for a fresh check first.")
+@click.pass_obj
+def drift_cmd(ctx: Ctx, machine: str, refresh: bool) -> None:
+    """How machines differ from what they were told (exit 0 with or without drift)."""
+    params = {k: v for k, v in (("machine", machine), ("refresh", "1" if refresh else "")) if v}
+    path = "moorage/v1/drift" + (f"?{urlencode(params)}" if params else "")
+    body = _call(ctx, lambda api: api.call("GET", path))
+    if ctx.json:
+        _emit_json(body)
+        return
+    for mid, why in sorted(body.get("unreachable", {}).items()):
+        click.echo(f"moorctl: {short_id(mid, ctx.full)} not checked: {why}", err=True)
+    reports = body["machines"]
+    rows = [
+        [
+            short_id(d["machine_id"], ctx.full),
+            e["unit"],
+            e["kind"],
+            e.get("deployment") or "-",
+            _short_value(e.get("expected", "")),
+            _short_value(e.get("actual", "")),
+            "repairing" if e.get("repairing") else "report",
+            e.get("message", ""),
+        ]
+        for d in reports
+        for e in d["entries"]
+    ]
+    if rows:
+        _table(
+            ["MACHINE", "UNIT", "KIND", "DEPLOYMENT", "EXPECTED", "ACTUAL", "POLICY", "MESSAGE"],
+            rows,
+        )
+        return
+    if not reports:
+        who = f"machine {machine} has not" if machine else "no machine has"
+        click.echo(f"no drift reported: {who} reported a drift check yet")
+        return
+    checked = max(d["checked_at"] for d in reports)
+    click.echo(f"no drift on {len(reports)} machine(s) (checked {_ago(checked)})")
+
+
+def _short_value(value: str) -> str:
+    """Hashes and digests are long: ``sha256:0123456789ab`` is enough to tell them apart."""
+    algo, colon, rest = value.rpartition(":")
+    digits = rest if colon else value
+    if len(digits) >= 40 and all(c in "0123456789abcdef" for c in digits):
+        return (f"{algo}:" if colon else "") + digits[:12]
+    return value or "-"
+
+
+@cli.command("stickers")
+@click.argument("machine", required=False, default="")
+@click.pass_obj
+def stickers_cmd(ctx: Ctx, machine: str) -> None:
+    """The version stickers machines report: which release of each deployment they run."""
+    path = "moorage/v1/stickers" + (f"?machine={quote(machine, safe='')}" if machine else "")
+    body = _call(ctx, lambda api: api.call("GET", path))
+    if ctx.json:
+        _emit_json(body["stickers"])
+        return
+    if not body["stickers"]:
+        click.echo("no stickers: no machine reports a fully applied release")
+        return
+    _table(
+        ["MACHINE", "DEPLOYMENT", "VERSION", "RELEASE", "UNITS", "IMAGES", "APPLIED"],
+        [
+            [
+                short_id(row["machine_id"], ctx.full),
+                s["deployment"],
+                s["version"],
+                s["release"] if ctx.full else s["release"][:8],
+                ",".join(sorted(s["units"])),
+                ",".join(
+                    f"{n}={_short_value(d)}" for n, d in sorted(s.get("image_digests", {}).items())
+                )
+                or "-",
+                _ago(s.get("applied_at", 0)),
+            ]
+            for row in body["stickers"]
+            for s in [row["sticker"]]
         ],
     )
 

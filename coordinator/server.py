@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import pki
-from coordinator.api import fleet_manager, fleet_v1, native, openapi, v1_alpha
+from coordinator.api import fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
 from coordinator.api.errors import ApiError, decode_body, error_response, json_response
 from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
@@ -32,6 +32,7 @@ from coordinator.enrolment import Enroller
 from coordinator.hub import Hub
 from coordinator.logs import LogService
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.reports import ReportService
 from coordinator.storage import EnrollRefused, Storage
 from coordinator.units import UnitService
 from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
@@ -69,7 +70,10 @@ class Coordinator:
         )
         self.units = UnitService(self.storage, self.hub, self.metrics)
         self.deploystore = DeployStore(self.storage)
-        self.deployments = DeploymentService(self.storage, self.deploystore, self.units, self.hub)
+        self.reports = ReportService(self.storage, self.deploystore, self.hub)
+        self.deployments = DeploymentService(
+            self.storage, self.deploystore, self.units, self.hub, images=self.reports
+        )
         self.logs = LogService(self.hub)
         self.api_port = 0
         self.hub_port = 0
@@ -90,6 +94,7 @@ class Coordinator:
         app.add_routes(
             fleet_manager.routes(self.storage, self.deploystore, self.deployments, self.hub)
         )
+        app.add_routes(reports.routes(self.storage, self.deploystore, self.hub, self.reports))
         app.router.add_get("/openapi.json", self._openapi)
         app.add_routes(
             native.routes(

@@ -767,12 +767,14 @@ class DockerBackend:
     # -- operations
 
     async def ensure(self, unit: DesiredUnit, spec: ContainerSpec) -> str:
-        """The unit's container for this hash: kept if its hash matches, else (re)created.
+        """The unit's container for this hash: kept if its hash matches (and, for a unit
+        pinned to `DesiredUnit.image_digest`, its image is that digest), else (re)created.
 
-        The image is pulled only if it is not on the machine, and environment files are
-        read, *before* an old container is removed: if either fails (DockerError with
-        Docker's message) the old container is left as it was. Labels are set when the
-        container is made: a change of `DesiredUnit.labels` alone does not recreate it.
+        The image is pulled only if it is not on the machine, checked against the pinned
+        digest, and environment files are read, *before* an old container is removed: if
+        any of it fails (DockerError with Docker's message) the old container is left as
+        it was. Labels are set when the container is made: a change of
+        `DesiredUnit.labels` alone does not recreate it.
         """
         try:
             return await self._call(self._ensure_sync, unit, spec)
@@ -790,9 +792,19 @@ class DockerBackend:
                     f"a container named {container_name(unit.name)} exists that Moorage"
                     " did not create; it is left alone"
                 )
-            if labels.get(LABEL_HASH) == unit.hash:
+            same_image = not unit.image_digest or (
+                self._digest(api, str(old.get("Image") or "")) == unit.image_digest
+            )
+            if labels.get(LABEL_HASH) == unit.hash and same_image:
                 return str(old["Id"])
         self._ensure_image(api, spec.image)
+        if unit.image_digest:
+            have = image_digest(api.inspect_image(spec.image))
+            if have != unit.image_digest:
+                raise DockerError(
+                    f"image {spec.image} is {have} on this machine, not {unit.image_digest}"
+                    " as the release pinned"
+                )
         environment = dict(spec.environment)
         for env_file in spec.environment_files:
             try:
@@ -846,6 +858,31 @@ class DockerBackend:
                 f"image {image} is not on this machine and pulling it failed: {_explain(exc)}"
             ) from exc
         self._digests.clear()
+
+    async def resolve_image(self, image: str) -> tuple[str, str]:
+        """``(digest, reference)`` of an image reference, pulling it if it is missing.
+
+        The digest is `image_digest`; the reference names exactly that image:
+        ``repo@sha256:...`` from a RepoDigest (of the same repository when there are
+        several), else the image ID, which ``docker create`` takes for local images.
+        """
+        return await self._call(self._resolve_sync, image)
+
+    def _resolve_sync(self, api: Any, image: str) -> tuple[str, str]:
+        import docker
+
+        self._ensure_image(api, image)
+        attrs = api.inspect_image(image)
+        digest = image_digest(attrs)
+        repository, _ = docker.utils.parse_repository_tag(image)
+        repo_digests = [str(r) for r in attrs.get("RepoDigests") or [] if "@" in str(r)]
+        for entry in repo_digests:
+            if entry.rpartition("@")[0] == repository and entry.endswith("@" + digest):
+                return digest, entry
+        for entry in repo_digests:
+            if entry.endswith("@" + digest):
+                return digest, entry
+        return digest, str(attrs.get("Id") or digest)
 
     async def start(self, name: str) -> None:
         """Start the unit's container, first restoring the restart policy of its unit."""

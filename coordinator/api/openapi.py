@@ -14,7 +14,7 @@ from aiohttp import web
 
 from coordinator import __version__
 from coordinator.api import fleet_manager as fm
-from coordinator.api import fleet_v1, native, v1_alpha
+from coordinator.api import fleet_v1, native, reports, v1_alpha
 from coordinator.api.errors import EnvelopeError, ErrorBody
 from coordinator.models import Machine, Unit
 
@@ -338,8 +338,28 @@ FLEET_MANAGER_ROUTES: tuple[Route, ...] = (
 )
 
 
+REPORT_ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        reports.PREFIX + "/drift",
+        "Each machine's last drift report; refresh=1 asks the agents first",
+        response=reports.DriftList,
+        errors=(404, 503, 504),
+        query=("machine", "refresh"),
+    ),
+    Route(
+        "GET",
+        reports.PREFIX + "/stickers",
+        "Version stickers as the machines report them",
+        response=reports.StickerList,
+        errors=(404,),
+        query=("machine",),
+    ),
+)
+
+
 def document(app: web.Application | None = None) -> Json:
-    routes = (*ROUTES, *FLEET_MANAGER_ROUTES)
+    routes = (*ROUTES, *FLEET_MANAGER_ROUTES, *REPORT_ROUTES)
     types = [t for r in routes for t in (r.request, r.response) if t is not None]
     schemas, components = msgspec.json.schema_components(
         [*types, ErrorBody, EnvelopeError], ref_template="#/components/schemas/{name}"

@@ -126,3 +126,71 @@ def test_one_reload_for_many_writes() -> None:
     p = plan(units, {}, {}, repair=False)
     assert [s.op for s in p.steps].count("reload") == 1
     assert p.steps.index(Step("reload")) == 5
+
+
+# --- drift repair (repair_units: units whose drift policy is `repair`) -----------------
+
+
+def test_repair_unit_with_an_edited_file_is_rewritten_and_restarted() -> None:
+    u = unit()
+    observed = {u.name: seen(u, sha="f" * 64)}
+    p = plan({u.name: u}, {u.name: applied_for(u)}, observed, repair=False, repair_units={u.name})
+    assert ops(p) == [
+        ("stop", "web.service"),
+        ("write", "web.service"),
+        ("reload", ""),
+        ("start", "web.service"),
+    ]
+    assert p.steps[1].content == file_content(u)
+
+
+def test_edited_file_of_a_report_unit_is_left_alone() -> None:
+    u = unit()
+    observed = {u.name: seen(u, sha="f" * 64)}
+    assert plan({u.name: u}, {u.name: applied_for(u)}, observed, repair=False).steps == []
+
+
+def test_agent_start_repair_rewrites_an_edited_file_without_a_restart() -> None:
+    """Restarting the agent never stops a unit: start-up repair does not restart."""
+    u = unit()
+    observed = {u.name: seen(u, sha="f" * 64)}
+    p = plan({u.name: u}, {u.name: applied_for(u)}, observed, repair=True)
+    assert ops(p) == [("write", "web.service"), ("reload", ""), ("load", "web.service")]
+
+
+def test_repair_unit_stopped_by_hand_is_started_but_a_failed_one_is_not() -> None:
+    u = unit()
+    applied = {u.name: applied_for(u)}
+    stopped = {u.name: seen(u, active="inactive")}
+    assert ops(plan({u.name: u}, applied, stopped, repair=False, repair_units={u.name})) == [
+        ("start", "web.service")
+    ]
+    assert plan({u.name: u}, applied, stopped, repair=False).steps == []
+    failed = {u.name: seen(u, active="failed")}
+    assert plan({u.name: u}, applied, failed, repair=False, repair_units={u.name}).steps == []
+
+
+def test_repair_unit_whose_file_is_gone_is_rewritten_and_started() -> None:
+    u = unit()
+    observed = {u.name: seen(u, active="inactive", load="not-found", sha=None)}
+    p = plan({u.name: u}, {u.name: applied_for(u)}, observed, repair=False, repair_units={u.name})
+    assert ops(p) == [("write", "web.service"), ("reload", ""), ("start", "web.service")]
+
+
+def test_repair_unit_that_should_be_loaded_but_runs_is_stopped() -> None:
+    u = unit(state="loaded")
+    observed = {u.name: seen(u, active="active")}
+    applied = {u.name: applied_for(u)}
+    assert ops(plan({u.name: u}, applied, observed, repair=False, repair_units={u.name})) == [
+        ("stop", "web.service")
+    ]
+    assert plan({u.name: u}, applied, observed, repair=True).steps == []  # not at start-up
+
+
+def test_repair_units_concern_only_the_units_named() -> None:
+    a, b = unit("a.service"), unit("b.service")
+    desired = {a.name: a, b.name: b}
+    applied = {a.name: applied_for(a), b.name: applied_for(b)}
+    observed = {a.name: seen(a, active="inactive"), b.name: seen(b, active="inactive")}
+    p = plan(desired, applied, observed, repair=False, repair_units={"b.service"})
+    assert ops(p) == [("start", "b.service")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from agent.backends.base import UnitRuntime
 from agent.reconciler import Observed, Plan, Step, file_content, plan, sha256_text
 from agent.store import AppliedUnit
@@ -211,3 +213,79 @@ def test_mixed_plan_orders_steps_and_reloads_for_systemd_only() -> None:
         ("start", NAME),
         ("start", "web.service"),
     ]
+
+
+# --- drift repair (repair_units) and image pinning ----------------------------------------
+
+PINNED = "sha256:" + "a" * 64
+
+
+def pinned(state: str = "launched") -> DesiredUnit:
+    return msgspec.structs.replace(unit(state=state), image_digest=PINNED)
+
+
+def with_image(o: Observed, digest: str) -> Observed:
+    return msgspec.structs.replace(
+        o, runtime=msgspec.structs.replace(o.runtime, image_digest=digest)
+    )
+
+
+def test_repair_unit_running_another_image_is_recreated_and_started() -> None:
+    u = pinned()
+    observed = {NAME: with_image(seen(u), "sha256:" + "b" * 64)}
+    applied = {NAME: applied_for(u)}
+    p = plan({NAME: u}, applied, observed, repair=False, repair_units={NAME})
+    assert ops(p) == [("create", NAME), ("start", NAME)]
+    # report policy (and start-up repair) leave it running: nothing behind the operator's back
+    assert plan({NAME: u}, applied, observed, repair=False).steps == []
+    assert plan({NAME: u}, applied, observed, repair=True).steps == []
+
+
+def test_repair_unit_of_a_loaded_container_of_another_image_is_recreated_not_started() -> None:
+    u = pinned(state="loaded")
+    observed = {NAME: with_image(seen(u, "exited", active="inactive"), "sha256:" + "b" * 64)}
+    p = plan({NAME: u}, {NAME: applied_for(u)}, observed, repair=False, repair_units={NAME})
+    assert ops(p) == [("create", NAME)]
+
+
+def test_repair_unit_on_the_pinned_image_is_left_alone() -> None:
+    u = pinned()
+    observed = {NAME: with_image(seen(u), PINNED)}
+    assert (
+        plan({NAME: u}, {NAME: applied_for(u)}, observed, repair=False, repair_units={NAME}).steps
+        == []
+    )
+
+
+def test_repair_unit_whose_container_is_gone_or_stopped_is_restored() -> None:
+    u = pinned()
+    applied = {NAME: applied_for(u)}
+    gone = plan({NAME: u}, applied, {NAME: nothing()}, repair=False, repair_units={NAME})
+    assert ops(gone) == [("create", NAME), ("start", NAME)]
+    stopped = {NAME: with_image(seen(u, "exited", active="inactive"), PINNED)}
+    assert ops(plan({NAME: u}, applied, stopped, repair=False, repair_units={NAME})) == [
+        ("start", NAME)
+    ]
+    failed = {NAME: with_image(seen(u, "exited", active="failed"), PINNED)}
+    assert plan({NAME: u}, applied, failed, repair=False, repair_units={NAME}).steps == []
+
+
+def test_repair_unit_that_should_be_loaded_but_runs_is_stopped() -> None:
+    u = pinned(state="loaded")
+    observed = {NAME: with_image(seen(u), PINNED)}
+    assert ops(
+        plan({NAME: u}, {NAME: applied_for(u)}, observed, repair=False, repair_units={NAME})
+    ) == [("stop", NAME)]
+
+
+def test_blocked_create_stays_blocked_for_repair_units() -> None:
+    u = pinned()
+    p = plan(
+        {NAME: u},
+        {NAME: applied_for(u)},
+        {NAME: nothing()},
+        repair=False,
+        blocked={NAME},
+        repair_units={NAME},
+    )
+    assert p.steps == []

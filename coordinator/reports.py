@@ -1,0 +1,165 @@
+"""What agents report about deployments: version stickers, drift, image digests.
+
+Stickers and drift are observations like unit states: they go through the hub's
+write-behind buffer (every agent sends its stickers again in its next Hello, and its
+whole drift after every reconnect), so a burst of reports costs a few transactions.
+The coordinator never makes them up: a sticker or a drift entry is only ever what a
+machine said. Two questions are asked of an agent on demand, each answered by a
+message carrying the request's id: `DriftRequest` (a fresh drift check) and
+`ImageResolve` (pin image references to digests when a release is cut). A waiter
+ends with `ReportUnavailable` when its machine is not connected, its session ends, or
+the answer does not come in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from coordinator.deploystore import DeployStore
+from coordinator.hub import Hub, Session
+from coordinator.models import MachineDrift
+from coordinator.storage import Storage
+from proto import messages as m
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ReportUnavailable(Exception):
+    """The machine cannot answer now; ``reason`` is "not_connected", "disconnected" or
+    "timeout" (the message says which machine and why)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class _Waiter:
+    def __init__(self, machine_id: str, session_id: str, future: asyncio.Future[m.Message]):
+        self.machine_id = machine_id
+        self.session_id = session_id
+        self.future = future
+
+
+class ReportService:
+    def __init__(self, storage: Storage, deploystore: DeployStore, hub: Hub) -> None:
+        self.storage = storage
+        self.deploystore = deploystore
+        self.hub = hub
+        self._waiters: dict[str, _Waiter] = {}
+        hub.handlers.append(self._on_message)
+        hub.on_connect.append(self._on_connect)
+        hub.on_disconnect.append(self._on_disconnect)
+
+    # --- what agents send ---------------------------------------------------------------
+
+    async def _on_connect(self, session: Session) -> None:
+        """Hello carries every sticker on the machine: the set replaces what was stored."""
+        hello = session.hello
+        assert hello is not None
+        self._store_stickers(session.machine_id, hello.stickers)
+
+    async def _on_message(self, session: Session, message: m.Message) -> None:
+        if isinstance(message, m.Stickers):
+            self._store_stickers(session.machine_id, message.stickers)
+        elif isinstance(message, m.DriftReport):
+            self.hub.buffer.add(
+                functools.partial(
+                    self.deploystore.put_drift,
+                    session.machine_id,
+                    list(message.entries),
+                    message.checked_at,
+                    time.time(),
+                )
+            )
+            if message.request_id:
+                self._answer(session, message.request_id, message)
+        elif isinstance(message, m.ImageResolved):
+            self._answer(session, message.request_id, message)
+
+    def _store_stickers(self, machine_id: str, stickers: list[m.Sticker]) -> None:
+        self.hub.buffer.add(
+            functools.partial(self.deploystore.put_stickers, machine_id, stickers, time.time())
+        )
+
+    def _answer(self, session: Session, request_id: str, message: m.Message) -> None:
+        waiter = self._waiters.get(request_id)
+        if waiter is None or waiter.machine_id != session.machine_id:
+            return  # late (the asker gave up) or not this machine's question
+        if not waiter.future.done():
+            waiter.future.set_result(message)
+
+    def _on_disconnect(self, session: Session) -> None:
+        """Questions to a machine that went away end now, with the reason."""
+        for waiter in list(self._waiters.values()):
+            if waiter.session_id == session.id and not waiter.future.done():
+                waiter.future.set_exception(
+                    ReportUnavailable("disconnected", f"machine {session.machine_id} disconnected")
+                )
+
+    # --- questions to agents --------------------------------------------------------------
+
+    async def refresh_drift(self, machine_id: str, timeout_s: float = 5.0) -> MachineDrift:
+        """Ask the machine for a fresh drift check and return (and store) its answer."""
+        reply = await self._ask(
+            machine_id, lambda rid: m.DriftRequest(rid), m.DriftReport, timeout_s, "drift check"
+        )
+        return MachineDrift(
+            machine_id=machine_id,
+            entries=list(reply.entries),
+            checked_at=reply.checked_at,
+            reported_at=time.time(),
+        )
+
+    async def resolve_images(
+        self, machine_id: str, images: list[str], timeout_s: float = 60.0
+    ) -> m.ImageResolved:
+        """Digests (and exact references) of image references, as the machine's dockerd
+        resolves them (pulling what it lacks); per-image failures are in ``errors``."""
+        return await self._ask(
+            machine_id,
+            lambda rid: m.ImageResolve(rid, list(images)),
+            m.ImageResolved,
+            timeout_s,
+            "image resolution",
+        )
+
+    async def _ask(
+        self,
+        machine_id: str,
+        make: Callable[[str], m.Message],
+        kind: type[T],
+        timeout_s: float,
+        what: str,
+    ) -> T:
+        session = self.hub.sessions.get(machine_id)
+        if session is None:
+            raise ReportUnavailable("not_connected", f"machine {machine_id} is not connected")
+        request_id = secrets.token_hex(8)
+        future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = _Waiter(machine_id, session.id, future)
+        try:
+            try:
+                await session.send(make(request_id))
+            except ConnectionError:
+                raise ReportUnavailable(
+                    "disconnected", f"machine {machine_id} disconnected"
+                ) from None
+            try:
+                reply = await asyncio.wait_for(future, timeout_s)
+            except TimeoutError:
+                raise ReportUnavailable(
+                    "timeout", f"machine {machine_id} did not answer the {what} in {timeout_s:g} s"
+                ) from None
+        finally:
+            self._waiters.pop(request_id, None)
+        assert isinstance(reply, kind)
+        return reply
