@@ -13,7 +13,7 @@ from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config, parse_metadata, resolve_machine_id
 from agent.daemon import Agent
 from agent.identity import Identity
-from coordinator.process import run_main, setup_logging
+from coordinator.process import setup_logging
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +71,8 @@ def run(config: AgentConfig) -> None:
             "'moorage-agent enroll --coordinator URL --token TOKEN' first"
         )
     agent = Agent(config, resolve_machine_id(config))
-    run_main(agent.run())
+    # The plain asyncio loop: one connection needs no uvloop, and it saves ~2 MiB of RSS.
+    asyncio.run(agent.run())
 
 
 @cli.command()

@@ -14,16 +14,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-import aiohttp
-
 from agent.backoff import backoff_delay
 from agent.identity import Identity
 from agent.metrics import AgentMetrics
+from agent.wsclient import HandshakeRefused, WebSocket, WsError
 from proto import messages as m
 
 log = logging.getLogger(__name__)
 
 WELCOME_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10.0
 STABLE_SESSION_S = 30.0
 """A session that lasted this long resets the backoff."""
 
@@ -54,7 +54,7 @@ class Link:
         self.hub_url = hub_url or identity.link().hub_url
         self.metrics = metrics or AgentMetrics()
         self.connected = asyncio.Event()
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: WebSocket | None = None
         self._pending_key: bytes | None = None
         self._last_echo = 0.0
         self._cert_window: tuple[float, float] | None = None
@@ -66,7 +66,7 @@ class Link:
             return False
         try:
             await ws.send_bytes(m.encode(message))
-        except (ConnectionError, RuntimeError):
+        except (ConnectionError, RuntimeError, OSError):
             return False
         self.metrics.messages_out.labels(_tag(message)).inc()
         return True
@@ -81,7 +81,7 @@ class Link:
             except LinkRefused as exc:
                 log.error("coordinator refused this agent: %s", exc)
                 attempt = max(attempt, 32)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (WsError, OSError, TimeoutError) as exc:
                 log.warning("link to %s failed: %s", self.hub_url, exc or type(exc).__name__)
             finally:
                 self._ws = None
@@ -100,43 +100,42 @@ class Link:
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            try:
-                ws = await http.ws_connect(
-                    self.hub_url,
-                    ssl=self.identity.ssl_context(),
-                    max_msg_size=m.HARD_FRAME_LIMIT,
-                    autoping=True,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status in (401, 403):
-                    raise LinkRefused(f"{exc.status} {exc.message}") from None
-                raise
-            async with ws:
-                self._ws = ws
-                self._pending_key = None
-                await ws.send_bytes(m.encode(await self.make_hello(self.hub_url)))
-                welcome = await self._welcome(ws)
-                self._cert_window = (welcome.cert_not_before, welcome.cert_not_after)
-                self.connected.set()
-                self.metrics.connected.set(1)
-                log.info("connected to %s (session %s)", self.hub_url, welcome.session)
-                beat = asyncio.create_task(self._heartbeat(ws, welcome.heartbeat_s))
-                try:
-                    await self._maybe_renew()
-                    await self._receive(ws)
-                finally:
-                    beat.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await beat
-
-    async def _welcome(self, ws: aiohttp.ClientWebSocketResponse) -> m.Welcome:
-        msg = await ws.receive(timeout=WELCOME_TIMEOUT_S)
-        if msg.type != aiohttp.WSMsgType.BINARY:
-            raise LinkRefused(f"no Welcome (close code {ws.close_code}: {msg.extra or msg.data})")
         try:
-            reply = m.decode(msg.data)
+            ws = await WebSocket.connect(
+                self.hub_url,
+                ssl_context=self.identity.ssl_context(),
+                max_size=m.HARD_FRAME_LIMIT,
+                open_timeout_s=CONNECT_TIMEOUT_S,
+            )
+        except HandshakeRefused as exc:
+            if exc.status in (401, 403):
+                raise LinkRefused(str(exc)) from None
+            raise
+        async with ws:
+            self._ws = ws
+            self._pending_key = None
+            await ws.send_bytes(m.encode(await self.make_hello(self.hub_url)))
+            welcome = await self._welcome(ws)
+            self._cert_window = (welcome.cert_not_before, welcome.cert_not_after)
+            self.connected.set()
+            self.metrics.connected.set(1)
+            log.info("connected to %s (session %s)", self.hub_url, welcome.session)
+            beat = asyncio.create_task(self._heartbeat(ws, welcome.heartbeat_s))
+            try:
+                await self._maybe_renew()
+                await self._receive(ws)
+            finally:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+
+    async def _welcome(self, ws: WebSocket) -> m.Welcome:
+        async with asyncio.timeout(WELCOME_TIMEOUT_S):
+            data = await ws.receive()
+        if data is None:
+            raise LinkRefused(f"no Welcome (close code {ws.close_code}: {ws.close_reason})")
+        try:
+            reply = m.decode(data)
         except m.FrameError as exc:
             raise LinkRefused(f"undecodable Welcome: {exc.message}") from None
         if isinstance(reply, m.Error):
@@ -145,14 +144,10 @@ class Link:
             raise LinkRefused(f"expected Welcome, got {type(reply).__name__}")
         return reply
 
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                if msg.type == aiohttp.WSMsgType.ERROR:
-                    log.warning("link error: %s", ws.exception())
-                continue
+    async def _receive(self, ws: WebSocket) -> None:
+        while (data := await ws.receive()) is not None:
             try:
-                message = m.decode(msg.data)
+                message = m.decode(data)
             except m.FrameError as exc:
                 self.metrics.frame_errors.inc()
                 log.warning("refused a frame from the coordinator: %s", exc.message)
@@ -170,7 +165,7 @@ class Link:
             else:
                 await self.on_message(message)
 
-    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse, interval: float) -> None:
+    async def _heartbeat(self, ws: WebSocket, interval: float) -> None:
         """Beat every interval; three intervals without an echo means the coordinator is gone."""
         self._last_echo = time.monotonic()
         seq = 0

@@ -2,20 +2,23 @@
 
 A registry of its own (tests run several agents per host); a port already taken is
 logged and skipped, never fatal: metrics must not stop an agent from running units.
+Served by prometheus-client's own small threaded HTTP server rather than aiohttp's,
+which the agent does not load at all (footprint: bench/README.md, figure 4).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from wsgiref.simple_server import WSGIServer
 
-from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
+    start_http_server,
 )
 
 log = logging.getLogger(__name__)
@@ -43,24 +46,28 @@ class AgentMetrics:
         self.units = Gauge("moorage_agent_units", "Desired units on this machine", registry=r)
         self.reports = Counter("moorage_agent_state_reports", "StateReports sent", registry=r)
 
-    async def serve(self, listen: str) -> web.AppRunner | None:
+    async def serve(self, listen: str) -> MetricsServer | None:
         """Serve /metrics on HOST:PORT; None (and a warning) if it cannot bind."""
         if not listen:
             return None
         host, _, port = listen.rpartition(":")
-        app = web.Application()
-        app.router.add_get("/metrics", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+            httpd, thread = start_http_server(
+                int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+            )
         except (OSError, ValueError) as exc:
             log.warning("metrics not served on %s: %s", listen, exc)
-            await runner.cleanup()
             return None
-        return runner
+        return MetricsServer(httpd, thread)
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+
+class MetricsServer:
+    """The running metrics server (a daemon thread); `cleanup` stops it."""
+
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+
+    async def cleanup(self) -> None:
+        await asyncio.to_thread(self._httpd.shutdown)
+        self._httpd.server_close()

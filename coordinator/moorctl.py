@@ -4,6 +4,11 @@ Every fleetctl command that works over HTTP (list-machines, list-units,
 list-unit-files, submit, load, start, stop, unload, destroy, cat) plus `status` and
 `journal`, which fleetctl did over SSH and moorctl does through the API.
 
+Applications through the Fleet Manager API (/api/v2): `app push/show/list`, `group
+create/list/delete`, `deployment create/list/delete`, `deploy` (follows the rollout
+with a progress bar), `rollout status`, `releases`; and what agents report: `drift`
+and `stickers`.
+
 Exit codes: 0 success, 1 the coordinator refused or failed the request (or a unit
 failed to start), 2 usage error, 3 the coordinator could not be reached, 4 timed
 out waiting for a unit.
