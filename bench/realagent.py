@@ -19,23 +19,12 @@ class RealAgent:
             raise SystemExit(f"cannot run: {reason}")
         self.systemd = UserSystemd().start()
         self.coordinator = CoordinatorProc(root / "coordinator").start()
-        env = {
-            k: self.systemd.env[k]
-            for k in ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
-        }
         self.agent = AgentProc(
             root,
             "bench-machine",
             self.coordinator,
-            extra=[
-                "--systemd-scope",
-                "user",
-                "--unit-dir",
-                str(self.systemd.unit_dir),
-                "--journal-dir",
-                str(self.systemd.journal_dir),
-            ],
-            env=env,
+            extra=self.systemd.agent_flags(),
+            env=self.systemd.agent_env(),
         )
         result = self.agent.enroll(self.coordinator.join_token())
         if result.returncode != 0:

@@ -404,6 +404,14 @@ class DeployStore:
 
     # --- what machines report: stickers and drift -----------------------------------------
 
+    def _per_machine(self, table: str, machine_id: str | None, order: str) -> sqlite3.Cursor:
+        """Every row of a per-machine report table, or one machine's."""
+        if machine_id is None:
+            return self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
+        return self._db.execute(
+            f"SELECT * FROM {table} WHERE machine_id=? ORDER BY {order}", (machine_id,)
+        )
+
     def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
         """Replace every sticker of the machine with what its agent reported."""
         with self.storage.batch() as db:
@@ -418,10 +426,7 @@ class DeployStore:
             )
 
     def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
-        sql, args = "SELECT * FROM machine_stickers", tuple[str, ...]()
-        if machine_id is not None:
-            sql, args = sql + " WHERE machine_id=?", (machine_id,)
-        rows = self._db.execute(sql + " ORDER BY machine_id, deployment", args)
+        rows = self._per_machine("machine_stickers", machine_id, "machine_id, deployment")
         return [
             MachineSticker(
                 machine_id=r["machine_id"],
@@ -444,10 +449,7 @@ class DeployStore:
             )
 
     def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
-        sql, args = "SELECT * FROM machine_drift", tuple[str, ...]()
-        if machine_id is not None:
-            sql, args = sql + " WHERE machine_id=?", (machine_id,)
-        rows = self._db.execute(sql + " ORDER BY machine_id", args)
+        rows = self._per_machine("machine_drift", machine_id, "machine_id")
         return [
             MachineDrift(
                 machine_id=r["machine_id"],

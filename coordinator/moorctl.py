@@ -615,6 +615,21 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def _create(
+    ctx: Ctx, collection: str, body: dict[str, Any], describe: Callable[[dict[str, Any]], str]
+) -> None:
+    made = _call(ctx, lambda api: api.call("POST", f"{V2}/{collection}", body))
+    if ctx.json:
+        _emit_json(made)
+    else:
+        click.echo(describe(made))
+
+
+def _delete(ctx: Ctx, collection: str, name: str, what: str) -> None:
+    _call(ctx, lambda api: api.call("DELETE", f"{V2}/{collection}/{quote(name, safe='')}"))
+    click.echo(f"{what} {name} deleted")
+
+
 def _when(iso: str | None) -> str:
     return iso.replace("T", " ")[:19] if iso else "-"
 
@@ -663,19 +678,19 @@ def group_create(
         "clusterIds": list(machines),
         "description": description,
     }
-    made = _call(ctx, lambda api: api.call("POST", f"{V2}/cluster-groups", body))
-    if ctx.json:
-        _emit_json(made)
-    else:
-        click.echo(f"Group {made['name']} holds {len(made['members'])} machine(s)")
+    _create(
+        ctx,
+        "cluster-groups",
+        body,
+        lambda made: f"Group {made['name']} holds {len(made['members'])} machine(s)",
+    )
 
 
 @group_cmd.command("delete")
 @click.argument("name")
 @click.pass_obj
 def group_delete(ctx: Ctx, name: str) -> None:
-    _call(ctx, lambda api: api.call("DELETE", f"{V2}/cluster-groups/{quote(name, safe='')}"))
-    click.echo(f"Group {name} deleted")
+    _delete(ctx, "cluster-groups", name, "Group")
 
 
 @cli.group("app")
@@ -797,11 +812,12 @@ def deployment_create(ctx: Ctx, application: str, group_name: str, name: str, ve
         "clusterGroupId": group_name,
         "applicationVersion": version,
     }
-    made = _call(ctx, lambda api: api.call("POST", f"{V2}/deployments", body))
-    if ctx.json:
-        _emit_json(made)
-    else:
-        click.echo(f"Deployment {made['name']} created ({made['status']})")
+    _create(
+        ctx,
+        "deployments",
+        body,
+        lambda made: f"Deployment {made['name']} created ({made['status']})",
+    )
 
 
 @deployment_cmd.command("delete")
@@ -809,8 +825,7 @@ def deployment_create(ctx: Ctx, application: str, group_name: str, name: str, ve
 @click.pass_obj
 def deployment_delete(ctx: Ctx, name: str) -> None:
     """Delete a deployment; its units leave its machines."""
-    _call(ctx, lambda api: api.call("DELETE", f"{V2}/deployments/{quote(name, safe='')}"))
-    click.echo(f"Deployment {name} deleted")
+    _delete(ctx, "deployments", name, "Deployment")
 
 
 @cli.command("deploy")

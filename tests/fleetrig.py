@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,24 +63,8 @@ class Fleet:
             self.tmp,
             mid,
             self.coordinator,
-            extra=[
-                "--systemd-scope",
-                "user",
-                "--unit-dir",
-                str(sd.unit_dir),
-                "--journal-dir",
-                str(sd.journal_dir),
-                *meta,
-            ],
-            env={
-                k: sd.env[k]
-                for k in (
-                    "XDG_RUNTIME_DIR",
-                    "HOME",
-                    "XDG_CONFIG_HOME",
-                    "DBUS_SESSION_BUS_ADDRESS",
-                )
-            },
+            extra=[*sd.agent_flags(), *meta],
+            env=sd.agent_env(),
         )
         self.agents[mid] = agent
         result = agent.enroll(self.coordinator.join_token())
@@ -91,27 +74,7 @@ class Fleet:
     def moorctl(
         self, *args: str, check: bool = True, timeout: float = 90
     ) -> subprocess.CompletedProcess[str]:
-        p = self.coordinator.paths
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.moorctl",
-                "--endpoint",
-                self.coordinator.endpoint,
-                "--ca-file",
-                p.ca_cert,
-                "--cert-file",
-                p.admin_cert,
-                "--key-file",
-                p.admin_key,
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.workdir,
-        )
+        out = self.coordinator.moorctl(*args, cwd=self.workdir, timeout=timeout)
         if check:
             assert out.returncode == 0, (
                 f"moorctl {args}: {out.returncode}\n{out.stdout}\n{out.stderr}"

@@ -211,6 +211,31 @@ class CoordinatorProc:
 
         return run_sync(go)
 
+    def moorctl_argv(self, *args: str) -> list[str]:
+        """`moorctl` with the admin certificate of this coordinator, then `args`."""
+        p = self.paths
+        return [
+            sys.executable,
+            "-m",
+            "coordinator.moorctl",
+            "--endpoint",
+            self.endpoint,
+            "--ca-file",
+            p.ca_cert,
+            "--cert-file",
+            p.admin_cert,
+            "--key-file",
+            p.admin_key,
+            *args,
+        ]
+
+    def moorctl(
+        self, *args: str, cwd: Path = ROOT, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.moorctl_argv(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd
+        )
+
     def join_token(self, ttl_s: float = 600) -> str:
         return str(self.api("POST", "/moorage/v1/join-tokens", {"ttl_s": ttl_s})["token"])
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import datetime
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -289,7 +290,7 @@ def routes(
 
     def release_out(rel: Release) -> ReleaseOut:
         jobs = store.jobs(rel.id)
-        count = {s: sum(1 for j in jobs if j.status == s) for s in ("Created", "Running")}
+        count = Counter(j.status for j in jobs)
         return ReleaseOut(
             id=rel.id,
             deployment_id=rel.deployment_id,
@@ -311,8 +312,8 @@ def routes(
                 total=len(jobs),
                 pending=count["Created"],
                 running=count["Running"],
-                succeeded=sum(1 for j in jobs if j.status == "Success"),
-                failed=sum(1 for j in jobs if j.status == "Failed"),
+                succeeded=count["Success"],
+                failed=count["Failed"],
             ),
             created_at=iso(rel.created_at),
             updated_at=iso(rel.updated_at),

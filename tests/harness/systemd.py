@@ -407,6 +407,22 @@ class UserSystemd:
             check=check,
         )
 
+    def agent_flags(self) -> list[str]:
+        """Flags that point a Moorage agent at this manager: scope, unit and journal dirs."""
+        return [
+            "--systemd-scope",
+            "user",
+            "--unit-dir",
+            str(self.unit_dir),
+            "--journal-dir",
+            str(self.journal_dir),
+        ]
+
+    def agent_env(self) -> dict[str, str]:
+        """The environment an agent needs to reach this manager's bus."""
+        keys = ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
+        return {k: self.env[k] for k in keys}
+
     def unit_property(self, unit: str, name: str) -> str:
         """One property of a unit, e.g. ``unit_property("x.service", "ActiveState")``."""
         return self.systemctl("show", "-p", name, "--value", unit, check=True).stdout.strip()

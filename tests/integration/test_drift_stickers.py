@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import pytest
 
 from proto.container import LABEL_UNIT, container_name
 from proto.messages import Sticker
+from tests.fmclient import FleetManager
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd, user_systemd  # noqa: F401
 from tests.harness.systemd import UserSystemd
@@ -73,19 +73,13 @@ class Rig(MachineRig):
         self.dockerd = daemon
         self.sticker_dir = tmp / "stickers-m1"
         self.image_id = daemon.import_busybox() if daemon is not None else ""
-        keys = ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
-        env = {k: systemd.env[k] for k in keys}
+        env = systemd.agent_env()
         if daemon is not None:
             env["DOCKER_HOST"] = daemon.host
         super().__init__(
             tmp,
             extra=[
-                "--systemd-scope",
-                "user",
-                "--unit-dir",
-                str(systemd.unit_dir),
-                "--journal-dir",
-                str(systemd.journal_dir),
+                *systemd.agent_flags(),
                 "--sticker-dir",
                 str(self.sticker_dir),
                 "--drift-interval",
@@ -93,21 +87,12 @@ class Rig(MachineRig):
             ],
             env=env,
         )
-        created = self.coordinator.api("POST", "/moorage/v1/api-tokens", {"name": "drift-tests"})
-        self.token = str(created["token"])
+        self.fm = FleetManager(self.coordinator)
 
     # --- /api/v2 ------------------------------------------------------------------------
 
     def v2(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}", "accept": "application/json"}
-        data = None
-        if body is not None:
-            headers["content-type"] = "application/json"
-            data = json.dumps(body).encode()
-        status, raw = self.coordinator.raw(
-            method, "/api/v2" + path, headers=headers, data=data, cert=False
-        )
-        value = json.loads(raw) if raw else None
+        status, value = self.fm.call(method, path, body, header="bearer")
         assert status == expect, (method, path, status, value)
         return value
 
@@ -165,26 +150,7 @@ class Rig(MachineRig):
         return list(self.coordinator.api("GET", "/moorage/v1/stickers?machine=m1")["stickers"])
 
     def moorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        p = self.coordinator.paths
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "coordinator.moorctl",
-                "--endpoint",
-                self.coordinator.endpoint,
-                "--ca-file",
-                p.ca_cert,
-                "--cert-file",
-                p.admin_cert,
-                "--key-file",
-                p.admin_key,
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return self.coordinator.moorctl(*args, timeout=60)
 
     # --- the machine --------------------------------------------------------------------
 
@@ -528,10 +494,6 @@ def test_image_that_cannot_be_resolved_fails_the_deploy_with_dockers_reason(drig
         {"name": "bad", "applicationId": apps["id"], "clusterGroupId": group["id"]},
         expect=201,
     )
-    headers = {"Authorization": f"Bearer {drig.token}"}
-    status, raw = drig.coordinator.raw(
-        "POST", f"/api/v2/deployments/{dep['id']}/deploy", headers=headers, cert=False
-    )
-    body = json.loads(raw)
+    status, body = drig.fm.call("POST", f"/deployments/{dep['id']}/deploy", header="bearer")
     assert status == 400, body
     assert "moorage-test/absent:9" in body["message"] and "pull" in body["message"]

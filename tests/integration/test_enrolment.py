@@ -4,39 +4,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.procs import ROOT, AgentProc, CoordinatorProc, wait_for
+from tests.procs import AgentProc, CoordinatorProc, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def moorctl(coordinator: CoordinatorProc, *args: str) -> subprocess.CompletedProcess[str]:
-    p = coordinator.paths
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coordinator.moorctl",
-            "--endpoint",
-            coordinator.endpoint,
-            "--ca-file",
-            p.ca_cert,
-            "--cert-file",
-            p.admin_cert,
-            "--key-file",
-            p.admin_key,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    return coordinator.moorctl(*args, timeout=60)
 
 
 def enrol_and_start(

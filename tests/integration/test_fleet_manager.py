@@ -8,13 +8,13 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from coordinator.manifest import parse_manifest
 from proto.units import unit_file_sha256, unit_hash
 from tests.fleetrig import Fleet
+from tests.fmclient import FleetManager
 from tests.harness.systemd import systemd_available
 from tests.procs import wait_for
 
@@ -46,60 +46,6 @@ rollout:
 """
 
 
-class FleetManager:
-    """A GitOps client: an API key, JSON in and out, status codes kept."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self.coordinator = fleet.coordinator
-        self.key = str(
-            self.coordinator.api("POST", "/moorage/v1/api-tokens", {"name": "gitops"})["token"]
-        )
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, header: str = "api-key"
-    ) -> tuple[int, Any]:
-        headers = {"accept": "application/json"}
-        if header == "api-key":
-            headers["api-key"] = self.key
-        else:
-            headers["Authorization"] = f"Bearer {self.key}"
-        data = None
-        if body is not None:
-            headers["content-type"] = "application/json"
-            data = json.dumps(body).encode()
-        status, raw = self.coordinator.raw(
-            method, "/api/v2" + path, headers=headers, data=data, cert=False
-        )
-        return status, (json.loads(raw) if raw else None)
-
-    def ok(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
-        status, value = self.call(method, path, body)
-        assert status == expect, (method, path, status, value)
-        return value
-
-    def all_items(self, path: str) -> list[Any]:
-        """Follow `next` like the GitOps scripts do."""
-        items: list[Any] = []
-        url: str | None = path
-        while url:
-            page = self.ok("GET", url)
-            items.extend(page["items"])
-            nxt = page.get("next")
-            url = nxt.split("/api/v2", 1)[1] if nxt else None
-        return items
-
-    def default_group(self) -> dict[str, Any]:
-        groups = self.ok("GET", "/cluster-groups?limit=200")["items"]
-        return next(g for g in groups if g["name"] == "default")
-
-    def wait_release(self, deployment_id: str, status: str, timeout: float = 60) -> Any:
-        def done() -> Any:
-            releases = self.ok("GET", f"/deployments/{deployment_id}/releases")
-            return releases if releases and releases[-1]["status"] == status else None
-
-        return wait_for(done, timeout, interval=0.2, what=f"release {status}")
-
-
 def _fleet(tmp: Path, machines: tuple[str, ...]) -> Iterator[Fleet]:
     reason = systemd_available()
     if reason:
@@ -122,7 +68,7 @@ def four(tmp_path: Path) -> Iterator[Fleet]:
 
 
 def test_seed_workflow_and_concurrent_deploy(one: Fleet) -> None:
-    fm = FleetManager(one)
+    fm = FleetManager(one.coordinator)
     # 1. health check, with both ways of presenting the key
     clusters = fm.ok("GET", "/clusters")
     assert clusters["next"] is None
@@ -232,7 +178,7 @@ def test_seed_workflow_and_concurrent_deploy(one: Fleet) -> None:
 
 
 def test_bad_input_and_paging(one: Fleet) -> None:
-    fm = FleetManager(one)
+    fm = FleetManager(one.coordinator)
     status, err = fm.call("POST", "/deployment-applications", {"name": "x"})
     assert (
         status == 400
@@ -303,7 +249,7 @@ def test_bad_input_and_paging(one: Fleet) -> None:
 def test_rollout_stops_after_a_failed_batch(four: Fleet) -> None:
     """Batches of two over four machines; m2's unit fails with v2: the rollout stops
     after the first batch and m3, m4 keep v1."""
-    fm = FleetManager(four)
+    fm = FleetManager(four.coordinator)
     app = fm.ok(
         "POST",
         "/deployment-applications",
@@ -392,7 +338,7 @@ def two(tmp_path: Path) -> Iterator[Fleet]:
 
 
 def test_rollback_restart_and_new_members(two: Fleet) -> None:
-    fm = FleetManager(two)
+    fm = FleetManager(two.coordinator)
     unit_file = {mid: sd.unit_dir / "web.service" for mid, sd in two.systemds.items()}
     app = fm.ok(
         "POST",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,24 +63,7 @@ def test_unit_on_a_chosen_machine(fleet: Fleet) -> None:
     assert len(lines) == 3
 
     follower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "coordinator.moorctl",
-            "--endpoint",
-            fleet.coordinator.endpoint,
-            "--ca-file",
-            fleet.coordinator.paths.ca_cert,
-            "--cert-file",
-            fleet.coordinator.paths.admin_cert,
-            "--key-file",
-            fleet.coordinator.paths.admin_key,
-            "journal",
-            "-f",
-            "-n",
-            "1",
-            "pinned.service",
-        ],
+        fleet.coordinator.moorctl_argv("journal", "-f", "-n", "1", "pinned.service"),
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,

@@ -27,19 +27,8 @@ class Rig(MachineRig):
 
     def __init__(self, tmp: Path, systemd: UserSystemd, extra: list[str] | None = None) -> None:
         self.systemd = systemd
-        keys = ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
         super().__init__(
-            tmp,
-            extra=[
-                "--systemd-scope",
-                "user",
-                "--unit-dir",
-                str(systemd.unit_dir),
-                "--journal-dir",
-                str(systemd.journal_dir),
-                *(extra or []),
-            ],
-            env={k: systemd.env[k] for k in keys},
+            tmp, extra=[*systemd.agent_flags(), *(extra or [])], env=systemd.agent_env()
         )
 
     def prop(self, name: str, prop: str) -> str:
