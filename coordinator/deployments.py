@@ -683,11 +683,14 @@ class DeploymentService:
     async def sync_members(self) -> None:
         """Machines that joined a group get the deployment's current release; machines
         that left it (or were revoked) lose its units. Running rollouts are left alone."""
+        settled = [
+            d for d in self.store.list_deployments() if d.status != "Running" and d.current_release
+        ]
+        if not settled:
+            return
         machines = self.storage.list_machines(include_revoked=True)
         affected: set[str] = set()
-        for d in self.store.list_deployments():
-            if d.status == "Running" or not d.current_release:
-                continue
+        for d in settled:
             group = self.store.get_group(d.group_id)
             if group is None:
                 continue
