@@ -46,6 +46,9 @@ class DeployStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._db = storage.db
+        self._targeted: frozenset[str] | None = None
+        """Machines with any deployment on them, cached: every push of a machine's desired
+        state asks, and most machines of a big fleet have none."""
 
     # --- machine groups -----------------------------------------------------------------
 
@@ -244,6 +247,7 @@ class DeployStore:
             if db.execute("DELETE FROM deployments WHERE id=?", (deployment_id,)).rowcount != 1:
                 return None
             self.storage.bump(db, machines)
+            self._targeted = None
             return machines
 
     def set_deployment_status(
@@ -391,10 +395,19 @@ class DeployStore:
                 if cur.rowcount:
                     affected.add(machine_id)
             self.storage.bump(db, affected)
+            self._targeted = None
         return affected
+
+    def targeted_machines(self) -> frozenset[str]:
+        if self._targeted is None:
+            rows = self._db.execute("SELECT DISTINCT machine_id FROM deployment_targets")
+            self._targeted = frozenset(str(r[0]) for r in rows)
+        return self._targeted
 
     def machine_targets(self, machine_id: str) -> list[tuple[str, str]]:
         """(deployment name, release id) of every deployment on one machine, by name."""
+        if machine_id not in self.targeted_machines():
+            return []
         rows = self._db.execute(
             "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
             " ON d.id=t.deployment_id WHERE t.machine_id=? ORDER BY d.name",

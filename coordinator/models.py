@@ -62,6 +62,16 @@ class Unit(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float = 0.0
 
 
+class UnitHead(msgspec.Struct, frozen=True, kw_only=True):
+    """A unit without its options: what a scheduling pass reads of every unit."""
+
+    name: str
+    hash: str
+    desired_state: DesiredState
+    pinned: bool
+    machines: list[str]
+
+
 class UnitState(msgspec.Struct, frozen=True, kw_only=True):
     """What one machine last reported about one unit."""
 

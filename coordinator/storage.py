@@ -17,7 +17,15 @@ from typing import TypeVar
 
 import msgspec
 
-from coordinator.models import ApiToken, JoinToken, Machine, MachineState, Unit, UnitState
+from coordinator.models import (
+    ApiToken,
+    JoinToken,
+    Machine,
+    MachineState,
+    Unit,
+    UnitHead,
+    UnitState,
+)
 from proto.messages import UnitStatus
 from proto.units import UnitOption
 
@@ -392,11 +400,7 @@ class Storage:
     def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
         """Units ordered by name (fleet's order), optionally only those placed on a machine."""
         if machine_id is None:
-            placements: dict[str, list[str]] = {}
-            for unit, machine in self._db.execute(
-                "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
-            ):
-                placements.setdefault(unit, []).append(machine)
+            placements = self._all_placements()
             everything = self._db.execute("SELECT * FROM units ORDER BY name")
             return [_unit(r, placements.get(r["name"], [])) for r in everything]
         rows = list(
@@ -415,6 +419,42 @@ class Storage:
         ):
             placed.setdefault(unit, []).append(machine)
         return [_unit(r, placed.get(r["name"], [])) for r in rows]
+
+    def unit_heads(self) -> list[UnitHead]:
+        """Every unit with its placements but without decoding its options (a scheduling
+        pass over 100,000 units needs the options only of units it has not seen)."""
+        placements = self._all_placements()
+        return [
+            UnitHead(
+                name=r["name"],
+                hash=r["hash"],
+                desired_state=r["desired_state"],
+                pinned=bool(r["pinned"]),
+                machines=placements.get(r["name"], []),
+            )
+            for r in self._db.execute(
+                "SELECT name, hash, desired_state, pinned FROM units ORDER BY name"
+            )
+        ]
+
+    def unit_options(self, names: Sequence[str]) -> dict[str, list[UnitOption]]:
+        out: dict[str, list[UnitOption]] = {}
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                f"SELECT name, options FROM units WHERE name IN ({marks})", chunk
+            ):
+                out[r["name"]] = _options_decoder.decode(r["options"])
+        return out
+
+    def _all_placements(self) -> dict[str, list[str]]:
+        placements: dict[str, list[str]] = {}
+        for unit, machine in self._db.execute(
+            "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
+        ):
+            placements.setdefault(unit, []).append(machine)
+        return placements
 
     def _placements_of(self, name: str) -> list[str]:
         return [

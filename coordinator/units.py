@@ -20,7 +20,7 @@ import msgspec
 from coordinator.desired import diff, machine_desired
 from coordinator.hub import Hub, Session
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.models import Machine, Unit, UnitState
+from coordinator.models import Machine, Unit, UnitHead, UnitState
 from coordinator.scheduler import MachineView, UnitView, XFleet, parse_xfleet, schedule
 from coordinator.storage import Storage
 from proto import messages as m
@@ -147,8 +147,12 @@ class UnitService:
         """Run the scheduler over the current snapshot and store what moved, at once."""
         async with self._schedule_lock:
             started = time.perf_counter()
-            units = self.storage.list_units()
-            views = [self._view(u) for u in units if not u.pinned]
+            units = self.storage.unit_heads()
+            free = [u for u in units if not u.pinned]
+            unseen = {u.name: u.hash for u in free if u.hash not in self._xfleet}
+            for name, options in self.storage.unit_options(sorted(unseen)).items():
+                self._xfleet[unseen[name]] = parse_xfleet(options)
+            views = [self._view(u) for u in free]
             if not views:
                 return
             machines = self.storage.list_machines()
@@ -164,14 +168,12 @@ class UnitService:
             log.info("scheduler moved %d unit(s) across %d machine(s)", len(changes), len(affected))
         await self.push(affected)
 
-    def _view(self, unit: Unit) -> UnitView:
-        """Scheduling view of a unit; its parsed [X-Fleet] is cached by hash."""
-        xfleet = self._xfleet.get(unit.hash)
-        if xfleet is None:
-            xfleet = self._xfleet[unit.hash] = parse_xfleet(unit.options)
+    def _view(self, unit: UnitHead) -> UnitView:
+        """Scheduling view of a unit; its parsed [X-Fleet] is cached by hash (filled by
+        `reschedule` for hashes it has not seen)."""
         return UnitView(
             name=unit.name,
-            xfleet=xfleet,
+            xfleet=self._xfleet[unit.hash],
             backend=backend_for(unit.name),
             active=unit.desired_state != "inactive",
             machines=tuple(unit.machines),

@@ -239,6 +239,23 @@ def test_bad_input_and_paging(one: Fleet) -> None:
     assert len(fm.ok("GET", "/cluster-groups?limit=1000")["items"]) == 6  # capped at 200
     default = fm.default_group()
     assert fm.call("DELETE", f"/cluster-groups/{default['id']}")[0] == 400
+    # a group without machines: the release succeeds at once, for members to come
+    app = fm.ok(
+        "POST",
+        "/deployment-applications",
+        {"name": "idle", "sourceConfig": MANIFEST.format(word="i")},
+        expect=201,
+    )
+    dep = fm.ok(
+        "POST", "/deployments", {"applicationId": "idle", "clusterGroupId": "rack-4"}, expect=201
+    )
+    assert dep["name"] == "idle-rack-4"
+    release = fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+    assert release["status"] == "Success" and release["progress"]["total"] == 0
+    assert "no machines" in release["message"]
+    assert fm.call("DELETE", f"/cluster-groups/{dep['clusterGroupId']}")[0] == 409
+    assert fm.call("DELETE", f"/deployments/{dep['id']}")[0] == 204
+    assert fm.call("DELETE", f"/deployment-applications/{app['id']}")[0] == 204
     rack = next(g for g in fm.all_items("/cluster-groups") if g["name"] == "rack-0")
     assert fm.ok("PUT", f"/cluster-groups/{rack['id']}", {"clusterIds": ["m1"]})["members"] == [
         "m1"

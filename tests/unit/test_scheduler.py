@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import fnmatch
+import shlex
 
-from coordinator.scheduler import MachineView, UnitView, XFleet, XFleetError, parse_xfleet, schedule
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.scheduler import (
+    MachineView,
+    UnitView,
+    XFleet,
+    XFleetError,
+    _words,
+    glob_match,
+    parse_xfleet,
+    schedule,
+)
 from proto.units import UnitOption
 
 
@@ -188,3 +202,22 @@ def test_inactive_units_are_not_placed() -> None:
 def test_metadata_change_moves_a_unit() -> None:
     unit = u("a.service", ("MachineMetadata", "role=web"), on=("m1",))
     assert schedule([unit], [m("m1", role="db"), m("m2", role="web")]) == {"a.service": ["m2"]}
+
+
+@given(
+    st.text(alphabet="ab.@*?[]!", max_size=8),
+    st.text(alphabet="ab.@", max_size=8),
+)
+def test_glob_match_is_fnmatchcase(pattern: str, name: str) -> None:
+    assert glob_match(name, pattern) == fnmatch.fnmatchcase(name, pattern)
+
+
+@given(st.text(alphabet="ab =\t\n\x0c\u00a0'\"\\", max_size=12))
+def test_words_are_shlex_split(value: str) -> None:
+    try:
+        expected = shlex.split(value)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _words(value)
+        return
+    assert _words(value) == expected
