@@ -166,6 +166,10 @@ def runtime_from_inspect(name: str, attrs: Mapping[str, Any], digest: str = "") 
         if health.get("Status") == "unhealthy":
             active, result = "failed", "unhealthy"
             message = "unhealthy" + _health_output(health)
+        elif health.get("Status") == "starting":
+            # Not up until its health check first passes (as a systemd unit is
+            # "activating" until it is ready): a rollout waits for it.
+            active, message = "activating", "health check not passed yet"
     elif status == "restarting":
         active, message = "activating", f"restarting after exit code {exit_code}"
     elif status == "removing":

@@ -497,3 +497,39 @@ def test_image_that_cannot_be_resolved_fails_the_deploy_with_dockers_reason(drig
     status, body = drig.fm.call("POST", f"/deployments/{dep['id']}/deploy", header="bearer")
     assert status == 400, body
     assert "moorage-test/absent:9" in body["message"] and "pull" in body["message"]
+
+
+def test_a_rollout_waits_for_health_checks_and_fails_on_unhealthy(drig: Rig) -> None:
+    """`active and healthy`: a container is not up until its health check first passes;
+    one that turns unhealthy fails its machine's job."""
+    slow = CONTAINER.replace(
+        "Exec=/bin/sleep 3600",
+        "Exec=/bin/sh -c 'sleep 3; touch /tmp/ready; exec sleep 3600'\n"
+        "      HealthCmd=test -e /tmp/ready\n      HealthInterval=500ms\n      HealthRetries=100",
+    )
+    started = time.monotonic()
+    release = drig.deploy(slow, name="slow")
+    assert time.monotonic() - started >= 3  # not before the check passed
+    assert release["status"] == "Success"
+
+    sick = CONTAINER.replace("db.container", "sick.container").replace(
+        "Exec=/bin/sleep 3600",
+        "Exec=/bin/sleep 3600\n      HealthCmd=false\n      HealthInterval=500ms\n      HealthRetries=1",
+    )
+    app = drig.v2(
+        "POST", "/deployment-applications", {"name": "sick", "sourceConfig": sick}, expect=201
+    )
+    dep = drig.v2(
+        "POST",
+        "/deployments",
+        {"applicationId": app["id"], "clusterGroupId": "default"},
+        expect=201,
+    )
+    drig.v2("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+
+    def failed() -> Any:
+        last = drig.v2("GET", f"/deployments/{dep['id']}/releases")[-1]
+        return last if last["status"] == "Failed" else None
+
+    last = wait_for(failed, 60, interval=0.2, what="unhealthy release Failed")
+    assert "sick.container failed: unhealthy" in last["message"]

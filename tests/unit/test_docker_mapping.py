@@ -61,7 +61,8 @@ def inspect(status: str, exit_code: int = 0, **state: object) -> dict[str, objec
             "failed",
             "unhealthy: boom",
         ),
-        ("running", 0, {"Health": {"Status": "starting"}}, "active", ""),
+        ("running", 0, {"Health": {"Status": "starting"}}, "activating", "not passed yet"),
+        ("running", 0, {"Health": {"Status": "healthy"}}, "active", ""),
     ],
 )
 def test_states(
