@@ -1,12 +1,18 @@
-"""`moorage-agent`: enrol this machine, then run the agent."""
+"""`moorage-agent`: enrol this machine, then run the agent.
+
+argparse rather than click (which moorctl and the coordinator use): the agent's
+footprint target counts every module it loads, and click costs ~1 MiB of RSS that
+argparse, half of it, does not (bench/README.md, figure 4).
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
-import click
 import msgspec
 
 from agent import __version__
@@ -15,58 +21,92 @@ from agent.daemon import Agent
 from agent.identity import Identity
 from coordinator.process import setup_logging
 
+OVERRIDES = (
+    "state_dir",
+    "machine_id",
+    "systemd_scope",
+    "hub_url",
+    "unit_dir",
+    "journal_dir",
+    "docker_host",
+    "metrics_listen",
+    "sticker_dir",
+    "drift_interval_s",
+    "backoff_max_s",
+)
+"""Options that override the same key of the TOML configuration."""
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="moorage-agent")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file.")
-@click.option("--state-dir", help="State directory (identity, desired state).")
-@click.option("--machine-id", help="Machine id (default: /etc/machine-id).")
-@click.option("--metadata", "metadata", multiple=True, help="KEY=VALUE published to the scheduler.")
-@click.option(
-    "--systemd-scope", type=click.Choice(["system", "user"]), help="Which systemd manager to drive."
-)
-@click.option("--hub-url", help="Override the hub URL learnt at enrolment.")
-@click.option("--unit-dir", help="Where unit files are written (default by scope).")
-@click.option("--journal-dir", help="Read this journal directory instead of the machine's.")
-@click.option("--docker-host", help="Docker endpoint (default: $DOCKER_HOST, as the docker CLI).")
-@click.option("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
-@click.option("--sticker-dir", help="Where version stickers are written.")
-@click.option(
-    "--drift-interval", "drift_interval_s", type=float, help="Unit file drift check period (s)."
-)
-@click.option("--backoff-max", "backoff_max_s", type=float, help="Longest reconnect delay (s).")
-@click.option("-v", "--verbose", is_flag=True)
-@click.pass_context
-def cli(
-    ctx: click.Context,
-    /,
-    config_path: Path | None,
-    metadata: tuple[str, ...],
-    verbose: bool,
-    **overrides: object,
-) -> None:
-    """Moorage agent: runs this machine's units. With no command, runs the agent."""
-    setup_logging(verbose)
+
+class CliError(Exception):
+    """Printed as `moorage-agent: error: ...`, exit status 1."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="moorage-agent",
+        description="Moorage agent: runs this machine's units. With no command, runs the agent.",
+    )
+    p.add_argument("--version", action="version", version=f"moorage-agent, version {__version__}")
+    p.add_argument("--config", dest="config_path", type=Path, help="TOML config file.")
+    p.add_argument("--state-dir", help="State directory (identity, desired state).")
+    p.add_argument("--machine-id", help="Machine id (default: /etc/machine-id).")
+    p.add_argument(
+        "--metadata", action="append", default=[], help="KEY=VALUE published to the scheduler."
+    )
+    p.add_argument(
+        "--systemd-scope", choices=("system", "user"), help="Which systemd manager to drive."
+    )
+    p.add_argument("--hub-url", help="Override the hub URL learnt at enrolment.")
+    p.add_argument("--unit-dir", help="Where unit files are written (default by scope).")
+    p.add_argument("--journal-dir", help="Read this journal directory instead of the machine's.")
+    p.add_argument("--docker-host", help="Docker endpoint (default: $DOCKER_HOST, as the CLI).")
+    p.add_argument("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
+    p.add_argument("--sticker-dir", help="Where version stickers are written.")
+    p.add_argument(
+        "--drift-interval", dest="drift_interval_s", type=float, help="Drift check period (s)."
+    )
+    p.add_argument(
+        "--backoff-max", dest="backoff_max_s", type=float, help="Longest reconnect delay (s)."
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="Run the agent (the default).")
+    enroll = commands.add_parser("enroll", help="Enrol this machine with a one-time join token.")
+    enroll.add_argument(
+        "--coordinator",
+        dest="coordinator_url",
+        required=True,
+        help="https://HOST:PORT of the coordinator API.",
+    )
+    token = os.environ.get("MOORAGE_JOIN_TOKEN")
+    enroll.add_argument(
+        "--token",
+        default=token,
+        required=not token,
+        help="One-time join token (moorctl token create; or MOORAGE_JOIN_TOKEN).",
+    )
+    enroll.add_argument("--ca-file", type=Path, help="Trust this CA instead of the token's pin.")
+    return p
+
+
+def configure(args: argparse.Namespace) -> AgentConfig:
+    """The TOML configuration with the command line's overrides."""
     try:
-        config = load_config(config_path)
-        changes: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
-        if metadata:
-            changes["metadata"] = {**config.metadata, **parse_metadata(metadata)}
-        config = msgspec.structs.replace(config, **changes)
+        config = load_config(args.config_path)
+        changes: dict[str, object] = {
+            key: getattr(args, key) for key in OVERRIDES if getattr(args, key) is not None
+        }
+        if args.metadata:
+            changes["metadata"] = {**config.metadata, **parse_metadata(tuple(args.metadata))}
+        return msgspec.structs.replace(config, **changes)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    ctx.obj = config
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(run)
+        raise CliError(str(exc)) from None
 
 
-@cli.command()
-@click.pass_obj
 def run(config: AgentConfig) -> None:
-    """Run the agent (the default)."""
     identity = Identity(config.state_path)
     if not identity.enrolled():
-        raise click.ClickException(
+        raise CliError(
             f"not enrolled: no identity in {config.state_dir}; run "
             "'moorage-agent enroll --coordinator URL --token TOKEN' first"
         )
@@ -75,29 +115,11 @@ def run(config: AgentConfig) -> None:
     asyncio.run(agent.run())
 
 
-@cli.command()
-@click.option(
-    "--coordinator",
-    "coordinator_url",
-    required=True,
-    help="https://HOST:PORT of the coordinator API.",
-)
-@click.option(
-    "--token",
-    required=True,
-    envvar="MOORAGE_JOIN_TOKEN",
-    help="One-time join token (moorctl token create).",
-)
-@click.option(
-    "--ca-file",
-    type=click.Path(exists=True, path_type=Path),
-    help="Trust this CA instead of the token's pin.",
-)
-@click.pass_obj
 def enroll(config: AgentConfig, coordinator_url: str, token: str, ca_file: Path | None) -> None:
-    """Enrol this machine with a one-time join token."""
     from agent.enrol import EnrolError, enrol  # the crypto stack: only for enrolment
 
+    if ca_file is not None and not ca_file.is_file():
+        raise CliError(f"--ca-file {ca_file}: no such file")
     identity = Identity(config.state_path)
     machine_id = resolve_machine_id(config)
     try:
@@ -111,12 +133,21 @@ def enroll(config: AgentConfig, coordinator_url: str, token: str, ca_file: Path 
             )
         )
     except EnrolError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"enrolled machine {link.machine_id}; hub {link.hub_url}")
+        raise CliError(str(exc)) from None
+    print(f"enrolled machine {link.machine_id}; hub {link.hub_url}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
     try:
-        cli()
+        config = configure(args)
+        if args.command == "enroll":
+            enroll(config, args.coordinator_url, args.token, args.ca_file)
+        else:
+            run(config)
+    except CliError as exc:
+        print(f"moorage-agent: error: {exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -40,6 +40,7 @@ Units that failed on their own are still not restarted; `blocked` still holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Mapping
 from typing import Literal
@@ -104,6 +105,7 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=8192)
 def is_container(name: str) -> bool:
     """Whether the Docker backend runs ``name`` (names of no known type go to systemd)."""
     try:

@@ -18,7 +18,8 @@ class RealAgent:
         if reason:
             raise SystemExit(f"cannot run: {reason}")
         self.systemd = UserSystemd().start()
-        self.coordinator = CoordinatorProc(root / "coordinator").start()
+        # The production heartbeat (the tests' 1 s would be 10x the idle traffic).
+        self.coordinator = CoordinatorProc(root / "coordinator", heartbeat=10.0).start()
         self.agent = AgentProc(
             root,
             "bench-machine",
