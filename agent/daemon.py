@@ -512,14 +512,27 @@ class Agent:
         wanted = sorted(n for n in names if n in self.state.desired)
         units = [n for n in wanted if not is_container(n) and n not in self.conflicts]
         containers = [n for n in wanted if is_container(n) and n not in self.conflicts]
+        runtimes, hashes = await self._read_runtimes(units, containers, (SystemdError,))
+        self._runtimes.update(runtimes)
+        return [self._status(n, runtimes.get(n), hashes.get(n)) for n in wanted]
+
+    async def _read_runtimes(
+        self,
+        units: list[str],
+        containers: list[str],
+        systemd_errors: tuple[type[Exception], ...],
+    ) -> tuple[dict[str, UnitRuntime], dict[str, str]]:
+        """What systemd and Docker show now for these units, and the hash label of each
+        of our containers (remembered for drift). A backend's failure is logged and its
+        units left out; ``systemd_errors`` are the systemd failures handled so."""
         runtimes: dict[str, UnitRuntime] = {}
         hashes: dict[str, str] = {}
-        if self.systemd.connected and units:
+        if units and self.systemd.connected:
             try:
                 runtimes.update(await self.systemd.states(units))
-            except SystemdError as exc:
+            except systemd_errors as exc:
                 log.warning("reading unit states failed: %s", exc)
-        if self.docker.connected and containers:
+        if containers and self.docker.connected:
             try:
                 infos = await self.docker.inspect(containers)
             except (BackendUnavailable, DockerError) as exc:
@@ -528,8 +541,7 @@ class Agent:
                 runtimes.update({n: self.docker.runtime(n, i) for n, i in infos.items()})
                 hashes = {n: i.hash for n, i in infos.items() if i is not None and i.owned}
                 self._container_hashes.update({n: hashes.get(n) for n in infos})
-        self._runtimes.update(runtimes)
-        return [self._status(n, runtimes.get(n), hashes.get(n)) for n in wanted]
+        return runtimes, hashes
 
     def _status(
         self, name: str, rt: UnitRuntime | None, running_hash: str | None = None
@@ -738,22 +750,7 @@ class Agent:
         units = [n for n in wanted if not is_container(n)]
         containers = [n for n in wanted if is_container(n)]
         self.files.scan(units)
-        fresh: dict[str, UnitRuntime] = {}
-        if units and self.systemd.connected:
-            try:
-                fresh.update(await self.systemd.states(units))
-            except (SystemdError, BackendUnavailable) as exc:
-                log.warning("reading unit states failed: %s", exc)
-        if containers and self.docker.connected:
-            try:
-                infos = await self.docker.inspect(containers)
-            except (BackendUnavailable, DockerError) as exc:
-                log.warning("reading container states failed: %s", exc)
-            else:
-                fresh.update({n: self.docker.runtime(n, i) for n, i in infos.items()})
-                self._container_hashes.update(
-                    {n: i.hash if i is not None and i.owned else None for n, i in infos.items()}
-                )
+        fresh, _ = await self._read_runtimes(units, containers, (SystemdError, BackendUnavailable))
         stale = {n for n, rt in fresh.items() if self._runtimes.get(n) != rt}
         self._runtimes.update(fresh)
         if stale:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -52,21 +51,20 @@ class AgentMetrics:
             return None
         host, _, port = listen.rpartition(":")
         try:
-            httpd, thread = start_http_server(
+            httpd, _ = start_http_server(
                 int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
             )
         except (OSError, ValueError) as exc:
             log.warning("metrics not served on %s: %s", listen, exc)
             return None
-        return MetricsServer(httpd, thread)
+        return MetricsServer(httpd)
 
 
 class MetricsServer:
     """The running metrics server (a daemon thread); `cleanup` stops it."""
 
-    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+    def __init__(self, httpd: WSGIServer) -> None:
         self._httpd = httpd
-        self._thread = thread
 
     async def cleanup(self) -> None:
         await asyncio.to_thread(self._httpd.shutdown)

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
@@ -37,6 +36,7 @@ from coordinator.models import (
     ReleaseJob,
     ReleaseUnit,
 )
+from coordinator.reports import ReportUnavailable
 from coordinator.storage import Storage
 from coordinator.units import UnitService
 from proto import messages as m
@@ -89,7 +89,6 @@ class DeploymentService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._release_units: dict[tuple[str, str], list[DesiredUnit]] = {}
         self._wake = asyncio.Event()
-        self.on_release_change: list[Callable[[Release], Awaitable[None]]] = []
         units.desired_sources.append(self.machine_units)
         hub.on_connect.append(self._on_connect)
 
@@ -465,11 +464,12 @@ class DeploymentService:
         for unit in manifest.units:
             if backend_for(unit.name) == "docker":
                 images[unit.name] = parse_container(unit.options).image
-        pins: dict[str, tuple[str, str]] = {}
-        to_resolve = sorted({ref for ref in images.values() if "@sha256:" not in ref})
-        for ref in images.values():
-            if "@sha256:" in ref:
-                pins[ref] = (ref, "sha256:" + ref.rpartition("@sha256:")[2])
+        pins = {
+            ref: (ref, "sha256:" + ref.rpartition("@sha256:")[2])
+            for ref in images.values()
+            if "@sha256:" in ref
+        }
+        to_resolve = sorted(set(images.values()) - set(pins))
         if to_resolve:
             pins.update(await self._resolve(to_resolve, members))
         out = []
@@ -507,9 +507,12 @@ class DeploymentService:
                 f"cannot pin image(s) {', '.join(refs)} to a digest: no machine of the group"
                 " with Docker is connected"
             )
-        answer = await self.images.resolve_images(
-            candidates[0], refs, timeout_s=IMAGE_RESOLVE_TIMEOUT_S
-        )
+        try:
+            answer = await self.images.resolve_images(
+                candidates[0], refs, timeout_s=IMAGE_RESOLVE_TIMEOUT_S
+            )
+        except ReportUnavailable as exc:
+            raise Unavailable(f"cannot pin image(s) {', '.join(refs)}: {exc}") from None
         if answer.errors:
             raise Invalid(
                 "cannot pin image(s): "
@@ -537,15 +540,11 @@ class DeploymentService:
                         f"unit {unit.name} is already on machine {mid} as a fleet unit;"
                         " rename it in the manifest or destroy the fleet unit"
                     )
-            for dep_name, release_id in self.store.machine_targets(mid):
-                if dep_name == d.name:
-                    continue
-                other = self.store.get_release(release_id)
-                clash = names & {u.name for u in other.units} if other else set()
-                if clash:
+            for name, theirs in sorted(self.machine_units(mid).items()):
+                owner = theirs.labels.get(m.LABEL_DEPLOYMENT, "")
+                if name in names and owner != d.name:
                     raise Conflict(
-                        f"unit {sorted(clash)[0]} is already on machine {mid} from"
-                        f" deployment {dep_name!r}"
+                        f"unit {name} is already on machine {mid} from deployment {owner!r}"
                     )
 
     # --- rollouts -----------------------------------------------------------------------------
@@ -621,10 +620,11 @@ class DeploymentService:
             await self._finish(release, "Failed", f"batch {release.batch + 1} failed: {why}", now)
 
     async def _start_batch(self, release: Release, batch: list[ReleaseJob], now: float) -> None:
-        machine_ids = [j.machine_id for j in batch]
-        self.store.set_job_status(release.id, machine_ids, "Running", now)
+        self.store.update_jobs(
+            [msgspec.structs.replace(j, status="Running", started_at=now) for j in batch]
+        )
         affected = self.store.set_targets(
-            release.deployment_id, {mid: release.id for mid in machine_ids}
+            release.deployment_id, {j.machine_id: release.id for j in batch}
         )
         self.store.update_release(
             release.id,
@@ -634,9 +634,10 @@ class DeploymentService:
             now=now,
         )
         await self.units.push(affected)
-        await self._notify(release.id)
 
-    async def _finish(self, release: Release, status: str, message: str, now: float) -> None:
+    async def _finish(
+        self, release: Release, status: DeploymentStatus, message: str, now: float
+    ) -> None:
         d = self.deployment(release.deployment_id)
         rolled_back = False
         if status == "Failed" and release.rollback_on_failure:
@@ -654,10 +655,9 @@ class DeploymentService:
             )
         if status == "Success" and release.batches == 0:
             message = "the cluster group has no machines; new members will get this release"
-        final: DeploymentStatus = "Success" if status == "Success" else "Failed"
         self.store.update_release(
             release.id,
-            status=final,
+            status=status,
             batch=release.batch,
             message=message,
             now=now,
@@ -665,18 +665,9 @@ class DeploymentService:
             rolled_back=rolled_back,
         )
         self.store.set_deployment_status(
-            d.id, final, now, current_release=release.id if final == "Success" else None
+            d.id, status, now, current_release=release.id if status == "Success" else None
         )
-        log.info("deployment %s: release %s %s %s", d.name, release.id, final, message)
-        await self._notify(release.id)
-
-    async def _notify(self, release_id: str) -> None:
-        release = self.release(release_id)
-        for hook in self.on_release_change:
-            try:
-                await hook(release)
-            except Exception:
-                log.exception("release hook failed")
+        log.info("deployment %s: release %s %s %s", d.name, release.id, status, message)
 
     # --- group membership --------------------------------------------------------------------
 

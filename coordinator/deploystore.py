@@ -19,7 +19,6 @@ from coordinator.models import (
     ApplicationVersion,
     Deployment,
     DeploymentStatus,
-    JobStatus,
     MachineDrift,
     MachineGroup,
     MachineSticker,
@@ -352,16 +351,6 @@ class DeployStore:
                     (j.status, j.message, j.started_at, j.healthy_since, j.finished_at, j.id)
                     for j in jobs
                 ],
-            )
-
-    def set_job_status(
-        self, release_id: str, machine_ids: Iterable[str], status: JobStatus, now: float
-    ) -> None:
-        with self.storage.batch() as db:
-            db.executemany(
-                "UPDATE release_jobs SET status=?, started_at=?"
-                " WHERE release_id=? AND machine_id=?",
-                [(status, now, release_id, m) for m in machine_ids],
             )
 
     # --- which release each machine runs ------------------------------------------------

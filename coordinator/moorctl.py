@@ -17,6 +17,7 @@ out waiting for a unit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -911,39 +912,36 @@ def _follow_rollout(ctx: Ctx, deployment: str, timeout: float) -> None:
 
     async def go(api: ApiClient) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         deadline = time.monotonic() + timeout
-        release, jobs = await _latest_release(api, deployment)
-        if ctx.json or not sys.stderr.isatty():
-            while release is not None and release["status"] == "Running":
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"rollout of {deployment} still running after {timeout:g} s")
-                await asyncio.sleep(0.5)
-                release, jobs = await _latest_release(api, deployment)
-            return release, jobs
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=Console(stderr=True),
-            transient=True,
-        ) as bar:
-            task = bar.add_task(deployment, total=max(1, len(jobs)), detail="")
-            while release is not None:
-                p = release["progress"]
-                bar.update(
-                    task,
-                    total=max(1, p["total"]),
-                    completed=p["succeeded"] + p["failed"],
-                    description=f"{deployment} batch {release['batch']}/{release['batches']}",
-                    detail=release["status"],
+        with contextlib.ExitStack() as stack:
+            bar = None
+            if not ctx.json and sys.stderr.isatty():
+                bar = stack.enter_context(
+                    Progress(
+                        TextColumn("{task.description}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TextColumn("{task.fields[detail]}"),
+                        console=Console(stderr=True),
+                        transient=True,
+                    )
                 )
-                if release["status"] != "Running":
-                    break
+                task = bar.add_task(deployment, total=1, detail="")
+            while True:
+                release, jobs = await _latest_release(api, deployment)
+                if bar is not None and release is not None:
+                    p = release["progress"]
+                    bar.update(
+                        task,
+                        total=max(1, p["total"]),
+                        completed=p["succeeded"] + p["failed"],
+                        description=f"{deployment} batch {release['batch']}/{release['batches']}",
+                        detail=release["status"],
+                    )
+                if release is None or release["status"] != "Running":
+                    return release, jobs
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"rollout of {deployment} still running after {timeout:g} s")
                 await asyncio.sleep(0.5)
-                release, jobs = await _latest_release(api, deployment)
-        return release, jobs
 
     try:
         release, jobs = _call(ctx, go)

@@ -372,14 +372,19 @@ def routes(
             deployments=stickers.get(mach.id, {}),
         )
 
+    def reported(machine_id: str | None) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+        """Drift entries per machine, and the release each machine's stickers name."""
+        drift = {d.machine_id: len(d.entries) for d in store.drift(machine_id)}
+        stickers: dict[str, dict[str, str]] = {}
+        for s in store.stickers(machine_id):
+            stickers.setdefault(s.machine_id, {})[s.sticker.deployment] = s.sticker.release
+        return drift, stickers
+
     # -- clusters (machines) and cluster groups
 
     @r.get(PREFIX + "/clusters")
     async def list_clusters(request: web.Request) -> web.Response:
-        drift = {d.machine_id: len(d.entries) for d in store.drift()}
-        stickers: dict[str, dict[str, str]] = {}
-        for s in store.stickers():
-            stickers.setdefault(s.machine_id, {})[s.sticker.deployment] = s.sticker.release
+        drift, stickers = reported(None)
         return paged(
             request,
             storage.list_machines(),
@@ -392,11 +397,7 @@ def routes(
         mach = storage.get_machine(request.match_info["id"])
         if mach is None or mach.revoked:
             raise ApiError(404, f"cluster {request.match_info['id']!r} does not exist")
-        drift = {d.machine_id: len(d.entries) for d in store.drift(mach.id)}
-        stickers = {
-            mach.id: {s.sticker.deployment: s.sticker.release for s in store.stickers(mach.id)}
-        }
-        return json_response(cluster_out(mach, drift, stickers))
+        return json_response(cluster_out(mach, *reported(mach.id)))
 
     @r.get(PREFIX + "/cluster-groups")
     async def list_groups(request: web.Request) -> web.Response:

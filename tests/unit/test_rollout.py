@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from coordinator import groups, rollout
@@ -136,9 +137,9 @@ def test_next_step_judges_a_settled_batch() -> None:
     assert rollout.next_step(RELEASE, [job("Failed"), job("Running")]) == "wait"
     assert rollout.next_step(RELEASE, [job("Failed"), job("Success"), job("Created", 1)]) == "fail"
     assert rollout.next_step(RELEASE, [job("Success"), job("Created", 1)]) == "advance"
-    last = Release(**{**{f: getattr(RELEASE, f) for f in RELEASE.__struct_fields__}, "batch": 1})
+    last = msgspec.structs.replace(RELEASE, batch=1)
     assert rollout.next_step(last, [job("Success"), job("Success", 1)]) == "succeed"
-    empty = Release(**{**{f: getattr(RELEASE, f) for f in RELEASE.__struct_fields__}, "batches": 0})
+    empty = msgspec.structs.replace(RELEASE, batches=0)
     assert rollout.next_step(empty, []) == "succeed"
 
 
