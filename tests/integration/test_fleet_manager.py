@@ -151,6 +151,19 @@ def test_seed_workflow_and_concurrent_deploy(one: Fleet) -> None:
     assert one.active_on("web.service") == {"m1"}
     assert fm.ok("GET", f"/deployments/{dep['id']}")["status"] == "Success"
 
+    # another deployment may not put a unit of the same name on the same machine
+    twin = fm.ok(
+        "POST", "/deployment-applications", {"name": "twin", "sourceConfig": text}, expect=201
+    )
+    twin_dep = fm.ok(
+        "POST", "/deployments", {"applicationId": "twin", "clusterGroupId": "default"}, expect=201
+    )
+    status, err = fm.call("POST", f"/deployments/{twin_dep['id']}/deploy")
+    assert status == 409, err
+    assert "web.service is already on machine m1 from deployment 'web-default'" in err["message"]
+    assert fm.call("DELETE", f"/deployments/{twin_dep['id']}")[0] == 204
+    assert fm.call("DELETE", f"/deployment-applications/{twin['id']}")[0] == 204
+
     # a new version, then deploy it
     v2 = fm.ok(
         "PUT",
