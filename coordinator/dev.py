@@ -216,12 +216,13 @@ def _print_banner(
     session = coordinator.hub.sessions.get(machine_id)
     caps = list(session.hello.capabilities) if session and session.hello else []
     runs = ", ".join(caps) if caps else "nothing yet: neither systemd nor Docker is reachable"
+    moorctl = q(_command_path("moorctl")) + state_flag
     lines = [
         f"API: {endpoint}",
         f"machine: {machine_id} (local agent, systemd {scope} manager; runs: {runs})",
         f"state: {paths.root}",
         "",
-        f"moorctl:  {q(_command_path('moorctl'))}{state_flag} list-machines",
+        f"moorctl:  {moorctl} list-machines",
         f"curl:     curl --cacert {q(p.ca_cert)}"
         f' -H "Authorization: Bearer $(cat {q(str(paths.token_file))})"'
         f" {endpoint}/fleet/v1/machines",
@@ -230,8 +231,8 @@ def _print_banner(
         f"gitops:   curl --cacert {q(p.ca_cert)}"
         f' -H "api-key: $(cat {q(str(paths.token_file))})"'
         f" {endpoint}/api/v2/clusters",
-        f"deploy:   {q(_command_path('moorctl'))}{state_flag} app push web web.yaml"
-        " && moorctl deployment create web && moorctl deploy web-default",
+        f"deploy:   {moorctl} app push web web.yaml && {moorctl} deployment create web"
+        f" && {moorctl} deploy web-default",
         "",
         "Ctrl-C stops both; run 'moorage dev' again to resume.",
     ]

@@ -113,7 +113,8 @@ def test_dev_starts_lists_stops_and_resumes(tmp_path: Path) -> None:
         )
         clusters = json.loads(out.stdout)
         assert [c["id"] for c in clusters["items"]] == [machine_id] and clusters["next"] is None
-        assert re.search(r"^deploy: +\S*moorctl --state-dir \S+ app push ", banner, re.M)
+        deploy = re.search(r"^deploy: +(.*)$", banner, re.M)
+        assert deploy and deploy.group(1).count(printed.group(1).rsplit(" ", 1)[0]) == 3, banner
 
         listed = moorctl(state, "--json", "list-machines")
         assert listed.returncode == 0, listed.stderr
