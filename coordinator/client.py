@@ -46,6 +46,13 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
         return ctx
 
 
+class ApiResponse(msgspec.Struct, frozen=True):
+    status: int
+    headers: dict[str, str]
+    """Lower-cased names."""
+    body: Any
+
+
 class ApiClientError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}" if status else message)
@@ -99,6 +106,10 @@ class ApiClient:
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         """JSON in, JSON out; any non-2xx becomes ApiClientError with the server's message."""
+        return (await self.request(method, path, body)).body
+
+    async def request(self, method: str, path: str, body: Any = None) -> ApiResponse:
+        """Like `call`, with the status and headers (e.g. whether a create created)."""
         data = None if body is None else msgspec.json.encode(body)
         headers = {"Content-Type": "application/json"} if data is not None else None
         try:
@@ -108,7 +119,11 @@ class ApiClient:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise ApiClientError(resp.status, _error_message(raw) or resp.reason or "")
-                return msgspec.json.decode(raw) if raw else None
+                return ApiResponse(
+                    resp.status,
+                    {k.lower(): v for k, v in resp.headers.items()},
+                    msgspec.json.decode(raw) if raw else None,
+                )
         except aiohttp.ClientConnectorError as exc:
             raise ApiClientError(
                 0, f"cannot reach {self.config.endpoint}: {exc.os_error}"

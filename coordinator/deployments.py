@@ -88,6 +88,7 @@ class DeploymentService:
         self.images = images
         self._locks: dict[str, asyncio.Lock] = {}
         self._release_units: dict[tuple[str, str], list[DesiredUnit]] = {}
+        self._manifests: dict[str, Manifest] = {}
         self._wake = asyncio.Event()
         units.desired_sources.append(self.machine_units)
         hub.on_connect.append(self._on_connect)
@@ -182,9 +183,17 @@ class DeploymentService:
         version: str = "",
     ) -> tuple[Application, bool]:
         """A new application with its first version; a retried create that repeats an
-        existing one (same name, same manifest) returns it (False: not created)."""
-        _check_name(name, "application")
+        existing one (same name, same manifest) returns it (False: not created). Name,
+        description and version label default to the envelope's metadata.name,
+        metadata.description and version."""
         manifest = _manifest(source_config)
+        meta = manifest.metadata
+        name = name or (meta.name if meta else "")
+        if not name:
+            raise Invalid("name: required (or metadata.name in the manifest)")
+        _check_name(name, "application")
+        description = description or (meta.description if meta else "")
+        version = version or manifest.version
         existing = self.store.application_by_name(name)
         if existing is not None:
             if existing.digest == manifest.digest():
@@ -237,7 +246,7 @@ class DeploymentService:
                 new_version = ApplicationVersion(
                     application_id=app.id,
                     number=number,
-                    label=version or str(number),
+                    label=version or manifest.version or str(number),
                     source_config=source_config,
                     digest=manifest.digest(),
                     created_at=now,
@@ -262,6 +271,16 @@ class DeploymentService:
                 + "; delete them first"
             )
         self.store.delete_application(app.id)
+
+    def manifest(self, app: Application) -> Manifest:
+        """The latest version's manifest, parsed (cached by digest: versions never change)."""
+        cached = self._manifests.get(app.digest)
+        if cached is None:
+            cached = _manifest(app.source_config)
+            if len(self._manifests) > 1024:
+                self._manifests.clear()
+            self._manifests[app.digest] = cached
+        return cached
 
     def application(self, app_id: str) -> Application:
         """By id, or by name (names are unique; moorctl uses them)."""

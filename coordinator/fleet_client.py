@@ -56,6 +56,16 @@ def options_from_file(path: Path) -> list[UnitOption]:
     return parse_unit_file(path.read_text())
 
 
+def local_file(name: str, search: Path) -> Path | None:
+    """The unit's file in `search`, else its template's file there (fleetctl's order)."""
+    if (search / name).is_file():
+        return search / name
+    template = template_of(name)
+    if template is not None and (search / template).is_file():
+        return search / template
+    return None
+
+
 async def resolve_options(api: ApiClient, name: str, search: Path) -> list[UnitOption] | None:
     """The unit's file from disk, else its template's file, else the template unit already
     in the cluster (fleetctl's order); None when none exists."""
@@ -77,7 +87,7 @@ async def submit(api: ApiClient, name: str, options: list[UnitOption]) -> bool:
     """PUT the unit if it is new; False if it already existed (left unchanged)."""
     if await get_unit(api, name) is not None:
         return False
-    await api.call("PUT", unit_path(name), {"name": name, "options": _plain(options)})
+    await api.call("PUT", unit_path(name), {"name": name, "options": plain_options(options)})
     return True
 
 
@@ -127,5 +137,5 @@ def is_global(unit: dict[str, Any]) -> bool:
         return False
 
 
-def _plain(options: list[UnitOption]) -> list[dict[str, str]]:
+def plain_options(options: list[UnitOption]) -> list[dict[str, str]]:
     return [{"section": o.section, "name": o.name, "value": o.value} for o in options]

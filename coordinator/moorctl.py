@@ -42,7 +42,14 @@ from coordinator.client import (
     load_dev_client,
 )
 from coordinator.process import run_main
-from proto.units import UnitNameError, UnitOption, serialize, unit_hash, validate_unit_name
+from proto.units import (
+    UnitFileError,
+    UnitNameError,
+    UnitOption,
+    serialize,
+    unit_hash,
+    validate_unit_name,
+)
 
 EXIT_API = 1
 EXIT_UNREACHABLE = 3
@@ -377,16 +384,62 @@ async def _ensure_submitted(api: ApiClient, name: str, directory: Path) -> bool:
     return await fc.submit(api, name, options)
 
 
+def local_units(
+    files: Sequence[str],
+) -> tuple[list[tuple[str, list[UnitOption]]], list[tuple[str, Path]]]:
+    """Units whose file (or template's file) is on disk, parsed, in order and each once;
+    and the names that need the cluster (no local file: maybe submitted already, or a
+    template there). Raises ApiClientError(400) for a bad name or an unreadable file."""
+    found: list[tuple[str, list[UnitOption]]] = []
+    remote: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+    for name, directory in _names(tuple(files)):
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            validate_unit_name(name)
+        except UnitNameError as exc:
+            raise ApiClientError(400, str(exc)) from None
+        path = fc.local_file(name, directory)
+        if path is None:
+            remote.append((name, directory))
+            continue
+        try:
+            found.append((name, fc.options_from_file(path)))
+        except (OSError, UnitFileError) as exc:
+            raise ApiClientError(400, f"{path}: {exc}") from None
+    return found, remote
+
+
+async def submit_many(api: ApiClient, files: Sequence[str]) -> list[tuple[str, bool]]:
+    """fleetctl's submit for many files in one request: every unit with a local file
+    goes in one batch that leaves already submitted units as they are; only names
+    without a local file are looked up in the cluster one by one."""
+    found, remote = local_units(files)
+    new: set[str] = set()
+    if found:
+        body = {
+            "keep_existing": True,
+            "units": [
+                {"name": n, "options": fc.plain_options(o), "desired_state": "inactive"}
+                for n, o in found
+            ],
+        }
+        result = await api.call("PUT", "moorage/v1/units", body)
+        new = set(result["created"])
+    for name, directory in remote:
+        if await _ensure_submitted(api, name, directory):
+            new.add(name)
+    return [(name, name in new) for name, _ in [*found, *remote]]
+
+
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
 @click.pass_obj
 def submit(ctx: Ctx, files: tuple[str, ...]) -> None:
-    """Upload unit files (desired state inactive)."""
-
-    async def go(api: ApiClient) -> list[tuple[str, bool]]:
-        return [(n, await _ensure_submitted(api, n, d)) for n, d in _names(files)]
-
-    results = _call(ctx, go)
+    """Upload unit files (desired state inactive); many files go in one request."""
+    results = _call(ctx, lambda api: submit_many(api, files))
     if ctx.json:
         _emit_json([{"unit": n, "submitted": new} for n, new in results])
         return
@@ -557,6 +610,20 @@ def status(ctx: Ctx, unit: str, lines: int) -> None:
             click.echo(line["message"])
 
 
+def journal_target_problem(unit: str, machines: Sequence[str], full: bool) -> str:
+    """Why `moorctl journal UNIT` without --machine cannot pick a machine ("" if it can),
+    in the CLI's words."""
+    if not machines:
+        return (
+            f"{unit} is not scheduled on any machine, so it has no journal yet"
+            f" (moorctl status {unit} shows its state)"
+        )
+    if len(machines) > 1:
+        shown = ", ".join(short_id(mid, full) for mid in machines)
+        return f"{unit} runs on {len(machines)} machines ({shown}): choose one with --machine ID"
+    return ""
+
+
 @cli.command()
 @click.argument("unit")
 @click.option("-n", "--lines", default=10, show_default=True, help="Lines to show.")
@@ -565,6 +632,11 @@ def status(ctx: Ctx, unit: str, lines: int) -> None:
 @click.pass_obj
 def journal(ctx: Ctx, unit: str, lines: int, follow: bool, machine: str) -> None:
     """A unit's journal through the coordinator (no SSH)."""
+    if not machine:
+        record = _call(ctx, lambda api: api.call("GET", f"moorage/v1/units/{quote(unit, safe='')}"))
+        problem = journal_target_problem(unit, record["machines"], ctx.full)
+        if problem:
+            _fail(problem, EXIT_API)
     query = f"lines={lines}" + (f"&machine={machine}" if machine else "")
     path = f"moorage/v1/units/{quote(unit, safe='')}/journal?{query}"
     if not follow:
@@ -617,13 +689,19 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 
 
 def _create(
-    ctx: Ctx, collection: str, body: dict[str, Any], describe: Callable[[dict[str, Any]], str]
+    ctx: Ctx,
+    collection: str,
+    body: dict[str, Any],
+    describe: Callable[[dict[str, Any], bool], str],
 ) -> None:
-    made = _call(ctx, lambda api: api.call("POST", f"{V2}/{collection}", body))
+    """POST a create; a repeated create answers with the object that exists, which the
+    Moorage-Created header tells apart (so "created" is never said of an old one)."""
+    response = _call(ctx, lambda api: api.request("POST", f"{V2}/{collection}", body))
+    made = response.body
     if ctx.json:
         _emit_json(made)
     else:
-        click.echo(describe(made))
+        click.echo(describe(made, response.headers.get("moorage-created", "true") == "true"))
 
 
 def _delete(ctx: Ctx, collection: str, name: str, what: str) -> None:
@@ -683,7 +761,10 @@ def group_create(
         ctx,
         "cluster-groups",
         body,
-        lambda made: f"Group {made['name']} holds {len(made['members'])} machine(s)",
+        lambda made, new: (
+            f"Group {made['name']}{'' if new else ' already exists and'}"
+            f" holds {len(made['members'])} machine(s)"
+        ),
     )
 
 
@@ -754,16 +835,45 @@ def app_push(ctx: Ctx, name: str, manifest: str, version: str, description: str 
 
 @app_cmd.command("show")
 @click.argument("name")
+@click.option("--source", is_flag=True, help="Only the manifest, byte for byte (for > FILE).")
 @click.pass_obj
-def app_show(ctx: Ctx, name: str) -> None:
-    """The latest version's manifest, byte for byte."""
+def app_show(ctx: Ctx, name: str, source: bool) -> None:
+    """The application (versions, units, metadata), then its latest manifest."""
     app = _call(
         ctx, lambda api: api.call("GET", f"{V2}/deployment-applications/{quote(name, safe='')}")
     )
     if ctx.json:
         _emit_json(app)
-    else:
-        click.echo(app["sourceConfig"], nl=False)
+        return
+    if not source:
+        for line in describe_application(app):
+            click.echo(line)
+        click.echo("")
+    click.echo(app["sourceConfig"], nl=False)
+
+
+def describe_application(app: dict[str, Any]) -> list[str]:
+    """What `app show` prints above the manifest: what the API says of the application."""
+    meta = app.get("metadata") or {}
+    lines = [
+        f"Application {app['name']} ({app.get('type', 'Application')},"
+        f" {app.get('form', 'bare')} manifest)",
+        f"  version:        {app['version']} (versions: {', '.join(app['versions'])})",
+        f"  units:          {', '.join(app.get('units', [])) or '-'}",
+    ]
+    description = app.get("description") or meta.get("description")
+    if description:
+        lines.append(f"  description:    {description}")
+    if meta.get("clusterGroups"):
+        lines.append(f"  cluster groups: {', '.join(meta['clusterGroups'])}")
+    if meta.get("labels"):
+        labels = [f"{x['key']}={x['value']}" if x["value"] else x["key"] for x in meta["labels"]]
+        lines.append(f"  labels:         {', '.join(labels)}")
+    for key, value in (meta.get("annotations") or {}).items():
+        lines.append(f"  annotation:     {key}: {value}")
+    if meta.get("lifecycle"):
+        lines.append(f"  lifecycle:      {meta['lifecycle']}")
+    return lines
 
 
 @cli.group("deployment")
@@ -817,7 +927,9 @@ def deployment_create(ctx: Ctx, application: str, group_name: str, name: str, ve
         ctx,
         "deployments",
         body,
-        lambda made: f"Deployment {made['name']} created ({made['status']})",
+        lambda made, new: (
+            f"Deployment {made['name']} {'created' if new else 'already exists'} ({made['status']})"
+        ),
     )
 
 
@@ -1072,8 +1184,37 @@ def stickers_cmd(ctx: Ctx, machine: str) -> None:
     )
 
 
+GLOBAL_FLAGS = frozenset({"--json", "--full"})
+GLOBAL_VALUE_OPTIONS = frozenset(
+    {"--endpoint", "--ca-file", "--cert-file", "--key-file", "--token", "--state-dir"}
+)
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move the global options to the front, wherever they were given: people write
+    `moorctl list-units --json` as often as `moorctl --json list-units`. No subcommand
+    has an option of these names; `--` ends the scan. Pure."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in GLOBAL_FLAGS or (arg.split("=", 1)[0] in GLOBAL_VALUE_OPTIONS and "=" in arg):
+            front.append(arg)
+        elif arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(argv):
+            front += [arg, argv[i + 1]]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main() -> None:
-    cli()
+    cli.main(args=hoist_global_options(sys.argv[1:]), prog_name="moorctl")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,14 @@ class Sent(msgspec.Struct):
     units: dict[str, DesiredUnit]
 
 
+class BatchWritten(msgspec.Struct):
+    """What a batch did, by unit name."""
+
+    created: list[str] = msgspec.field(default_factory=list)
+    replaced: list[str] = msgspec.field(default_factory=list)
+    kept: list[str] = msgspec.field(default_factory=list)
+
+
 def current_state(unit: Unit, states: Iterable[UnitState]) -> str:
     """fleet's currentState: what the target machine reports having done for this
     version of the unit; `inactive` while unplaced or unreported."""
@@ -100,12 +108,28 @@ class UnitService:
         await self.reschedule()
         return self.storage.get_unit(name) or unit
 
-    async def put_many(self, units: list[tuple[str, list[UnitOption], DesiredState]]) -> int:
-        """Create or replace many units at once: one transaction, one scheduling pass."""
-        existing = {u.name: u for u in self.storage.list_units()}
+    async def put_many(
+        self,
+        units: list[tuple[str, list[UnitOption], DesiredState]],
+        *,
+        keep_existing: bool = False,
+    ) -> BatchWritten:
+        """Create or replace many units at once: one transaction, one scheduling pass.
+        With `keep_existing`, units that already exist are left untouched (fleetctl
+        submit's rule). Nothing is awaited between reading what exists and writing, so
+        no other request interleaves."""
+        existing = {u.name: u for u in self.storage.unit_heads()}
         records = []
+        written = BatchWritten()
         for name, options, state in units:
             old = existing.get(name)
+            if old is None:
+                written.created.append(name)
+            elif keep_existing:
+                written.kept.append(name)
+                continue
+            else:
+                written.replaced.append(name)
             records.append(
                 Unit(
                     name=name,
@@ -115,10 +139,12 @@ class UnitService:
                     machines=list(old.machines) if old and not old.pinned else [],
                 )
             )
+        if not records:
+            return written
         affected = self.storage.put_units(records, time.time())
         await self.push(affected)
         await self.reschedule()
-        return len(records)
+        return written
 
     async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:
         unit = self.storage.get_unit(name)

@@ -25,6 +25,7 @@ from coordinator.deployments import DeploymentService, Invalid, NotFound, Unavai
 from coordinator.deploystore import Conflict, DeployStore
 from coordinator.groups import members
 from coordinator.hub import Hub
+from coordinator.manifest import DEPLOYABLE_TYPE, Metadata
 from coordinator.models import (
     Application,
     Deployment,
@@ -85,6 +86,22 @@ class GroupBody(msgspec.Struct, frozen=True, rename="camel"):
 # --- objects ----------------------------------------------------------------------------
 
 
+class LabelOut(msgspec.Struct, frozen=True):
+    key: str
+    value: str
+
+
+class MetadataOut(msgspec.Struct, frozen=True, rename="camel"):
+    """The manifest envelope's metadata (empty for a bare manifest): kept and shown."""
+
+    name: str
+    description: str
+    cluster_groups: list[str]
+    labels: list[LabelOut]
+    annotations: dict[str, str]
+    lifecycle: str
+
+
 class ApplicationOut(msgspec.Struct, frozen=True, rename="camel"):
     id: str
     name: str
@@ -95,6 +112,13 @@ class ApplicationOut(msgspec.Struct, frozen=True, rename="camel"):
     description: str
     created_at: str | None
     updated_at: str | None
+    type: str
+    """Application: the one deployable type."""
+    form: str
+    """envelope (version/type/metadata/spec) or bare (units at the top)."""
+    metadata: MetadataOut
+    units: list[str]
+    """The latest version's unit names (spec.containers[] become NAME.container)."""
 
 
 class DeploymentOut(msgspec.Struct, frozen=True, rename="camel"):
@@ -165,7 +189,11 @@ class ClusterOut(msgspec.Struct, frozen=True, rename="camel"):
     hostname: str
     ip: str
     health: str
-    """healthy (connected, no drift) | drifted | unreachable (disconnected) | offline (lost)"""
+    """healthy (connected, can run units, no drift) | drifted | unhealthy (connected but
+    can run nothing: neither systemd nor Docker reachable) | unreachable (disconnected)
+    | offline (lost)"""
+    health_reason: str
+    """Why the machine is not healthy ("" when it is)."""
     state: str
     metadata: dict[str, str]
     capabilities: list[str]
@@ -191,6 +219,32 @@ class GroupOut(msgspec.Struct, frozen=True, rename="camel"):
 class Page(msgspec.Struct, frozen=True):
     items: list[Any]
     next: str | None
+
+
+def cluster_health(
+    state: str, connected: bool, drift: int, capabilities: Sequence[str]
+) -> tuple[str, str]:
+    """A machine's health and, unless healthy, why. A connected machine whose agent
+    reaches neither systemd nor Docker can run nothing, so it is not healthy. Pure."""
+    if state == "lost":
+        return "offline", "the machine has been gone longer than the lost-after time"
+    if not connected:
+        return "unreachable", "the agent is not connected"
+    if not set(capabilities) & {"systemd", "docker"}:
+        return "unhealthy", "neither systemd nor Docker is reachable: it can run nothing"
+    if drift:
+        return "drifted", f"{drift} unit(s) differ from what the machine was told"
+    return "healthy", ""
+
+
+CREATED_HEADER = "Moorage-Created"
+"""A retried create answers 201 with the object already made (GitOps clients expect
+201); this header says whether this request made it (true) or found it (false)."""
+
+
+def created(response: web.Response, made: bool) -> web.Response:
+    response.headers[CREATED_HEADER] = "true" if made else "false"
+    return response
 
 
 # --- paging -----------------------------------------------------------------------------
@@ -261,6 +315,8 @@ def routes(
     r = web.RouteTableDef()
 
     def app_out(app: Application) -> ApplicationOut:
+        manifest = service.manifest(app)
+        meta = manifest.metadata or Metadata()
         return ApplicationOut(
             id=app.id,
             name=app.name,
@@ -271,6 +327,17 @@ def routes(
             description=app.description,
             created_at=iso(app.created_at),
             updated_at=iso(app.updated_at),
+            type=DEPLOYABLE_TYPE,
+            form="bare" if manifest.metadata is None else "envelope",
+            metadata=MetadataOut(
+                name=meta.name,
+                description=meta.description,
+                cluster_groups=meta.cluster_groups,
+                labels=[LabelOut(label.key, label.value) for label in meta.labels],
+                annotations=meta.annotations,
+                lifecycle=meta.lifecycle,
+            ),
+            units=[u.name for u in manifest.units],
         )
 
     def deployment_out(d: Deployment) -> DeploymentOut:
@@ -351,18 +418,14 @@ def routes(
     ) -> ClusterOut:
         connected = mach.id in hub.sessions
         drifted = drift.get(mach.id, 0)
-        if mach.state == "lost":
-            health = "offline"
-        elif not connected:
-            health = "unreachable"
-        else:
-            health = "drifted" if drifted else "healthy"
+        health, reason = cluster_health(mach.state, connected, drifted, mach.capabilities)
         return ClusterOut(
             id=mach.id,
             name=mach.hostname or mach.id,
             hostname=mach.hostname,
             ip=mach.primary_ip,
             health=health,
+            health_reason=reason,
             state="connected" if connected else mach.state,
             metadata=mach.metadata,
             capabilities=mach.capabilities,
@@ -414,14 +477,14 @@ def routes(
         body = await decode_body(request, GroupBody)
         if not body.name:
             raise ApiError(400, "name: required")
-        group, _ = _domain(
+        group, made = _domain(
             service.create_group,
             body.name,
             description=body.description or "",
             selector=body.selector,
             machines=body.cluster_ids,
         )
-        return json_response(group_out(group, storage.list_machines()), status=201)
+        return created(json_response(group_out(group, storage.list_machines()), status=201), made)
 
     @r.get(PREFIX + "/cluster-groups/{id}")
     async def get_group(request: web.Request) -> web.Response:
@@ -456,19 +519,17 @@ def routes(
     @r.post(PREFIX + "/deployment-applications")
     async def create_app(request: web.Request) -> web.Response:
         body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
-        if not body.name:
-            raise ApiError(400, "name: required")
         if body.source_config is None:
             raise ApiError(400, "sourceConfig: required (the application's YAML manifest)")
-        app, _ = _domain(
+        app, made = _domain(
             service.create_application,
-            body.name,
+            body.name or "",
             body.source_config,
             description=body.description or "",
             source_type=body.source_type or "",
             version=body.version,
         )
-        return json_response(app_out(app), status=201)
+        return created(json_response(app_out(app), status=201), made)
 
     @r.get(PREFIX + "/deployment-applications/{id}")
     async def get_app(request: web.Request) -> web.Response:
@@ -518,14 +579,14 @@ def routes(
             raise ApiError(400, "applicationId: required (or applications[0].id)")
         if not group:
             raise ApiError(400, "clusterGroupId: required (or targetGroup)")
-        d, _ = _domain(
+        d, made = _domain(
             service.create_deployment,
             body.name or "",
             app_id,
             group,
             application_version=version or "",
         )
-        return json_response(deployment_out(d), status=201)
+        return created(json_response(deployment_out(d), status=201), made)
 
     @r.get(PREFIX + "/deployments/{id}")
     async def get_deployment(request: web.Request) -> web.Response:

@@ -79,10 +79,18 @@ class UnitBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Many units in one request: one transaction and one scheduling pass."""
 
     units: list[BatchUnit]
+    keep_existing: bool = False
+    """Create only the units that do not exist yet and leave the others untouched (what
+    `fleetctl submit` / `moorctl submit` do); default: create or replace every unit."""
 
 
 class BatchResult(msgspec.Struct, frozen=True):
     accepted: int
+    """Units written (created or replaced)."""
+    created: list[str] = []
+    """Units that did not exist before."""
+    existing: list[str] = []
+    """With keep_existing: units that already existed and were left as they were."""
 
 
 class UnitList(msgspec.Struct, frozen=True):
@@ -166,8 +174,13 @@ def routes(
                 validate_unit(u.name, u.options)
             except UnitInvalid as exc:
                 raise ApiError(400, f"units[{i}] ({u.name}): {exc}") from None
-        count = await units.put_many([(u.name, u.options, u.desired_state) for u in body.units])
-        return json_response(BatchResult(count))
+        written = await units.put_many(
+            [(u.name, u.options, u.desired_state) for u in body.units],
+            keep_existing=body.keep_existing,
+        )
+        return json_response(
+            BatchResult(len(written.created) + len(written.replaced), written.created, written.kept)
+        )
 
     @r.get(PREFIX + "/units/{name}")
     async def get_unit(request: web.Request) -> web.Response:
@@ -214,9 +227,13 @@ def routes(
             raise ApiError(404, f"unit {name!r} does not exist")
         machine = request.query.get("machine") or ""
         if not machine:
-            if len(unit.machines) != 1:
+            if not unit.machines:
+                raise ApiError(409, f"unit {name} is not scheduled on any machine")
+            if len(unit.machines) > 1:
                 raise ApiError(
-                    400, f"unit {name} is on {len(unit.machines)} machines; pass machine=ID"
+                    400,
+                    f"unit {name} runs on {len(unit.machines)} machines"
+                    f" ({', '.join(unit.machines)}); pass machine=ID",
                 )
             machine = unit.machines[0]
         try:
