@@ -22,7 +22,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
-from coordinator.validation import UnitInvalid, validate_unit
+from coordinator.validation import UnitInvalid, validate_name, validate_unit
 from proto.container import ContainerOptionError, join_words, parse_container, split_words
 from proto.units import CONTAINER_SUFFIX, UnitFileError, UnitOption, parse_unit_file
 
@@ -39,7 +39,17 @@ METADATA_KEYS = (
     "annotations",
     "lifecycle",
 )
-CONTAINER_KEYS = ("name", "image", "ports", "mounts", "env", "command", "args", "restart")
+CONTAINER_KEYS = (
+    "name",
+    "image",
+    "ports",
+    "mounts",
+    "env",
+    "command",
+    "args",
+    "restart",
+    "network",
+)
 MOUNT_KEYS = ("hostPath", "mountPath", "readOnly")
 ENV_KEYS = ("name", "value")
 LABEL_KEYS = ("key", "value")
@@ -360,6 +370,13 @@ def _container(node: yaml.Node, field: str) -> ManifestUnit:
     ):
         where = f"{field}.mounts[{i}]"
         add(UnitOption("Container", "Volume", _mount(mount, where)), mount, where)
+    if "network" in fields:
+        where = f"{field}.network"
+        add(
+            UnitOption("Container", "Network", _text(fields["network"], where)),
+            fields["network"],
+            where,
+        )
     if "restart" in fields:
         where = f"{field}.restart"
         add(
@@ -368,9 +385,13 @@ def _container(node: yaml.Node, field: str) -> ManifestUnit:
             where,
         )
     try:
-        validate_unit(unit_name, options)
+        validate_name(unit_name)
     except UnitInvalid as exc:
         raise ManifestError(str(exc), _line(fields["name"]), f"{field}.name") from None
+    try:
+        validate_unit(unit_name, options)  # what only the fields together can break
+    except UnitInvalid as exc:
+        raise ManifestError(str(exc), _line(node), field) from None
     return ManifestUnit(unit_name, options)
 
 

@@ -427,7 +427,8 @@ def test_moorctl_apps_groups_deploy_and_rollout_status(one: Fleet) -> None:
     out = one.moorctl("app", "push", "web", str(manifest)).stdout
     assert "Application web: version 1 (created)" in out
     assert "(unchanged)" in one.moorctl("app", "push", "web", str(manifest)).stdout
-    assert one.moorctl("app", "show", "web").stdout == manifest.read_text()
+    assert one.moorctl("app", "show", "--source", "web").stdout == manifest.read_text()
+    assert one.moorctl("app", "show", "web").stdout.endswith(manifest.read_text())
     assert [a["name"] for a in one.json("app", "list")] == ["web"]
 
     out = one.moorctl(
@@ -441,6 +442,8 @@ def test_moorctl_apps_groups_deploy_and_rollout_status(one: Fleet) -> None:
 
     out = one.moorctl("deployment", "create", "web", "--group", "racked").stdout
     assert "Deployment web-racked created (Created)" in out
+    again = one.moorctl("deployment", "create", "web", "--group", "racked").stdout
+    assert "Deployment web-racked already exists (Created)" in again and "created" not in again
     assert "No release yet" in one.moorctl("rollout", "status", "web-racked").stdout
     out = one.moorctl("deploy", "web-racked").stdout
     assert "Success" in out and "1/1 machines done" in out and "m1" in out

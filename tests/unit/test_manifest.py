@@ -334,6 +334,18 @@ def test_labels_as_key_value_list_and_cluster_groups_as_text() -> None:
             "unknown key 'volumes'",
         ),
         (
+            "type: Application\nspec:\n  containers:\n    - name: web\n      image: nginx\n"
+            "      network: none\n      ports: ['80:80']\n",
+            4,
+            "spec.containers[0]: [Container] PublishPort: ports cannot be published with Network=none",
+        ),
+        (
+            "type: Application\nspec:\n  containers:\n    - name: web\n      image: nginx\n"
+            "      network: 'a:b'\n",
+            6,
+            "spec.containers[0].network",
+        ),
+        (
             "type: Application\nspec:\n  content:\n    - {path: /etc/x, data: y}\n",
             3,
             "spec.content: files (spec.content) are not supported",
