@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             command_s = time.monotonic() - started
             assert out.returncode == 0, out.stderr
             batch_requests = delta(requests(coordinator), before)
+            served = re.search(
+                r'^moorage_api_request_seconds_sum\{method="PUT",route="/moorage/v1/units",'
+                r"[^}]*\} (\S+)",
+                coordinator.metrics(),
+                re.M,
+            )
+            batch_server_s = float(served.group(1)) if served else float("nan")
             again_started = time.monotonic()
             again = coordinator.moorctl("submit", *files, cwd=root)
             again_s = time.monotonic() - again_started
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "units": args.units,
         "moorctl_submit_seconds": round(command_s, 2),
         "moorctl_submit_requests": batch_requests,
+        "batch_request_server_seconds": round(batch_server_s, 3),
         "moorctl_submit_again_seconds (all already submitted)": round(again_s, 2),
         "moorctl_list_machines_seconds (process start + TLS + one request)": round(baseline_s, 2),
         "one_by_one_seconds (fleetctl's way, one session)": round(single_s, 2),

@@ -168,7 +168,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "PUT",
         "/moorage/v1/units",
-        "Create or replace many units at once",
+        "Create or replace many units at once (keep_existing: create only new ones)",
         request=native.UnitBatch,
         response=native.BatchResult,
         errors=(400, 413, 415),
@@ -193,8 +193,8 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/moorage/v1/units/{name}/journal",
-        "Unit log lines; follow=1 streams NDJSON",
-        errors=(400, 404, 502, 503),
+        "Unit log lines; follow=1 streams NDJSON (409: the unit is on no machine)",
+        errors=(400, 404, 409, 502, 503),
         query=("machine", "lines", "follow", "cursor"),
     ),
 )

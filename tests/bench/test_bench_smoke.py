@@ -69,3 +69,11 @@ def test_agent_footprint(results_dir: Path) -> None:
     bench_agent_footprint.main(["--units", "10", "--rest", "2", "--name", "smoke-footprint"])
     figures = load(results_dir, "smoke-footprint")
     assert figures["units"] == 10 and figures["agent_rss_mib"] > 0
+
+
+def test_submit(results_dir: Path) -> None:
+    from bench import bench_submit
+
+    bench_submit.main(["--units", "20", "--name", "smoke-submit"])
+    figures = load(results_dir, "smoke-submit")
+    assert figures["moorctl_submit_requests"] == 1 and figures["one_by_one_requests"] == 60

@@ -135,6 +135,10 @@ def test_envelope_with_units_deploys_and_deleting_the_deployment_removes_them(
             ["1"],
             UNITS_APP,
         )
+    # new content under the same `version:` would change what version "1" deploys
+    changed = UNITS_APP.replace("gitops-web", "gitops-web2")
+    status, err = fm.call("PUT", f"/deployment-applications/{app['id']}", create_body(changed))
+    assert status == 409 and "already has a version '1'" in err["message"], err
     # only Application is deployable
     status, err = fm.call(
         "POST",

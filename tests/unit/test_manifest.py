@@ -383,3 +383,22 @@ def test_envelope_refusals_name_the_line_and_field_path(text: str, line: int, ne
         parse_manifest(text)
     assert needle in str(err.value)
     assert err.value.line == line, str(err.value)
+
+
+def test_the_examples_in_docs_manifest_md_parse() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "manifest.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    assert len(blocks) == 2
+    envelope, bare = (parse_manifest(b) for b in blocks)
+    assert [u.name for u in envelope.units] == ["web.service", "nginx.container"]
+    assert envelope.metadata is not None and envelope.metadata.cluster_groups == [
+        "edge-eu",
+        "edge-us",
+    ]
+    assert bare.metadata is None and [u.name for u in bare.units] == [
+        "web.service",
+        "cache.container",
+    ]
