@@ -276,7 +276,11 @@ class DeploymentService:
         """The latest version's manifest, parsed (cached by digest: versions never change)."""
         cached = self._manifests.get(app.digest)
         if cached is None:
-            cached = _manifest(app.source_config)
+            try:
+                cached = _manifest(app.source_config)
+            except Invalid as exc:  # stored under older rules: show it, do not fail
+                log.warning("application %s: stored manifest no longer parses: %s", app.name, exc)
+                cached = Manifest(units=[])
             if len(self._manifests) > 1024:
                 self._manifests.clear()
             self._manifests[app.digest] = cached

@@ -179,7 +179,7 @@ spec:
     - name: shop
       image: {BUSYBOX_TAG}
       command: ["/bin/sh", "-c"]
-      args: ["echo \\"$GREETING\\" > /data/hello; exec sleep 3600"]
+      args: ["trap 'exit 0' TERM; echo \\"$GREETING\\" > /data/hello; sleep 3600 & wait"]
       env:
         - {{name: GREETING, value: hello from gitops}}
       mounts:
@@ -218,8 +218,10 @@ def test_envelope_with_containers_runs_them_without_unit_syntax(
     data = tmp_path / "shop-data"
     data.mkdir()
     text = CONTAINER_APP.replace("{data}", str(data))
-    app = fm.ok("POST", "/deployment-applications", create_body(text, "shop"), expect=201)
-    assert app["units"] == ["shop.container"]
+    # no name in the request: the manifest's metadata.name names the application
+    body = {"sourceConfig": text, "sourceType": "gitops"}
+    app = fm.ok("POST", "/deployment-applications", body, expect=201)
+    assert (app["name"], app["version"], app["units"]) == ("shop", "1", ["shop.container"])
     assert app["metadata"]["labels"] == [{"key": "tier", "value": "front"}]
     same = fm.ok("PUT", f"/deployment-applications/{app['id']}", create_body(text, "shop"))
     assert same["versions"] == ["1"]
@@ -231,7 +233,7 @@ def test_envelope_with_containers_runs_them_without_unit_syntax(
     assert container["Config"]["Cmd"] == [
         "/bin/sh",
         "-c",
-        'echo "$GREETING" > /data/hello; exec sleep 3600',
+        "trap 'exit 0' TERM; echo \"$GREETING\" > /data/hello; sleep 3600 & wait",
     ]
     assert "GREETING=hello from gitops" in container["Config"]["Env"]
     assert container["Config"]["Labels"][LABEL_UNIT] == "shop.container"
