@@ -25,7 +25,7 @@ from coordinator import liveness, pki
 from coordinator.enrolment import Enroller
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.statebuffer import StateBuffer
-from coordinator.storage import EnrollRefused, Storage
+from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
 from proto import messages as m
 
 log = logging.getLogger(__name__)
@@ -331,9 +331,16 @@ class Hub:
                 log.warning("machine %s missed its heartbeats; closing its session", t.id)
                 self._background(self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed"))
             elif t.state == "lost":
+                # The machine leaves the in-memory list only once `lost` is stored (a
+                # failed write is retried on the next check), and only after every
+                # queued write (its `disconnected` among them) is: never out of order.
+                if not self.buffer.flush():
+                    return
+                try:
+                    self.storage.set_machine_state(t.id, "lost", now)
+                except StorageUnavailable:
+                    return
                 log.info("machine %s is now lost", t.id)
                 self.disconnected_since.pop(t.id, None)
-                self.buffer.flush()
-                self.storage.set_machine_state(t.id, "lost", now)
                 for hook in self.on_state_change:
                     await hook(t.id, t.state)

@@ -8,8 +8,12 @@ applied in order under `PRAGMA user_version`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -28,6 +32,8 @@ from coordinator.models import (
 )
 from proto.messages import UnitStatus
 from proto.units import UnitOption
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: machines, enrolment and API tokens, certificate revocation.
@@ -218,11 +224,75 @@ class EnrollRefused(StorageError):
     """The join token cannot be used; the message says why (shown to the agent)."""
 
 
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+FAULT_MESSAGES = {"full": "coordinator storage is full", "io": "coordinator storage is failing"}
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """Which fault: "full" (no space left), "io" (the disk fails) or None (any other error): the two
+    faults that are the machine's, not the request's, and pass once an operator acts."""
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        text = str(exc)
+        if code == SQLITE_FULL or "database or disk is full" in text:
+            return "full"
+        if code == SQLITE_IOERR or "disk I/O error" in text:
+            return "io"
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full"
+        if exc.errno == errno.EIO:
+            return "io"
+    return None
+
+
+class StorageUnavailable(StorageError):
+    """A write failed because the storage is full or failing (`kind` "full" or "io");
+    answered 507/503 naming storage, and retried by what writes behind."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{FAULT_MESSAGES.get(kind, 'coordinator storage failed')} ({detail})")
+
+
+class StorageHealth:
+    """Whether the last write got through; a fault is logged once, not per write."""
+
+    def __init__(self) -> None:
+        self.fault = ""
+        self.detail = ""
+        self.since = 0.0
+        self.failures = 0
+
+    @property
+    def message(self) -> str:
+        if not self.fault:
+            return ""
+        return f"{FAULT_MESSAGES.get(self.fault, 'coordinator storage failed')} ({self.detail})"
+
+    def failed(self, kind: str, detail: str) -> None:
+        self.failures += 1
+        if self.fault != kind:
+            self.fault, self.detail, self.since = kind, detail, time.time()
+            log.error("%s; writes are refused or retried until it is fixed", self.message)
+
+    def ok(self) -> None:
+        if self.fault:
+            log.warning(
+                "coordinator storage is writable again (after %.0f s)", time.time() - self.since
+            )
+            self.fault, self.detail = "", ""
+
+
 class Storage:
     """One SQLite connection, used from the event loop thread only."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        self.health = StorageHealth()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -254,17 +324,41 @@ class Storage:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; nested uses join the outer one (see `batch`)."""
+        """One transaction; nested uses join the outer one (see `batch`).
+
+        A failed COMMIT is rolled back too (else every later write would join a
+        transaction that never ends); a full or failing disk raises StorageUnavailable.
+        """
         if self._db.in_transaction:
             yield self._db
             return
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back already
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            kind = storage_fault(exc)
+            if kind is None:
+                raise
+            self.health.failed(kind, str(exc))
+            raise StorageUnavailable(kind, str(exc)) from exc
+        self.health.ok()
+
+    def probe(self) -> bool:
+        """Try a one-page write (the header's user_version, unchanged): whether the
+        storage takes writes again when nothing else is waiting to be written."""
+        try:
+            with self._tx() as db:
+                db.execute(f"PRAGMA user_version={int(self.schema_version)}")
+        except StorageUnavailable:
+            return False
+        return True
 
     def batch(self) -> AbstractContextManager[sqlite3.Connection]:
         """Group many writes into one transaction (one fsync)."""
