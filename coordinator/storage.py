@@ -568,7 +568,11 @@ class Storage:
 
     def put_unit(self, unit: Unit, now: float) -> set[str]:
         """Create or replace a unit with its placements; returns the machines whose
-        desired state changed (their revisions are bumped in the same transaction)."""
+        desired state changed (their revisions are bumped in the same transaction).
+
+        What machines reported stays when a unit moves or goes: a copy runs until its
+        machine says it stopped (a partitioned machine cannot), so its row goes only
+        when that machine reports the unit gone (`record_unit_states`)."""
         with self._tx() as db:
             old = {
                 r[0]
@@ -598,10 +602,6 @@ class Storage:
                 "INSERT OR IGNORE INTO placements (unit, machine_id) VALUES (?, ?)",
                 [(unit.name, m) for m in new - old],
             )
-            db.executemany(
-                "DELETE FROM unit_states WHERE name=? AND machine_id=?",
-                [(unit.name, m) for m in old - new],
-            )
             affected = old | new
             _bump(db, affected)
             return affected
@@ -622,10 +622,6 @@ class Storage:
                     [(name, m) for m in old - new],
                 )
                 db.executemany(
-                    "DELETE FROM unit_states WHERE name=? AND machine_id=?",
-                    [(name, m) for m in old - new],
-                )
-                db.executemany(
                     "INSERT INTO placements (unit, machine_id) VALUES (?, ?)",
                     [(name, m) for m in new - old],
                 )
@@ -641,7 +637,6 @@ class Storage:
             }
             if db.execute("DELETE FROM units WHERE name=?", (name,)).rowcount != 1:
                 return None
-            db.execute("DELETE FROM unit_states WHERE name=?", (name,))
             _bump(db, placed)
             return placed
 
