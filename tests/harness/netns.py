@@ -2,8 +2,8 @@
 
 The host end gets 10.231.N.1/30, the namespace end 10.231.N.2/30; a process started
 through `wrap` runs in the namespace (an agent there reaches a hub listening on the
-host end's address). `cut` drops the link silently (the namespace end goes down: no
-RST, no FIN, packets vanish), `heal` brings it back. Each test picks its own N, so
+host end's address). `cut` drops the link silently (the host end goes down: no RST,
+no FIN, packets vanish), `heal` brings it back. Each test picks its own N, so
 addresses never clash; `close` deletes the namespace and with it both veth ends.
 """
 
