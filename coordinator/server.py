@@ -215,6 +215,7 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
+        self.units.start()
         log.info("API on port %d, agent hub on port %d", self.api_port, self.hub_port)
 
     async def _listen(self, app: web.Application, listen: str, ctx: ssl.SSLContext) -> int:

@@ -220,6 +220,12 @@ class UnitService:
         except Exception:
             log.exception("scheduling failed")
 
+    def start(self) -> None:
+        """After a restart, machines lost just before it may still hold StopWhenIsolated
+        units: one pass once the margin is over places them (agents connecting trigger
+        passes too, but maybe none connects)."""
+        asyncio.get_running_loop().call_later(ISOLATION_MARGIN_S + 0.1, self.reschedule_soon)
+
     async def _on_machine_state(self, machine_id: str, state: str) -> None:
         if state == "lost":
             self.reschedule_soon()

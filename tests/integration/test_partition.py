@@ -5,8 +5,8 @@ StopWhenIsolated is stopped on the isolated machine before it starts elsewhere.
 Machine `iso` runs its agent in a network namespace of the test's own, reaching the
 hub over a veth (10.231.154.0/30); the partition takes the veth's host end down
 (packets vanish). Machine `free` runs in the test's namespace. Both agents drive
-their own real systemd manager;
-so the test orders the stop on `iso` and the start on `free` by watching both.
+their own real systemd manager; the test orders the stop on `iso` and the start on
+`free` by watching both.
 """
 
 from __future__ import annotations
