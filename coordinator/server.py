@@ -243,8 +243,13 @@ class Coordinator:
         await self.hub.close_all()
         for runner in reversed(self._runners):
             await runner.cleanup()
-        self.hub.buffer.flush()
-        self.storage.disconnect_all(time.time())
+        try:
+            self.hub.buffer.flush()
+            self.storage.disconnect_all(time.time())
+        except StorageUnavailable as exc:
+            # Nothing lost that matters: agents report it all again, and the next start
+            # marks every machine disconnected anyway.
+            log.error("stopping without storing the last reports: %s", exc)
         self.storage.close()
 
 

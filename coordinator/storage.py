@@ -259,13 +259,19 @@ class StorageUnavailable(StorageError):
 
 
 class StorageHealth:
-    """Whether the last write got through; a fault is logged once, not per write."""
+    """Whether the last write got through. A fault is logged when it starts and when
+    it ends, not per write; a disk that flaps (a small write fits where a big one did
+    not) logs each of the two lines at most once per `QUIET_S`."""
+
+    QUIET_S = 60.0
 
     def __init__(self) -> None:
         self.fault = ""
         self.detail = ""
         self.since = 0.0
         self.failures = 0
+        self._fault_logged = -self.QUIET_S
+        self._ok_logged = -self.QUIET_S
 
     @property
     def message(self) -> str:
@@ -275,16 +281,24 @@ class StorageHealth:
 
     def failed(self, kind: str, detail: str) -> None:
         self.failures += 1
-        if self.fault != kind:
-            self.fault, self.detail, self.since = kind, detail, time.time()
+        if self.fault == kind:
+            return
+        now = time.monotonic()
+        self.fault, self.detail, self.since = kind, detail, time.time()
+        if now - self._fault_logged >= self.QUIET_S:
+            self._fault_logged = now
             log.error("%s; writes are refused or retried until it is fixed", self.message)
 
     def ok(self) -> None:
-        if self.fault:
+        if not self.fault:
+            return
+        now = time.monotonic()
+        if now - self._ok_logged >= self.QUIET_S:
+            self._ok_logged = now
             log.warning(
                 "coordinator storage is writable again (after %.0f s)", time.time() - self.since
             )
-            self.fault, self.detail = "", ""
+        self.fault, self.detail = "", ""
 
 
 class Storage:

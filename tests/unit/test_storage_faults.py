@@ -129,3 +129,19 @@ async def test_lost_is_retried_until_stored_and_never_before_disconnected(tmp_pa
     machine = db.get_machine("m1")
     assert machine is not None and machine.state == "lost"
     assert lost == ["m1:lost"] and "m1" not in hub.disconnected_since
+
+
+def test_a_flapping_disk_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    from coordinator.storage import StorageHealth
+
+    health = StorageHealth()
+    with caplog.at_level("WARNING", logger="coordinator.storage"):
+        for _ in range(5):
+            health.failed("full", "database or disk is full")
+            health.failed("full", "database or disk is full")
+            health.ok()
+        health.failed("full", "database or disk is full")
+    text = caplog.text
+    assert text.count("coordinator storage is full") == 1
+    assert text.count("writable again") == 1
+    assert health.fault == "full" and health.failures == 11
