@@ -153,7 +153,10 @@ class Link:
         async with asyncio.timeout(WELCOME_TIMEOUT_S):
             data = await ws.receive()
         if data is None:
-            raise LinkRefused(f"no Welcome (close code {ws.close_code}: {ws.close_reason})")
+            why = f"no Welcome (close code {ws.close_code}: {ws.close_reason or 'no reason'})"
+            if ws.close_code is not None and 4000 <= ws.close_code < 5000:
+                raise LinkRefused(why)  # the hub's own refusals (protocol, identity)
+            raise WsError(why)  # a hub going away mid-handshake: an ordinary retry
         try:
             reply = m.decode(data)
         except m.FrameError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import socket
 
+import pytest
+
 from agent.backoff import REFUSED, next_failures, reconnect_delay
 from agent.link import describe, session_end
 from agent.wsclient import CLOSE_ABNORMAL
@@ -80,3 +82,26 @@ def test_keepalive_is_set_on_a_real_socket() -> None:
         cnt = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
         assert idle + intvl * cnt == DEAD_AFTER_S <= 15
     assert not enable_keepalive(None)
+
+
+class _Closed:
+    """A WebSocket that closed before any message, with the given close code."""
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        self.close_code = code
+        self.close_reason = reason
+
+    async def receive(self) -> bytes | None:
+        return None
+
+
+async def test_only_the_hubs_own_refusals_count_as_refused() -> None:
+    from agent.link import Link, LinkRefused
+    from agent.wsclient import WsError
+
+    link = Link.__new__(Link)
+    with pytest.raises(LinkRefused, match="4003"):
+        await link._welcome(_Closed(4003, "identity"))  # type: ignore[arg-type]
+    for code in (1001, CLOSE_ABNORMAL, None):  # a hub going away: retry soon
+        with pytest.raises(WsError, match="no Welcome"):
+            await link._welcome(_Closed(code))  # type: ignore[arg-type]
