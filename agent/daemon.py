@@ -34,7 +34,7 @@ from collections.abc import Collection, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, drift, facts
+from agent import __version__, drift, facts, isolation
 from agent.backends.base import BackendUnavailable, UnitRuntime
 from agent.backends.docker import DockerBackend, DockerError
 from agent.backends.systemd import SystemdBackend, SystemdError
@@ -55,6 +55,7 @@ from proto.container import ContainerOptionError, parse_container
 log = logging.getLogger(__name__)
 
 REPORT_COALESCE_S = 0.05
+ISOLATION_CHECK_S = 1.0
 SYSTEMD_RETRY_S = 30.0
 REPAIR_MAX_DELAY_S = 60.0
 """Longest wait between two repairs of a unit that stays drifted (the first is at once)."""
@@ -118,6 +119,13 @@ class Agent:
             renew_fraction=config.renew_fraction,
             hub_url=config.hub_url,
             metrics=self.metrics,
+            on_welcome=self._on_welcome,
+        )
+        self.link.last_contact = isolation.isolation_clock(
+            contact_at=self.state.contact_at,
+            in_session=self.state.in_session,
+            now_wall=time.time(),
+            now_mono=time.monotonic(),
         )
         self.systemd.on_change(self._on_unit_change)
         self.systemd.on_disconnect(self._on_systemd_lost)
@@ -149,6 +157,7 @@ class Agent:
             asyncio.create_task(self._report_loop()),
             asyncio.create_task(self._periodic_loop()),
             asyncio.create_task(self._drift_loop()),
+            asyncio.create_task(self._isolation_loop()),
         ]
         await stop.wait()
         log.info("stopping (units keep running)")
@@ -266,6 +275,8 @@ class Agent:
                 self.create_failed.pop(name, None)  # a changed unit gets a fresh try
         self.state.desired = desired
         self.state.revision = message.revision
+        if self.state.isolated and self.link.connected.is_set():
+            self._end_isolation("the coordinator's desired state arrived")
         self.store.save(self.state)  # persisted before anything is acknowledged
         for name in removed:
             self.conflicts.pop(name, None)
@@ -308,6 +319,55 @@ class Agent:
             for name, up in (("systemd", self.systemd.connected), ("docker", self.docker.connected))
             if up
         ]
+
+    # --- isolation (StopWhenIsolated, see agent.isolation) ----------------------------------
+
+    async def _on_welcome(self, welcome: m.Welcome) -> None:
+        if welcome.lost_after_s > 0:
+            self.state.lost_after_s = welcome.lost_after_s
+        self.state.in_session = True
+        if self.state.isolated and welcome.desired_revision == self.state.revision:
+            self._end_isolation("the coordinator has this machine's desired state unchanged")
+        self.store.save(self.state)
+
+    def _end_isolation(self, why: str) -> None:
+        self.state.isolated = False
+        log.info("back in touch with the coordinator (%s): held units are released", why)
+        self._reconcile_wake.set()
+
+    async def _isolation_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ISOLATION_CHECK_S)
+            self.check_isolation(time.monotonic())
+
+    def check_isolation(self, now_mono: float) -> None:
+        connected = self.link.connected.is_set()
+        since_contact = now_mono - self.link.last_contact
+        if not connected and self.state.in_session:
+            self.state.in_session = False  # the session ended: remember when we last heard
+            self.state.contact_at = time.time() - since_contact
+            self.store.save(self.state)
+        if self.state.isolated or not isolation.is_isolated(
+            connected=connected, since_contact=since_contact, lost_after=self.state.lost_after_s
+        ):
+            return
+        self.state.isolated = True
+        self.store.save(self.state)
+        names = isolation.opted_in(self.state.desired)
+        log.warning(
+            "cut off from the coordinator for %.0f s (its lost_after is %.0f s): stopping "
+            "the units marked StopWhenIsolated before it may start them elsewhere: %s",
+            since_contact,
+            self.state.lost_after_s,
+            ", ".join(names) or "none",
+        )
+        self._reconcile_wake.set()
+
+    def _planned_desired(self) -> dict[str, m.DesiredUnit]:
+        """What reconcile works towards: the desired state, singletons held if isolated."""
+        if self.state.isolated:
+            return isolation.held(self.state.desired)
+        return self.state.desired
 
     # --- reconcile ----------------------------------------------------------------------
 
@@ -385,7 +445,7 @@ class Agent:
                         and n not in repair_units  # a drift repair (with its own backoff)
                     }
                 result = plan(
-                    {n: u for n, u in self.state.desired.items() if n in planned},
+                    {n: u for n, u in self._planned_desired().items() if n in planned},
                     {n: a for n, a in self.state.applied.items() if n in planned},
                     observed,
                     repair=repair,

@@ -14,18 +14,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from agent.backoff import backoff_delay
+from agent.backoff import next_failures, reconnect_delay
 from agent.identity import Identity
 from agent.metrics import AgentMetrics
-from agent.wsclient import HandshakeRefused, WebSocket, WsError
+from agent.wsclient import CLOSE_ABNORMAL, HandshakeRefused, WebSocket, WsError
 from proto import messages as m
 
 log = logging.getLogger(__name__)
 
 WELCOME_TIMEOUT_S = 10.0
-CONNECT_TIMEOUT_S = 10.0
-STABLE_SESSION_S = 30.0
-"""A session that lasted this long resets the backoff."""
+CONNECT_TIMEOUT_S = 5.0
+"""TCP and TLS connect plus the WebSocket upgrade; a black hole is given up on sooner."""
 
 
 class LinkRefused(Exception):
@@ -44,6 +43,7 @@ class Link:
         renew_fraction: float,
         hub_url: str = "",
         metrics: AgentMetrics | None = None,
+        on_welcome: Callable[[m.Welcome], Awaitable[None]] | None = None,
     ) -> None:
         self.identity = identity
         self.make_hello = make_hello
@@ -58,6 +58,13 @@ class Link:
         self._pending_key: bytes | None = None
         self._last_echo = 0.0
         self._cert_window: tuple[float, float] | None = None
+        self.on_welcome = on_welcome
+        self.last_contact = time.monotonic()
+        """When the coordinator was last heard from (monotonic): isolation is measured
+        from here."""
+        self._welcomed = False
+        self._spread_s = backoff_initial_s * 2
+        self._closed_by_us = ""
 
     async def send(self, message: m.Message) -> bool:
         """Send if connected; False means the caller must rely on the next Hello."""
@@ -72,34 +79,34 @@ class Link:
         return True
 
     async def run(self) -> None:
-        attempt = 0
+        failures = 0
         while True:
-            started = time.monotonic()
+            self._welcomed = False
+            refused = False
             try:
-                await self._session()
-                log.info("link closed by the coordinator")
+                log.info("%s", await self._session())
             except LinkRefused as exc:
                 log.error("coordinator refused this agent: %s", exc)
-                attempt = max(attempt, 32)
+                refused = True
             except (WsError, OSError, TimeoutError) as exc:
-                log.warning("link to %s failed: %s", self.hub_url, exc or type(exc).__name__)
+                log.warning("link to %s failed: %s", self.hub_url, describe(exc))
             finally:
                 self._ws = None
                 self.connected.clear()
                 self.metrics.connected.set(0)
-            if time.monotonic() - started > STABLE_SESSION_S:
-                attempt = 0
-            delay = backoff_delay(
-                attempt,
+            failures = next_failures(failures, welcomed=self._welcomed, refused=refused)
+            delay = reconnect_delay(
+                failures,
                 initial=self.backoff_initial_s,
                 maximum=self.backoff_max_s,
+                spread=self._spread_s,
                 rand=random.random(),
             )
-            attempt += 1
             log.info("reconnecting in %.1f s", delay)
             await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
+    async def _session(self) -> str:
+        """One session, from dialling to its end; returns how it ended, for the log."""
         try:
             ws = await WebSocket.connect(
                 self.hub_url,
@@ -111,12 +118,24 @@ class Link:
             if exc.status in (401, 403):
                 raise LinkRefused(str(exc)) from None
             raise
+        except TimeoutError:
+            raise WsError(f"no connection within {CONNECT_TIMEOUT_S:g} s") from None
         async with ws:
             self._ws = ws
             self._pending_key = None
+            self._closed_by_us = ""
             await ws.send_bytes(m.encode(await self.make_hello(self.hub_url)))
-            welcome = await self._welcome(ws)
+            try:
+                welcome = await self._welcome(ws)
+            except TimeoutError:
+                raise WsError(f"no Welcome within {WELCOME_TIMEOUT_S:g} s") from None
+            self._welcomed = True
+            self.last_contact = time.monotonic()
+            if welcome.reconnect_spread_s > 0:
+                self._spread_s = welcome.reconnect_spread_s
             self._cert_window = (welcome.cert_not_before, welcome.cert_not_after)
+            if self.on_welcome is not None:
+                await self.on_welcome(welcome)
             self.connected.set()
             self.metrics.connected.set(1)
             log.info("connected to %s (session %s)", self.hub_url, welcome.session)
@@ -128,12 +147,16 @@ class Link:
                 beat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await beat
+            return session_end(self._closed_by_us, ws.close_code, ws.close_reason)
 
     async def _welcome(self, ws: WebSocket) -> m.Welcome:
         async with asyncio.timeout(WELCOME_TIMEOUT_S):
             data = await ws.receive()
         if data is None:
-            raise LinkRefused(f"no Welcome (close code {ws.close_code}: {ws.close_reason})")
+            why = f"no Welcome (close code {ws.close_code}: {ws.close_reason or 'no reason'})"
+            if ws.close_code is not None and 4000 <= ws.close_code < 5000:
+                raise LinkRefused(why)  # the hub's own refusals (protocol, identity)
+            raise WsError(why)  # a hub going away mid-handshake: an ordinary retry
         try:
             reply = m.decode(data)
         except m.FrameError as exc:
@@ -154,6 +177,7 @@ class Link:
                 await self.send(m.Error(f"frame_{exc.reason}", exc.message))
                 continue
             self.metrics.messages_in.labels(_tag(message)).inc()
+            self.last_contact = time.monotonic()
             if isinstance(message, m.Heartbeat):
                 self._last_echo = time.monotonic()
             elif isinstance(message, m.CertIssued):
@@ -172,7 +196,7 @@ class Link:
         while not ws.closed:
             await asyncio.sleep(interval)
             if time.monotonic() - self._last_echo > 3 * interval:
-                log.warning("no heartbeat echo for %.0f s; reconnecting", 3 * interval)
+                self._closed_by_us = f"no heartbeat echo for {3 * interval:.0f} s"
                 await ws.close()
                 return
             seq += 1
@@ -204,6 +228,23 @@ class Link:
         info = self.identity.cert_info()
         self._cert_window = (info.not_before, info.not_after)
         log.info("installed renewed certificate (serial %s)", info.serial)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a log reason that is never empty."""
+    text = str(exc)
+    if isinstance(exc, TimeoutError):
+        return text or "timed out"
+    return text or type(exc).__name__
+
+
+def session_end(closed_by_us: str, code: int | None, reason: str) -> str:
+    """Who ended a session that had started, and why (the log line)."""
+    if closed_by_us:
+        return f"closed the link: {closed_by_us}"
+    if code is None or code == CLOSE_ABNORMAL:
+        return f"link lost: {reason or 'connection lost'}"
+    return f"link closed by the coordinator (code {code}{': ' + reason if reason else ''})"
 
 
 def _tag(message: m.Message) -> str:

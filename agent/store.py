@@ -34,6 +34,13 @@ class AgentState(msgspec.Struct, kw_only=True):
     revision: int = 0
     desired: dict[str, DesiredUnit] = {}
     applied: dict[str, AppliedUnit] = {}
+    lost_after_s: float = 0.0
+    """The coordinator's lost_after, from its last Welcome (see `agent.isolation`)."""
+    isolated: bool = False
+    """StopWhenIsolated units are held stopped (also across a restart of the agent)."""
+    in_session: bool = False
+    contact_at: float = 0.0
+    """Wall time the coordinator was last heard, written when a session ends."""
 
 
 class StateStore:

@@ -29,6 +29,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from proto.keepalive import enable_keepalive
+
 READ_SIZE = 64 * 1024
 CLOSE_TOO_BIG = 1009
 CLOSE_PROTOCOL = 1002
@@ -91,6 +93,7 @@ class WebSocket:
                 server_hostname=parts.hostname if secure else None,
                 limit=READ_SIZE,
             )
+            enable_keepalive(writer.get_extra_info("socket"))
             try:
                 return await cls._upgrade(reader, writer, parts.netloc, target, max_size)
             except BaseException:

@@ -118,6 +118,8 @@ async def wait_active(
     states: list[dict[str, Any]] = []
     while True:
         states = await list_all(api, "state", "states", f"unitName={quote(name, safe='')}")
+        # copies on unreachable machines are what they last said, not this start's outcome
+        states = [s for s in states if not s.get("stale")]
         active = [s for s in states if s.get("systemdActiveState") == "active"]
         if states and len(active) == len(states) and len(active) >= expected:
             return True, states

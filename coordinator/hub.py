@@ -25,8 +25,9 @@ from coordinator import liveness, pki
 from coordinator.enrolment import Enroller
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.statebuffer import StateBuffer
-from coordinator.storage import EnrollRefused, Storage
+from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
 from proto import messages as m
+from proto.keepalive import enable_keepalive
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ CLOSE_REPLACED = 4008
 CLOSE_SILENT = 4009
 HELLO_TIMEOUT_S = 10.0
 MAX_HEARTBEATS_PER_S = 500.0
+MAX_RECONNECTS_PER_S = 2000.0
+RECONNECT_SPREAD_MIN_S = 1.0
 
 MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
 
@@ -101,6 +104,8 @@ class Hub:
             self.metrics.sessions_refused.labels(refusal or "no_cert").inc()
             raise web.HTTPForbidden(text=refusal or "client certificate required")
 
+        if request.transport is not None:  # a silently dropped link ends in ~11 s
+            enable_keepalive(request.transport.get_extra_info("socket"))
         ws = web.WebSocketResponse(max_msg_size=m.HARD_FRAME_LIMIT, autoping=True)
         await ws.prepare(request)
         session = Session(peer.common_name, peer.serial, ws, self.metrics)
@@ -186,6 +191,9 @@ class Hub:
                 self.heartbeat_for(len(self.sessions)),
                 cert_not_before=session.cert_window[0],
                 cert_not_after=session.cert_window[1],
+                lost_after_s=self.lost_after_s,
+                reconnect_spread_s=self.reconnect_spread_for(len(self.sessions)),
+                desired_revision=self._desired_revision(session.machine_id),
             )
         )
         log.info("machine %s connected (session %s)", session.machine_id, session.id)
@@ -268,6 +276,15 @@ class Hub:
         if not session.ws.closed:
             await session.ws.close()
 
+    def reconnect_spread_for(self, fleet_size: int) -> float:
+        """Agents spread their first reconnect after a session over this window, so a
+        restarted hub takes at most about MAX_RECONNECTS_PER_S sessions a second."""
+        return max(RECONNECT_SPREAD_MIN_S, fleet_size / MAX_RECONNECTS_PER_S)
+
+    def _desired_revision(self, machine_id: str) -> int:
+        machine = self.storage.get_machine(machine_id)
+        return machine.desired_revision if machine is not None else -1
+
     def heartbeat_for(self, fleet_size: int) -> float:
         """Nomad's rule: the interval grows with the fleet so the hub never handles more
         than MAX_HEARTBEATS_PER_S beats, however many machines there are."""
@@ -331,9 +348,16 @@ class Hub:
                 log.warning("machine %s missed its heartbeats; closing its session", t.id)
                 self._background(self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed"))
             elif t.state == "lost":
+                # The machine leaves the in-memory list only once `lost` is stored (a
+                # failed write is retried on the next check), and only after every
+                # queued write (its `disconnected` among them) is: never out of order.
+                if not self.buffer.flush():
+                    return
+                try:
+                    self.storage.set_machine_state(t.id, "lost", now)
+                except StorageUnavailable:
+                    return
                 log.info("machine %s is now lost", t.id)
                 self.disconnected_since.pop(t.id, None)
-                self.buffer.flush()
-                self.storage.set_machine_state(t.id, "lost", now)
                 for hook in self.on_state_change:
                     await hook(t.id, t.state)

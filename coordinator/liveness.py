@@ -45,3 +45,20 @@ def transitions(
         elif m.state == "disconnected" and now - m.state_since >= lost_after:
             out.append(Transition(m.id, "lost"))
     return out
+
+
+ISOLATION_MARGIN_S = 10.0
+"""How long after a machine is `lost` its StopWhenIsolated units stay placed on it.
+
+Its agent stops them itself once it has been cut off for `lost_after`, counted from
+the last message it got; the coordinator counts `lost_after` from the moment it saw
+the session end, which is never earlier. The margin covers the rest: the agent's
+once-a-second check, the stop itself (a unit whose stop takes longer may overlap for
+the difference) and clock rates. Then they are placed elsewhere."""
+
+
+def holds_isolated(
+    state: MachineState, state_since: float, *, now: float, margin: float = ISOLATION_MARGIN_S
+) -> bool:
+    """Whether a machine may still run its StopWhenIsolated units (see the margin)."""
+    return state == "lost" and now - state_since < margin

@@ -48,3 +48,19 @@ class CoordinatorMetrics:
             ["method", "route", "status"],
             registry=r,
         )
+        self.storage_writable = Gauge(
+            "moorage_storage_writable",
+            "1 while the database takes writes, 0 while its disk is full or failing",
+            registry=r,
+        )
+        self.storage_write_failures = Gauge(
+            "moorage_storage_write_failures",
+            "Writes refused by a full or failing disk since the coordinator started",
+            registry=r,
+        )
+        self.state_writes_pending = Gauge(
+            "moorage_state_writes_pending",
+            "Reported states and liveness changes queued for the database (they wait while "
+            "the storage is full)",
+            registry=r,
+        )

@@ -88,6 +88,15 @@ class UnitState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float = 0.0
 
 
+class UnitCopy(UnitState, frozen=True, kw_only=True):
+    """A reported state as the APIs show it: `stale` when its machine is not connected
+    (the copy may still run there, or may have stopped unseen), `age_s` how long ago
+    that machine last reported (0 for live machines)."""
+
+    stale: bool = False
+    age_s: float = 0.0
+
+
 # --- applications, groups, deployments, releases (the Fleet Manager vocabulary) ---------
 
 DeploymentStatus = Literal["Created", "Running", "Success", "Failed"]

@@ -324,7 +324,8 @@ def _with_machines(
 @cli.command("list-units")
 @click.pass_obj
 def list_units(ctx: Ctx) -> None:
-    """Units and their state on each machine (UNIT MACHINE ACTIVE SUB)."""
+    """Units and their state on each machine (UNIT MACHINE ACTIVE SUB); a copy on a
+    machine that is not connected is what it last reported, marked `stale` with its age."""
 
     states, by_id = _with_machines(ctx, "state", "states")
     if ctx.json:
@@ -334,12 +335,16 @@ def list_units(ctx: Ctx) -> None:
         [
             s["name"],
             _machine_label(s.get("machineID", ""), by_id, ctx.full),
-            s.get("systemdActiveState", "-"),
+            s.get("systemdActiveState", "-") + _stale_note(s),
             s.get("systemdSubState", "-"),
         ]
         for s in states
     ]
     _table(["UNIT", "MACHINE", "ACTIVE", "SUB"], rows)
+
+
+def _stale_note(state: dict[str, Any]) -> str:
+    return f" (stale, {state.get('ageSeconds', 0):.0f} s old)" if state.get("stale") else ""
 
 
 @cli.command("list-unit-files")

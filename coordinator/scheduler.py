@@ -13,6 +13,8 @@ Rules (fleet's `[X-Fleet]` semantics):
   (systemd or docker); among those the least loaded wins, ties by machine id.
 * A unit that fits nowhere stays unplaced and is placed when a machine that fits
   appears. Units of lost machines are placed again; of disconnected ones, not.
+* `StopWhenIsolated=true` units of a lost machine are placed again only once the
+  machine no longer `holds_isolated` (its agent has stopped them by then).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from coordinator.models import MachineState
-from proto.units import UnitOption
+from proto.units import STOP_WHEN_ISOLATED, UnitOption, stops_when_isolated
 
 XFLEET = "X-Fleet"
 _ALIASES = {
@@ -40,6 +42,7 @@ _ALIASES = {
     "X-Conflicts": "Conflicts",
     "Global": "Global",
     "Replaces": "Replaces",
+    STOP_WHEN_ISOLATED: STOP_WHEN_ISOLATED,
 }
 _TRUE = {"1", "t", "T", "true", "TRUE", "True", "yes", "on"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False", "no", "off"}
@@ -65,6 +68,7 @@ class XFleet(msgspec.Struct, frozen=True):
     conflicts: tuple[str, ...] = ()
     is_global: bool = False
     replaces: tuple[str, ...] = ()
+    stop_when_isolated: bool = False
 
 
 _SHELL_SPECIAL = frozenset("'\"\\")
@@ -119,6 +123,8 @@ def parse_xfleet(options: Iterable[UnitOption]) -> XFleet:
         if key is None:
             raise XFleetError(f"unknown [X-Fleet] option {opt.name!r}")
         value = opt.value.strip()
+        if key == STOP_WHEN_ISOLATED:
+            continue  # a boolean, read (and checked) below
         if key != "Global" and not value:
             raise XFleetError(f"[X-Fleet] {opt.name} needs a value")
         try:
@@ -154,7 +160,12 @@ def parse_xfleet(options: Iterable[UnitOption]) -> XFleet:
     for a, b in _FORBIDDEN:
         if a in used and b in used:
             raise XFleetError(f"[X-Fleet] {a} cannot be combined with {b}")
+    try:
+        stop_when_isolated = stops_when_isolated(options)
+    except ValueError as exc:
+        raise XFleetError(str(exc)) from None
     return XFleet(
+        stop_when_isolated=stop_when_isolated,
         machine_id=machine_id,
         metadata={k: tuple(v) for k, v in sorted(metadata.items())},
         machine_of=tuple(machine_of),
@@ -169,6 +180,9 @@ class MachineView(msgspec.Struct, frozen=True):
     metadata: dict[str, str] = {}
     capabilities: tuple[str, ...] = ()
     state: MachineState = "connected"
+    holds_isolated: bool = False
+    """Lost, but maybe still running its StopWhenIsolated units (its agent stops them
+    after lost_after; see `coordinator.liveness.holds_isolated`): they stay placed."""
 
 
 class UnitView(msgspec.Struct, frozen=True):
@@ -196,7 +210,7 @@ def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict
         if unit.xfleet.is_global:
             continue
         for mid in unit.machines[:1]:
-            if mid in state.live and state.fits(unit, mid):
+            if (mid in state.live or state.held(unit, mid)) and state.fits(unit, mid):
                 state.put(unit.name, mid)
 
     # Global units: every matching machine that is present.
@@ -253,6 +267,10 @@ class _State:
         self._members: dict[_PoolKey, set[str]] = {}
         self.conflict_hosts: set[str] = set()
         """Machines hosting a unit that declares Conflicts (the only ones to check)."""
+
+    def held(self, unit: UnitView, mid: str) -> bool:
+        machine = self.by_id.get(mid)
+        return unit.xfleet.stop_when_isolated and machine is not None and machine.holds_isolated
 
     def fits(self, unit: UnitView, mid: str) -> bool:
         machine = self.by_id[mid]

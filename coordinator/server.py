@@ -33,7 +33,7 @@ from coordinator.hub import Hub
 from coordinator.logs import LogService
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports import ReportService
-from coordinator.storage import EnrollRefused, Storage
+from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
 from coordinator.units import UnitService
 from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
 
@@ -68,6 +68,11 @@ class Coordinator:
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
         )
+        self.metrics.storage_writable.set_function(
+            lambda: 0.0 if self.storage.health.fault else 1.0
+        )
+        self.metrics.storage_write_failures.set_function(lambda: self.storage.health.failures)
+        self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
         self.units = UnitService(self.storage, self.hub, self.metrics)
         self.deploystore = DeployStore(self.storage)
         self.reports = ReportService(self.storage, self.deploystore, self.hub)
@@ -85,7 +90,7 @@ class Coordinator:
     def api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=256 << 20)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get(CA_PATH, self._ca)
         app.router.add_post(ENROLL_PATH, self._enroll)
@@ -128,6 +133,10 @@ class Coordinator:
             )
         except ApiError as exc:
             response = error_response(exc.status, exc.message, envelope=envelope)
+        except StorageUnavailable as exc:
+            # The health object logged it once; each refused request is not news.
+            status = 507 if exc.kind == "full" else 503
+            response = error_response(status, str(exc), envelope=envelope)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -140,6 +149,16 @@ class Coordinator:
         return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Not ready while the storage refuses writes: say why (a load balancer only
+        needs the status, an operator needs the reason)."""
+        health = self.storage.health
+        if health.fault:
+            return json_response(
+                {"status": "unavailable", "reason": health.message, "since": health.since}, 503
+            )
         return json_response({"status": "ok"})
 
     async def _openapi(self, request: web.Request) -> web.Response:
@@ -196,6 +215,7 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
+        self.units.start()
         log.info("API on port %d, agent hub on port %d", self.api_port, self.hub_port)
 
     async def _listen(self, app: web.Application, listen: str, ctx: ssl.SSLContext) -> int:
@@ -223,8 +243,13 @@ class Coordinator:
         await self.hub.close_all()
         for runner in reversed(self._runners):
             await runner.cleanup()
-        self.hub.buffer.flush()
-        self.storage.disconnect_all(time.time())
+        try:
+            self.hub.buffer.flush()
+            self.storage.disconnect_all(time.time())
+        except StorageUnavailable as exc:
+            # Nothing lost that matters: agents report it all again, and the next start
+            # marks every machine disconnected anyway.
+            log.error("stopping without storing the last reports: %s", exc)
         self.storage.close()
 
 

@@ -8,8 +8,12 @@ applied in order under `PRAGMA user_version`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -28,6 +32,8 @@ from coordinator.models import (
 )
 from proto.messages import UnitStatus
 from proto.units import UnitOption
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: machines, enrolment and API tokens, certificate revocation.
@@ -218,11 +224,89 @@ class EnrollRefused(StorageError):
     """The join token cannot be used; the message says why (shown to the agent)."""
 
 
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+FAULT_MESSAGES = {"full": "coordinator storage is full", "io": "coordinator storage is failing"}
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """Which fault: "full" (no space left), "io" (the disk fails) or None (any other error): the two
+    faults that are the machine's, not the request's, and pass once an operator acts."""
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        text = str(exc)
+        if code == SQLITE_FULL or "database or disk is full" in text:
+            return "full"
+        if code == SQLITE_IOERR or "disk I/O error" in text:
+            return "io"
+        return None
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full"
+        if exc.errno == errno.EIO:
+            return "io"
+    return None
+
+
+class StorageUnavailable(StorageError):
+    """A write failed because the storage is full or failing (`kind` "full" or "io");
+    answered 507/503 naming storage, and retried by what writes behind."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{FAULT_MESSAGES.get(kind, 'coordinator storage failed')} ({detail})")
+
+
+class StorageHealth:
+    """Whether the last write got through. A fault is logged when it starts and when
+    it ends, not per write; a disk that flaps (a small write fits where a big one did
+    not) logs each of the two lines at most once per `QUIET_S`."""
+
+    QUIET_S = 60.0
+
+    def __init__(self) -> None:
+        self.fault = ""
+        self.detail = ""
+        self.since = 0.0
+        self.failures = 0
+        self._fault_logged = -self.QUIET_S
+        self._ok_logged = -self.QUIET_S
+
+    @property
+    def message(self) -> str:
+        if not self.fault:
+            return ""
+        return f"{FAULT_MESSAGES.get(self.fault, 'coordinator storage failed')} ({self.detail})"
+
+    def failed(self, kind: str, detail: str) -> None:
+        self.failures += 1
+        if self.fault == kind:
+            return
+        now = time.monotonic()
+        self.fault, self.detail, self.since = kind, detail, time.time()
+        if now - self._fault_logged >= self.QUIET_S:
+            self._fault_logged = now
+            log.error("%s; writes are refused or retried until it is fixed", self.message)
+
+    def ok(self) -> None:
+        if not self.fault:
+            return
+        now = time.monotonic()
+        if now - self._ok_logged >= self.QUIET_S:
+            self._ok_logged = now
+            log.warning(
+                "coordinator storage is writable again (after %.0f s)", time.time() - self.since
+            )
+        self.fault, self.detail = "", ""
+
+
 class Storage:
     """One SQLite connection, used from the event loop thread only."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
+        self.health = StorageHealth()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -254,17 +338,41 @@ class Storage:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; nested uses join the outer one (see `batch`)."""
+        """One transaction; nested uses join the outer one (see `batch`).
+
+        A failed COMMIT is rolled back too (else every later write would join a
+        transaction that never ends); a full or failing disk raises StorageUnavailable.
+        """
         if self._db.in_transaction:
             yield self._db
             return
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite may have rolled back already
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            kind = storage_fault(exc)
+            if kind is None:
+                raise
+            self.health.failed(kind, str(exc))
+            raise StorageUnavailable(kind, str(exc)) from exc
+        self.health.ok()
+
+    def probe(self) -> bool:
+        """Try a one-page write (the header's user_version, unchanged): whether the
+        storage takes writes again when nothing else is waiting to be written."""
+        try:
+            with self._tx() as db:
+                db.execute(f"PRAGMA user_version={int(self.schema_version)}")
+        except StorageUnavailable:
+            return False
+        return True
 
     def batch(self) -> AbstractContextManager[sqlite3.Connection]:
         """Group many writes into one transaction (one fsync)."""
@@ -474,7 +582,11 @@ class Storage:
 
     def put_unit(self, unit: Unit, now: float) -> set[str]:
         """Create or replace a unit with its placements; returns the machines whose
-        desired state changed (their revisions are bumped in the same transaction)."""
+        desired state changed (their revisions are bumped in the same transaction).
+
+        What machines reported stays when a unit moves or goes: a copy runs until its
+        machine says it stopped (a partitioned machine cannot), so its row goes only
+        when that machine reports the unit gone (`record_unit_states`)."""
         with self._tx() as db:
             old = {
                 r[0]
@@ -504,10 +616,6 @@ class Storage:
                 "INSERT OR IGNORE INTO placements (unit, machine_id) VALUES (?, ?)",
                 [(unit.name, m) for m in new - old],
             )
-            db.executemany(
-                "DELETE FROM unit_states WHERE name=? AND machine_id=?",
-                [(unit.name, m) for m in old - new],
-            )
             affected = old | new
             _bump(db, affected)
             return affected
@@ -528,10 +636,6 @@ class Storage:
                     [(name, m) for m in old - new],
                 )
                 db.executemany(
-                    "DELETE FROM unit_states WHERE name=? AND machine_id=?",
-                    [(name, m) for m in old - new],
-                )
-                db.executemany(
                     "INSERT INTO placements (unit, machine_id) VALUES (?, ?)",
                     [(name, m) for m in new - old],
                 )
@@ -547,7 +651,6 @@ class Storage:
             }
             if db.execute("DELETE FROM units WHERE name=?", (name,)).rowcount != 1:
                 return None
-            db.execute("DELETE FROM unit_states WHERE name=?", (name,))
             _bump(db, placed)
             return placed
 

@@ -13,14 +13,15 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
 from coordinator.desired import diff, machine_desired
 from coordinator.hub import Hub, Session
+from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.models import Machine, Unit, UnitHead, UnitState
+from coordinator.models import Machine, Unit, UnitCopy, UnitHead, UnitState
 from coordinator.scheduler import MachineView, UnitView, XFleet, parse_xfleet, schedule
 from coordinator.storage import Storage
 from proto import messages as m
@@ -57,6 +58,27 @@ def current_state(unit: Unit, states: Iterable[UnitState]) -> str:
         if s.machine_id == unit.machines[0] and s.hash == unit.hash and s.target_state:
             return s.target_state
     return "inactive"
+
+
+def unit_copies(
+    states: Iterable[UnitState], machines: Mapping[str, Machine], *, now: float
+) -> list[UnitCopy]:
+    """Every copy machines last reported, those of machines without a session marked
+    stale with their age: during a partition the old copy of a rescheduled unit may
+    still run, and must stay visible until its machine reports it gone."""
+    out: list[UnitCopy] = []
+    for s in states:
+        machine = machines.get(s.machine_id)
+        stale = machine is None or machine.state != "connected"
+        heard = max(s.updated_at, machine.last_seen if machine is not None else 0.0)
+        out.append(
+            UnitCopy(
+                **msgspec.structs.asdict(s),
+                stale=stale,
+                age_s=round(max(0.0, now - heard), 1) if stale else 0.0,
+            )
+        )
+    return out
 
 
 class UnitService:
@@ -167,6 +189,12 @@ class UnitService:
         await self.reschedule()
         return True
 
+    def copies(self, *, machine_id: str | None = None, name: str | None = None) -> list[UnitCopy]:
+        """What machines reported, ordered by (name, machine), stale copies marked."""
+        states = self.storage.unit_states(machine_id=machine_id, name=name)
+        machines = {mach.id: mach for mach in self.storage.list_machines(include_revoked=True)}
+        return unit_copies(states, machines, now=time.time())
+
     # --- scheduling -------------------------------------------------------------------
 
     async def reschedule(self) -> None:
@@ -182,7 +210,8 @@ class UnitService:
             if not views:
                 return
             machines = self.storage.list_machines()
-            placements = schedule(views, [_machine_view(mach) for mach in machines])
+            now = time.time()
+            placements = schedule(views, [_machine_view(mach, now) for mach in machines])
             current = {u.name: u.machines for u in units}
             changes = {n: mids for n, mids in placements.items() if mids != current.get(n)}
             if not changes:
@@ -217,9 +246,17 @@ class UnitService:
         except Exception:
             log.exception("scheduling failed")
 
+    def start(self) -> None:
+        """After a restart, machines lost just before it may still hold StopWhenIsolated
+        units: one pass once the margin is over places them (agents connecting trigger
+        passes too, but maybe none connects)."""
+        asyncio.get_running_loop().call_later(ISOLATION_MARGIN_S + 0.1, self.reschedule_soon)
+
     async def _on_machine_state(self, machine_id: str, state: str) -> None:
         if state == "lost":
             self.reschedule_soon()
+            # Its StopWhenIsolated units move only after the margin: one more pass then.
+            asyncio.get_running_loop().call_later(ISOLATION_MARGIN_S + 0.1, self.reschedule_soon)
 
     # --- distribution -----------------------------------------------------------------
 
@@ -316,10 +353,11 @@ class UnitService:
             await self._push_one(session.machine_id, full=True)
 
 
-def _machine_view(machine: Machine) -> MachineView:
+def _machine_view(machine: Machine, now: float) -> MachineView:
     return MachineView(
         id=machine.id,
         metadata=dict(machine.metadata),
         capabilities=tuple(machine.capabilities),
         state=machine.state,
+        holds_isolated=holds_isolated(machine.state, machine.state_since, now=now),
     )

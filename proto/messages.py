@@ -126,6 +126,16 @@ class Welcome(msgspec.Struct, tag="welcome", frozen=True, omit_defaults=True):
     cert_not_after: float = 0.0
     """The validity of the certificate this session presented, so the agent can plan
     its renewal without parsing certificates itself."""
+    lost_after_s: float = 0.0
+    """How long a machine may be without a session before the coordinator calls it lost
+    (and may place its units elsewhere): units marked StopWhenIsolated stop themselves
+    on a machine cut off that long. 0: not told (the agent keeps what it last heard)."""
+    reconnect_spread_s: float = 0.0
+    """Spread the first reconnect after this session ends over this many seconds (it
+    grows with the fleet, so a restarted coordinator is not met by one wave)."""
+    desired_revision: int = -1
+    """The machine's desired revision as the session starts: if the agent has exactly
+    this one, what it holds is current without waiting for a Desired."""
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True, omit_defaults=True):

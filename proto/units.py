@@ -22,6 +22,7 @@ __all__ = [
     "DESIRED_STATES",
     "FLEETCTL_RECOGNIZED_SUFFIXES",
     "LINE_MAX",
+    "STOP_WHEN_ISOLATED",
     "SYSTEMD_SUFFIXES",
     "TEMPLATE_SUFFIXES",
     "UNIT_NAME_MAX",
@@ -36,6 +37,7 @@ __all__ = [
     "parse_unit_file",
     "render_unit_file",
     "serialize",
+    "stops_when_isolated",
     "template_of",
     "unit_hash",
     "unit_suffix",
@@ -274,6 +276,32 @@ def unit_hash(options: Sequence[UnitOption]) -> str:
 def xfleet_options(options: Iterable[UnitOption]) -> list[UnitOption]:
     """The ``[X-Fleet]`` scheduling options, in order (section name is case-sensitive)."""
     return [opt for opt in options if opt.section == XFLEET_SECTION]
+
+
+STOP_WHEN_ISOLATED = "StopWhenIsolated"
+"""``[X-Fleet] StopWhenIsolated=true``: a singleton's opt-in. An agent cut off from the
+coordinator for `lost_after` stops the unit itself, and the coordinator places it
+elsewhere only after that (lost_after plus a margin), so two copies never run."""
+
+_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True", "yes", "on"})
+_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False", "no", "off", ""})
+
+
+def stops_when_isolated(options: Iterable[UnitOption]) -> bool:
+    """Whether the unit opted in (the last value wins, as systemd reads settings);
+    ValueError names a value that is not a boolean. Read by the scheduler (which
+    validates it at submit) and by the agent (which acts on it)."""
+    value = False
+    for opt in options:
+        if opt.section == XFLEET_SECTION and opt.name == STOP_WHEN_ISOLATED:
+            text = opt.value.strip()
+            if text in _TRUE:
+                value = True
+            elif text in _FALSE:
+                value = False
+            else:
+                raise ValueError(f"[X-Fleet] {STOP_WHEN_ISOLATED}={opt.value!r} is not a boolean")
+    return value
 
 
 def file_options(options: Iterable[UnitOption]) -> list[UnitOption]:

@@ -16,7 +16,7 @@ from aiohttp import web
 from coordinator.api.discovery import fleet_v1_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
-from coordinator.models import Machine, Unit, UnitState
+from coordinator.models import Machine, Unit, UnitCopy, UnitState
 from coordinator.scheduler import XFleetError, parse_xfleet
 from coordinator.storage import Storage
 from coordinator.units import UnitService, current_state
@@ -59,6 +59,10 @@ class FleetUnitState(msgspec.Struct, frozen=True, omit_defaults=True):
     systemdLoadState: str = ""
     systemdActiveState: str = ""
     systemdSubState: str = ""
+    stale: bool = False
+    """Moorage's addition (clients that do not know it ignore it): the machine is not
+    connected, so this copy is what it last reported, `ageSeconds` ago."""
+    ageSeconds: float = 0.0
 
 
 class UnitStatePage(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -108,6 +112,7 @@ def _is_global(unit: Unit) -> bool:
 
 
 def fleet_state(state: UnitState) -> FleetUnitState:
+    stale = isinstance(state, UnitCopy) and state.stale
     return FleetUnitState(
         name=state.name,
         hash=state.hash,
@@ -115,6 +120,8 @@ def fleet_state(state: UnitState) -> FleetUnitState:
         systemdLoadState=state.load_state,
         systemdActiveState=state.active_state,
         systemdSubState=state.sub_state,
+        stale=stale,
+        ageSeconds=state.age_s if isinstance(state, UnitCopy) else 0.0,
     )
 
 
@@ -243,7 +250,7 @@ def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
 
     @r.get(PREFIX + "/state")
     async def list_states(request: web.Request) -> web.Response:
-        states = storage.unit_states(
+        states = units.copies(
             machine_id=request.query.get("machineID") or None,
             name=request.query.get("unitName") or None,
         )

@@ -11,7 +11,7 @@ from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.auth import ROLE_ADMIN
 from coordinator.hub import Hub
 from coordinator.logs import LogService, LogUnavailable
-from coordinator.models import ApiToken, Machine, Unit, UnitState
+from coordinator.models import ApiToken, Machine, Unit, UnitCopy
 from coordinator.storage import Storage
 from coordinator.tokens import format_token, hash_secret, new_api_token, new_join_token
 from coordinator.units import UnitService
@@ -98,7 +98,7 @@ class UnitList(msgspec.Struct, frozen=True):
 
 
 class UnitStateList(msgspec.Struct, frozen=True):
-    states: list[UnitState]
+    states: list[UnitCopy]
 
 
 def _ttl(value: float | None, default: float) -> float:
@@ -212,7 +212,7 @@ def routes(
 
     @r.get(PREFIX + "/unit-states")
     async def unit_states(request: web.Request) -> web.Response:
-        states = storage.unit_states(
+        states = units.copies(
             machine_id=request.query.get("machine") or None,
             name=request.query.get("unit") or None,
         )

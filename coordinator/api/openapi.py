@@ -35,7 +35,12 @@ class Route(msgspec.Struct, frozen=True):
 PAGE = ("nextPageToken",)
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", "Liveness probe (no authentication)"),
-    Route("GET", "/readyz", "Readiness probe (no authentication)"),
+    Route(
+        "GET",
+        "/readyz",
+        "Readiness probe (no authentication); 503 with the reason while storage is full",
+        errors=(503,),
+    ),
     Route("GET", "/metrics", "Prometheus metrics"),
     Route("GET", "/openapi.json", "This document"),
     Route("GET", "/agent/v1/ca", "The fleet CA certificate (PEM; public)"),
