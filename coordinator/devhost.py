@@ -680,7 +680,10 @@ mkdir -p /run/systemd /run/log
 mount --bind "$T/fakerun" /run/systemd
 mount --bind "$T/runlog" /run/log
 mount --bind "$T/journald.conf" /etc/systemd/journald.conf
-SYSTEMD_LOG_TARGET=console unshare --cgroup sh -c \\
+# journald gets SIGTERM when the manager (this shell, once exec'd) goes, however.
+PDEATH=""
+if command -v setpriv >/dev/null 2>&1; then PDEATH="setpriv --pdeathsig TERM --"; fi
+SYSTEMD_LOG_TARGET=console $PDEATH unshare --cgroup sh -c \\
   'for h in {hierarchies}; do echo $$ > "$0/$h/$1/journald/cgroup.procs"; done; exec "$2"' \\
   "$C" "$CG" {q(self.journald_binary)} &
 echo $! > "$T/journald.pid"
@@ -1036,6 +1039,7 @@ class Keeper:
         self._recorded = False
 
     def start(self) -> Started:
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         sweep_leftovers(self.paths)
         cgroups = [self.cgroup, self.cgroup + "-docker"]
         leftovers = Leftovers(
@@ -1110,16 +1114,20 @@ def keeper_main(argv: list[str] | None = None) -> None:
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--systemd", action="store_true")
     p.add_argument("--docker", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging()
+    if not args.verbose:  # moorage dev's banner says what runs; details only with -v
+        logging.getLogger("moorage.devhost").setLevel(logging.WARNING)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     keeper = Keeper(args.state_dir, systemd=args.systemd, docker=args.docker)
     try:
         try:
             started = keeper.start()
-        except DevHostError as exc:
-            started = Started(errors=[str(exc)])
+        except Exception as exc:  # the parent must get its line, whatever went wrong
+            log.exception("the private runtimes could not start")
+            started = Started(errors=[_first_line(exc)])
         sys.stdout.buffer.write(msgspec.json.encode(started) + b"\n")
         sys.stdout.flush()
         sys.stdin.buffer.read()
