@@ -136,7 +136,6 @@ class AgentRuntime(msgspec.Struct, frozen=True):
 
     scope: str
     flags: list[str]
-    env: dict[str, str]
     systemd: str
     """What drives systemd units, for the banner."""
     docker: str
@@ -146,7 +145,6 @@ class AgentRuntime(msgspec.Struct, frozen=True):
 def agent_runtime(plan: RuntimePlan, started: Started | None) -> AgentRuntime:
     """The agent's flags and environment for the plan and what the keeper started."""
     flags = ["--systemd-scope", plan.scope]
-    env: dict[str, str] = {}
     notes = list(plan.notes)
     systemd = "the systemd system manager" if plan.scope == "system" else "your systemd --user"
     docker = f"dockerd at {plan.docker_host}" if plan.docker_host else ""
@@ -156,12 +154,11 @@ def agent_runtime(plan: RuntimePlan, started: Started | None) -> AgentRuntime:
             info = started.systemd
             flags += ["--bus-address", info.bus_address, "--unit-dir", info.unit_dir]
             flags += ["--journal-dir", info.journal_dir]
-            env.update(info.env)
             systemd = "private systemd --user manager"
         if started.docker_host:
             flags += ["--docker-host", started.docker_host]
             docker = "private dockerd"
-    return AgentRuntime(plan.scope, flags, env, systemd, docker, notes)
+    return AgentRuntime(plan.scope, flags, systemd, docker, notes)
 
 
 def runs_line(capabilities: list[str], runtime: AgentRuntime) -> str:
@@ -317,7 +314,6 @@ async def _start_agent(
     cmd = [*_agent_cmd(paths, runtime.scope, verbose), "--hub-url", hub_url, *runtime.flags]
     return await asyncio.create_subprocess_exec(
         *cmd,
-        env={**os.environ, **runtime.env},
         start_new_session=True,
         preexec_fn=die_with_parent(),  # it dies with us, however we die
     )

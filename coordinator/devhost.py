@@ -968,10 +968,11 @@ class PrivateDockerd:
 
 
 class SystemdInfo(msgspec.Struct, frozen=True):
+    """What an agent needs to drive the private manager (its configuration, no more)."""
+
     bus_address: str
     unit_dir: str
     journal_dir: str
-    env: dict[str, str]
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True):
@@ -1062,7 +1063,6 @@ class Keeper:
                     bus_address=manager.bus_address,
                     unit_dir=str(manager.unit_dir),
                     journal_dir=str(manager.journal_dir),
-                    env=manager.agent_env(),
                 )
             except (DevHostError, OSError) as exc:
                 errors.append(f"the private systemd did not start: {_first_line(exc)}")
@@ -1088,7 +1088,6 @@ class Keeper:
             self.docker.stop()
         if self.systemd is not None:
             self.systemd.stop()
-        remove_cgroup(self.cgroup + "-docker")
         remove_tree(self.scratch)
         if self._recorded:
             self.paths.leftovers.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ class UnitNotFound(Exception):
 
 
 class Unschedulable(Exception):
-    """No machine can take the unit; the message is the scheduler's reason."""
+    """No machine can take the unit; the message names it and gives the scheduler's reason."""
 
 
 def unit_path(name: str) -> str:
@@ -117,7 +117,7 @@ async def wait_current(
         elif unplaced_since is None:
             unplaced_since = now
         elif now - unplaced_since >= grace_s:
-            raise Unschedulable(reason)
+            raise Unschedulable(f"unit {name} cannot be scheduled: {reason}")
         if now > deadline:
             raise TimeoutError(f"{name} did not reach {state} within {limit_s:.0f} s")
         await asyncio.sleep(POLL_S)

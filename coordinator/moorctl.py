@@ -447,7 +447,7 @@ def _transition(
     except TimeoutError as exc:
         _fail(str(exc), EXIT_TIMEOUT)
     except fc.Unschedulable as exc:
-        _fail(f"not scheduled: {exc}", EXIT_API)
+        _fail(str(exc), EXIT_API)
     if ctx.json:
         _emit_json(results)
     else:

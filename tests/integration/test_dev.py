@@ -212,7 +212,9 @@ def test_hello_runs_on_a_machine_without_systemd_or_dockerd_and_comes_back(
         pinned = moorctl(state, "start", "pinned.service", cwd=tmp_path)
         assert pinned.returncode == 1, pinned
         assert time.monotonic() - began < 10
-        assert "MachineID=nonexistent: no such machine" in pinned.stderr, pinned.stderr
+        assert pinned.stderr.strip().splitlines()[-1] == (
+            "moorctl: unit pinned.service cannot be scheduled: MachineID=nonexistent: no such machine"
+        ), pinned.stderr
         status = moorctl(state, "status", "pinned.service")
         assert "not scheduled on any machine: MachineID=nonexistent: no such machine" in (
             status.stdout

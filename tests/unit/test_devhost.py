@@ -77,7 +77,7 @@ def test_what_cannot_be_had_is_one_line_saying_what_to_do() -> None:
 
 def test_the_agent_is_pointed_at_the_private_runtimes_and_the_banner_says_so() -> None:
     plan = plan_runtimes(facts(), None, True)
-    info = SystemdInfo("unix:path=/t/run/bus", "/s/units", "/t/journal", {"HOME": "/s/home"})
+    info = SystemdInfo("unix:path=/t/run/bus", "/s/units", "/t/journal")
     runtime = agent_runtime(plan, Started(systemd=info, docker_host="unix:///t/docker.sock"))
     assert runtime.flags == [
         "--systemd-scope", "user",
@@ -86,7 +86,6 @@ def test_the_agent_is_pointed_at_the_private_runtimes_and_the_banner_says_so() -
         "--journal-dir", "/t/journal",
         "--docker-host", "unix:///t/docker.sock",
     ]  # fmt: skip
-    assert runtime.env == {"HOME": "/s/home"}
     assert runs_line(["systemd", "docker"], runtime) == (
         "systemd units (private systemd --user manager), containers (private dockerd)"
     )
