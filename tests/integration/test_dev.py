@@ -75,10 +75,11 @@ def moorctl(state: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedPr
     )
 
 
-def interrupt(proc: subprocess.Popen[bytes]) -> list[int]:
-    """Ctrl-C as a terminal sends it; returns the PIDs of children that were running."""
+def interrupt(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> list[int]:
+    """Ctrl-C as a terminal sends it (or `sig`: SIGHUP when the terminal goes away);
+    returns the PIDs of children that were running."""
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     assert proc.wait(30) == 0
     return children
 
@@ -238,7 +239,9 @@ def test_hello_runs_on_a_machine_without_systemd_or_dockerd_and_comes_back(
             )
 
         wait_for(active, timeout=10, what="hello.service active again")
-        interrupt(proc)
+        children = interrupt(proc, signal.SIGHUP)
+        assert len(children) >= 4  # keeper, agent, systemd, journald (and dockerd)
+        assert not [pid for pid in children if pid_alive(pid)]
     finally:
         stop_dev(proc)
 
