@@ -143,7 +143,8 @@ class AgentRuntime(msgspec.Struct, frozen=True):
 
 
 def agent_runtime(plan: RuntimePlan, started: Started | None) -> AgentRuntime:
-    """The agent's flags and environment for the plan and what the keeper started."""
+    """The agent's flags for the plan and what the keeper started, and what the banner
+    says about them."""
     flags = ["--systemd-scope", plan.scope]
     notes = list(plan.notes)
     systemd = "the systemd system manager" if plan.scope == "system" else "your systemd --user"
@@ -218,7 +219,8 @@ async def _dev(
                 f"the local agent exited with status {agent.returncode} (see above)"
             )
         agent_exit.cancel()
-        click.echo("stopping: the agent first, then what it drives, then the coordinator", err=True)
+        private = " then the private systemd/dockerd (and their units)," if keeper else ""
+        click.echo(f"stopping: the agent first,{private} then the coordinator", err=True)
     finally:
         if agent is not None:
             await _stop_agent(agent)

@@ -81,6 +81,10 @@ _INHERITED_SERVICE_VARS = (
     "SYSTEMD_EXEC_PID",
 )
 PR_SET_PDEATHSIG = 1
+PREVIOUS_KEEPER_WAIT_S = 30.0
+CONTAINER_STOP_S = 2.0
+"""How long a private dockerd's containers get to exit on SIGTERM at teardown: a dev
+tool's Ctrl-C should be quick, and they are started again with it."""
 
 _counter = itertools.count()
 
@@ -871,6 +875,7 @@ class PrivateDockerd:
 
     def _teardown_steps(self) -> list[Callable[[], object]]:
         return [
+            self._stop_containers,
             self._stop_daemon,
             self._kill_leftovers,
             lambda: unmount_under(self.root),
@@ -953,6 +958,21 @@ class PrivateDockerd:
     def _running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def _stop_containers(self) -> None:
+        """SIGTERM every container process, SIGKILL after `CONTAINER_STOP_S`: dockerd's
+        own shutdown gives each container its stop timeout (10 s by default) in turn.
+        Containers stopped so read as stopped, not failed, and are started again."""
+        pids = cgroup_pids(self.cgroup_parent)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + CONTAINER_STOP_S
+        while cgroup_pids(self.cgroup_parent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kill_cgroup(self.cgroup_parent)
+
     def _stop_daemon(self) -> None:
         if self._proc is not None:
             stop_popen(self._proc, timeout=self.stop_timeout, what="dockerd")
@@ -1003,14 +1023,16 @@ class KeeperPaths:
 
 
 def sweep_leftovers(paths: KeeperPaths) -> None:
-    """Remove what a keeper that was killed left behind: processes in its cgroups,
-    mounts under its directories, the cgroups, its scratch directory."""
+    """Remove what an earlier keeper left behind: processes in its cgroups, mounts under
+    its directories, the cgroups, its scratch directory. A keeper still tearing down
+    (its `moorage dev` is gone: the caller holds the state directory's lock) is given
+    `PREVIOUS_KEEPER_WAIT_S` to finish, then stopped."""
     try:
         old = msgspec.json.decode(paths.leftovers.read_bytes(), type=Leftovers)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return
-    if pid_alive(old.pid) and old.pid != os.getpid():
-        raise DevHostError(f"another moorage dev (pid {old.pid}) runs on {paths.state_dir}")
+    if _is_keeper(old.pid) and not wait_pid_gone(old.pid, PREVIOUS_KEEPER_WAIT_S):
+        terminate_pid(old.pid, timeout=5, what="the previous keeper")
     log.info("sweeping what the keeper pid %d left behind", old.pid)
     for pid in pids_mentioning(old.scratch) if old.scratch else []:
         terminate_pid(pid, timeout=5, what="leftover")
@@ -1024,6 +1046,16 @@ def sweep_leftovers(paths: KeeperPaths) -> None:
     if old.scratch:
         remove_tree(Path(old.scratch))
     paths.leftovers.unlink(missing_ok=True)
+
+
+def _is_keeper(pid: int) -> bool:
+    """Whether ``pid`` is a live keeper (not a process that reused the PID)."""
+    try:
+        return (
+            pid_alive(pid) and b"coordinator.devhost" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+    except OSError:
+        return False
 
 
 class Keeper:

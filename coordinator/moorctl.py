@@ -554,7 +554,9 @@ def status(ctx: Ctx, unit: str, lines: int) -> None:
     click.echo(f"● {unit} - desired {record['desired_state']}, hash {record['hash'][:7]}")
     if not record["machines"]:
         why = record.get("unschedulable") or (
-            "desired state inactive" if record["desired_state"] == "inactive" else "not yet"
+            "desired state inactive"
+            if record["desired_state"] == "inactive"
+            else "waiting for the scheduler"
         )
         click.echo(f"  not scheduled on any machine: {why}")
     for s in result["states"]:

@@ -76,6 +76,36 @@ def _is_static_elf(path: Path) -> bool:
     )
 
 
+def import_busybox(client: Any, tag: str = BUSYBOX_TAG) -> str:
+    """Import a one-binary image made from the host's static busybox into the engine of
+    ``client`` (a ``docker.DockerClient``); returns its ID."""
+    from docker.utils import parse_repository_tag
+
+    if not _is_static_elf(BUSYBOX):
+        raise HarnessError(f"{BUSYBOX} is not static (apt install busybox-static)")
+    buf = BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("bin", "tmp"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if name == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(str(BUSYBOX), arcname="bin/busybox")
+        for applet in BUSYBOX_APPLETS:
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "busybox"
+            tar.addfile(info)
+    repository, image_tag = parse_repository_tag(tag)
+    client.api.import_image_from_data(
+        buf.getvalue(),
+        repository=repository,
+        tag=image_tag or "latest",
+        changes=['CMD ["/bin/sh"]'],
+    )
+    return str(client.images.get(tag).id)
+
+
 class Dockerd(PrivateDockerd):
     """A private dockerd in a scratch directory of its own (data root included), on the
     vfs driver; use as a context manager or start()/stop()."""
@@ -118,32 +148,7 @@ class Dockerd(PrivateDockerd):
 
     def import_busybox(self, tag: str = BUSYBOX_TAG) -> str:
         """Import a one-binary image made from the host's static busybox; returns its ID."""
-        from docker.utils import parse_repository_tag
-
-        if not _is_static_elf(BUSYBOX):
-            raise HarnessError(f"{BUSYBOX} is not static (apt install busybox-static)")
-        buf = BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name in ("bin", "tmp"):
-                info = tarfile.TarInfo(name)
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o1777 if name == "tmp" else 0o755
-                tar.addfile(info)
-            tar.add(str(BUSYBOX), arcname="bin/busybox")
-            for applet in BUSYBOX_APPLETS:
-                info = tarfile.TarInfo(f"bin/{applet}")
-                info.type = tarfile.SYMTYPE
-                info.linkname = "busybox"
-                tar.addfile(info)
-        repository, image_tag = parse_repository_tag(tag)
-        client = self.client()
-        client.api.import_image_from_data(
-            buf.getvalue(),
-            repository=repository,
-            tag=image_tag or "latest",
-            changes=['CMD ["/bin/sh"]'],
-        )
-        return str(client.images.get(tag).id)
+        return import_busybox(self.client(), tag)
 
     # -- internals
 

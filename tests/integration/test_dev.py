@@ -13,10 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+import docker
 import psutil
 import pytest
 
-from coordinator.devhost import cgroup_dirs, dockerd_unavailable, pid_alive, systemd_unavailable
+from coordinator.devhost import (
+    cgroup_dirs,
+    cgroup_pids,
+    dockerd_unavailable,
+    pid_alive,
+    pids_mentioning,
+    systemd_unavailable,
+)
+from tests.harness.dockerd import BUSYBOX_TAG, import_busybox
 from tests.procs import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
@@ -25,6 +34,12 @@ pytestmark = pytest.mark.integration
 HELLO = """\
 [Service]
 ExecStart=/bin/sh -c 'while true; do echo hello; sleep 5; done'
+"""
+TICK = f"""\
+[Container]
+Image={BUSYBOX_TAG}
+Exec=/bin/sh -c 'while true; do echo tick; sleep 1; done'
+Network=none
 """
 # The host's session bus and engine, if any, are hidden: the machine CI runs on has none.
 HOST_RUNTIME_VARS = ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "DOCKER_HOST")
@@ -249,16 +264,35 @@ def test_hello_runs_on_a_machine_without_systemd_or_dockerd_and_comes_back(
 def test_sigkill_of_dev_takes_everything_with_it_and_one_agent_per_state_dir(
     tmp_path: Path,
 ) -> None:
+    """A unit and, where dockerd is installed, a container run when `moorage dev` is
+    killed: within 5 s nothing it started is left, cgroups and scratch included."""
     needs_private_systemd()
     state = tmp_path / "dev"
+    (tmp_path / "hello.service").write_text(HELLO)
     proc = start_dev(state, tmp_path / "dev.log")
     try:
-        wait_banner(tmp_path / "dev.log", proc)
+        banner = wait_banner(tmp_path / "dev.log", proc)
+        units = ["hello.service"]
+        if "containers (private dockerd)" in banner:
+            runtimes = json.loads((state / "runtimes" / "runtimes.json").read_text())
+            client = docker.DockerClient(
+                base_url=f"unix://{runtimes['scratch']}/docker/docker.sock"
+            )
+            try:
+                import_busybox(client)
+            finally:
+                client.close()
+            (tmp_path / "tick.container").write_text(TICK)
+            units.append("tick.container")
+        for unit in units:
+            started = moorctl(state, "start", unit, cwd=tmp_path)
+            assert started.returncode == 0, started.stderr
         tree = psutil.Process(proc.pid).children(recursive=True)
         agent = next(c for c in tree if c.cmdline()[1:3] == ["-m", "agent"])
         names = {c.name() for c in tree}
         assert {"systemd", "systemd-journald"} <= names, names
         runtimes = json.loads((state / "runtimes" / "runtimes.json").read_text())
+        assert cgroup_pids(runtimes["cgroups"][0])  # the unit (and container) run there
 
         second = subprocess.run(
             [sys.executable, "-m", "agent", "--state-dir", str(state / "agent")],
@@ -285,7 +319,9 @@ def test_sigkill_of_dev_takes_everything_with_it_and_one_agent_per_state_dir(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         wait_for(
-            lambda: not any(pid_alive(c.pid) for c in tree),
+            lambda: (
+                not any(pid_alive(c.pid) for c in tree) and not pids_mentioning(runtimes["scratch"])
+            ),  # containerd's shims
             timeout=5,
             what=f"{[(c.pid, c.name()) for c in tree if pid_alive(c.pid)]} gone",
         )
