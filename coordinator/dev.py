@@ -151,10 +151,8 @@ def agent_runtime(plan: RuntimePlan, started: Started | None) -> AgentRuntime:
     docker = f"dockerd at {plan.docker_host}" if plan.docker_host else ""
     if started is not None:
         notes += started.errors
-        if started.systemd is not None:
-            info = started.systemd
-            flags += ["--bus-address", info.bus_address, "--unit-dir", info.unit_dir]
-            flags += ["--journal-dir", info.journal_dir]
+        if started.systemd_flags:
+            flags = list(started.systemd_flags)
             systemd = "private systemd --user manager"
         if started.docker_host:
             flags += ["--docker-host", started.docker_host]

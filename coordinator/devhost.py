@@ -623,20 +623,14 @@ class PrivateSystemd:
         )
 
     def agent_flags(self) -> list[str]:
-        """Flags that point a Moorage agent at this manager: scope, unit and journal dirs."""
+        """Flags that point a Moorage agent at this manager (its configuration, no more):
+        scope, bus address, unit and journal directories."""
         return [
-            "--systemd-scope",
-            "user",
-            "--unit-dir",
-            str(self.unit_dir),
-            "--journal-dir",
-            str(self.journal_dir),
-        ]
-
-    def agent_env(self) -> dict[str, str]:
-        """The environment an agent needs to reach this manager's bus."""
-        keys = ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
-        return {k: self.env[k] for k in keys}
+            "--systemd-scope", "user",
+            "--bus-address", self.bus_address,
+            "--unit-dir", str(self.unit_dir),
+            "--journal-dir", str(self.journal_dir),
+        ]  # fmt: skip
 
     def diagnostics(self) -> str:
         """The manager's console log and the tail of its journal, for error messages."""
@@ -987,19 +981,13 @@ class PrivateDockerd:
 # --------------------------------------------------------------------------- the keeper
 
 
-class SystemdInfo(msgspec.Struct, frozen=True):
-    """What an agent needs to drive the private manager (its configuration, no more)."""
-
-    bus_address: str
-    unit_dir: str
-    journal_dir: str
-
-
 class Started(msgspec.Struct, frozen=True, kw_only=True):
     """The keeper's one line on stdout once its runtimes are up (or could not start)."""
 
-    systemd: SystemdInfo | None = None
+    systemd_flags: list[str] = []
+    """`PrivateSystemd.agent_flags` of the private manager; empty: none runs."""
     docker_host: str = ""
+    """The private dockerd's address; empty: none runs."""
     errors: list[str] = []
 
 
@@ -1084,18 +1072,14 @@ class Keeper:
         self.paths.leftovers.write_bytes(msgspec.json.encode(leftovers))
         self._recorded = True
         errors: list[str] = []
-        info: SystemdInfo | None = None
+        systemd_flags: list[str] = []
         if self.want_systemd:
             manager = PrivateSystemd(
                 self.scratch / "systemd", self.paths.home, self.cgroup, die_with_parent=True
             )
             try:
                 self.systemd = manager.start()
-                info = SystemdInfo(
-                    bus_address=manager.bus_address,
-                    unit_dir=str(manager.unit_dir),
-                    journal_dir=str(manager.journal_dir),
-                )
+                systemd_flags = manager.agent_flags()
             except (DevHostError, OSError) as exc:
                 errors.append(f"the private systemd did not start: {_first_line(exc)}")
                 log.error("%s", exc)
@@ -1113,7 +1097,7 @@ class Keeper:
             except (DevHostError, OSError) as exc:
                 errors.append(f"the private dockerd did not start: {_first_line(exc)}")
                 log.error("%s", exc)
-        return Started(systemd=info, docker_host=docker_host, errors=errors)
+        return Started(systemd_flags=systemd_flags, docker_host=docker_host, errors=errors)
 
     def stop(self) -> None:
         if self.docker is not None:

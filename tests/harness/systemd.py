@@ -119,6 +119,11 @@ class UserSystemd(PrivateSystemd):
             self.stop()
             raise
 
+    def agent_env(self) -> dict[str, str]:
+        """The environment of this manager's session, for agents and tools beside it."""
+        keys = ("XDG_RUNTIME_DIR", "HOME", "XDG_CONFIG_HOME", "DBUS_SESSION_BUS_ADDRESS")
+        return {k: self.env[k] for k in keys}
+
     def unit_property(self, unit: str, name: str) -> str:
         """One property of a unit, e.g. ``unit_property("x.service", "ActiveState")``."""
         return self.systemctl("show", "-p", name, "--value", unit, check=True).stdout.strip()

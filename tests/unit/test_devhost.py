@@ -12,8 +12,8 @@ from agent.statelock import StateDirBusy, lock_state_dir
 from coordinator.dev import agent_runtime, resume_command, runs_line
 from coordinator.devhost import (
     HostFacts,
+    PrivateSystemd,
     Started,
-    SystemdInfo,
     plan_runtimes,
     unix_socket_path,
 )
@@ -77,13 +77,14 @@ def test_what_cannot_be_had_is_one_line_saying_what_to_do() -> None:
 
 def test_the_agent_is_pointed_at_the_private_runtimes_and_the_banner_says_so() -> None:
     plan = plan_runtimes(facts(), None, True)
-    info = SystemdInfo("unix:path=/t/run/bus", "/s/units", "/t/journal")
-    runtime = agent_runtime(plan, Started(systemd=info, docker_host="unix:///t/docker.sock"))
+    manager = PrivateSystemd(Path("/t"), Path("/s"), "moorage-dev-1-0")
+    started = Started(systemd_flags=manager.agent_flags(), docker_host="unix:///t/docker.sock")
+    runtime = agent_runtime(plan, started)
     assert runtime.flags == [
         "--systemd-scope", "user",
         "--bus-address", "unix:path=/t/run/bus",
-        "--unit-dir", "/s/units",
-        "--journal-dir", "/t/journal",
+        "--unit-dir", "/s/.config/systemd/user",
+        "--journal-dir", "/t/runlog/journal",
         "--docker-host", "unix:///t/docker.sock",
     ]  # fmt: skip
     assert runs_line(["systemd", "docker"], runtime) == (
