@@ -1019,7 +1019,7 @@ def sweep_leftovers(paths: KeeperPaths) -> None:
         old = msgspec.json.decode(paths.leftovers.read_bytes(), type=Leftovers)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return
-    if _is_keeper(old.pid) and not wait_pid_gone(old.pid, PREVIOUS_KEEPER_WAIT_S):
+    if _is_keeper(old.pid, paths.state_dir) and not wait_pid_gone(old.pid, PREVIOUS_KEEPER_WAIT_S):
         terminate_pid(old.pid, timeout=5, what="the previous keeper")
     log.info("sweeping what the keeper pid %d left behind", old.pid)
     for pid in pids_mentioning(old.scratch) if old.scratch else []:
@@ -1036,14 +1036,14 @@ def sweep_leftovers(paths: KeeperPaths) -> None:
     paths.leftovers.unlink(missing_ok=True)
 
 
-def _is_keeper(pid: int) -> bool:
-    """Whether ``pid`` is a live keeper (not a process that reused the PID)."""
+def _is_keeper(pid: int, state_dir: Path) -> bool:
+    """Whether ``pid`` is a live keeper of ``state_dir`` (not a process that reused the
+    PID, nor another state directory's keeper)."""
     try:
-        return (
-            pid_alive(pid) and b"coordinator.devhost" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        )
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return pid_alive(pid) and b"coordinator.devhost" in argv and os.fsencode(state_dir) in argv
 
 
 class Keeper:

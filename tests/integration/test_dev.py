@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import psutil
@@ -333,3 +334,43 @@ def test_sigkill_of_dev_takes_everything_with_it_and_one_agent_per_state_dir(
         assert not Path(runtimes["scratch"]).exists()
     finally:
         stop_dev(proc)
+
+
+def test_a_keeper_killed_with_sigkill_is_swept_by_the_next(tmp_path: Path) -> None:
+    """The keeper's own death: its manager follows it (PR_SET_PDEATHSIG), and what it
+    could not clean (journald's last moments, cgroups, scratch) the next keeper does."""
+    needs_private_systemd()
+    state = tmp_path / "runtimes"
+
+    def keeper() -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.devhost", "--state-dir", str(state), "--systemd"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        assert started["systemd_flags"] and not started["errors"], started
+        return proc, json.loads((state / "runtimes.json").read_text())
+
+    first, old = keeper()
+    manager = [c.pid for c in psutil.Process(first.pid).children() if c.name() == "systemd"]
+    assert manager
+    first.kill()
+    first.wait()
+    wait_for(lambda: not pid_alive(manager[0]), timeout=5, what="the manager follows its keeper")
+    assert Path(old["scratch"]).exists()  # nobody cleaned up yet
+
+    second, new = keeper()
+    try:
+        assert new["scratch"] != old["scratch"]
+        assert not Path(old["scratch"]).exists()
+        assert not any(cgroup_dirs(name) for name in old["cgroups"])
+    finally:
+        assert second.stdin is not None
+        second.stdin.close()  # what moorage dev's death looks like to the keeper
+        assert second.wait(30) == 0
+    assert not Path(new["scratch"]).exists()
+    assert not (state / "runtimes.json").exists()
