@@ -493,7 +493,43 @@ def host_facts() -> HostFacts:
 # --------------------------------------------------------------------------- systemd
 
 
-class PrivateSystemd:
+class _Component:
+    """start()/stop() and the context-manager protocol of a private runtime: stop() runs
+    the teardown steps once, each even if one before it failed (logged, not raised)."""
+
+    what = "a private runtime"
+    _stopped = False
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def _teardown_steps(self) -> list[Callable[[], object]]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Tear everything down; idempotent, logs instead of raising."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for step in self._teardown_steps():
+            try:
+                step()
+            except Exception:
+                log.exception("teardown of %s failed a step", self.what)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PrivateSystemd(_Component):
     """A private ``systemd --user`` plus journald; use as a context manager or start()/stop().
 
     ``root`` is scratch (runtime directories, the start script, the log) and is removed
@@ -535,6 +571,7 @@ class PrivateSystemd:
             "XDG_CONFIG_HOME": str(self.config_home),
             "DBUS_SESSION_BUS_ADDRESS": self.bus_address,
         }
+        self.what = f"systemd --user ({cgroup_name})"
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
@@ -573,14 +610,11 @@ class PrivateSystemd:
             raise
         return self
 
-    def stop(self) -> None:
-        """Tear everything down; idempotent, logs instead of raising."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._run_steps([*self._teardown_steps(), lambda: remove_tree(self.root)])
-
     def _teardown_steps(self) -> list[Callable[[], object]]:
+        return [*self._shutdown_steps(), lambda: remove_tree(self.root)]
+
+    def _shutdown_steps(self) -> list[Callable[[], object]]:
+        """Everything stops, nothing of the scratch directory is removed (a reboot)."""
         # journald goes before the manager so that the manager, its parent, reaps it at
         # once; killed after, it is an orphan that PID 1 here reaps only slowly.
         return [
@@ -590,24 +624,6 @@ class PrivateSystemd:
             lambda: kill_cgroup(self.cgroup_name),
             lambda: remove_cgroup(self.cgroup_name),
         ]
-
-    def _run_steps(self, steps: Sequence[Callable[[], object]]) -> None:
-        for step in steps:
-            try:
-                step()
-            except Exception:
-                log.exception("teardown of systemd --user (%s) failed a step", self.cgroup_name)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def systemctl(
         self, *args: str, check: bool = False, timeout: float = 30.0
@@ -788,7 +804,7 @@ exec {q(self.systemd_binary)} --user --log-target=journal
 # --------------------------------------------------------------------------- dockerd
 
 
-class PrivateDockerd:
+class PrivateDockerd(_Component):
     """A private dockerd; use as a context manager or start()/stop().
 
     Socket, exec root, pid file, config and log live in ``root`` (scratch, removed by
@@ -822,6 +838,7 @@ class PrivateDockerd:
         self.host = f"unix://{self.socket_path}"
         self.env: dict[str, str] = {**os.environ, "DOCKER_HOST": self.host}
         self.cgroup_parent = cgroup_parent
+        self.what = f"dockerd ({root})"
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = False
@@ -856,17 +873,6 @@ class PrivateDockerd:
         self._proc = None
         self._launch()
 
-    def stop(self) -> None:
-        """Tear everything down; idempotent, logs instead of raising."""
-        if self._stopped:
-            return
-        self._stopped = True
-        for step in self._teardown_steps():
-            try:
-                step()
-            except Exception:
-                log.exception("teardown of dockerd (%s) failed a step", self.root)
-
     def _teardown_steps(self) -> list[Callable[[], object]]:
         return [
             self._stop_containers,
@@ -878,17 +884,6 @@ class PrivateDockerd:
             lambda: remove_cgroup(self.cgroup_parent),
             lambda: remove_tree(self.root),
         ]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals
 

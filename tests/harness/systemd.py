@@ -106,7 +106,7 @@ class UserSystemd(PrivateSystemd):
         volatile journal) is wiped; persistent config such as unit_dir survives."""
         if self._stopped or self._proc is None:
             raise HarnessError("reboot() needs a running manager")
-        for step in self._teardown_steps():
+        for step in self._shutdown_steps():
             step()
         for runtime in (self.run_dir, self.root / "fakerun", self.root / "runlog"):
             shutil.rmtree(runtime, ignore_errors=True)
