@@ -19,6 +19,7 @@ from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config, parse_metadata, resolve_machine_id
 from agent.daemon import Agent
 from agent.identity import Identity
+from agent.statelock import StateDirBusy, lock_state_dir
 from coordinator.process import setup_logging
 
 OVERRIDES = (
@@ -26,6 +27,7 @@ OVERRIDES = (
     "machine_id",
     "systemd_scope",
     "hub_url",
+    "bus_address",
     "unit_dir",
     "journal_dir",
     "docker_host",
@@ -57,6 +59,7 @@ def parser() -> argparse.ArgumentParser:
         "--systemd-scope", choices=("system", "user"), help="Which systemd manager to drive."
     )
     p.add_argument("--hub-url", help="Override the hub URL learnt at enrolment.")
+    p.add_argument("--bus-address", help="D-Bus address of the systemd manager (default by scope).")
     p.add_argument("--unit-dir", help="Where unit files are written (default by scope).")
     p.add_argument("--journal-dir", help="Read this journal directory instead of the machine's.")
     p.add_argument("--docker-host", help="Docker endpoint (default: $DOCKER_HOST, as the CLI).")
@@ -110,6 +113,10 @@ def run(config: AgentConfig) -> None:
             f"not enrolled: no identity in {config.state_dir}; run "
             "'moorage-agent enroll --coordinator URL --token TOKEN' first"
         )
+    try:
+        lock_state_dir(config.state_path)  # held until the process exits
+    except StateDirBusy as exc:
+        raise CliError(str(exc)) from None
     agent = Agent(config, resolve_machine_id(config))
     # The plain asyncio loop: one connection needs no uvloop, and it saves ~2 MiB of RSS.
     asyncio.run(agent.run())

@@ -20,10 +20,17 @@ from proto.units import UnitOption, parse_unit_file, template_of
 
 POLL_S = 0.25
 ACTIVE_WINDOW_S = 10.0
+UNSCHEDULABLE_GRACE_S = 2.0
+"""How long the scheduler must have found no machine for a unit before a wait gives up:
+long enough for a machine that is connecting, short enough to answer within seconds."""
 
 
 class UnitNotFound(Exception):
     pass
+
+
+class Unschedulable(Exception):
+    """No machine can take the unit; the message names it and gives the scheduler's reason."""
 
 
 def unit_path(name: str) -> str:
@@ -95,18 +102,46 @@ async def set_state(api: ApiClient, name: str, state: str) -> None:
     await api.call("PUT", unit_path(name), {"name": name, "desiredState": state})
 
 
-async def wait_current(api: ApiClient, name: str, state: str, limit_s: float) -> dict[str, Any]:
-    """Poll until currentState reaches `state` (fleetctl polls every 250 ms)."""
+async def wait_current(
+    api: ApiClient,
+    name: str,
+    state: str,
+    limit_s: float,
+    grace_s: float = UNSCHEDULABLE_GRACE_S,
+) -> dict[str, Any]:
+    """Poll until currentState reaches `state` (fleetctl polls every 250 ms). Unlike
+    fleetctl, give up with `Unschedulable` once the scheduler has said for `grace_s`
+    why no machine can take the unit, instead of waiting out the whole limit."""
     deadline = time.monotonic() + limit_s
+    unplaced_since: float | None = None
     while True:
         unit = await get_unit(api, name)
         if unit is None:
             raise UnitNotFound(name)
         if is_global(unit) or unit.get("currentState", "inactive") == state:
             return unit  # global units have no currentState: fleetctl does not wait
-        if time.monotonic() > deadline:
+        reason = await unschedulable(api, name) if state != "inactive" else ""
+        now = time.monotonic()
+        if not reason:
+            unplaced_since = None
+        elif unplaced_since is None:
+            unplaced_since = now
+        elif now - unplaced_since >= grace_s:
+            raise Unschedulable(f"unit {name} cannot be scheduled: {reason}")
+        if now > deadline:
             raise TimeoutError(f"{name} did not reach {state} within {limit_s:.0f} s")
         await asyncio.sleep(POLL_S)
+
+
+async def unschedulable(api: ApiClient, name: str) -> str:
+    """The scheduler's reason the unit is on no machine ("" when it is placed)."""
+    try:
+        unit = await api.call("GET", f"moorage/v1/units/{quote(name, safe='')}")
+    except ApiClientError as exc:
+        if exc.status == 404:
+            return ""
+        raise
+    return str(unit.get("unschedulable", ""))
 
 
 async def wait_active(

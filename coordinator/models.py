@@ -60,6 +60,8 @@ class Unit(msgspec.Struct, frozen=True, kw_only=True):
     machines: list[str] = []
     created_at: float = 0.0
     updated_at: float = 0.0
+    unschedulable: str = ""
+    """Why the scheduler placed it on no machine (the last pass's word; not stored)."""
 
 
 class UnitHead(msgspec.Struct, frozen=True, kw_only=True):

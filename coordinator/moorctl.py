@@ -9,9 +9,9 @@ create/list/delete`, `deployment create/list/delete`, `deploy` (follows the roll
 with a progress bar), `rollout status`, `releases`; and what agents report: `drift`
 and `stickers`.
 
-Exit codes: 0 success, 1 the coordinator refused or failed the request (or a unit
-failed to start), 2 usage error, 3 the coordinator could not be reached, 4 timed
-out waiting for a unit.
+Exit codes (`EXIT_CODES`, also in `moorctl --help`): 0 success, 1 the coordinator
+refused or failed the request (a unit failed to start, or no machine can take it), 2
+usage error, 3 the coordinator could not be reached, 4 timed out waiting for a unit.
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ from proto.units import (
 EXIT_API = 1
 EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  the coordinator refused or failed the request: a unit failed to start, or no
+     machine can take it (the scheduler's reason is printed)
+  2  usage error
+  3  the coordinator could not be reached
+  4  timed out waiting for a unit or a rollout"""
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -96,7 +104,7 @@ def _client_config(
     return config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="moorctl")
 @click.option(
     "--endpoint", envvar="MOORAGE_ENDPOINT", help="https://HOST:PORT of the coordinator API."
@@ -496,6 +504,8 @@ def _transition(
         results = _call(ctx, go)
     except TimeoutError as exc:
         _fail(str(exc), EXIT_TIMEOUT)
+    except fc.Unschedulable as exc:
+        _fail(str(exc), EXIT_API)
     if ctx.json:
         _emit_json(results)
     else:
@@ -601,7 +611,12 @@ def status(ctx: Ctx, unit: str, lines: int) -> None:
     record = result["unit"]
     click.echo(f"● {unit} - desired {record['desired_state']}, hash {record['hash'][:7]}")
     if not record["machines"]:
-        click.echo("  not scheduled on any machine")
+        why = record.get("unschedulable") or (
+            "desired state inactive"
+            if record["desired_state"] == "inactive"
+            else "waiting for the scheduler"
+        )
+        click.echo(f"  not scheduled on any machine: {why}")
     for s in result["states"]:
         click.echo(
             f"  {short_id(s['machine_id'], ctx.full)}: {s['load_state']} {s['active_state']} "

@@ -371,3 +371,80 @@ class _State:
 
     def replaced_on(self, unit: UnitView, mid: str) -> set[str]:
         return {o for o in self.hosted[mid] if o in unit.xfleet.replaces and o != unit.name}
+
+
+def unplaced_reasons(
+    units: Sequence[UnitView],
+    machines: Sequence[MachineView],
+    placements: dict[str, list[str]],
+) -> dict[str, str]:
+    """Why each active unit that `schedule` left on no machine fits nowhere, in the
+    operator's words; units that are placed, or meant to be inactive, are not listed.
+
+    Only unplaced units are examined, and the machine filters they share (backend,
+    metadata) are worked out once, so a pass that places everything costs one loop.
+    """
+    by_id = {m.id: m for m in machines}
+    connected = [m for m in machines if m.state == "connected"]
+    with_backend: dict[str, list[MachineView]] = {}
+    matching: dict[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], bool] = {}
+    reasons: dict[str, str] = {}
+    for unit in units:
+        if not unit.active or placements.get(unit.name):
+            continue
+        x = unit.xfleet
+        kind = f"{unit.backend} units"
+        if x.machine_id:
+            reasons[unit.name] = _pinned_reason(unit, by_id.get(x.machine_id))
+            continue
+        if not connected:
+            reasons[unit.name] = "no machine is connected"
+            continue
+        able = with_backend.get(unit.backend)
+        if able is None:
+            able = [m for m in connected if unit.backend in m.capabilities]
+            with_backend[unit.backend] = able
+        if not able:
+            reasons[unit.name] = (
+                f"no connected machine can run {kind} (none reports {unit.backend})"
+            )
+            continue
+        key = (unit.backend, tuple(sorted(x.metadata.items())))
+        if key not in matching:
+            matching[key] = any(_metadata_fits(m, x) for m in able)
+        if not matching[key]:
+            wanted = " ".join(f"{k}={v}" for k, vs in sorted(x.metadata.items()) for v in vs)
+            reasons[unit.name] = (
+                f"no connected machine that can run {kind} has MachineMetadata {wanted}"
+            )
+            continue
+        unplaced = [a for a in x.machine_of if not placements.get(a)]
+        if unplaced:
+            reasons[unit.name] = f"MachineOf={unplaced[0]}, which is not scheduled"
+        elif x.machine_of:
+            reasons[unit.name] = "the machine of its MachineOf unit(s) cannot take it"
+        elif x.is_global:
+            reasons[unit.name] = "no machine matches (Global)"
+        else:
+            reasons[unit.name] = (
+                "every machine that could take it runs a unit it conflicts with "
+                "(Conflicts) or that replaces it"
+            )
+    return reasons
+
+
+def _metadata_fits(machine: MachineView, x: XFleet) -> bool:
+    return all(machine.metadata.get(k) in allowed for k, allowed in x.metadata.items())
+
+
+def _pinned_reason(unit: UnitView, machine: MachineView | None) -> str:
+    mid = unit.xfleet.machine_id
+    if machine is None:
+        return f"MachineID={mid}: no such machine"
+    if machine.state != "connected":
+        return f"MachineID={mid}: the machine is {machine.state}"
+    if unit.backend not in machine.capabilities:
+        return f"MachineID={mid}: the machine cannot run {unit.backend} units"
+    if not _metadata_fits(machine, unit.xfleet):
+        return f"MachineID={mid}: the machine does not match MachineMetadata"
+    return f"MachineID={mid}: the machine runs a unit it conflicts with"

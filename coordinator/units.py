@@ -22,7 +22,14 @@ from coordinator.hub import Hub, Session
 from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import Machine, Unit, UnitCopy, UnitHead, UnitState
-from coordinator.scheduler import MachineView, UnitView, XFleet, parse_xfleet, schedule
+from coordinator.scheduler import (
+    MachineView,
+    UnitView,
+    XFleet,
+    parse_xfleet,
+    schedule,
+    unplaced_reasons,
+)
 from coordinator.storage import Storage
 from proto import messages as m
 from proto.messages import DesiredState, DesiredUnit
@@ -93,6 +100,8 @@ class UnitService:
         self._schedule_lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self._xfleet: dict[str, XFleet] = {}
+        self.unschedulable: dict[str, str] = {}
+        """Why each unit the last scheduling pass left unplaced fits nowhere."""
         self.desired_sources: list[Callable[[str], dict[str, DesiredUnit]]] = []
         """Other producers of a machine's units (deployments' releases); fleet units
         come first and a source never replaces one of them."""
@@ -128,7 +137,7 @@ class UnitService:
         affected = self.storage.put_unit(unit, time.time())
         await self.push(affected)
         await self.reschedule()
-        return self.storage.get_unit(name) or unit
+        return self.get(name) or unit
 
     async def put_many(
         self,
@@ -195,6 +204,20 @@ class UnitService:
         machines = {mach.id: mach for mach in self.storage.list_machines(include_revoked=True)}
         return unit_copies(states, machines, now=time.time())
 
+    # --- queries ----------------------------------------------------------------------
+
+    def get(self, name: str) -> Unit | None:
+        """A unit with the scheduler's reason when it is on no machine."""
+        unit = self.storage.get_unit(name)
+        return None if unit is None else self._explained(unit)
+
+    def list_units(self) -> list[Unit]:
+        return [self._explained(u) for u in self.storage.list_units()]
+
+    def _explained(self, unit: Unit) -> Unit:
+        reason = "" if unit.machines else self.unschedulable.get(unit.name, "")
+        return msgspec.structs.replace(unit, unschedulable=reason) if reason else unit
+
     # --- scheduling -------------------------------------------------------------------
 
     async def reschedule(self) -> None:
@@ -208,10 +231,12 @@ class UnitService:
                 self._xfleet[unseen[name]] = parse_xfleet(options)
             views = [self._view(u) for u in free]
             if not views:
+                self.unschedulable = {}
                 return
-            machines = self.storage.list_machines()
             now = time.time()
-            placements = schedule(views, [_machine_view(mach, now) for mach in machines])
+            machines = [_machine_view(mach, now) for mach in self.storage.list_machines()]
+            placements = schedule(views, machines)
+            self.unschedulable = unplaced_reasons(views, machines, placements)
             current = {u.name: u.machines for u in units}
             changes = {n: mids for n, mids in placements.items() if mids != current.get(n)}
             if not changes:

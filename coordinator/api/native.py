@@ -160,7 +160,7 @@ def routes(
 
     @r.get(PREFIX + "/units")
     async def list_units(request: web.Request) -> web.Response:
-        return json_response(UnitList(storage.list_units()))
+        return json_response(UnitList(units.list_units()))
 
     @r.put(PREFIX + "/units")
     async def put_units(request: web.Request) -> web.Response:
@@ -184,7 +184,7 @@ def routes(
 
     @r.get(PREFIX + "/units/{name}")
     async def get_unit(request: web.Request) -> web.Response:
-        unit = storage.get_unit(unit_name(request))
+        unit = units.get(unit_name(request))
         if unit is None:
             raise ApiError(404, f"unit {request.match_info['name']!r} does not exist")
         return json_response(unit)

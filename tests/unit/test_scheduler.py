@@ -18,6 +18,7 @@ from coordinator.scheduler import (
     glob_match,
     parse_xfleet,
     schedule,
+    unplaced_reasons,
 )
 from proto.units import UnitOption
 
@@ -221,3 +222,67 @@ def test_words_are_shlex_split(value: str) -> None:
             _words(value)
         return
     assert _words(value) == expected
+
+
+def reasons(units: list[UnitView], machines: list[MachineView]) -> dict[str, str]:
+    return unplaced_reasons(units, machines, schedule(units, machines))
+
+
+def test_placed_and_inactive_units_have_no_reason() -> None:
+    units = [u("a.service"), u("b.service", active=False)]
+    assert reasons(units, THREE) == {}
+
+
+@pytest.mark.parametrize(
+    ("unit", "machines", "reason"),
+    [
+        (u("a.service", ("MachineID", "nope")), THREE, "MachineID=nope: no such machine"),
+        (
+            u("a.service", ("MachineID", "m1")),
+            [m("m1", "disconnected")],
+            "MachineID=m1: the machine is disconnected",
+        ),
+        (
+            u("c.container", ("MachineID", "m1"), backend="docker"),
+            THREE,
+            "MachineID=m1: the machine cannot run docker units",
+        ),
+        (
+            u("a.service", ("MachineID", "m1"), ("MachineMetadata", "role=db")),
+            [m("m1", role="web")],
+            "MachineID=m1: the machine does not match MachineMetadata",
+        ),
+        (u("a.service"), [m("m1", "lost")], "no machine is connected"),
+        (
+            u("a.service"),
+            [m("m1", caps=("docker",))],
+            "no connected machine can run systemd units (none reports systemd)",
+        ),
+        (
+            u("a.service", ("MachineMetadata", "role=db")),
+            [m("m1", role="web"), m("m2")],
+            "no connected machine that can run systemd units has MachineMetadata role=db",
+        ),
+        (
+            u("a.service", ("MachineOf", "b.service")),
+            THREE,
+            "MachineOf=b.service, which is not scheduled",
+        ),
+    ],
+)
+def test_why_a_unit_is_not_scheduled(
+    unit: UnitView, machines: list[MachineView], reason: str
+) -> None:
+    assert reasons([unit], machines) == {unit.name: reason}
+
+
+def test_conflicts_everywhere_is_the_reason() -> None:
+    units = [u("a.service"), u("b.service", ("Conflicts", "a.service"))]
+    assert reasons(units, [m("m1")]) == {
+        "b.service": "every machine that could take it runs a unit it conflicts with "
+        "(Conflicts) or that replaces it"
+    }
+    clash = [u("a.service", ("Conflicts", "z.service")), u("z.service", ("MachineID", "m1"))]
+    assert reasons(clash, [m("m1")]) == {
+        "z.service": "MachineID=m1: the machine runs a unit it conflicts with"
+    }

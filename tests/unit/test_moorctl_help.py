@@ -1,0 +1,15 @@
+"""`moorctl --help` lists the exit codes scripts rely on."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from coordinator.moorctl import EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE, cli
+
+
+def test_help_lists_every_exit_code() -> None:
+    out = CliRunner().invoke(cli, ["--help"]).output
+    codes = out[out.index("Exit codes:") :].splitlines()[1:]
+    listed = {line.split()[0] for line in codes if line.strip() and line.split()[0].isdigit()}
+    assert listed == {"0", str(EXIT_API), "2", str(EXIT_UNREACHABLE), str(EXIT_TIMEOUT)}
+    assert "no machine can take it" in " ".join(out.split())
