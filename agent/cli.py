@@ -19,7 +19,7 @@ from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config, parse_metadata, resolve_machine_id
 from agent.daemon import Agent
 from agent.identity import Identity
-from coordinator.process import setup_logging
+from proto.process import setup_logging
 
 OVERRIDES = (
     "state_dir",

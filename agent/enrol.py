@@ -14,9 +14,9 @@ import aiohttp
 import msgspec
 
 from agent.identity import Identity, LinkInfo
-from coordinator import pki
-from coordinator.tokens import JOIN_KIND, PIN_CHARS, TokenFormatError, parse_token
+from proto import crypto
 from proto.enrolment import CA_PATH, ENROLL_PATH, EnrollRequest, EnrollResponse
+from proto.tokens import JOIN_KIND, PIN_CHARS, TokenFormatError, parse_token
 
 
 class EnrolError(Exception):
@@ -29,8 +29,8 @@ async def fetch_pinned_ca(session: aiohttp.ClientSession, base_url: str, pin: st
             raise EnrolError(f"coordinator answered {resp.status} for its CA certificate")
         ca_pem = await resp.read()
     try:
-        actual = pki.ca_pin(pki.load_cert(ca_pem))
-    except pki.PkiError as exc:
+        actual = crypto.ca_pin(crypto.load_cert(ca_pem))
+    except crypto.PkiError as exc:
         raise EnrolError(f"coordinator sent an unusable CA certificate: {exc}") from None
     if actual[:PIN_CHARS] != pin:
         raise EnrolError(
@@ -53,8 +53,8 @@ async def enrol(
     except TokenFormatError as exc:
         raise EnrolError(str(exc)) from None
     base = coordinator_url.rstrip("/")
-    key = pki.generate_key()
-    csr = pki.make_csr(key, machine_id)
+    key = crypto.generate_key()
+    csr = crypto.make_csr(key, machine_id)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         if ca_pem is None:
@@ -76,7 +76,7 @@ async def enrol(
     result = msgspec.json.decode(raw, type=EnrollResponse)
     link = LinkInfo(machine_id=result.machine_id, hub_url=result.hub_url, coordinator_url=base)
     identity.save(
-        key_pem=pki.key_pem(key), cert_pem=result.cert_pem.encode(), ca_pem=ca_pem, link=link
+        key_pem=crypto.key_pem(key), cert_pem=result.cert_pem.encode(), ca_pem=ca_pem, link=link
     )
     return link
 

@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from coordinator.desired import diff, machine_desired
+from coordinator.desired import machine_desired
 from coordinator.hub import Hub, Session
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import Machine, Unit, UnitHead, UnitState
 from coordinator.scheduler import MachineView, UnitView, XFleet, parse_xfleet, schedule
 from coordinator.storage import Storage
 from proto import messages as m
+from proto.desired import diff
 from proto.messages import DesiredState, DesiredUnit
 from proto.units import UnitOption, backend_for, unit_hash
 
