@@ -20,7 +20,7 @@ from agent.config import AgentConfig, ConfigError, load_config, parse_metadata, 
 from agent.daemon import Agent
 from agent.identity import Identity
 from agent.statelock import StateDirBusy, lock_state_dir
-from coordinator.process import setup_logging
+from proto.process import setup_logging
 
 OVERRIDES = (
     "state_dir",

@@ -47,10 +47,10 @@ from agent.reconciler import Observed, Plan, Step, is_container, plan, sha256_te
 from agent.stickers import StickerStore, by_deployment, is_current, sticker_for
 from agent.store import AgentState, StateStore
 from agent.unitfiles import UnitFiles
-from coordinator.desired import apply_diff
-from coordinator.files import write_public
 from proto import messages as m
 from proto.container import ContainerOptionError, parse_container
+from proto.desired import apply_diff
+from proto.files import write_public
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordinator.files import write_private, write_public
+from proto.files import write_private, write_public
 
 if TYPE_CHECKING:
-    from coordinator.pki import CertInfo
+    from proto.crypto import CertInfo
 
 
 class LinkInfo(msgspec.Struct, frozen=True):
@@ -49,9 +49,9 @@ class Identity:
         write_private(self.identity_file, key_pem + cert_pem)
 
     def cert_info(self) -> CertInfo:
-        from coordinator import pki  # the crypto stack is loaded only when needed
+        from proto import crypto  # the crypto stack is loaded only when needed
 
-        return pki.inspect_cert(_cert_block(self.identity_file.read_bytes()))
+        return crypto.inspect_cert(_cert_block(self.identity_file.read_bytes()))
 
     def needs_renewal(
         self, fraction: float, window: tuple[float, float] | None = None, now: float | None = None

@@ -208,11 +208,11 @@ class Link:
             self.renew_fraction, self._cert_window
         ):
             return
-        from coordinator import pki  # loaded only for the rare renewal
+        from proto import crypto  # loaded only for the rare renewal
 
-        key = pki.generate_key()
-        csr = pki.make_csr(key, self.identity.cert_info().common_name)
-        self._pending_key = pki.key_pem(key)
+        key = crypto.generate_key()
+        csr = crypto.make_csr(key, self.identity.cert_info().common_name)
+        self._pending_key = crypto.key_pem(key)
         if not await self.send(m.CertRenew(csr.decode())):
             self._pending_key = None
             return

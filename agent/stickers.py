@@ -1,7 +1,7 @@
 """Version stickers: what this machine runs of each deployment, on disk, for anyone.
 
 One JSON file per deployment, `<sticker dir>/<deployment>.json` (a `Sticker`),
-written atomically (temp file, fsync, rename: `coordinator.files.write_public`) so a
+written atomically (temp file, fsync, rename: `proto.files.write_public`) so a
 reader sees the old sticker or the new one, never half of either. It is written once
 every unit of the deployment's release is applied at its hash and up (launched units
 active, pinned images matching), and rewritten only when the release or its units
@@ -23,7 +23,7 @@ import msgspec
 
 from agent.reconciler import Observed, is_container
 from agent.store import AppliedUnit
-from coordinator.files import write_public
+from proto.files import write_public
 from proto.messages import (
     LABEL_DEPLOYMENT,
     LABEL_RELEASE,

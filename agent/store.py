@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from coordinator.files import write_private
+from proto.files import write_private
 from proto.messages import DesiredState, DesiredUnit
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from coordinator import pki
 from coordinator.storage import Storage
-from coordinator.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
+from proto.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
 
 ROLE_ADMIN = "admin"
 

@@ -10,8 +10,8 @@ import msgspec
 
 from coordinator import __version__, pki
 from coordinator.config import ConfigError, CoordinatorConfig, load_config
-from coordinator.process import run_main, setup_logging
 from coordinator.server import Coordinator, run_until_signalled, server_identity
+from proto.process import run_main, setup_logging
 
 
 def _config(config_path: Path | None, **overrides: object) -> CoordinatorConfig:

@@ -34,8 +34,8 @@ from coordinator.api.native import create_api_token, create_join_token
 from coordinator.client import ClientConfig, default_dev_dir, dev_client_file
 from coordinator.config import DEFAULT_API_PORT, DEFAULT_HUB_PORT, CoordinatorConfig
 from coordinator.devhost import RuntimePlan, Started, die_with_parent, host_facts, plan_runtimes
-from coordinator.process import run_main, setup_logging
 from coordinator.server import Coordinator
+from proto.process import run_main, setup_logging
 
 log = logging.getLogger("moorage.dev")
 

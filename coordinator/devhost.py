@@ -46,7 +46,7 @@ from typing import Literal, Self
 
 import msgspec
 
-from coordinator.process import setup_logging
+from proto.process import setup_logging
 
 log = logging.getLogger("moorage.devhost")
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from coordinator import pki
 from coordinator.storage import EnrollRefused, Storage
-from coordinator.tokens import JOIN_KIND, TokenFormatError, parse_token, secret_matches
 from proto.enrolment import EnrollRequest, EnrollResponse, machine_id_problem
+from proto.tokens import JOIN_KIND, TokenFormatError, parse_token, secret_matches
 
 
 class Enroller:

@@ -41,7 +41,7 @@ from coordinator.client import (
     default_dev_dir,
     load_dev_client,
 )
-from coordinator.process import run_main
+from proto.process import run_main
 from proto.units import (
     UnitFileError,
     UnitNameError,

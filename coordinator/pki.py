@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import ipaddress
 import math
 import os
@@ -41,7 +40,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from coordinator.files import write_private, write_public
+from proto.crypto import (
+    CertInfo,
+    PkiError,
+    attr_str,
+    ca_pin,
+    cert_pem,
+    generate_key,
+    inspect_cert,
+    key_pem,
+    load_cert,
+    load_key,
+    make_csr,
+    reason,
+)
+from proto.files import write_private, write_public
 
 __all__ = [
     "ROLE_ADMIN",
@@ -94,64 +107,6 @@ ADMIN_COMMON_NAME = "admin"
 
 # The upper bound of X.509's CommonName (ub-common-name).
 _MAX_CN_LEN = 64
-
-
-class PkiError(Exception):
-    """A PKI operation was refused or failed; the message says why."""
-
-
-class CertInfo(msgspec.Struct, frozen=True):
-    """What the rest of Moorage needs to know about a certificate, decoupled from
-    `cryptography` so it can be stored, logged and compared cheaply."""
-
-    common_name: str
-    role: str  # OU value, "" if none
-    serial: str  # lowercase hex of the serial number
-    not_before: float  # epoch seconds
-    not_after: float
-    fingerprint: str  # sha256 hex of DER
-
-
-# --- keys and certificates: (de)serialisation ----------------------------------------
-
-
-def generate_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh ECDSA P-256 key: small, fast, and accepted by every TLS stack we meet."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    """PKCS#8 PEM, unencrypted: file permissions (0600) protect it, not a passphrase."""
-    return key.private_bytes(
-        encoding=serialization.Encoding.PEM,
-        format=serialization.PrivateFormat.PKCS8,
-        encryption_algorithm=serialization.NoEncryption(),
-    )
-
-
-def load_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
-    """Load an unencrypted EC private key from PEM; anything else is a PkiError."""
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PkiError(f"cannot load private key: {_reason(exc)}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PkiError(f"expected an EC private key, got {type(key).__name__}")
-    return key
-
-
-def cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def load_cert(data: bytes) -> x509.Certificate:
-    """Load a certificate from PEM (the first CERTIFICATE block) or DER."""
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError) as exc:
-        raise PkiError(f"cannot load certificate: {_reason(exc)}") from None
 
 
 # --- issuing ------------------------------------------------------------------------------
@@ -251,19 +206,6 @@ def issue_client_cert(
     return key, cert
 
 
-def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
-    """A PEM CSR for `common_name`, signed by `key` to prove possession of it."""
-    try:
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .sign(key, hashes.SHA256())
-        )
-    except (ValueError, TypeError) as exc:
-        raise PkiError(f"cannot build certificate request: {_reason(exc)}") from None
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 def sign_csr(
     ca_key: CertificateIssuerPrivateKeyTypes,
     ca_cert: x509.Certificate,
@@ -288,15 +230,15 @@ def sign_csr(
         else:
             csr = x509.load_der_x509_csr(csr_pem)
     except (ValueError, TypeError) as exc:
-        raise PkiError(f"unparsable certificate request: {_reason(exc)}") from None
+        raise PkiError(f"unparsable certificate request: {reason(exc)}") from None
     try:
         public = csr.public_key()
         valid = csr.is_signature_valid
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PkiError(f"unusable certificate request: {_reason(exc)}") from None
+        raise PkiError(f"unusable certificate request: {reason(exc)}") from None
     if not valid:
         raise PkiError("certificate request signature is invalid")
-    cns = [_attr_str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    cns = [attr_str(a.value) for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if cns != [common_name]:
         shown = ", ".join(repr(c) for c in cns) or "none"
         raise PkiError(f"certificate request common name must be {common_name!r}, got {shown}")
@@ -315,23 +257,6 @@ def sign_csr(
 # --- inspecting and verifying ------------------------------------------------------------
 
 
-def inspect_cert(cert: x509.Certificate | bytes) -> CertInfo:
-    """Summarise a certificate (object, PEM or DER) as a CertInfo."""
-    if isinstance(cert, bytes | bytearray | memoryview):
-        cert = load_cert(bytes(cert))
-    subject = cert.subject
-    cns = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    ous = subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return CertInfo(
-        common_name=_attr_str(cns[0].value) if cns else "",
-        role=_attr_str(ous[0].value) if ous else "",
-        serial=format(cert.serial_number, "x"),
-        not_before=cert.not_valid_before_utc.timestamp(),
-        not_after=cert.not_valid_after_utc.timestamp(),
-        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
-    )
-
-
 def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
     """Raise PkiError unless `cert` names `ca_cert` as issuer and its signature verifies
     with the CA's public key. Validity dates and revocation are the caller's business."""
@@ -340,12 +265,7 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
     except InvalidSignature:
         raise PkiError("certificate signature does not verify with the CA key") from None
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise PkiError(f"certificate was not issued by this CA: {_reason(exc)}") from None
-
-
-def ca_pin(ca_cert: x509.Certificate) -> str:
-    """sha256 hex of the CA certificate's DER: what join tokens carry to pin the CA."""
-    return hashlib.sha256(ca_cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        raise PkiError(f"certificate was not issued by this CA: {reason(exc)}") from None
 
 
 # --- files ------------------------------------------------------------------------------
@@ -663,7 +583,7 @@ def _name(common_name: str, *, role: str | None) -> x509.Name:
     try:
         return x509.Name(attrs)
     except ValueError as exc:
-        raise PkiError(f"invalid subject: {_reason(exc)}") from None
+        raise PkiError(f"invalid subject: {reason(exc)}") from None
 
 
 def _dns_names(names: Sequence[str]) -> list[str]:
@@ -701,10 +621,6 @@ def _ip_addresses(ips: Sequence[str]) -> list[ipaddress.IPv4Address | ipaddress.
     return out
 
 
-def _attr_str(value: str | bytes) -> str:
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
-
-
 def _check_days(days: int) -> None:
     if not isinstance(days, int) or isinstance(days, bool) or days <= 0:
         raise PkiError(f"days must be a positive integer, not {days!r}")
@@ -714,5 +630,3 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

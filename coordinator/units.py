@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
-from coordinator.desired import diff, machine_desired
+from coordinator.desired import machine_desired
 from coordinator.hub import Hub, Session
 from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.metrics import CoordinatorMetrics
@@ -32,6 +32,7 @@ from coordinator.scheduler import (
 )
 from coordinator.storage import Storage
 from proto import messages as m
+from proto.desired import diff
 from proto.messages import DesiredState, DesiredUnit
 from proto.units import UnitOption, backend_for, unit_hash
 

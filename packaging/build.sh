@@ -111,16 +111,22 @@ mkdir -p "$WORK/src" "$WORK/wheels"
 tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - \
   pyproject.toml README.md proto agent coordinator | tar -C "$WORK/src" -xf -
 pip_offline wheel -q --no-deps --find-links "$WHEELHOUSE" -w "$WORK/wheels" "$WORK/src"
+# The agent's distribution: proto/ and agent/ only, with the agent's dependencies.
+mkdir -p "$WORK/src-agent"
+tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - proto agent |
+  tar -C "$WORK/src-agent" -xf -
+cp "$HERE/agent/pyproject.toml" "$WORK/src-agent/"
+pip_offline wheel -q --no-deps --find-links "$WHEELHOUSE" -w "$WORK/wheels" "$WORK/src-agent"
 
 # --- one package ---------------------------------------------------------------------
 # make_venv STAGE VENV: the private virtualenv, installed at VENV, made in STAGE/VENV
 # and free of build paths.
 make_venv() {
-  local stage=$1 venv=$2 f
+  local stage=$1 venv=$2 dist=$3 f
   "$PYTHON" -m venv --without-pip "$stage$venv"
   pip_offline --python "$stage$venv/bin/python" install -q --no-compile \
     --no-warn-script-location --find-links "$WHEELHOUSE" --find-links "$WORK/wheels" \
-    -c "$HERE/requirements.txt" "moorage==$UPSTREAM"
+    -c "$HERE/requirements.txt" "$dist==$UPSTREAM"
   # What only makes sense where the venv was made: activation scripts, the creating
   # command line, the empty include dir, byte-code, an absolute interpreter link.
   rm -f "$stage$venv"/bin/activate* "$stage$venv"/bin/Activate.ps1
@@ -181,7 +187,7 @@ rows = []
 for info in site.glob("*.dist-info"):
     dist = metadata.PathDistribution(info)
     name = dist.metadata["Name"]
-    if name == "moorage":
+    if name in ("moorage", "moorage-agent"):
         continue
     lic = dist.metadata.get("License-Expression") or ""
     if not lic:
@@ -203,7 +209,9 @@ build_package() {
   log "$name $VERSION"
   mkdir -p "$stage/DEBIAN" "$doc" "$stage/usr/bin" "$stage/lib/systemd/system" \
     "$stage/etc/moorage" "$stage/usr/share/lintian/overrides"
-  make_venv "$stage" "$venv"
+  local dist=moorage
+  [ "$pkg" = agent ] && dist=moorage-agent
+  make_venv "$stage" "$venv" "$dist"
   log "$name: virtualenv done"
   if grep -rlF -e "$WORK" -e "$ROOT" "$stage" >"$WORK/leaks"; then
     die "build paths leaked into $name: $(head -5 "$WORK/leaks")"

@@ -13,10 +13,10 @@ from coordinator.hub import Hub
 from coordinator.logs import LogService, LogUnavailable
 from coordinator.models import ApiToken, Machine, Unit, UnitCopy
 from coordinator.storage import Storage
-from coordinator.tokens import format_token, hash_secret, new_api_token, new_join_token
 from coordinator.units import UnitService
 from coordinator.validation import UnitInvalid, validate_unit
 from proto.messages import DesiredState
+from proto.tokens import format_token, hash_secret, new_api_token, new_join_token
 from proto.units import UnitNameError, UnitOption, validate_unit_name
 
 PREFIX = "/moorage/v1"

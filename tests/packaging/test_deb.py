@@ -276,6 +276,11 @@ def test_packages_are_reproducible_versioned_and_clean(builds: Builds) -> None:
             assert members[f"{venv}/bin/{cmd}"].mode & stat.S_IXUSR
         if pkg == "moorage-agent":
             assert "./usr/bin/moorctl" not in members, "moorctl ships with the coordinator"
+            site = f"{venv}/lib/python{python_version()}/site-packages"
+            shipped = {n[len(site) + 1 :].split("/")[0] for n in members if n.startswith(site + "/")}
+            assert {"agent", "proto"} <= shipped
+            unwanted = shipped & {"coordinator", "aiohttp", "click", "rich", "yaml", "uvloop"}
+            assert not unwanted, f"the agent ships only proto + agent and their needs: {unwanted}"
         interpreter = members[f"{venv}/bin/python{python_version()}"]
         assert interpreter.issym()
         assert interpreter.linkname == f"../../../../bin/python{python_version()}"

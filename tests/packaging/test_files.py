@@ -131,3 +131,42 @@ def test_shell_scripts_are_strict() -> None:
         lines = script.read_text().splitlines()
         strict = "set -euo pipefail" if lines[0].endswith("bash") else "set -e"
         assert strict in lines, f"{script} lacks {strict!r}"
+
+
+# Import names of the distributions the agent may depend on (module -> distribution).
+_AGENT_DISTRIBUTIONS = {
+    "wsproto": "wsproto",
+    "msgspec": "msgspec",
+    "cryptography": "cryptography",
+    "psutil": "psutil",
+    "dbus_fast": "dbus-fast",
+    "docker": "docker",
+    "requests": "docker",  # the Docker SDK's own transport
+    "prometheus_client": "prometheus-client",
+}
+
+
+def test_agent_distribution_declares_what_agent_and_proto_import() -> None:
+    """The agent's .deb is built from packaging/agent/pyproject.toml: every third-party
+    module agent/ and proto/ import must come from a distribution it declares (uvloop is
+    optional, imported only where installed)."""
+    import ast
+    import sys
+
+    root = PACKAGING.parent
+    project = tomllib.loads((PACKAGING / "agent" / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~; ]", d, maxsplit=1)[0] for d in project["dependencies"]}
+    imported: set[str] = set()
+    for package in ("agent", "proto"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"agent", "proto", "uvloop"}
+    assert "coordinator" not in third_party, "the agent imports only proto"
+    unknown = third_party - set(_AGENT_DISTRIBUTIONS)
+    assert not unknown, f"agent/proto import modules of unknown distributions: {unknown}"
+    missing = {_AGENT_DISTRIBUTIONS[m] for m in third_party} - declared
+    assert not missing, f"packaging/agent/pyproject.toml lacks {missing}"

@@ -18,8 +18,8 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.storage import MIGRATIONS, Storage
-from coordinator.tokens import hash_secret
 from proto.messages import DriftEntry, Sticker, StickerUnit
+from proto.tokens import hash_secret
 
 
 def enrolled(db: Storage, *ids: str) -> None:

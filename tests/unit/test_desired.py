@@ -5,11 +5,12 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.desired import apply_diff, diff, machine_desired
+from coordinator.desired import machine_desired
 from coordinator.models import Unit
 from coordinator.storage import Storage
-from coordinator.tokens import hash_secret
+from proto.desired import apply_diff, diff
 from proto.messages import DesiredUnit
+from proto.tokens import hash_secret
 from proto.units import UnitOption, unit_hash
 
 

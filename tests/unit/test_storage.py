@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.storage import MIGRATIONS, EnrollRefused, Storage, StorageError
-from coordinator.tokens import hash_secret
+from proto.tokens import hash_secret
 
 
 def test_fresh_database_is_at_latest_version_in_wal_mode(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.backoff import backoff_delay
-from coordinator.tokens import (
+from proto.tokens import (
     API_KIND,
     JOIN_KIND,
     TokenFormatError,
