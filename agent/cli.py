@@ -89,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
         help="One-time join token (moorctl token create; or MOORAGE_JOIN_TOKEN).",
     )
     enroll.add_argument("--ca-file", type=Path, help="Trust this CA instead of the token's pin.")
+    commands.add_parser(
+        "identity", help="Print this machine's id and enrolment as JSON (for scripts)."
+    )
     return p
 
 
@@ -144,6 +147,21 @@ def enroll(config: AgentConfig, coordinator_url: str, token: str, ca_file: Path 
     print(f"enrolled machine {link.machine_id}; hub {link.hub_url}")
 
 
+def identity(config: AgentConfig) -> None:
+    """What scripts (and `moorage dev`, which drives the agent only as a process) need
+    to know: the machine id, whether it is enrolled, and where its hub is."""
+    ident = Identity(config.state_path)
+    enrolled = ident.enrolled()
+    link = ident.link() if enrolled else None
+    out = {
+        "machine_id": link.machine_id if link else resolve_machine_id(config),
+        "enrolled": enrolled,
+        "hub_url": link.hub_url if link else "",
+        "state_dir": config.state_dir,
+    }
+    print(msgspec.json.encode(out).decode())
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -151,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         config = configure(args)
         if args.command == "enroll":
             enroll(config, args.coordinator_url, args.token, args.ca_file)
+        elif args.command == "identity":
+            identity(config)
         else:
             run(config)
     except CliError as exc:

@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
@@ -284,15 +285,24 @@ def _agent_cmd(paths: DevPaths, scope: str, verbose: bool) -> list[str]:
     return cmd + (["-v"] if verbose else [])
 
 
+async def _agent_identity(paths: DevPaths, scope: str) -> dict[str, Any]:
+    """`moorage-agent identity`: the agent is driven as a process, never imported."""
+    proc = await asyncio.create_subprocess_exec(
+        *_agent_cmd(paths, scope, False), "identity", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise click.ClickException("reading the local agent's identity failed (see above)")
+    answer: dict[str, Any] = msgspec.json.decode(out)
+    return answer
+
+
 async def _ensure_enrolled(
     coordinator: Coordinator, paths: DevPaths, endpoint: str, scope: str
 ) -> str:
-    from agent.config import AgentConfig, resolve_machine_id
-    from agent.identity import Identity
-
-    identity = Identity(paths.agent)
-    if identity.enrolled():
-        return identity.link().machine_id
+    known = await _agent_identity(paths, scope)
+    if known["enrolled"]:
+        return str(known["machine_id"])
     token = create_join_token(coordinator.storage, coordinator.ca_pin, 600.0, "moorage dev")
     proc = await asyncio.create_subprocess_exec(
         *_agent_cmd(paths, scope, False),
@@ -305,7 +315,7 @@ async def _ensure_enrolled(
     )
     if await proc.wait() != 0:
         raise click.ClickException("enrolling the local agent failed (see above)")
-    return resolve_machine_id(AgentConfig(state_dir=str(paths.agent)))
+    return str((await _agent_identity(paths, scope))["machine_id"])
 
 
 async def _start_agent(
