@@ -172,7 +172,7 @@ class DeploymentService:
 
     # --- applications ---------------------------------------------------------------------
 
-    def create_application(
+    async def create_application(
         self,
         name: str,
         source_config: str,
@@ -184,7 +184,8 @@ class DeploymentService:
         """A new application with its first version; a retried create that repeats an
         existing one (same name, same manifest) returns it (False: not created)."""
         _check_name(name, "application")
-        manifest = _manifest(source_config)
+        _check_version_label(version)
+        manifest = await _manifest(source_config)
         existing = self.store.application_by_name(name)
         if existing is not None:
             if existing.digest == manifest.digest():
@@ -213,7 +214,7 @@ class DeploymentService:
         self.store.put_application(app, first)
         return self.application(app.id), True
 
-    def update_application(
+    async def update_application(
         self,
         app_id: str,
         *,
@@ -230,8 +231,9 @@ class DeploymentService:
             _check_name(name, "application")
         now = time.time()
         new_version = None
+        _check_version_label(version)
         if source_config is not None:
-            manifest = _manifest(source_config)
+            manifest = await _manifest(source_config)
             if manifest.digest() != app.digest:
                 number = app.version_number + 1
                 new_version = ApplicationVersion(
@@ -408,7 +410,7 @@ class DeploymentService:
             )
             if version is None:
                 raise Invalid(f"application {app.name!r} has no version {label!r}")
-            manifest = _manifest(version.source_config)
+            manifest = await _manifest(version.source_config)
             group = self._group_ref(d.group_id)
             members = [mach for mach in self.group_members(group) if mach.state != "lost"]
             units = await self._pin(manifest, members)
@@ -747,9 +749,16 @@ def _check_name(name: str, what: str) -> None:
         raise Invalid(problem)
 
 
-def _manifest(source_config: str) -> Manifest:
+def _check_version_label(label: str) -> None:
+    problem = groups.version_problem(label)
+    if problem:
+        raise Invalid(problem)
+
+
+async def _manifest(source_config: str) -> Manifest:
+    """Parsing a large manifest is seconds of pure Python: never on the event loop."""
     try:
-        return parse_manifest(source_config)
+        return await asyncio.to_thread(parse_manifest, source_config)
     except ManifestError as exc:
         raise Invalid(f"sourceConfig: {exc}") from None
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from coordinator import limits
 from coordinator.validation import UnitInvalid, validate_unit
 from proto.units import UnitFileError, UnitOption, parse_unit_file
 
@@ -71,9 +72,15 @@ class Manifest(msgspec.Struct, frozen=True):
 
 
 def parse_manifest(text: str) -> Manifest:
-    """Validate a manifest's text; ManifestError names the line and the field."""
+    """Validate a manifest's text; ManifestError names the line and the field.
+
+    Pure Python and seconds long for a large manifest: callers on the event loop run
+    it in a thread. Size and nesting are capped (`coordinator/limits.py`)."""
+    too_big = limits.manifest_size_problem(text)
+    if too_big:
+        raise ManifestError(too_big)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = limits.compose_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -127,6 +134,12 @@ def _construct(node: yaml.ScalarNode) -> Any:
 def _units(node: yaml.Node) -> list[ManifestUnit]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise ManifestError("must be a non-empty list of units", _line(node), "units")
+    if len(node.value) > limits.MANIFEST_MAX_UNITS:
+        raise ManifestError(
+            f"{len(node.value)} units; at most {limits.MANIFEST_MAX_UNITS} are accepted",
+            _line(node),
+            "units",
+        )
     out: list[ManifestUnit] = []
     seen: set[str] = set()
     for i, item in enumerate(node.value):
