@@ -42,7 +42,8 @@ class LoopThread:
 
 class Rig:
     def __init__(self, root: Path) -> None:
-        self.coord = CoordinatorProc(root / "coordinator").start()
+        # Raw links beat only when a test says so: a long interval keeps them connected.
+        self.coord = CoordinatorProc(root / "coordinator", heartbeat=30).start()
         self.loop = LoopThread()
         self.root = root
         self.identities: dict[str, Any] = {}
