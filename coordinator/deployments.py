@@ -185,10 +185,10 @@ class DeploymentService:
         existing one (same name, same manifest) returns it (False: not created)."""
         _check_name(name, "application")
         _check_version_label(version)
-        manifest = await _manifest(source_config)
+        _, digest = await _manifest(source_config)
         existing = self.store.application_by_name(name)
         if existing is not None:
-            if existing.digest == manifest.digest():
+            if existing.digest == digest:
                 return existing, False
             raise Conflict(
                 f"an application named {name!r} already exists (id {existing.id});"
@@ -208,10 +208,11 @@ class DeploymentService:
             number=1,
             label=version or "1",
             source_config=source_config,
-            digest=manifest.digest(),
+            digest=digest,
             created_at=now,
         )
         self.store.put_application(app, first)
+        await asyncio.sleep(0)  # a large manifest was just committed: let others run
         return self.application(app.id), True
 
     async def update_application(
@@ -233,15 +234,15 @@ class DeploymentService:
         new_version = None
         _check_version_label(version)
         if source_config is not None:
-            manifest = await _manifest(source_config)
-            if manifest.digest() != app.digest:
+            _, digest = await _manifest(source_config)
+            if digest != app.digest:
                 number = app.version_number + 1
                 new_version = ApplicationVersion(
                     application_id=app.id,
                     number=number,
                     label=version or str(number),
                     source_config=source_config,
-                    digest=manifest.digest(),
+                    digest=digest,
                     created_at=now,
                 )
         updated = msgspec.structs.replace(
@@ -252,6 +253,7 @@ class DeploymentService:
             updated_at=now,
         )
         self.store.put_application(updated, new_version)
+        await asyncio.sleep(0)  # a large manifest was just committed: let others run
         return self.application(app.id)
 
     def delete_application(self, app_id: str) -> None:
@@ -410,7 +412,7 @@ class DeploymentService:
             )
             if version is None:
                 raise Invalid(f"application {app.name!r} has no version {label!r}")
-            manifest = await _manifest(version.source_config)
+            manifest, _ = await _manifest(version.source_config)
             group = self._group_ref(d.group_id)
             members = [mach for mach in self.group_members(group) if mach.state != "lost"]
             units = await self._pin(manifest, members)
@@ -755,10 +757,16 @@ def _check_version_label(label: str) -> None:
         raise Invalid(problem)
 
 
-async def _manifest(source_config: str) -> Manifest:
-    """Parsing a large manifest is seconds of pure Python: never on the event loop."""
+async def _manifest(source_config: str) -> tuple[Manifest, str]:
+    """The manifest and its digest. Parsing a large manifest is seconds of pure
+    Python (and its digest tens of milliseconds): never on the event loop."""
+
+    def parse() -> tuple[Manifest, str]:
+        manifest = parse_manifest(source_config)
+        return manifest, manifest.digest()
+
     try:
-        return await asyncio.to_thread(parse_manifest, source_config)
+        return await asyncio.to_thread(parse)
     except ManifestError as exc:
         raise Invalid(f"sourceConfig: {exc}") from None
 

@@ -50,6 +50,9 @@ DEFAULT_TLS_HANDSHAKE_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 """The whole request body must have arrived by then (408 otherwise)."""
 
+GIL_SWITCH_INTERVAL_S = 0.001
+"""How long a worker thread may hold the interpreter while the event loop waits."""
+
 # --- nesting -----------------------------------------------------------------------------
 
 MAX_YAML_DEPTH = 32
@@ -80,6 +83,22 @@ class _DepthLimitedLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+
+    def check_printable(self, data: str) -> None:
+        """PyYAML's check, in slices: one regex search over megabytes holds the
+        interpreter lock (so the event loop) for tens of milliseconds."""
+        step = 1 << 16
+        for start in range(0, len(data), step):
+            match = self.NON_PRINTABLE.search(data, start, start + step)
+            if match:
+                position = self.index + (len(self.buffer) - self.pointer) + match.start()
+                raise yaml.reader.ReaderError(
+                    self.name,
+                    position,
+                    ord(match.group()),
+                    "unicode",
+                    "special characters are not allowed",
+                )
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         self._depth += 1
