@@ -231,24 +231,24 @@ class DeploymentService:
     ) -> Application:
         """New metadata and, when the manifest's normalised content changed, a new
         version (an unchanged manifest, comments aside, is not a new version)."""
-        app = self.application(app_id)
+        self.application(app_id)  # 404 before a long parse
         if name is not None:
             _check_name(name, "application")
+        _check_version_label(version)
+        digest = None if source_config is None else (await _manifest(source_config))[1]
+        app = self.application(app_id)  # as it is now, after the parse
         now = time.time()
         new_version = None
-        _check_version_label(version)
-        if source_config is not None:
-            _, digest = await _manifest(source_config)
-            if digest != app.digest:
-                number = app.version_number + 1
-                new_version = ApplicationVersion(
-                    application_id=app.id,
-                    number=number,
-                    label=version or str(number),
-                    source_config=source_config,
-                    digest=digest,
-                    created_at=now,
-                )
+        if source_config is not None and digest is not None and digest != app.digest:
+            number = app.version_number + 1
+            new_version = ApplicationVersion(
+                application_id=app.id,
+                number=number,
+                label=version or str(number),
+                source_config=source_config,
+                digest=digest,
+                created_at=now,
+            )
         updated = msgspec.structs.replace(
             app,
             name=app.name if name is None else name,
