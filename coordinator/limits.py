@@ -45,8 +45,9 @@ def body_limit(method: str, route: str) -> int:
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 """A connection with no request under way (idle after TLS, between keep-alive requests,
 or still sending its headers) is closed after this long."""
-DEFAULT_TLS_HANDSHAKE_TIMEOUT_S = 10.0
-"""A connection that has not finished its TLS handshake by then is dropped."""
+DEFAULT_TLS_HANDSHAKE_TIMEOUT_S = 30.0
+"""A connection that has not finished its TLS handshake by then is dropped. Generous:
+after a coordinator restart thousands of agents handshake at once on one loop."""
 DEFAULT_BODY_TIMEOUT_S = 60.0
 """The whole request body must have arrived by then (408 otherwise)."""
 
