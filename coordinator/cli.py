@@ -69,6 +69,24 @@ def init(
     type=float,
     help="Agent certificate lifetime in seconds.",
 )
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=float,
+    help="Seconds before a connection that sends no complete request is closed.",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    "tls_handshake_timeout_s",
+    type=float,
+    help="Seconds a client has to finish its TLS handshake.",
+)
+@click.option(
+    "--body-timeout",
+    "body_timeout_s",
+    type=float,
+    help="Seconds a client has to send a request body.",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def serve(config_path: Path | None, verbose: bool, **overrides: object) -> None:
     """Run the coordinator until SIGINT or SIGTERM."""

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import msgspec
 
+from coordinator.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT_S,
+)
+
 DEFAULT_CONFIG = Path("/etc/moorage/coordinator.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/moorage/coordinator")
 DEFAULT_API_PORT = 7440
@@ -25,6 +31,11 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     lost_after_s: float = 60.0
     agent_cert_ttl_s: float = 30 * 86400.0
     join_token_ttl_s: float = 86400.0
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    """A connection with no request under way (or still sending headers) closes then."""
+    tls_handshake_timeout_s: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    """A request body must have arrived within this (408 otherwise)."""
 
     @property
     def db_path(self) -> Path:

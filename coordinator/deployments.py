@@ -13,8 +13,12 @@ where it was.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
+import os
+import threading
 import time
 import uuid
 from typing import Protocol
@@ -173,7 +177,7 @@ class DeploymentService:
 
     # --- applications ---------------------------------------------------------------------
 
-    def create_application(
+    async def create_application(
         self,
         name: str,
         source_config: str,
@@ -186,7 +190,7 @@ class DeploymentService:
         existing one (same name, same manifest) returns it (False: not created). Name,
         description and version label default to the envelope's metadata.name,
         metadata.description and version."""
-        manifest = _manifest(source_config)
+        manifest, digest = await _manifest(source_config)
         meta = manifest.metadata
         name = name or (meta.name if meta else "")
         if not name:
@@ -194,9 +198,10 @@ class DeploymentService:
         _check_name(name, "application")
         description = description or (meta.description if meta else "")
         version = version or manifest.version
+        _check_version_label(version)
         existing = self.store.application_by_name(name)
         if existing is not None:
-            if existing.digest == manifest.digest():
+            if existing.digest == digest:
                 return existing, False
             raise Conflict(
                 f"an application named {name!r} already exists (id {existing.id});"
@@ -216,13 +221,14 @@ class DeploymentService:
             number=1,
             label=version or "1",
             source_config=source_config,
-            digest=manifest.digest(),
+            digest=digest,
             created_at=now,
         )
         self.store.put_application(app, first)
+        await asyncio.sleep(0)  # a large manifest was just committed: let others run
         return self.application(app.id), True
 
-    def update_application(
+    async def update_application(
         self,
         app_id: str,
         *,
@@ -234,23 +240,27 @@ class DeploymentService:
     ) -> Application:
         """New metadata and, when the manifest's normalised content changed, a new
         version (an unchanged manifest, comments aside, is not a new version)."""
-        app = self.application(app_id)
+        self.application(app_id)  # 404 before a long parse
         if name is not None:
             _check_name(name, "application")
+        _check_version_label(version)
+        parsed = None if source_config is None else await _manifest(source_config)
+        app = self.application(app_id)  # as it is now, after the parse
         now = time.time()
         new_version = None
-        if source_config is not None:
-            manifest = _manifest(source_config)
-            if manifest.digest() != app.digest:
-                number = app.version_number + 1
-                new_version = ApplicationVersion(
-                    application_id=app.id,
-                    number=number,
-                    label=version or manifest.version or str(number),
-                    source_config=source_config,
-                    digest=manifest.digest(),
-                    created_at=now,
-                )
+        if parsed is not None and parsed[1] != app.digest:
+            manifest, digest = parsed
+            number = app.version_number + 1
+            label = version or manifest.version or str(number)
+            _check_version_label(label)
+            new_version = ApplicationVersion(
+                application_id=app.id,
+                number=number,
+                label=label,
+                source_config=source_config or "",
+                digest=digest,
+                created_at=now,
+            )
         updated = msgspec.structs.replace(
             app,
             name=app.name if name is None else name,
@@ -259,6 +269,7 @@ class DeploymentService:
             updated_at=now,
         )
         self.store.put_application(updated, new_version)
+        await asyncio.sleep(0)  # a large manifest was just committed: let others run
         return self.application(app.id)
 
     def delete_application(self, app_id: str) -> None:
@@ -277,8 +288,8 @@ class DeploymentService:
         cached = self._manifests.get(app.digest)
         if cached is None:
             try:
-                cached = _manifest(app.source_config)
-            except Invalid as exc:  # stored under older rules: show it, do not fail
+                cached = parse_manifest(app.source_config)
+            except ManifestError as exc:  # stored under older rules: show it, do not fail
                 log.warning("application %s: stored manifest no longer parses: %s", app.name, exc)
                 cached = Manifest(units=[])
             if len(self._manifests) > 1024:
@@ -431,7 +442,7 @@ class DeploymentService:
             )
             if version is None:
                 raise Invalid(f"application {app.name!r} has no version {label!r}")
-            manifest = _manifest(version.source_config)
+            manifest, _ = await _manifest(version.source_config)
             group = self._group_ref(d.group_id)
             members = [mach for mach in self.group_members(group) if mach.state != "lost"]
             units = await self._pin(manifest, members)
@@ -770,9 +781,36 @@ def _check_name(name: str, what: str) -> None:
         raise Invalid(problem)
 
 
-def _manifest(source_config: str) -> Manifest:
+def _check_version_label(label: str) -> None:
+    problem = groups.version_problem(label)
+    if problem:
+        raise Invalid(problem)
+
+
+@functools.cache
+def _parsers() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for manifest parsing, at a lower CPU priority than the event loop's
+    thread: on a busy machine the loop keeps its share while a large manifest parses."""
+
+    def lower_priority() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=2, thread_name_prefix="manifest", initializer=lower_priority
+    )
+
+
+async def _manifest(source_config: str) -> tuple[Manifest, str]:
+    """The manifest and its digest. Parsing a large manifest is seconds of pure
+    Python (and its digest tens of milliseconds): never on the event loop."""
+
+    def parse() -> tuple[Manifest, str]:
+        manifest = parse_manifest(source_config)
+        return manifest, manifest.digest()
+
     try:
-        return parse_manifest(source_config)
+        return await asyncio.get_running_loop().run_in_executor(_parsers(), parse)
     except ManifestError as exc:
         raise Invalid(f"sourceConfig: {exc}") from None
 

@@ -12,9 +12,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from coordinator import pki
-from coordinator.storage import EnrollRefused, Storage
+from coordinator.storage import EnrollConflict, EnrollRefused, Storage
 from proto.enrolment import EnrollRequest, EnrollResponse, machine_id_problem
-from proto.tokens import JOIN_KIND, TokenFormatError, parse_token, secret_matches
+from proto.tokens import (
+    JOIN_KIND,
+    TokenFormatError,
+    enrolment_refusal,
+    parse_token,
+    secret_matches,
+)
 
 
 class Enroller:
@@ -32,8 +38,10 @@ class Enroller:
         self.ca_pem = pki.cert_pem(ca_cert).decode()
         self.cert_ttl_s = cert_ttl_s
 
-    def enroll(self, req: EnrollRequest, hub_url: str) -> EnrollResponse:
-        """Raise EnrollRefused (reason for the agent) or return the signed certificate."""
+    def enroll(self, req: EnrollRequest, hub_url: str) -> tuple[EnrollResponse, bool]:
+        """Raise EnrollRefused (reason for the agent; EnrollConflict for an enrolled
+        machine the token may not take over) or return the signed certificate, and
+        whether an enrolled machine was re-enrolled (its old certificates revoked)."""
         problem = machine_id_problem(req.machine_id)
         if problem:
             raise EnrollRefused(problem)
@@ -44,17 +52,28 @@ class Enroller:
         now = time.time()
         if not secret_matches(token.secret, self.storage.join_token_hash(token.id, now)):
             raise EnrollRefused("unknown join token")
+        machine = self.storage.get_machine(req.machine_id)
+        refusal = enrolment_refusal(
+            req.machine_id,
+            self.storage.join_token_binding(token.id),
+            enrolled=machine is not None,
+            revoked=machine is not None and machine.revoked,
+        )
+        if refusal is not None:  # checked before signing; again in the transaction
+            status, reason = refusal
+            raise EnrollConflict(reason) if status == 409 else EnrollRefused(reason)
         cert = self._sign(req.csr_pem, req.machine_id)
         info = pki.inspect_cert(cert)
-        self.storage.enroll(
+        replaced = self.storage.enroll(
             token.id, req.machine_id, serial=info.serial, not_after=info.not_after, now=now
         )
-        return EnrollResponse(
+        response = EnrollResponse(
             machine_id=req.machine_id,
             cert_pem=pki.cert_pem(cert).decode(),
             ca_pem=self.ca_pem,
             hub_url=hub_url,
         )
+        return response, replaced
 
     def renew(self, machine_id: str, csr_pem: str) -> str:
         cert = self._sign(csr_pem, machine_id)

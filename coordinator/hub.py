@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from coordinator import liveness, pki
+from coordinator import limits, liveness, pki
 from coordinator.enrolment import Enroller
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.statebuffer import StateBuffer
@@ -59,6 +59,10 @@ class Session:
         self.hello: m.Hello | None = None
         self.cert_window = (0.0, 0.0)
         self._metrics = metrics
+        self.expensive = limits.TokenBucket(
+            limits.EXPENSIVE_RATE_PER_S, limits.EXPENSIVE_BURST, time.monotonic()
+        )
+        """Resyncs and certificate renewals this session may still ask for."""
 
     async def send(self, message: m.Message) -> None:
         await self.ws.send_bytes(m.encode(message))
@@ -155,6 +159,11 @@ class Hub:
                 f"protocol {hello.proto} not supported (coordinator speaks {m.PROTO_VERSION})",
             )
             return False
+        problem = limits.message_problem(hello)
+        if problem:
+            self.metrics.frame_errors.labels("out_of_range").inc()
+            await self._refuse(session, "bad_hello", CLOSE_PROTO, f"invalid Hello: {problem}")
+            return False
         if hello.machine_id != session.machine_id:
             await self._refuse(
                 session,
@@ -229,6 +238,18 @@ class Hub:
             await self._frame_error(session, exc.reason, exc.message)
             return
         self.metrics.messages_in.labels(type(message).__struct_config__.tag).inc()
+        problem = limits.message_problem(message)
+        if problem:
+            await self._frame_error(session, "out_of_range", problem)
+            return
+        if limits.is_expensive(message) and not session.expensive.take(time.monotonic()):
+            self.metrics.frame_errors.labels("rate_limited").inc()
+            wait = session.expensive.retry_after()
+            with contextlib.suppress(ConnectionError):
+                await session.send(
+                    m.Error("rate_limited", f"too many requests; retry in {wait:.1f} s")
+                )
+            return
         if isinstance(message, m.Heartbeat):
             await session.send(message)
         elif isinstance(message, m.CertRenew):
@@ -291,6 +312,12 @@ class Hub:
         return max(self.heartbeat_s, fleet_size / MAX_HEARTBEATS_PER_S)
 
     # --- operator actions -------------------------------------------------------------
+
+    def end_session(self, machine_id: str, code: int, reason: str) -> None:
+        """Close the machine's live session, if any, without waiting for the peer."""
+        session = self.sessions.get(machine_id)
+        if session is not None:
+            self._background(session.close(code, reason))
 
     async def revoke(self, machine_id: str) -> bool:
         """Refuse the machine's certificates from now on and end its live session."""

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from coordinator import limits
 from coordinator.validation import UnitInvalid, validate_name, validate_unit
 from proto.container import ContainerOptionError, join_words, parse_container, split_words
 from proto.units import CONTAINER_SUFFIX, UnitFileError, UnitOption, parse_unit_file
@@ -143,9 +144,15 @@ class Manifest(msgspec.Struct, frozen=True):
 
 
 def parse_manifest(text: str) -> Manifest:
-    """Validate a manifest's text; ManifestError names the line and the field."""
+    """Validate a manifest's text; ManifestError names the line and the field.
+
+    Pure Python and seconds long for a large manifest: callers on the event loop run
+    it in a thread. Size and nesting are capped (`coordinator/limits.py`)."""
+    too_big = limits.manifest_size_problem(text)
+    if too_big:
+        raise ManifestError(too_big)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = limits.compose_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -319,6 +326,12 @@ def _containers(node: yaml.Node, path: str) -> list[tuple[ManifestUnit, yaml.Nod
     and field path (for duplicate checks)."""
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise ManifestError("must be a non-empty list of containers", _line(node), path)
+    if len(node.value) > limits.MANIFEST_MAX_UNITS:
+        raise ManifestError(
+            f"{len(node.value)} containers; at most {limits.MANIFEST_MAX_UNITS} are accepted",
+            _line(node),
+            path,
+        )
     out: list[tuple[ManifestUnit, yaml.Node, str]] = []
     seen: set[str] = set()
     for i, item in enumerate(node.value):
@@ -514,6 +527,12 @@ def _construct(node: yaml.ScalarNode) -> Any:
 def _units(node: yaml.Node, path: str = "units") -> list[ManifestUnit]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise ManifestError("must be a non-empty list of units", _line(node), path)
+    if len(node.value) > limits.MANIFEST_MAX_UNITS:
+        raise ManifestError(
+            f"{len(node.value)} units; at most {limits.MANIFEST_MAX_UNITS} are accepted",
+            _line(node),
+            path,
+        )
     out: list[ManifestUnit] = []
     seen: set[str] = set()
     for i, item in enumerate(node.value):

@@ -37,6 +37,8 @@ class JoinToken(msgspec.Struct, frozen=True, kw_only=True):
     used_at: float | None = None
     used_by: str = ""
     description: str = ""
+    machine_id: str = ""
+    """Bound: only this machine may enrol with it (re-enrolment of an enrolled one)."""
 
 
 class ApiToken(msgspec.Struct, frozen=True, kw_only=True):

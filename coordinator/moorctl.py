@@ -259,10 +259,19 @@ def token() -> None:
 @token.command("create")
 @click.option("--ttl", default="24h", show_default=True, help="Validity, e.g. 30m, 24h, 7d.")
 @click.option("--description", default="", help="Free text kept with the token.")
+@click.option(
+    "--machine",
+    "machine_id",
+    default="",
+    help="Bind the token to this machine id: only it may enrol with the token, even if"
+    " it is enrolled already (re-enrolment; its old certificates are revoked).",
+)
 @click.pass_obj
-def token_create(ctx: Ctx, ttl: str, description: str) -> None:
+def token_create(ctx: Ctx, ttl: str, description: str, machine_id: str) -> None:
     """Print a one-time join token (stored hashed; shown only now)."""
-    body = {"ttl_s": parse_duration(ttl), "description": description}
+    body: dict[str, object] = {"ttl_s": parse_duration(ttl), "description": description}
+    if machine_id:
+        body["machine_id"] = machine_id
     created = _call(ctx, lambda api: api.call("POST", "moorage/v1/join-tokens", body))
     if ctx.json:
         _emit_json(created)
@@ -272,7 +281,9 @@ def token_create(ctx: Ctx, ttl: str, description: str) -> None:
     click.echo(f"expires {expires}; use it once with:", err=True)
     endpoint = ctx.client.endpoint if ctx.client else "https://COORDINATOR:7440"
     click.echo(
-        f"  moorage-agent enroll --coordinator {endpoint} --token {created['token']}", err=True
+        f"  moorage-agent enroll --coordinator {endpoint} --token {created['token']}"
+        + (f" --machine-id {machine_id}" if machine_id else ""),
+        err=True,
     )
 
 

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from coordinator.deploystore import DeployStore
 from coordinator.hub import Hub, Session
@@ -43,10 +43,18 @@ class ReportUnavailable(Exception):
 
 
 class _Waiter:
-    def __init__(self, machine_id: str, session_id: str, future: asyncio.Future[m.Message]):
+    def __init__(
+        self,
+        machine_id: str,
+        session_id: str,
+        future: asyncio.Future[m.Message],
+        kind: type[Any] | tuple[type[Any], ...] = (),
+    ):
         self.machine_id = machine_id
         self.session_id = session_id
         self.future = future
+        self.kind = kind
+        """The message type that answers the question; others with its id are ignored."""
 
 
 class ReportService:
@@ -94,6 +102,8 @@ class ReportService:
         waiter = self._waiters.get(request_id)
         if waiter is None or waiter.machine_id != session.machine_id:
             return  # late (the asker gave up) or not this machine's question
+        if not isinstance(message, waiter.kind):
+            return  # an answer of another type, carrying this question's id
         if not waiter.future.done():
             waiter.future.set_result(message)
 
@@ -145,7 +155,7 @@ class ReportService:
             raise ReportUnavailable("not_connected", f"machine {machine_id} is not connected")
         request_id = secrets.token_hex(8)
         future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = _Waiter(machine_id, session.id, future)
+        self._waiters[request_id] = _Waiter(machine_id, session.id, future, kind)
         try:
             try:
                 await session.send(make(request_id))
@@ -161,5 +171,6 @@ class ReportService:
                 ) from None
         finally:
             self._waiters.pop(request_id, None)
-        assert isinstance(reply, kind)
+        if not isinstance(reply, kind):  # _answer only accepts `kind`; never on the wire
+            raise ReportUnavailable("invalid", f"machine {machine_id} answered the {what} wrongly")
         return reply

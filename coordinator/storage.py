@@ -31,6 +31,7 @@ from coordinator.models import (
     UnitState,
 )
 from proto.messages import UnitStatus
+from proto.tokens import enrolment_refusal
 from proto.units import UnitOption
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,10 @@ MIGRATIONS: tuple[str, ...] = (
         reported_at REAL NOT NULL
     )
     """,
+    # 5: a join token may be bound to one machine id (re-enrolment of that machine).
+    """
+    ALTER TABLE join_tokens ADD COLUMN machine_id TEXT NOT NULL DEFAULT ''
+    """,
 )
 
 
@@ -222,6 +227,14 @@ class StorageError(Exception):
 
 class EnrollRefused(StorageError):
     """The join token cannot be used; the message says why (shown to the agent)."""
+
+    status = 403
+
+
+class EnrollConflict(EnrollRefused):
+    """The machine id is enrolled already and the token may not take it over."""
+
+    status = 409
 
 
 SQLITE_IOERR = 10
@@ -718,24 +731,45 @@ class Storage:
     # --- join tokens ----------------------------------------------------------------
 
     def create_join_token(
-        self, token_id: str, secret_hash: str, *, now: float, ttl_s: float, description: str = ""
+        self,
+        token_id: str,
+        secret_hash: str,
+        *,
+        now: float,
+        ttl_s: float,
+        description: str = "",
+        machine_id: str = "",
     ) -> JoinToken:
         self.create_join_tokens(
-            [(token_id, secret_hash)], now=now, ttl_s=ttl_s, description=description
+            [(token_id, secret_hash)],
+            now=now,
+            ttl_s=ttl_s,
+            description=description,
+            machine_id=machine_id,
         )
         return JoinToken(
-            id=token_id, created_at=now, expires_at=now + ttl_s, description=description
+            id=token_id,
+            created_at=now,
+            expires_at=now + ttl_s,
+            description=description,
+            machine_id=machine_id,
         )
 
     def create_join_tokens(
-        self, tokens: list[tuple[str, str]], *, now: float, ttl_s: float, description: str = ""
+        self,
+        tokens: list[tuple[str, str]],
+        *,
+        now: float,
+        ttl_s: float,
+        description: str = "",
+        machine_id: str = "",
     ) -> None:
-        """(id, secret hash) pairs, all in one transaction."""
+        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them."""
         with self._tx() as db:
             db.executemany(
-                "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(tid, h, now, now + ttl_s, description) for tid, h in tokens],
+                "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description,"
+                " machine_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [(tid, h, now, now + ttl_s, description, machine_id) for tid, h in tokens],
             )
 
     def join_token_hash(self, token_id: str, now: float) -> str:
@@ -751,9 +785,27 @@ class Storage:
 
     def enroll(
         self, token_id: str, machine_id: str, *, serial: str, not_after: float, now: float
-    ) -> None:
-        """Consume the token and record the machine in one transaction: a token enrols once."""
+    ) -> bool:
+        """Consume the token and record the machine in one transaction: a token enrols
+        once, and never takes over an enrolled machine it is not bound to
+        (`tokens.enrolment_refusal`). True when an enrolled machine was re-enrolled:
+        its earlier certificates are revoked in the same transaction."""
         with self._tx() as db:
+            token = db.execute(
+                "SELECT machine_id FROM join_tokens WHERE id=?", (token_id,)
+            ).fetchone()
+            machine = db.execute(
+                "SELECT revoked FROM machines WHERE id=?", (machine_id,)
+            ).fetchone()
+            refusal = enrolment_refusal(
+                machine_id,
+                str(token["machine_id"]) if token is not None else "",
+                enrolled=machine is not None,
+                revoked=bool(machine["revoked"]) if machine is not None else False,
+            )
+            if refusal is not None:
+                status, reason = refusal
+                raise EnrollConflict(reason) if status == 409 else EnrollRefused(reason)
             cur = db.execute(
                 "UPDATE join_tokens SET used_at=?, used_by=?"
                 " WHERE id=? AND used_at IS NULL AND expires_at>?",
@@ -761,6 +813,13 @@ class Storage:
             )
             if cur.rowcount != 1:
                 raise EnrollRefused("join token was already used or has expired")
+            replaced = machine is not None and not machine["revoked"]
+            if replaced:
+                db.execute(
+                    "INSERT OR IGNORE INTO revoked_certs (serial, machine_id, revoked_at)"
+                    " SELECT serial, machine_id, ? FROM issued_certs WHERE machine_id=?",
+                    (now, machine_id),
+                )
             db.execute(
                 "INSERT INTO machines (id, enrolled_at, cert_serial, cert_not_after, state,"
                 " state_since) VALUES (?, ?, ?, ?, 'disconnected', ?)"
@@ -770,6 +829,14 @@ class Storage:
                 (machine_id, now, serial, not_after, now),
             )
             _record_issued(db, serial, machine_id, now, not_after)
+            return replaced
+
+    def join_token_binding(self, token_id: str) -> str:
+        """The machine id a join token is bound to ("" for an ordinary token)."""
+        row = self._db.execute(
+            "SELECT machine_id FROM join_tokens WHERE id=?", (token_id,)
+        ).fetchone()
+        return str(row["machine_id"]) if row is not None else ""
 
     def list_join_tokens(self) -> list[JoinToken]:
         rows = self._db.execute("SELECT * FROM join_tokens ORDER BY created_at")

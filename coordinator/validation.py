@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from coordinator.limits import unit_size_problem
 from coordinator.scheduler import XFleetError, parse_xfleet
 from proto.units import (
     UnitFileError,
@@ -34,6 +35,9 @@ def validate_name(name: str) -> None:
 
 def validate_unit(name: str, options: Sequence[UnitOption]) -> None:
     validate_name(name)
+    too_big = unit_size_problem(list(options))
+    if too_big:
+        raise UnitInvalid(too_big)
     for opt in options:
         if not opt.section or not opt.name:
             raise UnitInvalid("every option needs a section and a name")

@@ -10,7 +10,8 @@ ENROLL_PATH = "/agent/v1/enroll"
 CA_PATH = "/agent/v1/ca"
 HUB_PATH = "/agent/v1"
 
-_MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MACHINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""Matched with `fullmatch`: `$` would also match before a trailing newline."""
 
 
 class EnrollRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -28,7 +29,7 @@ class EnrollResponse(msgspec.Struct, frozen=True):
 
 def machine_id_problem(machine_id: str) -> str | None:
     """Why a machine id is unusable (it becomes a certificate CN and a URL segment), or None."""
-    if not _MACHINE_ID.match(machine_id):
+    if not _MACHINE_ID.fullmatch(machine_id):
         return (
             "machine id must be 1-64 characters of [A-Za-z0-9_.-] starting with a letter or digit"
         )

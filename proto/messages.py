@@ -284,7 +284,7 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
 
 KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in MESSAGE_TYPES)
 
-FrameErrorReason = Literal["too_large", "undecodable", "unknown_type", "invalid"]
+FrameErrorReason = Literal["too_large", "undecodable", "unknown_type", "invalid", "too_deep"]
 
 
 class FrameError(Exception):
@@ -313,6 +313,10 @@ def decode(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
         )
     try:
         return _decoder.decode(frame)
+    except RecursionError:
+        # msgspec recurses into nested arrays and maps (even ones it skips) and stops
+        # cleanly at Python's recursion limit: a frame, not the session, is refused.
+        raise FrameError("too_deep", "frame is nested too deeply") from None
     except msgspec.ValidationError as exc:
         raise _classify(frame, exc) from None
     except msgspec.DecodeError as exc:
@@ -323,6 +327,8 @@ def _classify(frame: bytes, exc: msgspec.ValidationError) -> FrameError:
     """Tell an unknown message type from a known one with bad fields."""
     try:
         raw = _raw_decoder.decode(frame)
+    except RecursionError:
+        return FrameError("too_deep", "frame is nested too deeply")
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
         return FrameError("undecodable", str(exc))
     if isinstance(raw, dict):

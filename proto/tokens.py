@@ -64,3 +64,23 @@ def parse_token(text: str, kind: str) -> ParsedToken:
 
 def _is_hex(text: str) -> bool:
     return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def enrolment_refusal(
+    machine_id: str, bound_to: str, enrolled: bool, revoked: bool
+) -> tuple[int, str] | None:
+    """Whether a valid join token may enrol `machine_id`: (status, reason) if not.
+
+    An enrolled machine that is not revoked keeps its identity: an ordinary join token
+    cannot take it over (409). Re-enrolling it needs an explicit operator act: revoke
+    it first, or a token bound to that machine (`moorctl token create --machine ID`),
+    which may only enrol that machine."""
+    if bound_to and bound_to != machine_id:
+        return 403, f"this join token is bound to machine {bound_to!r}"
+    if enrolled and not revoked and not bound_to:
+        return 409, (
+            f"machine {machine_id} is already enrolled; revoke it first"
+            f" (moorctl machine revoke {machine_id}) or create a re-enrolment token bound"
+            f" to it (moorctl token create --machine {machine_id})"
+        )
+    return None

@@ -8,6 +8,8 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
+from coordinator import limits
+
 T = TypeVar("T")
 
 
@@ -87,7 +89,9 @@ async def decode_body(request: web.Request, kind: type[T], *, max_bytes: int = 1
         raise ApiError(413, f"request body larger than {max_bytes} bytes")
     raw = await request.read()
     try:
-        return msgspec.json.decode(raw, type=kind)
+        return limits.decode_json(raw, kind)  # type: ignore[no-any-return]
+    except limits.TooDeep as exc:
+        raise ApiError(400, str(exc)) from None
     except msgspec.ValidationError as exc:
         raise ApiError(400, f"invalid request body: {exc}") from None
     except msgspec.DecodeError as exc:
@@ -98,6 +102,6 @@ def decode_fleet(raw: bytes, kind: type[T]) -> T:
     """fleet's routes decode whatever arrives (fleet did not check Content-Type but on
     PUT) and answer a bad body with 400 "unable to decode body"."""
     try:
-        return msgspec.json.decode(raw, type=kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return limits.decode_json(raw, kind)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, msgspec.ValidationError, limits.TooDeep) as exc:
         raise ApiError(400, f"unable to decode body: {exc}") from None

@@ -269,11 +269,25 @@ def encode_cursor(key: Sequence[Any]) -> str:
 def decode_cursor(raw: str) -> list[Any]:
     try:
         key = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise ApiError(400, f"cursor {raw!r} is not one this server issued") from None
     if not isinstance(key, list):
         raise ApiError(400, f"cursor {raw!r} is not one this server issued")
     return key
+
+
+def same_shape(cursor: Sequence[Any], key: Sequence[Any]) -> bool:
+    """A cursor can be compared with this list's keys: as long, each part of the same
+    kind (numbers with numbers, strings with strings). Pure."""
+
+    def kind(value: Any) -> str:
+        if isinstance(value, bool) or value is None:
+            return "other"
+        return "number" if isinstance(value, int | float) else type(value).__name__
+
+    return len(cursor) == len(key) and all(
+        kind(c) == kind(k) and kind(c) != "other" for c, k in zip(cursor, key, strict=True)
+    )
 
 
 def keyset_page(
@@ -297,7 +311,10 @@ def paged(
 ) -> web.Response:
     limit = parse_limit(request.query.get("limit"))
     raw = request.query.get("cursor")
-    page, nxt = keyset_page(items, key, limit, decode_cursor(raw) if raw else None)
+    cursor = decode_cursor(raw) if raw else None
+    if cursor is not None and items and not same_shape(cursor, key(items[0])):
+        raise ApiError(400, f"cursor {raw!r} is not one this server issued")
+    page, nxt = keyset_page(items, key, limit, cursor)
     next_url = None
     if nxt is not None:
         next_url = str(
@@ -521,13 +538,14 @@ def routes(
         body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
         if body.source_config is None:
             raise ApiError(400, "sourceConfig: required (the application's YAML manifest)")
-        app, made = _domain(
-            service.create_application,
-            body.name or "",
-            body.source_config,
-            description=body.description or "",
-            source_type=body.source_type or "",
-            version=body.version,
+        app, made = await _adomain(
+            service.create_application(
+                body.name or "",
+                body.source_config,
+                description=body.description or "",
+                source_type=body.source_type or "",
+                version=body.version,
+            )
         )
         return created(json_response(app_out(app), status=201), made)
 
@@ -538,14 +556,15 @@ def routes(
     @r.put(PREFIX + "/deployment-applications/{id}")
     async def update_app(request: web.Request) -> web.Response:
         body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
-        app = _domain(
-            service.update_application,
-            request.match_info["id"],
-            source_config=body.source_config,
-            name=body.name,
-            description=body.description,
-            source_type=body.source_type,
-            version=body.version,
+        app = await _adomain(
+            service.update_application(
+                request.match_info["id"],
+                source_config=body.source_config,
+                name=body.name,
+                description=body.description,
+                source_type=body.source_type,
+                version=body.version,
+            )
         )
         return json_response(app_out(app))
 

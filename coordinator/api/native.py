@@ -15,6 +15,7 @@ from coordinator.models import ApiToken, Machine, Unit, UnitCopy
 from coordinator.storage import Storage
 from coordinator.units import UnitService
 from coordinator.validation import UnitInvalid, validate_unit
+from proto.enrolment import machine_id_problem
 from proto.messages import DesiredState
 from proto.tokens import format_token, hash_secret, new_api_token, new_join_token
 from proto.units import UnitNameError, UnitOption, validate_unit_name
@@ -29,6 +30,8 @@ class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     count: int = 1
     """Several tokens in one transaction, for enrolling many machines at once."""
+    machine_id: str = ""
+    """Bind the token to this machine: only it may enrol with it, even when enrolled."""
 
 
 class JoinTokenCreated(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -114,7 +117,13 @@ def create_join_token(storage: Storage, ca_pin: str, ttl_s: float, description: 
 
 
 def create_join_tokens(
-    storage: Storage, ca_pin: str, ttl_s: float, description: str, count: int
+    storage: Storage,
+    ca_pin: str,
+    ttl_s: float,
+    description: str,
+    count: int,
+    *,
+    machine_id: str = "",
 ) -> list[str]:
     tokens = [new_join_token(ca_pin) for _ in range(count)]
     storage.create_join_tokens(
@@ -122,6 +131,7 @@ def create_join_tokens(
         now=time.time(),
         ttl_s=ttl_s,
         description=description,
+        machine_id=machine_id,
     )
     return [format_token(t) for t in tokens]
 
@@ -293,7 +303,14 @@ def routes(
         ttl = _ttl(body.ttl_s, join_ttl_s)
         if not 1 <= body.count <= MAX_TOKENS_PER_CALL:
             raise ApiError(400, f"count must be between 1 and {MAX_TOKENS_PER_CALL}")
-        first, *more = create_join_tokens(storage, ca_pin, ttl, body.description, body.count)
+        problem = machine_id_problem(body.machine_id) if body.machine_id else None
+        if problem:
+            raise ApiError(400, f"machine_id: {problem}")
+        if body.machine_id and body.count != 1:
+            raise ApiError(400, "a token bound to a machine is created alone (count 1)")
+        first, *more = create_join_tokens(
+            storage, ca_pin, ttl, body.description, body.count, machine_id=body.machine_id
+        )
         return json_response(
             JoinTokenCreated(first.split(".")[1], first, time.time() + ttl, more), status=201
         )

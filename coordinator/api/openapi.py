@@ -17,6 +17,8 @@ from coordinator.api import fleet_manager as fm
 from coordinator.api import fleet_v1, native, reports, v1_alpha
 from coordinator.api.errors import EnvelopeError, ErrorBody
 from coordinator.models import Machine, Unit
+from proto.enrolment import EnrollRequest
+from proto.units import CONTAINER_SUFFIX, SYSTEMD_SUFFIXES
 
 Json = dict[str, Any]
 
@@ -48,7 +50,8 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/agent/v1/enroll",
         "Enrol a machine with a join token and a CSR",
-        errors=(400, 403, 415),
+        request=EnrollRequest,
+        errors=(400, 403, 409, 415),
     ),
     Route("GET", "/fleet/v1/discovery", "fleet v1 discovery document", errors=(400,)),
     Route(
@@ -370,14 +373,15 @@ def document(app: web.Application | None = None) -> Json:
         [*types, ErrorBody, EnvelopeError], ref_template="#/components/schemas/{name}"
     )
     refs = dict(zip([*types, ErrorBody, EnvelopeError], schemas, strict=True))
+    _tighten(components)
     paths: Json = {}
     for route in routes:
         error_schema = refs[EnvelopeError if route.path.startswith("/api/") else ErrorBody]
         op: Json = {"summary": route.summary, "responses": {}}
         params = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": p, "in": "path", "required": True, "schema": PATH_PARAMS[p]}
             for p in _path_params(route.path)
-        ] + [{"name": q, "in": "query", "schema": {"type": "string"}} for q in route.query]
+        ] + [{"name": q, "in": "query", "schema": QUERY_PARAMS[q]} for q in route.query]
         if params:
             op["parameters"] = params
         if route.request is not None:
@@ -389,7 +393,7 @@ def document(app: web.Application | None = None) -> Json:
         if route.response is not None:
             ok["content"] = {"application/json": {"schema": refs[route.response]}}
         op["responses"][str(route.ok)] = ok
-        for status in (*route.errors, 401):
+        for status in (*route.errors, *_input_errors(route), 401):
             op["responses"][str(status)] = {
                 "description": "error",
                 "content": {"application/json": {"schema": error_schema}},
@@ -411,6 +415,67 @@ def document(app: web.Application | None = None) -> Json:
             },
         },
     }
+
+
+_UNIT_TYPES = "|".join((*SYSTEMD_SUFFIXES, CONTAINER_SUFFIX[1:]))
+UNIT_NAME_SCHEMA: Json = {
+    "type": "string",
+    "maxLength": 256,
+    "pattern": rf"^[A-Za-z0-9:_.\\-]{{1,200}}\.({_UNIT_TYPES})$",
+}
+"""Unit names the API accepts (templates aside: `@` is allowed only for some types)."""
+PATH_PARAMS: dict[str, Json] = {
+    "name": UNIT_NAME_SCHEMA,
+    "id": {"type": "string", "minLength": 1, "maxLength": 128},
+}
+_FLAG: Json = {"type": "string", "enum": ["", "0", "1", "true", "false"]}
+QUERY_PARAMS: dict[str, Json] = {
+    "nextPageToken": {"type": "string", "pattern": "^[A-Za-z0-9_-]{6}==$"},
+    "limit": {"type": "string", "pattern": "^[1-9][0-9]{0,5}$"},
+    "cursor": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,1024}$"},
+    "lines": {"type": "string", "pattern": "^[0-9]{1,5}$"},
+    "follow": _FLAG,
+    "refresh": _FLAG,
+    "all": _FLAG,
+    "machine": {"type": "string", "maxLength": 64},
+    "machineID": {"type": "string", "maxLength": 64},
+    "unitName": {"type": "string", "maxLength": 256},
+    "unit": {"type": "string", "maxLength": 256},
+}
+MACHINE_ID_SCHEMA: Json = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_TIGHTER: dict[tuple[str, str], Json] = {
+    ("PatchOp", "op"): {"enum": ["add", "replace", "remove"]},
+    ("PatchOp", "path"): {"pattern": "^/[^/]+/metadata/[A-Za-z0-9_.-]+$"},
+    ("ApiTokenRequest", "name"): {"pattern": "\\S", "maxLength": 256},
+    ("ApiTokenRequest", "ttl_s"): {"exclusiveMinimum": 0, "maximum": native.MAX_TOKEN_TTL_S},
+    ("JoinTokenRequest", "ttl_s"): {"exclusiveMinimum": 0, "maximum": native.MAX_TOKEN_TTL_S},
+    ("JoinTokenRequest", "count"): {"minimum": 1, "maximum": native.MAX_TOKENS_PER_CALL},
+    ("JoinTokenRequest", "machine_id"): {"pattern": "^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})?$"},
+    ("EnrollRequest", "machine_id"): MACHINE_ID_SCHEMA,
+    ("DeletableUnit", "name"): UNIT_NAME_SCHEMA,
+    ("BatchUnit", "name"): UNIT_NAME_SCHEMA,
+}
+"""What the handlers check beyond the Structs' types, so generated clients (and
+schemathesis) know a valid request from an invalid one."""
+
+
+def _tighten(components: Json) -> None:
+    for (schema, field), extra in _TIGHTER.items():
+        props = components.get(schema, {}).get("properties", {})
+        if field in props:
+            target = props[field]
+            for option in target.get("anyOf", [target]):
+                if option.get("type") in ("string", "integer", "number"):
+                    option.update(extra)
+
+
+def _input_errors(route: Route) -> tuple[int, ...]:
+    """Refusals every route with input can give: bad parameters, and for a body its
+    size, framing, deadline and media type (coordinator/guard.py)."""
+    has_input = bool(route.query or _path_params(route.path))
+    if route.request is not None:
+        return (400, 408, 413, 415)
+    return (400,) if has_input else ()
 
 
 def _path_params(path: str) -> list[str]:
