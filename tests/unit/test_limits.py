@@ -8,7 +8,6 @@ from pathlib import Path
 import msgspec
 import pytest
 import yaml
-from coordinator.tokens import enrolment_refusal, hash_secret
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from coordinator.storage import EnrollConflict, EnrollRefused, Storage
 from coordinator.validation import UnitInvalid, validate_unit
 from proto import messages as m
 from proto.enrolment import machine_id_problem
+from proto.tokens import enrolment_refusal, hash_secret
 from proto.units import UnitOption
 
 # --- bodies and nesting ---------------------------------------------------------------
