@@ -42,7 +42,7 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
 
     def active() -> bool:
         states = c.api("GET", "/moorage/v1/unit-states")["states"]
-        return sum(s["active_state"] == "active" for s in states) >= args.units
+        return bool(sum(s["active_state"] == "active" for s in states) >= args.units)
 
     wait_for(active, timeout=600, interval=1.0, what=f"{args.units} units active")
     launch_s = time.monotonic() - started

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import common
 from bench.loadgen import sim_fleet
-from coordinator.client import ApiClient
+from moorctl.client import ApiClient
 from tests.procs import CoordinatorProc
 
 RACKS = 10

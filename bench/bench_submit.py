@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bench import common
-from coordinator.client import ApiClient
-from coordinator.moorctl import _ensure_submitted
+from moorctl.cli import _ensure_submitted
+from moorctl.client import ApiClient
 from tests.procs import CoordinatorProc
 
 UNIT = "[Unit]\nDescription=bench {i}\n\n[Service]\nExecStart=/bin/sleep {n}\n"

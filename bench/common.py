@@ -47,7 +47,7 @@ def sample(pid: int, seconds: float) -> dict[str, float]:
 def write(name: str, figures: dict[str, Any], params: dict[str, Any]) -> Path:
     """Print the figures (with the core count) and write bench/results/<name>.json."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {
+    doc: dict[str, Any] = {
         "benchmark": name,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),

@@ -20,8 +20,9 @@ import aiohttp
 import msgspec
 
 from coordinator import pki
-from coordinator.client import ApiClient, ClientConfig
+from moorctl.client import ApiClient
 from proto import messages as m
+from proto.clientconfig import ClientConfig
 from proto.enrolment import ENROLL_PATH, EnrollRequest, EnrollResponse
 
 

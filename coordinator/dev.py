@@ -32,10 +32,10 @@ import msgspec
 
 from coordinator import __version__, pki
 from coordinator.api.native import create_api_token, create_join_token
-from coordinator.client import ClientConfig, default_dev_dir, dev_client_file
 from coordinator.config import DEFAULT_API_PORT, DEFAULT_HUB_PORT, CoordinatorConfig
 from coordinator.devhost import RuntimePlan, Started, die_with_parent, host_facts, plan_runtimes
 from coordinator.server import Coordinator
+from proto.clientconfig import ClientConfig, default_dev_dir, dev_client_file
 from proto.process import run_main, setup_logging
 
 log = logging.getLogger("moorage.dev")

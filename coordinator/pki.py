@@ -55,6 +55,7 @@ from proto.crypto import (
     reason,
 )
 from proto.files import write_private, write_public
+from proto.tls import client_ssl_context
 
 __all__ = [
     "ROLE_ADMIN",
@@ -405,29 +406,6 @@ def server_ssl_context(
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(os.fspath(cert_file), os.fspath(key_file))
     ctx.verify_mode = ssl.CERT_REQUIRED if client_certs == "required" else ssl.CERT_OPTIONAL
-    return ctx
-
-
-def client_ssl_context(
-    ca_file: PathArg,
-    cert_file: PathArg | None = None,
-    key_file: PathArg | None = None,
-) -> ssl.SSLContext:
-    """Client context that trusts only the fleet CA and checks the server's name.
-
-    `cert_file` may hold both certificate and key (the agent's identity.pem), in which
-    case `key_file` stays None.
-    """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(ca_file))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    if cert_file is not None:
-        ctx.load_cert_chain(
-            os.fspath(cert_file), os.fspath(key_file) if key_file is not None else None
-        )
-    elif key_file is not None:
-        raise PkiError("key_file given without cert_file")
     return ctx
 
 

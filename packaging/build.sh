@@ -109,7 +109,7 @@ fi
 log "moorage $UPSTREAM wheel"
 mkdir -p "$WORK/src" "$WORK/wheels"
 tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' -cf - \
-  pyproject.toml README.md proto agent coordinator | tar -C "$WORK/src" -xf -
+  pyproject.toml README.md proto agent coordinator moorctl | tar -C "$WORK/src" -xf -
 pip_offline wheel -q --no-deps --find-links "$WHEELHOUSE" -w "$WORK/wheels" "$WORK/src"
 # The agent's distribution: proto/ and agent/ only, with the agent's dependencies.
 mkdir -p "$WORK/src-agent"

@@ -304,6 +304,23 @@ def stops_when_isolated(options: Iterable[UnitOption]) -> bool:
     return value
 
 
+def is_global(options: Iterable[UnitOption]) -> bool:
+    """``[X-Fleet] Global=true``: the unit runs on every matching machine (the last value
+    wins, as the scheduler reads it); ValueError names a value that is not a boolean.
+    Read by clients (moorctl's list-unit-files) that must not import the scheduler."""
+    value = False
+    for opt in options:
+        if opt.section == XFLEET_SECTION and opt.name == "Global":
+            text = opt.value.strip()
+            if text in _TRUE:
+                value = True
+            elif text in _FALSE:
+                value = False
+            else:
+                raise ValueError(f"[X-Fleet] Global={opt.value!r} is not a boolean")
+    return value
+
+
 def file_options(options: Iterable[UnitOption]) -> list[UnitOption]:
     """Everything but ``[X-Fleet]``: what belongs in the file on the machine."""
     return [opt for opt in options if opt.section != XFLEET_SECTION]

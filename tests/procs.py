@@ -19,7 +19,8 @@ import aiohttp
 import msgspec
 
 from coordinator import pki
-from coordinator.client import ApiClient, ClientConfig
+from moorctl.client import ApiClient
+from proto.clientconfig import ClientConfig
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,7 +218,7 @@ class CoordinatorProc:
         return [
             sys.executable,
             "-m",
-            "coordinator.moorctl",
+            "moorctl",
             "--endpoint",
             self.endpoint,
             "--ca-file",

@@ -83,7 +83,7 @@ def wait_banner(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -
 
 def moorctl(state: Path, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coordinator.moorctl", "--state-dir", str(state), *args],
+        [sys.executable, "-m", "moorctl", "--state-dir", str(state), *args],
         capture_output=True,
         text=True,
         timeout=60,

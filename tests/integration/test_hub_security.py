@@ -39,7 +39,7 @@ async def test_certificate_from_another_ca_is_refused(
     with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError, AssertionError)):
         # TLS 1.3 checks the client certificate after the handshake: the client may see a
         # refused handshake, a reset, or a connection closed before the Welcome.
-        link = await RawLink.open(coordinator, None, ssl=ctx)  # type: ignore[arg-type]
+        link = await RawLink.open(coordinator, None, ssl=ctx)
         await link.hello("victim")
     if link is not None:
         await link.close()

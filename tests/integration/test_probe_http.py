@@ -108,7 +108,7 @@ def test_join_token_cannot_take_over_an_enrolled_machine(
     wait_for(lambda: "victim" not in coord.connected(), what="old session closed")
     fresh = next(m for m in coord.machines() if m["id"] == "victim")
     assert fresh["cert_serial"] != record["cert_serial"]
-    wait_for(lambda: "re-enrolled machine victim" in coord.proc.log(), what="re-enrol log")  # type: ignore[union-attr]
+    wait_for(lambda: "re-enrolled machine victim" in coord.proc.log(), what="re-enrol log")
 
 
 # --- 2: body limits hold however the body is framed -------------------------------------

@@ -69,7 +69,8 @@ def test_agent_metrics(tmp_path: Path, user_systemd: UserSystemd) -> None:
 
         def scrape() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                return resp.read().decode()
+                body: bytes = resp.read()
+                return body.decode()
 
         text = wait_for(
             lambda: (t := scrape()) and "moorage_agent_units 1.0" in t and t, what="metrics"

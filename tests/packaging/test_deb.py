@@ -68,7 +68,7 @@ CAP_SYS_ADMIN = 1 << 21
 # systemd-analyze security exposure (0 safest .. 10); the units score about 1.1 and 1.9.
 MAX_EXPOSURE = {"moorage-coordinator": 1.5, "moorage-agent": 2.5}
 # What the source snapshot holds: what build.sh packs, and build.sh itself.
-SNAPSHOT = ("pyproject.toml", "README.md", "proto", "agent", "coordinator", "packaging")
+SNAPSHOT = ("pyproject.toml", "README.md", "proto", "agent", "coordinator", "moorctl", "packaging")
 LOCK_FILE = "/run/lock/moorage-packaging-test.lock"
 APT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
@@ -279,7 +279,7 @@ def test_packages_are_reproducible_versioned_and_clean(builds: Builds) -> None:
             site = f"{venv}/lib/python{python_version()}/site-packages"
             shipped = {n[len(site) + 1 :].split("/")[0] for n in members if n.startswith(site + "/")}
             assert {"agent", "proto"} <= shipped
-            unwanted = shipped & {"coordinator", "aiohttp", "click", "rich", "yaml", "uvloop"}
+            unwanted = shipped & {"coordinator", "moorctl", "aiohttp", "click", "rich", "yaml", "uvloop"}
             assert not unwanted, f"the agent ships only proto + agent and their needs: {unwanted}"
         interpreter = members[f"{venv}/bin/python{python_version()}"]
         assert interpreter.issym()
@@ -629,7 +629,8 @@ def test_install_enrol_upgrade_remove_purge(builds: Builds, machine: Machine) ->
         print(f"{pkg}.service: systemd-analyze security exposure {exposure}")
         assert exposure <= MAX_EXPOSURE[pkg]
         site = next(Path(f"/usr/lib/moorage/{pkg.removeprefix('moorage-')}/lib").glob("*/site-*"))
-        assert list(site.glob("coordinator/__pycache__/*.pyc")), "postinst byte-compiles"
+        # both packages ship proto/ (the agent has no coordinator/)
+        assert list(site.glob("proto/__pycache__/*.pyc")), "postinst byte-compiles"
     assert not [c for c in calls if " stop " in f"{c} "], calls
     user = _user("moorage")
     assert user is not None and user.pw_uid < 1000, "postinst creates a system user"

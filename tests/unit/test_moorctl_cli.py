@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from coordinator.api.fleet_manager import cluster_health
-from coordinator.client import ApiClientError
-from coordinator.moorctl import (
+from moorctl.cli import (
     cli,
     describe_application,
     hoist_global_options,
     journal_target_problem,
     local_units,
 )
+from moorctl.client import ApiClientError
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from coordinator.moorctl import EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE, cli
+from moorctl.cli import EXIT_API, EXIT_TIMEOUT, EXIT_UNREACHABLE, cli
 
 
 def test_help_lists_every_exit_code() -> None:

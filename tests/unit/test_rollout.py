@@ -8,6 +8,7 @@ import pytest
 from coordinator import groups, rollout
 from coordinator.api.fleet_manager import keyset_page
 from coordinator.models import (
+    JobStatus,
     Machine,
     MachineGroup,
     Release,
@@ -42,7 +43,7 @@ RELEASE = Release(
 )
 
 
-def job(status: str = "Running", batch: int = 0, **kw: object) -> ReleaseJob:
+def job(status: JobStatus = "Running", batch: int = 0, **kw: object) -> ReleaseJob:
     return ReleaseJob(
         id=f"j-{batch}-{status}",
         release_id="r2",

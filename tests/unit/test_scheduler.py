@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import shlex
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,7 +21,8 @@ from coordinator.scheduler import (
     schedule,
     unplaced_reasons,
 )
-from proto.units import UnitOption
+from moorctl.fleet import is_global as fleet_is_global
+from proto.units import UnitOption, is_global
 
 
 def xf(*pairs: tuple[str, str]) -> XFleet:
@@ -286,3 +288,23 @@ def test_conflicts_everywhere_is_the_reason() -> None:
     assert reasons(clash, [m("m1")]) == {
         "z.service": "MachineID=m1: the machine runs a unit it conflicts with"
     }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["true"], ["yes"], ["1"], ["false"], [""], ["true", "no"], ["off", "on"], [" True "]],
+)
+def test_global_is_read_by_clients_as_the_scheduler_reads_it(values: list[str]) -> None:
+    """moorctl (which may not import the scheduler) reads Global with proto.units.is_global."""
+    options = [UnitOption("X-Fleet", "Global", v) for v in values]
+    assert is_global(options) == parse_xfleet(options).is_global
+    assert fleet_is_global({"options": msgspec.to_builtins(options)}) == is_global(options)
+
+
+def test_a_global_that_is_not_a_boolean_is_refused_by_both_readings() -> None:
+    options = [UnitOption("X-Fleet", "Global", "maybe")]
+    with pytest.raises(ValueError, match="Global='maybe' is not a boolean"):
+        is_global(options)
+    with pytest.raises(XFleetError):
+        parse_xfleet(options)
+    assert not fleet_is_global({"options": msgspec.to_builtins(options)})

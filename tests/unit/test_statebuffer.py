@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.statebuffer import StateBuffer
@@ -16,7 +18,7 @@ async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_
     written: list[int] = []
     try:
         for i in range(20):
-            buffer.add(lambda i=i: written.append(i))
+            buffer.add(functools.partial(written.append, i))
             await asyncio.sleep(0.013)  # adds land before, during and after each sleep
         await asyncio.sleep(0.2)
         assert written == list(range(20))
@@ -27,8 +29,18 @@ async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_
 def test_one_failing_update_does_not_cost_the_others(tmp_path: Path) -> None:
     db = Storage(tmp_path / "m.db")
     buffer = StateBuffer(db)
-    buffer.add(lambda: db.create_join_token("t1", "h", now=1, ttl_s=10))
-    buffer.add(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
-    buffer.add(lambda: db.create_join_token("t2", "h", now=1, ttl_s=10))
+
+    def token(name: str) -> Callable[[], None]:
+        def write() -> None:
+            db.create_join_token(name, "h", now=1, ttl_s=10)
+
+        return write
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    buffer.add(token("t1"))
+    buffer.add(boom)
+    buffer.add(token("t2"))
     buffer.flush()
     assert [t.id for t in db.list_join_tokens()] == ["t1", "t2"]

@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from coordinator.client import ApiClient, ApiClientError
-from coordinator.scheduler import XFleetError, parse_xfleet
+from moorctl.client import ApiClient, ApiClientError
 from proto.units import UnitOption, parse_unit_file, template_of
+from proto.units import is_global as xfleet_global
 
 POLL_S = 0.25
 ACTIVE_WINDOW_S = 10.0
@@ -169,8 +169,8 @@ def is_global(unit: dict[str, Any]) -> bool:
     """A fleet Unit (JSON) with [X-Fleet] Global=true, read as the scheduler reads it."""
     try:
         options = msgspec.convert(unit.get("options", []), list[UnitOption])
-        return parse_xfleet(options).is_global
-    except (msgspec.ValidationError, XFleetError):
+        return xfleet_global(options)
+    except (msgspec.ValidationError, ValueError):
         return False
 
 

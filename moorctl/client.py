@@ -1,14 +1,12 @@
-"""Where the coordinator is and how to reach it, for moorctl and tests.
+"""moorctl's HTTP client: JSON requests and NDJSON streams to the coordinator's API.
 
-Without explicit flags, moorctl uses the `moorage dev` of this user: `moorage dev`
-writes `client.json` into its state directory, like `nomad agent -dev` does for
-`nomad`.
+Without explicit flags, moorctl uses the `moorage dev` of this user, through the
+`client.json` it writes (proto/clientconfig.py). HTTP only: nothing here imports the
+server.
 """
 
 from __future__ import annotations
 
-import os
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,34 +14,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from coordinator import pki
-
-
-class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
-    endpoint: str
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    token: str = ""
-    token_file: str = ""
-
-    def bearer(self) -> str:
-        if self.token:
-            return self.token
-        if self.token_file:
-            return Path(self.token_file).read_text().strip()
-        return ""
-
-    def ssl_context(self) -> ssl.SSLContext:
-        if self.ca_file:
-            ctx = pki.client_ssl_context(
-                self.ca_file, self.cert_file or None, self.key_file or None
-            )
-        else:
-            ctx = ssl.create_default_context()
-            if self.cert_file:
-                ctx.load_cert_chain(self.cert_file, self.key_file or None)
-        return ctx
+from proto.clientconfig import ClientConfig, dev_client_file
 
 
 class ApiResponse(msgspec.Struct, frozen=True):
@@ -58,15 +29,6 @@ class ApiClientError(Exception):
         super().__init__(f"{status}: {message}" if status else message)
         self.status = status
         self.message = message
-
-
-def default_dev_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "moorage" / "dev"
-
-
-def dev_client_file(state_dir: Path) -> Path:
-    return state_dir / "client.json"
 
 
 def load_dev_client(state_dir: Path) -> ClientConfig:

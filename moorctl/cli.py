@@ -32,15 +32,10 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
-from coordinator import __version__
-from coordinator import fleet_client as fc
-from coordinator.client import (
-    ApiClient,
-    ApiClientError,
-    ClientConfig,
-    default_dev_dir,
-    load_dev_client,
-)
+from moorctl import __version__
+from moorctl import fleet as fc
+from moorctl.client import ApiClient, ApiClientError, load_dev_client
+from proto.clientconfig import ClientConfig, default_dev_dir
 from proto.process import run_main
 from proto.units import (
     UnitFileError,

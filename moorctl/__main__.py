@@ -1,0 +1,3 @@
+from moorctl.cli import main
+
+main()
