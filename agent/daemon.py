@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, drift, facts, isolation
-from agent.backends.base import BackendUnavailable, UnitRuntime
+from agent.backends.base import BackendUnavailable, UnitRuntime, unit_kind
 from agent.backends.docker import DockerBackend, DockerError
 from agent.backends.systemd import SystemdBackend, SystemdError
 from agent.config import AgentConfig
@@ -43,7 +43,7 @@ from agent.identity import Identity
 from agent.journal import JournalError, JournalReader
 from agent.link import Link
 from agent.metrics import AgentMetrics
-from agent.reconciler import Observed, Plan, Step, is_container, plan, sha256_text
+from agent.reconciler import Observed, Plan, Step, plan, sha256_text
 from agent.stickers import StickerStore, by_deployment, is_current, sticker_for
 from agent.store import AgentState, StateStore
 from agent.unitfiles import UnitFiles
@@ -53,6 +53,10 @@ from proto.desired import apply_diff
 from proto.files import write_public
 
 log = logging.getLogger(__name__)
+
+
+def is_container(name: str) -> bool:
+    return unit_kind(name) == "docker"
 
 REPORT_COALESCE_S = 0.05
 ISOLATION_CHECK_S = 1.0
