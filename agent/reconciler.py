@@ -91,9 +91,9 @@ class _Pass:
     """One planning pass: its options, and what the planners of each kind add to it."""
 
     def __init__(
-        self, repair: bool, repair_c: bool, blocked: Collection[str], fix: Collection[str]
+        self, repair: Mapping[str, bool], blocked: Collection[str], fix: Collection[str]
     ) -> None:
-        self.repair, self.repair_c, self.blocked, self.fix = repair, repair_c, blocked, fix
+        self.repair, self.blocked, self.fix = repair, blocked, fix
         self.steps: list[Step] = []
         self.applied: dict[str, AppliedUnit] = {}
         self.conflicts: dict[str, str] = {}
@@ -111,19 +111,23 @@ def plan(
     *,
     repair: bool,
     repair_containers: bool | None = None,
+    repair_kinds: Collection[str] = (),
     blocked: Collection[str] = (),
     repair_units: Collection[str] = (),
 ) -> Plan:
     """The steps that take the machine from ``observed`` to ``desired`` (module rules),
     each with its reason.
 
-    ``repair_containers`` defaults to ``repair``; ``blocked`` only concerns containers;
-    ``repair_units`` are repaired (drift policy `repair`) whatever ``repair`` says.
+    ``repair_kinds`` also repairs the units of those backend kinds (one that came back
+    by itself); ``repair_containers`` (default: ``repair``) says it for containers
+    alone. ``blocked`` only concerns containers; ``repair_units`` are repaired (drift
+    policy `repair`) whatever ``repair`` says.
     """
     wanted = {n: u for n, u in desired.items() if u.desired_state != "inactive"}
-    run = _Pass(
-        repair, repair if repair_containers is None else repair_containers, blocked, repair_units
-    )
+    repair_of = {kind: repair or kind in repair_kinds for kind in PLANNERS}
+    if repair_containers is not None:
+        repair_of["docker"] = repair_containers or "docker" in repair_kinds
+    run = _Pass(repair_of, blocked, repair_units)
     for name in sorted(set(wanted) | set(applied)):
         o = observed.get(name) or Observed(None, UnitRuntime(name))
         PLANNERS[unit_kind(name)](name, wanted.get(name), applied.get(name), o, run)
@@ -137,7 +141,7 @@ def _plan_unit(
     name: str, d: DesiredUnit | None, a: AppliedUnit | None, o: Observed, run: _Pass
 ) -> None:
     """A systemd unit (see the module rules)."""
-    steps, fix = run.steps, name in run.fix
+    steps, fix, repair = run.steps, name in run.fix, run.repair["systemd"]
     active = o.runtime.active_state
     running = active in RUNNING
     if d is None:
@@ -165,7 +169,7 @@ def _plan_unit(
     if (content_changed or edited) and running:
         steps.append(Step("stop", name, reason=f"{why_file}, found {active}: replaced"))
         running, restart = False, True
-    write = o.file_sha256 != sha and (changed or run.repair or fix or o.file_sha256 is None)
+    write = o.file_sha256 != sha and (changed or repair or fix or o.file_sha256 is None)
     if write:
         if o.file_sha256 is None:
             why = "new unit" if a is None else "unit file is missing"
@@ -182,7 +186,7 @@ def _plan_unit(
     state_changed = changed or a is None or a.state != d.desired_state
     if d.desired_state == "launched":
         plain_inactive = active == "inactive"
-        if not running and (state_changed or restart or ((run.repair or fix) and plain_inactive)):
+        if not running and (state_changed or restart or ((repair or fix) and plain_inactive)):
             if restart:
                 why = "started again after its unit file was replaced"
             elif state_changed:
@@ -204,7 +208,7 @@ def _plan_container(
 ) -> None:
     """A container unit (see the module rules); ``fix``: drift repair."""
     steps, fix = run.steps, name in run.fix
-    repair = run.repair_c or fix
+    repair = run.repair["docker"] or fix
     exists = o.container_hash is not None
     docker_state = o.runtime.sub_state if exists else "no container"
     running = exists and o.runtime.sub_state in CONTAINER_RUNNING

@@ -9,9 +9,9 @@ backend registered, not a branch in the executor, the reports or the drift pass.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -92,11 +92,16 @@ class Backend(Protocol):
     """One kind of unit on this machine: everything the agent needs of its runtime.
 
     Failures of one operation raise `BackendError` (or `BackendUnavailable` when the
-    runtime went away); the caller reports them per unit.
+    runtime went away); the caller reports them per unit and goes on with the others.
     """
 
     kind: str
     """The `unit_kind` it runs; also its capability name in Hello and Facts."""
+    made_of: str
+    """What one unit is made into here, for messages ("unit file", "container")."""
+    labels: bool
+    """It labels what it makes as the agent's, so it can list them (`owned_extras`)
+    and its events also name units no longer desired (``extra`` drift)."""
 
     @property
     def available(self) -> bool:
@@ -115,7 +120,8 @@ class Backend(Protocol):
     def subscribe(self, events: BackendEvents) -> None: ...
 
     async def open(self) -> bool:
-        """Connect if not connected; False (the reason in `unavailable_reason`) if not."""
+        """Connect if not connected, without waiting for a retry already under way;
+        False (the reason in `unavailable_reason`) if it cannot."""
         ...
 
     async def close(self) -> None: ...
@@ -137,21 +143,28 @@ class Backend(Protocol):
         the names whose content changed. Backends without files return nothing."""
         ...
 
-    async def owned_extras(self) -> set[str] | None:
-        """Units this backend finds labelled as the agent's (for ``extra`` drift); None
-        when it keeps no such labels."""
+    async def owned_extras(self) -> set[str]:
+        """Every unit this backend finds labelled as the agent's (see `labels`)."""
         ...
 
-    async def apply(self, step: Step, unit: DesiredUnit | None) -> str:
-        """Carry out one step; "" when done, else why the unit is not as asked (the
-        step ran but, e.g., its systemd job failed). Raises BackendError on failure."""
+    async def apply(self, step: Step, unit: DesiredUnit | None) -> str | None:
+        """Carry out one step. None: done, the unit's last error stands; "": done and
+        the unit is as asked (its error is cleared); else why it is not (e.g. its
+        systemd job failed). Raises BackendError/BackendUnavailable on failure."""
         ...
 
-    async def logs(self, name: str, lines: int, *, after_cursor: str = "") -> list[LogLine]: ...
+    async def log_tail(self, name: str, lines: int, *, after_cursor: str = "") -> list[LogLine]: ...
 
-    def follow_logs(
+    def log_follow(
         self, name: str, *, after_cursor: str = "", lines: int = 10
-    ) -> AsyncIterator[list[LogLine]]: ...
+    ) -> AsyncGenerator[list[LogLine], None]: ...
+
+
+@runtime_checkable
+class ImageBackend(Backend, Protocol):
+    """A backend that runs images: resolves a reference to a digest (`ImageResolve`)."""
+
+    async def resolve_image(self, image: str) -> tuple[str, str]: ...
 
 
 @functools.lru_cache(maxsize=8192)
@@ -185,3 +198,10 @@ class Registry:
 
     def get(self, kind: str) -> Backend:
         return self._by_kind[kind]
+
+    def images(self) -> ImageBackend | None:
+        """The backend that resolves images, if any."""
+        for backend in self.backends:
+            if isinstance(backend, ImageBackend):
+                return backend
+        return None
