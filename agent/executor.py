@@ -5,8 +5,9 @@ manager reload, loads, starts); the steps of one kind run concurrently, one job
 each. A manager-wide step (``reload``, no unit) goes to each backend that had a
 unit step before it in the plan. Each step is logged with its reason when it runs.
 
-A failed step never stops the others: it is logged with its reason and remembered
-for the unit's state report (`errors`). A failed ``create`` (the runtime object of a
+A failed step never stops the others: it is logged with its reason and remembered,
+with its reason, for the unit's state report (`errors`: "start failed (desired
+launched, found inactive): ..."). A failed ``create`` (the runtime object of a
 unit, e.g. a container whose image is missing) is remembered with the unit's hash
 (`create_failed`): the reconciler does not try it again, nor start the unit, until
 the unit changes or a retry pass comes, so a missing image is a reported failure and
@@ -76,13 +77,13 @@ class Executor:
                     f"cannot create the {backend.made_of}: {exc}",
                 )
             elif name:
-                self.errors[name] = f"{step.op} failed: {exc}"
+                self.errors[name] = f"{step.op} failed ({step.reason}): {exc}"
             return
         if outcome is None or not name:
             return
         if outcome:
             log.warning("%s %s (%s): %s", step.op, name, step.reason, outcome)
-            self.errors[name] = outcome
+            self.errors[name] = f"{outcome} ({step.reason})"
             return
         self.errors.pop(name, None)
         if step.op in ("create", "remove"):
