@@ -27,7 +27,8 @@ with a container in place of the unit file:
   paused, whatever `active_state` says (an unhealthy container is "failed" but runs).
 * Repair starts plainly inactive containers: created, exited 0, or stopped by a
   signal (which is how dockerd's own shutdown leaves them) - never failed ones.
-  `repair_containers` lets the agent repair containers alone, after dockerd restarts.
+  `repair_kinds` (or `repair_containers`) lets the agent repair the units of one
+  backend alone, e.g. containers after dockerd restarts.
 * `blocked` names containers whose creation already failed for the current hash
   (e.g. a missing image): no create and no start until the unit changes or a retry
   pass comes, so a missing image is a reported failure, not a loop.
