@@ -29,10 +29,9 @@ that failed on its own is reported, never restarted in a loop.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
-from agent.backends.base import UnitRuntime
-from agent.reconciler import Observed, is_container
+from agent.backends.base import Observed, UnitRuntime, unit_kind
 from agent.store import AppliedUnit
 from proto.container import container_name
 from proto.messages import LABEL_DEPLOYMENT, LABEL_DRIFT, DesiredUnit, DriftEntry, DriftKind
@@ -91,22 +90,30 @@ def compute(
         if done is None or not settled(unit, done):
             continue
         seen = observed.get(name) or Observed(None, UnitRuntime(name))
-        if is_container(name):
-            entries.extend(_container(name, unit, seen))
-        else:
-            entries.extend(_systemd(name, unit, done, seen))
+        entries.extend(_SETTLED[unit_kind(name)](name, unit, done, seen))
     for name in sorted((set(applied) | set(owned)) - set(wanted)):
         seen = observed.get(name) or Observed(None, UnitRuntime(name))
-        left = desired.get(name)
-        if is_container(name):
-            if name in owned or seen.container_hash is not None:
-                message = f"container {container_name(name)} is labelled as this unit's"
-                entries.append(_entry(left, name, "extra", "", "container", message))
-        elif seen.file_sha256 is not None or seen.runtime.active_state in ACTIVE:
-            entries.append(
-                _entry(left, name, "extra", "", "unit", f"unit {name} is no longer desired")
-            )
+        entry = _EXTRA[unit_kind(name)](name, desired.get(name), seen, name in owned)
+        if entry is not None:
+            entries.append(entry)
     return sorted(entries, key=lambda e: (e.unit, e.kind))
+
+
+def _systemd_extra(
+    name: str, left: DesiredUnit | None, seen: Observed, owned: bool
+) -> DriftEntry | None:
+    if seen.file_sha256 is not None or seen.runtime.active_state in ACTIVE:
+        return _entry(left, name, "extra", "", "unit", f"unit {name} is no longer desired")
+    return None
+
+
+def _container_extra(
+    name: str, left: DesiredUnit | None, seen: Observed, owned: bool
+) -> DriftEntry | None:
+    if owned or seen.container_hash is not None:
+        message = f"container {container_name(name)} is labelled as this unit's"
+        return _entry(left, name, "extra", "", "container", message)
+    return None
 
 
 def repair_names(entries: Iterable[DriftEntry]) -> set[str]:
@@ -132,7 +139,7 @@ def _systemd(name: str, unit: DesiredUnit, done: AppliedUnit, seen: Observed) ->
     return out
 
 
-def _container(name: str, unit: DesiredUnit, seen: Observed) -> list[DriftEntry]:
+def _container(name: str, unit: DesiredUnit, done: AppliedUnit, seen: Observed) -> list[DriftEntry]:
     if seen.container_hash is None:
         message = f"container {container_name(name)} is gone"
         return [_entry(unit, name, "missing", container_name(name), "", message)]
@@ -148,6 +155,18 @@ def _container(name: str, unit: DesiredUnit, seen: Observed) -> list[DriftEntry]
     if state is not None:
         out.append(state)
     return out
+
+
+_SETTLED: dict[str, Callable[[str, DesiredUnit, AppliedUnit, Observed], list[DriftEntry]]] = {
+    "systemd": _systemd,
+    "docker": _container,
+}
+"""Backend kind -> the drift of one of its settled units."""
+_EXTRA: dict[str, Callable[[str, DesiredUnit | None, Observed, bool], DriftEntry | None]] = {
+    "systemd": _systemd_extra,
+    "docker": _container_extra,
+}
+"""Backend kind -> the ``extra`` entry of a unit no longer desired (None: nothing left)."""
 
 
 def _state(name: str, unit: DesiredUnit, rt: UnitRuntime) -> DriftEntry | None:

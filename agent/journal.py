@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from agent.backends.base import BackendError
 from proto.messages import LogLine
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ _UNIT_NAME = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")
 _COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 
 
-class JournalError(Exception):
+class JournalError(BackendError):
     """The journal cannot be read: journalctl missing, bad directory/cursor/unit, or it failed."""
 
 

@@ -9,6 +9,10 @@ Rules (fleet's semantics, plus Moorage's promises):
   (agent start-up, or a repair drift policy) also starts desired units that are
   plainly inactive, such as after a reboot - never units that failed on their own.
 * Nothing is ever stopped because the agent restarted or the coordinator is away.
+* Every step says why (`Step.reason`: "unit file changed", "desired launched, found
+  inactive", "no longer desired"...): the executor logs it and reports it with a failure.
+* Each backend kind has its planner (`PLANNERS`, keyed by `unit_kind`): a new kind of
+  unit is one more planner, not a branch here.
 
 `.container` units (`proto.units.backend_for` says "docker") follow the same rules,
 with a container in place of the unit file:
@@ -23,7 +27,8 @@ with a container in place of the unit file:
   paused, whatever `active_state` says (an unhealthy container is "failed" but runs).
 * Repair starts plainly inactive containers: created, exited 0, or stopped by a
   signal (which is how dockerd's own shutdown leaves them) - never failed ones.
-  `repair_containers` lets the agent repair containers alone, after dockerd restarts.
+  `repair_kinds` (or `repair_containers`) lets the agent repair the units of one
+  backend alone, e.g. containers after dockerd restarts.
 * `blocked` names containers whose creation already failed for the current hash
   (e.g. a missing image): no create and no start until the unit changes or a retry
   pass comes, so a missing image is a reported failure, not a loop.
@@ -40,24 +45,23 @@ Units that failed on their own are still not restarted; `blocked` still holds.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Collection, Mapping
-from typing import Literal
+from collections.abc import Callable, Collection, Mapping
 
 import msgspec
 
-from agent.backends.base import UnitRuntime
+from agent.backends.base import Observed, Op, Step, UnitRuntime, unit_kind
 from agent.store import AppliedUnit
 from proto.container import container_name
 from proto.messages import DesiredUnit
-from proto.units import UnitNameError, backend_for, unit_file_text
+from proto.units import unit_file_text
+
+__all__ = ["ORDER", "Observed", "Op", "Plan", "Step", "file_content", "plan", "sha256_text"]
 
 RUNNING = frozenset({"active", "activating", "reloading", "deactivating"})
 CONTAINER_RUNNING = frozenset({"running", "restarting", "paused"})
 """Docker states (a container unit's `sub_state`) in which the container runs."""
 
-Op = Literal["stop", "write", "remove", "reload", "load", "create", "start"]
 ORDER: dict[str, int] = {
     "stop": 0,
     "remove": 1,
@@ -67,27 +71,6 @@ ORDER: dict[str, int] = {
     "load": 3,
     "start": 4,
 }
-
-
-class Observed(msgspec.Struct, frozen=True):
-    """What the machine shows for one unit.
-
-    systemd units: the SHA-256 of the unit file (None: no file) and systemd's state.
-    Container units: ``file_sha256`` is None; ``container_hash`` is the ``moorage.hash``
-    label of the unit's container (None: no container) and ``foreign`` says a container
-    of that name exists without the unit's ``moorage.unit`` label.
-    """
-
-    file_sha256: str | None
-    runtime: UnitRuntime
-    container_hash: str | None = None
-    foreign: bool = False
-
-
-class Step(msgspec.Struct, frozen=True):
-    op: Op
-    unit: str = ""
-    content: str = ""
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -105,13 +88,21 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=8192)
-def is_container(name: str) -> bool:
-    """Whether the Docker backend runs ``name`` (names of no known type go to systemd)."""
-    try:
-        return backend_for(name) == "docker"
-    except UnitNameError:
-        return False
+class _Pass:
+    """One planning pass: its options, and what the planners of each kind add to it."""
+
+    def __init__(
+        self, repair: Mapping[str, bool], blocked: Collection[str], fix: Collection[str]
+    ) -> None:
+        self.repair, self.blocked, self.fix = repair, blocked, fix
+        self.steps: list[Step] = []
+        self.applied: dict[str, AppliedUnit] = {}
+        self.conflicts: dict[str, str] = {}
+        self.reload = False
+        """A unit file was written or removed: the manager reloads once, after them."""
+
+
+Planner = Callable[[str, DesiredUnit | None, AppliedUnit | None, Observed, _Pass], None]
 
 
 def plan(
@@ -121,119 +112,144 @@ def plan(
     *,
     repair: bool,
     repair_containers: bool | None = None,
+    repair_kinds: Collection[str] = (),
     blocked: Collection[str] = (),
     repair_units: Collection[str] = (),
 ) -> Plan:
-    """The steps that take the machine from ``observed`` to ``desired`` (module rules).
+    """The steps that take the machine from ``observed`` to ``desired`` (module rules),
+    each with its reason.
 
-    ``repair_containers`` defaults to ``repair``; ``blocked`` only concerns containers;
-    ``repair_units`` are repaired (drift policy `repair`) whatever ``repair`` says.
+    ``repair_kinds`` also repairs the units of those backend kinds (one that came back
+    by itself); ``repair_containers`` (default: ``repair``) says it for containers
+    alone. ``blocked`` only concerns containers; ``repair_units`` are repaired (drift
+    policy `repair`) whatever ``repair`` says.
     """
-    steps: list[Step] = []
-    new_applied: dict[str, AppliedUnit] = {}
-    conflicts: dict[str, str] = {}
     wanted = {n: u for n, u in desired.items() if u.desired_state != "inactive"}
-    repair_c = repair if repair_containers is None else repair_containers
-
+    repair_of = {kind: repair or kind in repair_kinds for kind in PLANNERS}
+    if repair_containers is not None:
+        repair_of["docker"] = repair_containers or "docker" in repair_kinds
+    run = _Pass(repair_of, blocked, repair_units)
     for name in sorted(set(wanted) | set(applied)):
-        d, a = wanted.get(name), applied.get(name)
         o = observed.get(name) or Observed(None, UnitRuntime(name))
-        fix = name in repair_units
-        if is_container(name):
-            _plan_container(
-                name, d, a, o, repair_c or fix, fix, name in blocked, steps, new_applied, conflicts
-            )
-            continue
-        running = o.runtime.active_state in RUNNING
-        if d is None:
-            assert a is not None
-            if running:
-                steps.append(Step("stop", name))
-            if o.file_sha256 is not None:
-                steps.append(Step("remove", name))
-            continue
+        PLANNERS[unit_kind(name)](name, wanted.get(name), applied.get(name), o, run)
+    if run.reload:
+        run.steps.append(Step("reload", reason="unit files were written or removed"))
+    run.steps.sort(key=lambda s: ORDER[s.op])
+    return Plan(run.steps, run.applied, run.conflicts)
 
-        content = file_content(d)
-        sha = sha256_text(content)
-        if a is None and o.file_sha256 is not None and o.file_sha256 != sha:
-            conflicts[name] = (
-                f"a unit file named {name} exists that Moorage did not write; "
-                "it is left alone (remove it or rename the unit)"
-            )
-            continue
-        changed = a is None or a.hash != d.hash
-        content_changed = a is not None and a.file_sha256 != sha
-        edited = fix and o.file_sha256 is not None and o.file_sha256 != sha
-        restart = False
-        if (content_changed or edited) and running:
-            steps.append(Step("stop", name))
-            running, restart = False, True
-        write = o.file_sha256 != sha and (changed or repair or fix or o.file_sha256 is None)
-        if write:
-            steps.append(Step("write", name, content))
-        new_applied[name] = AppliedUnit(d.hash, d.desired_state, sha)
-        needs_load = write or o.runtime.load_state != "loaded"
 
-        state_changed = changed or a is None or a.state != d.desired_state
-        if d.desired_state == "launched":
-            plain_inactive = o.runtime.active_state == "inactive"
-            if not running and (state_changed or restart or ((repair or fix) and plain_inactive)):
-                steps.append(Step("start", name))
-            elif needs_load:
-                steps.append(Step("load", name))
+def _plan_unit(
+    name: str, d: DesiredUnit | None, a: AppliedUnit | None, o: Observed, run: _Pass
+) -> None:
+    """A systemd unit (see the module rules)."""
+    steps, fix, repair = run.steps, name in run.fix, run.repair["systemd"]
+    active = o.runtime.active_state
+    running = active in RUNNING
+    if d is None:
+        assert a is not None
+        if running:
+            steps.append(Step("stop", name, reason="no longer desired"))
+        if o.file_sha256 is not None:
+            steps.append(Step("remove", name, reason="no longer desired"))
+            run.reload = True
+        return
+
+    content = file_content(d)
+    sha = sha256_text(content)
+    if a is None and o.file_sha256 is not None and o.file_sha256 != sha:
+        run.conflicts[name] = (
+            f"a unit file named {name} exists that Moorage did not write; "
+            "it is left alone (remove it or rename the unit)"
+        )
+        return
+    changed = a is None or a.hash != d.hash
+    content_changed = a is not None and a.file_sha256 != sha
+    edited = fix and o.file_sha256 is not None and o.file_sha256 != sha
+    why_file = "unit file changed" if content_changed else "unit file was changed on the machine"
+    restart = False
+    if (content_changed or edited) and running:
+        steps.append(Step("stop", name, reason=f"{why_file}, found {active}: replaced"))
+        running, restart = False, True
+    write = o.file_sha256 != sha and (changed or repair or fix or o.file_sha256 is None)
+    if write:
+        if o.file_sha256 is None:
+            why = "new unit" if a is None else "unit file is missing"
+        elif changed:
+            why = "unit file changed"
         else:
-            if running and (state_changed or fix):
-                steps.append(Step("stop", name))
-            if needs_load:
-                steps.append(Step("load", name))
+            why = "unit file differs from the one written"
+        steps.append(Step("write", name, content, reason=why))
+        run.reload = True
+    run.applied[name] = AppliedUnit(d.hash, d.desired_state, sha)
+    needs_load = write or o.runtime.load_state != "loaded"
+    why_load = "unit file written" if write else f"found {o.runtime.load_state}"
 
-    if any(s.op in ("write", "remove") and not is_container(s.unit) for s in steps):
-        steps.append(Step("reload"))
-    steps.sort(key=lambda s: ORDER[s.op])
-    return Plan(steps, new_applied, conflicts)
+    state_changed = changed or a is None or a.state != d.desired_state
+    if d.desired_state == "launched":
+        plain_inactive = active == "inactive"
+        if not running and (state_changed or restart or ((repair or fix) and plain_inactive)):
+            if restart:
+                why = "started again after its unit file was replaced"
+            elif state_changed:
+                why = f"desired launched, found {active}"
+            else:
+                why = f"desired launched, found {active} (repair)"
+            steps.append(Step("start", name, reason=why))
+        elif needs_load:
+            steps.append(Step("load", name, reason=f"desired launched, {why_load}"))
+    else:
+        if running and (state_changed or fix):
+            steps.append(Step("stop", name, reason=f"desired loaded, found {active}"))
+        if needs_load:
+            steps.append(Step("load", name, reason=f"desired loaded, {why_load}"))
 
 
 def _plan_container(
-    name: str,
-    d: DesiredUnit | None,
-    a: AppliedUnit | None,
-    o: Observed,
-    repair: bool,
-    fix: bool,
-    blocked: bool,
-    steps: list[Step],
-    new_applied: dict[str, AppliedUnit],
-    conflicts: dict[str, str],
+    name: str, d: DesiredUnit | None, a: AppliedUnit | None, o: Observed, run: _Pass
 ) -> None:
-    """The container-unit half of `plan` (see the module rules); ``fix``: drift repair."""
+    """A container unit (see the module rules); ``fix``: drift repair."""
+    steps, fix = run.steps, name in run.fix
+    repair = run.repair["docker"] or fix
     exists = o.container_hash is not None
+    docker_state = o.runtime.sub_state if exists else "no container"
     running = exists and o.runtime.sub_state in CONTAINER_RUNNING
     if d is None:
         if exists and not o.foreign:
-            steps.append(Step("remove", name))
+            steps.append(Step("remove", name, reason="no longer desired"))
         return
     if o.foreign:
-        conflicts[name] = (
+        run.conflicts[name] = (
             f"a container named {container_name(name)} exists that Moorage did not create;"
             " it is left alone (remove it or rename the unit)"
         )
         return
-    new_applied[name] = AppliedUnit(d.hash, d.desired_state, "")
+    run.applied[name] = AppliedUnit(d.hash, d.desired_state, "")
     changed = a is None or a.hash != d.hash
     state_changed = changed or a is None or a.state != d.desired_state
     other_image = (
         fix and exists and bool(d.image_digest) and o.runtime.image_digest != d.image_digest
     )
     if o.container_hash != d.hash or other_image:
-        if blocked:
+        if name in run.blocked:
             return
-        steps.append(Step("create", name))
-        running, plain_inactive = False, True
+        if not exists:
+            why = "no container"
+        elif o.container_hash != d.hash:
+            why = "container is of another version of the unit"
+        else:
+            why = f"container runs another image than {d.image_digest}"
+        steps.append(Step("create", name, reason=why))
+        running, plain_inactive, docker_state = False, True, "a new container"
         state_changed = state_changed or other_image
     else:
         plain_inactive = o.runtime.active_state == "inactive"
     if d.desired_state == "launched":
         if not running and (state_changed or (repair and plain_inactive)):
-            steps.append(Step("start", name))
+            why = f"desired launched, found {docker_state}"
+            steps.append(Step("start", name, reason=why if state_changed else f"{why} (repair)"))
     elif running and (state_changed or fix):
-        steps.append(Step("stop", name))
+        steps.append(Step("stop", name, reason=f"desired loaded, found {docker_state}"))
+
+
+PLANNERS: dict[str, Planner] = {"systemd": _plan_unit, "docker": _plan_container}
+"""Backend kind (`agent.backends.base.unit_kind`) -> how its units are planned."""

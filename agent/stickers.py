@@ -16,12 +16,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
-from agent.reconciler import Observed, is_container
+from agent.backends.base import Observed, unit_kind
 from agent.store import AppliedUnit
 from proto.files import write_public
 from proto.messages import (
@@ -53,6 +53,35 @@ def by_deployment(desired: Mapping[str, DesiredUnit]) -> dict[str, list[DesiredU
         if deployment and unit.desired_state != "inactive":
             out.setdefault(deployment, []).append(unit)
     return out
+
+
+def _systemd_up(unit: DesiredUnit, seen: Observed, digests: dict[str, str]) -> bool:
+    rt = seen.runtime
+    if seen.file_sha256 != unit_file_sha256(unit.options):
+        return False
+    if unit.desired_state == "launched" and rt.active_state not in ("active", "reloading"):
+        return False
+    return not (unit.desired_state == "loaded" and rt.load_state != "loaded")
+
+
+def _container_up(unit: DesiredUnit, seen: Observed, digests: dict[str, str]) -> bool:
+    """Also notes the container's image digest in ``digests``."""
+    rt = seen.runtime
+    if seen.container_hash != unit.hash:
+        return False
+    if unit.image_digest and rt.image_digest != unit.image_digest:
+        return False
+    if unit.desired_state == "launched" and rt.active_state != "active":
+        return False
+    digests[unit.name] = unit.image_digest or rt.image_digest
+    return True
+
+
+_UP: dict[str, Callable[[DesiredUnit, Observed, dict[str, str]], bool]] = {
+    "systemd": _systemd_up,
+    "docker": _container_up,
+}
+"""Backend kind -> whether one unit runs as its release says."""
 
 
 def expected_units(units: Sequence[DesiredUnit]) -> dict[str, StickerUnit]:
@@ -105,22 +134,8 @@ def sticker_for(
         seen = observed.get(unit.name)
         if seen is None:
             return None
-        rt = seen.runtime
-        if is_container(unit.name):
-            if seen.container_hash != unit.hash:
-                return None
-            if unit.image_digest and rt.image_digest != unit.image_digest:
-                return None
-            if unit.desired_state == "launched" and rt.active_state != "active":
-                return None
-            digests[unit.name] = unit.image_digest or rt.image_digest
-        else:
-            if seen.file_sha256 != unit_file_sha256(unit.options):
-                return None
-            if unit.desired_state == "launched" and rt.active_state not in ("active", "reloading"):
-                return None
-            if unit.desired_state == "loaded" and rt.load_state != "loaded":
-                return None
+        if not _UP[unit_kind(unit.name)](unit, seen, digests):
+            return None
     return Sticker(
         deployment=deployment,
         release=release,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-
-from agent.reconciler import sha256_text
 
 FileKey = tuple[int, int, int, int]
 
@@ -53,7 +52,7 @@ class UnitFiles:
         if key is not None:
             try:
                 with open(path, encoding="utf-8") as f:
-                    sha = sha256_text(f.read())
+                    sha = hashlib.sha256(f.read().encode()).hexdigest()
             except FileNotFoundError:
                 key = None
             except (OSError, UnicodeDecodeError):

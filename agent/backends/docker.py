@@ -56,12 +56,21 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import msgspec
 
-from agent.backends.base import BackendUnavailable, UnitRuntime
+from agent.backends.base import (
+    BackendError,
+    BackendEvents,
+    BackendUnavailable,
+    Observed,
+    Reading,
+    Step,
+    UnitRuntime,
+    unit_kind,
+)
 from agent.journal import (
     BATCH_MAX_BYTES,
     BATCH_MAX_LINES,
@@ -75,9 +84,11 @@ from proto.container import (
     LABEL_PREFIX,
     LABEL_RESTART,
     LABEL_UNIT,
+    ContainerOptionError,
     ContainerSpec,
     RestartPolicy,
     container_name,
+    parse_container,
 )
 from proto.messages import DesiredUnit, LogLine
 
@@ -133,7 +144,7 @@ _TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
 _CURSOR = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z)/(\d{1,9})")
 
 
-class DockerError(Exception):
+class DockerError(BackendError):
     """Docker refused or failed a request about one unit; the message is for operators."""
 
 
@@ -428,7 +439,12 @@ def _close_quietly(stream: Any) -> None:
 
 
 class DockerBackend:
-    """Create, start, stop, remove and watch the containers of `.container` units."""
+    """Create, start, stop, remove and watch the containers of `.container` units: the
+    agent's `agent.backends.base.Backend` for them."""
+
+    kind = "docker"
+    made_of = "container"
+    labels = True
 
     def __init__(self, *, docker_host: str = "", environment: Mapping[str, str] | None = None):
         self.docker_host = docker_host
@@ -1126,3 +1142,99 @@ class DockerBackend:
         frame: bytes, numbering: _Numbering, cursor: tuple[str, int] | None
     ) -> list[LogLine]:
         return _after((numbering.line(e) for e in _split_frames([frame])), cursor)
+
+    # -- the agent's Backend (agent.backends.base)
+
+    @property
+    def available(self) -> bool:
+        return self.connected
+
+    @property
+    def unavailable_reason(self) -> str:
+        return "" if self.connected else (self._last_error or "not connected yet")
+
+    def owns(self, name: str) -> bool:
+        return unit_kind(name) == self.kind
+
+    def subscribe(self, events: BackendEvents) -> None:
+        self.on_change(lambda name: events.changed(self, name))
+        self.on_connect(lambda: events.up(self))
+        self.on_disconnect(lambda: events.down(self))
+
+    async def open(self) -> bool:
+        """Connect once; after a failure the watcher keeps trying by itself (and calls
+        ``up`` when it gets through), so a later call does not wait for it again."""
+        if self.connected:
+            return True
+        if self._watcher is not None and self._watcher.is_alive():
+            return False
+        try:
+            await self.connect()
+        except BackendUnavailable:
+            return False  # the watcher logged it
+        return True
+
+    async def observe(self, names: Iterable[str]) -> dict[str, Observed]:
+        out: dict[str, Observed] = {}
+        for name, info in (await self.inspect(names)).items():
+            if info is None:
+                out[name] = Observed(None, UnitRuntime(name))
+            elif not info.owned:
+                out[name] = Observed(None, info.runtime, foreign=True)
+            else:
+                out[name] = Observed(None, info.runtime, container_hash=info.hash)
+        return out
+
+    def observed(self, name: str, runtime: UnitRuntime, version: str | None) -> Observed:
+        return Observed(None, runtime, container_hash=version)
+
+    async def read(self, names: Sequence[str]) -> Reading:
+        """States, and the hash label of each of our containers (None: none of ours)."""
+        infos = await self.inspect(names)
+        return Reading(
+            {n: self.runtime(n, i) for n, i in infos.items()},
+            {n: i.hash if i is not None and i.owned else None for n, i in infos.items()},
+        )
+
+    def scan_files(self, names: Iterable[str], *, prune: bool = False) -> set[str]:
+        return set()
+
+    async def owned_extras(self) -> set[str]:
+        return set(await self.list_owned())
+
+    async def apply(self, step: Step, unit: DesiredUnit | None) -> str | None:
+        """create (the unit's container, see `ensure`), start, stop or remove."""
+        name = step.unit
+        if step.op == "create":
+            assert unit is not None
+            try:
+                spec = parse_container(unit.options)
+            except ContainerOptionError as exc:
+                raise DockerError(f"invalid unit: {exc}") from None
+            await self.ensure(unit, spec)
+        elif step.op == "start":
+            await self.start(name)
+        elif step.op == "stop":
+            await self.stop(name)
+        elif step.op == "remove":
+            await self.remove(name)
+        else:
+            return None
+        return ""
+
+    def _require(self) -> None:
+        if not self.connected:
+            raise DockerError(f"docker is not available on this machine: {self.unavailable_reason}")
+
+    async def log_tail(self, name: str, lines: int, *, after_cursor: str = "") -> list[LogLine]:
+        self._require()
+        return await self.logs(name, lines, after_cursor=after_cursor)
+
+    async def log_follow(
+        self, name: str, *, after_cursor: str = "", lines: int = 10
+    ) -> AsyncGenerator[list[LogLine], None]:
+        self._require()
+        follow = self.follow_logs(name, after_cursor=after_cursor, lines=lines)
+        async with contextlib.aclosing(follow) as batches:
+            async for batch in batches:
+                yield batch

@@ -29,17 +29,33 @@ introspecting every unit). Facts this module relies on (systemd 252, checked liv
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
 from dbus_fast import BusType, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
-from .base import BackendUnavailable, UnitRuntime
+from agent.journal import JournalReader
+from agent.unitfiles import UnitFiles
+from proto.files import write_public
+from proto.messages import DesiredUnit, LogLine
+
+from .base import (
+    BackendError,
+    BackendEvents,
+    BackendUnavailable,
+    Observed,
+    Reading,
+    Step,
+    UnitRuntime,
+    unit_kind,
+)
 
 __all__ = ["SystemdBackend", "SystemdError", "unit_name_from_path", "unit_path"]
 
@@ -101,7 +117,7 @@ _SAFE_LABEL_CHARS: Final = frozenset(
 )
 
 
-class SystemdError(Exception):
+class SystemdError(BackendError):
     """systemd refused or failed a request; ``name`` is the D-Bus error name.
 
     Raised instead of letting D-Bus error replies escape as library exceptions, so the
@@ -163,13 +179,32 @@ def unit_name_from_path(path: str) -> str | None:
 
 
 class SystemdBackend:
-    """Start, stop and watch units of one systemd manager (system or user) over D-Bus."""
+    """Start, stop and watch units of one systemd manager (system or user) over D-Bus.
 
-    def __init__(self, *, scope: Literal["system", "user"], bus_address: str | None = None) -> None:
+    With ``unit_dir`` (where the agent writes unit files) and ``journal`` it is the
+    agent's `agent.backends.base.Backend` for systemd units.
+    """
+
+    kind = "systemd"
+    made_of = "unit file"
+    labels = False
+
+    def __init__(
+        self,
+        *,
+        scope: Literal["system", "user"],
+        bus_address: str | None = None,
+        unit_dir: Path | None = None,
+        journal: JournalReader | None = None,
+    ) -> None:
         if scope not in ("system", "user"):
             raise ValueError(f"scope must be 'system' or 'user', not {scope!r}")
         self.scope = scope
         self.bus_address = bus_address
+        self.unit_dir = unit_dir or Path("/etc/systemd/system")
+        self.files = UnitFiles(self.unit_dir)
+        self.journal = journal or JournalReader(scope=scope)
+        self._error = "not connected yet"
         self._bus: MessageBus | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
@@ -306,6 +341,7 @@ class SystemdBackend:
         if self._closing:
             return
         log.warning("lost the connection to systemd on %s (%s)", self._where(), reason)
+        self._error = "the connection to systemd was lost"
         for callback in list(self._disconnect_callbacks):
             try:
                 callback()
@@ -682,6 +718,99 @@ class SystemdBackend:
                 UnitRuntime(name=str(name), load_state=load, active_state=active, sub_state=sub)
             )
         return units
+
+    # -- the agent's Backend (agent.backends.base)
+
+    @property
+    def available(self) -> bool:
+        return self.connected
+
+    @property
+    def unavailable_reason(self) -> str:
+        return "" if self.connected else self._error
+
+    def owns(self, name: str) -> bool:
+        return unit_kind(name) == self.kind
+
+    def subscribe(self, events: BackendEvents) -> None:
+        self.on_change(lambda name: events.changed(self, name))
+        self.on_disconnect(lambda: events.down(self))
+
+    async def open(self) -> bool:
+        """Connect (the agent retries this from its periodic pass); the first failure
+        of each kind is logged."""
+        if self.connected:
+            return True
+        try:
+            await self.connect()
+        except BackendUnavailable as exc:
+            if self._error != str(exc):
+                log.warning("systemd is not reachable: %s", exc)
+            self._error = str(exc)
+            return False
+        self._error = ""
+        log.info("connected to the systemd %s manager", self.scope)
+        return True
+
+    async def observe(self, names: Iterable[str]) -> dict[str, Observed]:
+        wanted = list(names)
+        runtimes = await self.states(wanted)
+        return {n: Observed(self._file_sha(n), runtimes.get(n) or UnitRuntime(n)) for n in wanted}
+
+    def _file_sha(self, name: str) -> str | None:
+        """The file as it is now (not the stat-cached `files`: reconcile plans from this)."""
+        try:
+            return _sha256((self.unit_dir / name).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return "unreadable"
+
+    def observed(self, name: str, runtime: UnitRuntime, version: str | None) -> Observed:
+        return Observed(self.files.sha(name), runtime)
+
+    async def read(self, names: Sequence[str]) -> Reading:
+        return Reading(await self.states(names))
+
+    def scan_files(self, names: Iterable[str], *, prune: bool = False) -> set[str]:
+        return self.files.scan(names, prune=prune)
+
+    async def owned_extras(self) -> set[str]:
+        return set()  # unit files carry no owner label: extras are applied units only
+
+    async def apply(self, step: Step, unit: DesiredUnit | None) -> str | None:
+        """write/remove a unit file, reload, load (read) or start/stop (a job)."""
+        try:
+            if step.op == "write":
+                self.unit_dir.mkdir(parents=True, exist_ok=True)
+                write_public(self.unit_dir / step.unit, step.content.encode())
+            elif step.op == "remove":
+                (self.unit_dir / step.unit).unlink(missing_ok=True)
+            elif step.op == "reload":
+                await self.reload()
+            elif step.op == "load":
+                await self.state(step.unit)
+            elif step.op in ("start", "stop"):
+                call = self.start if step.op == "start" else self.stop
+                outcome = await call(step.unit)
+                return (
+                    "" if outcome == "done" else f"{step.op} job finished with result '{outcome}'"
+                )
+        except OSError as exc:
+            raise BackendError(str(exc)) from exc
+        return None
+
+    async def log_tail(self, name: str, lines: int, *, after_cursor: str = "") -> list[LogLine]:
+        return await self.journal.tail(name, lines, after_cursor=after_cursor)
+
+    def log_follow(
+        self, name: str, *, after_cursor: str = "", lines: int = 10
+    ) -> AsyncGenerator[list[LogLine], None]:
+        return self.journal.follow(name, after_cursor=after_cursor, lines=lines)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- messages
