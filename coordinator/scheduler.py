@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from coordinator.models import MachineState
-from proto.units import STOP_WHEN_ISOLATED, UnitOption, stops_when_isolated
+from proto.units import STOP_WHEN_ISOLATED, UnitOption, stops_when_isolated, xfleet_bool
 
 XFLEET = "X-Fleet"
 _ALIASES = {
@@ -44,8 +44,6 @@ _ALIASES = {
     "Replaces": "Replaces",
     STOP_WHEN_ISOLATED: STOP_WHEN_ISOLATED,
 }
-_TRUE = {"1", "t", "T", "true", "TRUE", "True", "yes", "on"}
-_FALSE = {"0", "f", "F", "false", "FALSE", "False", "no", "off"}
 _FORBIDDEN = (
     ("MachineID", "MachineOf"),
     ("MachineID", "Conflicts"),
@@ -148,12 +146,10 @@ def parse_xfleet(options: Iterable[UnitOption]) -> XFleet:
         elif key == "Replaces":
             replaces += words
         else:
-            if value in _TRUE:
-                is_global = True
-            elif value in _FALSE or value == "":
-                is_global = False
-            else:
-                raise XFleetError(f"[X-Fleet] Global={opt.value!r} is not a boolean")
+            try:
+                is_global = xfleet_bool(opt.value, "Global")
+            except ValueError as exc:
+                raise XFleetError(str(exc)) from None
             if not is_global:
                 continue
         used.add(key)

@@ -287,38 +287,37 @@ _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True", "yes", "on"})
 _FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False", "no", "off", ""})
 
 
-def stops_when_isolated(options: Iterable[UnitOption]) -> bool:
-    """Whether the unit opted in (the last value wins, as systemd reads settings);
-    ValueError names a value that is not a boolean. Read by the scheduler (which
-    validates it at submit) and by the agent (which acts on it)."""
+def xfleet_bool(value: str, name: str) -> bool:
+    """One reading of an ``[X-Fleet]`` boolean for every caller (fleet's words; empty is
+    false); ValueError names a value that is not a boolean."""
+    text = value.strip()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"[X-Fleet] {name}={value!r} is not a boolean")
+
+
+def _last_bool(options: Iterable[UnitOption], name: str) -> bool:
+    """The last ``[X-Fleet] name=`` value as a boolean (as systemd reads settings)."""
     value = False
     for opt in options:
-        if opt.section == XFLEET_SECTION and opt.name == STOP_WHEN_ISOLATED:
-            text = opt.value.strip()
-            if text in _TRUE:
-                value = True
-            elif text in _FALSE:
-                value = False
-            else:
-                raise ValueError(f"[X-Fleet] {STOP_WHEN_ISOLATED}={opt.value!r} is not a boolean")
+        if opt.section == XFLEET_SECTION and opt.name == name:
+            value = xfleet_bool(opt.value, name)
     return value
+
+
+def stops_when_isolated(options: Iterable[UnitOption]) -> bool:
+    """Whether the unit opted in; ValueError names a value that is not a boolean. Read
+    by the scheduler (which validates it at submit) and by the agent (which acts on it)."""
+    return _last_bool(options, STOP_WHEN_ISOLATED)
 
 
 def is_global(options: Iterable[UnitOption]) -> bool:
-    """``[X-Fleet] Global=true``: the unit runs on every matching machine (the last value
-    wins, as the scheduler reads it); ValueError names a value that is not a boolean.
-    Read by clients (moorctl's list-unit-files) that must not import the scheduler."""
-    value = False
-    for opt in options:
-        if opt.section == XFLEET_SECTION and opt.name == "Global":
-            text = opt.value.strip()
-            if text in _TRUE:
-                value = True
-            elif text in _FALSE:
-                value = False
-            else:
-                raise ValueError(f"[X-Fleet] Global={opt.value!r} is not a boolean")
-    return value
+    """``[X-Fleet] Global=true``: the unit runs on every matching machine; ValueError
+    names a value that is not a boolean. The scheduler and clients (moorctl's
+    list-unit-files, which must not import the scheduler) read it here."""
+    return _last_bool(options, "Global")
 
 
 def file_options(options: Iterable[UnitOption]) -> list[UnitOption]:
