@@ -225,6 +225,7 @@ class DeploymentService:
             created_at=now,
         )
         self.store.put_application(app, first)
+        self._remember(digest, manifest)  # shown in the answer: never re-parsed on the loop
         await asyncio.sleep(0)  # a large manifest was just committed: let others run
         return self.application(app.id), True
 
@@ -250,6 +251,7 @@ class DeploymentService:
         new_version = None
         if parsed is not None and parsed[1] != app.digest:
             manifest, digest = parsed
+            self._remember(digest, manifest)
             number = app.version_number + 1
             label = version or manifest.version or str(number)
             _check_version_label(label)
@@ -292,10 +294,17 @@ class DeploymentService:
             except ManifestError as exc:  # stored under older rules: show it, do not fail
                 log.warning("application %s: stored manifest no longer parses: %s", app.name, exc)
                 cached = Manifest(units=[])
-            if len(self._manifests) > 1024:
-                self._manifests.clear()
-            self._manifests[app.digest] = cached
+            self._remember(app.digest, cached)
         return cached
+
+    def _remember(self, digest: str, manifest: Manifest) -> None:
+        """Parsed manifests by digest (versions never change). Filled from the parse
+        that create and update already did in a worker thread, so showing a large
+        application never parses it again on the event loop; after a restart the
+        first showing of each version parses it once."""
+        if len(self._manifests) > 1024:
+            self._manifests.clear()
+        self._manifests[digest] = manifest
 
     def application(self, app_id: str) -> Application:
         """By id, or by name (names are unique; moorctl uses them)."""
