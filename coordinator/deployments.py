@@ -26,7 +26,6 @@ from typing import Protocol
 import msgspec
 
 from coordinator import groups, rollout
-from coordinator.deploystore import DEFAULT_GROUP, Conflict, DeployStore
 from coordinator.hub import Hub, Session
 from coordinator.manifest import Manifest, ManifestError, parse_manifest
 from coordinator.models import (
@@ -41,7 +40,7 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.reports import ReportUnavailable
-from coordinator.storage import Storage
+from coordinator.store.ports import DEFAULT_GROUP, Conflict, DeploymentStore, FleetStore
 from coordinator.units import UnitService
 from proto import messages as m
 from proto.messages import DesiredUnit
@@ -79,8 +78,8 @@ class ImageResolver(Protocol):
 class DeploymentService:
     def __init__(
         self,
-        storage: Storage,
-        store: DeployStore,
+        storage: FleetStore,
+        store: DeploymentStore,
         units: UnitService,
         hub: Hub,
         images: ImageResolver | None = None,

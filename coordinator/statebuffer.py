@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from coordinator.storage import Storage, StorageUnavailable
+from coordinator.store.ports import StorageUnavailable, StoreAdmin
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ MAX_PENDING = 2000
 
 class StateBuffer:
     def __init__(
-        self, storage: Storage, interval_s: float = FLUSH_INTERVAL_S, retry_s: float = RETRY_S
+        self, storage: StoreAdmin, interval_s: float = FLUSH_INTERVAL_S, retry_s: float = RETRY_S
     ) -> None:
         self.storage = storage
         self.interval_s = interval_s

@@ -30,7 +30,7 @@ from coordinator.scheduler import (
     schedule,
     unplaced_reasons,
 )
-from coordinator.storage import Storage
+from coordinator.store.ports import FleetStore
 from proto import messages as m
 from proto.desired import diff
 from proto.messages import DesiredState, DesiredUnit
@@ -91,7 +91,7 @@ def unit_copies(
 
 class UnitService:
     def __init__(
-        self, storage: Storage, hub: Hub, metrics: CoordinatorMetrics | None = None
+        self, storage: FleetStore, hub: Hub, metrics: CoordinatorMetrics | None = None
     ) -> None:
         self.storage = storage
         self.hub = hub

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from coordinator.statebuffer import StateBuffer
-from coordinator.storage import Storage
+from coordinator.store.sqlite import SqliteStore as Storage
 
 
 async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_path: Path) -> None:

@@ -1,9 +1,8 @@
-"""Storage for machine groups, applications, deployments, releases, stickers and drift.
+"""Machine groups, applications and their versions, deployments, releases, jobs, and
+which release each machine runs.
 
-The same SQLite database and the same rules as `coordinator.storage` (whose
-migration 4 made these tables): every change is one transaction, committed before
-the caller answers, and every change of what a machine must run bumps that
-machine's desired revision inside the same transaction.
+Every change of what a machine must run bumps that machine's desired revision inside
+the same transaction.
 """
 
 from __future__ import annotations
@@ -19,35 +18,21 @@ from coordinator.models import (
     ApplicationVersion,
     Deployment,
     DeploymentStatus,
-    MachineDrift,
     MachineGroup,
-    MachineSticker,
     Release,
     ReleaseJob,
 )
-from coordinator.storage import Storage
-from coordinator.storage import row_record as _record
-from proto.messages import DriftEntry, Sticker
-
-DEFAULT_GROUP_ID = "c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01"
-DEFAULT_GROUP = "default"
+from coordinator.store.ports import Conflict
+from coordinator.store.sqlite.core import SqliteCore, _bump
+from coordinator.store.sqlite.core import row_record as _record
 
 _release_decoder = msgspec.json.Decoder(Release)
-_sticker_decoder = msgspec.json.Decoder(Sticker)
-_drift_decoder = msgspec.json.Decoder(list[DriftEntry])
 
 
-class Conflict(Exception):
-    """A write that would break a uniqueness rule; the message names it."""
-
-
-class DeployStore:
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._db = storage.db
-        self._targeted: frozenset[str] | None = None
-        """Machines with any deployment on them, cached: every push of a machine's desired
-        state asks, and most machines of a big fleet have none."""
+class DeploySql(SqliteCore):
+    _targeted: frozenset[str] | None = None
+    """Machines with any deployment on them, cached: every push of a machine's desired
+    state asks, and most machines of a big fleet have none."""
 
     # --- machine groups -----------------------------------------------------------------
 
@@ -65,7 +50,7 @@ class DeployStore:
 
     def put_group(self, group: MachineGroup) -> None:
         """Create or replace (by id); a name used by another group is a Conflict."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             other = db.execute(
                 "SELECT id FROM machine_groups WHERE name=? AND id<>?", (group.name, group.id)
             ).fetchone()
@@ -89,7 +74,7 @@ class DeployStore:
             )
 
     def delete_group(self, group_id: str) -> bool:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             return (
                 db.execute(
                     "DELETE FROM machine_groups WHERE id=? AND builtin=0", (group_id,)
@@ -119,7 +104,7 @@ class DeployStore:
 
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
         """Create or update an application (by id), adding `new_version` if given."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             other = db.execute(
                 "SELECT id FROM applications WHERE name=? AND id<>?", (app.name, app.id)
             ).fetchone()
@@ -163,7 +148,7 @@ class DeployStore:
                 )
 
     def delete_application(self, app_id: str) -> bool:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             return db.execute("DELETE FROM applications WHERE id=?", (app_id,)).rowcount == 1
 
     def versions(self, app_id: str) -> list[ApplicationVersion]:
@@ -205,7 +190,7 @@ class DeployStore:
         ]
 
     def put_deployment(self, deployment: Deployment) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             other = db.execute(
                 "SELECT id FROM deployments WHERE name=? AND id<>?",
                 (deployment.name, deployment.id),
@@ -235,7 +220,7 @@ class DeployStore:
     def delete_deployment(self, deployment_id: str) -> set[str] | None:
         """Remove a deployment and what it put on machines; None if it did not exist,
         else the machines whose desired state changed (revisions bumped)."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             machines = {
                 r[0]
                 for r in db.execute(
@@ -245,7 +230,7 @@ class DeployStore:
             }
             if db.execute("DELETE FROM deployments WHERE id=?", (deployment_id,)).rowcount != 1:
                 return None
-            self.storage.bump(db, machines)
+            _bump(db, machines)
             self._targeted = None
             return machines
 
@@ -257,7 +242,7 @@ class DeployStore:
         *,
         current_release: str | None = None,
     ) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.execute(
                 "UPDATE deployments SET status=?, updated_at=?,"
                 " current_release=COALESCE(?, current_release) WHERE id=?",
@@ -268,7 +253,7 @@ class DeployStore:
 
     def create_release(self, release: Release, jobs: list[ReleaseJob]) -> None:
         """Store a new release with its jobs and mark the deployment Running, at once."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.execute(
                 "INSERT INTO releases (id, deployment_id, seq, body, status, batch, message,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -327,7 +312,7 @@ class DeployStore:
         finished: bool = False,
         rolled_back: bool = False,
     ) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.execute(
                 "UPDATE releases SET status=?, batch=?, message=?, updated_at=?,"
                 " finished_at=CASE WHEN ? THEN ? ELSE finished_at END,"
@@ -343,7 +328,7 @@ class DeployStore:
         return [_record(r, ReleaseJob) for r in rows]
 
     def update_jobs(self, jobs: Iterable[ReleaseJob]) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.executemany(
                 "UPDATE release_jobs SET status=?, message=?, started_at=?, healthy_since=?,"
                 " finished_at=? WHERE id=?",
@@ -367,7 +352,7 @@ class DeployStore:
         """Point machines at a release (None: the deployment leaves the machine); returns
         the machines whose desired state changed, revisions bumped in the same transaction."""
         affected: set[str] = set()
-        with self.storage.batch() as db:
+        with self._tx() as db:
             for machine_id, release_id in sorted(changes.items()):
                 if release_id is None:
                     cur = db.execute(
@@ -383,7 +368,7 @@ class DeployStore:
                     )
                 if cur.rowcount:
                     affected.add(machine_id)
-            self.storage.bump(db, affected)
+            _bump(db, affected)
             self._targeted = None
         return affected
 
@@ -403,64 +388,6 @@ class DeployStore:
             (machine_id,),
         )
         return [(str(r[0]), str(r[1])) for r in rows]
-
-    # --- what machines report: stickers and drift -----------------------------------------
-
-    def _per_machine(self, table: str, machine_id: str | None, order: str) -> sqlite3.Cursor:
-        """Every row of a per-machine report table, or one machine's."""
-        if machine_id is None:
-            return self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
-        return self._db.execute(
-            f"SELECT * FROM {table} WHERE machine_id=? ORDER BY {order}", (machine_id,)
-        )
-
-    def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
-        """Replace every sticker of the machine with what its agent reported."""
-        with self.storage.batch() as db:
-            db.execute("DELETE FROM machine_stickers WHERE machine_id=?", (machine_id,))
-            db.executemany(
-                "INSERT INTO machine_stickers (machine_id, deployment, body, reported_at)"
-                " VALUES (?, ?, ?, ?)",
-                [
-                    (machine_id, s.deployment, msgspec.json.encode(s).decode(), now)
-                    for s in stickers
-                ],
-            )
-
-    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
-        rows = self._per_machine("machine_stickers", machine_id, "machine_id, deployment")
-        return [
-            MachineSticker(
-                machine_id=r["machine_id"],
-                sticker=_sticker_decoder.decode(r["body"]),
-                reported_at=r["reported_at"],
-            )
-            for r in rows
-        ]
-
-    def put_drift(
-        self, machine_id: str, entries: list[DriftEntry], checked_at: float, now: float
-    ) -> None:
-        with self.storage.batch() as db:
-            db.execute(
-                "INSERT INTO machine_drift (machine_id, entries, checked_at, reported_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET"
-                " entries=excluded.entries, checked_at=excluded.checked_at,"
-                " reported_at=excluded.reported_at",
-                (machine_id, msgspec.json.encode(entries).decode(), checked_at, now),
-            )
-
-    def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
-        rows = self._per_machine("machine_drift", machine_id, "machine_id")
-        return [
-            MachineDrift(
-                machine_id=r["machine_id"],
-                entries=_drift_decoder.decode(r["entries"]),
-                checked_at=r["checked_at"],
-                reported_at=r["reported_at"],
-            )
-            for r in rows
-        ]
 
 
 def _group(row: sqlite3.Row) -> MachineGroup:
