@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -49,11 +50,15 @@ def storage_fault(exc: BaseException) -> str | None:
 
 
 class SqliteCore:
-    """One SQLite connection, used from the event loop thread only."""
+    """One SQLite connection shared by the event loop thread and the threads that
+    long writes run in (`asyncio.to_thread`): every use holds `_lock`, a whole
+    transaction holds it throughout, so a transaction is never joined by another
+    thread's statements and a read never sees another thread's uncommitted rows."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self.health = StorageHealth()
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -63,11 +68,25 @@ class SqliteCore:
         self._migrate()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @property
     def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        row = self._one("PRAGMA user_version")
+        assert row is not None
+        return int(row[0])
+
+    def _all(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        """Every row of one query, read under the lock (never a cursor that outlives it)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
+        """The first row of one query, read under the lock."""
+        with self._lock:
+            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+            return row
 
     def _migrate(self) -> None:
         current = self.schema_version
@@ -89,10 +108,16 @@ class SqliteCore:
 
         A failed COMMIT is rolled back too (else every later write would join a
         transaction that never ends); a full or failing disk raises StorageUnavailable.
+        The lock is held from BEGIN to COMMIT: another thread waits for the whole
+        transaction (it is re-entrant, so the thread that holds it joins).
         """
-        if self._db.in_transaction:
-            yield self._db
-            return
+        with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
+            yield from self._begin_commit()
+
+    def _begin_commit(self) -> Iterator[sqlite3.Connection]:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:

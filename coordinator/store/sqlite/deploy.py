@@ -37,15 +37,15 @@ class DeploySql(SqliteCore):
     # --- machine groups -----------------------------------------------------------------
 
     def list_groups(self) -> list[MachineGroup]:
-        rows = self._db.execute("SELECT * FROM machine_groups ORDER BY builtin DESC, name")
+        rows = self._all("SELECT * FROM machine_groups ORDER BY builtin DESC, name")
         return [_group(r) for r in rows]
 
     def get_group(self, group_id: str) -> MachineGroup | None:
-        row = self._db.execute("SELECT * FROM machine_groups WHERE id=?", (group_id,)).fetchone()
+        row = self._one("SELECT * FROM machine_groups WHERE id=?", (group_id,))
         return _group(row) if row else None
 
     def group_by_name(self, name: str) -> MachineGroup | None:
-        row = self._db.execute("SELECT * FROM machine_groups WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT * FROM machine_groups WHERE name=?", (name,))
         return _group(row) if row else None
 
     def put_group(self, group: MachineGroup) -> None:
@@ -91,15 +91,15 @@ class DeploySql(SqliteCore):
     )
 
     def list_applications(self) -> list[Application]:
-        rows = self._db.execute(self._APP_SQL + " ORDER BY a.created_at, a.id")
+        rows = self._all(self._APP_SQL + " ORDER BY a.created_at, a.id")
         return [_record(r, Application) for r in rows]
 
     def get_application(self, app_id: str) -> Application | None:
-        row = self._db.execute(self._APP_SQL + " WHERE a.id=?", (app_id,)).fetchone()
+        row = self._one(self._APP_SQL + " WHERE a.id=?", (app_id,))
         return _record(row, Application) if row else None
 
     def application_by_name(self, name: str) -> Application | None:
-        row = self._db.execute(self._APP_SQL + " WHERE a.name=?", (name,)).fetchone()
+        row = self._one(self._APP_SQL + " WHERE a.name=?", (name,))
         return _record(row, Application) if row else None
 
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
@@ -152,31 +152,31 @@ class DeploySql(SqliteCore):
             return db.execute("DELETE FROM applications WHERE id=?", (app_id,)).rowcount == 1
 
     def versions(self, app_id: str) -> list[ApplicationVersion]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM application_versions WHERE application_id=? ORDER BY number",
             (app_id,),
         )
         return [_record(r, ApplicationVersion) for r in rows]
 
     def version(self, app_id: str, label: str) -> ApplicationVersion | None:
-        row = self._db.execute(
+        row = self._one(
             "SELECT * FROM application_versions WHERE application_id=? AND label=?",
             (app_id, label),
-        ).fetchone()
+        )
         return _record(row, ApplicationVersion) if row else None
 
     # --- deployments ----------------------------------------------------------------------
 
     def list_deployments(self) -> list[Deployment]:
-        rows = self._db.execute("SELECT * FROM deployments ORDER BY created_at, id")
+        rows = self._all("SELECT * FROM deployments ORDER BY created_at, id")
         return [_record(r, Deployment) for r in rows]
 
     def get_deployment(self, deployment_id: str) -> Deployment | None:
-        row = self._db.execute("SELECT * FROM deployments WHERE id=?", (deployment_id,)).fetchone()
+        row = self._one("SELECT * FROM deployments WHERE id=?", (deployment_id,))
         return _record(row, Deployment) if row else None
 
     def deployment_by_name(self, name: str) -> Deployment | None:
-        row = self._db.execute("SELECT * FROM deployments WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT * FROM deployments WHERE name=?", (name,))
         return _record(row, Deployment) if row else None
 
     def deployments_using(
@@ -280,25 +280,23 @@ class DeploySql(SqliteCore):
             )
 
     def next_release_seq(self, deployment_id: str) -> int:
-        row = self._db.execute(
+        row = self._one(
             "SELECT COALESCE(MAX(seq), 0) FROM releases WHERE deployment_id=?", (deployment_id,)
-        ).fetchone()
-        return int(row[0]) + 1
+        )
+        return int(row[0]) + 1 if row is not None else 1
 
     def get_release(self, release_id: str) -> Release | None:
-        row = self._db.execute("SELECT * FROM releases WHERE id=?", (release_id,)).fetchone()
+        row = self._one("SELECT * FROM releases WHERE id=?", (release_id,))
         return _release(row) if row else None
 
     def list_releases(self, deployment_id: str) -> list[Release]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM releases WHERE deployment_id=? ORDER BY seq", (deployment_id,)
         )
         return [_release(r) for r in rows]
 
     def releases_with_status(self, status: DeploymentStatus) -> list[Release]:
-        rows = self._db.execute(
-            "SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,)
-        )
+        rows = self._all("SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,))
         return [_release(r) for r in rows]
 
     def update_release(
@@ -321,7 +319,7 @@ class DeploySql(SqliteCore):
             )
 
     def jobs(self, release_id: str) -> list[ReleaseJob]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM release_jobs WHERE release_id=? ORDER BY batch, machine_id",
             (release_id,),
         )
@@ -342,7 +340,7 @@ class DeploySql(SqliteCore):
 
     def targets(self, deployment_id: str) -> dict[str, str]:
         """machine id -> release id it must run, for one deployment."""
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT machine_id, release_id FROM deployment_targets WHERE deployment_id=?",
             (deployment_id,),
         )
@@ -374,7 +372,7 @@ class DeploySql(SqliteCore):
 
     def targeted_machines(self) -> frozenset[str]:
         if self._targeted is None:
-            rows = self._db.execute("SELECT DISTINCT machine_id FROM deployment_targets")
+            rows = self._all("SELECT DISTINCT machine_id FROM deployment_targets")
             self._targeted = frozenset(str(r[0]) for r in rows)
         return self._targeted
 
@@ -382,7 +380,7 @@ class DeploySql(SqliteCore):
         """(deployment name, release id) of every deployment on one machine, by name."""
         if machine_id not in self.targeted_machines():
             return []
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
             " ON d.id=t.deployment_id WHERE t.machine_id=? ORDER BY d.name",
             (machine_id,),

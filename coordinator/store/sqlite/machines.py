@@ -12,14 +12,14 @@ from coordinator.store.sqlite.core import SqliteCore, _record_issued
 
 class MachinesSql(SqliteCore):
     def get_machine(self, machine_id: str) -> Machine | None:
-        row = self._db.execute("SELECT * FROM machines WHERE id=?", (machine_id,)).fetchone()
+        row = self._one("SELECT * FROM machines WHERE id=?", (machine_id,))
         return _machine(row) if row else None
 
     def list_machines(self, *, include_revoked: bool = False) -> list[Machine]:
         sql = "SELECT * FROM machines"
         if not include_revoked:
             sql += " WHERE revoked=0"
-        return [_machine(r) for r in self._db.execute(sql + " ORDER BY id")]
+        return [_machine(r) for r in self._all(sql + " ORDER BY id")]
 
     def record_hello(
         self,
@@ -118,7 +118,7 @@ class MachinesSql(SqliteCore):
             return True
 
     def is_serial_revoked(self, serial: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)).fetchone()
+        row = self._one("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,))
         return row is not None
 
 

@@ -15,11 +15,11 @@ _drift_decoder = msgspec.json.Decoder(list[DriftEntry])
 
 
 class ReportsSql(SqliteCore):
-    def _per_machine(self, table: str, machine_id: str | None, order: str) -> sqlite3.Cursor:
+    def _per_machine(self, table: str, machine_id: str | None, order: str) -> list[sqlite3.Row]:
         """Every row of a per-machine report table, or one machine's."""
         if machine_id is None:
-            return self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
-        return self._db.execute(
+            return self._all(f"SELECT * FROM {table} ORDER BY {order}")
+        return self._all(
             f"SELECT * FROM {table} WHERE machine_id=? ORDER BY {order}", (machine_id,)
         )
 

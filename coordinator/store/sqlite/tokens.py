@@ -55,7 +55,7 @@ class TokensSql(SqliteCore):
 
     def join_token_hash(self, token_id: str, now: float) -> str:
         """The stored hash of a usable token, or EnrollRefused saying why it is unusable."""
-        row = self._db.execute("SELECT * FROM join_tokens WHERE id=?", (token_id,)).fetchone()
+        row = self._one("SELECT * FROM join_tokens WHERE id=?", (token_id,))
         if row is None:
             raise EnrollRefused("unknown join token")
         if row["used_at"] is not None:
@@ -114,13 +114,11 @@ class TokensSql(SqliteCore):
 
     def join_token_binding(self, token_id: str) -> str:
         """The machine id a join token is bound to ("" for an ordinary token)."""
-        row = self._db.execute(
-            "SELECT machine_id FROM join_tokens WHERE id=?", (token_id,)
-        ).fetchone()
+        row = self._one("SELECT machine_id FROM join_tokens WHERE id=?", (token_id,))
         return str(row["machine_id"]) if row is not None else ""
 
     def list_join_tokens(self) -> list[JoinToken]:
-        rows = self._db.execute("SELECT * FROM join_tokens ORDER BY created_at")
+        rows = self._all("SELECT * FROM join_tokens ORDER BY created_at")
         return [row_record(r, JoinToken) for r in rows]
 
     # --- API tokens -------------------------------------------------------------------
@@ -145,13 +143,13 @@ class TokensSql(SqliteCore):
         return ApiToken(id=token_id, name=name, role=role, created_at=now, expires_at=expires)
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
-        row = self._db.execute("SELECT * FROM api_tokens WHERE id=?", (token_id,)).fetchone()
+        row = self._one("SELECT * FROM api_tokens WHERE id=?", (token_id,))
         if row is None:
             return None
         return _api_token(row), str(row["secret_hash"])
 
     def list_api_tokens(self) -> list[ApiToken]:
-        return [_api_token(r) for r in self._db.execute("SELECT * FROM api_tokens ORDER BY id")]
+        return [_api_token(r) for r in self._all("SELECT * FROM api_tokens ORDER BY id")]
 
     def revoke_api_token(self, token_id: str) -> bool:
         with self._tx() as db:

@@ -17,24 +17,24 @@ _options_decoder = msgspec.json.Decoder(list[UnitOption])
 
 class UnitsSql(SqliteCore):
     def get_unit(self, name: str) -> Unit | None:
-        row = self._db.execute("SELECT * FROM units WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT * FROM units WHERE name=?", (name,))
         return None if row is None else _unit(row, self._placements_of(name))
 
     def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
         """Units ordered by name (fleet's order), optionally only those placed on a machine."""
         if machine_id is None:
             placements = self._all_placements()
-            everything = self._db.execute("SELECT * FROM units ORDER BY name")
+            everything = self._all("SELECT * FROM units ORDER BY name")
             return [_unit(r, placements.get(r["name"], [])) for r in everything]
         rows = list(
-            self._db.execute(
+            self._all(
                 "SELECT u.* FROM units u JOIN placements p ON p.unit=u.name"
                 " WHERE p.machine_id=? ORDER BY u.name",
                 (machine_id,),
             )
         )
         placed: dict[str, list[str]] = {}
-        for unit, machine in self._db.execute(
+        for unit, machine in self._all(
             "SELECT p2.unit, p2.machine_id FROM placements p1"
             " JOIN placements p2 ON p2.unit=p1.unit WHERE p1.machine_id=?"
             " ORDER BY p2.unit, p2.machine_id",
@@ -55,9 +55,7 @@ class UnitsSql(SqliteCore):
                 pinned=bool(r["pinned"]),
                 machines=placements.get(r["name"], []),
             )
-            for r in self._db.execute(
-                "SELECT name, hash, desired_state, pinned FROM units ORDER BY name"
-            )
+            for r in self._all("SELECT name, hash, desired_state, pinned FROM units ORDER BY name")
         ]
 
     def unit_options(self, names: Sequence[str]) -> dict[str, list[UnitOption]]:
@@ -65,15 +63,13 @@ class UnitsSql(SqliteCore):
         for i in range(0, len(names), 500):
             chunk = names[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for r in self._db.execute(
-                f"SELECT name, options FROM units WHERE name IN ({marks})", chunk
-            ):
+            for r in self._all(f"SELECT name, options FROM units WHERE name IN ({marks})", chunk):
                 out[r["name"]] = _options_decoder.decode(r["options"])
         return out
 
     def _all_placements(self) -> dict[str, list[str]]:
         placements: dict[str, list[str]] = {}
-        for unit, machine in self._db.execute(
+        for unit, machine in self._all(
             "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
         ):
             placements.setdefault(unit, []).append(machine)
@@ -82,7 +78,7 @@ class UnitsSql(SqliteCore):
     def _placements_of(self, name: str) -> list[str]:
         return [
             r[0]
-            for r in self._db.execute(
+            for r in self._all(
                 "SELECT machine_id FROM placements WHERE unit=? ORDER BY machine_id", (name,)
             )
         ]
@@ -227,7 +223,7 @@ class UnitsSql(SqliteCore):
             sql, args = sql + " AND machine_id=?", [*args, machine_id]
         if name is not None:
             sql, args = sql + " AND name=?", [*args, name]
-        rows = self._db.execute(sql + " ORDER BY name, machine_id", args)
+        rows = self._all(sql + " ORDER BY name, machine_id", args)
         return [row_record(r, UnitState) for r in rows]
 
 
