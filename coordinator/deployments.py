@@ -40,7 +40,12 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.reports import ReportUnavailable
-from coordinator.store.ports import DEFAULT_GROUP, Conflict, DeploymentStore, FleetStore
+from coordinator.store.ports import (
+    DEFAULT_GROUP,
+    Conflict,
+    FleetStore,
+    TransactionalDeploymentStore,
+)
 from coordinator.units import UnitService
 from proto import messages as m
 from proto.messages import DesiredUnit
@@ -79,7 +84,7 @@ class DeploymentService:
     def __init__(
         self,
         storage: FleetStore,
-        store: DeploymentStore,
+        store: TransactionalDeploymentStore,
         units: UnitService,
         hub: Hub,
         images: ImageResolver | None = None,
@@ -223,8 +228,9 @@ class DeploymentService:
             digest=digest,
             created_at=now,
         )
-        self.store.put_application(app, first)
-        await asyncio.sleep(0)  # a large manifest was just committed: let others run
+        # A large manifest's write and fsync run in a thread; a concurrent create of the
+        # same name is refused inside the write's transaction (Conflict).
+        await asyncio.to_thread(self.store.put_application, app, first)
         return self.application(app.id), True
 
     async def update_application(
@@ -244,32 +250,39 @@ class DeploymentService:
             _check_name(name, "application")
         _check_version_label(version)
         parsed = None if source_config is None else await _manifest(source_config)
-        app = self.application(app_id)  # as it is now, after the parse
-        now = time.time()
-        new_version = None
-        if parsed is not None and parsed[1] != app.digest:
-            manifest, digest = parsed
-            number = app.version_number + 1
-            label = version or manifest.version or str(number)
-            _check_version_label(label)
-            new_version = ApplicationVersion(
-                application_id=app.id,
-                number=number,
-                label=label,
-                source_config=source_config or "",
-                digest=digest,
-                created_at=now,
-            )
-        updated = msgspec.structs.replace(
-            app,
-            name=app.name if name is None else name,
-            description=app.description if description is None else description,
-            source_type=app.source_type if source_type is None else source_type,
-            updated_at=now,
-        )
-        self.store.put_application(updated, new_version)
-        await asyncio.sleep(0)  # a large manifest was just committed: let others run
-        return self.application(app.id)
+
+        def write() -> str:
+            """Read, number and write in one transaction, in a thread: a large manifest's
+            write and fsync stay off the loop, and no update or delete in between can
+            leave a stale version number or bring a deleted application back."""
+            with self.store.batch():
+                app = self.application(app_id)  # as it is now, after the parse
+                now = time.time()
+                new_version = None
+                if parsed is not None and parsed[1] != app.digest:
+                    manifest, digest = parsed
+                    number = app.version_number + 1
+                    label = version or manifest.version or str(number)
+                    _check_version_label(label)
+                    new_version = ApplicationVersion(
+                        application_id=app.id,
+                        number=number,
+                        label=label,
+                        source_config=source_config or "",
+                        digest=digest,
+                        created_at=now,
+                    )
+                updated = msgspec.structs.replace(
+                    app,
+                    name=app.name if name is None else name,
+                    description=app.description if description is None else description,
+                    source_type=app.source_type if source_type is None else source_type,
+                    updated_at=now,
+                )
+                self.store.put_application(updated, new_version)
+                return app.id
+
+        return self.application(await asyncio.to_thread(write))
 
     def delete_application(self, app_id: str) -> None:
         app = self.application(app_id)

@@ -401,6 +401,12 @@ class TrustStore(MachineStore, TokenStore, Protocol):
 
 
 @runtime_checkable
+class TransactionalDeploymentStore(StoreAdmin, DeploymentStore, Protocol):
+    """Deployments plus `batch`: a service's read-then-write as one transaction (so
+    it can run in a thread without another request interleaving)."""
+
+
+@runtime_checkable
 class SessionStore(StoreAdmin, MachineStore, Protocol):
     """Machines plus the write-behind's batching and health: the agent hub."""
 

@@ -50,24 +50,36 @@ def storage_fault(exc: BaseException) -> str | None:
 
 
 class SqliteCore:
-    """One SQLite connection shared by the event loop thread and the threads that
-    long writes run in (`asyncio.to_thread`): every use holds `_lock`, a whole
-    transaction holds it throughout, so a transaction is never joined by another
-    thread's statements and a read never sees another thread's uncommitted rows."""
+    """Two SQLite connections shared by the event loop thread and the threads long
+    writes run in (`asyncio.to_thread`).
+
+    Writes (and reads inside a write's transaction) use the writer connection under
+    `_lock`, held from BEGIN to COMMIT: a transaction is never joined by another
+    thread's statements. Reads outside a transaction use the reader connection
+    (WAL: they see the last committed state and never wait for a writer), so a long
+    write in a thread does not stall reads on the event loop."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self.health = StorageHealth()
         self._lock = threading.RLock()
+        self._writing = threading.local()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._reader.row_factory = sqlite3.Row
+        self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader.execute("PRAGMA query_only=ON")
         self._migrate()
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -77,15 +89,25 @@ class SqliteCore:
         assert row is not None
         return int(row[0])
 
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """The connection a read uses: the writer's inside this thread's transaction
+        (it must see its own writes), else the reader (the last committed state)."""
+        if getattr(self._writing, "depth", 0):
+            yield self._db
+            return
+        with self._read_lock:
+            yield self._reader
+
     def _all(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
-        """Every row of one query, read under the lock (never a cursor that outlives it)."""
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        """Every row of one query (never a cursor that outlives the lock)."""
+        with self._read() as db:
+            return db.execute(sql, args).fetchall()
 
     def _one(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Row | None:
-        """The first row of one query, read under the lock."""
-        with self._lock:
-            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+        """The first row of one query."""
+        with self._read() as db:
+            row: sqlite3.Row | None = db.execute(sql, args).fetchone()
             return row
 
     def _migrate(self) -> None:
@@ -112,10 +134,14 @@ class SqliteCore:
         transaction (it is re-entrant, so the thread that holds it joins).
         """
         with self._lock:
-            if self._db.in_transaction:
-                yield self._db
-                return
-            yield from self._begin_commit()
+            self._writing.depth = getattr(self._writing, "depth", 0) + 1
+            try:
+                if self._db.in_transaction:
+                    yield self._db
+                    return
+                yield from self._begin_commit()
+            finally:
+                self._writing.depth -= 1
 
     def _begin_commit(self) -> Iterator[sqlite3.Connection]:
         try:

@@ -24,6 +24,7 @@ PORTS: tuple[type, ...] = (
     ports.FleetStore,
     ports.TrustStore,
     ports.SessionStore,
+    ports.TransactionalDeploymentStore,
     ports.Store,
 )
 
@@ -39,9 +40,10 @@ def test_the_sqlite_store_satisfies_every_port_statically(tmp_path: Path) -> Non
     fleet: ports.FleetStore = store
     trust: ports.TrustStore = store
     session: ports.SessionStore = store
+    deploy_tx: ports.TransactionalDeploymentStore = store
     everything: ports.Store = store
     assert {id(p) for p in (admin, machines, units, tokens, deploy, reports)} == {id(store)}
-    assert {id(p) for p in (fleet, trust, session, everything)} == {id(store)}
+    assert {id(p) for p in (fleet, trust, session, deploy_tx, everything)} == {id(store)}
 
 
 @pytest.mark.parametrize("port", PORTS, ids=lambda p: p.__name__)
