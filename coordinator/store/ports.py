@@ -391,8 +391,9 @@ class ReportStore(Protocol):
 
 
 @runtime_checkable
-class FleetStore(MachineStore, UnitStore, Protocol):
-    """Machines and units together: what the unit service and the fleet APIs need."""
+class FleetStore(StoreAdmin, MachineStore, UnitStore, Protocol):
+    """Machines and units, and `batch` for a read-then-write as one transaction: what
+    the unit service and the fleet APIs need."""
 
 
 @runtime_checkable
