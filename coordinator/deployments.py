@@ -195,6 +195,7 @@ class DeploymentService:
         description and version label default to the envelope's metadata.name,
         metadata.description and version."""
         manifest, digest = await _manifest(source_config)
+        self._remember(digest, manifest)
         meta = manifest.metadata
         name = name or (meta.name if meta else "")
         if not name:
@@ -250,6 +251,8 @@ class DeploymentService:
             _check_name(name, "application")
         _check_version_label(version)
         parsed = None if source_config is None else await _manifest(source_config)
+        if parsed is not None:
+            self._remember(parsed[1], parsed[0])
 
         def write() -> str:
             """Read, number and write in one transaction, in a thread: a large manifest's
@@ -304,10 +307,15 @@ class DeploymentService:
             except ManifestError as exc:  # stored under older rules: show it, do not fail
                 log.warning("application %s: stored manifest no longer parses: %s", app.name, exc)
                 cached = Manifest(units=[])
-            if len(self._manifests) > 1024:
-                self._manifests.clear()
-            self._manifests[app.digest] = cached
+            self._remember(app.digest, cached)
         return cached
+
+    def _remember(self, digest: str, manifest: Manifest) -> None:
+        """Cache a parsed manifest by digest: a large one takes seconds to parse, and
+        what was parsed off the loop for a write must not be parsed again on it."""
+        if len(self._manifests) > 1024:
+            self._manifests.clear()
+        self._manifests[digest] = manifest
 
     def application(self, app_id: str) -> Application:
         """By id, or by name (names are unique; moorctl uses them)."""
