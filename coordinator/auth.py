@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from coordinator import pki
-from coordinator.storage import Storage
+from coordinator.store.ports import TrustStore
 from proto.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
 
 ROLE_ADMIN = "admin"
@@ -34,7 +34,7 @@ class AuthError(Exception):
         self.status = status
 
 
-def authenticate(request: web.Request, storage: Storage) -> Principal:
+def authenticate(request: web.Request, storage: TrustStore) -> Principal:
     """Return the caller or raise AuthError with a message safe to show the client."""
     header = request.headers.get("Authorization", "")
     api_key = request.headers.get("api-key", "")
@@ -52,7 +52,7 @@ def authenticate(request: web.Request, storage: Storage) -> Principal:
     )
 
 
-def _token_principal(header: str, api_key: str, storage: Storage) -> Principal:
+def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principal:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():

@@ -26,7 +26,6 @@ from typing import Protocol
 import msgspec
 
 from coordinator import groups, rollout
-from coordinator.deploystore import DEFAULT_GROUP, Conflict, DeployStore
 from coordinator.hub import Hub, Session
 from coordinator.manifest import Manifest, ManifestError, parse_manifest
 from coordinator.models import (
@@ -41,7 +40,12 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.reports import ReportUnavailable
-from coordinator.storage import Storage
+from coordinator.store.ports import (
+    DEFAULT_GROUP,
+    Conflict,
+    FleetStore,
+    TransactionalDeploymentStore,
+)
 from coordinator.units import UnitService
 from proto import messages as m
 from proto.messages import DesiredUnit
@@ -79,8 +83,8 @@ class ImageResolver(Protocol):
 class DeploymentService:
     def __init__(
         self,
-        storage: Storage,
-        store: DeployStore,
+        storage: FleetStore,
+        store: TransactionalDeploymentStore,
         units: UnitService,
         hub: Hub,
         images: ImageResolver | None = None,
@@ -191,6 +195,7 @@ class DeploymentService:
         description and version label default to the envelope's metadata.name,
         metadata.description and version."""
         manifest, digest = await _manifest(source_config)
+        self._remember(digest, manifest)
         meta = manifest.metadata
         name = name or (meta.name if meta else "")
         if not name:
@@ -224,9 +229,9 @@ class DeploymentService:
             digest=digest,
             created_at=now,
         )
-        self.store.put_application(app, first)
-        self._remember(digest, manifest)  # shown in the answer: never re-parsed on the loop
-        await asyncio.sleep(0)  # a large manifest was just committed: let others run
+        # A large manifest's write and fsync run in a thread; a concurrent create of the
+        # same name is refused inside the write's transaction (Conflict).
+        await asyncio.to_thread(self.store.put_application, app, first)
         return self.application(app.id), True
 
     async def update_application(
@@ -246,33 +251,41 @@ class DeploymentService:
             _check_name(name, "application")
         _check_version_label(version)
         parsed = None if source_config is None else await _manifest(source_config)
-        app = self.application(app_id)  # as it is now, after the parse
-        now = time.time()
-        new_version = None
-        if parsed is not None and parsed[1] != app.digest:
-            manifest, digest = parsed
-            self._remember(digest, manifest)
-            number = app.version_number + 1
-            label = version or manifest.version or str(number)
-            _check_version_label(label)
-            new_version = ApplicationVersion(
-                application_id=app.id,
-                number=number,
-                label=label,
-                source_config=source_config or "",
-                digest=digest,
-                created_at=now,
-            )
-        updated = msgspec.structs.replace(
-            app,
-            name=app.name if name is None else name,
-            description=app.description if description is None else description,
-            source_type=app.source_type if source_type is None else source_type,
-            updated_at=now,
-        )
-        self.store.put_application(updated, new_version)
-        await asyncio.sleep(0)  # a large manifest was just committed: let others run
-        return self.application(app.id)
+        if parsed is not None:
+            self._remember(parsed[1], parsed[0])
+
+        def write() -> str:
+            """Read, number and write in one transaction, in a thread: a large manifest's
+            write and fsync stay off the loop, and no update or delete in between can
+            leave a stale version number or bring a deleted application back."""
+            with self.store.batch():
+                app = self.application(app_id)  # as it is now, after the parse
+                now = time.time()
+                new_version = None
+                if parsed is not None and parsed[1] != app.digest:
+                    manifest, digest = parsed
+                    number = app.version_number + 1
+                    label = version or manifest.version or str(number)
+                    _check_version_label(label)
+                    new_version = ApplicationVersion(
+                        application_id=app.id,
+                        number=number,
+                        label=label,
+                        source_config=source_config or "",
+                        digest=digest,
+                        created_at=now,
+                    )
+                updated = msgspec.structs.replace(
+                    app,
+                    name=app.name if name is None else name,
+                    description=app.description if description is None else description,
+                    source_type=app.source_type if source_type is None else source_type,
+                    updated_at=now,
+                )
+                self.store.put_application(updated, new_version)
+                return app.id
+
+        return self.application(await asyncio.to_thread(write))
 
     def delete_application(self, app_id: str) -> None:
         app = self.application(app_id)
@@ -298,10 +311,8 @@ class DeploymentService:
         return cached
 
     def _remember(self, digest: str, manifest: Manifest) -> None:
-        """Parsed manifests by digest (versions never change). Filled from the parse
-        that create and update already did in a worker thread, so showing a large
-        application never parses it again on the event loop; after a restart the
-        first showing of each version parses it once."""
+        """Cache a parsed manifest by digest: a large one takes seconds to parse, and
+        what was parsed off the loop for a write must not be parsed again on it."""
         if len(self._manifests) > 1024:
             self._manifests.clear()
         self._manifests[digest] = manifest

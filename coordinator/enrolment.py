@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from coordinator import pki
-from coordinator.storage import EnrollConflict, EnrollRefused, Storage
+from coordinator.store.ports import EnrollConflict, EnrollRefused, TrustStore
 from proto.enrolment import EnrollRequest, EnrollResponse, machine_id_problem
 from proto.tokens import (
     JOIN_KIND,
@@ -26,7 +26,7 @@ from proto.tokens import (
 class Enroller:
     def __init__(
         self,
-        storage: Storage,
+        storage: TrustStore,
         ca_key: CertificateIssuerPrivateKeyTypes,
         ca_cert: x509.Certificate,
         *,

@@ -25,7 +25,7 @@ from coordinator import limits, liveness, pki
 from coordinator.enrolment import Enroller
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.statebuffer import StateBuffer
-from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
+from coordinator.store.ports import EnrollRefused, SessionStore, StorageUnavailable
 from proto import messages as m
 from proto.keepalive import enable_keepalive
 
@@ -75,7 +75,7 @@ class Session:
 class Hub:
     def __init__(
         self,
-        storage: Storage,
+        storage: SessionStore,
         enroller: Enroller,
         metrics: CoordinatorMetrics,
         *,

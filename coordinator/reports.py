@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from coordinator.deploystore import DeployStore
 from coordinator.hub import Hub, Session
 from coordinator.models import MachineDrift
-from coordinator.storage import Storage
+from coordinator.store.ports import MachineStore, ReportStore
 from proto import messages as m
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ class _Waiter:
 
 
 class ReportService:
-    def __init__(self, storage: Storage, deploystore: DeployStore, hub: Hub) -> None:
+    def __init__(self, storage: MachineStore, deploystore: ReportStore, hub: Hub) -> None:
         self.storage = storage
         self.deploystore = deploystore
         self.hub = hub

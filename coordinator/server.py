@@ -26,16 +26,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coordinator import guard, limits, pki
 from coordinator.api import fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
 from coordinator.api.errors import ApiError, decode_body, error_response, json_response
+from coordinator.app import open_store
 from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deployments import DeploymentService
-from coordinator.deploystore import DeployStore
 from coordinator.enrolment import Enroller
 from coordinator.hub import CLOSE_REVOKED, Hub
 from coordinator.logs import LogService
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports import ReportService
-from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
+from coordinator.store.ports import EnrollRefused, StorageUnavailable
 from coordinator.units import UnitService
 from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
 
@@ -59,7 +59,7 @@ class Coordinator:
         ca_key = pki.load_key(Path(self.paths.ca_key).read_bytes())
         self.ca_cert = pki.load_cert(Path(self.paths.ca_cert).read_bytes())
         self.ca_pin = pki.ca_pin(self.ca_cert)
-        self.storage = Storage(config.db_path)
+        self.storage = open_store(config)
         self.enroller = Enroller(
             self.storage, ca_key, self.ca_cert, cert_ttl_s=config.agent_cert_ttl_s
         )
@@ -76,7 +76,7 @@ class Coordinator:
         self.metrics.storage_write_failures.set_function(lambda: self.storage.health.failures)
         self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
         self.units = UnitService(self.storage, self.hub, self.metrics)
-        self.deploystore = DeployStore(self.storage)
+        self.deploystore = self.storage
         self.reports = ReportService(self.storage, self.deploystore, self.hub)
         self.deployments = DeploymentService(
             self.storage, self.deploystore, self.units, self.hub, images=self.reports

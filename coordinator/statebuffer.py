@@ -9,15 +9,22 @@ While the storage is full or failing nothing queued is dropped: the writes stay
 queued, in order, and are retried every `RETRY_S` until they are stored (an agent
 does not re-send a state it already reported, and a liveness change is never
 re-sent at all). Only a write that fails for its own reason is dropped, alone.
+
+The periodic flush writes its batch in a thread (`asyncio.to_thread`): a batch of
+thousands of rows and its fsync stay off the event loop. Batches land in the order
+they were taken: `_order` is held from taking a batch to its COMMIT, so a synchronous
+`flush` (the liveness check, a rollout tick, shutdown) first waits for the batch in
+flight and then sees it stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 
-from coordinator.storage import Storage, StorageUnavailable
+from coordinator.store.ports import StorageUnavailable, StoreAdmin
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ MAX_PENDING = 2000
 
 class StateBuffer:
     def __init__(
-        self, storage: Storage, interval_s: float = FLUSH_INTERVAL_S, retry_s: float = RETRY_S
+        self, storage: StoreAdmin, interval_s: float = FLUSH_INTERVAL_S, retry_s: float = RETRY_S
     ) -> None:
         self.storage = storage
         self.interval_s = interval_s
@@ -37,6 +44,8 @@ class StateBuffer:
         self._wake = asyncio.Event()
         self.stalled = False
         """The last flush stopped on a storage fault; what it could not write is queued."""
+        self._order = threading.Lock()
+        """Held while a batch is written (on the loop or in a thread): one at a time, in order."""
 
     @property
     def pending(self) -> int:
@@ -51,16 +60,45 @@ class StateBuffer:
             self._wake.set()
 
     def flush(self) -> bool:
-        """Write everything queued; False if the storage refused and writes wait."""
+        """Write everything queued, on this thread, after any batch in flight; False if
+        the storage refused and writes wait."""
         ops, self._ops = self._ops, []
         if not ops:
             return True
+        with self._order:
+            unwritten = self._write(ops)
+        return self._settle(unwritten)
+
+    async def flush_in_thread(self) -> bool:
+        """`flush`, with the batch written in a thread so the event loop keeps running."""
+        ops, self._ops = self._ops, []
+        if not ops:
+            return True
+        self._order.acquire()  # free: only this task writes batches off the loop
+        written = asyncio.ensure_future(asyncio.to_thread(self._write_then_release, ops))
+        try:
+            unwritten = await asyncio.shield(written)
+        except asyncio.CancelledError:
+            # The thread goes on; what a fault leaves unwritten is still queued again.
+            written.add_done_callback(lambda f: f.cancelled() or self._settle(f.result()))
+            raise
+        return self._settle(unwritten)
+
+    def _write_then_release(self, ops: list[Callable[[], None]]) -> list[Callable[[], None]]:
+        try:
+            return self._write(ops)
+        finally:
+            self._order.release()
+
+    def _write(self, ops: list[Callable[[], None]]) -> list[Callable[[], None]]:
+        """Apply `ops` in one transaction; what is left unwritten by a storage fault.
+        Touches nothing but the store: it may run in a thread."""
         try:
             with self.storage.batch():
                 for op in ops:
                     op()
         except StorageUnavailable:
-            return self._stall(ops)
+            return ops
         except Exception:
             # One bad write must not cost the others: replay them one transaction each.
             log.warning("a batch of %d state updates failed; writing them one by one", len(ops))
@@ -69,16 +107,19 @@ class StateBuffer:
                     with self.storage.batch():
                         op()
                 except StorageUnavailable:
-                    return self._stall(ops[i:])
+                    return ops[i:]
                 except Exception:
                     log.exception("a buffered state update failed")
+        return []
+
+    def _settle(self, unwritten: list[Callable[[], None]]) -> bool:
+        """Back on the loop: queue what a fault left unwritten ahead of newer writes."""
+        if unwritten:
+            self._ops = unwritten + self._ops
+            self.stalled = True
+            return False
         self.stalled = False
         return True
-
-    def _stall(self, unwritten: list[Callable[[], None]]) -> bool:
-        self._ops = unwritten + self._ops
-        self.stalled = True
-        return False
 
     async def run(self) -> None:
         while True:
@@ -87,10 +128,10 @@ class StateBuffer:
                 # /readyz must turn ready again even if no agent reports anything.
                 await asyncio.sleep(self.retry_s)
                 if not self._ops:
-                    self.stalled = not self.storage.probe()
+                    self.stalled = not await asyncio.to_thread(self.storage.probe)
                     continue
             else:
                 await self._wake.wait()
                 self._wake.clear()  # before sleeping: an add() during the sleep wakes us again
                 await asyncio.sleep(self.interval_s)
-            self.flush()
+            await self.flush_in_thread()

@@ -30,7 +30,7 @@ from coordinator.scheduler import (
     schedule,
     unplaced_reasons,
 )
-from coordinator.storage import Storage
+from coordinator.store.ports import FleetStore
 from proto import messages as m
 from proto.desired import diff
 from proto.messages import DesiredState, DesiredUnit
@@ -89,9 +89,40 @@ def unit_copies(
     return out
 
 
+def batch_records(
+    existing: dict[str, UnitHead],
+    units: list[tuple[str, list[UnitOption], DesiredState]],
+    *,
+    keep_existing: bool,
+) -> tuple[list[Unit], BatchWritten]:
+    """The units a batch writes, given what exists, and what it does to each name; a
+    replaced unit keeps the machines the scheduler gave it, a pinned one does not."""
+    records = []
+    written = BatchWritten()
+    for name, options, state in units:
+        old = existing.get(name)
+        if old is None:
+            written.created.append(name)
+        elif keep_existing:
+            written.kept.append(name)
+            continue
+        else:
+            written.replaced.append(name)
+        records.append(
+            Unit(
+                name=name,
+                options=list(options),
+                hash=unit_hash(options),
+                desired_state=state,
+                machines=list(old.machines) if old and not old.pinned else [],
+            )
+        )
+    return records, written
+
+
 class UnitService:
     def __init__(
-        self, storage: Storage, hub: Hub, metrics: CoordinatorMetrics | None = None
+        self, storage: FleetStore, hub: Hub, metrics: CoordinatorMetrics | None = None
     ) -> None:
         self.storage = storage
         self.hub = hub
@@ -148,34 +179,22 @@ class UnitService:
     ) -> BatchWritten:
         """Create or replace many units at once: one transaction, one scheduling pass.
         With `keep_existing`, units that already exist are left untouched (fleetctl
-        submit's rule). Nothing is awaited between reading what exists and writing, so
-        no other request interleaves."""
-        existing = {u.name: u for u in self.storage.unit_heads()}
-        records = []
-        written = BatchWritten()
-        for name, options, state in units:
-            old = existing.get(name)
-            if old is None:
-                written.created.append(name)
-            elif keep_existing:
-                written.kept.append(name)
-                continue
-            else:
-                written.replaced.append(name)
-            records.append(
-                Unit(
-                    name=name,
-                    options=list(options),
-                    hash=unit_hash(options),
-                    desired_state=state,
-                    machines=list(old.machines) if old and not old.pinned else [],
-                )
-            )
-        if not records:
-            return written
-        affected = self.storage.put_units(records, time.time())
-        await self.push(affected)
-        await self.reschedule()
+        submit's rule). Reading what exists and writing are one transaction, run in a
+        thread (a big batch and its fsync stay off the event loop), so no other write
+        interleaves."""
+
+        def write() -> tuple[BatchWritten, set[str]]:
+            with self.storage.batch():
+                existing = {u.name: u for u in self.storage.unit_heads()}
+                records, written = batch_records(existing, units, keep_existing=keep_existing)
+                if not records:
+                    return written, set()
+                return written, self.storage.put_units(records, time.time())
+
+        written, affected = await asyncio.to_thread(write)
+        if written.created or written.replaced:
+            await self.push(affected)
+            await self.reschedule()
         return written
 
     async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:

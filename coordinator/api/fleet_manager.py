@@ -22,7 +22,6 @@ from aiohttp import web
 
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.deployments import DeploymentService, Invalid, NotFound, Unavailable
-from coordinator.deploystore import Conflict, DeployStore
 from coordinator.groups import members
 from coordinator.hub import Hub
 from coordinator.manifest import DEPLOYABLE_TYPE, Metadata
@@ -34,7 +33,9 @@ from coordinator.models import (
     Release,
     ReleaseJob,
 )
-from coordinator.storage import Storage
+from coordinator.store.ports import Conflict
+from coordinator.store.ports import Store as DeployStore
+from coordinator.store.ports import Store as Storage
 
 PREFIX = "/api/v2"
 DEFAULT_LIMIT = 50

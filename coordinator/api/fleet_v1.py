@@ -18,7 +18,7 @@ from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
 from coordinator.models import Machine, Unit, UnitCopy, UnitState
 from coordinator.scheduler import XFleetError, parse_xfleet
-from coordinator.storage import Storage
+from coordinator.store.ports import Store as Storage
 from coordinator.units import UnitService, current_state
 from coordinator.validation import UnitInvalid, validate_name, validate_unit
 from proto.units import UnitOption, is_template, unit_hash

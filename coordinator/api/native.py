@@ -12,7 +12,7 @@ from coordinator.auth import ROLE_ADMIN
 from coordinator.hub import Hub
 from coordinator.logs import LogService, LogUnavailable
 from coordinator.models import ApiToken, Machine, Unit, UnitCopy
-from coordinator.storage import Storage
+from coordinator.store.ports import Store as Storage
 from coordinator.units import UnitService
 from coordinator.validation import UnitInvalid, validate_unit
 from proto.enrolment import machine_id_problem

@@ -12,11 +12,11 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.errors import ApiError, json_response
-from coordinator.deploystore import DeployStore
 from coordinator.hub import Hub
 from coordinator.models import MachineDrift, MachineSticker
 from coordinator.reports import ReportService, ReportUnavailable
-from coordinator.storage import Storage
+from coordinator.store.ports import Store as DeployStore
+from coordinator.store.ports import Store as Storage
 
 PREFIX = "/moorage/v1"
 REFRESH_TIMEOUT_S = 5.0

@@ -16,7 +16,7 @@ from coordinator.api.discovery import fleet_v1_alpha_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.fleet_v1 import FleetMachine, fleet_machine, paged, states_by_unit, visible
 from coordinator.models import Unit, UnitState
-from coordinator.storage import Storage
+from coordinator.store.ports import Store as Storage
 from coordinator.units import UnitService, current_state
 from proto.units import serialize
 

@@ -357,8 +357,8 @@ async def test_healthz_answers_while_a_7mb_manifest_is_validated(
 async def test_a_7mb_manifest_is_accepted(coord: CoordinatorProc, tmp_path: Path) -> None:
     latencies, answer = await probe_while_pushing(coord, tmp_path, "big", big_manifest())
     assert answer.startswith("201"), answer
-    # Committing 7 MB is one SQLite transaction on the loop (an fsync): reported, and
-    # bounded loosely, since it depends on the disk.
+    # Committing 7 MB is one SQLite transaction in a thread (an fsync), and the parsed
+    # manifest is reused for the answer: reported, and bounded loosely (shared disks).
     print(f"healthz while storing: slowest {max(latencies) * 1000:.1f} ms")
     assert max(latencies) < 2.0
 

@@ -16,7 +16,8 @@ from coordinator.api.errors import ApiError, decode_fleet
 from coordinator.api.fleet_manager import same_shape
 from coordinator.groups import name_problem, version_problem
 from coordinator.manifest import ManifestError, parse_manifest
-from coordinator.storage import EnrollConflict, EnrollRefused, Storage
+from coordinator.store.ports import EnrollConflict, EnrollRefused
+from coordinator.store.sqlite import SqliteStore as Storage
 from coordinator.validation import UnitInvalid, validate_unit
 from proto import messages as m
 from proto.enrolment import machine_id_problem

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.statebuffer import StateBuffer
-from coordinator.storage import Storage
+from coordinator.store.sqlite import SqliteStore as Storage
 
 
 async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_path: Path) -> None:
@@ -44,3 +44,31 @@ def test_one_failing_update_does_not_cost_the_others(tmp_path: Path) -> None:
     buffer.add(token("t2"))
     buffer.flush()
     assert [t.id for t in db.list_join_tokens()] == ["t1", "t2"]
+
+
+async def test_the_periodic_flush_writes_off_the_event_loop_in_order(tmp_path: Path) -> None:
+    """A slow batch runs in a thread: the loop keeps ticking meanwhile, and a synchronous
+    flush taken during it lands after it (batches are written in the order taken)."""
+    import threading
+    import time
+
+    db = Storage(tmp_path / "m.db")
+    buffer = StateBuffer(db)
+    loop_thread = threading.get_ident()
+    written: list[tuple[str, bool]] = []
+
+    def slow() -> None:
+        time.sleep(0.3)
+        written.append(("slow", threading.get_ident() == loop_thread))
+
+    buffer.add(slow)
+    flushing = asyncio.create_task(buffer.flush_in_thread())
+    ticks = 0
+    for _ in range(10):
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks == 10 and not written, "the loop runs while the batch is written"
+    buffer.add(lambda: written.append(("next", threading.get_ident() == loop_thread)))
+    assert buffer.flush()  # waits for the batch in flight, then writes its own
+    assert written == [("slow", False), ("next", True)]
+    assert await flushing

@@ -16,7 +16,9 @@ import pytest
 from coordinator.hub import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.statebuffer import StateBuffer
-from coordinator.storage import Storage, StorageUnavailable, storage_fault
+from coordinator.store.ports import StorageUnavailable
+from coordinator.store.sqlite import SqliteStore as Storage
+from coordinator.store.sqlite import storage_fault
 from proto.messages import UnitStatus
 
 
@@ -132,7 +134,7 @@ async def test_lost_is_retried_until_stored_and_never_before_disconnected(tmp_pa
 
 
 def test_a_flapping_disk_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    from coordinator.storage import StorageHealth
+    from coordinator.store.health import StorageHealth
 
     health = StorageHealth()
     with caplog.at_level("WARNING", logger="coordinator.storage"):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.deploystore import DEFAULT_GROUP, DEFAULT_GROUP_ID, Conflict, DeployStore
 from coordinator.models import (
     Application,
     ApplicationVersion,
@@ -17,7 +16,9 @@ from coordinator.models import (
     ReleaseJob,
     ReleaseUnit,
 )
-from coordinator.storage import MIGRATIONS, Storage
+from coordinator.store.ports import DEFAULT_GROUP, DEFAULT_GROUP_ID, Conflict
+from coordinator.store.sqlite import MIGRATIONS
+from coordinator.store.sqlite import SqliteStore as Storage
 from proto.messages import DriftEntry, Sticker, StickerUnit
 from proto.tokens import hash_secret
 
@@ -34,7 +35,7 @@ def revision(db: Storage, mid: str) -> int:
     return machine.desired_revision
 
 
-def app_with_version(store: DeployStore) -> Application:
+def app_with_version(store: Storage) -> Application:
     app = Application(id="a1", name="web", created_at=1, updated_at=1)
     store.put_application(
         app,
@@ -48,7 +49,7 @@ def app_with_version(store: DeployStore) -> Application:
 
 
 def test_the_default_group_exists_after_migrating(tmp_path: Path) -> None:
-    store = DeployStore(Storage(tmp_path / "m.db"))
+    store = Storage(tmp_path / "m.db")
     (group,) = store.list_groups()
     assert (group.id, group.name, group.builtin) == (DEFAULT_GROUP_ID, DEFAULT_GROUP, True)
     assert not store.delete_group(DEFAULT_GROUP_ID)
@@ -62,11 +63,11 @@ def test_a_database_of_the_previous_schema_is_upgraded(tmp_path: Path) -> None:
     raw.close()
     db = Storage(tmp_path / "m.db")
     assert db.schema_version == len(MIGRATIONS)
-    assert DeployStore(db).group_by_name("default") is not None
+    assert db.group_by_name("default") is not None
 
 
 def test_versions_keep_the_text_and_labels_are_unique(tmp_path: Path) -> None:
-    store = DeployStore(Storage(tmp_path / "m.db"))
+    store = Storage(tmp_path / "m.db")
     app = app_with_version(store)
     assert (app.version, app.version_number, app.source_config) == ("1", 1, "units: []  # raw")
     with pytest.raises(Conflict, match="already has a version '1'"):
@@ -93,7 +94,7 @@ def test_versions_keep_the_text_and_labels_are_unique(tmp_path: Path) -> None:
 
 def test_targets_bump_exactly_the_machines_that_change(tmp_path: Path) -> None:
     db = Storage(tmp_path / "m.db")
-    store = DeployStore(db)
+    store = db
     enrolled(db, "m1", "m2")
     app_with_version(store)
     store.put_deployment(
@@ -134,7 +135,7 @@ def test_targets_bump_exactly_the_machines_that_change(tmp_path: Path) -> None:
 
 
 def test_stickers_and_drift_are_replaced_per_machine(tmp_path: Path) -> None:
-    store = DeployStore(Storage(tmp_path / "m.db"))
+    store = Storage(tmp_path / "m.db")
     s1 = Sticker(
         deployment="web-default",
         release="r1",

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.storage import MIGRATIONS, EnrollRefused, Storage, StorageError
+from coordinator.store.ports import EnrollRefused, StorageError
+from coordinator.store.sqlite import MIGRATIONS
+from coordinator.store.sqlite import SqliteStore as Storage
 from proto.tokens import hash_secret
 
 
@@ -67,7 +69,7 @@ def test_acknowledged_write_survives_kill9(tmp_path: Path) -> None:
     """A child process commits and prints 'ok', then is SIGKILLed: the row must be there."""
     script = (
         "import os, signal, sys\n"
-        "from coordinator.storage import Storage\n"
+        "from coordinator.store.sqlite import SqliteStore as Storage\n"
         "db = Storage(sys.argv[1])\n"
         "db.create_join_token('t1', 'h', now=1, ttl_s=10)\n"
         "print('ok', flush=True)\n"

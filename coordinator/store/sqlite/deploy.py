@@ -1,9 +1,8 @@
-"""Storage for machine groups, applications, deployments, releases, stickers and drift.
+"""Machine groups, applications and their versions, deployments, releases, jobs, and
+which release each machine runs.
 
-The same SQLite database and the same rules as `coordinator.storage` (whose
-migration 4 made these tables): every change is one transaction, committed before
-the caller answers, and every change of what a machine must run bumps that
-machine's desired revision inside the same transaction.
+Every change of what a machine must run bumps that machine's desired revision inside
+the same transaction.
 """
 
 from __future__ import annotations
@@ -19,53 +18,39 @@ from coordinator.models import (
     ApplicationVersion,
     Deployment,
     DeploymentStatus,
-    MachineDrift,
     MachineGroup,
-    MachineSticker,
     Release,
     ReleaseJob,
 )
-from coordinator.storage import Storage
-from coordinator.storage import row_record as _record
-from proto.messages import DriftEntry, Sticker
-
-DEFAULT_GROUP_ID = "c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01"
-DEFAULT_GROUP = "default"
+from coordinator.store.ports import Conflict
+from coordinator.store.sqlite.core import SqliteCore, _bump
+from coordinator.store.sqlite.core import row_record as _record
 
 _release_decoder = msgspec.json.Decoder(Release)
-_sticker_decoder = msgspec.json.Decoder(Sticker)
-_drift_decoder = msgspec.json.Decoder(list[DriftEntry])
 
 
-class Conflict(Exception):
-    """A write that would break a uniqueness rule; the message names it."""
-
-
-class DeployStore:
-    def __init__(self, storage: Storage) -> None:
-        self.storage = storage
-        self._db = storage.db
-        self._targeted: frozenset[str] | None = None
-        """Machines with any deployment on them, cached: every push of a machine's desired
-        state asks, and most machines of a big fleet have none."""
+class DeploySql(SqliteCore):
+    _targeted: frozenset[str] | None = None
+    """Machines with any deployment on them, cached: every push of a machine's desired
+    state asks, and most machines of a big fleet have none."""
 
     # --- machine groups -----------------------------------------------------------------
 
     def list_groups(self) -> list[MachineGroup]:
-        rows = self._db.execute("SELECT * FROM machine_groups ORDER BY builtin DESC, name")
+        rows = self._all("SELECT * FROM machine_groups ORDER BY builtin DESC, name")
         return [_group(r) for r in rows]
 
     def get_group(self, group_id: str) -> MachineGroup | None:
-        row = self._db.execute("SELECT * FROM machine_groups WHERE id=?", (group_id,)).fetchone()
+        row = self._one("SELECT * FROM machine_groups WHERE id=?", (group_id,))
         return _group(row) if row else None
 
     def group_by_name(self, name: str) -> MachineGroup | None:
-        row = self._db.execute("SELECT * FROM machine_groups WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT * FROM machine_groups WHERE name=?", (name,))
         return _group(row) if row else None
 
     def put_group(self, group: MachineGroup) -> None:
         """Create or replace (by id); a name used by another group is a Conflict."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             other = db.execute(
                 "SELECT id FROM machine_groups WHERE name=? AND id<>?", (group.name, group.id)
             ).fetchone()
@@ -89,7 +74,7 @@ class DeployStore:
             )
 
     def delete_group(self, group_id: str) -> bool:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             return (
                 db.execute(
                     "DELETE FROM machine_groups WHERE id=? AND builtin=0", (group_id,)
@@ -106,20 +91,20 @@ class DeployStore:
     )
 
     def list_applications(self) -> list[Application]:
-        rows = self._db.execute(self._APP_SQL + " ORDER BY a.created_at, a.id")
+        rows = self._all(self._APP_SQL + " ORDER BY a.created_at, a.id")
         return [_record(r, Application) for r in rows]
 
     def get_application(self, app_id: str) -> Application | None:
-        row = self._db.execute(self._APP_SQL + " WHERE a.id=?", (app_id,)).fetchone()
+        row = self._one(self._APP_SQL + " WHERE a.id=?", (app_id,))
         return _record(row, Application) if row else None
 
     def application_by_name(self, name: str) -> Application | None:
-        row = self._db.execute(self._APP_SQL + " WHERE a.name=?", (name,)).fetchone()
+        row = self._one(self._APP_SQL + " WHERE a.name=?", (name,))
         return _record(row, Application) if row else None
 
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
         """Create or update an application (by id), adding `new_version` if given."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             other = db.execute(
                 "SELECT id FROM applications WHERE name=? AND id<>?", (app.name, app.id)
             ).fetchone()
@@ -163,35 +148,35 @@ class DeployStore:
                 )
 
     def delete_application(self, app_id: str) -> bool:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             return db.execute("DELETE FROM applications WHERE id=?", (app_id,)).rowcount == 1
 
     def versions(self, app_id: str) -> list[ApplicationVersion]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM application_versions WHERE application_id=? ORDER BY number",
             (app_id,),
         )
         return [_record(r, ApplicationVersion) for r in rows]
 
     def version(self, app_id: str, label: str) -> ApplicationVersion | None:
-        row = self._db.execute(
+        row = self._one(
             "SELECT * FROM application_versions WHERE application_id=? AND label=?",
             (app_id, label),
-        ).fetchone()
+        )
         return _record(row, ApplicationVersion) if row else None
 
     # --- deployments ----------------------------------------------------------------------
 
     def list_deployments(self) -> list[Deployment]:
-        rows = self._db.execute("SELECT * FROM deployments ORDER BY created_at, id")
+        rows = self._all("SELECT * FROM deployments ORDER BY created_at, id")
         return [_record(r, Deployment) for r in rows]
 
     def get_deployment(self, deployment_id: str) -> Deployment | None:
-        row = self._db.execute("SELECT * FROM deployments WHERE id=?", (deployment_id,)).fetchone()
+        row = self._one("SELECT * FROM deployments WHERE id=?", (deployment_id,))
         return _record(row, Deployment) if row else None
 
     def deployment_by_name(self, name: str) -> Deployment | None:
-        row = self._db.execute("SELECT * FROM deployments WHERE name=?", (name,)).fetchone()
+        row = self._one("SELECT * FROM deployments WHERE name=?", (name,))
         return _record(row, Deployment) if row else None
 
     def deployments_using(
@@ -205,7 +190,7 @@ class DeployStore:
         ]
 
     def put_deployment(self, deployment: Deployment) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             other = db.execute(
                 "SELECT id FROM deployments WHERE name=? AND id<>?",
                 (deployment.name, deployment.id),
@@ -235,7 +220,7 @@ class DeployStore:
     def delete_deployment(self, deployment_id: str) -> set[str] | None:
         """Remove a deployment and what it put on machines; None if it did not exist,
         else the machines whose desired state changed (revisions bumped)."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             machines = {
                 r[0]
                 for r in db.execute(
@@ -245,7 +230,7 @@ class DeployStore:
             }
             if db.execute("DELETE FROM deployments WHERE id=?", (deployment_id,)).rowcount != 1:
                 return None
-            self.storage.bump(db, machines)
+            _bump(db, machines)
             self._targeted = None
             return machines
 
@@ -257,7 +242,7 @@ class DeployStore:
         *,
         current_release: str | None = None,
     ) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.execute(
                 "UPDATE deployments SET status=?, updated_at=?,"
                 " current_release=COALESCE(?, current_release) WHERE id=?",
@@ -268,7 +253,7 @@ class DeployStore:
 
     def create_release(self, release: Release, jobs: list[ReleaseJob]) -> None:
         """Store a new release with its jobs and mark the deployment Running, at once."""
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.execute(
                 "INSERT INTO releases (id, deployment_id, seq, body, status, batch, message,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -295,25 +280,23 @@ class DeployStore:
             )
 
     def next_release_seq(self, deployment_id: str) -> int:
-        row = self._db.execute(
+        row = self._one(
             "SELECT COALESCE(MAX(seq), 0) FROM releases WHERE deployment_id=?", (deployment_id,)
-        ).fetchone()
-        return int(row[0]) + 1
+        )
+        return int(row[0]) + 1 if row is not None else 1
 
     def get_release(self, release_id: str) -> Release | None:
-        row = self._db.execute("SELECT * FROM releases WHERE id=?", (release_id,)).fetchone()
+        row = self._one("SELECT * FROM releases WHERE id=?", (release_id,))
         return _release(row) if row else None
 
     def list_releases(self, deployment_id: str) -> list[Release]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM releases WHERE deployment_id=? ORDER BY seq", (deployment_id,)
         )
         return [_release(r) for r in rows]
 
     def releases_with_status(self, status: DeploymentStatus) -> list[Release]:
-        rows = self._db.execute(
-            "SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,)
-        )
+        rows = self._all("SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,))
         return [_release(r) for r in rows]
 
     def update_release(
@@ -327,7 +310,7 @@ class DeployStore:
         finished: bool = False,
         rolled_back: bool = False,
     ) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.execute(
                 "UPDATE releases SET status=?, batch=?, message=?, updated_at=?,"
                 " finished_at=CASE WHEN ? THEN ? ELSE finished_at END,"
@@ -336,14 +319,14 @@ class DeployStore:
             )
 
     def jobs(self, release_id: str) -> list[ReleaseJob]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT * FROM release_jobs WHERE release_id=? ORDER BY batch, machine_id",
             (release_id,),
         )
         return [_record(r, ReleaseJob) for r in rows]
 
     def update_jobs(self, jobs: Iterable[ReleaseJob]) -> None:
-        with self.storage.batch() as db:
+        with self._tx() as db:
             db.executemany(
                 "UPDATE release_jobs SET status=?, message=?, started_at=?, healthy_since=?,"
                 " finished_at=? WHERE id=?",
@@ -357,7 +340,7 @@ class DeployStore:
 
     def targets(self, deployment_id: str) -> dict[str, str]:
         """machine id -> release id it must run, for one deployment."""
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT machine_id, release_id FROM deployment_targets WHERE deployment_id=?",
             (deployment_id,),
         )
@@ -367,7 +350,7 @@ class DeployStore:
         """Point machines at a release (None: the deployment leaves the machine); returns
         the machines whose desired state changed, revisions bumped in the same transaction."""
         affected: set[str] = set()
-        with self.storage.batch() as db:
+        with self._tx() as db:
             for machine_id, release_id in sorted(changes.items()):
                 if release_id is None:
                     cur = db.execute(
@@ -383,13 +366,13 @@ class DeployStore:
                     )
                 if cur.rowcount:
                     affected.add(machine_id)
-            self.storage.bump(db, affected)
+            _bump(db, affected)
             self._targeted = None
         return affected
 
     def targeted_machines(self) -> frozenset[str]:
         if self._targeted is None:
-            rows = self._db.execute("SELECT DISTINCT machine_id FROM deployment_targets")
+            rows = self._all("SELECT DISTINCT machine_id FROM deployment_targets")
             self._targeted = frozenset(str(r[0]) for r in rows)
         return self._targeted
 
@@ -397,70 +380,12 @@ class DeployStore:
         """(deployment name, release id) of every deployment on one machine, by name."""
         if machine_id not in self.targeted_machines():
             return []
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
             " ON d.id=t.deployment_id WHERE t.machine_id=? ORDER BY d.name",
             (machine_id,),
         )
         return [(str(r[0]), str(r[1])) for r in rows]
-
-    # --- what machines report: stickers and drift -----------------------------------------
-
-    def _per_machine(self, table: str, machine_id: str | None, order: str) -> sqlite3.Cursor:
-        """Every row of a per-machine report table, or one machine's."""
-        if machine_id is None:
-            return self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")
-        return self._db.execute(
-            f"SELECT * FROM {table} WHERE machine_id=? ORDER BY {order}", (machine_id,)
-        )
-
-    def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
-        """Replace every sticker of the machine with what its agent reported."""
-        with self.storage.batch() as db:
-            db.execute("DELETE FROM machine_stickers WHERE machine_id=?", (machine_id,))
-            db.executemany(
-                "INSERT INTO machine_stickers (machine_id, deployment, body, reported_at)"
-                " VALUES (?, ?, ?, ?)",
-                [
-                    (machine_id, s.deployment, msgspec.json.encode(s).decode(), now)
-                    for s in stickers
-                ],
-            )
-
-    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
-        rows = self._per_machine("machine_stickers", machine_id, "machine_id, deployment")
-        return [
-            MachineSticker(
-                machine_id=r["machine_id"],
-                sticker=_sticker_decoder.decode(r["body"]),
-                reported_at=r["reported_at"],
-            )
-            for r in rows
-        ]
-
-    def put_drift(
-        self, machine_id: str, entries: list[DriftEntry], checked_at: float, now: float
-    ) -> None:
-        with self.storage.batch() as db:
-            db.execute(
-                "INSERT INTO machine_drift (machine_id, entries, checked_at, reported_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET"
-                " entries=excluded.entries, checked_at=excluded.checked_at,"
-                " reported_at=excluded.reported_at",
-                (machine_id, msgspec.json.encode(entries).decode(), checked_at, now),
-            )
-
-    def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
-        rows = self._per_machine("machine_drift", machine_id, "machine_id")
-        return [
-            MachineDrift(
-                machine_id=r["machine_id"],
-                entries=_drift_decoder.decode(r["entries"]),
-                checked_at=r["checked_at"],
-                reported_at=r["reported_at"],
-            )
-            for r in rows
-        ]
 
 
 def _group(row: sqlite3.Row) -> MachineGroup:

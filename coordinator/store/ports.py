@@ -1,0 +1,419 @@
+"""The store's ports: what the domain services need from persistence, one Protocol per
+aggregate, and the errors every engine raises.
+
+Services are typed against these, never against an engine; `coordinator.app.open_store`
+is the only place that picks one (today SQLite, `coordinator.store.sqlite`). A second
+engine (PostgreSQL) is one more class satisfying these Protocols.
+
+The ports are synchronous: see docs/architecture.md ("The store is synchronous") for
+why, and for which calls run off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from coordinator.models import (
+        ApiToken,
+        Application,
+        ApplicationVersion,
+        Deployment,
+        DeploymentStatus,
+        JoinToken,
+        Machine,
+        MachineDrift,
+        MachineGroup,
+        MachineState,
+        MachineSticker,
+        Release,
+        ReleaseJob,
+        Unit,
+        UnitHead,
+        UnitState,
+    )
+    from coordinator.store.health import StorageHealth
+    from proto.messages import DriftEntry, Sticker, UnitStatus
+    from proto.units import UnitOption
+
+DEFAULT_GROUP_ID = "c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01"
+"""The built-in group every store creates with its schema (every machine of the fleet)."""
+DEFAULT_GROUP = "default"
+
+FAULT_MESSAGES = {"full": "coordinator storage is full", "io": "coordinator storage is failing"}
+
+
+class StorageError(Exception):
+    """The store cannot do what was asked; the message says why."""
+
+
+class NotFound(StorageError):
+    """The record a write refers to does not exist."""
+
+
+class Conflict(StorageError):
+    """A write that would break a uniqueness rule; the message names it."""
+
+
+class EnrollRefused(StorageError):
+    """The join token cannot be used; the message says why (shown to the agent)."""
+
+    status = 403
+
+
+class EnrollConflict(EnrollRefused):
+    """The machine id is enrolled already and the token may not take it over."""
+
+    status = 409
+
+
+class StorageUnavailable(StorageError):
+    """A write failed because the storage is full or failing (`kind` "full" or "io");
+    answered 507/503 naming storage, and retried by what writes behind."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{FAULT_MESSAGES.get(kind, 'coordinator storage failed')} ({detail})")
+
+
+@runtime_checkable
+class StoreAdmin(Protocol):
+    """The store as a whole: its health, grouping writes, closing."""
+
+    health: StorageHealth
+
+    @property
+    def schema_version(self) -> int: ...
+
+    def batch(self) -> AbstractContextManager[object]:
+        """Group many writes into one transaction (one fsync); nested writes join it."""
+        ...
+
+    def probe(self) -> bool:
+        """Whether the store takes a small write again (after a fault)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class MachineStore(Protocol):
+    """Machines and their agent sessions: what agents publish, liveness state,
+    certificates and revocation."""
+
+    def get_machine(self, machine_id: str) -> Machine | None: ...
+
+    def list_machines(self, *, include_revoked: bool = False) -> list[Machine]: ...
+
+    def record_hello(
+        self,
+        machine_id: str,
+        *,
+        hostname: str,
+        primary_ip: str,
+        metadata: dict[str, str],
+        capabilities: Sequence[str],
+        agent_version: str,
+        now: float,
+    ) -> None: ...
+
+    def patch_metadata(self, machine_id: str, patch: dict[str, str | None]) -> bool:
+        """Operator overrides over what the agent publishes; None removes a key."""
+        ...
+
+    def set_capabilities(self, machine_id: str, capabilities: list[str]) -> None: ...
+
+    def set_machine_state(
+        self, machine_id: str, state: MachineState, now: float, *, last_seen: float | None = None
+    ) -> None: ...
+
+    def disconnect_all(self, now: float) -> int:
+        """After a restart no session survives: every connected machine is disconnected now."""
+        ...
+
+    def set_machine_cert(self, machine_id: str, serial: str, not_after: float, now: float) -> None:
+        """Record a renewed certificate; earlier ones stay valid until expiry or revocation."""
+        ...
+
+    def revoke_machine(self, machine_id: str, now: float) -> bool:
+        """Mark the machine revoked and refuse every certificate it was issued so far."""
+        ...
+
+    def is_serial_revoked(self, serial: str) -> bool: ...
+
+
+@runtime_checkable
+class UnitStore(Protocol):
+    """Units, their placements, what machines report about them, and per-machine applied revisions.
+
+    Every write that changes what a machine must run bumps that machine's desired
+    revision in the same transaction and returns the machines affected."""
+
+    def get_unit(self, name: str) -> Unit | None: ...
+
+    def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
+        """Units ordered by name (fleet's order), optionally only those placed on a machine."""
+        ...
+
+    def unit_heads(self) -> list[UnitHead]:
+        """Every unit with its placements but without decoding its options (a scheduling
+        pass over 100,000 units needs the options only of units it has not seen)."""
+        ...
+
+    def unit_options(self, names: Sequence[str]) -> dict[str, list[UnitOption]]: ...
+
+    def put_units(self, units: list[Unit], now: float) -> set[str]:
+        """Many units in one transaction (one fsync); returns the affected machines."""
+        ...
+
+    def put_unit(self, unit: Unit, now: float) -> set[str]:
+        """Create or replace a unit with its placements; returns the machines whose
+        desired state changed (their revisions are bumped in the same transaction).
+
+        What machines reported stays when a unit moves or goes: a copy runs until its
+        machine says it stopped (a partitioned machine cannot), so its row goes only
+        when that machine reports the unit gone (`record_unit_states`)."""
+        ...
+
+    def set_placements(self, changes: dict[str, list[str]]) -> set[str]:
+        """Store many units' new placements in one transaction (the scheduler's output);
+        returns every machine whose desired state changed, revisions bumped."""
+        ...
+
+    def delete_unit(self, name: str) -> set[str] | None:
+        """Remove a unit; None if it did not exist, else the machines it was placed on."""
+        ...
+
+    def set_applied_revision(self, machine_id: str, revision: int) -> None: ...
+
+    def record_unit_states(
+        self,
+        machine_id: str,
+        changes: list[UnitStatus],
+        removed: list[str],
+        now: float,
+        *,
+        replace_all: bool = False,
+    ) -> None:
+        """Store what a machine reported; `replace_all` for a Hello's full snapshot."""
+        ...
+
+    def unit_states(
+        self, *, machine_id: str | None = None, name: str | None = None
+    ) -> list[UnitState]:
+        """Reported states ordered by (name, machine) - fleet's order for /state."""
+        ...
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Join tokens, enrolment (a token consumed and the machine recorded at once) and API tokens."""
+
+    def create_join_token(
+        self,
+        token_id: str,
+        secret_hash: str,
+        *,
+        now: float,
+        ttl_s: float,
+        description: str = "",
+        machine_id: str = "",
+    ) -> JoinToken: ...
+
+    def create_join_tokens(
+        self,
+        tokens: list[tuple[str, str]],
+        *,
+        now: float,
+        ttl_s: float,
+        description: str = "",
+        machine_id: str = "",
+    ) -> None:
+        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them."""
+        ...
+
+    def join_token_hash(self, token_id: str, now: float) -> str:
+        """The stored hash of a usable token, or EnrollRefused saying why it is unusable."""
+        ...
+
+    def enroll(
+        self, token_id: str, machine_id: str, *, serial: str, not_after: float, now: float
+    ) -> bool:
+        """Consume the token and record the machine in one transaction: a token enrols
+        once, and never takes over an enrolled machine it is not bound to
+        (`tokens.enrolment_refusal`). True when an enrolled machine was re-enrolled:
+        its earlier certificates are revoked in the same transaction."""
+        ...
+
+    def join_token_binding(self, token_id: str) -> str:
+        """The machine id a join token is bound to ("" for an ordinary token)."""
+        ...
+
+    def list_join_tokens(self) -> list[JoinToken]: ...
+
+    def create_api_token(
+        self,
+        token_id: str,
+        secret_hash: str,
+        *,
+        name: str,
+        role: str,
+        now: float,
+        ttl_s: float | None,
+    ) -> ApiToken: ...
+
+    def api_token(self, token_id: str) -> tuple[ApiToken, str] | None: ...
+
+    def list_api_tokens(self) -> list[ApiToken]: ...
+
+    def revoke_api_token(self, token_id: str) -> bool: ...
+
+
+@runtime_checkable
+class DeploymentStore(Protocol):
+    """Machine groups, applications and versions, deployments, releases, jobs, and which
+    release each machine runs. A name taken by another record raises `Conflict`."""
+
+    def list_groups(self) -> list[MachineGroup]: ...
+
+    def get_group(self, group_id: str) -> MachineGroup | None: ...
+
+    def group_by_name(self, name: str) -> MachineGroup | None: ...
+
+    def put_group(self, group: MachineGroup) -> None:
+        """Create or replace (by id); a name used by another group is a Conflict."""
+        ...
+
+    def delete_group(self, group_id: str) -> bool: ...
+
+    def list_applications(self) -> list[Application]: ...
+
+    def get_application(self, app_id: str) -> Application | None: ...
+
+    def application_by_name(self, name: str) -> Application | None: ...
+
+    def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
+        """Create or update an application (by id), adding `new_version` if given."""
+        ...
+
+    def delete_application(self, app_id: str) -> bool: ...
+
+    def versions(self, app_id: str) -> list[ApplicationVersion]: ...
+
+    def version(self, app_id: str, label: str) -> ApplicationVersion | None: ...
+
+    def list_deployments(self) -> list[Deployment]: ...
+
+    def get_deployment(self, deployment_id: str) -> Deployment | None: ...
+
+    def deployment_by_name(self, name: str) -> Deployment | None: ...
+
+    def deployments_using(
+        self, *, application_id: str | None = None, group_id: str | None = None
+    ) -> list[Deployment]: ...
+
+    def put_deployment(self, deployment: Deployment) -> None: ...
+
+    def delete_deployment(self, deployment_id: str) -> set[str] | None:
+        """Remove a deployment and what it put on machines; None if it did not exist,
+        else the machines whose desired state changed (revisions bumped)."""
+        ...
+
+    def set_deployment_status(
+        self,
+        deployment_id: str,
+        status: DeploymentStatus,
+        now: float,
+        *,
+        current_release: str | None = None,
+    ) -> None: ...
+
+    def create_release(self, release: Release, jobs: list[ReleaseJob]) -> None:
+        """Store a new release with its jobs and mark the deployment Running, at once."""
+        ...
+
+    def next_release_seq(self, deployment_id: str) -> int: ...
+
+    def get_release(self, release_id: str) -> Release | None: ...
+
+    def list_releases(self, deployment_id: str) -> list[Release]: ...
+
+    def releases_with_status(self, status: DeploymentStatus) -> list[Release]: ...
+
+    def update_release(
+        self,
+        release_id: str,
+        *,
+        status: DeploymentStatus,
+        batch: int,
+        message: str,
+        now: float,
+        finished: bool = False,
+        rolled_back: bool = False,
+    ) -> None: ...
+
+    def jobs(self, release_id: str) -> list[ReleaseJob]: ...
+
+    def update_jobs(self, jobs: Iterable[ReleaseJob]) -> None: ...
+
+    def targets(self, deployment_id: str) -> dict[str, str]:
+        """machine id -> release id it must run, for one deployment."""
+        ...
+
+    def set_targets(self, deployment_id: str, changes: Mapping[str, str | None]) -> set[str]:
+        """Point machines at a release (None: the deployment leaves the machine); returns
+        the machines whose desired state changed, revisions bumped in the same transaction."""
+        ...
+
+    def machine_targets(self, machine_id: str) -> list[tuple[str, str]]:
+        """(deployment name, release id) of every deployment on one machine, by name."""
+        ...
+
+
+@runtime_checkable
+class ReportStore(Protocol):
+    """What machines report about deployments: stickers and drift."""
+
+    def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
+        """Replace every sticker of the machine with what its agent reported."""
+        ...
+
+    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]: ...
+
+    def put_drift(
+        self, machine_id: str, entries: list[DriftEntry], checked_at: float, now: float
+    ) -> None: ...
+
+    def drift(self, machine_id: str | None = None) -> list[MachineDrift]: ...
+
+
+@runtime_checkable
+class FleetStore(StoreAdmin, MachineStore, UnitStore, Protocol):
+    """Machines and units, and `batch` for a read-then-write as one transaction: what
+    the unit service and the fleet APIs need."""
+
+
+@runtime_checkable
+class TrustStore(MachineStore, TokenStore, Protocol):
+    """Tokens, enrolment and certificate revocation: authentication and enrolment."""
+
+
+@runtime_checkable
+class TransactionalDeploymentStore(StoreAdmin, DeploymentStore, Protocol):
+    """Deployments plus `batch`: a service's read-then-write as one transaction (so
+    it can run in a thread without another request interleaving)."""
+
+
+@runtime_checkable
+class SessionStore(StoreAdmin, MachineStore, Protocol):
+    """Machines plus the write-behind's batching and health: the agent hub."""
+
+
+@runtime_checkable
+class Store(
+    StoreAdmin, MachineStore, UnitStore, TokenStore, DeploymentStore, ReportStore, Protocol
+):
+    """Every port at once: what `open_store` returns and the composition root holds."""
