@@ -42,7 +42,7 @@ def test_only_coordinator_imports_are_pending_and_each_names_its_issue() -> None
 
 def test_only_the_store_imports_sqlite() -> None:
     (entry,) = [o for o in repo_rules().only if o[0] == "sqlite3"]
-    assert set(entry[1]) == {"coordinator.store", "coordinator.storage", "coordinator.deploystore"}
+    assert set(entry[1]) == {"coordinator.store"}
 
 
 @pytest.mark.skipif(not (SHARED / "import-rules.json").exists(), reason="no ../shared beside")
