@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from coordinator.errors import Conflict
 from coordinator.models import (
     Application,
     ApplicationVersion,
@@ -29,16 +30,14 @@ from coordinator.storage import Storage
 from coordinator.storage import row_record as _record
 from proto.messages import DriftEntry, Sticker
 
+__all__ = ["Conflict", "DeployStore"]
+
 DEFAULT_GROUP_ID = "c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01"
 DEFAULT_GROUP = "default"
 
 _release_decoder = msgspec.json.Decoder(Release)
 _sticker_decoder = msgspec.json.Decoder(Sticker)
 _drift_decoder = msgspec.json.Decoder(list[DriftEntry])
-
-
-class Conflict(Exception):
-    """A write that would break a uniqueness rule; the message names it."""
 
 
 class DeployStore:

@@ -24,15 +24,27 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import guard, limits, pki
+from coordinator.access import TokenService
 from coordinator.api import fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
-from coordinator.api.errors import ApiError, decode_body, error_response, json_response
+from coordinator.api.errors import ApiError, decode_body, json_response
+from coordinator.api.routing import (
+    FAMILIES,
+    FLEET,
+    Family,
+    RouteTable,
+    family_of,
+    public_paths,
+    register,
+)
 from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deployments import DeploymentService
 from coordinator.deploystore import DeployStore
 from coordinator.enrolment import Enroller
+from coordinator.errors import DomainError
 from coordinator.hub import CLOSE_REVOKED, Hub
 from coordinator.logs import LogService
+from coordinator.machines import MachineService
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports import ReportService
 from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
@@ -43,8 +55,6 @@ log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096
 """Thousands of agents reconnect at once after a restart; 128 would drop their SYNs."""
-
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", CA_PATH, ENROLL_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,38 +92,55 @@ class Coordinator:
             self.storage, self.deploystore, self.units, self.hub, images=self.reports
         )
         self.logs = LogService(self.hub)
+        self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
+        self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._public: frozenset[str] = frozenset()
 
     # --- applications -------------------------------------------------------------------
 
+    def families(self) -> list[Family]:
+        """Every route the API serves, declared once: registered from this list and
+        documented from it (/openapi.json)."""
+        return [
+            self._system_routes(),
+            fleet_v1.routes(self.units, self.machines),
+            v1_alpha.routes(self.units, self.machines),
+            fleet_manager.routes(self.deployments, self.machines),
+            reports.routes(self.reports),
+            native.routes(self.units, self.machines, self.tokens, self.logs),
+        ]
+
+    def _system_routes(self) -> Family:
+        r = RouteTable()
+        r.get("/healthz", "Liveness probe (no authentication)", public=True)(self._healthz)
+        r.get(
+            "/readyz",
+            "Readiness probe (no authentication); 503 with the reason while storage is full",
+            errors=(503,),
+            public=True,
+        )(self._readyz)
+        r.get("/metrics", "Prometheus metrics")(self._metrics)
+        r.get(CA_PATH, "The fleet CA certificate (PEM; public)", public=True)(self._ca)
+        r.post(
+            ENROLL_PATH,
+            "Enrol a machine with a join token and a CSR",
+            request=EnrollRequest,
+            errors=(400, 403, 409, 415),
+            public=True,
+        )(self._enroll)
+        r.get("/openapi.json", "This document")(self._openapi)
+        return Family("", FLEET, r.routes)
+
     def api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=256 << 20)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get(CA_PATH, self._ca)
-        app.router.add_post(ENROLL_PATH, self._enroll)
-        app.add_routes(fleet_v1.routes(self.storage, self.units))
-        app.add_routes(v1_alpha.routes(self.storage, self.units))
-        app.add_routes(
-            fleet_manager.routes(self.storage, self.deploystore, self.deployments, self.hub)
-        )
-        app.add_routes(reports.routes(self.storage, self.deploystore, self.hub, self.reports))
-        app.router.add_get("/openapi.json", self._openapi)
-        app.add_routes(
-            native.routes(
-                self.storage,
-                self.hub,
-                self.units,
-                self.logs,
-                ca_pin=self.ca_pin,
-                join_ttl_s=self.config.join_token_ttl_s,
-            )
-        )
+        families = self.families()
+        self._public = public_paths(families)
+        register(app, families)
         return app
 
     def hub_app(self) -> web.Application:
@@ -125,30 +152,32 @@ class Coordinator:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         response: web.StreamResponse
-        envelope = request.path.startswith("/api/")
+        family = family_of(request.app, request.path)
         try:
             # Anonymous routes get their body cap before anything else; the others only
             # once the caller is known, so nobody unauthenticated makes us read a body.
             request = guard.bounded(request)
-            if request.path not in PUBLIC_PATHS:
+            if request.path not in self._public:
                 request["principal"] = authenticate(request, self.storage)
             await guard.read_body(request, self.config.body_timeout_s)
             response = await handler(request)
         except AuthError as exc:
-            response = error_response(
-                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}, envelope=envelope
+            response = family.conventions.error(
+                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}
             )
         except ApiError as exc:
-            response = error_response(exc.status, exc.message, envelope=envelope)
+            response = family.conventions.error(exc.status, exc.message)
+        except DomainError as exc:
+            response = family.conventions.domain_error(exc)
         except StorageUnavailable as exc:
             # The health object logged it once; each refused request is not news.
             status = 507 if exc.kind == "full" else 503
-            response = error_response(status, str(exc), envelope=envelope)
+            response = family.conventions.error(status, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = error_response(exc.status, exc.reason, allow, envelope=envelope)
+            response = family.conventions.error(exc.status, exc.reason, allow)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
         route = guard.route_of(request) or "unmatched"
@@ -171,7 +200,8 @@ class Coordinator:
         return json_response({"status": "ok"})
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return json_response(openapi.document(request.app))
+        families: list[Family] = request.app[FAMILIES]
+        return json_response(openapi.document(families))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

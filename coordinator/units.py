@@ -215,6 +215,14 @@ class UnitService:
     def list_units(self) -> list[Unit]:
         return [self._explained(u) for u in self.storage.list_units()]
 
+    def states(self, *, name: str | None = None) -> list[UnitState]:
+        """What machines last reported, as stored (no staleness marks)."""
+        return self.storage.unit_states(name=name)
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """Those of these unit names no unit has."""
+        return [n for n in names if self.storage.get_unit(n) is None]
+
     def _explained(self, unit: Unit) -> Unit:
         reason = "" if unit.machines else self.unschedulable.get(unit.name, "")
         return msgspec.structs.replace(unit, unschedulable=reason) if reason else unit
