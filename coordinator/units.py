@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 import msgspec
 
 from coordinator.desired import machine_desired
+from coordinator.errors import NotFound
 from coordinator.hub import Hub, Session
 from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.metrics import CoordinatorMetrics
@@ -211,6 +212,13 @@ class UnitService:
         """A unit with the scheduler's reason when it is on no machine."""
         unit = self.storage.get_unit(name)
         return None if unit is None else self._explained(unit)
+
+    def unit(self, name: str) -> Unit:
+        """Like `get`, but a unit that does not exist is a NotFound."""
+        unit = self.get(name)
+        if unit is None:
+            raise NotFound(f"unit {name!r} does not exist")
+        return unit
 
     def list_units(self) -> list[Unit]:
         return [self._explained(u) for u in self.storage.list_units()]

@@ -145,10 +145,7 @@ def routes(
 
     @r.get(PREFIX + "/units/{name}", "One unit", response=Unit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        unit = units.get(unit_name(request))
-        if unit is None:
-            raise ApiError(404, f"unit {request.match_info['name']!r} does not exist")
-        return json_response(unit)
+        return json_response(units.unit(unit_name(request)))
 
     @r.put(
         PREFIX + "/units/{name}",

@@ -108,6 +108,13 @@ async def test_revoking_an_unknown_machine_is_not_found(rig: Rig) -> None:
     assert rig.machines.unknown(["m1", "m9"]) == ["m9"]
 
 
+def test_a_unit_that_does_not_exist_is_not_found(rig: Rig) -> None:
+    with pytest.raises(NotFound, match=r"unit 'a\.service' does not exist"):
+        rig.units.unit("a.service")
+    assert rig.units.missing(["a.service"]) == ["a.service"]
+    assert rig.units.states() == []
+
+
 async def test_metadata_patches_are_stored_and_rescheduled(rig: Rig) -> None:
     rig.enrol("m1")
     rig.machines.patch_metadata({"m1": {"role": "web"}})
