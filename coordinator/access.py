@@ -1,20 +1,27 @@
-"""Join tokens and API tokens: minted, listed and revoked here, for the API and for
-`moorage dev` alike. The plain token exists only in the return value; the store keeps
-its hash.
+"""Trust: join tokens and API tokens minted, listed and revoked (for the API and for
+`moorage dev` alike; the plain token exists only in the return value, the store keeps
+its hash), and enrolment as the API sees it (refusals as domain errors, the replaced
+identity's session ended).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgspec
 
 from coordinator.auth import ROLE_ADMIN
-from coordinator.errors import Invalid, NotFound
+from coordinator.enrolment import Enroller
+from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
+from coordinator.hub import CLOSE_REVOKED, Hub
+from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import ApiToken
-from coordinator.storage import Storage
-from proto.enrolment import machine_id_problem
+from coordinator.storage import EnrollConflict, EnrollRefused, Storage
+from proto.enrolment import EnrollRequest, EnrollResponse, machine_id_problem
 from proto.tokens import format_token, hash_secret, new_api_token, new_join_token
+
+log = logging.getLogger(__name__)
 
 MAX_TOKEN_TTL_S = 30 * 86400.0
 MAX_TOKENS_PER_CALL = 10_000
@@ -98,3 +105,37 @@ class TokenService:
     def revoke_api_token(self, token_id: str) -> None:
         if not self.storage.revoke_api_token(token_id):
             raise NotFound(f"API token {token_id!r} does not exist")
+
+
+class EnrolmentService:
+    """A join token and a CSR in, a certificate out; counted, logged, and a re-enrolled
+    machine's old session ended (its earlier certificates are revoked)."""
+
+    def __init__(self, enroller: Enroller, hub: Hub, metrics: CoordinatorMetrics) -> None:
+        self.enroller = enroller
+        self.hub = hub
+        self.metrics = metrics
+
+    @property
+    def ca_pem(self) -> str:
+        """The CA certificate is public; agents pin it by the hash in the join token."""
+        return self.enroller.ca_pem
+
+    def enroll(self, req: EnrollRequest, hub_url: str) -> EnrollResponse:
+        """Forbidden with the reason for the agent, or Conflict for an enrolled machine
+        the token may not take over."""
+        try:
+            result, replaced = self.enroller.enroll(req, hub_url)
+        except EnrollRefused as exc:
+            self.metrics.enrolments.labels("refused").inc()
+            log.warning("enrolment of %r refused: %s", req.machine_id, exc)
+            if isinstance(exc, EnrollConflict):
+                raise Conflict(str(exc)) from None
+            raise Forbidden(str(exc)) from None
+        self.metrics.enrolments.labels("ok").inc()
+        if replaced:
+            self.hub.end_session(req.machine_id, CLOSE_REVOKED, "machine re-enrolled")
+            log.info("re-enrolled machine %s; earlier certificates revoked", req.machine_id)
+        else:
+            log.info("enrolled machine %s", req.machine_id)
+        return result

@@ -24,9 +24,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import guard, limits, pki
-from coordinator.access import TokenService
-from coordinator.api import fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
-from coordinator.api.errors import ApiError, decode_body, json_response
+from coordinator.access import EnrolmentService, TokenService
+from coordinator.api import agent, fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
+from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
     FAMILIES,
     FLEET,
@@ -42,14 +42,14 @@ from coordinator.deployments import DeploymentService
 from coordinator.deploystore import DeployStore
 from coordinator.enrolment import Enroller
 from coordinator.errors import DomainError
-from coordinator.hub import CLOSE_REVOKED, Hub
+from coordinator.hub import Hub
 from coordinator.logs import LogService
 from coordinator.machines import MachineService
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports import ReportService
-from coordinator.storage import EnrollRefused, Storage, StorageUnavailable
+from coordinator.storage import Storage, StorageUnavailable
 from coordinator.units import UnitService
-from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
+from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Coordinator:
         )
         self.logs = LogService(self.hub)
         self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
+        self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
         self.api_port = 0
         self.hub_port = 0
@@ -108,6 +109,7 @@ class Coordinator:
         documented from it (/openapi.json)."""
         return [
             self._system_routes(),
+            agent.routes(self.enrolment, self._hub_url),
             fleet_v1.routes(self.units, self.machines),
             v1_alpha.routes(self.units, self.machines),
             fleet_manager.routes(self.deployments, self.machines),
@@ -125,14 +127,6 @@ class Coordinator:
             public=True,
         )(self._readyz)
         r.get("/metrics", "Prometheus metrics")(self._metrics)
-        r.get(CA_PATH, "The fleet CA certificate (PEM; public)", public=True)(self._ca)
-        r.post(
-            ENROLL_PATH,
-            "Enrol a machine with a join token and a CSR",
-            request=EnrollRequest,
-            errors=(400, 403, 409, 415),
-            public=True,
-        )(self._enroll)
         r.get("/openapi.json", "This document")(self._openapi)
         return Family("", FLEET, r.routes)
 
@@ -207,31 +201,10 @@ class Coordinator:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _ca(self, request: web.Request) -> web.Response:
-        """The CA certificate is public; agents pin it by the hash carried in the join token."""
-        return web.Response(text=self.enroller.ca_pem, content_type="application/x-pem-file")
-
-    async def _enroll(self, request: web.Request) -> web.Response:
-        body = await decode_body(request, EnrollRequest, max_bytes=64 << 10)
-        try:
-            result, replaced = self.enroller.enroll(body, self._hub_url(request))
-        except EnrollRefused as exc:
-            self.metrics.enrolments.labels("refused").inc()
-            log.warning("enrolment of %r refused: %s", body.machine_id, exc)
-            raise ApiError(exc.status, str(exc)) from None
-        self.metrics.enrolments.labels("ok").inc()
-        if replaced:
-            # Re-enrolled with a token bound to it: the old identity is revoked.
-            self.hub.end_session(body.machine_id, CLOSE_REVOKED, "machine re-enrolled")
-            log.info("re-enrolled machine %s; earlier certificates revoked", body.machine_id)
-        else:
-            log.info("enrolled machine %s", body.machine_id)
-        return json_response(result)
-
-    def _hub_url(self, request: web.Request) -> str:
+    def _hub_url(self, host: str) -> str:
+        """The hub URL for an agent that reached the API at `host` (unless configured)."""
         if self.config.hub_url:
             return self.config.hub_url
-        host = request.url.host or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
         return f"wss://{host}:{self.hub_port}{HUB_PATH}"

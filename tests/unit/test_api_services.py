@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from coordinator import pki
-from coordinator.access import MAX_TOKENS_PER_CALL, TokenService, token_ttl
+from coordinator.access import MAX_TOKENS_PER_CALL, EnrolmentService, TokenService, token_ttl
 from coordinator.api.routing import (
     ENVELOPE,
     FLEET,
@@ -35,6 +35,8 @@ from coordinator.reports import ReportService, ReportUnavailable, merge_refreshe
 from coordinator.server import Coordinator
 from coordinator.storage import EnrollRefused, Storage
 from coordinator.units import UnitService
+from proto.crypto import generate_key, make_csr
+from proto.enrolment import EnrollRequest
 from proto.messages import DriftEntry, Sticker
 from proto.tokens import API_KIND, JOIN_KIND, parse_token, secret_matches
 
@@ -55,6 +57,8 @@ class Rig:
         self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=600)
         self.reports = ReportService(self.storage, self.deploystore, self.hub)
+        self.metrics = CoordinatorMetrics()
+        self.enrolment = EnrolmentService(enroller, self.hub, self.metrics)
 
     def enrol(self, machine_id: str) -> None:
         """Through the real join-token path: minted by the service, consumed by the store."""
@@ -183,6 +187,30 @@ def test_api_tokens_round_trip(rig: Rig) -> None:
     with pytest.raises(Invalid, match="name must not be empty"):
         rig.tokens.create_api_token("  ")
     assert token_ttl(None, 60) == 60
+
+
+def test_enrolment_refusals_are_domain_errors(rig: Rig) -> None:
+    csr = make_csr(generate_key(), "m1").decode()
+    with pytest.raises(Forbidden, match="not a Moorage join token"):
+        rig.enrolment.enroll(EnrollRequest("nope", "m1", csr), "wss://h/agent/v1")
+    token = rig.tokens.create_join_token(60)
+    answer = rig.enrolment.enroll(EnrollRequest(token, "m1", csr), "wss://h/agent/v1")
+    assert answer.machine_id == "m1" and answer.hub_url == "wss://h/agent/v1"
+    assert "BEGIN CERTIFICATE" in answer.cert_pem and answer.ca_pem == rig.enrolment.ca_pem
+    with pytest.raises(Forbidden, match="join token was already used"):
+        rig.enrolment.enroll(EnrollRequest(token, "m1", csr), "wss://h/agent/v1")
+    # Another token may not take over the enrolled machine: a conflict, not a refusal.
+    other = rig.tokens.create_join_token(60)
+    with pytest.raises(Conflict):
+        rig.enrolment.enroll(EnrollRequest(other, "m1", csr), "wss://h/agent/v1")
+    counted = {
+        s.labels["result"]: s.value
+        for metric in rig.metrics.registry.collect()
+        if metric.name == "moorage_enrolments"
+        for s in metric.samples
+        if s.name.endswith("_total")
+    }
+    assert counted == {"ok": 1.0, "refused": 3.0}
 
 
 # --- reports and logs ----------------------------------------------------------------------
