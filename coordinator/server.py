@@ -30,10 +30,10 @@ from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
     FAMILIES,
     FLEET,
+    PUBLIC,
     Family,
     RouteTable,
     family_of,
-    public_paths,
     register,
 )
 from coordinator.auth import AuthError, authenticate
@@ -100,7 +100,6 @@ class Coordinator:
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._public: frozenset[str] = frozenset()
 
     # --- applications -------------------------------------------------------------------
 
@@ -132,9 +131,7 @@ class Coordinator:
 
     def api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=256 << 20)
-        families = self.families()
-        self._public = public_paths(families)
-        register(app, families)
+        register(app, self.families())
         return app
 
     def hub_app(self) -> web.Application:
@@ -151,7 +148,7 @@ class Coordinator:
             # Anonymous routes get their body cap before anything else; the others only
             # once the caller is known, so nobody unauthenticated makes us read a body.
             request = guard.bounded(request)
-            if request.path not in self._public:
+            if request.path not in request.app[PUBLIC]:
                 request["principal"] = authenticate(request, self.storage)
             await guard.read_body(request, self.config.body_timeout_s)
             response = await handler(request)

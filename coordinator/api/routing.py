@@ -127,6 +127,8 @@ class Family:
 
 
 FAMILIES: web.AppKey[list[Family]] = web.AppKey("families", list[Family])
+PUBLIC: web.AppKey[frozenset[str]] = web.AppKey("public", frozenset[str])
+"""Paths served without authentication, from the declarations."""
 
 
 def register(app: web.Application, families: Iterable[Family]) -> None:
@@ -143,6 +145,7 @@ def register(app: web.Application, families: Iterable[Family]) -> None:
             else:
                 app.router.add_route(route.method, route.path, route.handler)
     app[FAMILIES] = kept
+    app[PUBLIC] = public_paths(kept)
 
 
 def family_of(app: web.Application, path: str) -> Family:

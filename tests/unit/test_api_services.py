@@ -325,6 +325,20 @@ async def test_each_family_renders_domain_errors_its_own_way(
     assert resp.status == 404 and (await resp.json())["success"] is False
 
 
+async def test_only_routes_declared_public_are_served_unauthenticated(
+    served: tuple[TestClient[web.Request, web.Application], str],
+) -> None:
+    client, _ = served
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/agent/v1/ca")).status == 200
+    for path in ("/metrics", "/openapi.json", "/moorage/v1/machines"):
+        resp = await client.get(path)
+        assert resp.status == 401, path
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+    resp = await client.get("/api/v2/clusters")
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "UNAUTHORIZED"
+
+
 async def test_the_document_lists_exactly_the_registered_routes(
     served: tuple[TestClient[web.Request, web.Application], str],
 ) -> None:
