@@ -21,8 +21,8 @@ from coordinator.machines import MachineService
 from coordinator.models import Machine, Unit, UnitCopy, UnitState
 from coordinator.scheduler import XFleetError, parse_xfleet
 from coordinator.units import UnitService, current_state
-from coordinator.validation import UnitInvalid, validate_name, validate_unit
-from proto.units import UnitOption, is_template, unit_hash
+from coordinator.validation import UnitInvalid, validate_name
+from proto.units import UnitOption
 
 PREFIX = "/fleet/v1"
 DESIRED = ("inactive", "loaded", "launched")
@@ -227,34 +227,8 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         if body.desiredState and body.desiredState not in DESIRED:
             raise ApiError(400, f"invalid desiredState {body.desiredState!r}")
         desired = body.desiredState or None
-        existing = units.get(name)
-        options = body.options or []
-
-        if existing is None:
-            if not options:
-                raise ApiError(409, "unit does not exist and options field empty")
-            _validate(name, options)
-            state = desired or "inactive"
-            if is_template(name) and state != "inactive":
-                raise ApiError(400, f"cannot activate template {name!r}")
-            await units.put(name, options, state)  # type: ignore[arg-type]
-            return web.Response(status=201)
-
-        if options and unit_hash(options) != existing.hash:
-            _validate(name, options)
-            state = desired or existing.desired_state
-            if is_template(name) and state != "inactive":
-                raise ApiError(400, f"cannot activate template {name!r}")
-            pinned = existing.machines if existing.pinned else None
-            await units.put(name, options, state, machines=pinned)  # type: ignore[arg-type]
-            return web.Response(status=201)
-
-        if desired is None:
-            raise ApiError(409, "must provide DesiredState to update existing unit")
-        if is_template(name) and desired != "inactive":
-            raise ApiError(400, f"cannot activate template {name!r}")
-        await units.set_desired_state(name, desired)  # type: ignore[arg-type]
-        return web.Response(status=204)
+        action = await units.apply(name, body.options or [], desired)  # type: ignore[arg-type]
+        return web.Response(status=204 if action == "set_state" else 201)
 
     @r.delete(PREFIX + "/units/{name}", "Destroy a unit", ok=204, errors=(404,))
     async def delete_unit(request: web.Request) -> web.Response:
@@ -291,13 +265,6 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         return json_response(fleet_state(states[0]) if states else FleetUnitState(name=name))
 
     return Family(PREFIX, FLEET, r.routes)
-
-
-def _validate(name: str, options: list[UnitOption]) -> None:
-    try:
-        validate_unit(name, options)
-    except UnitInvalid as exc:
-        raise ApiError(400, str(exc)) from None
 
 
 def states_by_unit(states: list[UnitState]) -> dict[str, list[UnitState]]:

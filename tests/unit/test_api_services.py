@@ -34,11 +34,12 @@ from coordinator.models import Machine, MachineDrift, Unit
 from coordinator.reports import ReportService, ReportUnavailable, merge_refreshed
 from coordinator.server import Coordinator
 from coordinator.storage import EnrollRefused, Storage
-from coordinator.units import UnitService
+from coordinator.units import UnitService, put_plan
 from proto.crypto import generate_key, make_csr
 from proto.enrolment import EnrollRequest
 from proto.messages import DriftEntry, Sticker
 from proto.tokens import API_KIND, JOIN_KIND, parse_token, secret_matches
+from proto.units import UnitOption, unit_hash
 
 
 class Rig:
@@ -138,6 +139,45 @@ def test_clusters_of_is_health_over_plain_values() -> None:
         ("unreachable", 0, {"d": "r"}),
     ]
     assert cluster_health("connected", True, 0, ["docker"]) == ("healthy", "")
+
+
+# --- units ---------------------------------------------------------------------------------
+
+SLEEP = [UnitOption("Service", "ExecStart", "/bin/sleep 1000")]
+
+
+def test_put_plan_follows_fleets_rules() -> None:
+    old = Unit(name="a.service", options=SLEEP, hash=unit_hash(SLEEP), desired_state="launched")
+    other = [UnitOption("Service", "ExecStart", "/bin/sleep 2000")]
+    assert put_plan("a.service", None, SLEEP, None) == ("create", "inactive")
+    assert put_plan("a.service", old, other, None) == ("replace", "launched")
+    assert put_plan("a.service", old, SLEEP, "loaded") == ("set_state", "loaded")
+    assert put_plan("a.service", old, [], "inactive") == ("set_state", "inactive")
+    with pytest.raises(Conflict, match="unit does not exist and options field empty"):
+        put_plan("a.service", None, [], "launched")
+    with pytest.raises(Conflict, match="must provide DesiredState"):
+        put_plan("a.service", old, SLEEP, None)
+    with pytest.raises(Invalid, match=r"cannot activate template 'a@\.service'"):
+        put_plan("a@.service", None, SLEEP, "launched")
+    assert put_plan("a@.service", None, SLEEP, None) == ("create", "inactive")
+    bogus = [UnitOption("X-Fleet", "Bogus", "x")]
+    with pytest.raises(Invalid, match=r"unknown \[X-Fleet\] option 'Bogus'"):
+        put_plan("a@.service", None, bogus, "launched")  # checked before the template rule
+    with pytest.raises(Invalid, match="Bogus"):
+        put_plan("a.service", old, bogus, None)
+
+
+async def test_apply_creates_replaces_and_keeps_pinning(rig: Rig) -> None:
+    rig.enrol("m1")
+    await rig.units.put("p.service", SLEEP, "launched", machines=["m1"])
+    other = [UnitOption("Service", "ExecStart", "/bin/sleep 2000")]
+    assert await rig.units.apply("p.service", other, None) == "replace"
+    unit = rig.units.unit("p.service")
+    assert unit.pinned and unit.machines == ["m1"] and unit.hash == unit_hash(other)
+    assert await rig.units.apply("p.service", [], "inactive") == "set_state"
+    assert rig.units.unit("p.service").desired_state == "inactive"
+    assert await rig.units.apply("n.service", SLEEP, None) == "create"
+    assert rig.units.unit("n.service").desired_state == "inactive"
 
 
 # --- tokens ------------------------------------------------------------------------------
