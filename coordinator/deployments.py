@@ -26,6 +26,7 @@ from typing import Protocol
 import msgspec
 
 from coordinator import groups, rollout
+from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
 from coordinator.hub import Hub, Session
 from coordinator.manifest import Manifest, ManifestError, parse_manifest
 from coordinator.models import (
@@ -40,12 +41,7 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.reports import ReportUnavailable
-from coordinator.store.ports import (
-    DEFAULT_GROUP,
-    Conflict,
-    FleetStore,
-    TransactionalDeploymentStore,
-)
+from coordinator.store.ports import DEFAULT_GROUP, FleetStore, TransactionalDeploymentStore
 from coordinator.units import UnitService
 from proto import messages as m
 from proto.messages import DesiredUnit
@@ -60,18 +56,6 @@ SYNC_EVERY_TICKS = 10
 IMAGE_RESOLVE_TIMEOUT_S = 120.0
 
 __all__ = ["Conflict", "DeploymentService", "Invalid", "NotFound", "Unavailable"]
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Invalid(ValueError):
-    """The request cannot be carried out as given; the message names the field."""
-
-
-class Unavailable(Exception):
-    """Cannot be done right now (no machine to pin an image with): try again later."""
 
 
 class ImageResolver(Protocol):
@@ -178,6 +162,13 @@ class DeploymentService:
 
     def group_members(self, group: MachineGroup) -> list[Machine]:
         return groups.members(group, self.storage.list_machines())
+
+    def groups(self) -> list[MachineGroup]:
+        return self.store.list_groups()
+
+    def machines(self) -> list[Machine]:
+        """Machines not revoked: what group selectors choose from."""
+        return self.storage.list_machines()
 
     # --- applications ---------------------------------------------------------------------
 
@@ -317,6 +308,13 @@ class DeploymentService:
             self._manifests.clear()
         self._manifests[digest] = manifest
 
+    def applications(self) -> list[Application]:
+        return self.store.list_applications()
+
+    def version_labels(self, app_id: str) -> list[str]:
+        """The application's version labels, oldest first."""
+        return [v.label for v in self.store.versions(app_id)]
+
     def application(self, app_id: str) -> Application:
         """By id, or by name (names are unique; moorctl uses them)."""
         app = self.store.get_application(app_id) or self.store.application_by_name(app_id)
@@ -404,6 +402,9 @@ class DeploymentService:
             affected = self.store.delete_deployment(d.id) or set()
         await self.units.push(affected)
 
+    def deployments(self) -> list[Deployment]:
+        return self.store.list_deployments()
+
     def deployment(self, deployment_id: str) -> Deployment:
         """By id, or by name (names are unique; moorctl uses them)."""
         d = self.store.get_deployment(deployment_id) or self.store.deployment_by_name(deployment_id)
@@ -422,6 +423,10 @@ class DeploymentService:
 
     def jobs(self, release_id: str) -> list[ReleaseJob]:
         return self.store.jobs(self.release(release_id).id)
+
+    def release_jobs(self, release: Release) -> list[ReleaseJob]:
+        """The jobs of a release already read (no second lookup)."""
+        return self.store.jobs(release.id)
 
     def _application_ref(self, ref: str, field: str) -> Application:
         app = self.store.get_application(ref) or self.store.application_by_name(ref)

@@ -31,7 +31,6 @@ import click
 import msgspec
 
 from coordinator import __version__, pki
-from coordinator.api.native import create_api_token, create_join_token
 from coordinator.config import DEFAULT_API_PORT, DEFAULT_HUB_PORT, CoordinatorConfig
 from coordinator.devhost import RuntimePlan, Started, die_with_parent, host_facts, plan_runtimes
 from coordinator.server import Coordinator
@@ -266,7 +265,7 @@ async def _stop_keeper(keeper: asyncio.subprocess.Process) -> None:
 def _ensure_admin_token(coordinator: Coordinator, paths: DevPaths) -> None:
     if paths.token_file.exists():
         return
-    token, _ = create_api_token(coordinator.storage, "moorage-dev", None)
+    token, _ = coordinator.tokens.create_api_token("moorage-dev", None)
     pki.write_private(paths.token_file, token.encode() + b"\n")
 
 
@@ -303,7 +302,7 @@ async def _ensure_enrolled(
     known = await _agent_identity(paths, scope)
     if known["enrolled"]:
         return str(known["machine_id"])
-    token = create_join_token(coordinator.storage, coordinator.ca_pin, 600.0, "moorage dev")
+    token = coordinator.tokens.create_join_token(600.0, "moorage dev")
     proc = await asyncio.create_subprocess_exec(
         *_agent_cmd(paths, scope, False),
         "enroll",

@@ -11,14 +11,33 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
+from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
 from coordinator.hub import Hub, Session
+from coordinator.models import Unit
 from proto import messages as m
 
 FIRST_CHUNK_TIMEOUT_S = 30.0
 
 
-class LogUnavailable(Exception):
+class LogUnavailable(Unavailable):
     pass
+
+
+def journal_machine(name: str, unit: Unit | None, machine: str = "") -> str:
+    """The machine whose journal to read for a unit: the one asked for, else the only
+    one the unit is on (a unit on several needs `machine`). Pure."""
+    if unit is None:
+        raise NotFound(f"unit {name!r} does not exist")
+    if machine:
+        return machine
+    if not unit.machines:
+        raise Conflict(f"unit {name} is not scheduled on any machine")
+    if len(unit.machines) > 1:
+        raise Invalid(
+            f"unit {name} runs on {len(unit.machines)} machines"
+            f" ({', '.join(unit.machines)}); pass machine=ID"
+        )
+    return unit.machines[0]
 
 
 class LogService:

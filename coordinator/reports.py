@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from coordinator.errors import NotFound, Unavailable
 from coordinator.hub import Hub, Session
-from coordinator.models import MachineDrift
+from coordinator.models import MachineDrift, MachineSticker
 from coordinator.store.ports import MachineStore, ReportStore
 from proto import messages as m
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class ReportUnavailable(Exception):
+class ReportUnavailable(Unavailable):
     """The machine cannot answer now; ``reason`` is "not_connected", "disconnected" or
     "timeout" (the message says which machine and why)."""
 
@@ -39,6 +40,7 @@ class ReportUnavailable(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.timed_out = reason == "timeout"
 
 
 class _Waiter:
@@ -114,6 +116,38 @@ class ReportService:
                     ReportUnavailable("disconnected", f"machine {session.machine_id} disconnected")
                 )
 
+    # --- what the API reads ------------------------------------------------------------
+
+    def check_machine(self, machine_id: str | None) -> None:
+        """A filter naming a machine must name one that exists (NotFound otherwise)."""
+        if machine_id is not None and self.storage.get_machine(machine_id) is None:
+            raise NotFound(f"machine {machine_id!r} does not exist")
+
+    def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
+        """Each machine's last drift report, or one machine's (NotFound if unknown)."""
+        self.check_machine(machine_id)
+        return self.deploystore.drift(machine_id)
+
+    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
+        """Version stickers as the machines last reported them."""
+        self.check_machine(machine_id)
+        return self.deploystore.stickers(machine_id)
+
+    async def refresh_all_drift(
+        self, timeout_s: float = 5.0
+    ) -> tuple[list[MachineDrift], dict[str, str]]:
+        """Ask every connected machine at once; the stored report stands in for a machine
+        that did not answer. Returns every report by machine id, and who was unreachable
+        with the reason."""
+        machines = sorted(self.hub.sessions)
+        answers = await asyncio.gather(
+            *(self.refresh_drift(mid, timeout_s) for mid in machines), return_exceptions=True
+        )
+        fresh, unreachable = merge_refreshed(machines, answers)
+        stored = {d.machine_id: d for d in self.deploystore.drift()}
+        merged = stored | fresh
+        return [merged[k] for k in sorted(merged)], unreachable
+
     # --- questions to agents --------------------------------------------------------------
 
     async def refresh_drift(self, machine_id: str, timeout_s: float = 5.0) -> MachineDrift:
@@ -173,3 +207,20 @@ class ReportService:
         if not isinstance(reply, kind):  # _answer only accepts `kind`; never on the wire
             raise ReportUnavailable("invalid", f"machine {machine_id} answered the {what} wrongly")
         return reply
+
+
+def merge_refreshed(
+    machines: list[str], answers: list[MachineDrift | BaseException]
+) -> tuple[dict[str, MachineDrift], dict[str, str]]:
+    """Split gathered answers into fresh reports and unreachable machines' reasons; any
+    other failure is a bug and is raised. Pure."""
+    fresh: dict[str, MachineDrift] = {}
+    unreachable: dict[str, str] = {}
+    for mid, answer in zip(machines, answers, strict=True):
+        if isinstance(answer, MachineDrift):
+            fresh[mid] = answer
+        elif isinstance(answer, ReportUnavailable):
+            unreachable[mid] = answer.message
+        else:
+            raise answer
+    return fresh, unreachable

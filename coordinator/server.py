@@ -24,27 +24,37 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import guard, limits, pki
-from coordinator.api import fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
-from coordinator.api.errors import ApiError, decode_body, error_response, json_response
+from coordinator.access import EnrolmentService, TokenService
+from coordinator.api import agent, fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
+from coordinator.api.errors import ApiError, json_response
+from coordinator.api.routing import (
+    FAMILIES,
+    FLEET,
+    PUBLIC,
+    Family,
+    RouteTable,
+    family_of,
+    register,
+)
 from coordinator.app import open_store
 from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deployments import DeploymentService
 from coordinator.enrolment import Enroller
-from coordinator.hub import CLOSE_REVOKED, Hub
+from coordinator.errors import DomainError
+from coordinator.hub import Hub
 from coordinator.logs import LogService
+from coordinator.machines import MachineService
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports import ReportService
-from coordinator.store.ports import EnrollRefused, StorageUnavailable
+from coordinator.store.ports import StorageUnavailable
 from coordinator.units import UnitService
-from proto.enrolment import CA_PATH, ENROLL_PATH, HUB_PATH, EnrollRequest
+from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096
 """Thousands of agents reconnect at once after a restart; 128 would drop their SYNs."""
-
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", CA_PATH, ENROLL_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,6 +92,9 @@ class Coordinator:
             self.storage, self.deploystore, self.units, self.hub, images=self.reports
         )
         self.logs = LogService(self.hub)
+        self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
+        self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
+        self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -90,30 +103,35 @@ class Coordinator:
 
     # --- applications -------------------------------------------------------------------
 
+    def families(self) -> list[Family]:
+        """Every route the API serves, declared once: registered from this list and
+        documented from it (/openapi.json)."""
+        return [
+            self._system_routes(),
+            agent.routes(self.enrolment, self._hub_url),
+            fleet_v1.routes(self.units, self.machines),
+            v1_alpha.routes(self.units, self.machines),
+            fleet_manager.routes(self.deployments, self.machines),
+            reports.routes(self.reports),
+            native.routes(self.units, self.machines, self.tokens, self.logs),
+        ]
+
+    def _system_routes(self) -> Family:
+        r = RouteTable()
+        r.get("/healthz", "Liveness probe (no authentication)", public=True)(self._healthz)
+        r.get(
+            "/readyz",
+            "Readiness probe (no authentication); 503 with the reason while storage is full",
+            errors=(503,),
+            public=True,
+        )(self._readyz)
+        r.get("/metrics", "Prometheus metrics")(self._metrics)
+        r.get("/openapi.json", "This document")(self._openapi)
+        return Family("", FLEET, r.routes)
+
     def api_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=256 << 20)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get(CA_PATH, self._ca)
-        app.router.add_post(ENROLL_PATH, self._enroll)
-        app.add_routes(fleet_v1.routes(self.storage, self.units))
-        app.add_routes(v1_alpha.routes(self.storage, self.units))
-        app.add_routes(
-            fleet_manager.routes(self.storage, self.deploystore, self.deployments, self.hub)
-        )
-        app.add_routes(reports.routes(self.storage, self.deploystore, self.hub, self.reports))
-        app.router.add_get("/openapi.json", self._openapi)
-        app.add_routes(
-            native.routes(
-                self.storage,
-                self.hub,
-                self.units,
-                self.logs,
-                ca_pin=self.ca_pin,
-                join_ttl_s=self.config.join_token_ttl_s,
-            )
-        )
+        register(app, self.families())
         return app
 
     def hub_app(self) -> web.Application:
@@ -125,30 +143,32 @@ class Coordinator:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         response: web.StreamResponse
-        envelope = request.path.startswith("/api/")
+        family = family_of(request.app, request.path)
         try:
             # Anonymous routes get their body cap before anything else; the others only
             # once the caller is known, so nobody unauthenticated makes us read a body.
             request = guard.bounded(request)
-            if request.path not in PUBLIC_PATHS:
+            if request.path not in request.app[PUBLIC]:
                 request["principal"] = authenticate(request, self.storage)
             await guard.read_body(request, self.config.body_timeout_s)
             response = await handler(request)
         except AuthError as exc:
-            response = error_response(
-                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}, envelope=envelope
+            response = family.conventions.error(
+                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}
             )
         except ApiError as exc:
-            response = error_response(exc.status, exc.message, envelope=envelope)
+            response = family.conventions.error(exc.status, exc.message)
+        except DomainError as exc:
+            response = family.conventions.domain_error(exc)
         except StorageUnavailable as exc:
             # The health object logged it once; each refused request is not news.
             status = 507 if exc.kind == "full" else 503
-            response = error_response(status, str(exc), envelope=envelope)
+            response = family.conventions.error(status, str(exc))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = error_response(exc.status, exc.reason, allow, envelope=envelope)
+            response = family.conventions.error(exc.status, exc.reason, allow)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
         route = guard.route_of(request) or "unmatched"
@@ -171,37 +191,17 @@ class Coordinator:
         return json_response({"status": "ok"})
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return json_response(openapi.document(request.app))
+        families: list[Family] = request.app[FAMILIES]
+        return json_response(openapi.document(families))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _ca(self, request: web.Request) -> web.Response:
-        """The CA certificate is public; agents pin it by the hash carried in the join token."""
-        return web.Response(text=self.enroller.ca_pem, content_type="application/x-pem-file")
-
-    async def _enroll(self, request: web.Request) -> web.Response:
-        body = await decode_body(request, EnrollRequest, max_bytes=64 << 10)
-        try:
-            result, replaced = self.enroller.enroll(body, self._hub_url(request))
-        except EnrollRefused as exc:
-            self.metrics.enrolments.labels("refused").inc()
-            log.warning("enrolment of %r refused: %s", body.machine_id, exc)
-            raise ApiError(exc.status, str(exc)) from None
-        self.metrics.enrolments.labels("ok").inc()
-        if replaced:
-            # Re-enrolled with a token bound to it: the old identity is revoked.
-            self.hub.end_session(body.machine_id, CLOSE_REVOKED, "machine re-enrolled")
-            log.info("re-enrolled machine %s; earlier certificates revoked", body.machine_id)
-        else:
-            log.info("enrolled machine %s", body.machine_id)
-        return json_response(result)
-
-    def _hub_url(self, request: web.Request) -> str:
+    def _hub_url(self, host: str) -> str:
+        """The hub URL for an agent that reached the API at `host` (unless configured)."""
         if self.config.hub_url:
             return self.config.hub_url
-        host = request.url.host or "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
         return f"wss://{host}:{self.hub_port}{HUB_PATH}"

@@ -14,10 +14,12 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Literal
 
 import msgspec
 
 from coordinator.desired import machine_desired
+from coordinator.errors import Conflict, Invalid, NotFound
 from coordinator.hub import Hub, Session
 from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.metrics import CoordinatorMetrics
@@ -31,10 +33,11 @@ from coordinator.scheduler import (
     unplaced_reasons,
 )
 from coordinator.store.ports import FleetStore
+from coordinator.validation import UnitInvalid, validate_unit
 from proto import messages as m
 from proto.desired import diff
 from proto.messages import DesiredState, DesiredUnit
-from proto.units import UnitOption, backend_for, unit_hash
+from proto.units import UnitOption, backend_for, is_template, unit_hash
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +123,40 @@ def batch_records(
     return records, written
 
 
+PutAction = Literal["create", "replace", "set_state"]
+
+
+def put_plan(
+    name: str, existing: Unit | None, options: list[UnitOption], desired: DesiredState | None
+) -> tuple[PutAction, DesiredState]:
+    """What a PUT of a unit does, by fleet's rules: options create a unit or replace one
+    whose hash differs; otherwise only the desired state changes, which must be given.
+    Templates are never active. Invalid or Conflict name the problem. Pure."""
+    action: PutAction
+    if existing is None:
+        if not options:
+            raise Conflict("unit does not exist and options field empty")
+        _check(name, options)
+        action, state = "create", desired or "inactive"
+    elif options and unit_hash(options) != existing.hash:
+        _check(name, options)
+        action, state = "replace", desired or existing.desired_state
+    else:
+        if desired is None:
+            raise Conflict("must provide DesiredState to update existing unit")
+        action, state = "set_state", desired
+    if is_template(name) and state != "inactive":
+        raise Invalid(f"cannot activate template {name!r}")
+    return action, state
+
+
+def _check(name: str, options: list[UnitOption]) -> None:
+    try:
+        validate_unit(name, options)
+    except UnitInvalid as exc:
+        raise Invalid(str(exc)) from None
+
+
 class UnitService:
     def __init__(
         self, storage: FleetStore, hub: Hub, metrics: CoordinatorMetrics | None = None
@@ -197,6 +234,20 @@ class UnitService:
             await self.reschedule()
         return written
 
+    async def apply(
+        self, name: str, options: list[UnitOption], desired: DesiredState | None
+    ) -> PutAction:
+        """A PUT by fleet's rules (`put_plan`): create, replace (keeping an operator's
+        pinning) or change the desired state; says which it did."""
+        existing = self.get(name)
+        action, state = put_plan(name, existing, options, desired)
+        if action == "set_state":
+            await self.set_desired_state(name, state)
+        else:
+            pinned = existing.machines if existing is not None and existing.pinned else None
+            await self.put(name, options, state, machines=pinned)
+        return action
+
     async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:
         unit = self.storage.get_unit(name)
         if unit is None:
@@ -231,8 +282,23 @@ class UnitService:
         unit = self.storage.get_unit(name)
         return None if unit is None else self._explained(unit)
 
+    def unit(self, name: str) -> Unit:
+        """Like `get`, but a unit that does not exist is a NotFound."""
+        unit = self.get(name)
+        if unit is None:
+            raise NotFound(f"unit {name!r} does not exist")
+        return unit
+
     def list_units(self) -> list[Unit]:
         return [self._explained(u) for u in self.storage.list_units()]
+
+    def states(self, *, name: str | None = None) -> list[UnitState]:
+        """What machines last reported, as stored (no staleness marks)."""
+        return self.storage.unit_states(name=name)
+
+    def missing(self, names: Iterable[str]) -> list[str]:
+        """Those of these unit names no unit has."""
+        return [n for n in names if self.storage.get_unit(n) is None]
 
     def _explained(self, unit: Unit) -> Unit:
         reason = "" if unit.machines else self.unschedulable.get(unit.name, "")

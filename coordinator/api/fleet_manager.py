@@ -21,9 +21,10 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.errors import ApiError, decode_body, json_response
-from coordinator.deployments import DeploymentService, Invalid, NotFound, Unavailable
+from coordinator.api.routing import ENVELOPE, Family, RouteTable
+from coordinator.deployments import DeploymentService
 from coordinator.groups import members
-from coordinator.hub import Hub
+from coordinator.machines import Cluster, MachineService, cluster_health
 from coordinator.manifest import DEPLOYABLE_TYPE, Metadata
 from coordinator.models import (
     Application,
@@ -33,13 +34,13 @@ from coordinator.models import (
     Release,
     ReleaseJob,
 )
-from coordinator.store.ports import Conflict
-from coordinator.store.ports import Store as DeployStore
-from coordinator.store.ports import Store as Storage
+
+__all__ = ["PREFIX", "cluster_health", "keyset_page", "routes", "same_shape"]
 
 PREFIX = "/api/v2"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+LIST = ("limit", "cursor")
 T = TypeVar("T")
 
 
@@ -222,22 +223,6 @@ class Page(msgspec.Struct, frozen=True):
     next: str | None
 
 
-def cluster_health(
-    state: str, connected: bool, drift: int, capabilities: Sequence[str]
-) -> tuple[str, str]:
-    """A machine's health and, unless healthy, why. A connected machine whose agent
-    reaches neither systemd nor Docker can run nothing, so it is not healthy. Pure."""
-    if state == "lost":
-        return "offline", "the machine has been gone longer than the lost-after time"
-    if not connected:
-        return "unreachable", "the agent is not connected"
-    if not set(capabilities) & {"systemd", "docker"}:
-        return "unhealthy", "neither systemd nor Docker is reachable: it can run nothing"
-    if drift:
-        return "drifted", f"{drift} unit(s) differ from what the machine was told"
-    return "healthy", ""
-
-
 CREATED_HEADER = "Moorage-Created"
 """A retried create answers 201 with the object already made (GitOps clients expect
 201); this header says whether this request made it (true) or found it (false)."""
@@ -327,10 +312,8 @@ def paged(
 # --- the adapter --------------------------------------------------------------------------
 
 
-def routes(
-    storage: Storage, store: DeployStore, service: DeploymentService, hub: Hub
-) -> web.RouteTableDef:
-    r = web.RouteTableDef()
+def routes(service: DeploymentService, machines: MachineService) -> Family:
+    r = RouteTable()
 
     def app_out(app: Application) -> ApplicationOut:
         manifest = service.manifest(app)
@@ -339,7 +322,7 @@ def routes(
             id=app.id,
             name=app.name,
             version=app.version,
-            versions=[v.label for v in store.versions(app.id)],
+            versions=service.version_labels(app.id),
             source_config=app.source_config,
             source_type=app.source_type,
             description=app.description,
@@ -374,7 +357,7 @@ def routes(
         )
 
     def release_out(rel: Release) -> ReleaseOut:
-        jobs = store.jobs(rel.id)
+        jobs = service.release_jobs(rel)
         count = Counter(j.status for j in jobs)
         return ReleaseOut(
             id=rel.id,
@@ -431,147 +414,163 @@ def routes(
             updated_at=iso(group.updated_at),
         )
 
-    def cluster_out(
-        mach: Machine, drift: dict[str, int], stickers: dict[str, dict[str, str]]
-    ) -> ClusterOut:
-        connected = mach.id in hub.sessions
-        drifted = drift.get(mach.id, 0)
-        health, reason = cluster_health(mach.state, connected, drifted, mach.capabilities)
+    def cluster_out(c: Cluster) -> ClusterOut:
+        mach = c.machine
         return ClusterOut(
             id=mach.id,
             name=mach.hostname or mach.id,
             hostname=mach.hostname,
             ip=mach.primary_ip,
-            health=health,
-            health_reason=reason,
-            state="connected" if connected else mach.state,
+            health=c.health,
+            health_reason=c.health_reason,
+            state="connected" if c.connected else mach.state,
             metadata=mach.metadata,
             capabilities=mach.capabilities,
             agent_version=mach.agent_version,
             last_seen=iso(mach.last_seen),
-            drift=drifted,
-            deployments=stickers.get(mach.id, {}),
+            drift=c.drift,
+            deployments=c.deployments,
         )
-
-    def reported(machine_id: str | None) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
-        """Drift entries per machine, and the release each machine's stickers name."""
-        drift = {d.machine_id: len(d.entries) for d in store.drift(machine_id)}
-        stickers: dict[str, dict[str, str]] = {}
-        for s in store.stickers(machine_id):
-            stickers.setdefault(s.machine_id, {})[s.sticker.deployment] = s.sticker.release
-        return drift, stickers
 
     # -- clusters (machines) and cluster groups
 
-    @r.get(PREFIX + "/clusters")
+    @r.get(PREFIX + "/clusters", "Machines with health", response=Page, errors=(400,), query=LIST)
     async def list_clusters(request: web.Request) -> web.Response:
-        drift, stickers = reported(None)
-        return paged(
-            request,
-            storage.list_machines(),
-            lambda mach: (mach.id,),
-            lambda mach: cluster_out(mach, drift, stickers),
-        )
+        return paged(request, machines.clusters(), lambda c: (c.machine.id,), cluster_out)
 
-    @r.get(PREFIX + "/clusters/{id}")
+    @r.get(PREFIX + "/clusters/{id}", "One machine", response=ClusterOut, errors=(404,))
     async def get_cluster(request: web.Request) -> web.Response:
-        mach = storage.get_machine(request.match_info["id"])
-        if mach is None or mach.revoked:
-            raise ApiError(404, f"cluster {request.match_info['id']!r} does not exist")
-        return json_response(cluster_out(mach, *reported(mach.id)))
+        return json_response(cluster_out(machines.cluster(request.match_info["id"])))
 
-    @r.get(PREFIX + "/cluster-groups")
+    @r.get(PREFIX + "/cluster-groups", "Machine groups", response=Page, errors=(400,), query=LIST)
     async def list_groups(request: web.Request) -> web.Response:
-        machines = storage.list_machines()
+        present = service.machines()
         return paged(
             request,
-            store.list_groups(),
+            service.groups(),
             lambda g: (0 if g.builtin else 1, g.created_at, g.id),
-            lambda g: group_out(g, machines),
+            lambda g: group_out(g, present),
         )
 
-    @r.post(PREFIX + "/cluster-groups")
+    @r.post(
+        PREFIX + "/cluster-groups",
+        "Create a machine group (by metadata selector and/or machine ids)",
+        request=GroupBody,
+        response=GroupOut,
+        ok=201,
+        errors=(400, 409, 415),
+    )
     async def create_group(request: web.Request) -> web.Response:
         body = await decode_body(request, GroupBody)
         if not body.name:
             raise ApiError(400, "name: required")
-        group, made = _domain(
-            service.create_group,
+        group, made = service.create_group(
             body.name,
             description=body.description or "",
             selector=body.selector,
             machines=body.cluster_ids,
         )
-        return created(json_response(group_out(group, storage.list_machines()), status=201), made)
+        return created(json_response(group_out(group, service.machines()), status=201), made)
 
-    @r.get(PREFIX + "/cluster-groups/{id}")
+    @r.get(PREFIX + "/cluster-groups/{id}", "One machine group", response=GroupOut, errors=(404,))
     async def get_group(request: web.Request) -> web.Response:
-        group = _domain(service.group, request.match_info["id"])
-        return json_response(group_out(group, storage.list_machines()))
+        group = service.group(request.match_info["id"])
+        return json_response(group_out(group, service.machines()))
 
-    @r.put(PREFIX + "/cluster-groups/{id}")
+    @r.put(
+        PREFIX + "/cluster-groups/{id}",
+        "Change a machine group",
+        request=GroupBody,
+        response=GroupOut,
+        errors=(400, 404, 409, 415),
+    )
     async def update_group(request: web.Request) -> web.Response:
         body = await decode_body(request, GroupBody)
-        group = await _adomain(
-            service.update_group(
-                request.match_info["id"],
-                name=body.name,
-                description=body.description,
-                selector=body.selector,
-                machines=body.cluster_ids,
-            )
+        group = await service.update_group(
+            request.match_info["id"],
+            name=body.name,
+            description=body.description,
+            selector=body.selector,
+            machines=body.cluster_ids,
         )
-        return json_response(group_out(group, storage.list_machines()))
+        return json_response(group_out(group, service.machines()))
 
-    @r.delete(PREFIX + "/cluster-groups/{id}")
+    @r.delete(
+        PREFIX + "/cluster-groups/{id}", "Delete a machine group", ok=204, errors=(400, 404, 409)
+    )
     async def delete_group(request: web.Request) -> web.Response:
-        _domain(service.delete_group, request.match_info["id"])
+        service.delete_group(request.match_info["id"])
         return web.Response(status=204)
 
     # -- applications
 
-    @r.get(PREFIX + "/deployment-applications")
+    @r.get(
+        PREFIX + "/deployment-applications",
+        "Applications (latest version each)",
+        response=Page,
+        errors=(400,),
+        query=LIST,
+    )
     async def list_apps(request: web.Request) -> web.Response:
-        return paged(request, store.list_applications(), lambda a: (a.created_at, a.id), app_out)
+        return paged(request, service.applications(), lambda a: (a.created_at, a.id), app_out)
 
-    @r.post(PREFIX + "/deployment-applications")
+    @r.post(
+        PREFIX + "/deployment-applications",
+        "Create an application from its manifest (a retry returns the same object)",
+        request=ApplicationBody,
+        response=ApplicationOut,
+        ok=201,
+        errors=(400, 409, 415),
+    )
     async def create_app(request: web.Request) -> web.Response:
         body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
         if body.source_config is None:
             raise ApiError(400, "sourceConfig: required (the application's YAML manifest)")
-        app, made = await _adomain(
-            service.create_application(
-                body.name or "",
-                body.source_config,
-                description=body.description or "",
-                source_type=body.source_type or "",
-                version=body.version,
-            )
+        app, made = await service.create_application(
+            body.name or "",
+            body.source_config,
+            description=body.description or "",
+            source_type=body.source_type or "",
+            version=body.version,
         )
         return created(json_response(app_out(app), status=201), made)
 
-    @r.get(PREFIX + "/deployment-applications/{id}")
+    @r.get(
+        PREFIX + "/deployment-applications/{id}",
+        "One application with its sourceConfig",
+        response=ApplicationOut,
+        errors=(404,),
+    )
     async def get_app(request: web.Request) -> web.Response:
-        return json_response(app_out(_domain(service.application, request.match_info["id"])))
+        return json_response(app_out(service.application(request.match_info["id"])))
 
-    @r.put(PREFIX + "/deployment-applications/{id}")
+    @r.put(
+        PREFIX + "/deployment-applications/{id}",
+        "Update an application; a changed manifest is a new version",
+        request=ApplicationBody,
+        response=ApplicationOut,
+        errors=(400, 404, 409, 415),
+    )
     async def update_app(request: web.Request) -> web.Response:
         body = await decode_body(request, ApplicationBody, max_bytes=8 << 20)
-        app = await _adomain(
-            service.update_application(
-                request.match_info["id"],
-                source_config=body.source_config,
-                name=body.name,
-                description=body.description,
-                source_type=body.source_type,
-                version=body.version,
-            )
+        app = await service.update_application(
+            request.match_info["id"],
+            source_config=body.source_config,
+            name=body.name,
+            description=body.description,
+            source_type=body.source_type,
+            version=body.version,
         )
         return json_response(app_out(app))
 
-    @r.delete(PREFIX + "/deployment-applications/{id}")
+    @r.delete(
+        PREFIX + "/deployment-applications/{id}",
+        "Delete an application (409 while a deployment uses it)",
+        ok=204,
+        errors=(404, 409),
+    )
     async def delete_app(request: web.Request) -> web.Response:
-        _domain(service.delete_application, request.match_info["id"])
+        service.delete_application(request.match_info["id"])
         return web.Response(status=204)
 
     # -- deployments
@@ -585,13 +584,18 @@ def routes(
             version = first.version
         return app_id, group, version
 
-    @r.get(PREFIX + "/deployments")
+    @r.get(PREFIX + "/deployments", "Deployments", response=Page, errors=(400,), query=LIST)
     async def list_deployments(request: web.Request) -> web.Response:
-        return paged(
-            request, store.list_deployments(), lambda d: (d.created_at, d.id), deployment_out
-        )
+        return paged(request, service.deployments(), lambda d: (d.created_at, d.id), deployment_out)
 
-    @r.post(PREFIX + "/deployments")
+    @r.post(
+        PREFIX + "/deployments",
+        "Bind an application to a cluster group",
+        request=DeploymentBody,
+        response=DeploymentOut,
+        ok=201,
+        errors=(400, 409, 415),
+    )
     async def create_deployment(request: web.Request) -> web.Response:
         body = await decode_body(request, DeploymentBody)
         app_id, group, version = deployment_fields(body)
@@ -599,8 +603,7 @@ def routes(
             raise ApiError(400, "applicationId: required (or applications[0].id)")
         if not group:
             raise ApiError(400, "clusterGroupId: required (or targetGroup)")
-        d, made = _domain(
-            service.create_deployment,
+        d, made = service.create_deployment(
             body.name or "",
             app_id,
             group,
@@ -608,16 +611,21 @@ def routes(
         )
         return created(json_response(deployment_out(d), status=201), made)
 
-    @r.get(PREFIX + "/deployments/{id}")
+    @r.get(PREFIX + "/deployments/{id}", "One deployment", response=DeploymentOut, errors=(404,))
     async def get_deployment(request: web.Request) -> web.Response:
-        return json_response(deployment_out(_domain(service.deployment, request.match_info["id"])))
+        return json_response(deployment_out(service.deployment(request.match_info["id"])))
 
-    @r.put(PREFIX + "/deployments/{id}")
+    @r.put(
+        PREFIX + "/deployments/{id}",
+        "Change a deployment (takes effect at the next deploy)",
+        request=DeploymentBody,
+        response=DeploymentOut,
+        errors=(400, 404, 409, 415),
+    )
     async def update_deployment(request: web.Request) -> web.Response:
         body = await decode_body(request, DeploymentBody)
         app_id, group, version = deployment_fields(body)
-        d = _domain(
-            service.update_deployment,
+        d = service.update_deployment(
             request.match_info["id"],
             name=body.name,
             application_id=app_id,
@@ -626,58 +634,61 @@ def routes(
         )
         return json_response(deployment_out(d))
 
-    @r.delete(PREFIX + "/deployments/{id}")
+    @r.delete(
+        PREFIX + "/deployments/{id}",
+        "Delete a deployment and its units (409 while a release runs)",
+        ok=204,
+        errors=(404, 409),
+    )
     async def delete_deployment(request: web.Request) -> web.Response:
-        await _adomain(service.delete_deployment(request.match_info["id"]))
+        await service.delete_deployment(request.match_info["id"])
         return web.Response(status=204)
 
-    @r.post(PREFIX + "/deployments/{id}/deploy")
+    @r.post(
+        PREFIX + "/deployments/{id}/deploy",
+        "Cut a release and start its rollout (409 while one runs)",
+        response=ReleaseOut,
+        ok=201,
+        errors=(400, 404, 409, 503),
+    )
     async def deploy(request: web.Request) -> web.Response:
-        release = await _adomain(service.deploy(request.match_info["id"]))
+        release = await service.deploy(request.match_info["id"])
         return json_response(release_out(release), status=201)
 
-    @r.get(PREFIX + "/deployments/{id}/releases")
+    @r.get(
+        PREFIX + "/deployments/{id}/releases",
+        "The deployment's releases, oldest first",
+        response=list[ReleaseOut],
+        errors=(404,),
+        query=("limit",),
+    )
     async def list_releases(request: web.Request) -> web.Response:
-        releases = _domain(service.releases, request.match_info["id"])
+        releases = service.releases(request.match_info["id"])
         if "limit" in request.query:
             releases = releases[-parse_limit(request.query["limit"]) :]
         return json_response([release_out(rel) for rel in releases])
 
-    @r.get(PREFIX + "/deployment-releases/{id}")
+    @r.get(
+        PREFIX + "/deployment-releases/{id}",
+        "One release with its progress",
+        response=ReleaseOut,
+        errors=(404,),
+    )
     async def get_release(request: web.Request) -> web.Response:
-        return json_response(release_out(_domain(service.release, request.match_info["id"])))
+        return json_response(release_out(service.release(request.match_info["id"])))
 
-    @r.get(PREFIX + "/deployment-releases/{id}/jobs")
+    @r.get(
+        PREFIX + "/deployment-releases/{id}/jobs",
+        "Each machine's part of a release",
+        response=list[JobOut],
+        errors=(404,),
+        query=("limit",),
+    )
     async def list_jobs(request: web.Request) -> web.Response:
-        jobs = _domain(service.jobs, request.match_info["id"])
+        jobs = service.jobs(request.match_info["id"])
         if "limit" in request.query:
             jobs = jobs[: parse_limit(request.query["limit"])]
-        names = {mach.id: mach.hostname or mach.id for mach in storage.list_machines()}
+        names = machines.names()
         return json_response([job_out(j, names) for j in jobs])
 
-    return r
-
-
-def _status(exc: Exception) -> int:
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, Unavailable):
-        return 503
-    return 400
-
-
-def _domain(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call the domain; its refusals become the API's status codes."""
-    try:
-        return fn(*args, **kwargs)
-    except (NotFound, Conflict, Invalid, Unavailable) as exc:
-        raise ApiError(_status(exc), str(exc)) from None
-
-
-async def _adomain(coro: Any) -> Any:
-    try:
-        return await coro
-    except (NotFound, Conflict, Invalid, Unavailable) as exc:
-        raise ApiError(_status(exc), str(exc)) from None
+    return Family(PREFIX, ENVELOPE, r.routes)

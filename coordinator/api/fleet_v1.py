@@ -16,12 +16,13 @@ from aiohttp import web
 from coordinator.api.discovery import fleet_v1_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
+from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.machines import MachineService
 from coordinator.models import Machine, Unit, UnitCopy, UnitState
 from coordinator.scheduler import XFleetError, parse_xfleet
-from coordinator.store.ports import Store as Storage
 from coordinator.units import UnitService, current_state
-from coordinator.validation import UnitInvalid, validate_name, validate_unit
-from proto.units import UnitOption, is_template, unit_hash
+from coordinator.validation import UnitInvalid, validate_name
+from proto.units import UnitOption
 
 PREFIX = "/fleet/v1"
 DESIRED = ("inactive", "loaded", "launched")
@@ -158,44 +159,57 @@ def parse_patch(raw: bytes, known: set[str]) -> dict[str, dict[str, str | None]]
     return out
 
 
-def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
-    r = web.RouteTableDef()
+PAGE = ("nextPageToken",)
 
-    @r.route("*", PREFIX + "/discovery")
+
+def routes(units: UnitService, machines: MachineService) -> Family:
+    r = RouteTable()
+
+    @r.get(PREFIX + "/discovery", "fleet v1 discovery document", errors=(400,), any_method=True)
     async def discovery(request: web.Request) -> web.Response:
         if request.method != "GET":
             raise ApiError(400, "only HTTP GET supported against this resource")
         return json_response(fleet_v1_discovery())
 
-    @r.get(PREFIX + "/machines")
+    @r.get(PREFIX + "/machines", "List machines", response=MachinePage, errors=(400,), query=PAGE)
     async def list_machines(request: web.Request) -> web.Response:
-        machines = [fleet_machine(mach) for mach in storage.list_machines() if visible(mach)]
-        items, next_token = paged(request, machines)
+        present = [fleet_machine(mach) for mach in machines.list_machines() if visible(mach)]
+        items, next_token = paged(request, present)
         return json_response(MachinePage(items, next_token))
 
-    @r.patch(PREFIX + "/machines")
+    @r.patch(
+        PREFIX + "/machines",
+        "Patch machine metadata (JSON-Patch)",
+        request=list[PatchOp],
+        ok=204,
+        errors=(400,),
+    )
     async def patch_machines(request: web.Request) -> web.Response:
-        known = {mach.id for mach in storage.list_machines()}
-        for machine_id, patch in parse_patch(await request.read(), known).items():
-            storage.patch_metadata(machine_id, patch)
-        units.reschedule_soon()
+        known = {mach.id for mach in machines.list_machines()}
+        machines.patch_metadata(parse_patch(await request.read(), known))
         return web.Response(status=204)
 
-    @r.get(PREFIX + "/units")
+    @r.get(PREFIX + "/units", "List units", response=UnitPage, errors=(400,), query=PAGE)
     async def list_units(request: web.Request) -> web.Response:
-        states = states_by_unit(storage.unit_states())
-        items = [fleet_unit(u, states.get(u.name, [])) for u in storage.list_units()]
+        states = states_by_unit(units.states())
+        items = [fleet_unit(u, states.get(u.name, [])) for u in units.list_units()]
         chunk, next_token = paged(request, items)
         return json_response(UnitPage(chunk, next_token))
 
-    @r.get(PREFIX + "/units/{name}")
+    @r.get(PREFIX + "/units/{name}", "Get a unit", response=FleetUnit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        unit = storage.get_unit(request.match_info["name"])
+        unit = units.get(request.match_info["name"])
         if unit is None:
             raise ApiError(404, "unit does not exist")
-        return json_response(fleet_unit(unit, storage.unit_states(name=unit.name)))
+        return json_response(fleet_unit(unit, units.states(name=unit.name)))
 
-    @r.put(PREFIX + "/units/{name}")
+    @r.put(
+        PREFIX + "/units/{name}",
+        "Create, replace or change the state of a unit",
+        request=UnitBody,
+        ok=201,
+        errors=(204, 400, 409, 415),
+    )
     async def put_unit(request: web.Request) -> web.Response:
         if request.content_type != "application/json":
             raise ApiError(415, "expected Content-Type application/json")
@@ -213,71 +227,44 @@ def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
         if body.desiredState and body.desiredState not in DESIRED:
             raise ApiError(400, f"invalid desiredState {body.desiredState!r}")
         desired = body.desiredState or None
-        existing = storage.get_unit(name)
-        options = body.options or []
+        action = await units.apply(name, body.options or [], desired)  # type: ignore[arg-type]
+        return web.Response(status=204 if action == "set_state" else 201)
 
-        if existing is None:
-            if not options:
-                raise ApiError(409, "unit does not exist and options field empty")
-            _validate(name, options)
-            state = desired or "inactive"
-            if is_template(name) and state != "inactive":
-                raise ApiError(400, f"cannot activate template {name!r}")
-            await units.put(name, options, state)  # type: ignore[arg-type]
-            return web.Response(status=201)
-
-        if options and unit_hash(options) != existing.hash:
-            _validate(name, options)
-            state = desired or existing.desired_state
-            if is_template(name) and state != "inactive":
-                raise ApiError(400, f"cannot activate template {name!r}")
-            pinned = existing.machines if existing.pinned else None
-            await units.put(name, options, state, machines=pinned)  # type: ignore[arg-type]
-            return web.Response(status=201)
-
-        if desired is None:
-            raise ApiError(409, "must provide DesiredState to update existing unit")
-        if is_template(name) and desired != "inactive":
-            raise ApiError(400, f"cannot activate template {name!r}")
-        await units.set_desired_state(name, desired)  # type: ignore[arg-type]
-        return web.Response(status=204)
-
-    @r.delete(PREFIX + "/units/{name}")
+    @r.delete(PREFIX + "/units/{name}", "Destroy a unit", ok=204, errors=(404,))
     async def delete_unit(request: web.Request) -> web.Response:
         if not await units.destroy(request.match_info["name"]):
             raise ApiError(404, "unit does not exist")
         return web.Response(status=204)
 
-    @r.get(PREFIX + "/state")
+    @r.get(
+        PREFIX + "/state",
+        "List unit states",
+        response=UnitStatePage,
+        errors=(400,),
+        query=(*PAGE, "machineID", "unitName"),
+    )
     async def list_states(request: web.Request) -> web.Response:
         states = units.copies(
             machine_id=request.query.get("machineID") or None,
             name=request.query.get("unitName") or None,
         )
-        known = {u.name for u in storage.list_units()}
+        known = {u.name for u in units.list_units()}
         items = [fleet_state(s) for s in states if s.name in known]
         chunk, next_token = paged(request, items)
         return json_response(UnitStatePage(chunk, next_token))
 
-    @r.get(PREFIX + "/state/{name}")
+    @r.get(PREFIX + "/state/{name}", "State of one unit", response=FleetUnitState, errors=(404,))
     async def get_state(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        unit = storage.get_unit(name)
+        unit = units.get(name)
         if unit is None:
             raise ApiError(404, "unit does not exist")
-        states = [s for s in storage.unit_states(name=name) if s.machine_id in unit.machines]
+        states = [s for s in units.states(name=name) if s.machine_id in unit.machines]
         # A known unit without a state yet answers with just its name: fleetctl start
         # polls this and a 404 would make it give up.
         return json_response(fleet_state(states[0]) if states else FleetUnitState(name=name))
 
-    return r
-
-
-def _validate(name: str, options: list[UnitOption]) -> None:
-    try:
-        validate_unit(name, options)
-    except UnitInvalid as exc:
-        raise ApiError(400, str(exc)) from None
+    return Family(PREFIX, FLEET, r.routes)
 
 
 def states_by_unit(states: list[UnitState]) -> dict[str, list[UnitState]]:

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 from aiohttp import web
 
+from coordinator.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL, TokenService
 from coordinator.api.errors import ApiError, decode_body, json_response
-from coordinator.auth import ROLE_ADMIN
-from coordinator.hub import Hub
-from coordinator.logs import LogService, LogUnavailable
+from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.logs import LogService, LogUnavailable, journal_machine
+from coordinator.machines import MachineService
 from coordinator.models import ApiToken, Machine, Unit, UnitCopy
-from coordinator.store.ports import Store as Storage
 from coordinator.units import UnitService
 from coordinator.validation import UnitInvalid, validate_unit
-from proto.enrolment import machine_id_problem
 from proto.messages import DesiredState
-from proto.tokens import format_token, hash_secret, new_api_token, new_join_token
 from proto.units import UnitNameError, UnitOption, validate_unit_name
 
+__all__ = ["MAX_TOKENS_PER_CALL", "MAX_TOKEN_TTL_S", "PREFIX", "routes"]
+
 PREFIX = "/moorage/v1"
-MAX_TOKEN_TTL_S = 30 * 86400.0
-MAX_TOKENS_PER_CALL = 10_000
 
 
 class JoinTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -104,61 +100,10 @@ class UnitStateList(msgspec.Struct, frozen=True):
     states: list[UnitCopy]
 
 
-def _ttl(value: float | None, default: float) -> float:
-    ttl = default if value is None else value
-    if not 0 < ttl <= MAX_TOKEN_TTL_S:
-        raise ApiError(400, f"ttl_s must be between 1 and {int(MAX_TOKEN_TTL_S)} seconds")
-    return ttl
-
-
-def create_join_token(storage: Storage, ca_pin: str, ttl_s: float, description: str = "") -> str:
-    """Shared by the API and `moorage dev`: the plain token exists only in the return value."""
-    return create_join_tokens(storage, ca_pin, ttl_s, description, 1)[0]
-
-
-def create_join_tokens(
-    storage: Storage,
-    ca_pin: str,
-    ttl_s: float,
-    description: str,
-    count: int,
-    *,
-    machine_id: str = "",
-) -> list[str]:
-    tokens = [new_join_token(ca_pin) for _ in range(count)]
-    storage.create_join_tokens(
-        [(t.id, hash_secret(t.secret)) for t in tokens],
-        now=time.time(),
-        ttl_s=ttl_s,
-        description=description,
-        machine_id=machine_id,
-    )
-    return [format_token(t) for t in tokens]
-
-
-def create_api_token(storage: Storage, name: str, ttl_s: float | None) -> tuple[str, ApiToken]:
-    token = new_api_token()
-    record = storage.create_api_token(
-        token.id,
-        hash_secret(token.secret),
-        name=name,
-        role=ROLE_ADMIN,
-        now=time.time(),
-        ttl_s=ttl_s,
-    )
-    return format_token(token), record
-
-
 def routes(
-    storage: Storage,
-    hub: Hub,
-    units: UnitService,
-    logs: LogService,
-    *,
-    ca_pin: str,
-    join_ttl_s: float,
-) -> web.RouteTableDef:
-    r = web.RouteTableDef()
+    units: UnitService, machines: MachineService, tokens: TokenService, logs: LogService
+) -> Family:
+    r = RouteTable()
 
     def unit_name(request: web.Request) -> str:
         name = request.match_info["name"]
@@ -168,11 +113,17 @@ def routes(
             raise ApiError(400, str(exc)) from None
         return name
 
-    @r.get(PREFIX + "/units")
+    @r.get(PREFIX + "/units", "Units with placements", response=UnitList)
     async def list_units(request: web.Request) -> web.Response:
         return json_response(UnitList(units.list_units()))
 
-    @r.put(PREFIX + "/units")
+    @r.put(
+        PREFIX + "/units",
+        "Create or replace many units at once (keep_existing: create only new ones)",
+        request=UnitBatch,
+        response=BatchResult,
+        errors=(400, 413, 415),
+    )
     async def put_units(request: web.Request) -> web.Response:
         body = await decode_body(request, UnitBatch, max_bytes=256 << 20)
         seen: set[str] = set()
@@ -192,14 +143,17 @@ def routes(
             BatchResult(len(written.created) + len(written.replaced), written.created, written.kept)
         )
 
-    @r.get(PREFIX + "/units/{name}")
+    @r.get(PREFIX + "/units/{name}", "One unit", response=Unit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        unit = units.get(unit_name(request))
-        if unit is None:
-            raise ApiError(404, f"unit {request.match_info['name']!r} does not exist")
-        return json_response(unit)
+        return json_response(units.unit(unit_name(request)))
 
-    @r.put(PREFIX + "/units/{name}")
+    @r.put(
+        PREFIX + "/units/{name}",
+        "Set a unit, optionally pinned to machines",
+        request=UnitRequest,
+        response=Unit,
+        errors=(400, 415),
+    )
     async def put_unit(request: web.Request) -> web.Response:
         name = unit_name(request)
         body = await decode_body(request, UnitRequest)
@@ -207,20 +161,25 @@ def routes(
             validate_unit(name, body.options)
         except UnitInvalid as exc:
             raise ApiError(400, str(exc)) from None
-        unknown = [mid for mid in body.machines or [] if storage.get_machine(mid) is None]
+        unknown = machines.unknown(body.machines or [])
         if unknown:
             raise ApiError(400, f"unknown machine(s): {', '.join(unknown)}")
         unit = await units.put(name, body.options, body.desired_state, machines=body.machines)
         return json_response(unit)
 
-    @r.delete(PREFIX + "/units/{name}")
+    @r.delete(PREFIX + "/units/{name}", "Destroy a unit", ok=204, errors=(404,))
     async def delete_unit(request: web.Request) -> web.Response:
         name = unit_name(request)
         if not await units.destroy(name):
             raise ApiError(404, f"unit {name!r} does not exist")
         return web.Response(status=204)
 
-    @r.get(PREFIX + "/unit-states")
+    @r.get(
+        PREFIX + "/unit-states",
+        "What machines report",
+        response=UnitStateList,
+        query=("machine", "unit"),
+    )
     async def unit_states(request: web.Request) -> web.Response:
         states = units.copies(
             machine_id=request.query.get("machine") or None,
@@ -228,24 +187,16 @@ def routes(
         )
         return json_response(UnitStateList(states))
 
-    @r.get(PREFIX + "/units/{name}/journal")
+    @r.get(
+        PREFIX + "/units/{name}/journal",
+        "Unit log lines; follow=1 streams NDJSON (409: the unit is on no machine)",
+        errors=(400, 404, 409, 502, 503),
+        query=("machine", "lines", "follow", "cursor"),
+    )
     async def journal(request: web.Request) -> web.StreamResponse:
         """Last `lines` lines as JSON, or with follow=1 an NDJSON stream of LogLines."""
         name = unit_name(request)
-        unit = storage.get_unit(name)
-        if unit is None:
-            raise ApiError(404, f"unit {name!r} does not exist")
-        machine = request.query.get("machine") or ""
-        if not machine:
-            if not unit.machines:
-                raise ApiError(409, f"unit {name} is not scheduled on any machine")
-            if len(unit.machines) > 1:
-                raise ApiError(
-                    400,
-                    f"unit {name} runs on {len(unit.machines)} machines"
-                    f" ({', '.join(unit.machines)}); pass machine=ID",
-                )
-            machine = unit.machines[0]
+        machine = journal_machine(name, units.get(name), request.query.get("machine") or "")
         try:
             lines = int(request.query.get("lines", "10"))
         except ValueError:
@@ -255,13 +206,10 @@ def routes(
         stream = logs.stream(machine, name, lines=lines, follow=follow, cursor=cursor)
         if not follow:
             collected = []
-            try:
-                async for chunk in stream:
-                    if chunk.error:
-                        raise ApiError(502, f"machine {machine}: {chunk.error}")
-                    collected.extend(chunk.lines)
-            except LogUnavailable as exc:
-                raise ApiError(503, str(exc)) from None
+            async for chunk in stream:
+                if chunk.error:
+                    raise ApiError(502, f"machine {machine}: {chunk.error}")
+                collected.extend(chunk.lines)
             return json_response({"machine": machine, "unit": name, "lines": collected})
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
@@ -277,63 +225,66 @@ def routes(
             pass
         return response
 
-    @r.get(PREFIX + "/machines")
+    @r.get(PREFIX + "/machines", "Machines with state", response=MachineList, query=("all",))
     async def list_machines(request: web.Request) -> web.Response:
         include_revoked = request.query.get("all", "") in ("1", "true")
-        machines = storage.list_machines(include_revoked=include_revoked)
-        return json_response(MachineList(machines, len(hub.sessions)))
+        listed = machines.list_machines(include_revoked=include_revoked)
+        return json_response(MachineList(listed, machines.connected_count()))
 
-    @r.get(PREFIX + "/machines/{id}")
+    @r.get(PREFIX + "/machines/{id}", "One machine", response=Machine, errors=(404,))
     async def get_machine(request: web.Request) -> web.Response:
-        machine = storage.get_machine(request.match_info["id"])
-        if machine is None:
-            raise ApiError(404, f"machine {request.match_info['id']!r} does not exist")
-        return json_response(machine)
+        return json_response(machines.get(request.match_info["id"]))
 
-    @r.post(PREFIX + "/machines/{id}/revoke")
+    @r.post(
+        PREFIX + "/machines/{id}/revoke", "Revoke a machine's certificates", ok=204, errors=(404,)
+    )
     async def revoke_machine(request: web.Request) -> web.Response:
-        machine_id = request.match_info["id"]
-        if not await hub.revoke(machine_id):
-            raise ApiError(404, f"machine {machine_id!r} does not exist")
+        await machines.revoke(request.match_info["id"])
         return web.Response(status=204)
 
-    @r.post(PREFIX + "/join-tokens")
+    @r.post(
+        PREFIX + "/join-tokens",
+        "Create a one-time join token",
+        request=JoinTokenRequest,
+        response=JoinTokenCreated,
+        ok=201,
+        errors=(400, 415),
+    )
     async def new_join(request: web.Request) -> web.Response:
         body = await decode_body(request, JoinTokenRequest)
-        ttl = _ttl(body.ttl_s, join_ttl_s)
-        if not 1 <= body.count <= MAX_TOKENS_PER_CALL:
-            raise ApiError(400, f"count must be between 1 and {MAX_TOKENS_PER_CALL}")
-        problem = machine_id_problem(body.machine_id) if body.machine_id else None
-        if problem:
-            raise ApiError(400, f"machine_id: {problem}")
-        if body.machine_id and body.count != 1:
-            raise ApiError(400, "a token bound to a machine is created alone (count 1)")
-        first, *more = create_join_tokens(
-            storage, ca_pin, ttl, body.description, body.count, machine_id=body.machine_id
+        made = tokens.create_join_tokens(
+            ttl_s=body.ttl_s,
+            description=body.description,
+            count=body.count,
+            machine_id=body.machine_id,
         )
+        first, *more = made.tokens
         return json_response(
-            JoinTokenCreated(first.split(".")[1], first, time.time() + ttl, more), status=201
+            JoinTokenCreated(first.split(".")[1], first, made.expires_at, more), status=201
         )
 
-    @r.post(PREFIX + "/api-tokens")
+    @r.post(
+        PREFIX + "/api-tokens",
+        "Create an API token",
+        request=ApiTokenRequest,
+        response=ApiTokenCreated,
+        ok=201,
+        errors=(400, 415),
+    )
     async def new_api(request: web.Request) -> web.Response:
         body = await decode_body(request, ApiTokenRequest)
-        if not body.name.strip():
-            raise ApiError(400, "name must not be empty")
-        ttl = None if body.ttl_s is None else _ttl(body.ttl_s, 0)
-        token, record = create_api_token(storage, body.name, ttl)
+        token, record = tokens.create_api_token(body.name, body.ttl_s)
         return json_response(
             ApiTokenCreated(record.id, record.name, token, record.expires_at), status=201
         )
 
-    @r.get(PREFIX + "/api-tokens")
+    @r.get(PREFIX + "/api-tokens", "List API tokens", response=ApiTokenList)
     async def list_api(request: web.Request) -> web.Response:
-        return json_response(ApiTokenList(storage.list_api_tokens()))
+        return json_response(ApiTokenList(tokens.api_tokens()))
 
-    @r.delete(PREFIX + "/api-tokens/{id}")
+    @r.delete(PREFIX + "/api-tokens/{id}", "Revoke an API token", ok=204, errors=(404,))
     async def revoke_api(request: web.Request) -> web.Response:
-        if not storage.revoke_api_token(request.match_info["id"]):
-            raise ApiError(404, f"API token {request.match_info['id']!r} does not exist")
+        tokens.revoke_api_token(request.match_info["id"])
         return web.Response(status=204)
 
-    return r
+    return Family(PREFIX, FLEET, r.routes)

@@ -6,17 +6,13 @@ Both read what agents last reported (the coordinator never computes either);
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 from aiohttp import web
 
-from coordinator.api.errors import ApiError, json_response
-from coordinator.hub import Hub
+from coordinator.api.errors import json_response
+from coordinator.api.routing import FLEET, Family, RouteTable
 from coordinator.models import MachineDrift, MachineSticker
-from coordinator.reports import ReportService, ReportUnavailable
-from coordinator.store.ports import Store as DeployStore
-from coordinator.store.ports import Store as Storage
+from coordinator.reports import ReportService
 
 PREFIX = "/moorage/v1"
 REFRESH_TIMEOUT_S = 5.0
@@ -34,49 +30,37 @@ class StickerList(msgspec.Struct, frozen=True):
     stickers: list[MachineSticker]
 
 
-def routes(
-    storage: Storage, deploystore: DeployStore, hub: Hub, reports: ReportService
-) -> web.RouteTableDef:
-    r = web.RouteTableDef()
+def routes(reports: ReportService) -> Family:
+    r = RouteTable()
 
-    def machine_of(request: web.Request) -> str | None:
-        machine_id = request.query.get("machine") or None
-        if machine_id is not None and storage.get_machine(machine_id) is None:
-            raise ApiError(404, f"machine {machine_id!r} does not exist")
-        return machine_id
-
-    @r.get(PREFIX + "/drift")
+    @r.get(
+        PREFIX + "/drift",
+        "Each machine's last drift report; refresh=1 asks the agents first",
+        response=DriftList,
+        errors=(404, 503, 504),
+        query=("machine", "refresh"),
+    )
     async def drift(request: web.Request) -> web.Response:
-        machine_id = machine_of(request)
+        machine_id = request.query.get("machine") or None
         refresh = request.query.get("refresh", "") in ("1", "true")
         if not refresh:
-            return json_response(DriftList(deploystore.drift(machine_id)))
+            return json_response(DriftList(reports.drift(machine_id)))
         if machine_id is not None:
-            try:
-                fresh = await reports.refresh_drift(machine_id, REFRESH_TIMEOUT_S)
-            except ReportUnavailable as exc:
-                raise ApiError(504 if exc.reason == "timeout" else 503, exc.message) from None
-            return json_response(DriftList([fresh]))
-        machines = sorted(hub.sessions)
-        answers = await asyncio.gather(
-            *(reports.refresh_drift(mid, REFRESH_TIMEOUT_S) for mid in machines),
-            return_exceptions=True,
-        )
-        fresh_by_id: dict[str, MachineDrift] = {}
-        unreachable: dict[str, str] = {}
-        for mid, answer in zip(machines, answers, strict=True):
-            if isinstance(answer, MachineDrift):
-                fresh_by_id[mid] = answer
-            elif isinstance(answer, ReportUnavailable):
-                unreachable[mid] = answer.message
-            else:
-                raise answer
-        stored = {d.machine_id: d for d in deploystore.drift()}
-        merged = stored | fresh_by_id
-        return json_response(DriftList([merged[k] for k in sorted(merged)], unreachable))
+            reports.check_machine(machine_id)
+            return json_response(
+                DriftList([await reports.refresh_drift(machine_id, REFRESH_TIMEOUT_S)])
+            )
+        merged, unreachable = await reports.refresh_all_drift(REFRESH_TIMEOUT_S)
+        return json_response(DriftList(merged, unreachable))
 
-    @r.get(PREFIX + "/stickers")
+    @r.get(
+        PREFIX + "/stickers",
+        "Version stickers as the machines report them",
+        response=StickerList,
+        errors=(404,),
+        query=("machine",),
+    )
     async def stickers(request: web.Request) -> web.Response:
-        return json_response(StickerList(deploystore.stickers(machine_of(request))))
+        return json_response(StickerList(reports.stickers(request.query.get("machine") or None)))
 
-    return r
+    return Family(PREFIX, FLEET, r.routes)

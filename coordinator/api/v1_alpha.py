@@ -14,9 +14,17 @@ from aiohttp import web
 
 from coordinator.api.discovery import fleet_v1_alpha_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
-from coordinator.api.fleet_v1 import FleetMachine, fleet_machine, paged, states_by_unit, visible
+from coordinator.api.fleet_v1 import (
+    PAGE,
+    FleetMachine,
+    fleet_machine,
+    paged,
+    states_by_unit,
+    visible,
+)
+from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.machines import MachineService
 from coordinator.models import Unit, UnitState
-from coordinator.store.ports import Store as Storage
 from coordinator.units import UnitService, current_state
 from proto.units import serialize
 
@@ -69,42 +77,54 @@ def alpha_unit(unit: Unit, states: list[UnitState]) -> AlphaUnit:
     )
 
 
-def routes(storage: Storage, units: UnitService) -> web.RouteTableDef:
-    r = web.RouteTableDef()
+def routes(units: UnitService, machines: MachineService) -> Family:
+    r = RouteTable()
 
-    @r.get(PREFIX + "/discovery")
+    @r.get(PREFIX + "/discovery", "fleet v1-alpha discovery document")
     async def discovery(request: web.Request) -> web.Response:
         return json_response(fleet_v1_alpha_discovery())
 
-    @r.get(PREFIX + "/units")
+    @r.get(
+        PREFIX + "/units",
+        "List units (draft shape)",
+        response=AlphaUnitPage,
+        errors=(400,),
+        query=PAGE,
+    )
     async def list_units(request: web.Request) -> web.Response:
-        by_unit = states_by_unit(storage.unit_states())
-        items = [alpha_unit(u, by_unit.get(u.name, [])) for u in storage.list_units()]
+        by_unit = states_by_unit(units.states())
+        items = [alpha_unit(u, by_unit.get(u.name, [])) for u in units.list_units()]
         chunk, next_token = paged(request, items)
         return json_response(AlphaUnitPage(chunk, next_token))
 
-    @r.get(PREFIX + "/units/{name}")
+    @r.get(PREFIX + "/units/{name}", "Get a unit (draft shape)", response=AlphaUnit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        unit = storage.get_unit(request.match_info["name"])
+        unit = units.get(request.match_info["name"])
         if unit is None:
             raise ApiError(404, "unit does not exist")
-        return json_response(alpha_unit(unit, storage.unit_states(name=unit.name)))
+        return json_response(alpha_unit(unit, units.states(name=unit.name)))
 
-    @r.delete(PREFIX + "/units")
+    @r.delete(PREFIX + "/units", "Destroy units", request=DeletableUnits, ok=204, errors=(400,))
     async def destroy_units(request: web.Request) -> web.Response:
         body = decode_fleet(await request.read(), DeletableUnits)
         names = [u.name for u in body.units]
-        missing = [n for n in names if storage.get_unit(n) is None]
+        missing = units.missing(names)
         if missing:
             raise ApiError(400, f"unit(s) do not exist: {', '.join(missing)}")
         for name in names:
             await units.destroy(name)
         return web.Response(status=204)
 
-    @r.get(PREFIX + "/machines")
+    @r.get(
+        PREFIX + "/machines",
+        "List machines (draft shape)",
+        response=AlphaMachinePage,
+        errors=(400,),
+        query=PAGE,
+    )
     async def list_machines(request: web.Request) -> web.Response:
-        machines = [fleet_machine(mach) for mach in storage.list_machines() if visible(mach)]
-        chunk, next_token = paged(request, machines)
+        present = [fleet_machine(mach) for mach in machines.list_machines() if visible(mach)]
+        chunk, next_token = paged(request, present)
         return json_response(AlphaMachinePage(chunk, next_token))
 
-    return r
+    return Family(PREFIX, FLEET, r.routes)

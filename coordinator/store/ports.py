@@ -15,6 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from coordinator.errors import Conflict as Conflict
+from coordinator.errors import NotFound as NotFound
+
 if TYPE_CHECKING:
     from coordinator.models import (
         ApiToken,
@@ -47,14 +50,6 @@ FAULT_MESSAGES = {"full": "coordinator storage is full", "io": "coordinator stor
 
 class StorageError(Exception):
     """The store cannot do what was asked; the message says why."""
-
-
-class NotFound(StorageError):
-    """The record a write refers to does not exist."""
-
-
-class Conflict(StorageError):
-    """A write that would break a uniqueness rule; the message names it."""
 
 
 class EnrollRefused(StorageError):

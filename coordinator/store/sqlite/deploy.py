@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from coordinator.errors import Conflict
 from coordinator.models import (
     Application,
     ApplicationVersion,
@@ -22,7 +23,6 @@ from coordinator.models import (
     Release,
     ReleaseJob,
 )
-from coordinator.store.ports import Conflict
 from coordinator.store.sqlite.core import SqliteCore, _bump
 from coordinator.store.sqlite.core import row_record as _record
 

@@ -1,0 +1,128 @@
+"""Machines as the operator sees them: listing, metadata overrides, revocation, and a
+cluster's health (what /api/v2/clusters shows), computed here from the hub's sessions
+and what agents reported, so the API adapters never look at the hub or the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+
+from coordinator.errors import NotFound
+from coordinator.hub import Hub
+from coordinator.models import Machine
+from coordinator.store.ports import Store as DeployStore
+from coordinator.store.ports import Store as Storage
+from coordinator.units import UnitService
+
+
+class Cluster(msgspec.Struct, frozen=True):
+    """One machine with what the fleet manager shows about it."""
+
+    machine: Machine
+    connected: bool
+    health: str
+    health_reason: str
+    drift: int
+    """Drift entries the machine last reported."""
+    deployments: dict[str, str]
+    """deployment -> release its sticker says the machine runs."""
+
+
+def cluster_health(
+    state: str, connected: bool, drift: int, capabilities: Sequence[str]
+) -> tuple[str, str]:
+    """A machine's health and, unless healthy, why. A connected machine whose agent
+    reaches neither systemd nor Docker can run nothing, so it is not healthy. Pure."""
+    if state == "lost":
+        return "offline", "the machine has been gone longer than the lost-after time"
+    if not connected:
+        return "unreachable", "the agent is not connected"
+    if not set(capabilities) & {"systemd", "docker"}:
+        return "unhealthy", "neither systemd nor Docker is reachable: it can run nothing"
+    if drift:
+        return "drifted", f"{drift} unit(s) differ from what the machine was told"
+    return "healthy", ""
+
+
+def clusters_of(
+    machines: Iterable[Machine],
+    connected: Iterable[str],
+    drift: Mapping[str, int],
+    stickers: Mapping[str, dict[str, str]],
+) -> list[Cluster]:
+    """Each machine with its health, from plain values. Pure."""
+    online = set(connected)
+    out = []
+    for mach in machines:
+        is_on = mach.id in online
+        drifted = drift.get(mach.id, 0)
+        health, reason = cluster_health(mach.state, is_on, drifted, mach.capabilities)
+        out.append(Cluster(mach, is_on, health, reason, drifted, stickers.get(mach.id, {})))
+    return out
+
+
+class MachineService:
+    def __init__(
+        self, storage: Storage, deploystore: DeployStore, hub: Hub, units: UnitService
+    ) -> None:
+        self.storage = storage
+        self.deploystore = deploystore
+        self.hub = hub
+        self.units = units
+
+    def list_machines(self, *, include_revoked: bool = False) -> list[Machine]:
+        """Machines ordered by id; revoked ones only when asked."""
+        return self.storage.list_machines(include_revoked=include_revoked)
+
+    def get(self, machine_id: str) -> Machine:
+        machine = self.storage.get_machine(machine_id)
+        if machine is None:
+            raise NotFound(f"machine {machine_id!r} does not exist")
+        return machine
+
+    def unknown(self, machine_ids: Iterable[str]) -> list[str]:
+        """Those of these ids no machine has (revoked machines are known)."""
+        return [mid for mid in machine_ids if self.storage.get_machine(mid) is None]
+
+    def connected_count(self) -> int:
+        return len(self.hub.sessions)
+
+    def names(self) -> dict[str, str]:
+        """Machine id -> the name to show (hostname, else the id)."""
+        return {mach.id: mach.hostname or mach.id for mach in self.list_machines()}
+
+    async def revoke(self, machine_id: str) -> None:
+        """Refuse the machine's certificates from now on and end its live session."""
+        if not await self.hub.revoke(machine_id):
+            raise NotFound(f"machine {machine_id!r} does not exist")
+
+    def patch_metadata(self, patches: Mapping[str, dict[str, str | None]]) -> None:
+        """Operator overrides of machines' metadata (None removes a key); placements
+        that depend on metadata are recomputed soon after."""
+        for machine_id, patch in patches.items():
+            self.storage.patch_metadata(machine_id, patch)
+        self.units.reschedule_soon()
+
+    # --- clusters (the fleet manager's view) -----------------------------------------------
+
+    def clusters(self) -> list[Cluster]:
+        """Every machine not revoked, with its health."""
+        drift, stickers = self._reported(None)
+        return clusters_of(self.list_machines(), self.hub.sessions, drift, stickers)
+
+    def cluster(self, machine_id: str) -> Cluster:
+        mach = self.storage.get_machine(machine_id)
+        if mach is None or mach.revoked:
+            raise NotFound(f"cluster {machine_id!r} does not exist")
+        drift, stickers = self._reported(mach.id)
+        return clusters_of([mach], self.hub.sessions, drift, stickers)[0]
+
+    def _reported(self, machine_id: str | None) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+        """Drift entries per machine, and the release each machine's stickers name."""
+        drift = {d.machine_id: len(d.entries) for d in self.deploystore.drift(machine_id)}
+        stickers: dict[str, dict[str, str]] = {}
+        for s in self.deploystore.stickers(machine_id):
+            stickers.setdefault(s.machine_id, {})[s.sticker.deployment] = s.sticker.release
+        return drift, stickers
