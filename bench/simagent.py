@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from coordinator import pki
+from coordinator.trust import pki
 from moorctl.client import ApiClient
 from proto import messages as m
 from proto.clientconfig import ClientConfig

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 import msgspec
 
-from coordinator import __version__, pki
+from coordinator import __version__
 from coordinator.config import ConfigError, CoordinatorConfig, load_config
 from coordinator.server import Coordinator, run_until_signalled, server_identity
+from coordinator.trust import pki
 from proto.process import run_main, setup_logging
 
 

@@ -30,10 +30,11 @@ from typing import Any
 import click
 import msgspec
 
-from coordinator import __version__, pki
+from coordinator import __version__
 from coordinator.config import DEFAULT_API_PORT, DEFAULT_HUB_PORT, CoordinatorConfig
 from coordinator.devhost import RuntimePlan, Started, die_with_parent, host_facts, plan_runtimes
 from coordinator.server import Coordinator
+from coordinator.trust import pki
 from proto.clientconfig import ClientConfig, default_dev_dir, dev_client_file
 from proto.process import run_main, setup_logging
 

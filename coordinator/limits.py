@@ -4,7 +4,7 @@ Every door of the coordinator (HTTP bodies, YAML manifests, unit definitions, ag
 frames) has a size, a nesting depth or a rate beyond which the input is refused with
 a clear message instead of costing memory, a stack or the event loop. The numbers
 live here so the API, the domain services and the hub agree on them; the I/O that
-enforces them is in `coordinator/guard.py` (HTTP) and `coordinator/hub.py` (frames).
+enforces them is in `coordinator/guard.py` (HTTP) and `coordinator/hub/sessions.py` (frames).
 """
 
 from __future__ import annotations

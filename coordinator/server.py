@@ -23,8 +23,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from coordinator import guard, limits, pki
-from coordinator.access import EnrolmentService, TokenService
+from coordinator import guard, limits
 from coordinator.api import agent, fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
@@ -37,18 +36,20 @@ from coordinator.api.routing import (
     register,
 )
 from coordinator.app import open_store
-from coordinator.auth import AuthError, authenticate
 from coordinator.config import CoordinatorConfig, split_host_port
-from coordinator.deployments import DeploymentService
-from coordinator.enrolment import Enroller
+from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
-from coordinator.hub import Hub
-from coordinator.logs import LogService
-from coordinator.machines import MachineService
+from coordinator.fleet.machines import MachineService
+from coordinator.fleet.units import UnitService
+from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.reports import ReportService
+from coordinator.reports.logs import LogService
+from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
-from coordinator.units import UnitService
+from coordinator.trust import pki
+from coordinator.trust.access import EnrolmentService, TokenService
+from coordinator.trust.auth import AuthError, authenticate
+from coordinator.trust.enrolment import Enroller
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)

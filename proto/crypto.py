@@ -1,7 +1,7 @@
 """Key, CSR and certificate primitives both sides need, on `cryptography`.
 
 The agent makes its key and CSR and reads its own certificate with these; the
-coordinator's CA (coordinator/pki.py) issues and verifies with them. Kept in the
+coordinator's CA (coordinator/trust/pki.py) issues and verifies with them. Kept in the
 contract package so the agent ships without the coordinator. Every refusal raises
 `PkiError` with a message that is safe to show to the requester.
 """

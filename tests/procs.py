@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
-from coordinator import pki
+from coordinator.trust import pki
 from moorctl.client import ApiClient
 from proto.clientconfig import ClientConfig
 

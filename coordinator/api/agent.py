@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from coordinator.access import EnrolmentService
 from coordinator.api.errors import decode_body, json_response
 from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.trust.access import EnrolmentService
 from proto.enrolment import CA_PATH, ENROLL_PATH, EnrollRequest
 
 PREFIX = "/agent/v1"

@@ -22,10 +22,10 @@ from aiohttp import web
 
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.api.routing import ENVELOPE, Family, RouteTable
-from coordinator.deployments import DeploymentService
-from coordinator.groups import members
-from coordinator.machines import Cluster, MachineService, cluster_health
-from coordinator.manifest import DEPLOYABLE_TYPE, Metadata
+from coordinator.deploy.deployments import DeploymentService
+from coordinator.deploy.groups import members
+from coordinator.deploy.manifest import DEPLOYABLE_TYPE, Metadata
+from coordinator.fleet.machines import Cluster, MachineService, cluster_health
 from coordinator.models import (
     Application,
     Deployment,

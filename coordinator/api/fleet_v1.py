@@ -1,7 +1,7 @@
 """`/fleet/v1/`: what `fleetctl` v1.0.0 speaks (spec/fleet-v1-notes.md), to the status code.
 
-A thin adapter: every rule about units lives in coordinator/units.py,
-coordinator/validation.py and coordinator/scheduler.py; this module only maps
+A thin adapter: every rule about units lives in coordinator/fleet/units.py,
+coordinator/fleet/validation.py and coordinator/fleet/scheduler.py; this module only maps
 fleet's JSON shapes and status codes onto them.
 """
 
@@ -17,11 +17,11 @@ from coordinator.api.discovery import fleet_v1_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
 from coordinator.api.routing import FLEET, Family, RouteTable
-from coordinator.machines import MachineService
+from coordinator.fleet.machines import MachineService
+from coordinator.fleet.scheduler import XFleetError, parse_xfleet
+from coordinator.fleet.units import UnitService, current_state
+from coordinator.fleet.validation import UnitInvalid, validate_name
 from coordinator.models import Machine, Unit, UnitCopy, UnitState
-from coordinator.scheduler import XFleetError, parse_xfleet
-from coordinator.units import UnitService, current_state
-from coordinator.validation import UnitInvalid, validate_name
 from proto.units import UnitOption
 
 PREFIX = "/fleet/v1"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from coordinator.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL, TokenService
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.api.routing import FLEET, Family, RouteTable
-from coordinator.logs import LogService, LogUnavailable, journal_machine
-from coordinator.machines import MachineService
+from coordinator.fleet.machines import MachineService
+from coordinator.fleet.units import UnitService
+from coordinator.fleet.validation import UnitInvalid, validate_unit
 from coordinator.models import ApiToken, Machine, Unit, UnitCopy
-from coordinator.units import UnitService
-from coordinator.validation import UnitInvalid, validate_unit
+from coordinator.reports.logs import LogService, LogUnavailable, journal_machine
+from coordinator.trust.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL, TokenService
 from proto.messages import DesiredState
 from proto.units import UnitNameError, UnitOption, validate_unit_name
 

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 
 from coordinator import __version__
-from coordinator.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL
 from coordinator.api.errors import EnvelopeError, ErrorBody
 from coordinator.api.routing import Family, Route
+from coordinator.trust.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL
 from proto.units import CONTAINER_SUFFIX, SYSTEMD_SUFFIXES
 
 Json = dict[str, Any]

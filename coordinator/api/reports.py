@@ -12,7 +12,7 @@ from aiohttp import web
 from coordinator.api.errors import json_response
 from coordinator.api.routing import FLEET, Family, RouteTable
 from coordinator.models import MachineDrift, MachineSticker
-from coordinator.reports import ReportService
+from coordinator.reports.service import ReportService
 
 PREFIX = "/moorage/v1"
 REFRESH_TIMEOUT_S = 5.0

@@ -23,9 +23,9 @@ from coordinator.api.fleet_v1 import (
     visible,
 )
 from coordinator.api.routing import FLEET, Family, RouteTable
-from coordinator.machines import MachineService
+from coordinator.fleet.machines import MachineService
+from coordinator.fleet.units import UnitService, current_state
 from coordinator.models import Unit, UnitState
-from coordinator.units import UnitService, current_state
 from proto.units import serialize
 
 PREFIX = "/v1-alpha"

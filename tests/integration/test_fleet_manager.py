@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.manifest import parse_manifest
+from coordinator.deploy.manifest import parse_manifest
 from proto.units import unit_file_sha256, unit_hash
 from tests.fleetrig import Fleet
 from tests.fmclient import FleetManager

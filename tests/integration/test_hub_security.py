@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from coordinator import pki
+from coordinator.trust import pki
 from proto import messages as m
 from tests.integration.linkclient import RawLink, enrolled_identity
 from tests.integration.test_enrolment import enrol_and_start, moorctl

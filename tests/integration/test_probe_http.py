@@ -19,7 +19,7 @@ import pytest
 
 from agent.enrol import enrol
 from agent.identity import Identity
-from coordinator import pki
+from coordinator.trust import pki
 from tests.integration.test_enrolment import enrol_and_start
 from tests.procs import ROOT, AgentProc, CoordinatorProc, run_sync, wait_for
 
@@ -292,7 +292,7 @@ def big_manifest(size: int = 7_000_000, units: int = 1000) -> str:
 
 PUSH = """
 import asyncio, sys, aiohttp
-from coordinator import pki
+from coordinator.trust import pki
 
 async def main(url, ca, cert, key, path):
     ctx = pki.client_ssl_context(ca, cert, key)

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from coordinator import pki
+from coordinator.trust import pki
 from tests.integration.linkclient import enrolled_identity
 from tests.procs import CoordinatorProc, run_sync
 

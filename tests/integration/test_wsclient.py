@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from agent.wsclient import HandshakeRefused, WebSocket, WsError
-from coordinator import pki
+from coordinator.trust import pki
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from coordinator import pki
-from coordinator.access import MAX_TOKENS_PER_CALL, EnrolmentService, TokenService, token_ttl
 from coordinator.api.routing import (
     ENVELOPE,
     FLEET,
@@ -23,18 +21,20 @@ from coordinator.api.routing import (
     register,
 )
 from coordinator.config import CoordinatorConfig
-from coordinator.enrolment import Enroller
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
-from coordinator.hub import Hub
-from coordinator.logs import LogUnavailable, journal_machine
-from coordinator.machines import MachineService, cluster_health, clusters_of
+from coordinator.fleet.machines import MachineService, cluster_health, clusters_of
+from coordinator.fleet.units import UnitService, put_plan
+from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import Machine, MachineDrift, Unit
-from coordinator.reports import ReportService, ReportUnavailable, merge_refreshed
+from coordinator.reports.logs import LogUnavailable, journal_machine
+from coordinator.reports.service import ReportService, ReportUnavailable, merge_refreshed
 from coordinator.server import Coordinator
 from coordinator.store.ports import EnrollRefused
 from coordinator.store.sqlite import SqliteStore
-from coordinator.units import UnitService, put_plan
+from coordinator.trust import pki
+from coordinator.trust.access import MAX_TOKENS_PER_CALL, EnrolmentService, TokenService, token_ttl
+from coordinator.trust.enrolment import Enroller
 from proto.crypto import generate_key, make_csr
 from proto.enrolment import EnrollRequest
 from proto.messages import DriftEntry, Sticker

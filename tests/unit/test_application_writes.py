@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import CoordinatorConfig
-from coordinator.deployments import NotFound
+from coordinator.deploy.deployments import NotFound
 from coordinator.server import Coordinator
 
 

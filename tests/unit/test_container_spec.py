@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.validation import UnitInvalid, validate_unit
+from coordinator.fleet.validation import UnitInvalid, validate_unit
 from proto.container import (
     ContainerOptionError,
     ContainerSpec,

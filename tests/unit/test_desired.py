@@ -5,7 +5,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.desired import machine_desired
+from coordinator.fleet.desired import machine_desired
 from coordinator.models import Unit
 from coordinator.store.sqlite import SqliteStore as Storage
 from proto.desired import apply_diff, diff

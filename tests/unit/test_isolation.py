@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from agent.isolation import held, is_isolated, isolation_clock, opted_in
-from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
+from coordinator.fleet.scheduler import MachineView, UnitView, XFleetError, parse_xfleet, schedule
+from coordinator.fleet.units import unit_copies
+from coordinator.fleet.validation import UnitInvalid, validate_unit
+from coordinator.hub.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.models import Machine, UnitState
-from coordinator.scheduler import MachineView, UnitView, XFleetError, parse_xfleet, schedule
-from coordinator.units import unit_copies
-from coordinator.validation import UnitInvalid, validate_unit
 from proto.messages import DesiredUnit
 from proto.units import UnitOption
 

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from coordinator import limits
 from coordinator.api.errors import ApiError, decode_fleet
 from coordinator.api.fleet_manager import same_shape
-from coordinator.groups import name_problem, version_problem
-from coordinator.manifest import ManifestError, parse_manifest
+from coordinator.deploy.groups import name_problem, version_problem
+from coordinator.deploy.manifest import ManifestError, parse_manifest
+from coordinator.fleet.validation import UnitInvalid, validate_unit
 from coordinator.store.ports import EnrollConflict, EnrollRefused
 from coordinator.store.sqlite import SqliteStore as Storage
-from coordinator.validation import UnitInvalid, validate_unit
 from proto import messages as m
 from proto.enrolment import machine_id_problem
 from proto.tokens import enrolment_refusal, hash_secret

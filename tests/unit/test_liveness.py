@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from coordinator.liveness import LivenessView, Transition, transitions
+from coordinator.hub.liveness import LivenessView, Transition, transitions
 
 
 def view(state: str, *, since: float = 0, seen: float = 0, session: bool = False) -> LivenessView:
@@ -35,7 +35,7 @@ def test_lost_stays_lost() -> None:
 
 
 def test_heartbeat_interval_grows_with_the_fleet() -> None:
-    from coordinator.hub import MAX_HEARTBEATS_PER_S, Hub
+    from coordinator.hub.sessions import MAX_HEARTBEATS_PER_S, Hub
 
     hub = Hub.__new__(Hub)
     hub.heartbeat_s = 10.0

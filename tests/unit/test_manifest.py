@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.manifest import Label, Manifest, ManifestError, Metadata, Rollout, parse_manifest
+from coordinator.deploy.manifest import (
+    Label,
+    Manifest,
+    ManifestError,
+    Metadata,
+    Rollout,
+    parse_manifest,
+)
 from proto.container import parse_container
 from proto.units import UnitOption
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from coordinator import pki
+from coordinator.trust import pki
 
 CA = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
 E = TypeVar("E", bound=x509.ExtensionType)

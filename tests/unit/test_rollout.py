@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from coordinator import groups, rollout
 from coordinator.api.fleet_manager import keyset_page
+from coordinator.deploy import groups, rollout
 from coordinator.models import (
     JobStatus,
     Machine,

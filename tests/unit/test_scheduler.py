@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.scheduler import (
+from coordinator.fleet.scheduler import (
     MachineView,
     UnitView,
     XFleet,

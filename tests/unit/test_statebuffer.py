@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
-from coordinator.statebuffer import StateBuffer
+from coordinator.hub.statebuffer import StateBuffer
 from coordinator.store.sqlite import SqliteStore as Storage
 
 

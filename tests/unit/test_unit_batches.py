@@ -3,8 +3,8 @@ the transaction that reads what exists and writes the batch."""
 
 from __future__ import annotations
 
+from coordinator.fleet.units import batch_records
 from coordinator.models import UnitHead
-from coordinator.units import batch_records
 from proto.messages import DesiredState
 from proto.units import UnitOption
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.hub import Hub
+from coordinator.hub.sessions import Hub
+from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.statebuffer import StateBuffer
 from coordinator.store.ports import StorageUnavailable
 from coordinator.store.sqlite import SqliteStore as Storage
 from coordinator.store.sqlite import storage_fault

@@ -11,8 +11,8 @@ import time
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from coordinator import pki
 from coordinator.store.ports import EnrollConflict, EnrollRefused, TrustStore
+from coordinator.trust import pki
 from proto.enrolment import EnrollRequest, EnrollResponse, machine_id_problem
 from proto.tokens import (
     JOIN_KIND,

@@ -21,11 +21,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from coordinator import limits, liveness, pki
-from coordinator.enrolment import Enroller
+from coordinator import limits
+from coordinator.hub import liveness
+from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.statebuffer import StateBuffer
 from coordinator.store.ports import EnrollRefused, SessionStore, StorageUnavailable
+from coordinator.trust import pki
+from coordinator.trust.enrolment import Enroller
 from proto import messages as m
 from proto.keepalive import enable_keepalive
 

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping, Sequence
 import msgspec
 
 from coordinator.errors import NotFound
-from coordinator.hub import Hub
+from coordinator.fleet.units import UnitService
+from coordinator.hub.sessions import Hub
 from coordinator.models import Machine
 from coordinator.store.ports import Store as DeployStore
 from coordinator.store.ports import Store as Storage
-from coordinator.units import UnitService
 
 
 class Cluster(msgspec.Struct, frozen=True):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from coordinator.errors import NotFound, Unavailable
-from coordinator.hub import Hub, Session
+from coordinator.hub.sessions import Hub, Session
 from coordinator.models import MachineDrift, MachineSticker
 from coordinator.store.ports import MachineStore, ReportStore
 from proto import messages as m

@@ -18,13 +18,9 @@ from typing import Literal
 
 import msgspec
 
-from coordinator.desired import machine_desired
 from coordinator.errors import Conflict, Invalid, NotFound
-from coordinator.hub import Hub, Session
-from coordinator.liveness import ISOLATION_MARGIN_S, holds_isolated
-from coordinator.metrics import CoordinatorMetrics
-from coordinator.models import Machine, Unit, UnitCopy, UnitHead, UnitState
-from coordinator.scheduler import (
+from coordinator.fleet.desired import machine_desired
+from coordinator.fleet.scheduler import (
     MachineView,
     UnitView,
     XFleet,
@@ -32,8 +28,12 @@ from coordinator.scheduler import (
     schedule,
     unplaced_reasons,
 )
+from coordinator.fleet.validation import UnitInvalid, validate_unit
+from coordinator.hub.liveness import ISOLATION_MARGIN_S, holds_isolated
+from coordinator.hub.sessions import Hub, Session
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.models import Machine, Unit, UnitCopy, UnitHead, UnitState
 from coordinator.store.ports import FleetStore
-from coordinator.validation import UnitInvalid, validate_unit
 from proto import messages as m
 from proto.desired import diff
 from proto.messages import DesiredState, DesiredUnit

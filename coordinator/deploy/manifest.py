@@ -23,7 +23,7 @@ import msgspec
 import yaml
 
 from coordinator import limits
-from coordinator.validation import UnitInvalid, validate_name, validate_unit
+from coordinator.fleet.validation import UnitInvalid, validate_name, validate_unit
 from proto.container import ContainerOptionError, join_words, parse_container, split_words
 from proto.units import CONTAINER_SUFFIX, UnitFileError, UnitOption, parse_unit_file
 

@@ -13,8 +13,8 @@ import time
 import msgspec
 from aiohttp import web
 
-from coordinator import pki
 from coordinator.store.ports import TrustStore
+from coordinator.trust import pki
 from proto.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
 
 ROLE_ADMIN = "admin"

@@ -11,14 +11,14 @@ import time
 
 import msgspec
 
-from coordinator.auth import ROLE_ADMIN
-from coordinator.enrolment import Enroller
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
-from coordinator.hub import CLOSE_REVOKED, Hub
+from coordinator.hub.sessions import CLOSE_REVOKED, Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import ApiToken
 from coordinator.store.ports import EnrollConflict, EnrollRefused
 from coordinator.store.ports import Store as Storage
+from coordinator.trust.auth import ROLE_ADMIN
+from coordinator.trust.enrolment import Enroller
 from proto.enrolment import EnrollRequest, EnrollResponse, machine_id_problem
 from proto.tokens import format_token, hash_secret, new_api_token, new_join_token
 

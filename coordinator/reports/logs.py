@@ -12,7 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
-from coordinator.hub import Hub, Session
+from coordinator.hub.sessions import Hub, Session
 from coordinator.models import Unit
 from proto import messages as m
 

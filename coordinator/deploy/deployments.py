@@ -25,10 +25,11 @@ from typing import Protocol
 
 import msgspec
 
-from coordinator import groups, rollout
+from coordinator.deploy import groups, rollout
+from coordinator.deploy.manifest import Manifest, ManifestError, parse_manifest
 from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
-from coordinator.hub import Hub, Session
-from coordinator.manifest import Manifest, ManifestError, parse_manifest
+from coordinator.fleet.units import UnitService
+from coordinator.hub.sessions import Hub, Session
 from coordinator.models import (
     Application,
     ApplicationVersion,
@@ -40,9 +41,8 @@ from coordinator.models import (
     ReleaseJob,
     ReleaseUnit,
 )
-from coordinator.reports import ReportUnavailable
+from coordinator.reports.service import ReportUnavailable
 from coordinator.store.ports import DEFAULT_GROUP, FleetStore, TransactionalDeploymentStore
-from coordinator.units import UnitService
 from proto import messages as m
 from proto.messages import DesiredUnit
 from proto.units import UnitOption, backend_for, unit_file_sha256, unit_hash

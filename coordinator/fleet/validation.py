@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from coordinator.fleet.scheduler import XFleetError, parse_xfleet
 from coordinator.limits import unit_size_problem
-from coordinator.scheduler import XFleetError, parse_xfleet
 from proto.units import (
     UnitFileError,
     UnitNameError,

@@ -1,0 +1,2 @@
+"""Applications, releases and rollouts: the deployment service, manifests, groups
+and the pure rollout rules."""

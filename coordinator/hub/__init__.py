@@ -1,0 +1,1 @@
+"""Agent sessions, liveness and the write-behind of what agents report."""

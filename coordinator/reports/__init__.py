@@ -1,0 +1,1 @@
+"""What agents report about deployments and units: stickers, drift, logs."""
