@@ -48,7 +48,7 @@ from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
 from coordinator.trust import pki
 from coordinator.trust.access import EnrolmentService, TokenService
-from coordinator.trust.auth import AuthError, authenticate
+from coordinator.trust.auth import PRINCIPAL, AuthError, authenticate
 from coordinator.trust.enrolment import Enroller
 from proto.enrolment import HUB_PATH
 
@@ -150,7 +150,7 @@ class Coordinator:
             # once the caller is known, so nobody unauthenticated makes us read a body.
             request = guard.bounded(request)
             if request.path not in request.app[PUBLIC]:
-                request["principal"] = authenticate(request, self.storage)
+                request[PRINCIPAL] = authenticate(request, self.storage)
             await guard.read_body(request, self.config.body_timeout_s)
             response = await handler(request)
         except AuthError as exc:

@@ -34,6 +34,10 @@ class AuthError(Exception):
         self.status = status
 
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Who the request acts as, set by the server's middleware for every non-public route."""
+
+
 def authenticate(request: web.Request, storage: TrustStore) -> Principal:
     """Return the caller or raise AuthError with a message safe to show the client."""
     header = request.headers.get("Authorization", "")

@@ -396,7 +396,7 @@ def test_the_examples_in_docs_manifest_md_parse() -> None:
     import re
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "manifest.md").read_text()
+    doc = (Path(__file__).resolve().parents[4] / "docs" / "manifest.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
     assert len(blocks) == 2
     envelope, bare = (parse_manifest(b) for b in blocks)

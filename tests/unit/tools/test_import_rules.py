@@ -16,7 +16,7 @@ import pytest
 
 from tools.import_rules import Rules, check, under
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RULES_FILE = ROOT / "tools" / "import-rules.json"
 SHARED = ROOT.parent / "shared"
 

@@ -71,7 +71,7 @@ def test_every_public_engine_method_is_on_a_port() -> None:
 
 
 def test_only_the_store_imports_a_database_driver() -> None:
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[4]
     offenders = []
     for package in ("coordinator", "agent", "proto"):
         for path in (root / package).rglob("*.py"):
