@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.harness.systemd import UserSystemd
+import pytest
+
+from tests.harness.systemd import UserSystemd, systemd_available
 from tests.procs import AgentProc, CoordinatorProc, wait_for
 
 
@@ -97,3 +99,16 @@ class Fleet:
         self.coordinator.stop()
         for sd in self.systemds.values():
             sd.stop()
+
+
+def fleet_of(tmp: Path, machines: tuple[str, ...]) -> Iterator[Fleet]:
+    """A fleet of real agents for a fixture (`yield from fleet_of(...)`), closed however
+    the test ends; skipped where no systemd manager can be started."""
+    reason = systemd_available()
+    if reason:
+        pytest.skip(reason)
+    f = Fleet(tmp, machines)
+    try:
+        yield f
+    finally:
+        f.close()

@@ -13,9 +13,8 @@ import pytest
 
 from coordinator.deploy.manifest import parse_manifest
 from proto.units import unit_file_sha256, unit_hash
-from tests.fleetrig import Fleet
+from tests.fleetrig import Fleet, fleet_of
 from tests.fmclient import FleetManager
-from tests.harness.systemd import systemd_available
 from tests.procs import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,25 +45,14 @@ rollout:
 """
 
 
-def _fleet(tmp: Path, machines: tuple[str, ...]) -> Iterator[Fleet]:
-    reason = systemd_available()
-    if reason:
-        pytest.skip(reason)
-    f = Fleet(tmp, machines)
-    try:
-        yield f
-    finally:
-        f.close()
-
-
 @pytest.fixture
 def one(tmp_path: Path) -> Iterator[Fleet]:
-    yield from _fleet(tmp_path, ("m1",))
+    yield from fleet_of(tmp_path, ("m1",))
 
 
 @pytest.fixture
 def four(tmp_path: Path) -> Iterator[Fleet]:
-    yield from _fleet(tmp_path, ("m1", "m2", "m3", "m4"))
+    yield from fleet_of(tmp_path, ("m1", "m2", "m3", "m4"))
 
 
 def test_seed_workflow_and_concurrent_deploy(one: Fleet) -> None:
@@ -364,7 +352,7 @@ rollout:
 
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[Fleet]:
-    yield from _fleet(tmp_path, ("m1", "m2"))
+    yield from fleet_of(tmp_path, ("m1", "m2"))
 
 
 def test_rollback_restart_and_new_members(two: Fleet) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from proto.container import LABEL_UNIT, container_name
-from tests.fleetrig import Fleet
+from tests.fleetrig import Fleet, fleet_of
 from tests.fmclient import FleetManager
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd, user_systemd  # noqa: F401
-from tests.harness.systemd import UserSystemd, systemd_available
+from tests.harness.systemd import UserSystemd
 from tests.procs import MachineRig, wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,14 +95,7 @@ def deploy_to_default(fm: FleetManager, app: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def one(tmp_path: Path) -> Iterator[Fleet]:
-    reason = systemd_available()
-    if reason:
-        pytest.skip(reason)
-    f = Fleet(tmp_path, ("m1",))
-    try:
-        yield f
-    finally:
-        f.close()
+    yield from fleet_of(tmp_path, ("m1",))
 
 
 def test_envelope_with_units_deploys_and_deleting_the_deployment_removes_them(

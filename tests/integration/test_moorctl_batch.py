@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleetrig import Fleet
+from tests.fleetrig import Fleet, fleet_of
 from tests.fmclient import FleetManager
-from tests.harness.systemd import systemd_available
 from tests.procs import AgentProc, CoordinatorProc, wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,14 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def one(tmp_path: Path) -> Iterator[Fleet]:
-    reason = systemd_available()
-    if reason:
-        pytest.skip(reason)
-    f = Fleet(tmp_path, ("m1",))
-    try:
-        yield f
-    finally:
-        f.close()
+    yield from fleet_of(tmp_path, ("m1",))
 
 
 def requests_to(coordinator: CoordinatorProc, method: str, route: str) -> int:
