@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+from agent.backoff import next_failures, reconnect_delay
 from coordinator.trust import pki
 from moorctl.client import ApiClient
 from proto import messages as m
@@ -108,22 +109,30 @@ class SimAgent:
         self.revision = 0
         self.units: dict[str, m.DesiredUnit] = {}
         self.connected = False
+        self.spread = 0.0
+        self.welcomed = False
         ctx = ssl.create_default_context(cafile=ca_file)
         ctx.load_cert_chain(identity.pem_file)
         self.ssl = ctx
 
     async def run(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        attempt = 0
+        """Reconnect as the real agent does (agent/backoff.py): a session that got a
+        Welcome resets the count, and the first retry is spread over the window the
+        coordinator sent, so the bench sees the fleet's real reconnect wave."""
+        failures = 0
         while not stop.is_set():
+            self.spread = 0.0
+            self.welcomed = False
             try:
                 await self._session(http, stop)
-                attempt = 0
             except (aiohttp.ClientError, OSError, TimeoutError):
                 self.stats.errors += 1
             if stop.is_set():
                 return
-            attempt += 1
-            delay = min(5.0, 0.25 * 2 ** min(attempt, 5)) * (0.5 + random.random() / 2)
+            failures = next_failures(failures, welcomed=self.welcomed)
+            delay = reconnect_delay(
+                failures, initial=0.25, maximum=5.0, spread=self.spread, rand=random.random()
+            )
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
@@ -138,6 +147,8 @@ class SimAgent:
             welcome = m.decode(first.data) if first.type == aiohttp.WSMsgType.BINARY else None
             if not isinstance(welcome, m.Welcome):
                 raise aiohttp.ClientError(f"no Welcome: {first.type} {first.data!r}")
+            self.spread = welcome.reconnect_spread_s
+            self.welcomed = True
             self.connected = True
             self.stats.connected += 1
             self.stats.sessions += 1
