@@ -278,9 +278,7 @@ def _labels(node: yaml.Node) -> list[Label]:
     for i, item in enumerate(node.value):
         field = f"metadata.labels[{i}]"
         if isinstance(item, yaml.MappingNode):
-            pair = _mapping(item, field, LABEL_KEYS)
-            if "key" not in pair:
-                raise ManifestError("missing 'key'", _line(item), field)
+            pair = _mapping(item, field, LABEL_KEYS, required=("key",))
             value = _text(pair["value"], f"{field}.value") if "value" in pair else ""
             labels.append(Label(_text(pair["key"], f"{field}.key"), value))
         else:
@@ -345,10 +343,7 @@ def _containers(node: yaml.Node, path: str) -> list[tuple[ManifestUnit, yaml.Nod
 
 
 def _container(node: yaml.Node, field: str) -> ManifestUnit:
-    fields = _mapping(node, field, CONTAINER_KEYS)
-    for key in ("name", "image"):
-        if key not in fields:
-            raise ManifestError(f"missing {key!r}", _line(node), field)
+    fields = _mapping(node, field, CONTAINER_KEYS, required=("name", "image"))
     name = _text(fields["name"], f"{field}.name")
     unit_name = name if name.endswith(CONTAINER_SUFFIX) else name + CONTAINER_SUFFIX
     image = UnitOption("Container", "Image", _text(fields["image"], f"{field}.image"))
@@ -449,9 +444,7 @@ def _env(node: yaml.Node, field: str) -> list[tuple[str, tuple[yaml.Node, str], 
     out = []
     for i, item in enumerate(_list(node, field)):
         where = f"{field}[{i}]"
-        pair = _mapping(item, where, ENV_KEYS)
-        if "name" not in pair:
-            raise ManifestError("missing 'name'", _line(item), where)
+        pair = _mapping(item, where, ENV_KEYS, required=("name",))
         name = _text(pair["name"], f"{where}.name")
         value = _text(pair["value"], f"{where}.value") if "value" in pair else ""
         out.append((name, (item, value), where))
@@ -460,10 +453,7 @@ def _env(node: yaml.Node, field: str) -> list[tuple[str, tuple[yaml.Node, str], 
 
 def _mount(node: yaml.Node, field: str) -> str:
     """`{hostPath, mountPath, readOnly}` as a `Volume=` value."""
-    fields = _mapping(node, field, MOUNT_KEYS)
-    for key in ("hostPath", "mountPath"):
-        if key not in fields:
-            raise ManifestError(f"missing {key!r}", _line(node), field)
+    fields = _mapping(node, field, MOUNT_KEYS, required=("hostPath", "mountPath"))
     host = _text(fields["hostPath"], f"{field}.hostPath")
     target = _text(fields["mountPath"], f"{field}.mountPath")
     for key, value in (("hostPath", host), ("mountPath", target)):
@@ -490,7 +480,9 @@ def _mapping(
     *,
     hint: str = "",
     hints: dict[str, str] | None = None,
+    required: Sequence[str] = (),
 ) -> dict[str, yaml.Node]:
+    """The mapping's keys, each allowed and once; every `required` key present."""
     if not isinstance(node, yaml.MappingNode):
         raise ManifestError(f"{what} must be a mapping", _line(node), what)
     out: dict[str, yaml.Node] = {}
@@ -507,6 +499,9 @@ def _mapping(
         if key in out:
             raise ManifestError(f"{key!r} appears twice", _line(key_node), what)
         out[key] = value
+    for key in required:
+        if key not in out:
+            raise ManifestError(f"missing {key!r}", _line(node), what)
     return out
 
 
@@ -537,10 +532,7 @@ def _units(node: yaml.Node, path: str = "units") -> list[ManifestUnit]:
     seen: set[str] = set()
     for i, item in enumerate(node.value):
         field = f"{path}[{i}]"
-        fields = _mapping(item, field, UNIT_KEYS)
-        for key in UNIT_KEYS:
-            if key not in fields:
-                raise ManifestError(f"missing {key!r}", _line(item), field)
+        fields = _mapping(item, field, UNIT_KEYS, required=UNIT_KEYS)
         name = _scalar(fields["name"], f"{field}.name")
         contents = _scalar(fields["contents"], f"{field}.contents")
         for key, value in (("name", name), ("contents", contents)):
