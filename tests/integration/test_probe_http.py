@@ -50,6 +50,23 @@ def error_of(body: bytes) -> str:
 # --- 1: enrolment cannot take over a machine ---------------------------------------------
 
 
+def enrol_anonymously(coord: CoordinatorProc, machine_id: str, csr_cn: str) -> tuple[int, bytes]:
+    """POST /agent/v1/enroll as an agent would, with a fresh join token and a CSR for
+    `csr_cn`, over TLS without a client certificate."""
+    body = {
+        "token": coord.join_token(),
+        "machine_id": machine_id,
+        "csr_pem": pki.make_csr(pki.generate_key(), csr_cn).decode(),
+    }
+    return coord.raw(
+        "POST",
+        "/agent/v1/enroll",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(body).encode(),
+        cert=False,
+    )
+
+
 def test_join_token_cannot_take_over_an_enrolled_machine(
     coord: CoordinatorProc, agents: list[AgentProc], tmp_path: Path
 ) -> None:
@@ -58,19 +75,7 @@ def test_join_token_cannot_take_over_an_enrolled_machine(
     before = coord.machines()
     record = next(m for m in before if m["id"] == "victim")
 
-    key = pki.generate_key()
-    hijack = {
-        "token": coord.join_token(),
-        "machine_id": "victim",
-        "csr_pem": pki.make_csr(key, "victim").decode(),
-    }
-    status, body = coord.raw(
-        "POST",
-        "/agent/v1/enroll",
-        headers={"Content-Type": "application/json"},
-        data=json.dumps(hijack).encode(),
-        cert=False,
-    )
+    status, body = enrol_anonymously(coord, "victim", "victim")
     assert status == 409, body
     message = error_of(body)
     assert "machine victim is already enrolled" in message
@@ -427,19 +432,7 @@ def test_deployment_names_and_version_labels_are_checked(coord: CoordinatorProc)
 
 
 def test_enrolment_of_a_machine_id_with_a_newline_is_refused(coord: CoordinatorProc) -> None:
-    key = pki.generate_key()
-    body = {
-        "token": coord.join_token(),
-        "machine_id": "m1\n",
-        "csr_pem": pki.make_csr(key, "m1").decode(),
-    }
-    status, answer = coord.raw(
-        "POST",
-        "/agent/v1/enroll",
-        headers={"Content-Type": "application/json"},
-        data=json.dumps(body).encode(),
-        cert=False,
-    )
+    status, answer = enrol_anonymously(coord, "m1\n", "m1")
     assert status == 403 and "machine id must be" in error_of(answer)
 
 
