@@ -96,9 +96,9 @@ class Hub:
         """Domain services subscribe here for Applied, StateReport, LogChunk..."""
         self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
         self.on_state_change: list[Callable[[str, str], Awaitable[None]]] = []
+        """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self.on_disconnect: list[Callable[[Session], None]] = []
         """Called when a session ends (streams waiting on that machine end too)."""
-        """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- session lifecycle ----------------------------------------------------------
