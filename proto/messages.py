@@ -110,12 +110,15 @@ class Hello(msgspec.Struct, tag="hello", frozen=True, omit_defaults=True):
     snapshot: list[UnitStatus] = []
     agent_version: str = ""
     stickers: list[Sticker] = []
+    resources: Resources | None = None
+    """For batch tasks (#19): None from agents that predate them."""
 
 
 class Facts(msgspec.Struct, tag="facts", frozen=True):
     """Host facts that changed after Hello (dockerd started, systemd went away...)."""
 
     capabilities: list[str]
+    resources: Resources | None = None
 
 
 class Welcome(msgspec.Struct, tag="welcome", frozen=True, omit_defaults=True):
@@ -240,6 +243,81 @@ class CertIssued(msgspec.Struct, tag="cert_issued", frozen=True):
     cert_pem: str
 
 
+# --- batch tasks (#19) -----------------------------------------------------------------
+
+
+class Resources(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a machine offers one-off task runs: totals, not what is free (the scheduler
+    subtracts the runs it placed there)."""
+
+    memory_mb: int = 0
+    cpu_millis: int = 0
+    """1000 per core."""
+
+
+TaskRunState = Literal["PENDING", "RUNNING", "STOPPED"]
+
+
+class TaskStart(msgspec.Struct, tag="task_start", frozen=True, omit_defaults=True):
+    """Coordinator → agent: run `command` under `/bin/sh -c` in `image`, once. The agent
+    answers with TaskUpdates; a start for a run it already has is answered with that
+    run's current state (starts are retried after reconnects)."""
+
+    run_id: str
+    image: str
+    command: str = ""
+    """Empty: the image's own entrypoint/command."""
+    env: dict[str, str] = {}
+    memory_mb: int = 0
+    """Hard memory limit of the container; 0: none."""
+    cpu_millis: int = 0
+    """CPU quota; 0: none."""
+
+
+class TaskStop(msgspec.Struct, tag="task_stop", frozen=True, omit_defaults=True):
+    """Coordinator → agent: SIGTERM the run, SIGKILL after `grace_s`."""
+
+    run_id: str
+    grace_s: float = 10.0
+
+
+class TaskUpdate(msgspec.Struct, tag="task_update", frozen=True, omit_defaults=True):
+    """Agent → coordinator: where a run is. Sent on every change, and again for every
+    run the agent holds after each Welcome (so a restarted coordinator learns them)."""
+
+    run_id: str
+    state: TaskRunState
+    event: str = ""
+    """What just happened, for the run's events: "image pulled", "container created"..."""
+    exit_code: int | None = None
+    exit_reason: str = ""
+    container_id: str = ""
+    at: float = 0.0
+    log_bytes: int = 0
+    """How many bytes of output the agent has produced so far (all of it shipped or
+    still to ship): with STOPPED, the coordinator knows when it holds the whole log."""
+
+
+class TaskOutput(msgspec.Struct, tag="task_output", frozen=True, omit_defaults=True):
+    """Agent → coordinator: the run's output from byte `offset` on (stdout and stderr
+    interleaved as the container wrote them). Resent from the last acknowledged offset
+    after a reconnect; the coordinator keeps each byte once."""
+
+    run_id: str
+    offset: int
+    data: bytes
+
+
+class TaskAck(msgspec.Struct, tag="task_ack", frozen=True, omit_defaults=True):
+    """Coordinator → agent: output stored up to `offset`; `final` once the STOPPED
+    update and the whole log are durable, after which the agent removes the container
+    and forgets the run."""
+
+    run_id: str
+    offset: int = 0
+    final: bool = False
+
+
 Message = (
     Hello
     | Facts
@@ -259,6 +337,11 @@ Message = (
     | ImageResolved
     | CertRenew
     | CertIssued
+    | TaskStart
+    | TaskStop
+    | TaskUpdate
+    | TaskOutput
+    | TaskAck
 )
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -280,6 +363,11 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     ImageResolved,
     CertRenew,
     CertIssued,
+    TaskStart,
+    TaskStop,
+    TaskUpdate,
+    TaskOutput,
+    TaskAck,
 )
 
 KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in MESSAGE_TYPES)

@@ -39,6 +39,12 @@ class Route:
     """Served without authentication."""
     any_method: bool = False
     """Registered for every method (the handler answers the others); documented as `method`."""
+    permission: str | None = None
+    """The permission the caller needs (checked once, by the server, before the handler);
+    None: any authenticated caller."""
+    limit: str | None = None
+    """The rate-limit class the route counts against ("auth", "deploy"...); None: only
+    the per-token general limit."""
 
 
 class RouteTable:

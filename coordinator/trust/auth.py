@@ -18,12 +18,27 @@ from coordinator.trust import pki
 from proto.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
 
 ROLE_ADMIN = "admin"
+DEFAULT_TENANT = "default"
+"""Where every object made before tenants existed lives, and where fleet's clients act."""
+PERM_ADMIN = "admin"
+"""Grants every permission."""
 
 
 class Principal(msgspec.Struct, frozen=True):
-    kind: str  # "certificate" | "token"
+    """Who a request acts as, and in which tenant (exactly one per request)."""
+
+    kind: str  # "certificate" | "token" | "user"
     name: str
     role: str
+    tenant: str = DEFAULT_TENANT
+    permissions: frozenset[str] = frozenset({PERM_ADMIN})
+    user_id: int | None = None
+    """Set for a user's token (#17); None for the admin certificate and admin tokens."""
+    token_id: str = ""
+
+    def allows(self, permission: str) -> bool:
+        """`admin` grants everything; otherwise the permission must be held. Pure."""
+        return PERM_ADMIN in self.permissions or permission in self.permissions
 
 
 class AuthError(Exception):

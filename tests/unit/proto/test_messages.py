@@ -81,8 +81,13 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
         snapshot=statuses,
         agent_version=text,
         stickers=stickers,
+        resources=st.none() | st.builds(m.Resources, small_int, small_int),
     ),
-    m.Facts: st.builds(m.Facts, st.lists(text, max_size=3)),
+    m.Facts: st.builds(
+        m.Facts,
+        st.lists(text, max_size=3),
+        st.none() | st.builds(m.Resources, small_int, small_int),
+    ),
     m.Welcome: st.builds(m.Welcome, small_int, text, floats, floats, floats),
     m.Heartbeat: st.builds(m.Heartbeat, small_int, floats),
     m.Desired: st.builds(
@@ -122,6 +127,29 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
     ),
     m.CertRenew: st.builds(m.CertRenew, text),
     m.CertIssued: st.builds(m.CertIssued, text),
+    m.TaskStart: st.builds(
+        m.TaskStart,
+        run_id=text,
+        image=text,
+        command=text,
+        env=st.dictionaries(text, text, max_size=3),
+        memory_mb=small_int,
+        cpu_millis=small_int,
+    ),
+    m.TaskStop: st.builds(m.TaskStop, text, floats),
+    m.TaskUpdate: st.builds(
+        m.TaskUpdate,
+        run_id=text,
+        state=st.sampled_from(["PENDING", "RUNNING", "STOPPED"]),
+        event=text,
+        exit_code=st.none() | small_int,
+        exit_reason=text,
+        container_id=text,
+        at=floats,
+        log_bytes=small_int,
+    ),
+    m.TaskOutput: st.builds(m.TaskOutput, text, small_int, st.binary(max_size=64)),
+    m.TaskAck: st.builds(m.TaskAck, text, small_int, st.booleans()),
 }
 
 
