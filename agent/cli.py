@@ -31,6 +31,7 @@ OVERRIDES = (
     "unit_dir",
     "journal_dir",
     "docker_host",
+    "task_network",
     "metrics_listen",
     "sticker_dir",
     "drift_interval_s",
@@ -63,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-dir", help="Where unit files are written (default by scope).")
     p.add_argument("--journal-dir", help="Read this journal directory instead of the machine's.")
     p.add_argument("--docker-host", help="Docker endpoint (default: $DOCKER_HOST, as the CLI).")
+    p.add_argument(
+        "--task-network", help="Docker network of task runs (default: Docker's; 'none': none)."
+    )
     p.add_argument("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
     p.add_argument("--sticker-dir", help="Where version stickers are written.")
     p.add_argument(

@@ -29,6 +29,8 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Empty: the machine's journal; else a journal directory (journalctl -D)."""
     docker_host: str = ""
     """Empty: like the docker CLI ($DOCKER_HOST, else unix:///var/run/docker.sock)."""
+    task_network: str = ""
+    """Network of task run containers; empty: Docker's default (``none`` for no network)."""
     reconcile_interval_s: float = 60.0
     sticker_dir: str = ""
     """Empty: /var/lib/moorage/stickers with the default state_dir, else <state_dir>/stickers

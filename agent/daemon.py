@@ -42,6 +42,7 @@ from agent.reconciler import plan
 from agent.reporting import Observer, Reporter, unavailable
 from agent.stickers import StickerStore
 from agent.store import AgentState, StateStore
+from agent.tasks import TaskRunner
 from proto import messages as m
 from proto.desired import apply_diff
 
@@ -65,7 +66,8 @@ class Agent:
             unit_dir=self.unit_dir,
             journal=journal,
         )
-        self.backends = Registry([systemd, DockerBackend(docker_host=config.docker_host)])
+        docker = DockerBackend(docker_host=config.docker_host)
+        self.backends = Registry([systemd, docker])
         self.executor = Executor(self.backends)
         self._repair_kinds: set[str] = set()
         """Backends that came back by themselves: their units get a repair pass."""
@@ -88,6 +90,10 @@ class Agent:
             metrics=self.metrics,
             on_welcome=self._on_welcome,
         )
+        self.tasks = TaskRunner(
+            docker, config.state_path, self.link.send, network=config.task_network
+        )
+        """Batch task runs (#19): one-shot containers beside the units, not units."""
         self.link.last_contact = isolation.isolation_clock(
             contact_at=self.state.contact_at,
             in_session=self.state.in_session,
@@ -134,6 +140,7 @@ class Agent:
         for backend in self.backends:
             await backend.open()
         await self.reconcile(repair=True)
+        await self.tasks.open()
         metrics_server = await self.metrics.serve(self.config.metrics_listen)
         tasks = [
             asyncio.create_task(self.link.run()),
@@ -150,6 +157,7 @@ class Agent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.tasks.close()
         for backend in self.backends:
             await backend.close()
         if metrics_server is not None:
@@ -170,6 +178,8 @@ class Agent:
         """The backend came back by itself: what its restart stopped is repaired, failed
         creates are retried."""
         self._repair_kinds.add(backend.kind)
+        if backend is self.tasks.docker:
+            self._background(self.tasks.open())
         self._retry_creates = True
         self.observer.owned_stale = True
         self.reporter.mark_dirty(n for n in self.state.desired if backend.owns(n))
@@ -193,6 +203,8 @@ class Agent:
             self.observer.request(message.request_id)
         elif isinstance(message, m.ImageResolve):
             self._background(self._resolve_images(message))
+        elif isinstance(message, m.TaskStart | m.TaskStop | m.TaskAck):
+            await self.tasks.on_message(message)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Long requests (image pulls) must not hold up the messages behind them."""
@@ -243,6 +255,7 @@ class Agent:
             snapshot=snapshot,
             agent_version=__version__,
             stickers=self.observer.new_session(),
+            resources=facts.resources(),
         )
 
     # --- isolation (StopWhenIsolated, see agent.isolation) ----------------------------------
@@ -254,6 +267,8 @@ class Agent:
         if self.state.isolated and welcome.desired_revision == self.state.revision:
             self._end_isolation("the coordinator has this machine's desired state unchanged")
         self.store.save(self.state)
+        await self.tasks.open()
+        await self.tasks.on_welcome()
 
     def _end_isolation(self, why: str) -> None:
         self.state.isolated = False
@@ -321,6 +336,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.reconcile_interval_s)
             opened = [await backend.open() for backend in self.backends]
+            await self.tasks.open()
             if any(opened):
                 self._retry_creates = True
                 self._reconcile_wake.set()

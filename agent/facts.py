@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from urllib.parse import urlsplit
+
+from proto.messages import Resources
 
 
 def hostname() -> str:
@@ -26,3 +29,22 @@ def primary_ip(hub_url: str) -> str:
         except OSError:
             continue
     return ""
+
+
+def resources(meminfo: str = "/proc/meminfo") -> Resources:
+    """What this machine offers task runs (Hello and Facts): total RAM in MiB and 1000
+    per CPU this process may use (0 when unknown)."""
+    memory_mb = 0
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory_mb = int(line.split()[1]) // 1024  # kB
+                    break
+    except (OSError, ValueError, IndexError):
+        memory_mb = 0
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 0
+    return Resources(memory_mb=memory_mb, cpu_millis=cpus * 1000)

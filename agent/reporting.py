@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent import drift
+from agent import drift, facts
 from agent.backends.base import BackendError, BackendUnavailable, Observed, Registry, UnitRuntime
 from agent.executor import Executor
 from agent.link import Link
@@ -164,7 +164,9 @@ class Reporter:
     async def announce_facts(self) -> None:
         """Tell the coordinator when a backend appeared or went away after Hello."""
         caps = self.capabilities()
-        if caps != self.sent_caps and await self.link.send(m.Facts(caps)):
+        if caps != self.sent_caps and await self.link.send(
+            m.Facts(caps, resources=facts.resources())
+        ):
             self.sent_caps = caps
 
 

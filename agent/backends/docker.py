@@ -699,6 +699,20 @@ class DockerBackend:
         except docker.errors.DockerException as exc:
             raise DockerError(_explain(exc)) from exc
 
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(api, *args)`` in the backend's thread pool (for the task runner, which
+        shares this connection): DockerError for Docker's refusals, BackendUnavailable
+        while dockerd is unreachable."""
+        return await self._call(fn, *args)
+
+    def new_client(self, timeout: int | None) -> Any:
+        """A client of its own (for a long stream that must not hold a pooled one)."""
+        return self._client(timeout)
+
+    def ensure_image_sync(self, api: Any, image: str) -> None:
+        """Pull ``image`` unless it is on the machine (in a pool thread, via `call`)."""
+        self._ensure_image(api, image)
+
     # -- state
 
     async def inspect(self, names: Iterable[str]) -> dict[str, ContainerInfo | None]:
