@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 
 from agent.backends.docker import DockerBackend
-from agent.tasks import KIND_TASK, LABEL_KIND, LABEL_RUN, NEVER_RAN, container_name
+from agent.tasks import (
+    CHUNK_BYTES,
+    KIND_TASK,
+    LABEL_KIND,
+    LABEL_RUN,
+    NEVER_RAN,
+    container_name,
+)
 from proto import messages as m
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd_session  # noqa: F401
@@ -384,3 +391,17 @@ def test_kill9_then_restart_after_the_run_ended(driver: Driver) -> None:
     )
     driver.send(m.TaskAck("run-k9b", offset=4, final=True))
     wait_for(lambda: inspect(driver.daemon, "run-k9b") is None, TIMEOUT, what="removed")
+
+
+def test_large_output_ships_in_bounded_frames(driver: Driver) -> None:
+    driver.welcome()
+    size = 5 * CHUNK_BYTES + 12345
+    driver.send(
+        m.TaskStart(run_id="run-big", image=BUSYBOX_TAG, command=f"head -c {size} /dev/zero")
+    )
+    stopped = driver.wait_update("run-big", "STOPPED")
+    assert (stopped.exit_code, stopped.log_bytes) == (0, size)
+    assert driver.wait_log("run-big", size) == b"\0" * size
+    frames = driver.outputs("run-big")
+    assert max(len(o.data) for o in frames) <= CHUNK_BYTES
+    assert max(len(m.encode(o)) for o in frames) < m.MAX_FRAME
