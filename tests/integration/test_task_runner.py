@@ -33,7 +33,8 @@ from agent.tasks import (
 from proto import messages as m
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd_session  # noqa: F401
-from tests.procs import ROOT, wait_for
+from tests.integration.peerhub import PeerHub
+from tests.procs import ROOT, AgentProc, CoordinatorProc, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -405,3 +406,130 @@ def test_large_output_ships_in_bounded_frames(driver: Driver) -> None:
     frames = driver.outputs("run-big")
     assert max(len(o.data) for o in frames) <= CHUNK_BYTES
     assert max(len(m.encode(o)) for o in frames) < m.MAX_FRAME
+
+
+# --- the real agent process over the real link ------------------------------------------
+
+
+class AgentRig:
+    """An agent enrolled with a real coordinator, which then gives way to a `PeerHub` on
+    the same port: the test speaks the coordinator's side of the task protocol."""
+
+    def __init__(self, tmp: Path, daemon: Dockerd) -> None:
+        self.daemon = daemon
+        coordinator = CoordinatorProc(tmp / "coordinator").start()
+        self.agent = AgentProc(
+            tmp,
+            "m1",
+            coordinator,
+            extra=["--systemd-scope", "user", "--unit-dir", str(tmp / "units"),
+                   "--task-network", "none", "--metrics-listen", ""],
+            env={
+                "DOCKER_HOST": daemon.host,
+                "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp}/no-such-bus",
+            },
+        )  # fmt: skip
+        try:
+            result = self.agent.enroll(coordinator.join_token())
+            assert result.returncode == 0, result.stderr
+        finally:
+            coordinator.stop()
+        self.hub = PeerHub(coordinator.paths, coordinator.hub_port).start()
+        self.agent.start()
+        self.wait_hellos(1)
+
+    def wait_hellos(self, count: int) -> m.Hello:
+        wait_for(lambda: len(self.hub.hellos) >= count and self.hub.connected, TIMEOUT,
+                 what=f"hello #{count}")  # fmt: skip
+        return self.hub.hellos[count - 1]
+
+    def updates(self, run_id: str) -> list[m.TaskUpdate]:
+        return [
+            u for u in self.hub.messages() if isinstance(u, m.TaskUpdate) and u.run_id == run_id
+        ]
+
+    def wait_update(self, run_id: str, state: str) -> m.TaskUpdate:
+        def check() -> m.TaskUpdate | None:
+            found = [u for u in self.updates(run_id) if u.state == state]
+            return found[-1] if found else None
+
+        result: m.TaskUpdate = wait_for(check, TIMEOUT, what=f"{run_id} {state}")
+        return result
+
+    def log(self, run_id: str) -> bytes:
+        return assemble(
+            [o for o in self.hub.messages() if isinstance(o, m.TaskOutput) and o.run_id == run_id]
+        )
+
+    def wait_log(self, run_id: str, size: int) -> bytes:
+        wait_for(lambda: len(self.log(run_id)) >= size, TIMEOUT, what=f"{size} bytes")
+        return self.log(run_id)
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.hub.stop()
+
+
+@pytest.fixture
+def agent_rig(tmp_path: Path, docker_daemon: Dockerd) -> Iterator[AgentRig]:
+    rig = AgentRig(tmp_path, docker_daemon)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_real_agent_runs_survives_kill9_and_coordinator_restart(agent_rig: AgentRig) -> None:
+    rig = agent_rig
+    hello = rig.hub.hellos[0]
+    assert hello.resources is not None
+    assert hello.resources.memory_mb > 0 and hello.resources.cpu_millis >= 1000
+
+    command = COUNTER.replace("sleep 0.05", "sleep 0.2")  # ~12 s: kill -9 lands mid-run
+    assert rig.hub.send(m.TaskStart(run_id="agent-k9", image=BUSYBOX_TAG, command=command))
+    running = rig.wait_update("agent-k9", "RUNNING")
+    first = rig.wait_log("agent-k9", 20)
+    assert rig.hub.send(m.TaskAck("agent-k9", offset=len(first)))
+
+    # The coordinator restarts (the session drops): the agent reconnects, says where
+    # the run is and ships what was not acknowledged.
+    rig.hub.drop()
+    rig.wait_hellos(2)
+    wait_for(lambda: len(rig.updates("agent-k9")) >= 2, TIMEOUT, what="state after Welcome")
+
+    # kill -9 of the agent mid-run: the run goes on; the new agent re-adopts it.
+    assert rig.agent.proc is not None
+    rig.agent.proc.kill9()
+    attrs = inspect(rig.daemon, "agent-k9")
+    assert attrs is not None and attrs["State"]["Running"], "the run outlives the agent"
+    rig.agent.start()
+    rig.wait_hellos(3)
+
+    stopped = rig.wait_update("agent-k9", "STOPPED")
+    assert (stopped.exit_code, stopped.exit_reason) == (7, "exited with code 7")
+    assert stopped.container_id == running.container_id
+    log = rig.wait_log("agent-k9", len(COUNTER_LOG))
+    assert log == docker_log(rig.daemon, running.container_id)
+    assert same_lines(log, COUNTER_LOG) and stopped.log_bytes == len(log)
+    after = inspect(rig.daemon, "agent-k9")
+    assert after is not None and after["RestartCount"] == 0
+
+    assert rig.hub.send(m.TaskAck("agent-k9", offset=len(log), final=True))
+    wait_for(lambda: inspect(rig.daemon, "agent-k9") is None, TIMEOUT, what="removed")
+
+
+def test_real_agent_stop_and_unit_containers_untouched(agent_rig: AgentRig) -> None:
+    rig = agent_rig
+    assert rig.hub.send(
+        m.TaskStart(run_id="agent-stop", image=BUSYBOX_TAG, command="sleep 300", memory_mb=32)
+    )
+    rig.wait_update("agent-stop", "RUNNING")
+    attrs = inspect(rig.daemon, "agent-stop")
+    assert attrs is not None and attrs["HostConfig"]["Memory"] == 32 * 1024 * 1024
+    # No drift is reported for the run's container (it is not a unit's).
+    time.sleep(2.5)
+    drift = [d for d in rig.hub.messages() if isinstance(d, m.DriftReport) and d.entries]
+    assert drift == []
+    assert rig.hub.send(m.TaskStop("agent-stop", grace_s=1))
+    stopped = rig.wait_update("agent-stop", "STOPPED")
+    assert stopped.exit_reason == "stopped by request"
