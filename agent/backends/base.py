@@ -2,8 +2,9 @@
 
 A backend runs one kind of unit (`unit_kind`: the unit's suffix decides, through
 `proto.units.backend_for`). The agent reaches backends only through `Backend` and a
-`Registry` (kind -> backend), so a new kind of unit (a task runner) is one more
-backend registered, not a branch in the executor, the reports or the drift pass.
+`Registry` (kind -> backend), so a new kind of unit is one more backend registered,
+not a branch in the executor, the reports or the drift pass. (Batch task runs are not
+units: `agent.tasks` runs them on the Docker backend's connection.)
 """
 
 from __future__ import annotations
