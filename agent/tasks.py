@@ -487,9 +487,14 @@ class TaskRunner:
     async def _docker_stop(self, run: Run) -> None:
         timeout = math.ceil(run.record.grace_s)
         try:
-            await self.docker.call(_stop_container, run.record.container_id, timeout)
+            was_running = await self.docker.call(_stop_container, run.record.container_id, timeout)
         except (BackendError, BackendUnavailable) as exc:
             log.warning("stopping run %s failed: %s", run.run_id, exc)
+            return
+        if not was_running and run.record.state != "STOPPED":
+            # It had already exited by itself: its own exit reason stands.
+            run.record.stop_requested = False
+            run.files.save(run.record)
 
     async def ack(self, ack: m.TaskAck) -> None:
         run = self.runs.get(ack.run_id)
@@ -551,14 +556,16 @@ class TaskRunner:
         stream = _Stream()
         run.stream = stream
         container_id = run.record.container_id
-        client = self.docker.new_client(None)
+        new_client = self.docker.new_client
 
         def put(item: bytes | BaseException | None) -> None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def read() -> None:
+            client: Any = None
             try:
+                client = new_client(None)  # asks dockerd its version: not on the loop
                 frames = client.logs(
                     container_id, stream=True, follow=follow, stdout=True, stderr=True
                 )
@@ -570,8 +577,9 @@ class TaskRunner:
                 put(exc)
             finally:
                 stream.close()
-                with contextlib.suppress(Exception):
-                    client.close()
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
 
         threading.Thread(target=read, name=f"task-logs-{run.run_id[:20]}", daemon=True).start()
         skip = run.size
@@ -777,11 +785,18 @@ def _inspect(api: Any, container_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _stop_container(api: Any, container_id: str, timeout: int) -> None:
+def _stop_container(api: Any, container_id: str, timeout: int) -> bool:
+    """Stop the container; whether it was running (or paused, restarting) to be stopped."""
     import docker
 
-    with contextlib.suppress(docker.errors.NotFound):
+    try:
+        state = api.inspect_container(container_id).get("State") or {}
+        if not (state.get("Running") or state.get("Restarting") or state.get("Paused")):
+            return False
         api.stop(container_id, timeout=timeout)
+        return True
+    except docker.errors.NotFound:
+        return False
 
 
 def _remove_container(api: Any, container_id: str) -> None:

@@ -533,3 +533,19 @@ def test_real_agent_stop_and_unit_containers_untouched(agent_rig: AgentRig) -> N
     assert rig.hub.send(m.TaskStop("agent-stop", grace_s=1))
     stopped = rig.wait_update("agent-stop", "STOPPED")
     assert stopped.exit_reason == "stopped by request"
+
+
+def test_memory_limit_is_enforced(driver: Driver) -> None:
+    driver.welcome()
+    driver.send(
+        m.TaskStart(
+            run_id="run-oom",
+            image=BUSYBOX_TAG,
+            command="x=$(head -c 100000000 /dev/urandom); echo survived",
+            memory_mb=16,
+        )
+    )
+    stopped = driver.wait_update("run-oom", "STOPPED")
+    assert stopped.exit_code != 0
+    assert stopped.exit_reason.startswith("OOMKilled"), stopped.exit_reason
+    assert b"survived" not in driver.log("run-oom")
