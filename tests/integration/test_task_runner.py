@@ -549,3 +549,11 @@ def test_memory_limit_is_enforced(driver: Driver) -> None:
     assert stopped.exit_code != 0
     assert stopped.exit_reason.startswith("OOMKilled"), stopped.exit_reason
     assert b"survived" not in driver.log("run-oom")
+
+
+def test_resource_error_stops_the_run_with_dockers_reason(driver: Driver) -> None:
+    driver.welcome()
+    driver.send(m.TaskStart(run_id="run-tiny", image=BUSYBOX_TAG, command="true", memory_mb=1))
+    stopped = driver.wait_update("run-tiny", "STOPPED")
+    assert stopped.exit_code == NEVER_RAN
+    assert "memory" in stopped.exit_reason.lower(), stopped.exit_reason
