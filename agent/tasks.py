@@ -30,8 +30,8 @@ the Docker backend's connection (its thread pool, its reconnecting watcher). It 
   run. A STOPPED update is sent once the output is, and again after every Welcome
   until `TaskAck(final=True)`; then the container and the run's files are removed.
 * **Exit codes.** Docker's exit code; -1 for a run that never ran (bad image, the
-  container could not be created or started, stopped before it started), with the
-  problem in ``exit_reason``.
+  container could not be created or started, stopped before it started) or whose
+  container was removed behind the agent's back, with the problem in ``exit_reason``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ CHUNK_BYTES: Final = 64 * 1024
 """Largest `TaskOutput` payload (far under `proto.messages.MAX_FRAME`)."""
 APPEND_BATCH_BYTES: Final = 256 * 1024
 NEVER_RAN: Final = -1
-"""``exit_code`` of a run whose command never ran."""
+"""``exit_code`` of a run whose command never ran, or whose exit code is lost (its
+container was removed outside Moorage): a STOPPED update always has an exit code."""
 RETRY_S: Final = 1.0
 """How often a run waiting for dockerd (or a log stream that broke) tries again."""
 MAX_GRACE_S: Final = 3600
@@ -625,8 +626,7 @@ class TaskRunner:
             except BackendUnavailable as exc:
                 log.info("run %s waits for dockerd: %s", run.run_id, exc)
             except _Gone as exc:
-                code = NEVER_RAN if run.record.state == "PENDING" else None
-                await self._finish(run, code, str(exc))
+                await self._finish(run, NEVER_RAN, str(exc))
                 return
             except Exception:
                 log.exception("run %s: unexpected failure; retrying", run.run_id)
@@ -709,12 +709,12 @@ class TaskRunner:
             raise _Gone("the run's container was removed outside Moorage")
         return attrs
 
-    async def _finish(self, run: Run, exit_code: int | None, reason: str) -> None:
+    async def _finish(self, run: Run, exit_code: int, reason: str) -> None:
         record = run.record
         record.state = "STOPPED"
         record.exit_code = exit_code
         record.exit_reason = reason
-        record.event = "exited" if exit_code != NEVER_RAN else "failed"
+        record.event = "failed" if exit_code == NEVER_RAN else "exited"
         record.at = time.time()
         record.log_bytes = run.size
         run.files.save(record)

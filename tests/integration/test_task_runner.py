@@ -557,3 +557,13 @@ def test_resource_error_stops_the_run_with_dockers_reason(driver: Driver) -> Non
     stopped = driver.wait_update("run-tiny", "STOPPED")
     assert stopped.exit_code == NEVER_RAN
     assert "memory" in stopped.exit_reason.lower(), stopped.exit_reason
+
+
+def test_container_removed_behind_the_agents_back(driver: Driver) -> None:
+    driver.welcome()
+    driver.send(m.TaskStart(run_id="run-gone", image=BUSYBOX_TAG, command="sleep 300"))
+    running = driver.wait_update("run-gone", "RUNNING")
+    driver.daemon.client().api.remove_container(running.container_id, force=True)
+    stopped = driver.wait_update("run-gone", "STOPPED")
+    assert stopped.exit_code == NEVER_RAN
+    assert "removed outside Moorage" in stopped.exit_reason
