@@ -1,0 +1,172 @@
+"""Batch tasks end to end through a real coordinator process and a simulated agent on
+the real link (tests/integration/taskagent.py): runs, exit codes, stop, the log
+cursor, a coordinator kill -9 mid-run, and runs waiting for memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.taskagent import SimTaskAgent
+from tests.procs import CoordinatorProc, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sims() -> Iterator[list[SimTaskAgent]]:
+    made: list[SimTaskAgent] = []
+    try:
+        yield made
+    finally:
+        for sim in made:
+            sim.close()
+
+
+def sim(
+    coordinator: CoordinatorProc, tmp: Path, made: list[SimTaskAgent], mid: str, **kw: Any
+) -> SimTaskAgent:
+    agent = SimTaskAgent(coordinator, tmp, mid, **kw)
+    made.append(agent)
+    return agent.start()
+
+
+def define(coordinator: CoordinatorProc, alias: str, command: str, **fields: Any) -> str:
+    body = coordinator.api(
+        "POST", "/api/v1/task", {"alias": alias, "image": "alpine:3", "command": command, **fields}
+    )
+    return str(body["definition_id"])
+
+
+def execute(coordinator: CoordinatorProc, definition_id: str, **body: Any) -> str:
+    run = coordinator.api(
+        "PUT", f"/api/v6/task/{definition_id}/execute", {"run_tags": {"owner_id": "test"}, **body}
+    )
+    assert run["status"] == "QUEUED"
+    return str(run["run_id"])
+
+
+def run_of(coordinator: CoordinatorProc, run_id: str) -> dict[str, Any]:
+    return dict(coordinator.api("GET", f"/api/v1/history/{run_id}"))
+
+
+def wait_status(
+    coordinator: CoordinatorProc, run_id: str, status: str, timeout: float = 30
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        run = run_of(coordinator, run_id)
+        return run if run["status"] == status else None
+
+    return dict(wait_for(check, timeout, 0.1, what=f"run {run_id} {status}"))
+
+
+def logs(coordinator: CoordinatorProc, run_id: str, last_seen: str = "") -> dict[str, Any]:
+    return dict(coordinator.api("GET", f"/api/v1/{run_id}/logs?last_seen={last_seen}"))
+
+
+def whole_log(coordinator: CoordinatorProc, run_id: str) -> str:
+    status, body = coordinator.raw("GET", f"/api/v1/{run_id}/logs?raw_text=true")
+    assert status == 200
+    return body.decode()
+
+
+def test_a_run_goes_queued_to_stopped_with_its_output(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    sim(coordinator, tmp_path, sims, "m1")
+    did = define(coordinator, "hello", "echo hello world\necho bye")
+    rid = execute(coordinator, did)
+    run = wait_status(coordinator, rid, "STOPPED")
+    assert run["exit_code"] == 0
+    assert run["instance"] == {"instance_id": "m1", "dns_name": "m1.sim"}
+    assert run["started_at"] and run["finished_at"] and run["queued_at"]
+    assert logs(coordinator, rid)["log"] == "hello world\nbye\n"
+    assert whole_log(coordinator, rid) == "hello world\nbye\n"
+    events = coordinator.api("GET", f"/api/v1/{rid}/events")["pod_events"]
+    reasons = [e["reason"] for e in events]
+    assert reasons[:2] == ["Queued", "Placed"] and "Started" in reasons and "Exited" in reasons
+    assert any(e["message"] == "image pulled" for e in events)
+    assert any(e["message"] == "placed on machine m1" for e in events)
+    status = coordinator.api("GET", f"/api/v6/{rid}/status")
+    assert (status["status"], status["exit_code"]) == ("STOPPED", 0)
+    # The whole log is stored: the agent was told to forget the run.
+    wait_for(lambda: rid in sims[0].finals, what="final ack")
+
+
+def test_a_failing_command_gives_its_exit_code(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    sim(coordinator, tmp_path, sims, "m1")
+    rid = execute(coordinator, define(coordinator, "fail", "echo oops\nexit 3"))
+    run = wait_status(coordinator, rid, "STOPPED")
+    assert run["exit_code"] == 3
+    assert whole_log(coordinator, rid) == "oops\n"
+
+
+def test_a_run_stopped_while_running_is_stopped(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    sim(coordinator, tmp_path, sims, "m1")
+    did = define(coordinator, "long", "echo started; sleep 120")
+    rid = execute(coordinator, did)
+    wait_status(coordinator, rid, "RUNNING")
+    assert coordinator.api("DELETE", f"/api/v1/task/{did}/history/{rid}") == {"terminated": True}
+    run = wait_status(coordinator, rid, "STOPPED", timeout=20)
+    assert run["exit_code"] == 143 and run["exit_reason"]
+    assert coordinator.api("DELETE", f"/api/v1/task/{did}/history/{rid}") == {"terminated": True}
+
+
+def test_the_log_cursor_returns_only_new_text_and_keeps_its_token(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    sim(coordinator, tmp_path, sims, "m1")
+    rid = execute(coordinator, define(coordinator, "slow", "echo one; sleep 2; echo two; sleep 1"))
+    first = wait_for(lambda: (b := logs(coordinator, rid))["log"] and b, 20, 0.1, what="first text")
+    assert first["log"] == "one\n" and first["last_seen"]
+    same = logs(coordinator, rid, first["last_seen"])
+    assert same == {"log": "", "last_seen": first["last_seen"]}
+    second = wait_for(
+        lambda: (b := logs(coordinator, rid, first["last_seen"]))["log"] and b,
+        20,
+        0.1,
+        what="second text",
+    )
+    assert second["log"] == "two\n" and second["last_seen"] != first["last_seen"]
+    wait_status(coordinator, rid, "STOPPED")
+    done = logs(coordinator, rid, second["last_seen"])
+    assert done == {"log": "", "last_seen": second["last_seen"]}
+    assert logs(coordinator, rid)["last_seen"] == second["last_seen"]  # never empty
+
+
+def test_coordinator_kill9_mid_run_the_run_finishes_with_all_its_output(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    agent = sim(coordinator, tmp_path, sims, "m1")
+    rid = execute(coordinator, define(coordinator, "seq", "seq 300 0.01; exit 0"))
+    wait_for(lambda: logs(coordinator, rid)["log"], 30, 0.1, what="some output")
+    coordinator.kill9()
+    coordinator.start()
+    run = wait_status(coordinator, rid, "STOPPED", timeout=60)
+    assert run["exit_code"] == 0
+    expected = "".join(f"line {i}\n" for i in range(1, 301))
+    wait_for(lambda: whole_log(coordinator, rid) == expected, 30, 0.2, what="the whole log")
+    wait_for(lambda: rid in agent.finals, 30, what="final ack after the restart")
+    assert len(set(agent.starts)) == 1  # never started twice
+
+
+def test_two_runs_needing_more_memory_than_the_machine_has_run_one_after_the_other(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    sim(coordinator, tmp_path, sims, "m1", memory_mb=1024)
+    did = define(coordinator, "big", "echo go; sleep 1.5", memory=700)
+    first = execute(coordinator, did)
+    second = execute(coordinator, did)
+    wait_status(coordinator, first, "RUNNING")
+    assert run_of(coordinator, second)["status"] == "QUEUED"
+    a = wait_status(coordinator, first, "STOPPED")
+    b = wait_status(coordinator, second, "STOPPED")
+    assert b["started_at"] >= a["finished_at"]
+    assert b["instance"]["instance_id"] == "m1"
