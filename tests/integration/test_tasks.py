@@ -4,6 +4,7 @@ cursor, a coordinator kill -9 mid-run, and runs waiting for memory."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,46 @@ def test_two_runs_needing_more_memory_than_the_machine_has_run_one_after_the_oth
     b = wait_status(coordinator, second, "STOPPED")
     assert b["started_at"] >= a["finished_at"]
     assert b["instance"]["instance_id"] == "m1"
+
+
+def test_moorctl_task_commands(
+    coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
+) -> None:
+    sim(coordinator, tmp_path, sims, "m1")
+    made = coordinator.moorctl(
+        "task",
+        "create",
+        "greet",
+        "alpine:3",
+        "--command",
+        "echo hi from moorctl",
+        "--memory",
+        "64",
+        "--env",
+        "A=1",
+    )
+    assert made.returncode == 0, made.stderr
+    assert "(greet) created" in made.stdout
+    listed = coordinator.moorctl("--json", "task", "list")
+    assert [d["alias"] for d in json.loads(listed.stdout)] == ["greet"]
+    table = coordinator.moorctl("task", "list")
+    assert "greet" in table.stdout and "ALIAS" in table.stdout
+    ran = coordinator.moorctl("task", "run", "greet", "--wait")
+    assert ran.returncode == 0, ran.stderr
+    run_id, outcome = ran.stdout.split()[:2]
+    assert outcome == "SUCCESS"
+    logs_out = coordinator.moorctl("task", "logs", run_id, "-f")
+    assert logs_out.returncode == 0 and logs_out.stdout == "hi from moorctl\n"
+    status = coordinator.moorctl("--json", "task", "status", run_id)
+    assert json.loads(status.stdout)["exit_code"] == 0
+    assert run_id in coordinator.moorctl("task", "status").stdout
+    failing = coordinator.moorctl("task", "run", "greet", "--command", "exit 2", "--wait")
+    assert failing.returncode == 1 and "FAILED" in failing.stdout
+    slow = coordinator.moorctl("task", "run", "greet", "--command", "sleep 60")
+    slow_id = slow.stdout.strip()
+    wait_status(coordinator, slow_id, "RUNNING")
+    stopped = coordinator.moorctl("task", "stop", slow_id)
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout
+    wait_status(coordinator, slow_id, "STOPPED")
+    missing = coordinator.moorctl("task", "run", "nope")
+    assert missing.returncode == 1 and "Definition with ID nope not found" in missing.stderr
