@@ -214,3 +214,35 @@ def test_moorctl_task_commands(
     wait_status(coordinator, slow_id, "STOPPED")
     missing = coordinator.moorctl("task", "run", "nope")
     assert missing.returncode == 1 and "Definition with ID nope not found" in missing.stderr
+
+
+def test_a_run_whose_machine_is_lost_needs_a_retry_and_is_run_again_once(
+    tmp_path: Path, sims: list[SimTaskAgent]
+) -> None:
+    coordinator = CoordinatorProc(tmp_path / "coordinator", **{"lost-after": 2}).start()
+    try:
+        doomed = sim(coordinator, tmp_path, sims, "doomed", memory_mb=1024)
+        did = define(coordinator, "retry", "echo attempt; sleep 3", memory=512, retries=1)
+        once = define(coordinator, "once", "echo attempt; sleep 60", memory=512)
+        rid = execute(coordinator, did)
+        other = execute(coordinator, once)
+        wait_status(coordinator, rid, "RUNNING")
+        wait_status(coordinator, other, "RUNNING")
+        doomed.close()
+        lost = wait_status(coordinator, rid, "NEEDS_RETRY", timeout=30)
+        assert "lost" in lost["exit_reason"]
+        assert wait_status(coordinator, other, "NEEDS_RETRY")["instance"]["instance_id"] == "doomed"
+        history = coordinator.api("GET", f"/api/v1/task/{did}/history?sort_by=run_id")["history"]
+        assert len(history) == 2
+        retry = next(r for r in history if r["run_id"] != rid)
+        assert retry["status"] == "QUEUED"  # no machine: it waits
+        sim(coordinator, tmp_path, sims, "rescuer", memory_mb=1024)
+        done = wait_status(coordinator, retry["run_id"], "STOPPED", timeout=30)
+        assert done["exit_code"] == 0 and done["instance"]["instance_id"] == "rescuer"
+        assert whole_log(coordinator, retry["run_id"]) == "attempt\n"
+        # The run without a retry policy is not run again.
+        assert coordinator.api("GET", f"/api/v1/task/{once}/history")["total"] == 1
+        events = coordinator.api("GET", f"/api/v1/{rid}/events")["pod_events"]
+        assert [e["reason"] for e in events][-2:] == ["Lost", "Retried"]
+    finally:
+        coordinator.stop()

@@ -197,3 +197,12 @@ def test_bad_bodies_are_400_naming_the_problem() -> None:
 def test_times_are_rfc3339_with_fractional_seconds() -> None:
     assert rfc3339(1767225600.123456) == "2026-01-01T00:00:00.123456Z"
     assert rfc3339(None) is None
+
+
+def test_the_hub_refuses_task_messages_with_negative_offsets() -> None:
+    from coordinator import limits
+    from proto import messages as m
+
+    assert limits.message_problem(m.TaskOutput("r", -1, b"x"))
+    assert limits.message_problem(m.TaskUpdate("r", "STOPPED", log_bytes=-5))
+    assert limits.message_problem(m.TaskOutput("r", 0, b"x")) == ""
