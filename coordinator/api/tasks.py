@@ -326,7 +326,7 @@ def _execute_handler(tasks: TaskService, *, require_owner: bool, by_alias: bool)
             definition = tasks.definition_by_alias(tenant, request.match_info["alias"])
         else:
             definition = tasks.definition(tenant, request.match_info["id"])
-        run = tasks.execute(tenant, definition, body, require_owner=require_owner)
+        run = await tasks.execute(tenant, definition, body, require_owner=require_owner)
         return ok(run_body(run))
 
     return execute

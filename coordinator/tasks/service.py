@@ -80,6 +80,9 @@ class TaskService:
         self._seq = store.max_run_seq()
         self._machines: dict[str, _Machine] = {}
         self._kick: asyncio.Event | None = None
+        self._queue: list[tuple[list[TaskRun], list[RunEvent], asyncio.Future[None]]] = []
+        self._writing = False
+        self._writers: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
         hub.on_connect.append(self._on_connect)
         hub.on_state_change.append(self._on_state_change)
@@ -137,7 +140,7 @@ class TaskService:
 
     # --- runs -------------------------------------------------------------------------
 
-    def execute(
+    async def execute(
         self,
         tenant: str,
         definition: TaskDefinition,
@@ -172,7 +175,7 @@ class TaskService:
             queued_at=now,
             retries=definition.retries if body.retries is None else body.retries,
         )
-        self.store.put_runs([run], [self._event(run, "Queued", f"queued on cluster {cluster}")])
+        await self._commit([run], [self._event(run, "Queued", f"queued on cluster {cluster}")])
         self._runs[run_id] = run
         self.kick()
         return run
@@ -220,10 +223,8 @@ class TaskService:
                 finished_at=now,
                 exit_reason="stopped before it was placed",
             )
-            self.store.put_runs(
-                [stopped], [self._event(stopped, "Stopped", "stopped while queued")]
-            )
             self._runs.pop(run_id, None)
+            await self._commit([stopped], [self._event(stopped, "Stopped", "stopped while queued")])
             self._finished(stopped)
             return
         if run.status not in ("PENDING", "RUNNING") or run.run_id not in self._runs:
@@ -231,7 +232,7 @@ class TaskService:
         if not run.stop_requested:
             run = msgspec.structs.replace(run, stop_requested=True)
             self._runs[run_id] = run
-            self.store.put_runs([run], [self._event(run, "Stopping", "stop requested")])
+            await self._commit([run], [self._event(run, "Stopping", "stop requested")])
         await self._send(run.machine_id, m.TaskStop(run_id, self.stop_grace_s))
 
     # --- scheduling -------------------------------------------------------------------
@@ -311,9 +312,9 @@ class TaskService:
             )
             placed.append(run)
             events.append(self._event(run, "Placed", f"placed on machine {p.machine_id}"))
-        self.store.put_runs(placed, events)
         for run in placed:
             self._runs[run.run_id] = run
+        await self._commit(placed, events)
         for run in placed:
             await self._send(run.machine_id, self._start_message(run))
         return len(placed)
@@ -390,7 +391,7 @@ class TaskService:
         run = self._known(session, out.run_id)
         if run is None:
             return
-        size = self.store.append_log(out.run_id, out.offset, out.data)
+        size = await asyncio.to_thread(self.store.append_log, out.run_id, out.offset, out.data)
         cached = self._runs.get(out.run_id)
         if cached is not None and size != cached.log_size:
             cached = msgspec.structs.replace(cached, log_size=size)
@@ -467,8 +468,8 @@ class TaskService:
                     )
                 )
         new = msgspec.structs.replace(run, **changes)
-        self.store.put_runs([new], events)
         self._runs[new.run_id] = new
+        await self._commit([new], events)
         if started:
             self._publish("task.run.started", new)
         if finished:
@@ -525,15 +526,47 @@ class TaskService:
                 changed.append(retry)
                 events.append(self._event(old, "Retried", f"run again as {new_id}", now))
                 events.append(self._event(retry, "Queued", f"retry of run {run.run_id}", now))
-        self.store.put_runs(changed, events)
         for run in changed:
             if run.status == "NEEDS_RETRY":
                 self._runs.pop(run.run_id, None)
             else:
                 self._runs[run.run_id] = run
+        await self._commit(changed, events)
         self.kick()
 
     # --- helpers ----------------------------------------------------------------------
+
+    async def _commit(self, runs: list[TaskRun], events: list[RunEvent]) -> None:
+        """Store runs and events durably; returns once committed. Group commit: what
+        arrives while a transaction is being written goes into the next one, together
+        (one fsync for many executes or agent updates), in arrival order."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((runs, events, future))
+        if not self._writing:
+            self._writing = True
+            task = asyncio.create_task(self._write_queue())
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
+        await future
+
+    async def _write_queue(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                runs = [r for b in batch for r in b[0]]
+                events = [e for b in batch for e in b[1]]
+                try:
+                    await asyncio.to_thread(self.store.put_runs, runs, events)
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._writing = False
 
     @staticmethod
     def _event(

@@ -51,7 +51,7 @@ async def connect(c: Coordinator, machine_id: str, memory_mb: int = 1024) -> Rec
     return session
 
 
-def test_definitions_and_runs_are_scoped_by_tenant(coordinator: Coordinator) -> None:
+async def test_definitions_and_runs_are_scoped_by_tenant(coordinator: Coordinator) -> None:
     tasks = coordinator.tasks
     made = tasks.create_definition("a", defs.DefinitionInput(alias="x", image="alpine"))
     with pytest.raises(NotFound):
@@ -62,7 +62,7 @@ def test_definitions_and_runs_are_scoped_by_tenant(coordinator: Coordinator) -> 
     tasks.create_definition("b", defs.DefinitionInput(alias="x", image="alpine"))
     with pytest.raises(Conflict):
         tasks.create_definition("a", defs.DefinitionInput(alias="x", image="busybox"))
-    run = tasks.execute("a", made, defs.ExecuteInput(), require_owner=False)
+    run = await tasks.execute("a", made, defs.ExecuteInput(), require_owner=False)
     with pytest.raises(NotFound):
         tasks.run("b", run.run_id)
     assert tasks.history("b", tasks_query())[0] == 0
@@ -88,8 +88,8 @@ async def test_runs_are_placed_started_and_finished_with_events_on_the_bus(
         "default", defs.DefinitionInput(alias="job", image="alpine", command="true", memory=600)
     )
     session = await connect(coordinator, "m1", memory_mb=1000)
-    first = tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
-    second = tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
+    first = await tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
+    second = await tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
     assert await tasks.schedule() == 1  # 600 + 600 > 1000: strict FIFO, one at a time
     start = session.sent[-1]
     assert isinstance(start, m.TaskStart) and start.run_id == first.run_id
@@ -131,7 +131,7 @@ async def test_stop_sends_a_task_stop_to_a_placed_run(coordinator: Coordinator) 
     tasks = coordinator.tasks
     definition = tasks.create_definition("default", defs.DefinitionInput(alias="j", image="i"))
     session = await connect(coordinator, "m1")
-    run = tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
+    run = await tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
     await tasks.schedule()
     await tasks.stop("default", run.run_id)
     assert session.sent[-1] == m.TaskStop(run.run_id, tasks.stop_grace_s)
