@@ -349,7 +349,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
     r = RouteTable()
     kw: dict[str, Any] = {"permission": PERMISSION}
 
-    @r.get(base + "/task", "List task definitions (filters, paging, sorting)", **kw)
+    @r.get(base + "/task", "List task definitions (filters, paging, sorting)", errors=(400,), **kw)
     async def list_definitions(request: web.Request) -> web.Response:
         query = definition_query(request)
         total, found = tasks.list_definitions(_tenant(request), query)
@@ -453,7 +453,12 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
             }
         )
 
-    @r.get(base + "/task/{id}/history", "A definition's runs (filters, paging, sorting)", **kw)
+    @r.get(
+        base + "/task/{id}/history",
+        "A definition's runs (filters, paging, sorting)",
+        errors=(400, 404),
+        **kw,
+    )
     async def definition_history(request: web.Request) -> web.Response:
         definition_id = request.match_info["id"]
         tasks.definition(_tenant(request), definition_id)
@@ -466,13 +471,14 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
     @r.delete(
         base + "/task/{id}/history/{run_id}",
         'Stop a run (always {"terminated": true}, also when it finished)',
+        errors=(404,),
         **kw,
     )
     async def stop(request: web.Request) -> web.Response:
         await tasks.stop(_tenant(request), request.match_info["run_id"])
         return ok({"terminated": True})
 
-    @r.get(base + "/history", "Every run (filters, paging, sorting)", **kw)
+    @r.get(base + "/history", "Every run (filters, paging, sorting)", errors=(400,), **kw)
     async def history(request: web.Request) -> web.Response:
         return history_response(request, None)
 

@@ -4,7 +4,7 @@ and how a list is filtered, sorted and paged (pure functions over plain values).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -26,32 +26,39 @@ DEFAULT_LIMIT = 1024
 MAX_LIMIT = 10000
 
 
+Memory = Annotated[int, msgspec.Meta(ge=0, le=MAX_MEMORY_MB, description="MB")]
+Cpu = Annotated[int, msgspec.Meta(ge=0, le=MAX_CPU_MILLIS, description="millicores")]
+Retries = Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+Command = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
+
 class DefinitionInput(msgspec.Struct, frozen=True, kw_only=True):
     """A create or update body (keys already lower-cased). Unknown keys are ignored."""
 
-    alias: str | None = None
-    image: str | None = None
-    group_name: str | None = None
-    command: str | None = None
-    memory: int | None = None
-    cpu: int | None = None
+    alias: Name | None = None
+    image: Name | None = None
+    group_name: Name | None = None
+    command: Command | None = None
+    memory: Memory | None = None
+    cpu: Cpu | None = None
     env: list[EnvVar] | None = None
     tags: list[str] | None = None
-    retries: int | None = None
+    retries: Retries | None = None
     """Moorage's addition: run again once (1) when the run's machine is lost."""
 
 
 class ExecuteInput(msgspec.Struct, frozen=True, kw_only=True):
-    cluster: str | None = None
+    cluster: Name | None = None
     env: list[EnvVar] | None = None
-    command: str | None = None
-    cpu: int | None = None
-    memory: int | None = None
+    command: Command | None = None
+    cpu: Cpu | None = None
+    memory: Memory | None = None
     run_tags: dict[str, str] | None = None
-    engine: str | None = None
-    node_lifecycle: str | None = None
-    description: str | None = None
-    retries: int | None = None
+    engine: Name | None = None
+    node_lifecycle: Name | None = None
+    description: Command | None = None
+    retries: Retries | None = None
 
 
 def _problems_common(body: DefinitionInput | ExecuteInput) -> list[str]:
@@ -101,8 +108,10 @@ def definition_problems(body: DefinitionInput, *, create: bool) -> list[str]:
             out.append(f"array [tags] has more than {MAX_ITEMS} entries")
         elif any(_name_problem("tags", t) for t in body.tags):
             out.append(f"array [tags] entries must be at most {MAX_NAME} characters on one line")
-    if body.group_name is not None and "/" in body.group_name:
-        out.append("string [group_name] must not contain '/'")
+    for field in ("group_name", "alias"):
+        value = getattr(body, field)
+        if value is not None and "/" in value:
+            out.append(f"string [{field}] must not contain '/'")
     return out + _problems_common(body)
 
 
