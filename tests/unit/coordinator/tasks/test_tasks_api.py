@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
@@ -234,8 +234,23 @@ async def test_history_filters_sorts_and_echoes(api: Api) -> None:
 
 
 async def test_task_paths_leave_other_families_under_api_v1_alone(api: Api) -> None:
-    status, body, _ = await api.call("GET", "/api/v1/users/logs")
-    assert status == 404
+    # Paths another family owns under /api/v1 (issue #17's auth and users) match no
+    # task route: run ids are uuid4s, and no task route starts with those words.
+    for path in (
+        "/api/v1/users/logs",
+        "/api/v1/users/00000000-0000-4000-8000-000000000000",
+        "/api/v1/auth/login",
+        "/api/v1/auth/00000000-0000-4000-8000-000000000000/logs",
+    ):
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            resolved = await api.client.app.router.resolve(
+                make_mocked_request(method, path, app=api.client.app)
+            )
+            assert resolved.http_exception is not None, (method, path)
+    ours = await api.client.app.router.resolve(
+        make_mocked_request("GET", "/api/v1/00000000-0000-4000-8000-000000000000/logs")
+    )
+    assert ours.http_exception is None
     status, body, _ = await api.call("GET", "/api/v1/health")
     assert (status, body) == (200, {"healthy": True})
     status, body, _ = await api.call("GET", "/api/v1/not-a-run/logs")
