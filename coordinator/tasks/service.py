@@ -56,6 +56,8 @@ class _Machine(msgspec.Struct):
     memory_mb: int
     cpu_millis: int
     hostname: str
+    runs_tasks: bool
+    """The agent reported Resources: it knows the task messages (older agents do not)."""
 
 
 class TaskService:
@@ -268,7 +270,7 @@ class TaskService:
         out: list[MachineRoom] = []
         for machine_id in list(self.hub.sessions):
             info = self._machines.get(machine_id)
-            if info is None or DOCKER not in info.capabilities:
+            if info is None or not info.runs_tasks or DOCKER not in info.capabilities:
                 continue
             clusters = {DEFAULT_CLUSTER}
             if groups:
@@ -350,12 +352,19 @@ class TaskService:
         res: m.Resources | None,
         hostname: str | None = None,
     ) -> None:
-        old = self._machines.get(machine_id)
+        """Hello (with `hostname`) says everything; Facts without Resources keep them."""
+        old = self._machines.get(machine_id) if hostname is None else None
+        if res is None and old is not None:
+            self._machines[machine_id] = msgspec.structs.replace(
+                old, capabilities=frozenset(capabilities)
+            )
+            return
         self._machines[machine_id] = _Machine(
             capabilities=frozenset(capabilities),
-            memory_mb=res.memory_mb if res is not None else (old.memory_mb if old else 0),
-            cpu_millis=res.cpu_millis if res is not None else (old.cpu_millis if old else 0),
+            memory_mb=res.memory_mb if res is not None else 0,
+            cpu_millis=res.cpu_millis if res is not None else 0,
             hostname=hostname if hostname is not None else (old.hostname if old else ""),
+            runs_tasks=res is not None,
         )
 
     async def _on_connect(self, session: Session) -> None:
@@ -387,9 +396,21 @@ class TaskService:
             return None
         return run
 
+    async def _unknown(self, session: Session, message: m.TaskUpdate | m.TaskOutput) -> None:
+        """A run this coordinator never placed there (its database was restored, or
+        the run was placed elsewhere): stopped, its output taken and dropped, and
+        forgotten once stopped, so it neither runs nor waits on the machine forever."""
+        if isinstance(message, m.TaskOutput):
+            await session.send(m.TaskAck(message.run_id, message.offset + len(message.data)))
+        elif message.state == "STOPPED":
+            await session.send(m.TaskAck(message.run_id, message.log_bytes, final=True))
+        else:
+            await session.send(m.TaskStop(message.run_id, self.stop_grace_s))
+
     async def _on_output(self, session: Session, out: m.TaskOutput) -> None:
         run = self._known(session, out.run_id)
         if run is None:
+            await self._unknown(session, out)
             return
         size = await asyncio.to_thread(self.store.append_log, out.run_id, out.offset, out.data)
         cached = self._runs.get(out.run_id)
@@ -412,6 +433,7 @@ class TaskService:
     async def _on_update(self, session: Session, up: m.TaskUpdate) -> None:
         run = self._known(session, up.run_id)
         if run is None:
+            await self._unknown(session, up)
             return
         now = time.time()
         at = up.at or now

@@ -20,19 +20,23 @@ from proto import messages as m
 
 
 class RecordingSession:
-    def __init__(self, machine_id: str, memory_mb: int = 1024) -> None:
+    def __init__(self, machine_id: str, memory_mb: int = 1024, *, tasks: bool = True) -> None:
         self.machine_id = machine_id
         self.hello = m.Hello(
             proto=m.PROTO_VERSION,
             machine_id=machine_id,
             hostname=f"{machine_id}.test",
             capabilities=["docker"],
-            resources=m.Resources(memory_mb, 2000),
+            resources=m.Resources(memory_mb, 2000) if tasks else None,
         )
         self.sent: list[m.Message] = []
 
     async def send(self, message: m.Message) -> None:
         self.sent.append(message)
+
+
+def last(session: RecordingSession) -> m.Message:
+    return session.sent[-1]
 
 
 @pytest.fixture
@@ -44,8 +48,10 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
         c.storage.close()
 
 
-async def connect(c: Coordinator, machine_id: str, memory_mb: int = 1024) -> RecordingSession:
-    session = RecordingSession(machine_id, memory_mb)
+async def connect(
+    c: Coordinator, machine_id: str, memory_mb: int = 1024, *, tasks: bool = True
+) -> RecordingSession:
+    session = RecordingSession(machine_id, memory_mb, tasks=tasks)
     c.hub.sessions[machine_id] = cast(Session, session)
     await c.tasks._on_connect(cast(Session, session))
     return session
@@ -136,3 +142,31 @@ async def test_stop_sends_a_task_stop_to_a_placed_run(coordinator: Coordinator) 
     await tasks.stop("default", run.run_id)
     assert session.sent[-1] == m.TaskStop(run.run_id, tasks.stop_grace_s)
     assert tasks.run("default", run.run_id).stop_requested
+
+
+async def test_agents_without_task_support_get_no_runs(coordinator: Coordinator) -> None:
+    tasks = coordinator.tasks
+    definition = tasks.create_definition("default", defs.DefinitionInput(alias="j", image="i"))
+    old = await connect(coordinator, "old", tasks=False)
+    run = await tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
+    assert await tasks.schedule() == 0
+    # Facts without Resources change nothing; with them, the machine takes runs.
+    s = cast(Session, old)
+    await tasks._on_message(s, m.Facts(["docker"]))
+    assert await tasks.schedule() == 0
+    await tasks._on_message(s, m.Facts(["docker"], m.Resources(512, 1000)))
+    assert await tasks.schedule() == 1
+    assert tasks.run("default", run.run_id).machine_id == "old"
+
+
+async def test_runs_the_coordinator_never_placed_are_stopped_and_forgotten(
+    coordinator: Coordinator,
+) -> None:
+    session = await connect(coordinator, "m1")
+    s = cast(Session, session)
+    await coordinator.tasks._on_message(s, m.TaskUpdate("stray", "RUNNING"))
+    assert last(session) == m.TaskStop("stray", coordinator.tasks.stop_grace_s)
+    await coordinator.tasks._on_message(s, m.TaskOutput("stray", 0, b"abc"))
+    assert last(session) == m.TaskAck("stray", 3)
+    await coordinator.tasks._on_message(s, m.TaskUpdate("stray", "STOPPED", log_bytes=3))
+    assert last(session) == m.TaskAck("stray", 3, final=True)
