@@ -319,6 +319,9 @@ class TaskService:
         await self._commit(placed, events)
         for run in placed:
             await self._send(run.machine_id, self._start_message(run))
+            current = self._runs.get(run.run_id)
+            if current is not None and current.stop_requested:  # stopped while committing
+                await self._send(run.machine_id, m.TaskStop(run.run_id, self.stop_grace_s))
         return len(placed)
 
     @staticmethod
