@@ -124,7 +124,7 @@ def test_the_log_cursor_returns_only_new_text_and_keeps_its_token(
     coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
 ) -> None:
     sim(coordinator, tmp_path, sims, "m1")
-    rid = execute(coordinator, define(coordinator, "slow", "echo one; sleep 2; echo two; sleep 1"))
+    rid = execute(coordinator, define(coordinator, "slow", "echo one; sleep 4; echo two; sleep 1"))
     first = wait_for(lambda: (b := logs(coordinator, rid))["log"] and b, 20, 0.1, what="first text")
     assert first["log"] == "one\n" and first["last_seen"]
     same = logs(coordinator, rid, first["last_seen"])
@@ -146,13 +146,13 @@ def test_coordinator_kill9_mid_run_the_run_finishes_with_all_its_output(
     coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
 ) -> None:
     agent = sim(coordinator, tmp_path, sims, "m1")
-    rid = execute(coordinator, define(coordinator, "seq", "seq 300 0.01; exit 0"))
+    rid = execute(coordinator, define(coordinator, "seq", "seq 600 0.01; exit 0"))
     wait_for(lambda: logs(coordinator, rid)["log"], 30, 0.1, what="some output")
     coordinator.kill9()
     coordinator.start()
     run = wait_status(coordinator, rid, "STOPPED", timeout=60)
     assert run["exit_code"] == 0
-    expected = "".join(f"line {i}\n" for i in range(1, 301))
+    expected = "".join(f"line {i}\n" for i in range(1, 601))
     wait_for(lambda: whole_log(coordinator, rid) == expected, 30, 0.2, what="the whole log")
     wait_for(lambda: rid in agent.finals, 30, what="final ack after the restart")
     assert len(set(agent.starts)) == 1  # never started twice
@@ -162,7 +162,7 @@ def test_two_runs_needing_more_memory_than_the_machine_has_run_one_after_the_oth
     coordinator: CoordinatorProc, sims: list[SimTaskAgent], tmp_path: Path
 ) -> None:
     sim(coordinator, tmp_path, sims, "m1", memory_mb=1024)
-    did = define(coordinator, "big", "echo go; sleep 1.5", memory=700)
+    did = define(coordinator, "big", "echo go; sleep 3", memory=700)
     first = execute(coordinator, did)
     second = execute(coordinator, did)
     wait_status(coordinator, first, "RUNNING")
@@ -222,7 +222,7 @@ def test_a_run_whose_machine_is_lost_needs_a_retry_and_is_run_again_once(
     coordinator = CoordinatorProc(tmp_path / "coordinator", **{"lost-after": 2}).start()
     try:
         doomed = sim(coordinator, tmp_path, sims, "doomed", memory_mb=1024)
-        did = define(coordinator, "retry", "echo attempt; sleep 3", memory=512, retries=1)
+        did = define(coordinator, "retry", "echo attempt; sleep 10", memory=512, retries=1)
         once = define(coordinator, "once", "echo attempt; sleep 60", memory=512)
         rid = execute(coordinator, did)
         other = execute(coordinator, once)
