@@ -62,6 +62,9 @@ async def _serve(
                     "applied_units": stats.applied_units,
                     "errors": stats.errors,
                     "last_applied_at": stats.last_applied_at,
+                    "tasks_started": stats.tasks_started,
+                    "tasks_final": stats.tasks_final,
+                    "task_lines": stats.task_lines,
                 }
             )
         stop.set()

@@ -91,6 +91,11 @@ class Stats:
         self.applied_units = 0
         self.errors = 0
         self.last_applied_at = 0.0
+        self.tasks_started = 0
+        """TaskStarts received (batch tasks, #19)."""
+        self.tasks_final = 0
+        """Runs whose whole log the coordinator acknowledged (TaskAck final)."""
+        self.task_lines = 0
 
 
 class SimAgent:
@@ -177,6 +182,7 @@ class SimAgent:
             primary_ip="127.0.0.1",
             metadata=self.metadata,
             capabilities=["systemd", "docker"],
+            resources=TASK_ROOM,
             applied_revision=self.revision,
             snapshot=[self._status(u) for u in self.units.values()],
             agent_version="sim",
@@ -205,6 +211,14 @@ class SimAgent:
             await asyncio.sleep(interval)
 
     async def _on(self, ws: aiohttp.ClientWebSocketResponse, message: m.Message) -> None:
+        if isinstance(message, m.TaskStart):
+            self.stats.tasks_started += 1
+            await self._task(ws, message)
+            return
+        if isinstance(message, m.TaskAck):
+            if message.final:
+                self.stats.tasks_final += 1
+            return
         if not isinstance(message, m.Desired):
             return
         self.stats.desired += 1
@@ -229,6 +243,36 @@ class SimAgent:
             )
         self.stats.applied_units += len(changed)
         self.stats.last_applied_at = time.time()
+
+    async def _task(self, ws: aiohttp.ClientWebSocketResponse, start: m.TaskStart) -> None:
+        """A run without a container: RUNNING, the output its command asks for (`lines N`:
+        N numbered lines, shipped in chunks of up to TASK_CHUNK bytes), STOPPED exit 0."""
+        await ws.send_bytes(m.encode(m.TaskUpdate(start.run_id, "RUNNING", at=time.time())))
+        word, _, count = start.command.partition(" ")
+        lines = int(count) if word == "lines" and count.isdigit() else 0
+        offset = 0
+        buf: list[bytes] = []
+        size = 0
+        for i in range(1, lines + 1):
+            line = b"line %d of the run's output\n" % i
+            buf.append(line)
+            size += len(line)
+            if size >= TASK_CHUNK or i == lines:
+                data = b"".join(buf)
+                await ws.send_bytes(m.encode(m.TaskOutput(start.run_id, offset, data)))
+                offset += len(data)
+                buf, size = [], 0
+        self.stats.task_lines += lines
+        await ws.send_bytes(
+            m.encode(
+                m.TaskUpdate(start.run_id, "STOPPED", exit_code=0, at=time.time(), log_bytes=offset)
+            )
+        )
+
+
+TASK_ROOM = m.Resources(memory_mb=64 << 10, cpu_millis=64_000)
+"""What each simulated machine offers task runs."""
+TASK_CHUNK = 64 << 10
 
 
 def raise_fd_limit() -> int:

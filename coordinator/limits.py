@@ -224,6 +224,10 @@ def message_problem(message: m.Message) -> str:
         lists.append(("capabilities", len(message.capabilities)))
     elif isinstance(message, m.LogChunk):
         lists.append(("lines", len(message.lines)))
+    elif isinstance(message, m.TaskOutput):
+        ints.append(("offset", message.offset, MAX_REVISION))
+    elif isinstance(message, m.TaskUpdate):
+        ints.append(("log_bytes", message.log_bytes, MAX_REVISION))
     for field, value, high in ints:
         if not 0 <= value <= high:
             return f"{field} {value} is out of range (0..{high})"

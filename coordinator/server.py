@@ -24,7 +24,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import guard, limits
-from coordinator.api import agent, fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
+from coordinator.api import (
+    agent,
+    fleet_manager,
+    fleet_v1,
+    native,
+    openapi,
+    reports,
+    tasks,
+    v1_alpha,
+)
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
     FAMILIES,
@@ -39,6 +48,7 @@ from coordinator.app import open_store
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
+from coordinator.events import EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
@@ -46,6 +56,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
+from coordinator.tasks.service import TaskService
 from coordinator.trust import pki
 from coordinator.trust.access import EnrolmentService, TokenService
 from coordinator.trust.auth import PRINCIPAL, AuthError, authenticate
@@ -96,6 +107,10 @@ class Coordinator:
         self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
         self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
+        self.events = EventBus()
+        self.tasks = TaskService(
+            self.storage, self.storage, self.deployments.groups, self.hub, self.events
+        )
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -115,6 +130,7 @@ class Coordinator:
             fleet_manager.routes(self.deployments, self.machines),
             reports.routes(self.reports),
             native.routes(self.units, self.machines, self.tokens, self.logs),
+            *tasks.routes(self.tasks),
         ]
 
     def _system_routes(self) -> Family:
@@ -233,6 +249,7 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
+        self._tasks.append(asyncio.create_task(self.tasks.run_scheduler()))
         self.units.start()
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)

@@ -1245,3 +1245,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# `moorctl task ...` lives in its own module; importing it registers the group on `cli`.
+from moorctl import tasks as _tasks  # noqa: E402,F401

@@ -114,6 +114,8 @@ class ApiClient:
 def _error_message(raw: bytes) -> str:
     try:
         body = msgspec.json.decode(raw)
+        if isinstance(body.get("error"), str):  # the task API's (Flotilla's) flat error
+            return str(body["error"])
         return str(body["error"]["message"])
-    except (msgspec.DecodeError, KeyError, TypeError):
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
         return raw.decode(errors="replace")[:300]

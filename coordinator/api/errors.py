@@ -37,6 +37,12 @@ class EnvelopeError(msgspec.Struct, frozen=True):
     message: str
 
 
+class FlatError(msgspec.Struct, frozen=True):
+    """Flotilla's error (the task API): `{"error": "<message>"}`."""
+
+    error: str
+
+
 ERROR_CODES = {
     400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
@@ -54,9 +60,22 @@ ERROR_CODES = {
 
 
 def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None, *, envelope: bool = False
+    status: int,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    envelope: bool = False,
+    flat: bool = False,
 ) -> web.Response:
-    value: ErrorBody | EnvelopeError
+    value: ErrorBody | EnvelopeError | FlatError
+    if flat:
+        return web.Response(
+            status=status,
+            body=msgspec.json.encode(FlatError(message)),
+            content_type="application/json",
+            charset="utf-8",
+            headers=headers,
+        )
     if envelope:
         code = ERROR_CODES.get(status, "ERROR" if status < 500 else "INTERNAL_ERROR")
         value = EnvelopeError(False, EnvelopeDetail(code, status, message), message)

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from coordinator import __version__
-from coordinator.api.errors import EnvelopeError, ErrorBody
+from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError
 from coordinator.api.routing import Family, Route
 from coordinator.trust.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL
 from proto.units import CONTAINER_SUFFIX, SYSTEMD_SUFFIXES
@@ -30,9 +30,9 @@ def document(families: Iterable[Family]) -> Json:
     types = [t for r, _ in declared for t in (r.request, r.response) if t is not None]
     types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(
-        [*types, ErrorBody, EnvelopeError], ref_template="#/components/schemas/{name}"
+        [*types, ErrorBody, EnvelopeError, FlatError], ref_template="#/components/schemas/{name}"
     )
-    refs = dict(zip([*types, ErrorBody, EnvelopeError], schemas, strict=True))
+    refs = dict(zip([*types, ErrorBody, EnvelopeError, FlatError], schemas, strict=True))
     _tighten(components)
     paths: Json = {}
     for route, error_body in declared:
@@ -61,7 +61,7 @@ def document(families: Iterable[Family]) -> Json:
         if route.public:
             op["security"] = []
             del op["responses"]["401"]
-        paths.setdefault(route.path, {})[route.method.lower()] = op
+        paths.setdefault(_plain_path(route.path), {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Moorage coordinator API", "version": __version__},
@@ -87,6 +87,8 @@ UNIT_NAME_SCHEMA: Json = {
 PATH_PARAMS: dict[str, Json] = {
     "name": UNIT_NAME_SCHEMA,
     "id": {"type": "string", "minLength": 1, "maxLength": 128},
+    "alias": {"type": "string", "minLength": 1, "maxLength": 256},
+    "run_id": {"type": "string", "format": "uuid"},
 }
 _FLAG: Json = {"type": "string", "enum": ["", "0", "1", "true", "false"]}
 QUERY_PARAMS: dict[str, Json] = {
@@ -138,5 +140,13 @@ def _input_errors(route: Route) -> tuple[int, ...]:
     return (400,) if has_input else ()
 
 
+def _plain_path(path: str) -> str:
+    """An aiohttp path with `{name:regex}` segments as OpenAPI's `{name}`."""
+    return "/".join(
+        "{" + seg[1:-1].split(":")[0] + "}" if seg.startswith("{") else seg
+        for seg in path.split("/")
+    )
+
+
 def _path_params(path: str) -> list[str]:
-    return [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
+    return [seg[1:-1].split(":")[0] for seg in path.split("/") if seg.startswith("{")]

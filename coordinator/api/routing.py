@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.api.errors import EnvelopeError, ErrorBody, error_response
+from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError, error_response
 from coordinator.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -102,15 +102,19 @@ class Conventions:
     """WebOps' `{"success":false,"error":{code,status,message}}`; else fleet's
     `{"error":{"code","message"}}`."""
     status_of: Callable[[DomainError], int] = domain_status
+    flat: bool = False
+    """Flotilla's `{"error": "<message>"}` (charset=utf-8), whatever `envelope` says."""
 
     @property
     def error_body(self) -> type:
+        if self.flat:
+            return FlatError
         return EnvelopeError if self.envelope else ErrorBody
 
     def error(
         self, status: int, message: str, headers: dict[str, str] | None = None
     ) -> web.Response:
-        return error_response(status, message, headers, envelope=self.envelope)
+        return error_response(status, message, headers, envelope=self.envelope, flat=self.flat)
 
     def domain_error(self, exc: DomainError) -> web.Response:
         return self.error(self.status_of(exc), str(exc))
@@ -119,6 +123,8 @@ class Conventions:
 FLEET = Conventions("fleet", envelope=False)
 """fleet's error body; Moorage's own routes use it too so one client helper reads all."""
 ENVELOPE = Conventions("webops", envelope=True)
+FLOTILLA = Conventions("flotilla", envelope=False, flat=True)
+"""The task API's (Flotilla's) error body: `{"error": "<message>"}`."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         UnitState,
     )
     from coordinator.store.health import StorageHealth
+    from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
     from proto.messages import DriftEntry, Sticker, UnitStatus
     from proto.units import UnitOption
 
@@ -386,6 +387,46 @@ class ReportStore(Protocol):
 
 
 @runtime_checkable
+class TaskStore(Protocol):
+    """Batch tasks (#19): definitions, runs, their events and logs. Every definition
+    read is scoped by tenant; runs carry theirs (the service checks it)."""
+
+    def put_definition(self, definition: TaskDefinition) -> None:
+        """Insert or replace; Conflict when another live definition of the tenant has
+        its alias."""
+
+    def get_definition(self, tenant: str, definition_id: str) -> TaskDefinition | None: ...
+
+    def definition_by_alias(self, tenant: str, alias: str) -> TaskDefinition | None: ...
+
+    def list_definitions(self, tenant: str) -> list[TaskDefinition]: ...
+
+    def delete_definition(self, tenant: str, definition_id: str, now: float) -> bool:
+        """Deregister (runs stay readable); False if there was no such definition."""
+
+    def put_runs(self, runs: list[TaskRun], events: list[RunEvent]) -> None:
+        """Insert or update runs (not their stored log size) and append events: one
+        transaction."""
+
+    def get_run(self, run_id: str) -> TaskRun | None: ...
+
+    def unfinished_runs(self) -> list[TaskRun]:
+        """Active runs, and stopped ones whose whole log is not stored yet, in queue order."""
+
+    def max_run_seq(self) -> int: ...
+
+    def list_runs(self, tenant: str, query: RunQuery) -> tuple[int, list[TaskRun]]:
+        """(total matching, one page)."""
+
+    def run_events(self, run_id: str) -> list[RunEvent]: ...
+
+    def append_log(self, run_id: str, offset: int, data: bytes) -> int:
+        """Store the new bytes of an output chunk; the stored size after it."""
+
+    def read_log(self, run_id: str, start: int, max_bytes: int) -> bytes: ...
+
+
+@runtime_checkable
 class FleetStore(StoreAdmin, MachineStore, UnitStore, Protocol):
     """Machines and units, and `batch` for a read-then-write as one transaction: what
     the unit service and the fleet APIs need."""
@@ -409,6 +450,13 @@ class SessionStore(StoreAdmin, MachineStore, Protocol):
 
 @runtime_checkable
 class Store(
-    StoreAdmin, MachineStore, UnitStore, TokenStore, DeploymentStore, ReportStore, Protocol
+    StoreAdmin,
+    MachineStore,
+    UnitStore,
+    TokenStore,
+    DeploymentStore,
+    ReportStore,
+    TaskStore,
+    Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""

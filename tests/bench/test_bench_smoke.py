@@ -77,3 +77,25 @@ def test_submit(results_dir: Path) -> None:
     bench_submit.main(["--units", "20", "--name", "smoke-submit"])
     figures = load(results_dir, "smoke-submit")
     assert figures["moorctl_submit_requests"] == 1 and figures["one_by_one_requests"] == 60
+
+
+def test_tasks(results_dir: Path) -> None:
+    from bench import bench_tasks
+
+    bench_tasks.main(
+        [
+            "--machines",
+            "5",
+            "--runs",
+            "20",
+            "--log-runs",
+            "2",
+            "--lines",
+            "500",
+            "--name",
+            "smoke-tasks",
+        ]
+    )
+    figures = load(results_dir, "smoke-tasks")
+    assert figures["runs_placed_per_second"] > 0 and figures["log_lines_per_second"] > 0
+    assert figures["log_lines_read_back_of_one_run"] == 500

@@ -18,7 +18,12 @@ from tests.procs import CoordinatorProc, run_sync
 pytestmark = pytest.mark.integration
 
 PUBLIC = {"/healthz", "/readyz", "/agent/v1/ca", "/agent/v1/enroll"}
-SAMPLE = {"name": "x.service", "id": "x"}
+SAMPLE = {
+    "name": "x.service",
+    "id": "x",
+    "alias": "x",
+    "run_id": "00000000-0000-4000-8000-000000000000",
+}
 
 
 @pytest.fixture(scope="module")

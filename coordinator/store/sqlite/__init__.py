@@ -9,11 +9,12 @@ from coordinator.store.sqlite.deploy import DeploySql
 from coordinator.store.sqlite.machines import MachinesSql
 from coordinator.store.sqlite.migrations import MIGRATIONS
 from coordinator.store.sqlite.reports import ReportsSql
+from coordinator.store.sqlite.tasks import TasksSql
 from coordinator.store.sqlite.tokens import TokensSql
 from coordinator.store.sqlite.units import UnitsSql
 
 __all__ = ["MIGRATIONS", "SqliteStore", "row_record", "storage_fault"]
 
 
-class SqliteStore(MachinesSql, UnitsSql, TokensSql, DeploySql, ReportsSql, SqliteCore):
+class SqliteStore(MachinesSql, UnitsSql, TokensSql, DeploySql, ReportsSql, TasksSql, SqliteCore):
     """Every port (`coordinator.store.ports.Store`) over one SQLite database file."""

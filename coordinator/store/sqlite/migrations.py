@@ -189,4 +189,71 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE join_tokens ADD COLUMN machine_id TEXT NOT NULL DEFAULT ''
     """,
+    # 6 (#19): batch tasks: definitions, runs, their events and logs.
+    """
+    CREATE TABLE task_definitions (
+        definition_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        alias TEXT NOT NULL,
+        image TEXT NOT NULL,
+        group_name TEXT NOT NULL DEFAULT '',
+        command TEXT NOT NULL DEFAULT '',
+        memory INTEGER NOT NULL DEFAULT 0,
+        cpu INTEGER NOT NULL DEFAULT 0,
+        env TEXT NOT NULL DEFAULT '[]',
+        tags TEXT NOT NULL DEFAULT '[]',
+        retries INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX task_definitions_by_alias ON task_definitions(tenant, alias);
+    CREATE TABLE task_runs (
+        run_id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        definition_id TEXT NOT NULL,
+        alias TEXT NOT NULL DEFAULT '',
+        image TEXT NOT NULL DEFAULT '',
+        group_name TEXT NOT NULL DEFAULT '',
+        cluster TEXT NOT NULL DEFAULT 'default',
+        status TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        command TEXT NOT NULL DEFAULT '',
+        memory INTEGER NOT NULL DEFAULT 0,
+        cpu INTEGER NOT NULL DEFAULT 0,
+        env TEXT NOT NULL DEFAULT '[]',
+        run_tags TEXT NOT NULL DEFAULT '{}',
+        engine TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        machine_id TEXT NOT NULL DEFAULT '',
+        machine_host TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        exit_reason TEXT NOT NULL DEFAULT '',
+        queued_at REAL NOT NULL DEFAULT 0,
+        started_at REAL,
+        finished_at REAL,
+        acked INTEGER NOT NULL DEFAULT 0,
+        stop_requested INTEGER NOT NULL DEFAULT 0,
+        retries INTEGER NOT NULL DEFAULT 0,
+        log_size INTEGER NOT NULL DEFAULT 0,
+        log_total INTEGER NOT NULL DEFAULT -1
+    );
+    CREATE INDEX task_runs_by_definition ON task_runs(tenant, definition_id);
+    CREATE INDEX task_runs_by_status ON task_runs(status);
+    CREATE TABLE task_run_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX task_run_events_by_run ON task_run_events(run_id);
+    CREATE TABLE task_logs (
+        run_id TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, offset)
+    ) WITHOUT ROWID
+    """,
 )
