@@ -431,7 +431,8 @@ class DeploySql(SqliteCore):
             return []
         rows = self._all(
             "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
-            " ON d.id=t.deployment_id WHERE t.machine_id=? ORDER BY d.name",
+            " ON d.id=t.deployment_id JOIN machines m ON m.id=t.machine_id AND m.tenant=d.tenant"
+            " WHERE t.machine_id=? ORDER BY d.name",
             (machine_id,),
         )
         return [(str(r[0]), str(r[1])) for r in rows]

@@ -36,7 +36,8 @@ class UnitsSql(SqliteCore):
             return [_unit(r, placements.get((r["tenant"], r["name"]), [])) for r in everything]
         rows = list(
             self._all(
-                "SELECT u.* FROM units u JOIN placements p ON p.tenant=u.tenant AND p.unit=u.name"
+                "SELECT u.* FROM placements p JOIN machines m ON m.id=p.machine_id"
+                " AND m.tenant=p.tenant JOIN units u ON u.tenant=p.tenant AND u.name=p.unit"
                 " WHERE p.machine_id=? ORDER BY u.name",
                 (machine_id,),
             )
