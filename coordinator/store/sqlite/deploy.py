@@ -430,9 +430,10 @@ class DeploySql(SqliteCore):
         if machine_id not in self.targeted_machines():
             return []
         rows = self._all(
-            "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
-            " ON d.id=t.deployment_id JOIN machines m ON m.id=t.machine_id AND m.tenant=d.tenant"
-            " WHERE t.machine_id=? ORDER BY d.name",
+            # From the machine's targets (deployment_targets_by_machine), in this order.
+            "SELECT d.name, t.release_id FROM deployment_targets t CROSS JOIN deployments d"
+            " ON d.id=t.deployment_id CROSS JOIN machines m ON m.id=t.machine_id"
+            " AND m.tenant=d.tenant WHERE t.machine_id=? ORDER BY d.name",
             (machine_id,),
         )
         return [(str(r[0]), str(r[1])) for r in rows]

@@ -229,7 +229,7 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE units;
     ALTER TABLE units_t RENAME TO units;
     ALTER TABLE placements_t RENAME TO placements;
-    CREATE INDEX placements_by_machine ON placements(machine_id);
+    CREATE INDEX placements_by_machine ON placements(machine_id, tenant, unit);
     CREATE TABLE machine_groups_t (
         id TEXT PRIMARY KEY,
         tenant TEXT NOT NULL DEFAULT 'default',

@@ -36,16 +36,18 @@ class UnitsSql(SqliteCore):
             return [_unit(r, placements.get((r["tenant"], r["name"]), [])) for r in everything]
         rows = list(
             self._all(
-                "SELECT u.* FROM placements p JOIN machines m ON m.id=p.machine_id"
-                " AND m.tenant=p.tenant JOIN units u ON u.tenant=p.tenant AND u.name=p.unit"
-                " WHERE p.machine_id=? ORDER BY u.name",
-                (machine_id,),
+                # CROSS JOIN keeps SQLite's join order: from the machine's placements
+                # (placements_by_machine), never a scan of the tenant's units.
+                "SELECT u.* FROM placements p CROSS JOIN units u"
+                " ON u.tenant=p.tenant AND u.name=p.unit WHERE p.machine_id=?"
+                " AND p.tenant=(SELECT tenant FROM machines WHERE id=?) ORDER BY u.name",
+                (machine_id, machine_id),
             )
         )
         placed: dict[tuple[str, str], list[str]] = {}
         for t, unit, machine in self._all(
             "SELECT p2.tenant, p2.unit, p2.machine_id FROM placements p1"
-            " JOIN placements p2 ON p2.tenant=p1.tenant AND p2.unit=p1.unit"
+            " CROSS JOIN placements p2 ON p2.tenant=p1.tenant AND p2.unit=p1.unit"
             " WHERE p1.machine_id=? ORDER BY p2.unit, p2.machine_id",
             (machine_id,),
         ):
