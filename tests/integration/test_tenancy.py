@@ -275,8 +275,17 @@ def _scenario(c: CoordinatorProc, a: Tenant, b: Tenant, ma: Machine, mb: Machine
     assert b.status("DELETE", "/v1-alpha/units", gone) == 400
     patch = [{"op": "add", "path": "/ma/metadata/owner", "value": "b"}]
     assert b.status("PATCH", "/fleet/v1/machines", patch) == 400
-    # a tenant's admin cannot mint a token in another tenant
+    # a tenant's admin cannot mint a token in another tenant; the operator can (moorctl)
     assert b.status("POST", "/moorage/v1/api-tokens", {"name": "x", "tenant": "tenant-a"}) == 403
+    made = c.moorctl("--json", "api-token", "create", "--name", "c", "--tenant", "tenant-c")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["tenant"] == "tenant-c"
+    b.token = json.loads(made.stdout)["token"]  # a third tenant, empty: sees nothing of A
+    assert b.ok("GET", "/fleet/v1/units")["units"] == []
+    assert b.status("GET", "/fleet/v1/units/native.service") == 404
+    b.token = b.ok("POST", "/moorage/v1/api-tokens", {"name": "c"}, 201)["token"]  # in c
+    assert b.ok("GET", "/moorage/v1/api-tokens")["tokens"][0]["tenant"] == "tenant-c"
+    b = Tenant(c, "tenant-b")  # back to B (a new token of B)
 
     # --- B's lists never show A's objects ------------------------------------------------
     assert names(b.ok("GET", "/fleet/v1/units")["units"]) == ["web.service"]
@@ -293,7 +302,7 @@ def _scenario(c: CoordinatorProc, a: Tenant, b: Tenant, ma: Machine, mb: Machine
     assert b.ok("GET", "/api/v2/deployments")["items"] == []
     assert b.ok("GET", "/moorage/v1/drift")["machines"] == []
     assert b.ok("GET", "/moorage/v1/stickers")["stickers"] == []
-    assert names(b.ok("GET", "/moorage/v1/api-tokens")["tokens"]) == ["tenant-b"]
+    assert names(b.ok("GET", "/moorage/v1/api-tokens")["tokens"]) == ["tenant-b", "tenant-b"]
     # ... while A sees them
     assert names(a.ok("GET", "/fleet/v1/units")["units"]) == [
         "batch.service",
