@@ -236,7 +236,13 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         if body.desiredState and body.desiredState not in DESIRED:
             raise ApiError(400, f"invalid desiredState {body.desiredState!r}")
         desired = body.desiredState or None
-        action = await units.apply(name, body.options or [], desired, tenant=tenant_of(request))  # type: ignore[arg-type]
+        tenant = tenant_of(request)
+        action = await units.apply(
+            name,
+            body.options or [],
+            desired,  # type: ignore[arg-type]
+            tenant=tenant,
+        )
         return web.Response(status=204 if action == "set_state" else 201)
 
     @r.delete(PREFIX + "/units/{name}", "Destroy a unit", ok=204, errors=(404,))
