@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from aiohttp import web
 
@@ -15,6 +17,7 @@ from coordinator.reports.logs import LogService, LogUnavailable, journal_machine
 from coordinator.trust.access import (
     MAX_TOKEN_TTL_S,
     MAX_TOKENS_PER_CALL,
+    TENANT_PATTERN,
     TokenService,
     mint_tenant,
 )
@@ -47,7 +50,7 @@ class JoinTokenCreated(msgspec.Struct, frozen=True, omit_defaults=True):
 class ApiTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     ttl_s: float | None = None
-    tenant: str = ""
+    tenant: Annotated[str, msgspec.Meta(pattern=TENANT_PATTERN)] = ""
     """The tenant the token acts in (default: the caller's); naming another is for an
     admin of the default tenant only (403 otherwise)."""
 

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_TOKEN_TTL_S = 30 * 86400.0
 MAX_TOKENS_PER_CALL = 10_000
+TENANT_PATTERN = r"^([a-z0-9][a-z0-9._-]{0,62})?$"
+"""A tenant name (or nothing: the caller's own), as request bodies declare it."""
 _TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
