@@ -11,6 +11,10 @@ from proto.units import UnitOption
 
 MachineState = Literal["connected", "disconnected", "lost"]
 
+DEFAULT_TENANT = "default"
+"""Where every object made before tenants existed lives, and where fleet's clients act
+(the same value as `coordinator.trust.auth.DEFAULT_TENANT`)."""
+
 
 class Machine(msgspec.Struct, frozen=True, kw_only=True):
     id: str
@@ -28,6 +32,8 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     agent_version: str = ""
     desired_revision: int = 0
     applied_revision: int = 0
+    tenant: str = DEFAULT_TENANT
+    """The tenant of the join token it enrolled with; it runs only that tenant's units."""
 
 
 class JoinToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +45,8 @@ class JoinToken(msgspec.Struct, frozen=True, kw_only=True):
     description: str = ""
     machine_id: str = ""
     """Bound: only this machine may enrol with it (re-enrolment of an enrolled one)."""
+    tenant: str = DEFAULT_TENANT
+    """A machine enrolled with this token belongs to this tenant."""
 
 
 class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +56,7 @@ class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     expires_at: float | None = None
     revoked: bool = False
+    tenant: str = DEFAULT_TENANT
 
 
 class Unit(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +83,7 @@ class UnitHead(msgspec.Struct, frozen=True, kw_only=True):
     desired_state: DesiredState
     pinned: bool
     machines: list[str]
+    tenant: str = DEFAULT_TENANT
 
 
 class UnitState(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,6 +129,7 @@ class MachineGroup(msgspec.Struct, frozen=True, kw_only=True):
     builtin: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
+    tenant: str = DEFAULT_TENANT
 
 
 class Application(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,6 +147,7 @@ class Application(msgspec.Struct, frozen=True, kw_only=True):
     digest: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    tenant: str = DEFAULT_TENANT
 
 
 class ApplicationVersion(msgspec.Struct, frozen=True, kw_only=True):
@@ -161,6 +173,7 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     """The last release that finished with Success (what new group members get)."""
     created_at: float = 0.0
     updated_at: float = 0.0
+    tenant: str = DEFAULT_TENANT
 
 
 class ReleaseUnit(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -109,7 +109,11 @@ class Coordinator:
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
         self.events = EventBus()
         self.tasks = TaskService(
-            self.storage, self.storage, self.deployments.groups, self.hub, self.events
+            self.storage,
+            self.storage,
+            lambda tenant: self.deployments.groups(tenant=tenant),
+            self.hub,
+            self.events,
         )
         self.api_port = 0
         self.hub_port = 0

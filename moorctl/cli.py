@@ -290,10 +290,18 @@ def api_token() -> None:
 @api_token.command("create")
 @click.option("--name", required=True, help="Who or what uses the token.")
 @click.option("--ttl", default=None, help="Validity, e.g. 30d; default: until revoked.")
+@click.option(
+    "--tenant",
+    default=None,
+    help="Tenant the token acts in (default: the caller's; another one needs an admin"
+    " of the default tenant).",
+)
 @click.pass_obj
-def api_token_create(ctx: Ctx, name: str, ttl: str | None) -> None:
+def api_token_create(ctx: Ctx, name: str, ttl: str | None, tenant: str | None) -> None:
     """Print a new API token (stored hashed; shown only now)."""
-    body = {"name": name, "ttl_s": parse_duration(ttl) if ttl else None}
+    body: dict[str, object] = {"name": name, "ttl_s": parse_duration(ttl) if ttl else None}
+    if tenant:
+        body["tenant"] = tenant
     created = _call(ctx, lambda api: api.call("POST", "moorage/v1/api-tokens", body))
     if ctx.json:
         _emit_json(created)

@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.errors import ApiError, decode_body, json_response
-from coordinator.api.routing import ENVELOPE, Family, RouteTable
+from coordinator.api.routing import ENVELOPE, Family, RouteTable, tenant_of
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.deploy.groups import members
 from coordinator.deploy.manifest import DEPLOYABLE_TYPE, Metadata
@@ -436,18 +436,25 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
 
     @r.get(PREFIX + "/clusters", "Machines with health", response=Page, errors=(400,), query=LIST)
     async def list_clusters(request: web.Request) -> web.Response:
-        return paged(request, machines.clusters(), lambda c: (c.machine.id,), cluster_out)
+        return paged(
+            request,
+            machines.clusters(tenant=tenant_of(request)),
+            lambda c: (c.machine.id,),
+            cluster_out,
+        )
 
     @r.get(PREFIX + "/clusters/{id}", "One machine", response=ClusterOut, errors=(404,))
     async def get_cluster(request: web.Request) -> web.Response:
-        return json_response(cluster_out(machines.cluster(request.match_info["id"])))
+        return json_response(
+            cluster_out(machines.cluster(request.match_info["id"], tenant=tenant_of(request)))
+        )
 
     @r.get(PREFIX + "/cluster-groups", "Machine groups", response=Page, errors=(400,), query=LIST)
     async def list_groups(request: web.Request) -> web.Response:
-        present = service.machines()
+        present = service.machines(tenant=tenant_of(request))
         return paged(
             request,
-            service.groups(),
+            service.groups(tenant=tenant_of(request)),
             lambda g: (0 if g.builtin else 1, g.created_at, g.id),
             lambda g: group_out(g, present),
         )
@@ -469,13 +476,19 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
             description=body.description or "",
             selector=body.selector,
             machines=body.cluster_ids,
+            tenant=tenant_of(request),
         )
-        return created(json_response(group_out(group, service.machines()), status=201), made)
+        return created(
+            json_response(
+                group_out(group, service.machines(tenant=tenant_of(request))), status=201
+            ),
+            made,
+        )
 
     @r.get(PREFIX + "/cluster-groups/{id}", "One machine group", response=GroupOut, errors=(404,))
     async def get_group(request: web.Request) -> web.Response:
-        group = service.group(request.match_info["id"])
-        return json_response(group_out(group, service.machines()))
+        group = service.group(request.match_info["id"], tenant=tenant_of(request))
+        return json_response(group_out(group, service.machines(tenant=tenant_of(request))))
 
     @r.put(
         PREFIX + "/cluster-groups/{id}",
@@ -492,14 +505,15 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
             description=body.description,
             selector=body.selector,
             machines=body.cluster_ids,
+            tenant=tenant_of(request),
         )
-        return json_response(group_out(group, service.machines()))
+        return json_response(group_out(group, service.machines(tenant=tenant_of(request))))
 
     @r.delete(
         PREFIX + "/cluster-groups/{id}", "Delete a machine group", ok=204, errors=(400, 404, 409)
     )
     async def delete_group(request: web.Request) -> web.Response:
-        service.delete_group(request.match_info["id"])
+        service.delete_group(request.match_info["id"], tenant=tenant_of(request))
         return web.Response(status=204)
 
     # -- applications
@@ -512,7 +526,12 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         query=LIST,
     )
     async def list_apps(request: web.Request) -> web.Response:
-        return paged(request, service.applications(), lambda a: (a.created_at, a.id), app_out)
+        return paged(
+            request,
+            service.applications(tenant=tenant_of(request)),
+            lambda a: (a.created_at, a.id),
+            app_out,
+        )
 
     @r.post(
         PREFIX + "/deployment-applications",
@@ -532,6 +551,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
             description=body.description or "",
             source_type=body.source_type or "",
             version=body.version,
+            tenant=tenant_of(request),
         )
         return created(json_response(app_out(app), status=201), made)
 
@@ -542,7 +562,9 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         errors=(404,),
     )
     async def get_app(request: web.Request) -> web.Response:
-        return json_response(app_out(service.application(request.match_info["id"])))
+        return json_response(
+            app_out(service.application(request.match_info["id"], tenant=tenant_of(request)))
+        )
 
     @r.put(
         PREFIX + "/deployment-applications/{id}",
@@ -560,6 +582,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
             description=body.description,
             source_type=body.source_type,
             version=body.version,
+            tenant=tenant_of(request),
         )
         return json_response(app_out(app))
 
@@ -570,7 +593,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         errors=(404, 409),
     )
     async def delete_app(request: web.Request) -> web.Response:
-        service.delete_application(request.match_info["id"])
+        service.delete_application(request.match_info["id"], tenant=tenant_of(request))
         return web.Response(status=204)
 
     # -- deployments
@@ -586,7 +609,12 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
 
     @r.get(PREFIX + "/deployments", "Deployments", response=Page, errors=(400,), query=LIST)
     async def list_deployments(request: web.Request) -> web.Response:
-        return paged(request, service.deployments(), lambda d: (d.created_at, d.id), deployment_out)
+        return paged(
+            request,
+            service.deployments(tenant=tenant_of(request)),
+            lambda d: (d.created_at, d.id),
+            deployment_out,
+        )
 
     @r.post(
         PREFIX + "/deployments",
@@ -608,12 +636,15 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
             app_id,
             group,
             application_version=version or "",
+            tenant=tenant_of(request),
         )
         return created(json_response(deployment_out(d), status=201), made)
 
     @r.get(PREFIX + "/deployments/{id}", "One deployment", response=DeploymentOut, errors=(404,))
     async def get_deployment(request: web.Request) -> web.Response:
-        return json_response(deployment_out(service.deployment(request.match_info["id"])))
+        return json_response(
+            deployment_out(service.deployment(request.match_info["id"], tenant=tenant_of(request)))
+        )
 
     @r.put(
         PREFIX + "/deployments/{id}",
@@ -631,6 +662,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
             application_id=app_id,
             group_id=group,
             application_version=version,
+            tenant=tenant_of(request),
         )
         return json_response(deployment_out(d))
 
@@ -641,7 +673,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         errors=(404, 409),
     )
     async def delete_deployment(request: web.Request) -> web.Response:
-        await service.delete_deployment(request.match_info["id"])
+        await service.delete_deployment(request.match_info["id"], tenant=tenant_of(request))
         return web.Response(status=204)
 
     @r.post(
@@ -652,7 +684,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         errors=(400, 404, 409, 503),
     )
     async def deploy(request: web.Request) -> web.Response:
-        release = await service.deploy(request.match_info["id"])
+        release = await service.deploy(request.match_info["id"], tenant=tenant_of(request))
         return json_response(release_out(release), status=201)
 
     @r.get(
@@ -663,7 +695,7 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         query=("limit",),
     )
     async def list_releases(request: web.Request) -> web.Response:
-        releases = service.releases(request.match_info["id"])
+        releases = service.releases(request.match_info["id"], tenant=tenant_of(request))
         if "limit" in request.query:
             releases = releases[-parse_limit(request.query["limit"]) :]
         return json_response([release_out(rel) for rel in releases])
@@ -675,7 +707,9 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         errors=(404,),
     )
     async def get_release(request: web.Request) -> web.Response:
-        return json_response(release_out(service.release(request.match_info["id"])))
+        return json_response(
+            release_out(service.release(request.match_info["id"], tenant=tenant_of(request)))
+        )
 
     @r.get(
         PREFIX + "/deployment-releases/{id}/jobs",
@@ -685,10 +719,10 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         query=("limit",),
     )
     async def list_jobs(request: web.Request) -> web.Response:
-        jobs = service.jobs(request.match_info["id"])
+        jobs = service.jobs(request.match_info["id"], tenant=tenant_of(request))
         if "limit" in request.query:
             jobs = jobs[: parse_limit(request.query["limit"])]
-        names = machines.names()
+        names = machines.names(tenant=tenant_of(request))
         return json_response([job_out(j, names) for j in jobs])
 
     return Family(PREFIX, ENVELOPE, r.routes)

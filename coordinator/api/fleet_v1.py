@@ -16,7 +16,7 @@ from aiohttp import web
 from coordinator.api.discovery import fleet_v1_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
 from coordinator.api.paging import PageTokenError, page, token_from_query
-from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.scheduler import XFleetError, parse_xfleet
 from coordinator.fleet.units import UnitService, current_state
@@ -173,7 +173,11 @@ def routes(units: UnitService, machines: MachineService) -> Family:
 
     @r.get(PREFIX + "/machines", "List machines", response=MachinePage, errors=(400,), query=PAGE)
     async def list_machines(request: web.Request) -> web.Response:
-        present = [fleet_machine(mach) for mach in machines.list_machines() if visible(mach)]
+        present = [
+            fleet_machine(mach)
+            for mach in machines.list_machines(tenant=tenant_of(request))
+            if visible(mach)
+        ]
         items, next_token = paged(request, present)
         return json_response(MachinePage(items, next_token))
 
@@ -185,23 +189,28 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         errors=(400,),
     )
     async def patch_machines(request: web.Request) -> web.Response:
-        known = {mach.id for mach in machines.list_machines()}
-        machines.patch_metadata(parse_patch(await request.read(), known))
+        known = {mach.id for mach in machines.list_machines(tenant=tenant_of(request))}
+        machines.patch_metadata(parse_patch(await request.read(), known), tenant=tenant_of(request))
         return web.Response(status=204)
 
     @r.get(PREFIX + "/units", "List units", response=UnitPage, errors=(400,), query=PAGE)
     async def list_units(request: web.Request) -> web.Response:
-        states = states_by_unit(units.states())
-        items = [fleet_unit(u, states.get(u.name, [])) for u in units.list_units()]
+        states = states_by_unit(units.states(tenant=tenant_of(request)))
+        items = [
+            fleet_unit(u, states.get(u.name, []))
+            for u in units.list_units(tenant=tenant_of(request))
+        ]
         chunk, next_token = paged(request, items)
         return json_response(UnitPage(chunk, next_token))
 
     @r.get(PREFIX + "/units/{name}", "Get a unit", response=FleetUnit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        unit = units.get(request.match_info["name"])
+        unit = units.get(request.match_info["name"], tenant=tenant_of(request))
         if unit is None:
             raise ApiError(404, "unit does not exist")
-        return json_response(fleet_unit(unit, units.states(name=unit.name)))
+        return json_response(
+            fleet_unit(unit, units.states(name=unit.name, tenant=tenant_of(request)))
+        )
 
     @r.put(
         PREFIX + "/units/{name}",
@@ -227,12 +236,18 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         if body.desiredState and body.desiredState not in DESIRED:
             raise ApiError(400, f"invalid desiredState {body.desiredState!r}")
         desired = body.desiredState or None
-        action = await units.apply(name, body.options or [], desired)  # type: ignore[arg-type]
+        tenant = tenant_of(request)
+        action = await units.apply(
+            name,
+            body.options or [],
+            desired,  # type: ignore[arg-type]
+            tenant=tenant,
+        )
         return web.Response(status=204 if action == "set_state" else 201)
 
     @r.delete(PREFIX + "/units/{name}", "Destroy a unit", ok=204, errors=(404,))
     async def delete_unit(request: web.Request) -> web.Response:
-        if not await units.destroy(request.match_info["name"]):
+        if not await units.destroy(request.match_info["name"], tenant=tenant_of(request)):
             raise ApiError(404, "unit does not exist")
         return web.Response(status=204)
 
@@ -247,8 +262,9 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         states = units.copies(
             machine_id=request.query.get("machineID") or None,
             name=request.query.get("unitName") or None,
+            tenant=tenant_of(request),
         )
-        known = {u.name for u in units.list_units()}
+        known = {u.name for u in units.list_units(tenant=tenant_of(request))}
         items = [fleet_state(s) for s in states if s.name in known]
         chunk, next_token = paged(request, items)
         return json_response(UnitStatePage(chunk, next_token))
@@ -256,10 +272,14 @@ def routes(units: UnitService, machines: MachineService) -> Family:
     @r.get(PREFIX + "/state/{name}", "State of one unit", response=FleetUnitState, errors=(404,))
     async def get_state(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        unit = units.get(name)
+        unit = units.get(name, tenant=tenant_of(request))
         if unit is None:
             raise ApiError(404, "unit does not exist")
-        states = [s for s in units.states(name=name) if s.machine_id in unit.machines]
+        states = [
+            s
+            for s in units.states(name=name, tenant=tenant_of(request))
+            if s.machine_id in unit.machines
+        ]
         # A known unit without a state yet answers with just its name: fleetctl start
         # polls this and a 404 would make it give up.
         return json_response(fleet_state(states[0]) if states else FleetUnitState(name=name))

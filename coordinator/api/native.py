@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from aiohttp import web
 
 from coordinator.api.errors import ApiError, decode_body, json_response
-from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.fleet.validation import UnitInvalid, validate_unit
 from coordinator.models import ApiToken, Machine, Unit, UnitCopy
 from coordinator.reports.logs import LogService, LogUnavailable, journal_machine
-from coordinator.trust.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL, TokenService
+from coordinator.trust.access import (
+    MAX_TOKEN_TTL_S,
+    MAX_TOKENS_PER_CALL,
+    TENANT_PATTERN,
+    TokenService,
+    mint_tenant,
+)
+from coordinator.trust.auth import PERM_ADMIN, PRINCIPAL
 from proto.messages import DesiredState
 from proto.units import UnitNameError, UnitOption, validate_unit_name
 
@@ -41,6 +50,9 @@ class JoinTokenCreated(msgspec.Struct, frozen=True, omit_defaults=True):
 class ApiTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     ttl_s: float | None = None
+    tenant: Annotated[str, msgspec.Meta(pattern=TENANT_PATTERN)] = ""
+    """The tenant the token acts in (default: the caller's); naming another is for an
+    admin of the default tenant only (403 otherwise)."""
 
 
 class ApiTokenCreated(msgspec.Struct, frozen=True):
@@ -48,6 +60,7 @@ class ApiTokenCreated(msgspec.Struct, frozen=True):
     name: str
     token: str
     expires_at: float | None
+    tenant: str = "default"
 
 
 class MachineList(msgspec.Struct, frozen=True):
@@ -115,7 +128,7 @@ def routes(
 
     @r.get(PREFIX + "/units", "Units with placements", response=UnitList)
     async def list_units(request: web.Request) -> web.Response:
-        return json_response(UnitList(units.list_units()))
+        return json_response(UnitList(units.list_units(tenant=tenant_of(request))))
 
     @r.put(
         PREFIX + "/units",
@@ -138,6 +151,7 @@ def routes(
         written = await units.put_many(
             [(u.name, u.options, u.desired_state) for u in body.units],
             keep_existing=body.keep_existing,
+            tenant=tenant_of(request),
         )
         return json_response(
             BatchResult(len(written.created) + len(written.replaced), written.created, written.kept)
@@ -145,7 +159,7 @@ def routes(
 
     @r.get(PREFIX + "/units/{name}", "One unit", response=Unit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        return json_response(units.unit(unit_name(request)))
+        return json_response(units.unit(unit_name(request), tenant=tenant_of(request)))
 
     @r.put(
         PREFIX + "/units/{name}",
@@ -161,16 +175,22 @@ def routes(
             validate_unit(name, body.options)
         except UnitInvalid as exc:
             raise ApiError(400, str(exc)) from None
-        unknown = machines.unknown(body.machines or [])
+        unknown = machines.unknown(body.machines or [], tenant=tenant_of(request))
         if unknown:
             raise ApiError(400, f"unknown machine(s): {', '.join(unknown)}")
-        unit = await units.put(name, body.options, body.desired_state, machines=body.machines)
+        unit = await units.put(
+            name,
+            body.options,
+            body.desired_state,
+            machines=body.machines,
+            tenant=tenant_of(request),
+        )
         return json_response(unit)
 
     @r.delete(PREFIX + "/units/{name}", "Destroy a unit", ok=204, errors=(404,))
     async def delete_unit(request: web.Request) -> web.Response:
         name = unit_name(request)
-        if not await units.destroy(name):
+        if not await units.destroy(name, tenant=tenant_of(request)):
             raise ApiError(404, f"unit {name!r} does not exist")
         return web.Response(status=204)
 
@@ -184,6 +204,7 @@ def routes(
         states = units.copies(
             machine_id=request.query.get("machine") or None,
             name=request.query.get("unit") or None,
+            tenant=tenant_of(request),
         )
         return json_response(UnitStateList(states))
 
@@ -196,7 +217,11 @@ def routes(
     async def journal(request: web.Request) -> web.StreamResponse:
         """Last `lines` lines as JSON, or with follow=1 an NDJSON stream of LogLines."""
         name = unit_name(request)
-        machine = journal_machine(name, units.get(name), request.query.get("machine") or "")
+        tenant = tenant_of(request)
+        machine = journal_machine(
+            name, units.get(name, tenant=tenant), request.query.get("machine") or ""
+        )
+        machines.get(machine, tenant=tenant)  # another tenant's machine is not found
         try:
             lines = int(request.query.get("lines", "10"))
         except ValueError:
@@ -228,18 +253,20 @@ def routes(
     @r.get(PREFIX + "/machines", "Machines with state", response=MachineList, query=("all",))
     async def list_machines(request: web.Request) -> web.Response:
         include_revoked = request.query.get("all", "") in ("1", "true")
-        listed = machines.list_machines(include_revoked=include_revoked)
-        return json_response(MachineList(listed, machines.connected_count()))
+        listed = machines.list_machines(include_revoked=include_revoked, tenant=tenant_of(request))
+        return json_response(
+            MachineList(listed, machines.connected_count(tenant=tenant_of(request)))
+        )
 
     @r.get(PREFIX + "/machines/{id}", "One machine", response=Machine, errors=(404,))
     async def get_machine(request: web.Request) -> web.Response:
-        return json_response(machines.get(request.match_info["id"]))
+        return json_response(machines.get(request.match_info["id"], tenant=tenant_of(request)))
 
     @r.post(
         PREFIX + "/machines/{id}/revoke", "Revoke a machine's certificates", ok=204, errors=(404,)
     )
     async def revoke_machine(request: web.Request) -> web.Response:
-        await machines.revoke(request.match_info["id"])
+        await machines.revoke(request.match_info["id"], tenant=tenant_of(request))
         return web.Response(status=204)
 
     @r.post(
@@ -248,7 +275,7 @@ def routes(
         request=JoinTokenRequest,
         response=JoinTokenCreated,
         ok=201,
-        errors=(400, 415),
+        errors=(400, 404, 415),
     )
     async def new_join(request: web.Request) -> web.Response:
         body = await decode_body(request, JoinTokenRequest)
@@ -257,6 +284,7 @@ def routes(
             description=body.description,
             count=body.count,
             machine_id=body.machine_id,
+            tenant=tenant_of(request),
         )
         first, *more = made.tokens
         return json_response(
@@ -269,22 +297,25 @@ def routes(
         request=ApiTokenRequest,
         response=ApiTokenCreated,
         ok=201,
-        errors=(400, 415),
+        errors=(400, 403, 415),
     )
     async def new_api(request: web.Request) -> web.Response:
         body = await decode_body(request, ApiTokenRequest)
-        token, record = tokens.create_api_token(body.name, body.ttl_s)
+        principal = request[PRINCIPAL]
+        tenant = mint_tenant(principal.tenant, body.tenant, is_admin=principal.allows(PERM_ADMIN))
+        token, record = tokens.create_api_token(body.name, body.ttl_s, tenant=tenant)
         return json_response(
-            ApiTokenCreated(record.id, record.name, token, record.expires_at), status=201
+            ApiTokenCreated(record.id, record.name, token, record.expires_at, record.tenant),
+            status=201,
         )
 
     @r.get(PREFIX + "/api-tokens", "List API tokens", response=ApiTokenList)
     async def list_api(request: web.Request) -> web.Response:
-        return json_response(ApiTokenList(tokens.api_tokens()))
+        return json_response(ApiTokenList(tokens.api_tokens(tenant=tenant_of(request))))
 
     @r.delete(PREFIX + "/api-tokens/{id}", "Revoke an API token", ok=204, errors=(404,))
     async def revoke_api(request: web.Request) -> web.Response:
-        tokens.revoke_api_token(request.match_info["id"])
+        tokens.revoke_api_token(request.match_info["id"], tenant=tenant_of(request))
         return web.Response(status=204)
 
     return Family(PREFIX, FLEET, r.routes)

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from coordinator.api.errors import json_response
-from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.models import MachineDrift, MachineSticker
 from coordinator.reports.service import ReportService
 
@@ -44,13 +44,15 @@ def routes(reports: ReportService) -> Family:
         machine_id = request.query.get("machine") or None
         refresh = request.query.get("refresh", "") in ("1", "true")
         if not refresh:
-            return json_response(DriftList(reports.drift(machine_id)))
+            return json_response(DriftList(reports.drift(machine_id, tenant=tenant_of(request))))
         if machine_id is not None:
-            reports.check_machine(machine_id)
+            reports.check_machine(machine_id, tenant=tenant_of(request))
             return json_response(
                 DriftList([await reports.refresh_drift(machine_id, REFRESH_TIMEOUT_S)])
             )
-        merged, unreachable = await reports.refresh_all_drift(REFRESH_TIMEOUT_S)
+        merged, unreachable = await reports.refresh_all_drift(
+            REFRESH_TIMEOUT_S, tenant=tenant_of(request)
+        )
         return json_response(DriftList(merged, unreachable))
 
     @r.get(
@@ -61,6 +63,10 @@ def routes(reports: ReportService) -> Family:
         query=("machine",),
     )
     async def stickers(request: web.Request) -> web.Response:
-        return json_response(StickerList(reports.stickers(request.query.get("machine") or None)))
+        return json_response(
+            StickerList(
+                reports.stickers(request.query.get("machine") or None, tenant=tenant_of(request))
+            )
+        )
 
     return Family(PREFIX, FLEET, r.routes)

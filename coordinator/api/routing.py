@@ -19,6 +19,7 @@ from aiohttp import web
 
 from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError, error_response
 from coordinator.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
+from coordinator.trust.auth import DEFAULT_TENANT, PRINCIPAL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,6 +77,14 @@ class RouteTable:
 
     def delete(self, path: str, summary: str, **kw: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, summary, **kw)
+
+
+def tenant_of(request: web.Request) -> str:
+    """The one tenant a request acts in: its principal's (an API token's tenant; the
+    admin certificate acts in `default`). Every adapter passes it to its service, which
+    scopes every read and write by it; another tenant's objects are NotFound."""
+    principal = request.get(PRINCIPAL)
+    return DEFAULT_TENANT if principal is None else principal.tenant
 
 
 def domain_status(exc: DomainError) -> int:

@@ -21,12 +21,11 @@ from aiohttp import web
 
 from coordinator import limits
 from coordinator.api.errors import ApiError
-from coordinator.api.routing import FLOTILLA, Family, RouteTable
+from coordinator.api.routing import FLOTILLA, Family, RouteTable, tenant_of
 from coordinator.errors import Invalid
 from coordinator.tasks import definitions as defs
 from coordinator.tasks.records import STATUSES, EnvVar, RunEvent, RunQuery, TaskDefinition, TaskRun
 from coordinator.tasks.service import TaskService
-from coordinator.trust.auth import PRINCIPAL
 
 T = TypeVar("T")
 
@@ -185,10 +184,6 @@ def _echo(request: web.Request, skip: tuple[str, ...]) -> dict[str, list[str]]:
     return {k: request.query.getall(k) for k in dict.fromkeys(request.query) if k not in skip}
 
 
-def _tenant(request: web.Request) -> str:
-    return str(request[PRINCIPAL].tenant)
-
-
 # --- shapes -----------------------------------------------------------------------------
 
 
@@ -320,7 +315,7 @@ def routes(tasks: TaskService) -> list[Family]:
 
 def _execute_handler(tasks: TaskService, *, require_owner: bool, by_alias: bool) -> Any:
     async def execute(request: web.Request) -> web.Response:
-        tenant = _tenant(request)
+        tenant = tenant_of(request)
         body = await body_of(request, defs.ExecuteInput)
         if by_alias:
             definition = tasks.definition_by_alias(tenant, request.match_info["alias"])
@@ -352,7 +347,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
     @r.get(base + "/task", "List task definitions (filters, paging, sorting)", errors=(400,), **kw)
     async def list_definitions(request: web.Request) -> web.Response:
         query = definition_query(request)
-        total, found = tasks.list_definitions(_tenant(request), query)
+        total, found = tasks.list_definitions(tenant_of(request), query)
         out: dict[str, Any] = {
             **_echo(request, _PAGING),
             "total": total,
@@ -375,7 +370,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
     )
     async def create(request: web.Request) -> web.Response:
         body = await body_of(request, defs.DefinitionInput)
-        return ok(definition_body(tasks.create_definition(_tenant(request), body)))
+        return ok(definition_body(tasks.create_definition(tenant_of(request), body)))
 
     @r.get(
         base + "/task/alias/{alias}",
@@ -385,7 +380,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
         **kw,
     )
     async def by_alias(request: web.Request) -> web.Response:
-        found = tasks.definition_by_alias(_tenant(request), request.match_info["alias"])
+        found = tasks.definition_by_alias(tenant_of(request), request.match_info["alias"])
         return ok(definition_body(found))
 
     r.put(
@@ -399,11 +394,11 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
 
     @r.get(base + "/task/history/{run_id}", "A run", response=RunBody, errors=(404,), **kw)
     async def task_history_run(request: web.Request) -> web.Response:
-        return ok(run_body(tasks.run(_tenant(request), request.match_info["run_id"])))
+        return ok(run_body(tasks.run(tenant_of(request), request.match_info["run_id"])))
 
     @r.get(base + "/task/{id}", "A task definition", response=DefinitionBody, errors=(404,), **kw)
     async def get_definition(request: web.Request) -> web.Response:
-        return ok(definition_body(tasks.definition(_tenant(request), request.match_info["id"])))
+        return ok(definition_body(tasks.definition(tenant_of(request), request.match_info["id"])))
 
     @r.put(
         base + "/task/{id}",
@@ -415,14 +410,14 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
     )
     async def update(request: web.Request) -> web.Response:
         body = await body_of(request, defs.DefinitionInput)
-        found = tasks.update_definition(_tenant(request), request.match_info["id"], body)
+        found = tasks.update_definition(tenant_of(request), request.match_info["id"], body)
         return ok(definition_body(found))
 
     @r.delete(
         base + "/task/{id}", "Deregister a task definition (its runs stay)", errors=(404,), **kw
     )
     async def delete(request: web.Request) -> web.Response:
-        tasks.delete_definition(_tenant(request), request.match_info["id"])
+        tasks.delete_definition(tenant_of(request), request.match_info["id"])
         return ok({"deleted": True})
 
     r.put(
@@ -436,7 +431,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
 
     def history_response(request: web.Request, definition_id: str | None) -> web.Response:
         query = run_query(request, definition_id)
-        total, found = tasks.history(_tenant(request), query)
+        total, found = tasks.history(tenant_of(request), query)
         echo = _echo(request, _PAGING)
         if definition_id:
             echo["definition_id"] = [definition_id]
@@ -461,12 +456,12 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
     )
     async def definition_history(request: web.Request) -> web.Response:
         definition_id = request.match_info["id"]
-        tasks.definition(_tenant(request), definition_id)
+        tasks.definition(tenant_of(request), definition_id)
         return history_response(request, definition_id)
 
     @r.get(base + "/task/{id}/history/{run_id}", "A run", response=RunBody, errors=(404,), **kw)
     async def definition_run(request: web.Request) -> web.Response:
-        return ok(run_body(tasks.run(_tenant(request), request.match_info["run_id"])))
+        return ok(run_body(tasks.run(tenant_of(request), request.match_info["run_id"])))
 
     @r.delete(
         base + "/task/{id}/history/{run_id}",
@@ -475,7 +470,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
         **kw,
     )
     async def stop(request: web.Request) -> web.Response:
-        await tasks.stop(_tenant(request), request.match_info["run_id"])
+        await tasks.stop(tenant_of(request), request.match_info["run_id"])
         return ok({"terminated": True})
 
     @r.get(base + "/history", "Every run (filters, paging, sorting)", errors=(400,), **kw)
@@ -484,7 +479,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
 
     @r.get(base + "/history/{run_id}", "A run", response=RunBody, errors=(404,), **kw)
     async def history_run(request: web.Request) -> web.Response:
-        return ok(run_body(tasks.run(_tenant(request), request.match_info["run_id"])))
+        return ok(run_body(tasks.run(tenant_of(request), request.match_info["run_id"])))
 
     @r.get(
         base + "/" + RUN_ID + "/status",
@@ -494,7 +489,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
         **kw,
     )
     async def status(request: web.Request) -> web.Response:
-        run = tasks.run(_tenant(request), request.match_info["run_id"])
+        run = tasks.run(tenant_of(request), request.match_info["run_id"])
         tag = etag(run)
         if request.headers.get("If-None-Match") == tag:
             return web.Response(status=304, headers={"ETag": tag})
@@ -502,7 +497,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
 
     @r.get(base + "/" + RUN_ID + "/events", "What happened to a run", errors=(404,), **kw)
     async def events(request: web.Request) -> web.Response:
-        found = tasks.run_events(_tenant(request), request.match_info["run_id"])
+        found = tasks.run_events(tenant_of(request), request.match_info["run_id"])
         return ok({"total": len(found), "pod_events": [pod_event(e) for e in found]})
 
     @r.get(
@@ -513,7 +508,7 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
         **kw,
     )
     async def logs(request: web.Request) -> web.Response:
-        tenant = _tenant(request)
+        tenant = tenant_of(request)
         run_id = request.match_info["run_id"]
         if request.query.get("raw_text", "").lower() == "true":
             data = tasks.raw_log(tenant, run_id)
@@ -523,16 +518,16 @@ def _table(tasks: TaskService, base: str, *, require_owner: bool) -> list[Any]:
 
     @r.get(base + "/clusters", 'Clusters: "default" and the machine groups', **kw)
     async def clusters(request: web.Request) -> web.Response:
-        return ok({"clusters": tasks.clusters()})
+        return ok({"clusters": tasks.clusters(tenant_of(request))})
 
     @r.get(base + "/groups", "The definitions' group names", **kw)
     async def groups(request: web.Request) -> web.Response:
-        found = _filtered(tasks.group_names(_tenant(request)), request)
+        found = _filtered(tasks.group_names(tenant_of(request)), request)
         return ok({"total": len(found), "groups": found})
 
     @r.get(base + "/tags", "The definitions' tags", **kw)
     async def tags(request: web.Request) -> web.Response:
-        found = _filtered(tasks.tags(_tenant(request)), request)
+        found = _filtered(tasks.tags(tenant_of(request)), request)
         return ok({"total": len(found), "tags": found})
 
     @r.get(base + "/health", "The task API answers", **kw)

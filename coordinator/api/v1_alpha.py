@@ -22,7 +22,7 @@ from coordinator.api.fleet_v1 import (
     states_by_unit,
     visible,
 )
-from coordinator.api.routing import FLEET, Family, RouteTable
+from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService, current_state
 from coordinator.models import Unit, UnitState
@@ -92,27 +92,32 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         query=PAGE,
     )
     async def list_units(request: web.Request) -> web.Response:
-        by_unit = states_by_unit(units.states())
-        items = [alpha_unit(u, by_unit.get(u.name, [])) for u in units.list_units()]
+        by_unit = states_by_unit(units.states(tenant=tenant_of(request)))
+        items = [
+            alpha_unit(u, by_unit.get(u.name, []))
+            for u in units.list_units(tenant=tenant_of(request))
+        ]
         chunk, next_token = paged(request, items)
         return json_response(AlphaUnitPage(chunk, next_token))
 
     @r.get(PREFIX + "/units/{name}", "Get a unit (draft shape)", response=AlphaUnit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
-        unit = units.get(request.match_info["name"])
+        unit = units.get(request.match_info["name"], tenant=tenant_of(request))
         if unit is None:
             raise ApiError(404, "unit does not exist")
-        return json_response(alpha_unit(unit, units.states(name=unit.name)))
+        return json_response(
+            alpha_unit(unit, units.states(name=unit.name, tenant=tenant_of(request)))
+        )
 
     @r.delete(PREFIX + "/units", "Destroy units", request=DeletableUnits, ok=204, errors=(400,))
     async def destroy_units(request: web.Request) -> web.Response:
         body = decode_fleet(await request.read(), DeletableUnits)
         names = [u.name for u in body.units]
-        missing = units.missing(names)
+        missing = units.missing(names, tenant=tenant_of(request))
         if missing:
             raise ApiError(400, f"unit(s) do not exist: {', '.join(missing)}")
         for name in names:
-            await units.destroy(name)
+            await units.destroy(name, tenant=tenant_of(request))
         return web.Response(status=204)
 
     @r.get(
@@ -123,7 +128,11 @@ def routes(units: UnitService, machines: MachineService) -> Family:
         query=PAGE,
     )
     async def list_machines(request: web.Request) -> web.Response:
-        present = [fleet_machine(mach) for mach in machines.list_machines() if visible(mach)]
+        present = [
+            fleet_machine(mach)
+            for mach in machines.list_machines(tenant=tenant_of(request))
+            if visible(mach)
+        ]
         chunk, next_token = paged(request, present)
         return json_response(AlphaMachinePage(chunk, next_token))
 

@@ -31,6 +31,7 @@ from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub, Session
 from coordinator.models import (
+    DEFAULT_TENANT,
     Application,
     ApplicationVersion,
     Deployment,
@@ -42,7 +43,11 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.reports.service import ReportUnavailable
-from coordinator.store.ports import DEFAULT_GROUP, FleetStore, TransactionalDeploymentStore
+from coordinator.store.ports import (
+    DEFAULT_GROUP,
+    FleetStore,
+    TransactionalDeploymentStore,
+)
 from proto import messages as m
 from proto.messages import DesiredUnit
 from proto.units import UnitOption, backend_for, unit_file_sha256, unit_hash
@@ -82,6 +87,7 @@ class DeploymentService:
         self._release_units: dict[tuple[str, str], list[DesiredUnit]] = {}
         self._manifests: dict[str, Manifest] = {}
         self._wake = asyncio.Event()
+        self._tenants_with_builtin: set[str] = {DEFAULT_TENANT}
         units.desired_sources.append(self.machine_units)
         hub.on_connect.append(self._on_connect)
 
@@ -94,11 +100,13 @@ class DeploymentService:
         description: str = "",
         selector: dict[str, str] | None = None,
         machines: list[str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[MachineGroup, bool]:
-        """A new group, or the existing one when a retried create repeats it exactly
-        (the bool says whether it was created)."""
+        """A new group of `tenant`, or the existing one when a retried create repeats it
+        exactly (the bool says whether it was created)."""
         _check_name(name, "cluster group")
-        existing = self.store.group_by_name(name)
+        self._ensure_builtin(tenant)
+        existing = self.store.group_by_name(name, tenant=tenant)
         group = MachineGroup(
             id=str(uuid.uuid4()),
             name=name,
@@ -107,6 +115,7 @@ class DeploymentService:
             machines=sorted(set(machines or [])),
             created_at=time.time(),
             updated_at=time.time(),
+            tenant=tenant,
         )
         if existing is not None:
             if _same_group(existing, group):
@@ -123,8 +132,9 @@ class DeploymentService:
         description: str | None = None,
         selector: dict[str, str] | None = None,
         machines: list[str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> MachineGroup:
-        group = self.group(group_id)
+        group = self.group(group_id, tenant=tenant)
         if group.builtin and (name not in (None, group.name) or selector or machines):
             raise Invalid(f"the built-in group {group.name!r} always holds every machine")
         if name is not None:
@@ -142,8 +152,8 @@ class DeploymentService:
         await self.sync_members()
         return updated
 
-    def delete_group(self, group_id: str) -> None:
-        group = self.group(group_id)
+    def delete_group(self, group_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        group = self.group(group_id, tenant=tenant)
         if group.builtin:
             raise Invalid(f"the built-in group {group.name!r} cannot be deleted")
         users = self.store.deployments_using(group_id=group.id)
@@ -154,21 +164,34 @@ class DeploymentService:
             )
         self.store.delete_group(group.id)
 
-    def group(self, group_id: str) -> MachineGroup:
-        group = self.store.get_group(group_id) or self.store.group_by_name(group_id)
+    def group(self, group_id: str, *, tenant: str = DEFAULT_TENANT) -> MachineGroup:
+        """By id or by name, in `tenant` (another tenant's group is not found)."""
+        self._ensure_builtin(tenant)
+        group = self.store.get_group(group_id, tenant=tenant) or self.store.group_by_name(
+            group_id, tenant=tenant
+        )
         if group is None:
             raise NotFound(f"cluster group {group_id!r} does not exist")
         return group
 
     def group_members(self, group: MachineGroup) -> list[Machine]:
-        return groups.members(group, self.storage.list_machines())
+        """The group's machines (of its tenant only)."""
+        return groups.members(group, self.storage.list_machines(tenant=group.tenant))
 
-    def groups(self) -> list[MachineGroup]:
-        return self.store.list_groups()
+    def groups(self, *, tenant: str = DEFAULT_TENANT) -> list[MachineGroup]:
+        self._ensure_builtin(tenant)
+        return self.store.list_groups(tenant=tenant)
 
-    def machines(self) -> list[Machine]:
-        """Machines not revoked: what group selectors choose from."""
-        return self.storage.list_machines()
+    def machines(self, *, tenant: str = DEFAULT_TENANT) -> list[Machine]:
+        """The tenant's machines not revoked: what group selectors choose from."""
+        return self.storage.list_machines(tenant=tenant)
+
+    def _ensure_builtin(self, tenant: str) -> None:
+        """Every tenant has its built-in `default` group (the schema made `default`'s);
+        made the first time the tenant's groups are used, remembered after."""
+        if tenant not in self._tenants_with_builtin:
+            self.store.ensure_builtin_group(tenant, time.time())
+            self._tenants_with_builtin.add(tenant)
 
     # --- applications ---------------------------------------------------------------------
 
@@ -180,6 +203,7 @@ class DeploymentService:
         description: str = "",
         source_type: str = "",
         version: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[Application, bool]:
         """A new application with its first version; a retried create that repeats an
         existing one (same name, same manifest) returns it (False: not created). Name,
@@ -195,7 +219,7 @@ class DeploymentService:
         description = description or (meta.description if meta else "")
         version = version or manifest.version
         _check_version_label(version)
-        existing = self.store.application_by_name(name)
+        existing = self.store.application_by_name(name, tenant=tenant)
         if existing is not None:
             if existing.digest == digest:
                 return existing, False
@@ -211,6 +235,7 @@ class DeploymentService:
             source_type=source_type,
             created_at=now,
             updated_at=now,
+            tenant=tenant,
         )
         first = ApplicationVersion(
             application_id=app.id,
@@ -223,7 +248,7 @@ class DeploymentService:
         # A large manifest's write and fsync run in a thread; a concurrent create of the
         # same name is refused inside the write's transaction (Conflict).
         await asyncio.to_thread(self.store.put_application, app, first)
-        return self.application(app.id), True
+        return self.application(app.id, tenant=tenant), True
 
     async def update_application(
         self,
@@ -234,10 +259,11 @@ class DeploymentService:
         description: str | None = None,
         source_type: str | None = None,
         version: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> Application:
         """New metadata and, when the manifest's normalised content changed, a new
         version (an unchanged manifest, comments aside, is not a new version)."""
-        self.application(app_id)  # 404 before a long parse
+        self.application(app_id, tenant=tenant)  # 404 before a long parse
         if name is not None:
             _check_name(name, "application")
         _check_version_label(version)
@@ -250,7 +276,7 @@ class DeploymentService:
             write and fsync stay off the loop, and no update or delete in between can
             leave a stale version number or bring a deleted application back."""
             with self.store.batch():
-                app = self.application(app_id)  # as it is now, after the parse
+                app = self.application(app_id, tenant=tenant)  # as it is now, after the parse
                 now = time.time()
                 new_version = None
                 if parsed is not None and parsed[1] != app.digest:
@@ -276,10 +302,10 @@ class DeploymentService:
                 self.store.put_application(updated, new_version)
                 return app.id
 
-        return self.application(await asyncio.to_thread(write))
+        return self.application(await asyncio.to_thread(write), tenant=tenant)
 
-    def delete_application(self, app_id: str) -> None:
-        app = self.application(app_id)
+    def delete_application(self, app_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        app = self.application(app_id, tenant=tenant)
         users = self.store.deployments_using(application_id=app.id)
         if users:
             raise Conflict(
@@ -308,16 +334,20 @@ class DeploymentService:
             self._manifests.clear()
         self._manifests[digest] = manifest
 
-    def applications(self) -> list[Application]:
-        return self.store.list_applications()
+    def applications(self, *, tenant: str = DEFAULT_TENANT) -> list[Application]:
+        return self.store.list_applications(tenant=tenant)
 
     def version_labels(self, app_id: str) -> list[str]:
-        """The application's version labels, oldest first."""
+        """The application's version labels, oldest first (of an application already
+        read in its tenant)."""
         return [v.label for v in self.store.versions(app_id)]
 
-    def application(self, app_id: str) -> Application:
-        """By id, or by name (names are unique; moorctl uses them)."""
-        app = self.store.get_application(app_id) or self.store.application_by_name(app_id)
+    def application(self, app_id: str, *, tenant: str = DEFAULT_TENANT) -> Application:
+        """By id, or by name (names are unique per tenant; moorctl uses them), in
+        `tenant`: another tenant's application is not found."""
+        app = self.store.get_application(app_id, tenant=tenant) or self.store.application_by_name(
+            app_id, tenant=tenant
+        )
         if app is None:
             raise NotFound(f"application {app_id!r} does not exist")
         return app
@@ -325,14 +355,20 @@ class DeploymentService:
     # --- deployments ----------------------------------------------------------------------
 
     def create_deployment(
-        self, name: str, application_id: str, group_id: str, *, application_version: str = ""
+        self,
+        name: str,
+        application_id: str,
+        group_id: str,
+        *,
+        application_version: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[Deployment, bool]:
-        app = self._application_ref(application_id, "applicationId")
-        group = self._group_ref(group_id)
+        app = self._application_ref(application_id, "applicationId", tenant)
+        group = self._group_ref(group_id, tenant)
         name = name or f"{app.name}-{group.name}"
         _check_name(name, "deployment")
         self._check_version(app, application_version)
-        existing = self.store.deployment_by_name(name)
+        existing = self.store.deployment_by_name(name, tenant=tenant)
         if existing is not None:
             same = (
                 existing.application_id == app.id
@@ -353,6 +389,7 @@ class DeploymentService:
             application_version=application_version,
             created_at=now,
             updated_at=now,
+            tenant=tenant,
         )
         self.store.put_deployment(deployment)
         return deployment, True
@@ -365,12 +402,13 @@ class DeploymentService:
         application_id: str | None = None,
         group_id: str | None = None,
         application_version: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Deployment:
         """Change what a deployment deploys where; it takes effect at the next deploy
         (a running rollout is never changed under its feet)."""
-        d = self.deployment(deployment_id)
-        app = self._application_ref(application_id or d.application_id, "applicationId")
-        group = self._group_ref(group_id or d.group_id)
+        d = self.deployment(deployment_id, tenant=tenant)
+        app = self._application_ref(application_id or d.application_id, "applicationId", tenant)
+        group = self._group_ref(group_id or d.group_id, tenant)
         version = d.application_version if application_version is None else application_version
         self._check_version(app, version)
         if name is not None:
@@ -393,49 +431,58 @@ class DeploymentService:
         self.store.put_deployment(updated)
         return updated
 
-    async def delete_deployment(self, deployment_id: str) -> None:
+    async def delete_deployment(self, deployment_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Remove a deployment and its units from every machine (409 while it rolls out)."""
-        d = self.deployment(deployment_id)
+        d = self.deployment(deployment_id, tenant=tenant)
         async with self._lock(d.id):
-            if self.deployment(d.id).status == "Running":
+            if self.deployment(d.id, tenant=tenant).status == "Running":
                 raise Conflict(f"deployment {d.name!r} has a release running; wait for it")
             affected = self.store.delete_deployment(d.id) or set()
         await self.units.push(affected)
 
-    def deployments(self) -> list[Deployment]:
-        return self.store.list_deployments()
+    def deployments(self, *, tenant: str = DEFAULT_TENANT) -> list[Deployment]:
+        return self.store.list_deployments(tenant=tenant)
 
-    def deployment(self, deployment_id: str) -> Deployment:
-        """By id, or by name (names are unique; moorctl uses them)."""
-        d = self.store.get_deployment(deployment_id) or self.store.deployment_by_name(deployment_id)
+    def deployment(self, deployment_id: str, *, tenant: str = DEFAULT_TENANT) -> Deployment:
+        """By id, or by name (names are unique per tenant; moorctl uses them), in
+        `tenant`: another tenant's deployment is not found."""
+        d = self.store.get_deployment(
+            deployment_id, tenant=tenant
+        ) or self.store.deployment_by_name(deployment_id, tenant=tenant)
         if d is None:
             raise NotFound(f"deployment {deployment_id!r} does not exist")
         return d
 
-    def releases(self, deployment_id: str) -> list[Release]:
-        return self.store.list_releases(self.deployment(deployment_id).id)
+    def releases(self, deployment_id: str, *, tenant: str = DEFAULT_TENANT) -> list[Release]:
+        return self.store.list_releases(self.deployment(deployment_id, tenant=tenant).id)
 
-    def release(self, release_id: str) -> Release:
-        r = self.store.get_release(release_id)
+    def release(self, release_id: str, *, tenant: str | None = DEFAULT_TENANT) -> Release:
+        """A release of a deployment of `tenant` (None: of any, for the rollout loop)."""
+        r = self.store.get_release(release_id, tenant=tenant)
         if r is None:
             raise NotFound(f"deployment release {release_id!r} does not exist")
         return r
 
-    def jobs(self, release_id: str) -> list[ReleaseJob]:
-        return self.store.jobs(self.release(release_id).id)
+    def jobs(self, release_id: str, *, tenant: str = DEFAULT_TENANT) -> list[ReleaseJob]:
+        return self.store.jobs(self.release(release_id, tenant=tenant).id)
 
     def release_jobs(self, release: Release) -> list[ReleaseJob]:
         """The jobs of a release already read (no second lookup)."""
         return self.store.jobs(release.id)
 
-    def _application_ref(self, ref: str, field: str) -> Application:
-        app = self.store.get_application(ref) or self.store.application_by_name(ref)
+    def _application_ref(self, ref: str, field: str, tenant: str) -> Application:
+        app = self.store.get_application(ref, tenant=tenant) or self.store.application_by_name(
+            ref, tenant=tenant
+        )
         if app is None:
             raise Invalid(f"{field}: application {ref!r} does not exist")
         return app
 
-    def _group_ref(self, ref: str) -> MachineGroup:
-        group = self.store.get_group(ref) or self.store.group_by_name(ref or DEFAULT_GROUP)
+    def _group_ref(self, ref: str, tenant: str) -> MachineGroup:
+        self._ensure_builtin(tenant)
+        group = self.store.get_group(ref, tenant=tenant) or self.store.group_by_name(
+            ref or DEFAULT_GROUP, tenant=tenant
+        )
         if group is None:
             raise Invalid(f"clusterGroupId: cluster group {ref!r} does not exist")
         return group
@@ -450,15 +497,16 @@ class DeploymentService:
 
     # --- deploy -----------------------------------------------------------------------------
 
-    async def deploy(self, deployment_id: str) -> Release:
+    async def deploy(self, deployment_id: str, *, tenant: str = DEFAULT_TENANT) -> Release:
         """Cut a release of the deployment's application version and start rolling it
-        out; Conflict while another release of the same deployment runs."""
-        d = self.deployment(deployment_id)
+        out onto the tenant's machines; Conflict while another release of the same
+        deployment runs."""
+        d = self.deployment(deployment_id, tenant=tenant)
         async with self._lock(d.id):
-            d = self.deployment(d.id)
+            d = self.deployment(d.id, tenant=tenant)
             if d.status == "Running":
                 raise Conflict(f"deployment {d.name!r} already has a release running")
-            app = self.application(d.application_id)
+            app = self.application(d.application_id, tenant=tenant)
             label = d.application_version
             version = (
                 self.store.version(app.id, label)
@@ -468,7 +516,7 @@ class DeploymentService:
             if version is None:
                 raise Invalid(f"application {app.name!r} has no version {label!r}")
             manifest, _ = await _manifest(version.source_config)
-            group = self._group_ref(d.group_id)
+            group = self._group_ref(d.group_id, tenant)
             members = [mach for mach in self.group_members(group) if mach.state != "lost"]
             units = await self._pin(manifest, members)
             self._check_overlap(d, units, [mach.id for mach in members])
@@ -510,9 +558,11 @@ class DeploymentService:
                 len(members),
                 len(batches),
             )
-            await self._advance(self.release(release.id), self.store.jobs(release.id))
+            await self._advance(
+                self.release(release.id, tenant=tenant), self.store.jobs(release.id)
+            )
         self._wake.set()
-        return self.release(release.id)
+        return self.release(release.id, tenant=tenant)
 
     async def _pin(self, manifest: Manifest, members: list[Machine]) -> list[ReleaseUnit]:
         """The release's units: every container image pinned to a digest, asked of a
@@ -669,7 +719,7 @@ class DeploymentService:
             self.store.update_release(
                 release.id, status="Running", batch=release.batch + 1, message="", now=now
             )
-            nxt = self.release(release.id)
+            nxt = self.release(release.id, tenant=None)
             await self._start_batch(nxt, [j for j in jobs if j.batch == nxt.batch], now)
         elif step == "succeed":
             await self._finish(release, "Success", "", now)
@@ -697,7 +747,9 @@ class DeploymentService:
     async def _finish(
         self, release: Release, status: DeploymentStatus, message: str, now: float
     ) -> None:
-        d = self.deployment(release.deployment_id)
+        d = self.store.get_deployment(release.deployment_id)
+        if d is None:
+            raise NotFound(f"deployment {release.deployment_id!r} does not exist")
         rolled_back = False
         if status == "Failed" and release.rollback_on_failure:
             started = {j.machine_id for j in self.store.jobs(release.id) if j.status != "Created"}

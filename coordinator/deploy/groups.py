@@ -44,8 +44,9 @@ def version_problem(label: str) -> str:
 
 def is_member(group: MachineGroup, machine: Machine) -> bool:
     """The built-in group holds every machine; another holds the machines it names and
-    those whose metadata has every pair of its selector. Revoked machines are in none."""
-    if machine.revoked:
+    those whose metadata has every pair of its selector. Revoked machines are in none,
+    and a group holds only machines of its own tenant."""
+    if machine.revoked or machine.tenant != group.tenant:
         return False
     if group.builtin:
         return True

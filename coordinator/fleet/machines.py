@@ -12,7 +12,7 @@ import msgspec
 from coordinator.errors import NotFound
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
-from coordinator.models import Machine
+from coordinator.models import DEFAULT_TENANT, Machine
 from coordinator.store.ports import Store as DeployStore
 from coordinator.store.ports import Store as Storage
 
@@ -72,57 +72,74 @@ class MachineService:
         self.hub = hub
         self.units = units
 
-    def list_machines(self, *, include_revoked: bool = False) -> list[Machine]:
-        """Machines ordered by id; revoked ones only when asked."""
-        return self.storage.list_machines(include_revoked=include_revoked)
+    def list_machines(
+        self, *, include_revoked: bool = False, tenant: str = DEFAULT_TENANT
+    ) -> list[Machine]:
+        """The tenant's machines ordered by id; revoked ones only when asked."""
+        return self.storage.list_machines(include_revoked=include_revoked, tenant=tenant)
 
-    def get(self, machine_id: str) -> Machine:
+    def find(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Machine | None:
+        """A machine of `tenant` (another tenant's is None, like one that does not exist)."""
         machine = self.storage.get_machine(machine_id)
+        return machine if machine is not None and machine.tenant == tenant else None
+
+    def get(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Machine:
+        machine = self.find(machine_id, tenant=tenant)
         if machine is None:
             raise NotFound(f"machine {machine_id!r} does not exist")
         return machine
 
-    def unknown(self, machine_ids: Iterable[str]) -> list[str]:
-        """Those of these ids no machine has (revoked machines are known)."""
-        return [mid for mid in machine_ids if self.storage.get_machine(mid) is None]
+    def unknown(self, machine_ids: Iterable[str], *, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Those of these ids no machine of `tenant` has (revoked machines are known)."""
+        return [mid for mid in machine_ids if self.find(mid, tenant=tenant) is None]
 
-    def connected_count(self) -> int:
-        return len(self.hub.sessions)
+    def connected_count(self, *, tenant: str = DEFAULT_TENANT) -> int:
+        """Connected machines of `tenant`."""
+        return sum(1 for mach in self.list_machines(tenant=tenant) if mach.id in self.hub.sessions)
 
-    def names(self) -> dict[str, str]:
+    def names(self, *, tenant: str = DEFAULT_TENANT) -> dict[str, str]:
         """Machine id -> the name to show (hostname, else the id)."""
-        return {mach.id: mach.hostname or mach.id for mach in self.list_machines()}
+        return {mach.id: mach.hostname or mach.id for mach in self.list_machines(tenant=tenant)}
 
-    async def revoke(self, machine_id: str) -> None:
+    async def revoke(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Refuse the machine's certificates from now on and end its live session."""
+        self.get(machine_id, tenant=tenant)
         if not await self.hub.revoke(machine_id):
             raise NotFound(f"machine {machine_id!r} does not exist")
 
-    def patch_metadata(self, patches: Mapping[str, dict[str, str | None]]) -> None:
-        """Operator overrides of machines' metadata (None removes a key); placements
-        that depend on metadata are recomputed soon after."""
+    def patch_metadata(
+        self, patches: Mapping[str, dict[str, str | None]], *, tenant: str = DEFAULT_TENANT
+    ) -> None:
+        """Operator overrides of the tenant's machines' metadata (None removes a key);
+        placements that depend on metadata are recomputed soon after."""
+        for machine_id in patches:
+            self.get(machine_id, tenant=tenant)
         for machine_id, patch in patches.items():
             self.storage.patch_metadata(machine_id, patch)
         self.units.reschedule_soon()
 
     # --- clusters (the fleet manager's view) -----------------------------------------------
 
-    def clusters(self) -> list[Cluster]:
-        """Every machine not revoked, with its health."""
-        drift, stickers = self._reported(None)
-        return clusters_of(self.list_machines(), self.hub.sessions, drift, stickers)
+    def clusters(self, *, tenant: str = DEFAULT_TENANT) -> list[Cluster]:
+        """Every machine of the tenant not revoked, with its health."""
+        drift, stickers = self._reported(None, tenant)
+        return clusters_of(self.list_machines(tenant=tenant), self.hub.sessions, drift, stickers)
 
-    def cluster(self, machine_id: str) -> Cluster:
-        mach = self.storage.get_machine(machine_id)
+    def cluster(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Cluster:
+        mach = self.find(machine_id, tenant=tenant)
         if mach is None or mach.revoked:
             raise NotFound(f"cluster {machine_id!r} does not exist")
-        drift, stickers = self._reported(mach.id)
+        drift, stickers = self._reported(mach.id, tenant)
         return clusters_of([mach], self.hub.sessions, drift, stickers)[0]
 
-    def _reported(self, machine_id: str | None) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    def _reported(
+        self, machine_id: str | None, tenant: str
+    ) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
         """Drift entries per machine, and the release each machine's stickers name."""
-        drift = {d.machine_id: len(d.entries) for d in self.deploystore.drift(machine_id)}
+        drift = {
+            d.machine_id: len(d.entries) for d in self.deploystore.drift(machine_id, tenant=tenant)
+        }
         stickers: dict[str, dict[str, str]] = {}
-        for s in self.deploystore.stickers(machine_id):
+        for s in self.deploystore.stickers(machine_id, tenant=tenant):
             stickers.setdefault(s.machine_id, {})[s.sticker.deployment] = s.sticker.release
         return drift, stickers

@@ -32,7 +32,7 @@ from coordinator.fleet.validation import UnitInvalid, validate_unit
 from coordinator.hub.liveness import ISOLATION_MARGIN_S, holds_isolated
 from coordinator.hub.sessions import Hub, Session
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.models import Machine, Unit, UnitCopy, UnitHead, UnitState
+from coordinator.models import DEFAULT_TENANT, Machine, Unit, UnitCopy, UnitHead, UnitState
 from coordinator.store.ports import FleetStore
 from proto import messages as m
 from proto.desired import diff
@@ -169,8 +169,9 @@ class UnitService:
         self._schedule_lock = asyncio.Lock()
         self._pending: asyncio.Task[None] | None = None
         self._xfleet: dict[str, XFleet] = {}
-        self.unschedulable: dict[str, str] = {}
-        """Why each unit the last scheduling pass left unplaced fits nowhere."""
+        self.unschedulable: dict[tuple[str, str], str] = {}
+        """Why each unit ((tenant, name)) the last scheduling pass left unplaced fits
+        nowhere among its tenant's machines."""
         self.desired_sources: list[Callable[[str], dict[str, DesiredUnit]]] = []
         """Other producers of a machine's units (deployments' releases); fleet units
         come first and a source never replaces one of them."""
@@ -187,10 +188,17 @@ class UnitService:
         desired_state: DesiredState,
         *,
         machines: Iterable[str] | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Unit:
-        """Create or replace a unit. `machines` pins it (operator placement); without
-        it the scheduler places it, keeping its current machine while that fits."""
-        existing = self.storage.get_unit(name)
+        """Create or replace a unit of `tenant`. `machines` pins it (operator placement,
+        only onto the tenant's machines: another tenant's are not found); without it
+        the scheduler places it, keeping its current machine while that fits."""
+        if machines is not None:
+            machines = list(machines)
+            foreign = self.foreign_machines(machines, tenant=tenant)
+            if foreign:
+                raise NotFound(f"machine {foreign[0]!r} does not exist")
+        existing = self.storage.get_unit(name, tenant=tenant)
         pinned = machines is not None
         unit = Unit(
             name=name,
@@ -203,16 +211,26 @@ class UnitService:
             else (list(existing.machines) if existing and not existing.pinned else []),
             created_at=existing.created_at if existing else 0.0,
         )
-        affected = self.storage.put_unit(unit, time.time())
+        affected = self.storage.put_unit(unit, time.time(), tenant=tenant)
         await self.push(affected)
         await self.reschedule()
-        return self.get(name) or unit
+        return self.get(name, tenant=tenant) or unit
+
+    def foreign_machines(self, machine_ids: Iterable[str], *, tenant: str) -> list[str]:
+        """Those of these ids that are not machines of `tenant` (revoked ones are)."""
+        out = []
+        for mid in machine_ids:
+            machine = self.storage.get_machine(mid)
+            if machine is None or machine.tenant != tenant:
+                out.append(mid)
+        return out
 
     async def put_many(
         self,
         units: list[tuple[str, list[UnitOption], DesiredState]],
         *,
         keep_existing: bool = False,
+        tenant: str = DEFAULT_TENANT,
     ) -> BatchWritten:
         """Create or replace many units at once: one transaction, one scheduling pass.
         With `keep_existing`, units that already exist are left untouched (fleetctl
@@ -222,11 +240,11 @@ class UnitService:
 
         def write() -> tuple[BatchWritten, set[str]]:
             with self.storage.batch():
-                existing = {u.name: u for u in self.storage.unit_heads()}
+                existing = {u.name: u for u in self.storage.unit_heads(tenant=tenant)}
                 records, written = batch_records(existing, units, keep_existing=keep_existing)
                 if not records:
                     return written, set()
-                return written, self.storage.put_units(records, time.time())
+                return written, self.storage.put_units(records, time.time(), tenant=tenant)
 
         written, affected = await asyncio.to_thread(write)
         if written.created or written.replaced:
@@ -235,21 +253,28 @@ class UnitService:
         return written
 
     async def apply(
-        self, name: str, options: list[UnitOption], desired: DesiredState | None
+        self,
+        name: str,
+        options: list[UnitOption],
+        desired: DesiredState | None,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> PutAction:
         """A PUT by fleet's rules (`put_plan`): create, replace (keeping an operator's
         pinning) or change the desired state; says which it did."""
-        existing = self.get(name)
+        existing = self.get(name, tenant=tenant)
         action, state = put_plan(name, existing, options, desired)
         if action == "set_state":
-            await self.set_desired_state(name, state)
+            await self.set_desired_state(name, state, tenant=tenant)
         else:
             pinned = existing.machines if existing is not None and existing.pinned else None
-            await self.put(name, options, state, machines=pinned)
+            await self.put(name, options, state, machines=pinned, tenant=tenant)
         return action
 
-    async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:
-        unit = self.storage.get_unit(name)
+    async def set_desired_state(
+        self, name: str, desired_state: DesiredState, *, tenant: str = DEFAULT_TENANT
+    ) -> Unit | None:
+        unit = self.storage.get_unit(name, tenant=tenant)
         if unit is None:
             return None
         if unit.desired_state == desired_state:
@@ -259,79 +284,113 @@ class UnitService:
             unit.options,
             desired_state,
             machines=unit.machines if unit.pinned else None,
+            tenant=tenant,
         )
 
-    async def destroy(self, name: str) -> bool:
-        placed = self.storage.delete_unit(name)
+    async def destroy(self, name: str, *, tenant: str = DEFAULT_TENANT) -> bool:
+        placed = self.storage.delete_unit(name, tenant=tenant)
         if placed is None:
             return False
         await self.push(placed)
         await self.reschedule()
         return True
 
-    def copies(self, *, machine_id: str | None = None, name: str | None = None) -> list[UnitCopy]:
-        """What machines reported, ordered by (name, machine), stale copies marked."""
-        states = self.storage.unit_states(machine_id=machine_id, name=name)
-        machines = {mach.id: mach for mach in self.storage.list_machines(include_revoked=True)}
+    def copies(
+        self,
+        *,
+        machine_id: str | None = None,
+        name: str | None = None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> list[UnitCopy]:
+        """What `tenant`'s machines reported, ordered by (name, machine), stale copies
+        marked."""
+        states = self.storage.unit_states(machine_id=machine_id, name=name, tenant=tenant)
+        machines = {
+            mach.id: mach
+            for mach in self.storage.list_machines(include_revoked=True, tenant=tenant)
+        }
         return unit_copies(states, machines, now=time.time())
 
     # --- queries ----------------------------------------------------------------------
 
-    def get(self, name: str) -> Unit | None:
-        """A unit with the scheduler's reason when it is on no machine."""
-        unit = self.storage.get_unit(name)
-        return None if unit is None else self._explained(unit)
+    def get(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Unit | None:
+        """A unit of `tenant` with the scheduler's reason when it is on no machine."""
+        unit = self.storage.get_unit(name, tenant=tenant)
+        return None if unit is None else self._explained(unit, tenant)
 
-    def unit(self, name: str) -> Unit:
-        """Like `get`, but a unit that does not exist is a NotFound."""
-        unit = self.get(name)
+    def unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Unit:
+        """Like `get`, but a unit that does not exist (in `tenant`) is a NotFound."""
+        unit = self.get(name, tenant=tenant)
         if unit is None:
             raise NotFound(f"unit {name!r} does not exist")
         return unit
 
-    def list_units(self) -> list[Unit]:
-        return [self._explained(u) for u in self.storage.list_units()]
+    def list_units(self, *, tenant: str = DEFAULT_TENANT) -> list[Unit]:
+        return [self._explained(u, tenant) for u in self.storage.list_units(tenant=tenant)]
 
-    def states(self, *, name: str | None = None) -> list[UnitState]:
-        """What machines last reported, as stored (no staleness marks)."""
-        return self.storage.unit_states(name=name)
+    def states(self, *, name: str | None = None, tenant: str = DEFAULT_TENANT) -> list[UnitState]:
+        """What `tenant`'s machines last reported, as stored (no staleness marks)."""
+        return self.storage.unit_states(name=name, tenant=tenant)
 
-    def missing(self, names: Iterable[str]) -> list[str]:
-        """Those of these unit names no unit has."""
-        return [n for n in names if self.storage.get_unit(n) is None]
+    def missing(self, names: Iterable[str], *, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Those of these unit names no unit of `tenant` has."""
+        return [n for n in names if self.storage.get_unit(n, tenant=tenant) is None]
 
-    def _explained(self, unit: Unit) -> Unit:
-        reason = "" if unit.machines else self.unschedulable.get(unit.name, "")
+    def _explained(self, unit: Unit, tenant: str) -> Unit:
+        reason = "" if unit.machines else self.unschedulable.get((tenant, unit.name), "")
         return msgspec.structs.replace(unit, unschedulable=reason) if reason else unit
 
     # --- scheduling -------------------------------------------------------------------
 
     async def reschedule(self) -> None:
-        """Run the scheduler over the current snapshot and store what moved, at once."""
+        """Run the scheduler over the current snapshot and store what moved, at once.
+        Each tenant's units are placed only onto that tenant's machines (one pure
+        `schedule` call per tenant, one transaction for every tenant's changes)."""
         async with self._schedule_lock:
             started = time.perf_counter()
-            units = self.storage.unit_heads()
-            free = [u for u in units if not u.pinned]
-            unseen = {u.name: u.hash for u in free if u.hash not in self._xfleet}
-            for name, options in self.storage.unit_options(sorted(unseen)).items():
-                self._xfleet[unseen[name]] = parse_xfleet(options)
-            views = [self._view(u) for u in free]
-            if not views:
+            free: dict[str, list[UnitHead]] = {}
+            for u in self.storage.unit_heads():
+                if not u.pinned:
+                    free.setdefault(u.tenant, []).append(u)
+            if not free:
                 self.unschedulable = {}
                 return
+            for tenant, heads in free.items():
+                unseen = {u.name: u.hash for u in heads if u.hash not in self._xfleet}
+                for name, options in self.storage.unit_options(
+                    sorted(unseen), tenant=tenant
+                ).items():
+                    self._xfleet[unseen[name]] = parse_xfleet(options)
             now = time.time()
-            machines = [_machine_view(mach, now) for mach in self.storage.list_machines()]
-            placements = schedule(views, machines)
-            self.unschedulable = unplaced_reasons(views, machines, placements)
-            current = {u.name: u.machines for u in units}
-            changes = {n: mids for n, mids in placements.items() if mids != current.get(n)}
+            machines: dict[str, list[MachineView]] = {}
+            for mach in self.storage.list_machines():
+                machines.setdefault(mach.tenant, []).append(_machine_view(mach, now))
+            unschedulable: dict[tuple[str, str], str] = {}
+            changes: dict[str, dict[str, list[str]]] = {}
+            for tenant, heads in sorted(free.items()):
+                views = [self._view(u) for u in heads]
+                mine = machines.get(tenant, [])
+                placements = schedule(views, mine)
+                for name, why in unplaced_reasons(views, mine, placements).items():
+                    unschedulable[(tenant, name)] = why
+                current = {u.name: u.machines for u in heads}
+                moved = {n: mids for n, mids in placements.items() if mids != current.get(n)}
+                if moved:
+                    changes[tenant] = moved
+            self.unschedulable = unschedulable
             if not changes:
                 return
-            affected = self.storage.set_placements(changes)
+            affected: set[str] = set()
+            with self.storage.batch():
+                for tenant, moved in changes.items():
+                    affected |= self.storage.set_placements(moved, tenant=tenant)
+            count = sum(len(moved) for moved in changes.values())
             if self.metrics is not None:
                 self.metrics.schedule_seconds.observe(time.perf_counter() - started)
-                self.metrics.placements.inc(sum(len(v) for v in changes.values()))
-            log.info("scheduler moved %d unit(s) across %d machine(s)", len(changes), len(affected))
+                self.metrics.placements.inc(
+                    sum(len(v) for moved in changes.values() for v in moved.values())
+                )
+            log.info("scheduler moved %d unit(s) across %d machine(s)", count, len(affected))
         await self.push(affected)
 
     def _view(self, unit: UnitHead) -> UnitView:

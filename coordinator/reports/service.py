@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from coordinator.errors import NotFound, Unavailable
 from coordinator.hub.sessions import Hub, Session
-from coordinator.models import MachineDrift, MachineSticker
+from coordinator.models import DEFAULT_TENANT, MachineDrift, MachineSticker
 from coordinator.store.ports import MachineStore, ReportStore
 from proto import messages as m
 
@@ -118,33 +118,43 @@ class ReportService:
 
     # --- what the API reads ------------------------------------------------------------
 
-    def check_machine(self, machine_id: str | None) -> None:
-        """A filter naming a machine must name one that exists (NotFound otherwise)."""
-        if machine_id is not None and self.storage.get_machine(machine_id) is None:
+    def check_machine(self, machine_id: str | None, *, tenant: str = DEFAULT_TENANT) -> None:
+        """A filter naming a machine must name one of `tenant`'s (NotFound otherwise,
+        also for another tenant's)."""
+        if machine_id is None:
+            return
+        machine = self.storage.get_machine(machine_id)
+        if machine is None or machine.tenant != tenant:
             raise NotFound(f"machine {machine_id!r} does not exist")
 
-    def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
-        """Each machine's last drift report, or one machine's (NotFound if unknown)."""
-        self.check_machine(machine_id)
-        return self.deploystore.drift(machine_id)
+    def drift(
+        self, machine_id: str | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> list[MachineDrift]:
+        """Each of the tenant's machines' last drift report, or one machine's (NotFound
+        if unknown)."""
+        self.check_machine(machine_id, tenant=tenant)
+        return self.deploystore.drift(machine_id, tenant=tenant)
 
-    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
-        """Version stickers as the machines last reported them."""
-        self.check_machine(machine_id)
-        return self.deploystore.stickers(machine_id)
+    def stickers(
+        self, machine_id: str | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> list[MachineSticker]:
+        """Version stickers as the tenant's machines last reported them."""
+        self.check_machine(machine_id, tenant=tenant)
+        return self.deploystore.stickers(machine_id, tenant=tenant)
 
     async def refresh_all_drift(
-        self, timeout_s: float = 5.0
+        self, timeout_s: float = 5.0, *, tenant: str = DEFAULT_TENANT
     ) -> tuple[list[MachineDrift], dict[str, str]]:
-        """Ask every connected machine at once; the stored report stands in for a machine
-        that did not answer. Returns every report by machine id, and who was unreachable
-        with the reason."""
-        machines = sorted(self.hub.sessions)
+        """Ask every connected machine of the tenant at once; the stored report stands in
+        for a machine that did not answer. Returns every report by machine id, and who
+        was unreachable with the reason."""
+        mine = {mach.id for mach in self.storage.list_machines(tenant=tenant)}
+        machines = sorted(mid for mid in self.hub.sessions if mid in mine)
         answers = await asyncio.gather(
             *(self.refresh_drift(mid, timeout_s) for mid in machines), return_exceptions=True
         )
         fresh, unreachable = merge_refreshed(machines, answers)
-        stored = {d.machine_id: d for d in self.deploystore.drift()}
+        stored = {d.machine_id: d for d in self.deploystore.drift(tenant=tenant)}
         merged = stored | fresh
         return [merged[k] for k in sorted(merged)], unreachable
 

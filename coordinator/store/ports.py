@@ -11,12 +11,14 @@ why, and for which calls run off the event loop.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from coordinator.errors import Conflict as Conflict
 from coordinator.errors import NotFound as NotFound
+from coordinator.models import DEFAULT_TENANT as DEFAULT_TENANT
 
 if TYPE_CHECKING:
     from coordinator.models import (
@@ -45,6 +47,16 @@ if TYPE_CHECKING:
 DEFAULT_GROUP_ID = "c9a3f5e2-5d0b-5c1e-9a57-0f2f3c1d0e01"
 """The built-in group every store creates with its schema (every machine of the fleet)."""
 DEFAULT_GROUP = "default"
+
+
+def builtin_group_id(tenant: str) -> str:
+    """The id of a tenant's built-in `default` group (every machine of the tenant): the
+    schema's for `default`, a name-based UUID for any other tenant (the same on every
+    coordinator, so it needs no lookup). Pure."""
+    if tenant == DEFAULT_TENANT:
+        return DEFAULT_GROUP_ID
+    return str(uuid.uuid5(uuid.UUID(DEFAULT_GROUP_ID), "tenant:" + tenant))
+
 
 FAULT_MESSAGES = {"full": "coordinator storage is full", "io": "coordinator storage is failing"}
 
@@ -102,7 +114,11 @@ class MachineStore(Protocol):
 
     def get_machine(self, machine_id: str) -> Machine | None: ...
 
-    def list_machines(self, *, include_revoked: bool = False) -> list[Machine]: ...
+    def list_machines(
+        self, *, include_revoked: bool = False, tenant: str | None = None
+    ) -> list[Machine]:
+        """Machines by id: one tenant's (None: every tenant's)."""
+        ...
 
     def record_hello(
         self,
@@ -148,24 +164,28 @@ class UnitStore(Protocol):
     Every write that changes what a machine must run bumps that machine's desired
     revision in the same transaction and returns the machines affected."""
 
-    def get_unit(self, name: str) -> Unit | None: ...
+    def get_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Unit | None: ...
 
-    def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
-        """Units ordered by name (fleet's order), optionally only those placed on a machine."""
+    def list_units(self, *, machine_id: str | None = None, tenant: str | None = None) -> list[Unit]:
+        """Units ordered by name (fleet's order): one tenant's (None: every tenant's),
+        optionally only those placed on a machine (a machine holds only its tenant's)."""
         ...
 
-    def unit_heads(self) -> list[UnitHead]:
-        """Every unit with its placements but without decoding its options (a scheduling
-        pass over 100,000 units needs the options only of units it has not seen)."""
+    def unit_heads(self, *, tenant: str | None = None) -> list[UnitHead]:
+        """Every unit (of one tenant, or of all) with its placements but without decoding
+        its options (a scheduling pass over 100,000 units needs the options only of
+        units it has not seen)."""
         ...
 
-    def unit_options(self, names: Sequence[str]) -> dict[str, list[UnitOption]]: ...
+    def unit_options(
+        self, names: Sequence[str], *, tenant: str = DEFAULT_TENANT
+    ) -> dict[str, list[UnitOption]]: ...
 
-    def put_units(self, units: list[Unit], now: float) -> set[str]:
+    def put_units(self, units: list[Unit], now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
         """Many units in one transaction (one fsync); returns the affected machines."""
         ...
 
-    def put_unit(self, unit: Unit, now: float) -> set[str]:
+    def put_unit(self, unit: Unit, now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
         """Create or replace a unit with its placements; returns the machines whose
         desired state changed (their revisions are bumped in the same transaction).
 
@@ -174,12 +194,14 @@ class UnitStore(Protocol):
         when that machine reports the unit gone (`record_unit_states`)."""
         ...
 
-    def set_placements(self, changes: dict[str, list[str]]) -> set[str]:
+    def set_placements(
+        self, changes: dict[str, list[str]], *, tenant: str = DEFAULT_TENANT
+    ) -> set[str]:
         """Store many units' new placements in one transaction (the scheduler's output);
         returns every machine whose desired state changed, revisions bumped."""
         ...
 
-    def delete_unit(self, name: str) -> set[str] | None:
+    def delete_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> set[str] | None:
         """Remove a unit; None if it did not exist, else the machines it was placed on."""
         ...
 
@@ -198,9 +220,14 @@ class UnitStore(Protocol):
         ...
 
     def unit_states(
-        self, *, machine_id: str | None = None, name: str | None = None
+        self,
+        *,
+        machine_id: str | None = None,
+        name: str | None = None,
+        tenant: str | None = None,
     ) -> list[UnitState]:
-        """Reported states ordered by (name, machine) - fleet's order for /state."""
+        """Reported states ordered by (name, machine) - fleet's order for /state; with
+        `tenant`, only what that tenant's machines reported."""
         ...
 
 
@@ -217,6 +244,7 @@ class TokenStore(Protocol):
         ttl_s: float,
         description: str = "",
         machine_id: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> JoinToken: ...
 
     def create_join_tokens(
@@ -227,8 +255,10 @@ class TokenStore(Protocol):
         ttl_s: float,
         description: str = "",
         machine_id: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them."""
+        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them; a
+        machine enrolled with one of them belongs to `tenant`."""
         ...
 
     def join_token_hash(self, token_id: str, now: float) -> str:
@@ -248,7 +278,7 @@ class TokenStore(Protocol):
         """The machine id a join token is bound to ("" for an ordinary token)."""
         ...
 
-    def list_join_tokens(self) -> list[JoinToken]: ...
+    def list_join_tokens(self, *, tenant: str | None = None) -> list[JoinToken]: ...
 
     def create_api_token(
         self,
@@ -259,37 +289,50 @@ class TokenStore(Protocol):
         role: str,
         now: float,
         ttl_s: float | None,
+        tenant: str = DEFAULT_TENANT,
     ) -> ApiToken: ...
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None: ...
 
-    def list_api_tokens(self) -> list[ApiToken]: ...
+    def list_api_tokens(self, *, tenant: str | None = None) -> list[ApiToken]: ...
 
-    def revoke_api_token(self, token_id: str) -> bool: ...
+    def revoke_api_token(self, token_id: str, *, tenant: str | None = None) -> bool:
+        """Revoke a token (of `tenant` only, when given: another tenant's is not found)."""
+        ...
 
 
 @runtime_checkable
 class DeploymentStore(Protocol):
     """Machine groups, applications and versions, deployments, releases, jobs, and which
-    release each machine runs. A name taken by another record raises `Conflict`."""
+    release each machine runs. A name taken by another record of the same tenant
+    raises `Conflict`. Lookups by id and lists take `tenant` (None: any tenant, for the
+    rollout loop); lookups by name are within one tenant; a record is written in its
+    own `tenant`."""
 
-    def list_groups(self) -> list[MachineGroup]: ...
+    def list_groups(self, *, tenant: str | None = None) -> list[MachineGroup]: ...
 
-    def get_group(self, group_id: str) -> MachineGroup | None: ...
+    def get_group(self, group_id: str, *, tenant: str | None = None) -> MachineGroup | None: ...
 
-    def group_by_name(self, name: str) -> MachineGroup | None: ...
+    def group_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> MachineGroup | None: ...
+
+    def ensure_builtin_group(self, tenant: str, now: float) -> None:
+        """The tenant's built-in `default` group (`builtin_group_id`), made once."""
+        ...
 
     def put_group(self, group: MachineGroup) -> None:
-        """Create or replace (by id); a name used by another group is a Conflict."""
+        """Create or replace (by id, in its tenant); a name used by another group of the
+        tenant is a Conflict."""
         ...
 
     def delete_group(self, group_id: str) -> bool: ...
 
-    def list_applications(self) -> list[Application]: ...
+    def list_applications(self, *, tenant: str | None = None) -> list[Application]: ...
 
-    def get_application(self, app_id: str) -> Application | None: ...
+    def get_application(self, app_id: str, *, tenant: str | None = None) -> Application | None: ...
 
-    def application_by_name(self, name: str) -> Application | None: ...
+    def application_by_name(
+        self, name: str, *, tenant: str = DEFAULT_TENANT
+    ) -> Application | None: ...
 
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
         """Create or update an application (by id), adding `new_version` if given."""
@@ -301,14 +344,22 @@ class DeploymentStore(Protocol):
 
     def version(self, app_id: str, label: str) -> ApplicationVersion | None: ...
 
-    def list_deployments(self) -> list[Deployment]: ...
+    def list_deployments(self, *, tenant: str | None = None) -> list[Deployment]: ...
 
-    def get_deployment(self, deployment_id: str) -> Deployment | None: ...
+    def get_deployment(
+        self, deployment_id: str, *, tenant: str | None = None
+    ) -> Deployment | None: ...
 
-    def deployment_by_name(self, name: str) -> Deployment | None: ...
+    def deployment_by_name(
+        self, name: str, *, tenant: str = DEFAULT_TENANT
+    ) -> Deployment | None: ...
 
     def deployments_using(
-        self, *, application_id: str | None = None, group_id: str | None = None
+        self,
+        *,
+        application_id: str | None = None,
+        group_id: str | None = None,
+        tenant: str | None = None,
     ) -> list[Deployment]: ...
 
     def put_deployment(self, deployment: Deployment) -> None: ...
@@ -333,7 +384,9 @@ class DeploymentStore(Protocol):
 
     def next_release_seq(self, deployment_id: str) -> int: ...
 
-    def get_release(self, release_id: str) -> Release | None: ...
+    def get_release(self, release_id: str, *, tenant: str | None = None) -> Release | None:
+        """A release (of a deployment of `tenant` only, when given)."""
+        ...
 
     def list_releases(self, deployment_id: str) -> list[Release]: ...
 
@@ -377,13 +430,19 @@ class ReportStore(Protocol):
         """Replace every sticker of the machine with what its agent reported."""
         ...
 
-    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]: ...
+    def stickers(
+        self, machine_id: str | None = None, *, tenant: str | None = None
+    ) -> list[MachineSticker]:
+        """Stickers (of one machine, and/or of `tenant`'s machines only)."""
+        ...
 
     def put_drift(
         self, machine_id: str, entries: list[DriftEntry], checked_at: float, now: float
     ) -> None: ...
 
-    def drift(self, machine_id: str | None = None) -> list[MachineDrift]: ...
+    def drift(
+        self, machine_id: str | None = None, *, tenant: str | None = None
+    ) -> list[MachineDrift]: ...
 
 
 @runtime_checkable

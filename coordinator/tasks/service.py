@@ -60,12 +60,17 @@ class _Machine(msgspec.Struct):
     """The agent reported Resources: it knows the task messages (older agents do not)."""
 
 
+def cluster_key(tenant: str, cluster: str) -> str:
+    """A cluster is a tenant's: the same group name in two tenants is two clusters. Pure."""
+    return f"{tenant}/{cluster}"
+
+
 class TaskService:
     def __init__(
         self,
         store: TaskStore,
         machines: MachineStore,
-        groups: Callable[[], list[MachineGroup]],
+        groups: Callable[[str], list[MachineGroup]],
         hub: Hub,
         events: EventBus,
         *,
@@ -135,9 +140,11 @@ class TaskService:
     def tags(self, tenant: str) -> list[str]:
         return sorted({t for d in self.store.list_definitions(tenant) for t in d.tags})
 
-    def clusters(self) -> list[str]:
-        """`default` (every machine) and the machine groups' names."""
-        names = [g.name for g in self.groups() if not g.builtin and g.name != DEFAULT_CLUSTER]
+    def clusters(self, tenant: str) -> list[str]:
+        """`default` (every machine of the tenant) and the tenant's machine groups' names."""
+        names = [
+            g.name for g in self.groups(tenant) if not g.builtin and g.name != DEFAULT_CLUSTER
+        ]
         return [DEFAULT_CLUSTER, *sorted(names)]
 
     # --- runs -------------------------------------------------------------------------
@@ -152,7 +159,7 @@ class TaskService:
     ) -> TaskRun:
         defs.check(defs.execute_problems(body, require_owner=require_owner))
         cluster = body.cluster or DEFAULT_CLUSTER
-        if cluster not in self.clusters():
+        if cluster not in self.clusters(tenant):
             raise Invalid(f"cluster [{cluster}] does not exist")
         run_id = str(uuid.uuid4())
         now = time.time()
@@ -266,17 +273,23 @@ class TaskService:
                 u = used.setdefault(run.machine_id, [0, 0])
                 u[0] += run.memory
                 u[1] += run.cpu
-        groups = [g for g in self.groups() if not g.builtin]
+        groups: dict[str, list[MachineGroup]] = {}
         out: list[MachineRoom] = []
         for machine_id in list(self.hub.sessions):
             info = self._machines.get(machine_id)
             if info is None or not info.runs_tasks or DOCKER not in info.capabilities:
                 continue
-            clusters = {DEFAULT_CLUSTER}
-            if groups:
-                machine = self.machine_store.get_machine(machine_id)
-                if machine is not None:
-                    clusters |= {g.name for g in groups if is_member(g, machine)}
+            machine = self.machine_store.get_machine(machine_id)
+            if machine is None:
+                continue
+            tenant = machine.tenant
+            if tenant not in groups:
+                groups[tenant] = [g for g in self.groups(tenant) if not g.builtin]
+            # A machine runs only its own tenant's runs: clusters are keyed by tenant.
+            clusters = {cluster_key(tenant, DEFAULT_CLUSTER)}
+            clusters |= {
+                cluster_key(tenant, g.name) for g in groups[tenant] if is_member(g, machine)
+            }
             u = used.get(machine_id, [0, 0])
             out.append(
                 MachineRoom(
@@ -297,7 +310,10 @@ class TaskService:
         )
         if not waiting:
             return 0
-        needs = [RunNeed(r.run_id, r.cluster, r.memory, r.cpu) for r in waiting]
+        needs = [
+            RunNeed(r.run_id, cluster_key(r.tenant, r.cluster), r.memory, r.cpu)
+            for r in waiting
+        ]
         plan = place(needs, self.rooms())
         if not plan:
             return 0

@@ -7,6 +7,7 @@ identity's session ended).
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import msgspec
@@ -14,7 +15,7 @@ import msgspec
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.hub.sessions import CLOSE_REVOKED, Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.models import ApiToken
+from coordinator.models import DEFAULT_TENANT, ApiToken
 from coordinator.store.ports import EnrollConflict, EnrollRefused
 from coordinator.store.ports import Store as Storage
 from coordinator.trust.auth import ROLE_ADMIN
@@ -26,6 +27,35 @@ log = logging.getLogger(__name__)
 
 MAX_TOKEN_TTL_S = 30 * 86400.0
 MAX_TOKENS_PER_CALL = 10_000
+TENANT_PATTERN = r"^([a-z0-9][a-z0-9._-]{0,62})?$"
+"""A tenant name (or nothing: the caller's own), as request bodies declare it."""
+_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def tenant_problem(name: str) -> str:
+    """What is wrong with a tenant name ("" if nothing): 1-63 lowercase letters, digits,
+    '.', '_' or '-', starting with a letter or digit. Pure."""
+    if _TENANT_NAME.fullmatch(name):
+        return ""
+    return (
+        f"tenant {name[:80]!r} is invalid: use 1-63 lowercase letters, digits, '.', '_' or"
+        " '-', starting with a letter or digit"
+    )
+
+
+def mint_tenant(caller_tenant: str, asked: str, *, is_admin: bool) -> str:
+    """The tenant a new token lives in: the caller's own unless it names another, which
+    only an admin acting in the default tenant (the operator: the admin certificate,
+    the default tenant's admin tokens) may do; a tenant's admin stays in its tenant.
+    Invalid or Forbidden name the problem. Pure."""
+    if not asked or asked == caller_tenant:
+        return caller_tenant
+    problem = tenant_problem(asked)
+    if problem:
+        raise Invalid(problem)
+    if not is_admin or caller_tenant != DEFAULT_TENANT:
+        raise Forbidden("only an admin of the default tenant may create tokens in another tenant")
+    return asked
 
 
 class JoinTokens(msgspec.Struct, frozen=True):
@@ -65,11 +95,18 @@ class TokenService:
         description: str = "",
         count: int = 1,
         machine_id: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> JoinTokens:
         """One-time join tokens, in one transaction; bound to `machine_id` if given (only
-        it may enrol with the token, even when already enrolled)."""
+        it may enrol with the token, even when already enrolled). A machine enrolled
+        with one belongs to `tenant`; a token is bound only to a machine of its tenant
+        (another tenant's machine is not found) or to a new id."""
         ttl = token_ttl(ttl_s, self.join_ttl_s)
         check_join_request(count, machine_id)
+        if machine_id:
+            machine = self.storage.get_machine(machine_id)
+            if machine is not None and machine.tenant != tenant:
+                raise NotFound(f"machine {machine_id!r} does not exist")
         tokens = [new_join_token(self.ca_pin) for _ in range(count)]
         now = time.time()
         self.storage.create_join_tokens(
@@ -78,14 +115,21 @@ class TokenService:
             ttl_s=ttl,
             description=description,
             machine_id=machine_id,
+            tenant=tenant,
         )
         return JoinTokens([format_token(t) for t in tokens], now + ttl)
 
     def create_join_token(self, ttl_s: float, description: str = "") -> str:
         return self.create_join_tokens(ttl_s=ttl_s, description=description).tokens[0]
 
-    def create_api_token(self, name: str, ttl_s: float | None = None) -> tuple[str, ApiToken]:
-        """An admin API token (no expiry when ttl_s is None) and its stored record."""
+    def create_api_token(
+        self, name: str, ttl_s: float | None = None, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[str, ApiToken]:
+        """An admin API token of `tenant` (no expiry when ttl_s is None) and its stored
+        record; requests with it act in that tenant."""
+        problem = tenant_problem(tenant)
+        if problem:
+            raise Invalid(problem)
         if not name.strip():
             raise Invalid("name must not be empty")
         ttl = None if ttl_s is None else token_ttl(ttl_s, 0)
@@ -97,14 +141,17 @@ class TokenService:
             role=ROLE_ADMIN,
             now=time.time(),
             ttl_s=ttl,
+            tenant=tenant,
         )
         return format_token(token), record
 
-    def api_tokens(self) -> list[ApiToken]:
-        return self.storage.list_api_tokens()
+    def api_tokens(self, *, tenant: str = DEFAULT_TENANT) -> list[ApiToken]:
+        """The tenant's API tokens."""
+        return self.storage.list_api_tokens(tenant=tenant)
 
-    def revoke_api_token(self, token_id: str) -> None:
-        if not self.storage.revoke_api_token(token_id):
+    def revoke_api_token(self, token_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Revoke one of the tenant's tokens (another tenant's is not found)."""
+        if not self.storage.revoke_api_token(token_id, tenant=tenant):
             raise NotFound(f"API token {token_id!r} does not exist")
 
 

@@ -90,4 +90,4 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
         raise AuthError("token revoked")
     if record.expires_at is not None and record.expires_at <= time.time():
         raise AuthError("token expired")
-    return Principal("token", record.name, record.role)
+    return Principal("token", record.name, record.role, tenant=record.tenant, token_id=record.id)

@@ -117,12 +117,26 @@ class SqliteCore:
                 f"database schema version {current} is newer than this coordinator "
                 f"understands ({len(MIGRATIONS)}); upgrade the coordinator"
             )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            with self._tx() as db:
-                for statement in MIGRATIONS[version - 1].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={version}")
+        if current == len(MIGRATIONS):
+            return
+        # SQLite's way to rebuild a table others reference: foreign keys off (outside
+        # any transaction) while a migration runs, checked before it commits.
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                with self._tx() as db:
+                    for statement in MIGRATIONS[version - 1].split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    broken = db.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StorageError(
+                            f"migration {version} left {len(broken)} broken reference(s),"
+                            f" first in table {broken[0][0]!r}"
+                        )
+                    db.execute(f"PRAGMA user_version={version}")
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

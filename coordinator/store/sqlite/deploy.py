@@ -15,6 +15,7 @@ import msgspec
 
 from coordinator.errors import Conflict
 from coordinator.models import (
+    DEFAULT_TENANT,
     Application,
     ApplicationVersion,
     Deployment,
@@ -23,10 +24,16 @@ from coordinator.models import (
     Release,
     ReleaseJob,
 )
+from coordinator.store.ports import builtin_group_id
 from coordinator.store.sqlite.core import SqliteCore, _bump
 from coordinator.store.sqlite.core import row_record as _record
 
 _release_decoder = msgspec.json.Decoder(Release)
+
+
+def _tenant_clause(tenant: str | None, column: str = "tenant") -> tuple[str, tuple[str, ...]]:
+    """ " AND <column>=?" and its argument when scoped to one tenant; nothing for None."""
+    return ("", ()) if tenant is None else (f" AND {column}=?", (tenant,))
 
 
 class DeploySql(SqliteCore):
@@ -36,34 +43,53 @@ class DeploySql(SqliteCore):
 
     # --- machine groups -----------------------------------------------------------------
 
-    def list_groups(self) -> list[MachineGroup]:
-        rows = self._all("SELECT * FROM machine_groups ORDER BY builtin DESC, name")
+    def list_groups(self, *, tenant: str | None = None) -> list[MachineGroup]:
+        where, args = _tenant_clause(tenant)
+        rows = self._all(
+            f"SELECT * FROM machine_groups WHERE 1=1{where} ORDER BY builtin DESC, name", args
+        )
         return [_group(r) for r in rows]
 
-    def get_group(self, group_id: str) -> MachineGroup | None:
-        row = self._one("SELECT * FROM machine_groups WHERE id=?", (group_id,))
+    def get_group(self, group_id: str, *, tenant: str | None = None) -> MachineGroup | None:
+        where, args = _tenant_clause(tenant)
+        row = self._one(f"SELECT * FROM machine_groups WHERE id=?{where}", (group_id, *args))
         return _group(row) if row else None
 
-    def group_by_name(self, name: str) -> MachineGroup | None:
-        row = self._one("SELECT * FROM machine_groups WHERE name=?", (name,))
+    def group_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> MachineGroup | None:
+        row = self._one("SELECT * FROM machine_groups WHERE tenant=? AND name=?", (tenant, name))
         return _group(row) if row else None
+
+    def ensure_builtin_group(self, tenant: str, now: float) -> None:
+        """The tenant's built-in `default` group (every machine of the tenant), made once."""
+        if self.get_group(builtin_group_id(tenant)) is not None:
+            return
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO machine_groups (id, tenant, name, description, builtin,"
+                " created_at, updated_at) VALUES (?, ?, 'default', ?, 1, ?, ?)",
+                (builtin_group_id(tenant), tenant, "Every machine of the tenant", now, now),
+            )
 
     def put_group(self, group: MachineGroup) -> None:
-        """Create or replace (by id); a name used by another group is a Conflict."""
+        """Create or replace (by id, in its tenant); a name used by another group of the
+        tenant is a Conflict."""
         with self._tx() as db:
             other = db.execute(
-                "SELECT id FROM machine_groups WHERE name=? AND id<>?", (group.name, group.id)
+                "SELECT id FROM machine_groups WHERE tenant=? AND name=? AND id<>?",
+                (group.tenant, group.name, group.id),
             ).fetchone()
             if other is not None:
                 raise Conflict(f"a cluster group named {group.name!r} already exists")
             db.execute(
-                "INSERT INTO machine_groups (id, name, description, selector, machines, builtin,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(id) DO"
+                "INSERT INTO machine_groups (id, tenant, name, description, selector, machines,"
+                " builtin, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)"
+                " ON CONFLICT(id) DO"
                 " UPDATE SET name=excluded.name, description=excluded.description,"
                 " selector=excluded.selector, machines=excluded.machines,"
-                " updated_at=excluded.updated_at",
+                " updated_at=excluded.updated_at WHERE tenant=excluded.tenant",
                 (
                     group.id,
+                    group.tenant,
                     group.name,
                     group.description,
                     json.dumps(group.selector, sort_keys=True),
@@ -90,33 +116,39 @@ class DeploySql(SqliteCore):
         " AND v.number=(SELECT MAX(number) FROM application_versions WHERE application_id=a.id)"
     )
 
-    def list_applications(self) -> list[Application]:
-        rows = self._all(self._APP_SQL + " ORDER BY a.created_at, a.id")
+    def list_applications(self, *, tenant: str | None = None) -> list[Application]:
+        where, args = _tenant_clause(tenant, "a.tenant")
+        rows = self._all(self._APP_SQL + f" WHERE 1=1{where} ORDER BY a.created_at, a.id", args)
         return [_record(r, Application) for r in rows]
 
-    def get_application(self, app_id: str) -> Application | None:
-        row = self._one(self._APP_SQL + " WHERE a.id=?", (app_id,))
+    def get_application(self, app_id: str, *, tenant: str | None = None) -> Application | None:
+        where, args = _tenant_clause(tenant, "a.tenant")
+        row = self._one(self._APP_SQL + f" WHERE a.id=?{where}", (app_id, *args))
         return _record(row, Application) if row else None
 
-    def application_by_name(self, name: str) -> Application | None:
-        row = self._one(self._APP_SQL + " WHERE a.name=?", (name,))
+    def application_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Application | None:
+        row = self._one(self._APP_SQL + " WHERE a.tenant=? AND a.name=?", (tenant, name))
         return _record(row, Application) if row else None
 
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
-        """Create or update an application (by id), adding `new_version` if given."""
+        """Create or update an application (by id, in its tenant), adding `new_version`
+        if given."""
         with self._tx() as db:
             other = db.execute(
-                "SELECT id FROM applications WHERE name=? AND id<>?", (app.name, app.id)
+                "SELECT id FROM applications WHERE tenant=? AND name=? AND id<>?",
+                (app.tenant, app.name, app.id),
             ).fetchone()
             if other is not None:
                 raise Conflict(f"an application named {app.name!r} already exists")
             db.execute(
-                "INSERT INTO applications (id, name, description, source_type, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-                " name=excluded.name, description=excluded.description,"
-                " source_type=excluded.source_type, updated_at=excluded.updated_at",
+                "INSERT INTO applications (id, tenant, name, description, source_type,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO"
+                " UPDATE SET name=excluded.name, description=excluded.description,"
+                " source_type=excluded.source_type, updated_at=excluded.updated_at"
+                " WHERE tenant=excluded.tenant",
                 (
                     app.id,
+                    app.tenant,
                     app.name,
                     app.description,
                     app.source_type,
@@ -167,24 +199,32 @@ class DeploySql(SqliteCore):
 
     # --- deployments ----------------------------------------------------------------------
 
-    def list_deployments(self) -> list[Deployment]:
-        rows = self._all("SELECT * FROM deployments ORDER BY created_at, id")
+    def list_deployments(self, *, tenant: str | None = None) -> list[Deployment]:
+        where, args = _tenant_clause(tenant)
+        rows = self._all(
+            f"SELECT * FROM deployments WHERE 1=1{where} ORDER BY created_at, id", args
+        )
         return [_record(r, Deployment) for r in rows]
 
-    def get_deployment(self, deployment_id: str) -> Deployment | None:
-        row = self._one("SELECT * FROM deployments WHERE id=?", (deployment_id,))
+    def get_deployment(self, deployment_id: str, *, tenant: str | None = None) -> Deployment | None:
+        where, args = _tenant_clause(tenant)
+        row = self._one(f"SELECT * FROM deployments WHERE id=?{where}", (deployment_id, *args))
         return _record(row, Deployment) if row else None
 
-    def deployment_by_name(self, name: str) -> Deployment | None:
-        row = self._one("SELECT * FROM deployments WHERE name=?", (name,))
+    def deployment_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Deployment | None:
+        row = self._one("SELECT * FROM deployments WHERE tenant=? AND name=?", (tenant, name))
         return _record(row, Deployment) if row else None
 
     def deployments_using(
-        self, *, application_id: str | None = None, group_id: str | None = None
+        self,
+        *,
+        application_id: str | None = None,
+        group_id: str | None = None,
+        tenant: str | None = None,
     ) -> list[Deployment]:
         return [
             d
-            for d in self.list_deployments()
+            for d in self.list_deployments(tenant=tenant)
             if (application_id is None or d.application_id == application_id)
             and (group_id is None or d.group_id == group_id)
         ]
@@ -192,20 +232,21 @@ class DeploySql(SqliteCore):
     def put_deployment(self, deployment: Deployment) -> None:
         with self._tx() as db:
             other = db.execute(
-                "SELECT id FROM deployments WHERE name=? AND id<>?",
-                (deployment.name, deployment.id),
+                "SELECT id FROM deployments WHERE tenant=? AND name=? AND id<>?",
+                (deployment.tenant, deployment.name, deployment.id),
             ).fetchone()
             if other is not None:
                 raise Conflict(f"a deployment named {deployment.name!r} already exists")
             db.execute(
-                "INSERT INTO deployments (id, name, application_id, group_id,"
+                "INSERT INTO deployments (id, tenant, name, application_id, group_id,"
                 " application_version, status, current_release, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
                 " name=excluded.name, application_id=excluded.application_id,"
                 " group_id=excluded.group_id, application_version=excluded.application_version,"
-                " updated_at=excluded.updated_at",
+                " updated_at=excluded.updated_at WHERE tenant=excluded.tenant",
                 (
                     deployment.id,
+                    deployment.tenant,
                     deployment.name,
                     deployment.application_id,
                     deployment.group_id,
@@ -285,8 +326,16 @@ class DeploySql(SqliteCore):
         )
         return int(row[0]) + 1 if row is not None else 1
 
-    def get_release(self, release_id: str) -> Release | None:
-        row = self._one("SELECT * FROM releases WHERE id=?", (release_id,))
+    def get_release(self, release_id: str, *, tenant: str | None = None) -> Release | None:
+        """A release (of a deployment of `tenant` only, when given)."""
+        if tenant is None:
+            row = self._one("SELECT * FROM releases WHERE id=?", (release_id,))
+        else:
+            row = self._one(
+                "SELECT r.* FROM releases r JOIN deployments d ON d.id=r.deployment_id"
+                " WHERE r.id=? AND d.tenant=?",
+                (release_id, tenant),
+            )
         return _release(row) if row else None
 
     def list_releases(self, deployment_id: str) -> list[Release]:
@@ -381,8 +430,10 @@ class DeploySql(SqliteCore):
         if machine_id not in self.targeted_machines():
             return []
         rows = self._all(
-            "SELECT d.name, t.release_id FROM deployment_targets t JOIN deployments d"
-            " ON d.id=t.deployment_id WHERE t.machine_id=? ORDER BY d.name",
+            # From the machine's targets (deployment_targets_by_machine), in this order.
+            "SELECT d.name, t.release_id FROM deployment_targets t CROSS JOIN deployments d"
+            " ON d.id=t.deployment_id CROSS JOIN machines m ON m.id=t.machine_id"
+            " AND m.tenant=d.tenant WHERE t.machine_id=? ORDER BY d.name",
             (machine_id,),
         )
         return [(str(r[0]), str(r[1])) for r in rows]
@@ -398,6 +449,7 @@ def _group(row: sqlite3.Row) -> MachineGroup:
         builtin=bool(row["builtin"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        tenant=row["tenant"],
     )
 
 

@@ -15,11 +15,17 @@ class MachinesSql(SqliteCore):
         row = self._one("SELECT * FROM machines WHERE id=?", (machine_id,))
         return _machine(row) if row else None
 
-    def list_machines(self, *, include_revoked: bool = False) -> list[Machine]:
-        sql = "SELECT * FROM machines"
+    def list_machines(
+        self, *, include_revoked: bool = False, tenant: str | None = None
+    ) -> list[Machine]:
+        """Machines by id: one tenant's (None: every tenant's)."""
+        sql = "SELECT * FROM machines WHERE 1=1"
+        args: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, args = sql + " AND tenant=?", (tenant,)
         if not include_revoked:
-            sql += " WHERE revoked=0"
-        return [_machine(r) for r in self._all(sql + " ORDER BY id")]
+            sql += " AND revoked=0"
+        return [_machine(r) for r in self._all(sql + " ORDER BY id", args)]
 
     def record_hello(
         self,
@@ -145,4 +151,5 @@ def _machine(row: sqlite3.Row) -> Machine:
         agent_version=row["agent_version"],
         desired_revision=row["desired_revision"],
         applied_revision=row["applied_revision"],
+        tenant=row["tenant"],
     )

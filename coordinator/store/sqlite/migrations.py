@@ -189,7 +189,102 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE join_tokens ADD COLUMN machine_id TEXT NOT NULL DEFAULT ''
     """,
-    # 6 (#19): batch tasks: definitions, runs, their events and logs.
+    # 6: tenants (#17). Every domain object belongs to one; what existed lives in
+    # 'default'. Names are unique per tenant, so the tables whose names were unique
+    # (or keys) are rebuilt (foreign keys are off while migrations run, checked before
+    # the commit); placements carry the unit's tenant. Machines belong to the tenant
+    # of the join token they enrolled with; what they report is scoped through them.
+    """
+    ALTER TABLE machines ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX machines_by_tenant ON machines(tenant, id);
+    ALTER TABLE join_tokens ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX join_tokens_by_tenant ON join_tokens(tenant, created_at);
+    ALTER TABLE api_tokens ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX api_tokens_by_tenant ON api_tokens(tenant, id);
+    CREATE INDEX unit_states_by_machine ON unit_states(machine_id);
+    CREATE TABLE units_t (
+        tenant TEXT NOT NULL DEFAULT 'default',
+        name TEXT NOT NULL,
+        options TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        desired_state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        pinned INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (tenant, name)
+    );
+    INSERT INTO units_t (tenant, name, options, hash, desired_state, created_at, updated_at,
+        pinned) SELECT 'default', name, options, hash, desired_state, created_at, updated_at,
+        pinned FROM units;
+    CREATE TABLE placements_t (
+        tenant TEXT NOT NULL DEFAULT 'default',
+        unit TEXT NOT NULL,
+        machine_id TEXT NOT NULL,
+        PRIMARY KEY (tenant, unit, machine_id),
+        FOREIGN KEY (tenant, unit) REFERENCES units(tenant, name) ON DELETE CASCADE
+    );
+    INSERT INTO placements_t (tenant, unit, machine_id)
+        SELECT 'default', unit, machine_id FROM placements;
+    DROP TABLE placements;
+    DROP TABLE units;
+    ALTER TABLE units_t RENAME TO units;
+    ALTER TABLE placements_t RENAME TO placements;
+    CREATE INDEX placements_by_machine ON placements(machine_id, tenant, unit);
+    CREATE TABLE machine_groups_t (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        selector TEXT NOT NULL DEFAULT '{}',
+        machines TEXT NOT NULL DEFAULT '[]',
+        builtin INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    INSERT INTO machine_groups_t (id, tenant, name, description, selector, machines, builtin,
+        created_at, updated_at) SELECT id, 'default', name, description, selector, machines,
+        builtin, created_at, updated_at FROM machine_groups;
+    DROP TABLE machine_groups;
+    ALTER TABLE machine_groups_t RENAME TO machine_groups;
+    CREATE TABLE applications_t (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        source_type TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    INSERT INTO applications_t (id, tenant, name, description, source_type, created_at,
+        updated_at) SELECT id, 'default', name, description, source_type, created_at,
+        updated_at FROM applications;
+    DROP TABLE applications;
+    ALTER TABLE applications_t RENAME TO applications;
+    CREATE INDEX applications_by_tenant ON applications(tenant, created_at, id);
+    CREATE TABLE deployments_t (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        name TEXT NOT NULL,
+        application_id TEXT NOT NULL REFERENCES applications(id),
+        group_id TEXT NOT NULL REFERENCES machine_groups(id),
+        application_version TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL DEFAULT 'Created',
+        current_release TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    INSERT INTO deployments_t (id, tenant, name, application_id, group_id,
+        application_version, status, current_release, created_at, updated_at)
+        SELECT id, 'default', name, application_id, group_id, application_version, status,
+        current_release, created_at, updated_at FROM deployments;
+    DROP TABLE deployments;
+    ALTER TABLE deployments_t RENAME TO deployments;
+    CREATE INDEX deployments_by_tenant ON deployments(tenant, created_at, id)
+    """,
+    # 7 (#19): batch tasks: definitions, runs, their events and logs.
     """
     CREATE TABLE task_definitions (
         definition_id TEXT PRIMARY KEY,

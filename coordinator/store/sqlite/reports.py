@@ -15,13 +15,20 @@ _drift_decoder = msgspec.json.Decoder(list[DriftEntry])
 
 
 class ReportsSql(SqliteCore):
-    def _per_machine(self, table: str, machine_id: str | None, order: str) -> list[sqlite3.Row]:
-        """Every row of a per-machine report table, or one machine's."""
-        if machine_id is None:
-            return self._all(f"SELECT * FROM {table} ORDER BY {order}")
-        return self._all(
-            f"SELECT * FROM {table} WHERE machine_id=? ORDER BY {order}", (machine_id,)
-        )
+    def _per_machine(
+        self, table: str, machine_id: str | None, order: str, tenant: str | None
+    ) -> list[sqlite3.Row]:
+        """Every row of a per-machine report table, or one machine's; with `tenant`,
+        only those of that tenant's machines."""
+        sql = f"SELECT r.* FROM {table} r WHERE 1=1"
+        args: list[str] = []
+        if tenant is not None:
+            sql = f"SELECT r.* FROM machines m JOIN {table} r ON r.machine_id=m.id WHERE m.tenant=?"
+            args.append(tenant)
+        if machine_id is not None:
+            sql += " AND r.machine_id=?"
+            args.append(machine_id)
+        return self._all(sql + f" ORDER BY {order}", args)
 
     def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
         """Replace every sticker of the machine with what its agent reported."""
@@ -36,8 +43,12 @@ class ReportsSql(SqliteCore):
                 ],
             )
 
-    def stickers(self, machine_id: str | None = None) -> list[MachineSticker]:
-        rows = self._per_machine("machine_stickers", machine_id, "machine_id, deployment")
+    def stickers(
+        self, machine_id: str | None = None, *, tenant: str | None = None
+    ) -> list[MachineSticker]:
+        rows = self._per_machine(
+            "machine_stickers", machine_id, "r.machine_id, r.deployment", tenant
+        )
         return [
             MachineSticker(
                 machine_id=r["machine_id"],
@@ -59,8 +70,10 @@ class ReportsSql(SqliteCore):
                 (machine_id, msgspec.json.encode(entries).decode(), checked_at, now),
             )
 
-    def drift(self, machine_id: str | None = None) -> list[MachineDrift]:
-        rows = self._per_machine("machine_drift", machine_id, "machine_id")
+    def drift(
+        self, machine_id: str | None = None, *, tenant: str | None = None
+    ) -> list[MachineDrift]:
+        rows = self._per_machine("machine_drift", machine_id, "r.machine_id", tenant)
         return [
             MachineDrift(
                 machine_id=r["machine_id"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from coordinator.models import ApiToken, JoinToken
+from coordinator.models import DEFAULT_TENANT, ApiToken, JoinToken
 from coordinator.store.ports import EnrollConflict, EnrollRefused
 from coordinator.store.sqlite.core import SqliteCore, _record_issued, row_record
 from proto.tokens import enrolment_refusal
@@ -20,6 +20,7 @@ class TokensSql(SqliteCore):
         ttl_s: float,
         description: str = "",
         machine_id: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> JoinToken:
         self.create_join_tokens(
             [(token_id, secret_hash)],
@@ -27,6 +28,7 @@ class TokensSql(SqliteCore):
             ttl_s=ttl_s,
             description=description,
             machine_id=machine_id,
+            tenant=tenant,
         )
         return JoinToken(
             id=token_id,
@@ -34,6 +36,7 @@ class TokensSql(SqliteCore):
             expires_at=now + ttl_s,
             description=description,
             machine_id=machine_id,
+            tenant=tenant,
         )
 
     def create_join_tokens(
@@ -44,13 +47,15 @@ class TokensSql(SqliteCore):
         ttl_s: float,
         description: str = "",
         machine_id: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them."""
+        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them; a
+        machine enrolled with one of them belongs to `tenant`."""
         with self._tx() as db:
             db.executemany(
                 "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description,"
-                " machine_id) VALUES (?, ?, ?, ?, ?, ?)",
-                [(tid, h, now, now + ttl_s, description, machine_id) for tid, h in tokens],
+                " machine_id, tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(tid, h, now, now + ttl_s, description, machine_id, tenant) for tid, h in tokens],
             )
 
     def join_token_hash(self, token_id: str, now: float) -> str:
@@ -73,7 +78,7 @@ class TokensSql(SqliteCore):
         its earlier certificates are revoked in the same transaction."""
         with self._tx() as db:
             token = db.execute(
-                "SELECT machine_id FROM join_tokens WHERE id=?", (token_id,)
+                "SELECT machine_id, tenant FROM join_tokens WHERE id=?", (token_id,)
             ).fetchone()
             machine = db.execute(
                 "SELECT revoked FROM machines WHERE id=?", (machine_id,)
@@ -101,13 +106,15 @@ class TokensSql(SqliteCore):
                     " SELECT serial, machine_id, ? FROM issued_certs WHERE machine_id=?",
                     (now, machine_id),
                 )
+            # The machine belongs to the token's tenant (a bound token is made only
+            # in the machine's own tenant; a revoked id may be enrolled anew elsewhere).
             db.execute(
                 "INSERT INTO machines (id, enrolled_at, cert_serial, cert_not_after, state,"
-                " state_since) VALUES (?, ?, ?, ?, 'disconnected', ?)"
+                " state_since, tenant) VALUES (?, ?, ?, ?, 'disconnected', ?, ?)"
                 " ON CONFLICT(id) DO UPDATE SET cert_serial=excluded.cert_serial,"
                 " cert_not_after=excluded.cert_not_after, revoked=0,"
-                " enrolled_at=excluded.enrolled_at",
-                (machine_id, now, serial, not_after, now),
+                " enrolled_at=excluded.enrolled_at, tenant=excluded.tenant",
+                (machine_id, now, serial, not_after, now, str(token["tenant"])),
             )
             _record_issued(db, serial, machine_id, now, not_after)
             return replaced
@@ -117,8 +124,13 @@ class TokensSql(SqliteCore):
         row = self._one("SELECT machine_id FROM join_tokens WHERE id=?", (token_id,))
         return str(row["machine_id"]) if row is not None else ""
 
-    def list_join_tokens(self) -> list[JoinToken]:
-        rows = self._all("SELECT * FROM join_tokens ORDER BY created_at")
+    def list_join_tokens(self, *, tenant: str | None = None) -> list[JoinToken]:
+        if tenant is None:
+            rows = self._all("SELECT * FROM join_tokens ORDER BY created_at")
+        else:
+            rows = self._all(
+                "SELECT * FROM join_tokens WHERE tenant=? ORDER BY created_at", (tenant,)
+            )
         return [row_record(r, JoinToken) for r in rows]
 
     # --- API tokens -------------------------------------------------------------------
@@ -132,15 +144,18 @@ class TokensSql(SqliteCore):
         role: str,
         now: float,
         ttl_s: float | None,
+        tenant: str = DEFAULT_TENANT,
     ) -> ApiToken:
         expires = now + ttl_s if ttl_s else None
         with self._tx() as db:
             db.execute(
-                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token_id, name, role, secret_hash, now, expires),
+                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at,"
+                " tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_id, name, role, secret_hash, now, expires, tenant),
             )
-        return ApiToken(id=token_id, name=name, role=role, created_at=now, expires_at=expires)
+        return ApiToken(
+            id=token_id, name=name, role=role, created_at=now, expires_at=expires, tenant=tenant
+        )
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
         row = self._one("SELECT * FROM api_tokens WHERE id=?", (token_id,))
@@ -148,13 +163,21 @@ class TokensSql(SqliteCore):
             return None
         return _api_token(row), str(row["secret_hash"])
 
-    def list_api_tokens(self) -> list[ApiToken]:
-        return [_api_token(r) for r in self._all("SELECT * FROM api_tokens ORDER BY id")]
+    def list_api_tokens(self, *, tenant: str | None = None) -> list[ApiToken]:
+        if tenant is None:
+            return [_api_token(r) for r in self._all("SELECT * FROM api_tokens ORDER BY id")]
+        rows = self._all("SELECT * FROM api_tokens WHERE tenant=? ORDER BY id", (tenant,))
+        return [_api_token(r) for r in rows]
 
-    def revoke_api_token(self, token_id: str) -> bool:
+    def revoke_api_token(self, token_id: str, *, tenant: str | None = None) -> bool:
+        """Revoke a token (of `tenant` only, when given: another tenant's is not found)."""
         with self._tx() as db:
             return (
-                db.execute("UPDATE api_tokens SET revoked=1 WHERE id=?", (token_id,)).rowcount == 1
+                db.execute(
+                    "UPDATE api_tokens SET revoked=1 WHERE id=? AND tenant=COALESCE(?, tenant)",
+                    (token_id, tenant),
+                ).rowcount
+                == 1
             )
 
 

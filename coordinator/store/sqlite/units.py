@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from coordinator.models import Unit, UnitHead, UnitState
+from coordinator.models import DEFAULT_TENANT, Unit, UnitHead, UnitState
 from coordinator.store.sqlite.core import SqliteCore, _bump, row_record
 from proto.messages import UnitStatus
 from proto.units import UnitOption
@@ -16,82 +16,117 @@ _options_decoder = msgspec.json.Decoder(list[UnitOption])
 
 
 class UnitsSql(SqliteCore):
-    def get_unit(self, name: str) -> Unit | None:
-        row = self._one("SELECT * FROM units WHERE name=?", (name,))
-        return None if row is None else _unit(row, self._placements_of(name))
+    """Units are keyed by (tenant, name): two tenants may each have `web.service`."""
 
-    def list_units(self, *, machine_id: str | None = None) -> list[Unit]:
-        """Units ordered by name (fleet's order), optionally only those placed on a machine."""
+    def get_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Unit | None:
+        row = self._one("SELECT * FROM units WHERE tenant=? AND name=?", (tenant, name))
+        return None if row is None else _unit(row, self._placements_of(tenant, name))
+
+    def list_units(self, *, machine_id: str | None = None, tenant: str | None = None) -> list[Unit]:
+        """Units ordered by name (fleet's order): one tenant's (None: every tenant's),
+        optionally only those placed on a machine (a machine holds only its tenant's)."""
         if machine_id is None:
-            placements = self._all_placements()
-            everything = self._all("SELECT * FROM units ORDER BY name")
-            return [_unit(r, placements.get(r["name"], [])) for r in everything]
+            placements = self._all_placements(tenant)
+            if tenant is None:
+                everything = self._all("SELECT * FROM units ORDER BY name, tenant")
+            else:
+                everything = self._all(
+                    "SELECT * FROM units WHERE tenant=? ORDER BY name", (tenant,)
+                )
+            return [_unit(r, placements.get((r["tenant"], r["name"]), [])) for r in everything]
         rows = list(
             self._all(
-                "SELECT u.* FROM units u JOIN placements p ON p.unit=u.name"
-                " WHERE p.machine_id=? ORDER BY u.name",
-                (machine_id,),
+                # CROSS JOIN keeps SQLite's join order: from the machine's placements
+                # (placements_by_machine), never a scan of the tenant's units.
+                "SELECT u.* FROM placements p CROSS JOIN units u"
+                " ON u.tenant=p.tenant AND u.name=p.unit WHERE p.machine_id=?"
+                " AND p.tenant=(SELECT tenant FROM machines WHERE id=?) ORDER BY u.name",
+                (machine_id, machine_id),
             )
         )
-        placed: dict[str, list[str]] = {}
-        for unit, machine in self._all(
-            "SELECT p2.unit, p2.machine_id FROM placements p1"
-            " JOIN placements p2 ON p2.unit=p1.unit WHERE p1.machine_id=?"
-            " ORDER BY p2.unit, p2.machine_id",
+        placed: dict[tuple[str, str], list[str]] = {}
+        for t, unit, machine in self._all(
+            "SELECT p2.tenant, p2.unit, p2.machine_id FROM placements p1"
+            " CROSS JOIN placements p2 ON p2.tenant=p1.tenant AND p2.unit=p1.unit"
+            " WHERE p1.machine_id=? ORDER BY p2.unit, p2.machine_id",
             (machine_id,),
         ):
-            placed.setdefault(unit, []).append(machine)
-        return [_unit(r, placed.get(r["name"], [])) for r in rows]
+            placed.setdefault((t, unit), []).append(machine)
+        return [
+            _unit(r, placed.get((r["tenant"], r["name"]), []))
+            for r in rows
+            if tenant is None or r["tenant"] == tenant
+        ]
 
-    def unit_heads(self) -> list[UnitHead]:
-        """Every unit with its placements but without decoding its options (a scheduling
-        pass over 100,000 units needs the options only of units it has not seen)."""
-        placements = self._all_placements()
+    def unit_heads(self, *, tenant: str | None = None) -> list[UnitHead]:
+        """Every unit (of one tenant, or of all) with its placements but without decoding
+        its options (a scheduling pass over 100,000 units needs the options only of
+        units it has not seen)."""
+        placements = self._all_placements(tenant)
+        sql = "SELECT tenant, name, hash, desired_state, pinned FROM units"
+        args: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, args = sql + " WHERE tenant=?", (tenant,)
         return [
             UnitHead(
                 name=r["name"],
                 hash=r["hash"],
                 desired_state=r["desired_state"],
                 pinned=bool(r["pinned"]),
-                machines=placements.get(r["name"], []),
+                machines=placements.get((r["tenant"], r["name"]), []),
+                tenant=r["tenant"],
             )
-            for r in self._all("SELECT name, hash, desired_state, pinned FROM units ORDER BY name")
+            for r in self._all(sql + " ORDER BY tenant, name", args)
         ]
 
-    def unit_options(self, names: Sequence[str]) -> dict[str, list[UnitOption]]:
+    def unit_options(
+        self, names: Sequence[str], *, tenant: str = DEFAULT_TENANT
+    ) -> dict[str, list[UnitOption]]:
         out: dict[str, list[UnitOption]] = {}
         for i in range(0, len(names), 500):
             chunk = names[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for r in self._all(f"SELECT name, options FROM units WHERE name IN ({marks})", chunk):
+            for r in self._all(
+                f"SELECT name, options FROM units WHERE tenant=? AND name IN ({marks})",
+                [tenant, *chunk],
+            ):
                 out[r["name"]] = _options_decoder.decode(r["options"])
         return out
 
-    def _all_placements(self) -> dict[str, list[str]]:
-        placements: dict[str, list[str]] = {}
-        for unit, machine in self._all(
-            "SELECT unit, machine_id FROM placements ORDER BY unit, machine_id"
-        ):
-            placements.setdefault(unit, []).append(machine)
+    def _all_placements(self, tenant: str | None) -> dict[tuple[str, str], list[str]]:
+        placements: dict[tuple[str, str], list[str]] = {}
+        if tenant is None:
+            rows = self._all(
+                "SELECT tenant, unit, machine_id FROM placements ORDER BY tenant, unit, machine_id"
+            )
+        else:
+            rows = self._all(
+                "SELECT tenant, unit, machine_id FROM placements WHERE tenant=?"
+                " ORDER BY unit, machine_id",
+                (tenant,),
+            )
+        for t, unit, machine in rows:
+            placements.setdefault((t, unit), []).append(machine)
         return placements
 
-    def _placements_of(self, name: str) -> list[str]:
+    def _placements_of(self, tenant: str, name: str) -> list[str]:
         return [
             r[0]
             for r in self._all(
-                "SELECT machine_id FROM placements WHERE unit=? ORDER BY machine_id", (name,)
+                "SELECT machine_id FROM placements WHERE tenant=? AND unit=? ORDER BY machine_id",
+                (tenant, name),
             )
         ]
 
-    def put_units(self, units: list[Unit], now: float) -> set[str]:
+    def put_units(self, units: list[Unit], now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
         """Many units in one transaction (one fsync); returns the affected machines."""
         affected: set[str] = set()
         with self._tx():
             for unit in units:
-                affected |= self.put_unit(unit, now)
+                affected |= self.put_unit(unit, now, tenant=tenant)
         return affected
 
-    def put_unit(self, unit: Unit, now: float) -> set[str]:
+    def put_unit(self, unit: Unit, now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
         """Create or replace a unit with its placements; returns the machines whose
         desired state changed (their revisions are bumped in the same transaction).
 
@@ -101,14 +136,19 @@ class UnitsSql(SqliteCore):
         with self._tx() as db:
             old = {
                 r[0]
-                for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (unit.name,))
+                for r in db.execute(
+                    "SELECT machine_id FROM placements WHERE tenant=? AND unit=?",
+                    (tenant, unit.name),
+                )
             }
             db.execute(
-                "INSERT INTO units (name, options, hash, desired_state, pinned, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                "INSERT INTO units (tenant, name, options, hash, desired_state, pinned,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(tenant, name) DO UPDATE SET"
                 " options=excluded.options, hash=excluded.hash, pinned=excluded.pinned,"
                 " desired_state=excluded.desired_state, updated_at=excluded.updated_at",
                 (
+                    tenant,
                     unit.name,
                     msgspec.json.encode(unit.options).decode(),
                     unit.hash,
@@ -120,18 +160,20 @@ class UnitsSql(SqliteCore):
             )
             new = set(unit.machines)
             db.executemany(
-                "DELETE FROM placements WHERE unit=? AND machine_id=?",
-                [(unit.name, m) for m in old - new],
+                "DELETE FROM placements WHERE tenant=? AND unit=? AND machine_id=?",
+                [(tenant, unit.name, m) for m in old - new],
             )
             db.executemany(
-                "INSERT OR IGNORE INTO placements (unit, machine_id) VALUES (?, ?)",
-                [(unit.name, m) for m in new - old],
+                "INSERT OR IGNORE INTO placements (tenant, unit, machine_id) VALUES (?, ?, ?)",
+                [(tenant, unit.name, m) for m in new - old],
             )
             affected = old | new
             _bump(db, affected)
             return affected
 
-    def set_placements(self, changes: dict[str, list[str]]) -> set[str]:
+    def set_placements(
+        self, changes: dict[str, list[str]], *, tenant: str = DEFAULT_TENANT
+    ) -> set[str]:
         """Store many units' new placements in one transaction (the scheduler's output);
         returns every machine whose desired state changed, revisions bumped."""
         affected: set[str] = set()
@@ -139,28 +181,37 @@ class UnitsSql(SqliteCore):
             for name, machines in sorted(changes.items()):
                 old = {
                     r[0]
-                    for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (name,))
+                    for r in db.execute(
+                        "SELECT machine_id FROM placements WHERE tenant=? AND unit=?",
+                        (tenant, name),
+                    )
                 }
                 new = set(machines)
                 db.executemany(
-                    "DELETE FROM placements WHERE unit=? AND machine_id=?",
-                    [(name, m) for m in old - new],
+                    "DELETE FROM placements WHERE tenant=? AND unit=? AND machine_id=?",
+                    [(tenant, name, m) for m in old - new],
                 )
                 db.executemany(
-                    "INSERT INTO placements (unit, machine_id) VALUES (?, ?)",
-                    [(name, m) for m in new - old],
+                    "INSERT INTO placements (tenant, unit, machine_id) VALUES (?, ?, ?)",
+                    [(tenant, name, m) for m in new - old],
                 )
                 affected |= old ^ new
             _bump(db, affected)
         return affected
 
-    def delete_unit(self, name: str) -> set[str] | None:
+    def delete_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> set[str] | None:
         """Remove a unit; None if it did not exist, else the machines it was placed on."""
         with self._tx() as db:
             placed = {
-                r[0] for r in db.execute("SELECT machine_id FROM placements WHERE unit=?", (name,))
+                r[0]
+                for r in db.execute(
+                    "SELECT machine_id FROM placements WHERE tenant=? AND unit=?", (tenant, name)
+                )
             }
-            if db.execute("DELETE FROM units WHERE name=?", (name,)).rowcount != 1:
+            if (
+                db.execute("DELETE FROM units WHERE tenant=? AND name=?", (tenant, name)).rowcount
+                != 1
+            ):
                 return None
             _bump(db, placed)
             return placed
@@ -214,16 +265,27 @@ class UnitsSql(SqliteCore):
             )
 
     def unit_states(
-        self, *, machine_id: str | None = None, name: str | None = None
+        self,
+        *,
+        machine_id: str | None = None,
+        name: str | None = None,
+        tenant: str | None = None,
     ) -> list[UnitState]:
-        """Reported states ordered by (name, machine) - fleet's order for /state."""
-        sql = "SELECT * FROM unit_states WHERE 1=1"
+        """Reported states ordered by (name, machine) - fleet's order for /state; with
+        `tenant`, only what that tenant's machines reported."""
+        sql = "SELECT s.* FROM unit_states s WHERE 1=1"
         args: list[str] = []
+        if tenant is not None:
+            sql = (
+                "SELECT s.* FROM machines m JOIN unit_states s ON s.machine_id=m.id"
+                " WHERE m.tenant=?"
+            )
+            args = [tenant]
         if machine_id is not None:
-            sql, args = sql + " AND machine_id=?", [*args, machine_id]
+            sql, args = sql + " AND s.machine_id=?", [*args, machine_id]
         if name is not None:
-            sql, args = sql + " AND name=?", [*args, name]
-        rows = self._all(sql + " ORDER BY name, machine_id", args)
+            sql, args = sql + " AND s.name=?", [*args, name]
+        rows = self._all(sql + " ORDER BY s.name, s.machine_id", args)
         return [row_record(r, UnitState) for r in rows]
 
 

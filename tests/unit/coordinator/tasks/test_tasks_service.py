@@ -17,6 +17,7 @@ from coordinator.server import Coordinator
 from coordinator.tasks import definitions as defs
 from coordinator.tasks.records import RunQuery
 from proto import messages as m
+from proto.tokens import JOIN_KIND, parse_token
 
 
 class RecordingSession:
@@ -48,9 +49,24 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
         c.storage.close()
 
 
+def enrol(c: Coordinator, machine_id: str, tenant: str) -> None:
+    """As the tenant's join token would: the machine belongs to `tenant`."""
+    if c.storage.get_machine(machine_id) is not None:
+        return
+    made = c.tokens.create_join_tokens(tenant=tenant)
+    token = parse_token(made.tokens[0], JOIN_KIND)
+    c.storage.enroll(token.id, machine_id, serial=machine_id, not_after=1e12, now=1)
+
+
 async def connect(
-    c: Coordinator, machine_id: str, memory_mb: int = 1024, *, tasks: bool = True
+    c: Coordinator,
+    machine_id: str,
+    memory_mb: int = 1024,
+    *,
+    tasks: bool = True,
+    tenant: str = "default",
 ) -> RecordingSession:
+    enrol(c, machine_id, tenant)
     session = RecordingSession(machine_id, memory_mb, tasks=tasks)
     c.hub.sessions[machine_id] = cast(Session, session)
     await c.tasks._on_connect(cast(Session, session))
@@ -170,3 +186,18 @@ async def test_runs_the_coordinator_never_placed_are_stopped_and_forgotten(
     assert last(session) == m.TaskAck("stray", 3)
     await coordinator.tasks._on_message(s, m.TaskUpdate("stray", "STOPPED", log_bytes=3))
     assert last(session) == m.TaskAck("stray", 3, final=True)
+
+
+async def test_a_tenants_runs_go_only_to_its_own_machines(coordinator: Coordinator) -> None:
+    tasks = coordinator.tasks
+    in_b = await connect(coordinator, "mb", memory_mb=4000, tenant="b")
+    definition = tasks.create_definition("a", defs.DefinitionInput(alias="job", image="alpine"))
+    run = await tasks.execute("a", definition, defs.ExecuteInput(), require_owner=False)
+    assert await tasks.schedule() == 0  # only tenant b's machine is connected
+    assert tasks.run("a", run.run_id).status == "QUEUED"
+    assert not [x for x in in_b.sent if isinstance(x, m.TaskStart)]
+    in_a = await connect(coordinator, "ma", memory_mb=1000, tenant="a")
+    assert await tasks.schedule() == 1
+    assert tasks.run("a", run.run_id).machine_id == "ma"
+    assert isinstance(last(in_a), m.TaskStart)
+    assert tasks.clusters("b") == ["default"]
