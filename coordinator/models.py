@@ -50,6 +50,37 @@ class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
     revoked: bool = False
 
 
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    """A person (or robot) who logs in with a password. The password's argon2id hash
+    is never part of this record: only the store and the user service see it."""
+
+    id: int
+    username: str
+    email: str = ""
+    is_staff: bool = False
+    """Staff hold `admin` (every permission) whatever their granted permissions."""
+    disabled: bool = False
+    permissions: list[str] = []
+    """Granted, in the canonical order (coordinator.trust.permissions.PERMISSIONS)."""
+    tenants: list[str] = []
+    """The first is the default tenant of the user's tokens."""
+    created_at: float = 0.0
+
+
+class UserToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A token a user got by logging in: acts as that user, in one tenant, with a
+    subset of the user's permissions, until it expires or is revoked."""
+
+    id: str
+    user_id: int
+    name: str = ""
+    tenant: str = "default"
+    permissions: list[str] = []
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    revoked: bool = False
+
+
 class Unit(msgspec.Struct, frozen=True, kw_only=True):
     """A unit as the operator defined it, and the machines it is placed on."""
 

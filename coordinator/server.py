@@ -24,7 +24,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import guard, limits
-from coordinator.api import agent, fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
+from coordinator.api import (
+    agent,
+    fleet_manager,
+    fleet_v1,
+    identity,
+    native,
+    openapi,
+    reports,
+    v1_alpha,
+)
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
     FAMILIES,
@@ -32,13 +41,16 @@ from coordinator.api.routing import (
     PUBLIC,
     Family,
     RouteTable,
+    declared_route,
     family_of,
+    permission_refusal,
     register,
 )
 from coordinator.app import open_store
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
+from coordinator.events import EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
@@ -46,10 +58,12 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
+from coordinator.trust import permissions as perms
 from coordinator.trust import pki
 from coordinator.trust.access import EnrolmentService, TokenService
 from coordinator.trust.auth import PRINCIPAL, AuthError, authenticate
 from coordinator.trust.enrolment import Enroller
+from coordinator.trust.users import UserService
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
@@ -64,6 +78,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.metrics = CoordinatorMetrics()
+        self.events = EventBus()
+        """The domain's one event seam: services publish, the audit log and webhooks
+        subscribe."""
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.paths = pki.init_pki(config.pki_dir, *server_identity(config))
@@ -96,6 +113,7 @@ class Coordinator:
         self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
         self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
+        self.users = UserService(self.storage, self.events)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -115,6 +133,7 @@ class Coordinator:
             fleet_manager.routes(self.deployments, self.machines),
             reports.routes(self.reports),
             native.routes(self.units, self.machines, self.tokens, self.logs),
+            *identity.routes(self.users),
         ]
 
     def _system_routes(self) -> Family:
@@ -126,7 +145,7 @@ class Coordinator:
             errors=(503,),
             public=True,
         )(self._readyz)
-        r.get("/metrics", "Prometheus metrics")(self._metrics)
+        r.get("/metrics", "Prometheus metrics", permission=perms.MONITORING)(self._metrics)
         r.get("/openapi.json", "This document")(self._openapi)
         return Family("", FLEET, r.routes)
 
@@ -150,7 +169,11 @@ class Coordinator:
             # once the caller is known, so nobody unauthenticated makes us read a body.
             request = guard.bounded(request)
             if request.path not in request.app[PUBLIC]:
-                request[PRINCIPAL] = authenticate(request, self.storage)
+                principal = authenticate(request, self.storage)
+                request[PRINCIPAL] = principal
+                refusal = permission_refusal(declared_route(request), principal.allows)
+                if refusal is not None:
+                    raise ApiError(403, refusal)
             await guard.read_body(request, self.config.body_timeout_s)
             response = await handler(request)
         except AuthError as exc:

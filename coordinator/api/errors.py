@@ -40,7 +40,7 @@ class EnvelopeError(msgspec.Struct, frozen=True):
 ERROR_CODES = {
     400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",

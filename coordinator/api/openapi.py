@@ -87,6 +87,8 @@ UNIT_NAME_SCHEMA: Json = {
 PATH_PARAMS: dict[str, Json] = {
     "name": UNIT_NAME_SCHEMA,
     "id": {"type": "string", "minLength": 1, "maxLength": 128},
+    "token": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+    "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"},
 }
 _FLAG: Json = {"type": "string", "enum": ["", "0", "1", "true", "false"]}
 QUERY_PARAMS: dict[str, Json] = {
@@ -101,6 +103,8 @@ QUERY_PARAMS: dict[str, Json] = {
     "machineID": {"type": "string", "maxLength": 64},
     "unitName": {"type": "string", "maxLength": 256},
     "unit": {"type": "string", "maxLength": 256},
+    "page": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+    "per_page": {"type": "string", "pattern": "^[1-9][0-9]{0,2}$"},
 }
 MACHINE_ID_SCHEMA: Json = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 _TIGHTER: dict[tuple[str, str], Json] = {
