@@ -60,7 +60,8 @@ def document(families: Iterable[Family]) -> Json:
             }
         if route.public:
             op["security"] = []
-            del op["responses"]["401"]
+            if 401 not in route.errors:  # a login answers 401 to wrong credentials
+                del op["responses"]["401"]
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -87,7 +88,10 @@ UNIT_NAME_SCHEMA: Json = {
 PATH_PARAMS: dict[str, Json] = {
     "name": UNIT_NAME_SCHEMA,
     "id": {"type": "string", "minLength": 1, "maxLength": 128},
-    "token": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+    "token": {
+        "type": "string",
+        "pattern": "^(mut\\.[0-9a-f]{1,64}\\.[0-9a-f]{1,128}|[0-9a-f]{1,64})$",
+    },
     "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"},
 }
 _FLAG: Json = {"type": "string", "enum": ["", "0", "1", "true", "false"]}

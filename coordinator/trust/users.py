@@ -65,7 +65,7 @@ class IssuedToken(msgspec.Struct, frozen=True):
 
 
 def check_username(username: str) -> str:
-    if not 1 <= len(username) <= MAX_USERNAME or not _USERNAME.match(username):
+    if not 1 <= len(username) <= MAX_USERNAME or not _USERNAME.fullmatch(username):
         raise Invalid(
             f"username must be 1 to {MAX_USERNAME} characters of letters, digits, '.', '_',"
             " '@' or '-', starting with a letter or digit"
@@ -83,14 +83,14 @@ def check_password(password: str) -> str:
 
 def check_email(email: str) -> str:
     email = email.strip()
-    if email and (len(email) > MAX_EMAIL or not re.match(r"^[^@\s]+@[^@\s]+$", email)):
+    if email and (len(email) > MAX_EMAIL or not re.fullmatch(r"[^@\s]+@[^@\s]+", email)):
         raise Invalid("email must look like name@domain")
     return email
 
 
 def check_tenants(tenants: Sequence[str]) -> list[str]:
     out = list(dict.fromkeys(t.strip() for t in tenants)) or [DEFAULT_TENANT]
-    bad = [t for t in out if not _TENANT.match(t)]
+    bad = [t for t in out if not _TENANT.fullmatch(t)]
     if bad:
         raise Invalid(
             f"tenant name(s) {', '.join(map(repr, bad))}: lower-case letters, digits and '-'"
