@@ -15,6 +15,8 @@ import msgspec
 from coordinator import __version__
 from coordinator.api.errors import EnvelopeError, ErrorBody
 from coordinator.api.routing import Family, Route
+from coordinator.trust import permissions as perms
+from coordinator.trust import users
 from coordinator.trust.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL
 from proto.units import CONTAINER_SUFFIX, SYSTEMD_SUFFIXES
 
@@ -110,6 +112,16 @@ QUERY_PARAMS: dict[str, Json] = {
     "page": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
     "per_page": {"type": "string", "pattern": "^[1-9][0-9]{0,2}$"},
 }
+USERNAME_SCHEMA: Json = {"pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"}
+PASSWORD_SCHEMA: Json = {"minLength": users.MIN_PASSWORD, "maxLength": users.MAX_PASSWORD}
+TENANT_SCHEMA: Json = {"pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+PERMISSION_SCHEMA: Json = {
+    "enum": [
+        *perms.PERMISSIONS,
+        *(f"role:{r}" for r in perms.ROLES),
+        *(r for r in perms.ROLES if r not in perms.PERMISSIONS),
+    ]
+}
 MACHINE_ID_SCHEMA: Json = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 _TIGHTER: dict[tuple[str, str], Json] = {
     ("PatchOp", "op"): {"enum": ["add", "replace", "remove"]},
@@ -122,6 +134,27 @@ _TIGHTER: dict[tuple[str, str], Json] = {
     ("EnrollRequest", "machine_id"): MACHINE_ID_SCHEMA,
     ("DeletableUnit", "name"): UNIT_NAME_SCHEMA,
     ("BatchUnit", "name"): UNIT_NAME_SCHEMA,
+    # Identity (coordinator/trust/users.py, permissions.py): the service's own checks
+    # give the clearer messages, so the rules live here, not in the Structs.
+    ("UserCreate", "username"): USERNAME_SCHEMA,
+    ("UserCreate", "password"): PASSWORD_SCHEMA,
+    ("UserCreate", "email"): {
+        "maxLength": users.MAX_EMAIL,
+        "pattern": "^([^@\\s]+@[^@\\s]+)?$",
+    },
+    ("UserCreate", "permissions"): {"items": PERMISSION_SCHEMA},
+    ("UserCreate", "tenants"): {"items": TENANT_SCHEMA},
+    ("PermissionsBody", "permissions"): {"items": PERMISSION_SCHEMA},
+    ("PasswordBody", "password"): PASSWORD_SCHEMA,
+    ("TokenRequest", "username"): {"maxLength": 256},
+    ("TokenRequest", "password"): {"maxLength": users.MAX_PASSWORD},
+    ("TokenRequest", "name"): {"maxLength": users.MAX_TOKEN_NAME},
+    ("TokenRequest", "expires_in"): {
+        "minimum": users.MIN_TOKEN_TTL_S,
+        "maximum": users.MAX_TOKEN_TTL_S,
+    },
+    ("TokenRequest", "permissions"): {"minItems": 1, "items": PERMISSION_SCHEMA},
+    ("TokenRequest", "tenant"): TENANT_SCHEMA,
 }
 """What the handlers check beyond the Structs' types, so generated clients (and
 schemathesis) know a valid request from an invalid one."""
@@ -135,6 +168,9 @@ def _tighten(components: Json) -> None:
             for option in target.get("anyOf", [target]):
                 if option.get("type") in ("string", "integer", "number"):
                     option.update(extra)
+                elif option.get("type") == "array":
+                    option.update({k: v for k, v in extra.items() if k != "items"})
+                    option.get("items", {}).update(extra.get("items", {}))
 
 
 def _input_errors(route: Route) -> tuple[int, ...]:

@@ -207,6 +207,11 @@ def test_wrong_passwords_and_disabled_users_get_401(coord: CoordinatorProc) -> N
     assert out.returncode == 0, out.stderr
     assert "user bob created" in out.stdout
 
+    status, raw = coord.raw(
+        "POST", "/api/v1/auth/token/", headers=JSON, data=b"{" + b" " * (1 << 20) + b"}", cert=False
+    )
+    assert status == 413, raw
+
     status, wrong = login(coord, "bob", "not bob's password")
     assert status == 401, wrong
     status, unknown = login(coord, "nobody-at-all", "not bob's password")
