@@ -256,6 +256,7 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
+        self._tasks.append(asyncio.create_task(self.users.warm()))
         self.units.start()
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)

@@ -172,6 +172,11 @@ class UserService:
         async with self._hashing:
             return await asyncio.to_thread(verify)
 
+    async def warm(self) -> None:
+        """Make the dummy hash now, so even the first login of an unknown user costs
+        what a known one's does."""
+        await self._dummy()
+
     async def _dummy(self) -> str:
         if not self._dummy_hash:
             self._dummy_hash = await self._hash(secrets.token_hex(16))
