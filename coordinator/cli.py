@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import click
 import msgspec
 
 from coordinator import __version__
+from coordinator.app import open_store
 from coordinator.config import ConfigError, CoordinatorConfig, load_config
+from coordinator.events import EventBus
 from coordinator.server import Coordinator, run_until_signalled, server_identity
 from coordinator.trust import pki
+from coordinator.trust.users import UserService, ensure_first_admin
 from proto.process import run_main, setup_logging
 
 
@@ -41,7 +45,8 @@ def cli() -> None:
 def init(
     config_path: Path | None, state_dir: str | None, names: tuple[str, ...], ips: tuple[str, ...]
 ) -> None:
-    """Create the fleet CA, the server certificate and the admin client certificate."""
+    """Create the fleet CA, the server certificate and the admin client certificate, and
+    the first user (`admin`, its generated password in a 0600 file) if there is none."""
     config = _config(config_path, state_dir=state_dir, server_names=names, server_ips=ips)
     paths = pki.init_pki(config.pki_dir, *server_identity(config))
     info = pki.inspect_cert(Path(paths.ca_cert).read_bytes())
@@ -49,6 +54,15 @@ def init(
     click.echo(f"server certificate:  {paths.server_cert}")
     click.echo(f"admin certificate:   {paths.admin_cert}")
     click.echo(f"admin key:           {paths.admin_key} (mode 0600)")
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    storage = open_store(config)
+    try:
+        users = UserService(storage, EventBus())
+        password_file = asyncio.run(ensure_first_admin(users, Path(config.state_dir)))
+    finally:
+        storage.close()
+    if password_file is not None:
+        click.echo(f"admin user:          admin, password in {password_file} (mode 0600)")
 
 
 @cli.command()

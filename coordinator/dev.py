@@ -35,6 +35,7 @@ from coordinator.config import DEFAULT_API_PORT, DEFAULT_HUB_PORT, CoordinatorCo
 from coordinator.devhost import RuntimePlan, Started, die_with_parent, host_facts, plan_runtimes
 from coordinator.server import Coordinator
 from coordinator.trust import pki
+from coordinator.trust.users import ADMIN_PASSWORD_FILE, ensure_first_admin
 from proto.clientconfig import ClientConfig, default_dev_dir, dev_client_file
 from proto.process import run_main, setup_logging
 
@@ -191,6 +192,7 @@ async def _dev(
     keeper: asyncio.subprocess.Process | None = None
     try:
         _ensure_admin_token(coordinator, paths)
+        await ensure_first_admin(coordinator.users, paths.root)
         endpoint = f"https://127.0.0.1:{coordinator.api_port}"
         hub_url = f"wss://127.0.0.1:{coordinator.hub_port}/agent/v1"
         _write_client(paths, coordinator, endpoint)
@@ -383,6 +385,8 @@ def _print_banner(
         f"machine: {machine_id} (local agent; runs: {runs_line(caps, runtime)})",
         *(f"note: {note}" for note in runtime.notes),
         f"state: {paths.root}",
+        f"user: admin, password in {paths.root / ADMIN_PASSWORD_FILE}"
+        f" (log in: POST {endpoint}/api/v1/auth/token/)",
         "",
         f"moorctl:  {moorctl} list-machines",
         f"curl:     curl --cacert {q(p.ca_cert)}"

@@ -26,6 +26,8 @@ DEFAULT_BODY_MAX = 1 << 20
 ROUTE_BODY_MAX: Mapping[tuple[str, str], int] = {
     # Anonymous: a join token, a machine id and a CSR are a few KiB.
     ("POST", "/agent/v1/enroll"): 64 << 10,
+    # Anonymous: a username, a password (at most 1024 characters) and a few options.
+    ("POST", "/api/v1/auth/token/"): 16 << 10,
     # Many units in one transaction (bench, bulk tools): admins only.
     ("PUT", "/moorage/v1/units"): 256 << 20,
     # Manifests: MANIFEST_MAX_BYTES of YAML, JSON-escaped.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -12,8 +13,21 @@ from proto.units import UnitOption
 MachineState = Literal["connected", "disconnected", "lost"]
 
 DEFAULT_TENANT = "default"
-"""Where every object made before tenants existed lives, and where fleet's clients act
-(the same value as `coordinator.trust.auth.DEFAULT_TENANT`)."""
+"""Where every object made before tenants existed lives, and where fleet's clients act."""
+TENANT_PATTERN = r"^([a-z0-9][a-z0-9._-]{0,62})?$"
+"""A tenant name (or nothing: the caller's own), as request bodies declare it."""
+_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def tenant_problem(name: str) -> str:
+    """What is wrong with a tenant name ("" if nothing): 1-63 lowercase letters, digits,
+    '.', '_' or '-', starting with a letter or digit. Pure."""
+    if _TENANT_NAME.fullmatch(name):
+        return ""
+    return (
+        f"tenant {name[:80]!r} is invalid: use 1-63 lowercase letters, digits, '.', '_' or"
+        " '-', starting with a letter or digit"
+    )
 
 
 class Machine(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +71,37 @@ class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float | None = None
     revoked: bool = False
     tenant: str = DEFAULT_TENANT
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    """A person (or robot) who logs in with a password. The password's argon2id hash
+    is never part of this record: only the store and the user service see it."""
+
+    id: int
+    username: str
+    email: str = ""
+    is_staff: bool = False
+    """Staff hold `admin` (every permission) whatever their granted permissions."""
+    disabled: bool = False
+    permissions: list[str] = []
+    """Granted, in the canonical order (coordinator.trust.permissions.PERMISSIONS)."""
+    tenants: list[str] = []
+    """The first is the default tenant of the user's tokens."""
+    created_at: float = 0.0
+
+
+class UserToken(msgspec.Struct, frozen=True, kw_only=True):
+    """A token a user got by logging in: acts as that user, in one tenant, with a
+    subset of the user's permissions, until it expires or is revoked."""
+
+    id: str
+    user_id: int
+    name: str = ""
+    tenant: str = "default"
+    permissions: list[str] = []
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    revoked: bool = False
 
 
 class Unit(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,6 +28,7 @@ from coordinator.api import (
     agent,
     fleet_manager,
     fleet_v1,
+    identity,
     native,
     openapi,
     reports,
@@ -41,7 +42,9 @@ from coordinator.api.routing import (
     PUBLIC,
     Family,
     RouteTable,
+    declared_route,
     family_of,
+    permission_refusal,
     register,
 )
 from coordinator.app import open_store
@@ -57,10 +60,12 @@ from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
 from coordinator.tasks.service import TaskService
+from coordinator.trust import permissions as perms
 from coordinator.trust import pki
 from coordinator.trust.access import EnrolmentService, TokenService
 from coordinator.trust.auth import PRINCIPAL, AuthError, authenticate
 from coordinator.trust.enrolment import Enroller
+from coordinator.trust.users import UserService
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.metrics = CoordinatorMetrics()
+        self.events = EventBus()
+        """The domain's one event seam: services publish, the audit log and webhooks
+        subscribe."""
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.paths = pki.init_pki(config.pki_dir, *server_identity(config))
@@ -115,6 +123,7 @@ class Coordinator:
             self.hub,
             self.events,
         )
+        self.users = UserService(self.storage, self.events)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -135,6 +144,7 @@ class Coordinator:
             reports.routes(self.reports),
             native.routes(self.units, self.machines, self.tokens, self.logs),
             *tasks.routes(self.tasks),
+            *identity.routes(self.users),
         ]
 
     def _system_routes(self) -> Family:
@@ -146,7 +156,7 @@ class Coordinator:
             errors=(503,),
             public=True,
         )(self._readyz)
-        r.get("/metrics", "Prometheus metrics")(self._metrics)
+        r.get("/metrics", "Prometheus metrics", permission=perms.MONITORING)(self._metrics)
         r.get("/openapi.json", "This document")(self._openapi)
         return Family("", FLEET, r.routes)
 
@@ -170,7 +180,11 @@ class Coordinator:
             # once the caller is known, so nobody unauthenticated makes us read a body.
             request = guard.bounded(request)
             if request.path not in request.app[PUBLIC]:
-                request[PRINCIPAL] = authenticate(request, self.storage)
+                principal = authenticate(request, self.storage)
+                request[PRINCIPAL] = principal
+                refusal = permission_refusal(declared_route(request), principal.allows)
+                if refusal is not None:
+                    raise ApiError(403, refusal)
             await guard.read_body(request, self.config.body_timeout_s)
             response = await handler(request)
         except AuthError as exc:
@@ -254,6 +268,7 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
         self._tasks.append(asyncio.create_task(self.tasks.run_scheduler()))
+        self._tasks.append(asyncio.create_task(self.users.warm()))
         self.units.start()
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)

@@ -4,6 +4,9 @@ Every fleetctl command that works over HTTP (list-machines, list-units,
 list-unit-files, submit, load, start, stop, unload, destroy, cat) plus `status` and
 `journal`, which fleetctl did over SSH and moorctl does through the API.
 
+Users: `user create/list/disable/enable/passwd` (passwords from a prompt or
+`--password-stdin`, never from the command line).
+
 Applications through the Fleet Manager API (/api/v2): `app push/show/list`, `group
 create/list/delete`, `deployment create/list/delete`, `deploy` (follows the rollout
 with a progress bar), `rollout status`, `releases`; and what agents report: `drift`
@@ -316,6 +319,136 @@ def api_token_revoke(ctx: Ctx, token_id: str) -> None:
     """Revoke the API token with id TOKEN_ID."""
     _call(ctx, lambda api: api.call("DELETE", f"moorage/v1/api-tokens/{token_id}"))
     click.echo(f"API token {token_id} revoked")
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+def read_password(from_stdin: bool, prompt: str = "Password") -> str:
+    """From stdin (first line) with --password-stdin, else a hidden prompt asked twice;
+    never from argv, where other local users could read it."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        if not password:
+            raise click.UsageError("no password on stdin")
+        return password
+    value: str = click.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    return value
+
+
+def _user_rows(users: Sequence[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            str(u["id"]),
+            u["username"],
+            u.get("email") or "-",
+            "yes" if u.get("is_staff") else "no",
+            "active" if u.get("is_active", True) else "disabled",
+            ",".join(u.get("permissions", [])) or "-",
+            ",".join(u.get("tenants", [])) or "-",
+        ]
+        for u in users
+    ]
+
+
+@cli.group("user")
+def user_cmd() -> None:
+    """Users who log in with a password (POST /api/v1/auth/token/) and get tokens."""
+
+
+@user_cmd.command("create")
+@click.argument("username")
+@click.option("--email", default="", help="E-mail address.")
+@click.option("--staff", is_flag=True, help="Staff: holds every permission (admin).")
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    help="A permission (deployments, databases, monitoring, users, environments, approvals,"
+    " tasks, fleet, admin) or a role (role:admin, role:operator, role:developer,"
+    " role:viewer); repeatable.",
+)
+@click.option("--tenant", "tenants", multiple=True, help="Tenant(s); default: default.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.pass_obj
+def user_create(
+    ctx: Ctx,
+    username: str,
+    email: str,
+    staff: bool,
+    permissions: tuple[str, ...],
+    tenants: tuple[str, ...],
+    password_stdin: bool,
+) -> None:
+    """Create USERNAME (the password is prompted for, or read with --password-stdin)."""
+    body = {
+        "username": username,
+        "password": read_password(password_stdin),
+        "email": email,
+        "is_staff": staff,
+        "permissions": list(permissions),
+        "tenants": list(tenants),
+    }
+    created = _call(ctx, lambda api: api.call("POST", "moorage/v1/users", body))
+    if ctx.json:
+        _emit_json(created)
+    else:
+        click.echo(f"user {created['username']} created (id {created['id']})")
+
+
+@user_cmd.command("list")
+@click.pass_obj
+def user_list(ctx: Ctx) -> None:
+    """List users."""
+    users = _call(ctx, lambda api: api.call("GET", "moorage/v1/users"))["users"]
+    if ctx.json:
+        _emit_json(users)
+        return
+    _table(
+        ["ID", "USERNAME", "EMAIL", "STAFF", "STATE", "PERMISSIONS", "TENANTS"], _user_rows(users)
+    )
+
+
+@user_cmd.command("disable")
+@click.argument("username")
+@click.pass_obj
+def user_disable(ctx: Ctx, username: str) -> None:
+    """Disable USERNAME: no more logins, and their tokens are refused at once."""
+    path = f"moorage/v1/users/{quote(username, safe='')}/disable"
+    updated = _call(ctx, lambda api: api.call("POST", path))
+    if ctx.json:
+        _emit_json(updated)
+    else:
+        click.echo(f"user {username} disabled")
+
+
+@user_cmd.command("enable")
+@click.argument("username")
+@click.pass_obj
+def user_enable(ctx: Ctx, username: str) -> None:
+    """Enable a disabled USERNAME again."""
+    path = f"moorage/v1/users/{quote(username, safe='')}/enable"
+    updated = _call(ctx, lambda api: api.call("POST", path))
+    if ctx.json:
+        _emit_json(updated)
+    else:
+        click.echo(f"user {username} enabled")
+
+
+@user_cmd.command("passwd")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from stdin.")
+@click.pass_obj
+def user_passwd(ctx: Ctx, username: str, password_stdin: bool) -> None:
+    """Set USERNAME's password (prompted for, or read with --password-stdin)."""
+    body = {"password": read_password(password_stdin, "New password")}
+    path = f"moorage/v1/users/{quote(username, safe='')}/password"
+    _call(ctx, lambda api: api.call("PUT", path, body))
+    if ctx.json:
+        _emit_json({"username": username, "password_changed": True})
+    else:
+        click.echo(f"password of user {username} changed")
 
 
 # --- units (fleetctl's commands) ------------------------------------------------------

@@ -16,6 +16,9 @@ import msgspec
 
 JOIN_KIND = "mjt"
 API_KIND = "mat"
+USER_KIND = "mut"
+"""A user's token (`POST /api/v1/auth/token/`): acts as the user, with a subset of their
+permissions, in one tenant."""
 PIN_CHARS = 32
 
 
@@ -46,6 +49,16 @@ def new_api_token() -> ParsedToken:
     return ParsedToken(API_KIND, secrets.token_hex(8), secrets.token_hex(20))
 
 
+def new_user_token() -> ParsedToken:
+    return ParsedToken(USER_KIND, secrets.token_hex(8), secrets.token_hex(20))
+
+
+def token_kind(text: str) -> str:
+    """The kind prefix of a token (`mat`, `mut`, `mjt`), or "" if it has none."""
+    kind, dot, _ = text.strip().partition(".")
+    return kind if dot else ""
+
+
 def format_token(token: ParsedToken) -> str:
     parts = [token.kind, token.id, token.secret] + ([token.pin] if token.pin else [])
     return ".".join(parts)
@@ -55,7 +68,7 @@ def parse_token(text: str, kind: str) -> ParsedToken:
     parts = text.strip().split(".")
     want = 4 if kind == JOIN_KIND else 3
     if len(parts) != want or parts[0] != kind:
-        label = "join" if kind == JOIN_KIND else "API"
+        label = {JOIN_KIND: "join", USER_KIND: "user"}.get(kind, "API")
         raise TokenFormatError(f"not a Moorage {label} token (expected {kind}.<id>.<secret>...)")
     if not all(_is_hex(p) for p in parts[1:]):
         raise TokenFormatError("token contains characters other than hexadecimal digits")

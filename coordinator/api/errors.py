@@ -46,7 +46,7 @@ class FlatError(msgspec.Struct, frozen=True):
 ERROR_CODES = {
     400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
-    403: "FORBIDDEN",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",

@@ -34,6 +34,7 @@ from coordinator.models import (
     Release,
     ReleaseJob,
 )
+from coordinator.trust import permissions as perms
 
 __all__ = ["PREFIX", "cluster_health", "keyset_page", "routes", "same_shape"]
 
@@ -313,7 +314,7 @@ def paged(
 
 
 def routes(service: DeploymentService, machines: MachineService) -> Family:
-    r = RouteTable()
+    r = RouteTable(permission=perms.DEPLOYMENTS)
 
     def app_out(app: Application) -> ApplicationOut:
         manifest = service.manifest(app)

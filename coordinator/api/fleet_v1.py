@@ -22,6 +22,7 @@ from coordinator.fleet.scheduler import XFleetError, parse_xfleet
 from coordinator.fleet.units import UnitService, current_state
 from coordinator.fleet.validation import UnitInvalid, validate_name
 from coordinator.models import Machine, Unit, UnitCopy, UnitState
+from coordinator.trust import permissions as perms
 from proto.units import UnitOption
 
 PREFIX = "/fleet/v1"
@@ -163,7 +164,7 @@ PAGE = ("nextPageToken",)
 
 
 def routes(units: UnitService, machines: MachineService) -> Family:
-    r = RouteTable()
+    r = RouteTable(permission=perms.FLEET)
 
     @r.get(PREFIX + "/discovery", "fleet v1 discovery document", errors=(400,), any_method=True)
     async def discovery(request: web.Request) -> web.Response:

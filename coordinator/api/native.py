@@ -12,12 +12,12 @@ from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.fleet.validation import UnitInvalid, validate_unit
-from coordinator.models import ApiToken, Machine, Unit, UnitCopy
+from coordinator.models import TENANT_PATTERN, ApiToken, Machine, Unit, UnitCopy
 from coordinator.reports.logs import LogService, LogUnavailable, journal_machine
+from coordinator.trust import permissions as perms
 from coordinator.trust.access import (
     MAX_TOKEN_TTL_S,
     MAX_TOKENS_PER_CALL,
-    TENANT_PATTERN,
     TokenService,
     mint_tenant,
 )
@@ -116,7 +116,7 @@ class UnitStateList(msgspec.Struct, frozen=True):
 def routes(
     units: UnitService, machines: MachineService, tokens: TokenService, logs: LogService
 ) -> Family:
-    r = RouteTable()
+    r = RouteTable(permission=perms.FLEET)
 
     def unit_name(request: web.Request) -> str:
         name = request.match_info["name"]
@@ -298,6 +298,7 @@ def routes(
         response=ApiTokenCreated,
         ok=201,
         errors=(400, 403, 415),
+        permission=perms.ADMIN,
     )
     async def new_api(request: web.Request) -> web.Response:
         body = await decode_body(request, ApiTokenRequest)
@@ -309,11 +310,17 @@ def routes(
             status=201,
         )
 
-    @r.get(PREFIX + "/api-tokens", "List API tokens", response=ApiTokenList)
+    @r.get(PREFIX + "/api-tokens", "List API tokens", response=ApiTokenList, permission=perms.ADMIN)
     async def list_api(request: web.Request) -> web.Response:
         return json_response(ApiTokenList(tokens.api_tokens(tenant=tenant_of(request))))
 
-    @r.delete(PREFIX + "/api-tokens/{id}", "Revoke an API token", ok=204, errors=(404,))
+    @r.delete(
+        PREFIX + "/api-tokens/{id}",
+        "Revoke an API token",
+        ok=204,
+        errors=(404,),
+        permission=perms.ADMIN,
+    )
     async def revoke_api(request: web.Request) -> web.Response:
         tokens.revoke_api_token(request.match_info["id"], tenant=tenant_of(request))
         return web.Response(status=204)

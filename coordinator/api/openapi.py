@@ -15,6 +15,8 @@ import msgspec
 from coordinator import __version__
 from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError
 from coordinator.api.routing import Family, Route
+from coordinator.trust import permissions as perms
+from coordinator.trust import users
 from coordinator.trust.access import MAX_TOKEN_TTL_S, MAX_TOKENS_PER_CALL
 from proto.units import CONTAINER_SUFFIX, SYSTEMD_SUFFIXES
 
@@ -60,7 +62,8 @@ def document(families: Iterable[Family]) -> Json:
             }
         if route.public:
             op["security"] = []
-            del op["responses"]["401"]
+            if 401 not in route.errors:  # a login answers 401 to wrong credentials
+                del op["responses"]["401"]
         paths.setdefault(_plain_path(route.path), {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -89,6 +92,11 @@ PATH_PARAMS: dict[str, Json] = {
     "id": {"type": "string", "minLength": 1, "maxLength": 128},
     "alias": {"type": "string", "minLength": 1, "maxLength": 256},
     "run_id": {"type": "string", "format": "uuid"},
+    "token": {
+        "type": "string",
+        "pattern": "^(mut\\.[0-9a-f]{1,64}\\.[0-9a-f]{1,128}|[0-9a-f]{1,64})$",
+    },
+    "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"},
 }
 _FLAG: Json = {"type": "string", "enum": ["", "0", "1", "true", "false"]}
 QUERY_PARAMS: dict[str, Json] = {
@@ -103,6 +111,18 @@ QUERY_PARAMS: dict[str, Json] = {
     "machineID": {"type": "string", "maxLength": 64},
     "unitName": {"type": "string", "maxLength": 256},
     "unit": {"type": "string", "maxLength": 256},
+    "page": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+    "per_page": {"type": "string", "pattern": "^[1-9][0-9]{0,2}$"},
+}
+USERNAME_SCHEMA: Json = {"pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"}
+PASSWORD_SCHEMA: Json = {"minLength": users.MIN_PASSWORD, "maxLength": users.MAX_PASSWORD}
+TENANT_SCHEMA: Json = {"pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+PERMISSION_SCHEMA: Json = {
+    "enum": [
+        *perms.PERMISSIONS,
+        *(f"role:{r}" for r in perms.ROLES),
+        *(r for r in perms.ROLES if r not in perms.PERMISSIONS),
+    ]
 }
 MACHINE_ID_SCHEMA: Json = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 _TIGHTER: dict[tuple[str, str], Json] = {
@@ -116,6 +136,27 @@ _TIGHTER: dict[tuple[str, str], Json] = {
     ("EnrollRequest", "machine_id"): MACHINE_ID_SCHEMA,
     ("DeletableUnit", "name"): UNIT_NAME_SCHEMA,
     ("BatchUnit", "name"): UNIT_NAME_SCHEMA,
+    # Identity (coordinator/trust/users.py, permissions.py): the service's own checks
+    # give the clearer messages, so the rules live here, not in the Structs.
+    ("UserCreate", "username"): USERNAME_SCHEMA,
+    ("UserCreate", "password"): PASSWORD_SCHEMA,
+    ("UserCreate", "email"): {
+        "maxLength": users.MAX_EMAIL,
+        "pattern": "^([^@\\s]+@[^@\\s]+)?$",
+    },
+    ("UserCreate", "permissions"): {"items": PERMISSION_SCHEMA},
+    ("UserCreate", "tenants"): {"items": TENANT_SCHEMA},
+    ("PermissionsBody", "permissions"): {"items": PERMISSION_SCHEMA},
+    ("PasswordBody", "password"): PASSWORD_SCHEMA,
+    ("TokenRequest", "username"): {"maxLength": 256},
+    ("TokenRequest", "password"): {"maxLength": users.MAX_PASSWORD},
+    ("TokenRequest", "name"): {"maxLength": users.MAX_TOKEN_NAME},
+    ("TokenRequest", "expires_in"): {
+        "minimum": users.MIN_TOKEN_TTL_S,
+        "maximum": users.MAX_TOKEN_TTL_S,
+    },
+    ("TokenRequest", "permissions"): {"minItems": 1, "items": PERMISSION_SCHEMA},
+    ("TokenRequest", "tenant"): TENANT_SCHEMA,
 }
 """What the handlers check beyond the Structs' types, so generated clients (and
 schemathesis) know a valid request from an invalid one."""
@@ -129,6 +170,9 @@ def _tighten(components: Json) -> None:
             for option in target.get("anyOf", [target]):
                 if option.get("type") in ("string", "integer", "number"):
                     option.update(extra)
+                elif option.get("type") == "array":
+                    option.update({k: v for k, v in extra.items() if k != "items"})
+                    option.get("items", {}).update(extra.get("items", {}))
 
 
 def _input_errors(route: Route) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ from coordinator.api.errors import json_response
 from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.models import MachineDrift, MachineSticker
 from coordinator.reports.service import ReportService
+from coordinator.trust import permissions as perms
 
 PREFIX = "/moorage/v1"
 REFRESH_TIMEOUT_S = 5.0
@@ -31,7 +32,7 @@ class StickerList(msgspec.Struct, frozen=True):
 
 
 def routes(reports: ReportService) -> Family:
-    r = RouteTable()
+    r = RouteTable(permission=perms.MONITORING)
 
     @r.get(
         PREFIX + "/drift",

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError, error_response
 from coordinator.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
-from coordinator.trust.auth import DEFAULT_TENANT, PRINCIPAL
+from coordinator.models import DEFAULT_TENANT
+from coordinator.trust.auth import PRINCIPAL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,14 +50,21 @@ class Route:
 
 
 class RouteTable:
-    """Collects declarations next to their handlers: `@table.get(path, summary, ...)`."""
+    """Collects declarations next to their handlers: `@table.get(path, summary, ...)`.
 
-    def __init__(self) -> None:
+    `permission`: what every route of the table needs unless it declares its own
+    (`permission=...`, None for any authenticated caller) or is public."""
+
+    def __init__(self, permission: str | None = None) -> None:
         self.routes: list[Route] = []
+        self.permission = permission
 
     def route(
         self, method: str, path: str, summary: str, **kw: Any
     ) -> Callable[[Handler], Handler]:
+        if not kw.get("public"):
+            kw.setdefault("permission", self.permission)
+
         def add(handler: Handler) -> Handler:
             self.routes.append(Route(method, path, summary, handler, **kw))
             return handler
@@ -148,6 +156,11 @@ class Family:
 
 
 FAMILIES: web.AppKey[list[Family]] = web.AppKey("families", list[Family])
+DECLARED: web.AppKey[dict[object, dict[str, Route]]] = web.AppKey(
+    "declared", dict[object, dict[str, Route]]
+)
+"""aiohttp resource -> method ("*" for any) -> the Route declared for it: what the
+server's middleware checks (the permission) for the request it matched."""
 PUBLIC: web.AppKey[frozenset[str]] = web.AppKey("public", frozenset[str])
 """Paths served without authentication, from the declarations."""
 
@@ -156,16 +169,23 @@ def register(app: web.Application, families: Iterable[Family]) -> None:
     """Add every declared route to the app, and keep the declarations for the error
     middleware and the OpenAPI document."""
     kept = list(families)
+    declared: dict[object, dict[str, Route]] = {}
     for family in kept:
         for route in family.routes:
             assert route.handler is not None, route.path
             if route.any_method:
-                app.router.add_route("*", route.path, route.handler)
+                added = app.router.add_route("*", route.path, route.handler)
+                methods = ["*"]
             elif route.method == "GET":
-                app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+                added = app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp does
+                methods = ["GET", "HEAD"]
             else:
-                app.router.add_route(route.method, route.path, route.handler)
+                added = app.router.add_route(route.method, route.path, route.handler)
+                methods = [route.method]
+            for method in methods:
+                declared.setdefault(added.resource, {})[method] = route
     app[FAMILIES] = kept
+    app[DECLARED] = declared
     app[PUBLIC] = public_paths(kept)
 
 
@@ -179,3 +199,19 @@ def family_of(app: web.Application, path: str) -> Family:
 
 def public_paths(families: Iterable[Family]) -> frozenset[str]:
     return frozenset(r.path for f in families for r in f.routes if r.public)
+
+
+def declared_route(request: web.Request) -> Route | None:
+    """The declaration of the route `request` matched (None: no route matched)."""
+    resource = request.match_info.route.resource
+    methods = request.app.get(DECLARED, {}).get(resource) if resource is not None else None
+    if not methods:
+        return None
+    return methods.get(request.method) or methods.get("*")
+
+
+def permission_refusal(route: Route | None, allows: Callable[[str], bool]) -> str | None:
+    """Why the caller may not use `route` (None: they may). Pure."""
+    if route is None or route.permission is None or allows(route.permission):
+        return None
+    return f"permission denied: this route needs the {route.permission!r} permission"

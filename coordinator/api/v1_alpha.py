@@ -26,6 +26,7 @@ from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService, current_state
 from coordinator.models import Unit, UnitState
+from coordinator.trust import permissions as perms
 from proto.units import serialize
 
 PREFIX = "/v1-alpha"
@@ -78,7 +79,7 @@ def alpha_unit(unit: Unit, states: list[UnitState]) -> AlphaUnit:
 
 
 def routes(units: UnitService, machines: MachineService) -> Family:
-    r = RouteTable()
+    r = RouteTable(permission=perms.FLEET)
 
     @r.get(PREFIX + "/discovery", "fleet v1-alpha discovery document")
     async def discovery(request: web.Request) -> web.Response:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
         Unit,
         UnitHead,
         UnitState,
+        User,
+        UserToken,
     )
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
@@ -302,6 +304,65 @@ class TokenStore(Protocol):
 
 
 @runtime_checkable
+class UserStore(Protocol):
+    """Users (with their argon2id hash, which only this port and the user service see),
+    the tenants they belong to, and the tokens they got by logging in."""
+
+    def create_user(
+        self,
+        username: str,
+        *,
+        email: str,
+        password_hash: str,
+        is_staff: bool,
+        permissions: Sequence[str],
+        tenants: Sequence[str],
+        now: float,
+    ) -> User:
+        """Conflict if the username is taken; the tenants are created if missing."""
+        ...
+
+    def get_user(self, user_id: int) -> User | None: ...
+
+    def user_by_name(self, username: str) -> tuple[User, str] | None:
+        """The user and their password hash."""
+        ...
+
+    def list_users(self, *, offset: int = 0, limit: int = 100) -> tuple[list[User], int]:
+        """One page by id, and the total count."""
+        ...
+
+    def count_users(self) -> int: ...
+
+    def set_user_permissions(self, user_id: int, permissions: Sequence[str]) -> bool: ...
+
+    def set_password_hash(self, user_id: int, password_hash: str) -> bool: ...
+
+    def set_user_disabled(self, user_id: int, disabled: bool) -> bool: ...
+
+    def tenants(self) -> list[str]: ...
+
+    def create_user_token(
+        self,
+        token_id: str,
+        secret_hash: str,
+        *,
+        user_id: int,
+        name: str,
+        tenant: str,
+        permissions: Sequence[str],
+        now: float,
+        expires_at: float,
+    ) -> UserToken: ...
+
+    def user_token(self, token_id: str) -> tuple[UserToken, str] | None:
+        """The token and its secret's hash."""
+        ...
+
+    def revoke_user_token(self, token_id: str) -> bool: ...
+
+
+@runtime_checkable
 class DeploymentStore(Protocol):
     """Machine groups, applications and versions, deployments, releases, jobs, and which
     release each machine runs. A name taken by another record of the same tenant
@@ -492,8 +553,8 @@ class FleetStore(StoreAdmin, MachineStore, UnitStore, Protocol):
 
 
 @runtime_checkable
-class TrustStore(MachineStore, TokenStore, Protocol):
-    """Tokens, enrolment and certificate revocation: authentication and enrolment."""
+class TrustStore(MachineStore, TokenStore, UserStore, Protocol):
+    """Tokens, users, enrolment and certificate revocation: authentication and enrolment."""
 
 
 @runtime_checkable
@@ -513,6 +574,7 @@ class Store(
     MachineStore,
     UnitStore,
     TokenStore,
+    UserStore,
     DeploymentStore,
     ReportStore,
     TaskStore,

@@ -7,7 +7,6 @@ identity's session ended).
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 import msgspec
@@ -15,7 +14,7 @@ import msgspec
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.hub.sessions import CLOSE_REVOKED, Hub
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.models import DEFAULT_TENANT, ApiToken
+from coordinator.models import DEFAULT_TENANT, ApiToken, tenant_problem
 from coordinator.store.ports import EnrollConflict, EnrollRefused
 from coordinator.store.ports import Store as Storage
 from coordinator.trust.auth import ROLE_ADMIN
@@ -27,20 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_TOKEN_TTL_S = 30 * 86400.0
 MAX_TOKENS_PER_CALL = 10_000
-TENANT_PATTERN = r"^([a-z0-9][a-z0-9._-]{0,62})?$"
-"""A tenant name (or nothing: the caller's own), as request bodies declare it."""
-_TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
-
-
-def tenant_problem(name: str) -> str:
-    """What is wrong with a tenant name ("" if nothing): 1-63 lowercase letters, digits,
-    '.', '_' or '-', starting with a letter or digit. Pure."""
-    if _TENANT_NAME.fullmatch(name):
-        return ""
-    return (
-        f"tenant {name[:80]!r} is invalid: use 1-63 lowercase letters, digits, '.', '_' or"
-        " '-', starting with a letter or digit"
-    )
 
 
 def mint_tenant(caller_tenant: str, asked: str, *, is_admin: bool) -> str:

@@ -13,13 +13,20 @@ import time
 import msgspec
 from aiohttp import web
 
+from coordinator.models import DEFAULT_TENANT
 from coordinator.store.ports import TrustStore
 from coordinator.trust import pki
-from proto.tokens import API_KIND, TokenFormatError, parse_token, secret_matches
+from proto.tokens import (
+    API_KIND,
+    USER_KIND,
+    TokenFormatError,
+    parse_token,
+    secret_matches,
+    token_kind,
+)
 
 ROLE_ADMIN = "admin"
-DEFAULT_TENANT = "default"
-"""Where every object made before tenants existed lives, and where fleet's clients act."""
+ROLE_USER = "user"
 PERM_ADMIN = "admin"
 """Grants every permission."""
 
@@ -78,6 +85,8 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
             raise AuthError("Authorization header must be 'Bearer <token>'")
     else:
         value = api_key
+    if token_kind(value) == USER_KIND:
+        return _user_principal(value, storage)
     try:
         token = parse_token(value.strip(), API_KIND)
     except TokenFormatError as exc:
@@ -91,3 +100,42 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
     if record.expires_at is not None and record.expires_at <= time.time():
         raise AuthError("token expired")
     return Principal("token", record.name, record.role, tenant=record.tenant, token_id=record.id)
+
+
+def _user_principal(value: str, storage: TrustStore) -> Principal:
+    """A user's token: valid while not revoked, not expired and the user not disabled;
+    it carries what it was issued with, but never more than the user holds now."""
+    try:
+        token = parse_token(value.strip(), USER_KIND)
+    except TokenFormatError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    found = storage.user_token(token.id)
+    if found is None or not secret_matches(token.secret, found[1]):
+        raise AuthError("invalid token")
+    record = found[0]
+    if record.revoked:
+        raise AuthError("token revoked")
+    if record.expires_at <= time.time():
+        raise AuthError("token expired")
+    user = storage.get_user(record.user_id)
+    if user is None or user.disabled:
+        raise AuthError("user disabled")
+    held = frozenset(user.permissions) | ({PERM_ADMIN} if user.is_staff else set())
+    permissions = token_holds(frozenset(record.permissions), held)
+    return Principal(
+        "user",
+        user.username,
+        ROLE_ADMIN if PERM_ADMIN in permissions else ROLE_USER,
+        tenant=record.tenant,
+        permissions=permissions,
+        user_id=user.id,
+        token_id=record.id,
+    )
+
+
+def token_holds(issued: frozenset[str], held: frozenset[str]) -> frozenset[str]:
+    """What a token may do now: what it was issued with, less what its user lost
+    since (a user who holds `admin` still grants all of it). Pure."""
+    if PERM_ADMIN in held:
+        return issued
+    return issued & held

@@ -127,6 +127,14 @@ def test_dev_starts_lists_stops_and_resumes(tmp_path: Path) -> None:
             re.M,
         )
 
+        # the first user: its password's file is named, never the password itself
+        user = re.search(r"^user: admin, password in (\S+) ", banner, re.M)
+        assert user, banner
+        password_file = Path(user.group(1))
+        assert password_file.resolve() == (state / "admin.password").resolve()
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        assert password_file.read_text().strip() not in log.read_text()
+
         # the printed curl line works as pasted
         out = subprocess.run(
             ["bash", "-c", curl.group(1) + " -s"], capture_output=True, text=True, timeout=30

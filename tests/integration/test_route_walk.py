@@ -17,7 +17,7 @@ from tests.procs import CoordinatorProc, run_sync
 
 pytestmark = pytest.mark.integration
 
-PUBLIC = {"/healthz", "/readyz", "/agent/v1/ca", "/agent/v1/enroll"}
+PUBLIC = {"/healthz", "/readyz", "/agent/v1/ca", "/agent/v1/enroll", "/api/v1/auth/token/"}
 SAMPLE = {
     "name": "x.service",
     "id": "x",

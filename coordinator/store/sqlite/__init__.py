@@ -12,9 +12,12 @@ from coordinator.store.sqlite.reports import ReportsSql
 from coordinator.store.sqlite.tasks import TasksSql
 from coordinator.store.sqlite.tokens import TokensSql
 from coordinator.store.sqlite.units import UnitsSql
+from coordinator.store.sqlite.users import UsersSql
 
 __all__ = ["MIGRATIONS", "SqliteStore", "row_record", "storage_fault"]
 
 
-class SqliteStore(MachinesSql, UnitsSql, TokensSql, DeploySql, ReportsSql, TasksSql, SqliteCore):
+class SqliteStore(
+    MachinesSql, UnitsSql, TokensSql, UsersSql, DeploySql, ReportsSql, TasksSql, SqliteCore
+):
     """Every port (`coordinator.store.ports.Store`) over one SQLite database file."""

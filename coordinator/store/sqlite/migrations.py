@@ -351,4 +351,41 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, offset)
     ) WITHOUT ROWID
     """,
+    # 8 (#17): tenants (`default` always), users (argon2id hashes) in one or more
+    # tenants, and the tokens users get by logging in (secrets stored as SHA-256).
+    """
+    CREATE TABLE IF NOT EXISTS tenants (
+        name TEXT PRIMARY KEY,
+        created_at REAL NOT NULL DEFAULT 0
+    );
+    INSERT OR IGNORE INTO tenants (name, created_at) VALUES ('default', 0);
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL UNIQUE,
+        email TEXT NOT NULL DEFAULT '',
+        password_hash TEXT NOT NULL,
+        is_staff INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        permissions TEXT NOT NULL DEFAULT '[]',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE user_tenants (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        tenant TEXT NOT NULL REFERENCES tenants(name),
+        position INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (user_id, tenant)
+    );
+    CREATE TABLE user_tokens (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL DEFAULT '',
+        tenant TEXT NOT NULL,
+        permissions TEXT NOT NULL DEFAULT '[]',
+        secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX user_tokens_by_user ON user_tokens(user_id)
+    """,
 )

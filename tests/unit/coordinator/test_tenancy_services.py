@@ -16,10 +16,11 @@ from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.models import tenant_problem
 from coordinator.reports.service import ReportService
 from coordinator.store.sqlite import SqliteStore
 from coordinator.trust import pki
-from coordinator.trust.access import TokenService, mint_tenant, tenant_problem
+from coordinator.trust.access import TokenService, mint_tenant
 from coordinator.trust.enrolment import Enroller
 from proto.messages import DriftEntry
 from proto.tokens import JOIN_KIND, parse_token
