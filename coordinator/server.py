@@ -24,32 +24,63 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator import guard, limits
-from coordinator.api import agent, fleet_manager, fleet_v1, native, openapi, reports, v1_alpha
+from coordinator.api import (
+    agent,
+    audit,
+    fleet_manager,
+    fleet_v1,
+    native,
+    openapi,
+    reports,
+    v1_alpha,
+)
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
     FAMILIES,
     FLEET,
     PUBLIC,
     Family,
+    Route,
     RouteTable,
+    declared,
     family_of,
     register,
 )
 from coordinator.app import open_store
+from coordinator.audit import AuditLog, is_write
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
+from coordinator.events import EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.models import AuditEntry
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
 from coordinator.trust import pki
 from coordinator.trust.access import EnrolmentService, TokenService
-from coordinator.trust.auth import PRINCIPAL, AuthError, authenticate
+from coordinator.trust.auth import (
+    PRINCIPAL,
+    AuthError,
+    Principal,
+    admin_certificate,
+    authenticate,
+    presents_token,
+)
 from coordinator.trust.enrolment import Enroller
+from coordinator.trust.ratelimit import (
+    AUTH,
+    DEPLOY,
+    TOKEN,
+    Decision,
+    RateLimited,
+    RateLimiter,
+    Slot,
+    limits_of,
+)
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
@@ -59,11 +90,31 @@ LISTEN_BACKLOG = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+AUDIT_PATH_MAX = 1024
+AUDIT_VALUE_MAX = 256
+FAILED_AUTH = (401, 403)
+
+
+class Gate:
+    """What the middleware learnt about one request on its way in: who, and which
+    rate-limit slots it holds (settled once the outcome is known)."""
+
+    __slots__ = ("auth", "decision", "deploy", "principal")
+
+    def __init__(self) -> None:
+        self.principal: Principal | None = None
+        self.auth: Slot | None = None
+        self.deploy: Slot | None = None
+        self.decision: Decision | None = None
+        """The limit shown in X-RateLimit-* on the response (the route's class if it
+        has one, else the token's)."""
+
 
 class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.metrics = CoordinatorMetrics()
+        self.events = EventBus()
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.paths = pki.init_pki(config.pki_dir, *server_identity(config))
@@ -71,6 +122,10 @@ class Coordinator:
         self.ca_cert = pki.load_cert(Path(self.paths.ca_cert).read_bytes())
         self.ca_pin = pki.ca_pin(self.ca_cert)
         self.storage = open_store(config)
+        self.limiter = RateLimiter(
+            limits_of(config.rate_limits), self.storage, enabled=config.rate_limits.enabled
+        )
+        self.audit = AuditLog(self.storage, self.events, flush_s=config.audit_flush_s)
         self.enroller = Enroller(
             self.storage, ca_key, self.ca_cert, cert_ttl_s=config.agent_cert_ttl_s
         )
@@ -115,6 +170,7 @@ class Coordinator:
             fleet_manager.routes(self.deployments, self.machines),
             reports.routes(self.reports),
             native.routes(self.units, self.machines, self.tokens, self.logs),
+            audit.routes(self.audit),
         ]
 
     def _system_routes(self) -> Family:
@@ -145,38 +201,126 @@ class Coordinator:
         started = time.perf_counter()
         response: web.StreamResponse
         family = family_of(request.app, request.path)
+        template = guard.route_of(request)
+        route = declared(request.app, request.method, template) if template else None
+        gate = Gate()
         try:
-            # Anonymous routes get their body cap before anything else; the others only
-            # once the caller is known, so nobody unauthenticated makes us read a body.
-            request = guard.bounded(request)
-            if request.path not in request.app[PUBLIC]:
-                request[PRINCIPAL] = authenticate(request, self.storage)
-            await guard.read_body(request, self.config.body_timeout_s)
-            response = await handler(request)
-        except AuthError as exc:
-            response = family.conventions.error(
-                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}
-            )
-        except ApiError as exc:
-            response = family.conventions.error(exc.status, exc.message)
-        except DomainError as exc:
-            response = family.conventions.domain_error(exc)
-        except StorageUnavailable as exc:
-            # The health object logged it once; each refused request is not news.
-            status = 507 if exc.kind == "full" else 503
-            response = family.conventions.error(status, str(exc))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = family.conventions.error(exc.status, exc.reason, allow)
+            try:
+                # Anonymous routes get their body cap before anything else; the others only
+                # once the caller is known, so nobody unauthenticated makes us read a body.
+                request = guard.bounded(request)
+                await self._admit(request, route, gate)
+                await guard.read_body(request, self.config.body_timeout_s)
+                response = await handler(request)
+            except RateLimited as exc:
+                response = family.conventions.error(429, str(exc), exc.decision.headers())
+            except AuthError as exc:
+                response = family.conventions.error(
+                    exc.status, str(exc), {"WWW-Authenticate": "Bearer"}
+                )
+            except ApiError as exc:
+                response = family.conventions.error(exc.status, exc.message)
+            except DomainError as exc:
+                response = family.conventions.domain_error(exc)
+            except StorageUnavailable as exc:
+                # The health object logged it once; each refused request is not news.
+                status = 507 if exc.kind == "full" else 503
+                response = family.conventions.error(status, str(exc))
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+                response = family.conventions.error(exc.status, exc.reason, allow)
+        except BaseException as exc:
+            self.limiter.release(gate.auth)
+            self.limiter.release(gate.deploy)
+            if isinstance(exc, Exception):
+                self._audit(request, route, template, gate, 500)
+            raise
+        await self._settle(gate, response.status)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
-        route = guard.route_of(request) or "unmatched"
-        self.metrics.api_latency.labels(request.method, route, str(response.status)).observe(
-            time.perf_counter() - started
-        )
+        if gate.decision is not None and response.status != 429 and not response.prepared:
+            response.headers.update(gate.decision.headers())
+        self._audit(request, route, template, gate, response.status)
+        self.metrics.api_latency.labels(
+            request.method, template or "unmatched", str(response.status)
+        ).observe(time.perf_counter() - started)
         return response
+
+    async def _admit(self, request: web.Request, route: Route | None, gate: Gate) -> None:
+        """Authenticate the caller and count the request against its rate limits
+        (RateLimited when over one): failed authentications per client IP on routes
+        declaring `limit="auth"` and whenever a token is presented, the general limit
+        per token, deploys per user. The admin certificate is never limited."""
+        ip = request.remote or ""
+        if (
+            route is not None
+            and route.limit == AUTH
+            and self.limiter.enabled
+            and admin_certificate(request, self.storage) is None
+        ):
+            gate.auth = await self.limiter.reserve(AUTH, ip)
+            gate.decision = gate.auth.decision if gate.auth else None
+        if request.path in request.app[PUBLIC]:
+            return
+        guessing = presents_token(request) and gate.auth is None
+        if guessing:
+            gate.auth = await self.limiter.reserve(AUTH, ip)
+        principal = authenticate(request, self.storage)  # a failure keeps the IP's slot
+        if guessing:
+            self.limiter.release(gate.auth)
+            gate.auth = None
+        request[PRINCIPAL] = gate.principal = principal
+        if principal.kind == "certificate":
+            return
+        key = principal.token_id or principal.label
+        if not principal.unlimited:
+            gate.decision = self.limiter.hit(TOKEN, key) or gate.decision
+        if route is not None and route.limit == DEPLOY:
+            user = f"user:{principal.user_id}" if principal.user_id is not None else key
+            gate.deploy = await self.limiter.reserve(DEPLOY, user)
+            if gate.deploy is not None:
+                gate.decision = gate.deploy.decision
+
+    async def _settle(self, gate: Gate, status: int) -> None:
+        """A failed authentication keeps its slot (stored before the response goes
+        out), a deploy keeps its slot if accepted; every other slot is given back."""
+        if status in FAILED_AUTH:
+            await self.limiter.keep(gate.auth)
+        else:
+            self.limiter.release(gate.auth)
+        if status < 400:
+            await self.limiter.keep(gate.deploy)
+        else:
+            self.limiter.release(gate.deploy)
+
+    def _audit(
+        self, request: web.Request, route: Route | None, template: str, gate: Gate, status: int
+    ) -> None:
+        """Every write (authenticated or not, refused or not), in this one place."""
+        if not is_write(request.method):
+            return
+        who = gate.principal
+        try:
+            target = {k: v[:AUDIT_VALUE_MAX] for k, v in request.match_info.items()}
+        except Exception:  # no route matched: no parameters
+            target = {}
+        self.audit.record(
+            AuditEntry(
+                at=time.time(),
+                kind="request",
+                principal_kind=who.kind if who else "",
+                principal=who.name if who else "",
+                tenant=who.tenant if who else "",
+                method=request.method[:16],
+                route=route.path if route else template,
+                path=request.path[:AUDIT_PATH_MAX],
+                target=target,
+                status=status,
+                client_ip=request.remote or "",
+            )
+        )
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -215,6 +359,7 @@ class Coordinator:
         sys.setswitchinterval(limits.GIL_SWITCH_INTERVAL_S)
         now = time.time()
         self.storage.disconnect_all(now)
+        self.limiter.load()
         self.hub.load_liveness()
         api_ctx = pki.server_ssl_context(
             self.paths.server_cert,
@@ -233,6 +378,8 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
+        self._tasks.append(asyncio.create_task(self.limiter.run()))
+        self._tasks.append(asyncio.create_task(self.audit.run()))
         self.units.start()
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)
@@ -278,6 +425,8 @@ class Coordinator:
             # Nothing lost that matters: agents report it all again, and the next start
             # marks every machine disconnected anyway.
             log.error("stopping without storing the last reports: %s", exc)
+        self.limiter.flush()
+        self.audit.flush()
         self.storage.close()
 
 

@@ -41,6 +41,12 @@ class JoinTokenCreated(msgspec.Struct, frozen=True, omit_defaults=True):
 class ApiTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     ttl_s: float | None = None
+    unlimited: bool = False
+    """Exempt from the per-token general rate limit."""
+
+
+class ApiTokenPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    unlimited: bool
 
 
 class ApiTokenCreated(msgspec.Struct, frozen=True):
@@ -273,7 +279,7 @@ def routes(
     )
     async def new_api(request: web.Request) -> web.Response:
         body = await decode_body(request, ApiTokenRequest)
-        token, record = tokens.create_api_token(body.name, body.ttl_s)
+        token, record = tokens.create_api_token(body.name, body.ttl_s, unlimited=body.unlimited)
         return json_response(
             ApiTokenCreated(record.id, record.name, token, record.expires_at), status=201
         )
@@ -281,6 +287,19 @@ def routes(
     @r.get(PREFIX + "/api-tokens", "List API tokens", response=ApiTokenList)
     async def list_api(request: web.Request) -> web.Response:
         return json_response(ApiTokenList(tokens.api_tokens()))
+
+    @r.patch(
+        PREFIX + "/api-tokens/{id}",
+        "Exempt an API token from the general rate limit, or not",
+        request=ApiTokenPatch,
+        ok=204,
+        errors=(400, 404, 415),
+        permission="admin",
+    )
+    async def patch_api(request: web.Request) -> web.Response:
+        body = await decode_body(request, ApiTokenPatch)
+        tokens.set_unlimited(request.match_info["id"], body.unlimited)
+        return web.Response(status=204)
 
     @r.delete(PREFIX + "/api-tokens/{id}", "Revoke an API token", ok=204, errors=(404,))
     async def revoke_api(request: web.Request) -> web.Response:

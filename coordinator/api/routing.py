@@ -135,6 +135,11 @@ class Family:
 FAMILIES: web.AppKey[list[Family]] = web.AppKey("families", list[Family])
 PUBLIC: web.AppKey[frozenset[str]] = web.AppKey("public", frozenset[str])
 """Paths served without authentication, from the declarations."""
+DECLARED: web.AppKey[dict[tuple[str, str], Route]] = web.AppKey(
+    "declared", dict[tuple[str, str], Route]
+)
+"""Each route's declaration by (method, path template): the middleware's view of it
+(rate-limit class, permission, template for the audit log)."""
 
 
 def register(app: web.Application, families: Iterable[Family]) -> None:
@@ -152,6 +157,14 @@ def register(app: web.Application, families: Iterable[Family]) -> None:
                 app.router.add_route(route.method, route.path, route.handler)
     app[FAMILIES] = kept
     app[PUBLIC] = public_paths(kept)
+    app[DECLARED] = {("*" if r.any_method else r.method, r.path): r for f in kept for r in f.routes}
+
+
+def declared(app: web.Application, method: str, template: str) -> Route | None:
+    """The declaration serving `method` on the route template (HEAD is GET's)."""
+    table = app.get(DECLARED, {})
+    method = "GET" if method == "HEAD" else method
+    return table.get((method, template)) or table.get(("*", template))
 
 
 def family_of(app: web.Application, path: str) -> Family:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
         ApiToken,
         Application,
         ApplicationVersion,
+        AuditEntry,
+        AuditQuery,
         Deployment,
         DeploymentStatus,
         JoinToken,
@@ -258,6 +260,7 @@ class TokenStore(Protocol):
         role: str,
         now: float,
         ttl_s: float | None,
+        unlimited: bool = False,
     ) -> ApiToken: ...
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None: ...
@@ -265,6 +268,10 @@ class TokenStore(Protocol):
     def list_api_tokens(self) -> list[ApiToken]: ...
 
     def revoke_api_token(self, token_id: str) -> bool: ...
+
+    def set_api_token_unlimited(self, token_id: str, unlimited: bool) -> bool:
+        """Exempt a token from the general rate limit, or not; False if unknown."""
+        ...
 
 
 @runtime_checkable
@@ -386,6 +393,37 @@ class ReportStore(Protocol):
 
 
 @runtime_checkable
+class RateLimitStore(Protocol):
+    """Rate-limit hits (class, key, time), so limits survive a restart."""
+
+    def add_rate_hits(self, hits: Sequence[tuple[str, str, float]]) -> None:
+        """Store hits, in one transaction."""
+        ...
+
+    def rate_hits(self, since: float) -> list[tuple[str, str, float]]:
+        """Every stored hit after `since`, oldest first."""
+        ...
+
+    def prune_rate_hits(self, cutoffs: Mapping[str, float]) -> int:
+        """Forget each class's hits at or before its cutoff (and every class not named);
+        how many were removed."""
+        ...
+
+
+@runtime_checkable
+class AuditStore(Protocol):
+    """The audit log: every write request and every domain event, append-only."""
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Store entries (their ids are assigned here), in one transaction."""
+        ...
+
+    def audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """Entries matching the query, newest first, at most `query.limit`."""
+        ...
+
+
+@runtime_checkable
 class FleetStore(StoreAdmin, MachineStore, UnitStore, Protocol):
     """Machines and units, and `batch` for a read-then-write as one transaction: what
     the unit service and the fleet APIs need."""
@@ -409,6 +447,14 @@ class SessionStore(StoreAdmin, MachineStore, Protocol):
 
 @runtime_checkable
 class Store(
-    StoreAdmin, MachineStore, UnitStore, TokenStore, DeploymentStore, ReportStore, Protocol
+    StoreAdmin,
+    MachineStore,
+    UnitStore,
+    TokenStore,
+    DeploymentStore,
+    ReportStore,
+    RateLimitStore,
+    AuditStore,
+    Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""

@@ -84,8 +84,11 @@ class TokenService:
     def create_join_token(self, ttl_s: float, description: str = "") -> str:
         return self.create_join_tokens(ttl_s=ttl_s, description=description).tokens[0]
 
-    def create_api_token(self, name: str, ttl_s: float | None = None) -> tuple[str, ApiToken]:
-        """An admin API token (no expiry when ttl_s is None) and its stored record."""
+    def create_api_token(
+        self, name: str, ttl_s: float | None = None, *, unlimited: bool = False
+    ) -> tuple[str, ApiToken]:
+        """An admin API token (no expiry when ttl_s is None) and its stored record;
+        `unlimited`: exempt from the per-token general rate limit."""
         if not name.strip():
             raise Invalid("name must not be empty")
         ttl = None if ttl_s is None else token_ttl(ttl_s, 0)
@@ -97,11 +100,17 @@ class TokenService:
             role=ROLE_ADMIN,
             now=time.time(),
             ttl_s=ttl,
+            unlimited=unlimited,
         )
         return format_token(token), record
 
     def api_tokens(self) -> list[ApiToken]:
         return self.storage.list_api_tokens()
+
+    def set_unlimited(self, token_id: str, unlimited: bool) -> None:
+        """Exempt an API token from the general rate limit (or end the exemption)."""
+        if not self.storage.set_api_token_unlimited(token_id, unlimited):
+            raise NotFound(f"API token {token_id!r} does not exist")
 
     def revoke_api_token(self, token_id: str) -> None:
         if not self.storage.revoke_api_token(token_id):

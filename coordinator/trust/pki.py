@@ -606,5 +606,3 @@ def _check_days(days: int) -> None:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-

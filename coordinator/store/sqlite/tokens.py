@@ -132,15 +132,23 @@ class TokensSql(SqliteCore):
         role: str,
         now: float,
         ttl_s: float | None,
+        unlimited: bool = False,
     ) -> ApiToken:
         expires = now + ttl_s if ttl_s else None
         with self._tx() as db:
             db.execute(
-                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (token_id, name, role, secret_hash, now, expires),
+                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at,"
+                " unlimited) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_id, name, role, secret_hash, now, expires, int(unlimited)),
             )
-        return ApiToken(id=token_id, name=name, role=role, created_at=now, expires_at=expires)
+        return ApiToken(
+            id=token_id,
+            name=name,
+            role=role,
+            created_at=now,
+            expires_at=expires,
+            unlimited=unlimited,
+        )
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
         row = self._one("SELECT * FROM api_tokens WHERE id=?", (token_id,))
@@ -150,6 +158,15 @@ class TokensSql(SqliteCore):
 
     def list_api_tokens(self) -> list[ApiToken]:
         return [_api_token(r) for r in self._all("SELECT * FROM api_tokens ORDER BY id")]
+
+    def set_api_token_unlimited(self, token_id: str, unlimited: bool) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "UPDATE api_tokens SET unlimited=? WHERE id=?", (int(unlimited), token_id)
+                ).rowcount
+                == 1
+            )
 
     def revoke_api_token(self, token_id: str) -> bool:
         with self._tx() as db:

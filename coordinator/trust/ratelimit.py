@@ -1,0 +1,318 @@
+"""Rate limits: the arithmetic (pure, over plain values) and the limiter the server's
+middleware asks (in memory, authoritative; every counted hit stored).
+
+The arithmetic is a sliding log: a key's state is the times of its counted hits inside
+the window, so "at most `count` in any `window_s`" holds exactly (a fixed or weighted
+window lets a burst straddle its boundary: 5 failed logins at 14:59 and 5 more at
+15:01). The logs stay small: at most `count` entries per key.
+
+Three classes (`coordinator.config.RateLimits`):
+- `token`: every authenticated request, per token (or principal); counted at once.
+- `deploy`: routes declaring `limit="deploy"`, per user; a slot is reserved while the
+  request runs and kept only if the deploy was accepted (a 409 does not use one up).
+- `auth`: per client IP, failed authentications; a slot is reserved while the request
+  runs (routes declaring `limit="auth"`, and any request presenting a token) and kept
+  only if it failed (401/403). A request finding the IP's slots all reserved waits
+  for them to settle instead of being refused at once, so concurrent honest requests
+  pass while 50 concurrent failures still get exactly `count` through.
+
+Hits are stored (`RateLimitStore`): failed authentications and deploys before the
+response is sent (they are rare; a restart must not hand an attacker fresh attempts),
+the per-token general hits batched every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coordinator.config import LimitConfig as Limit
+from coordinator.config import RateLimits
+from coordinator.store.ports import RateLimitStore, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+TOKEN = "token"
+DEPLOY = "deploy"
+AUTH = "auth"
+CLASSES = (TOKEN, DEPLOY, AUTH)
+
+SETTLE_WAIT_S = 10.0
+"""How long a request waits for the reserved slots of its key to settle before it is
+refused (only while some are reserved: a key at its limit is refused at once)."""
+FLUSH_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float
+    """Epoch seconds when the oldest counted hit leaves the window (a slot frees)."""
+    retry_after: int
+    """Whole seconds to wait before a retry can succeed; 0 when allowed."""
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+        if not self.allowed:
+            out["Retry-After"] = str(self.retry_after)
+        return out
+
+
+Hits = tuple[float, ...]
+
+
+def live_hits(hits: Hits, now: float, window_s: float) -> Hits:
+    """The hits still inside the window ending at `now` (sorted in, sorted out). Pure."""
+    # A hit at `h` counts while h + window_s > now (the same sum reset_at uses, so the
+    # float arithmetic never disagrees with itself at the boundary).
+    return hits[bisect.bisect_right(hits, now, key=lambda h: h + window_s) :]
+
+
+def decide(hits: Hits, now: float, limit: Limit) -> tuple[Decision, Hits]:
+    """Whether one more hit at `now` fits, and the state after it (with the hit when
+    allowed, only pruned when not). `hits` is sorted. Pure."""
+    live = live_hits(hits, now, limit.window_s)
+    if len(live) < limit.count:
+        new = _insert(live, now)
+        decision = Decision(True, limit.count, limit.count - len(new), new[0] + limit.window_s, 0)
+        return decision, new
+    # Refused: the hits beyond count-1 must leave the window first.
+    free_at = live[len(live) - limit.count] + limit.window_s if limit.count > 0 else math.inf
+    if not math.isfinite(free_at):
+        free_at = now + limit.window_s
+    retry = max(1, math.ceil(free_at - now))
+    if now + retry < free_at:  # rounding
+        retry += 1
+    return Decision(False, limit.count, 0, free_at, retry), live
+
+
+def without(hits: Hits, at: float) -> Hits:
+    """`hits` with one hit at `at` removed (a reservation given back). Pure."""
+    i = bisect.bisect_left(hits, at)
+    if i < len(hits) and hits[i] == at:
+        return hits[:i] + hits[i + 1 :]
+    return hits
+
+
+def _insert(hits: Hits, at: float) -> Hits:
+    i = bisect.bisect_right(hits, at)
+    return (*hits[:i], at, *hits[i:])
+
+
+class RateLimited(Exception):
+    """A request over its limit: answered 429 with the decision's headers."""
+
+    def __init__(self, cls: str, decision: Decision) -> None:
+        super().__init__(
+            f"rate limit exceeded ({cls}: {decision.limit} per window);"
+            f" retry after {decision.retry_after} s"
+        )
+        self.cls = cls
+        self.decision = decision
+
+
+@dataclass
+class Slot:
+    """One hit counted (or reserved) for a key."""
+
+    cls: str
+    key: str
+    at: float
+    decision: Decision
+    settled: bool = False
+
+
+def limits_of(config: RateLimits) -> dict[str, Limit]:
+    return {TOKEN: config.token, DEPLOY: config.deploy, AUTH: config.auth}
+
+
+class RateLimiter:
+    """The limits of one coordinator: in memory (authoritative; the event loop is its
+    only writer, so a check and its count are atomic), every kept hit stored."""
+
+    def __init__(
+        self,
+        limits: dict[str, Limit],
+        store: RateLimitStore | None = None,
+        *,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.limits = limits
+        self.enabled = enabled
+        self.store = store
+        self.clock = clock
+        self._hits: dict[tuple[str, str], Hits] = {}
+        self._reserved: dict[tuple[str, str], int] = {}
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
+        self._pending: list[tuple[str, str, float]] = []
+
+    def limit(self, cls: str) -> Limit | None:
+        return self.limits.get(cls) if self.enabled else None
+
+    # --- start-up -------------------------------------------------------------------
+
+    def load(self) -> int:
+        """The stored hits still inside their windows (at start-up). How many."""
+        if self.store is None or not self.enabled:
+            return 0
+        now = self.clock()
+        longest = max(lim.window_s for lim in self.limits.values())
+        loaded = 0
+        for cls, key, at in self.store.rate_hits(now - longest):
+            lim = self.limits.get(cls)
+            if lim is None or at + lim.window_s <= now:
+                continue
+            k = (cls, key)
+            self._hits[k] = _insert(self._hits.get(k, ()), at)
+            loaded += 1
+        return loaded
+
+    # --- counting -------------------------------------------------------------------
+
+    def peek(self, cls: str, key: str) -> Decision | None:
+        """Where a key stands, without counting (None: the class is not limited)."""
+        lim = self.limit(cls)
+        if lim is None:
+            return None
+        now = self.clock()
+        live = live_hits(self._hits.get((cls, key), ()), now, lim.window_s)
+        reset = live[0] + lim.window_s if live else now + lim.window_s
+        return Decision(True, lim.count, max(0, lim.count - len(live)), reset, 0)
+
+    def hit(self, cls: str, key: str) -> Decision | None:
+        """Count one hit now, kept (stored within a second): the general per-token
+        limit. RateLimited when over; None when the class is not limited."""
+        lim = self.limit(cls)
+        if lim is None:
+            return None
+        now = self.clock()
+        decision, new = decide(self._hits.get((cls, key), ()), now, lim)
+        self._set(cls, key, new)
+        if not decision.allowed:
+            raise RateLimited(cls, decision)
+        self._pending.append((cls, key, now))
+        return decision
+
+    async def reserve(self, cls: str, key: str) -> Slot | None:
+        """Reserve a slot, waiting (bounded) while other reservations of the key are
+        unsettled; RateLimited when none is left. None when the class is not limited.
+        Every slot returned must be `keep`-t or `release`-d."""
+        lim = self.limit(cls)
+        if lim is None:
+            return None
+        k = (cls, key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_WAIT_S
+        while True:
+            now = self.clock()
+            decision, new = decide(self._hits.get(k, ()), now, lim)
+            if decision.allowed:
+                self._set(cls, key, new)
+                self._reserved[k] = self._reserved.get(k, 0) + 1
+                return Slot(cls, key, now, decision)
+            self._set(cls, key, new)
+            wait = deadline - loop.time()
+            if not self._reserved.get(k) or wait <= 0:
+                raise RateLimited(cls, decision)
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(k, []).append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, wait)
+
+    def release(self, slot: Slot | None) -> None:
+        """Give a reserved slot back (the request did not use up the limit)."""
+        if slot is None or slot.settled:
+            return
+        k = (slot.cls, slot.key)
+        self._set(slot.cls, slot.key, without(self._hits.get(k, ()), slot.at))
+        self._settle(slot)
+
+    async def keep(self, slot: Slot | None) -> None:
+        """Keep a reserved slot as a hit, stored before this returns (a restart, even
+        `kill -9`, cannot hand the attempt back)."""
+        if slot is None or slot.settled:
+            return
+        self._settle(slot)
+        if self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.add_rate_hits, [(slot.cls, slot.key, slot.at)])
+        except StorageUnavailable as exc:
+            log.error("rate-limit hit not stored (kept in memory): %s", exc)
+
+    def _settle(self, slot: Slot) -> None:
+        slot.settled = True
+        k = (slot.cls, slot.key)
+        left = self._reserved.get(k, 0) - 1
+        if left > 0:
+            self._reserved[k] = left
+        else:
+            self._reserved.pop(k, None)
+        for fut in self._waiters.pop(k, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _set(self, cls: str, key: str, hits: Hits) -> None:
+        if hits:
+            self._hits[(cls, key)] = hits
+        else:
+            self._hits.pop((cls, key), None)
+
+    # --- storing --------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Store the batched general hits (on the loop's thread: at shutdown)."""
+        pending, self._pending = self._pending, []
+        if pending and self.store is not None:
+            try:
+                self.store.add_rate_hits(pending)
+            except StorageUnavailable as exc:
+                log.error("%d rate-limit hits not stored: %s", len(pending), exc)
+
+    async def run(self) -> None:
+        """Store batched hits every second; forget expired ones every minute."""
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            pending, self._pending = self._pending, []
+            try:
+                if pending and self.store is not None:
+                    await asyncio.to_thread(self.store.add_rate_hits, pending)
+                now = self.clock()
+                if now - last_prune >= PRUNE_INTERVAL_S:
+                    last_prune = now
+                    self.prune(now)
+                    if self.store is not None:
+                        cutoffs = {c: now - lim.window_s for c, lim in self.limits.items()}
+                        await asyncio.to_thread(self.store.prune_rate_hits, cutoffs)
+            except StorageUnavailable as exc:
+                log.error("rate-limit hits not stored (retried): %s", exc)
+                self._pending[:0] = pending
+            except Exception:
+                log.exception("rate-limit flush failed")
+
+    def prune(self, now: float) -> None:
+        """Forget keys whose hits have all left their windows (memory stays bounded)."""
+        for (cls, key), hits in list(self._hits.items()):
+            lim = self.limits.get(cls)
+            if lim is None:
+                del self._hits[(cls, key)]
+                continue
+            live = live_hits(hits, now, lim.window_s)
+            if (cls, key) in self._reserved:
+                continue
+            self._set(cls, key, live)
