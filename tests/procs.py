@@ -105,11 +105,11 @@ dev` does): tests that poll with a token, or probe bad tokens, are not throttled
 
 class CoordinatorProc:
     """`moorage-coordinator serve` on loopback ports chosen once and kept across restarts;
-    `config`: the TOML it reads (default: generous rate limits)."""
+    `config`: the TOML it reads (default: generous rate limits; set it before start)."""
 
-    def __init__(self, state_dir: Path, config: str = GENEROUS_LIMITS, **options: Any) -> None:
+    def __init__(self, state_dir: Path, **options: Any) -> None:
         self.state_dir = state_dir
-        self.config = config
+        self.config = GENEROUS_LIMITS
         self.api_port = free_port()
         self.hub_port = free_port()
         self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
