@@ -52,7 +52,7 @@ def query_of(params: dict[str, str]) -> AuditQuery:
             raise ApiError(400, f"{name} must not be negative")
         return value
 
-    limit = int(number("limit", int)) or 100
+    limit = int(number("limit", int)) if params.get("limit") else 100
     return AuditQuery(
         principal=params.get("principal", ""),
         tenant=params.get("tenant", ""),
