@@ -8,6 +8,7 @@ port because a new agent has no certificate yet; the join token authenticates it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import ipaddress
 import logging
@@ -51,7 +52,7 @@ from coordinator.audit import AuditLog, is_write
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
-from coordinator.events import EventBus
+from coordinator.events import ACTOR, EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
@@ -99,12 +100,13 @@ class Gate:
     """What the middleware learnt about one request on its way in: who, and which
     rate-limit slots it holds (settled once the outcome is known)."""
 
-    __slots__ = ("auth", "decision", "deploy", "principal")
+    __slots__ = ("actor", "auth", "decision", "deploy", "principal")
 
     def __init__(self) -> None:
         self.principal: Principal | None = None
         self.auth: Slot | None = None
         self.deploy: Slot | None = None
+        self.actor: contextvars.Token[str] | None = None
         self.decision: Decision | None = None
         """The limit shown in X-RateLimit-* on the response (the route's class if it
         has one, else the token's)."""
@@ -141,14 +143,21 @@ class Coordinator:
         )
         self.metrics.storage_write_failures.set_function(lambda: self.storage.health.failures)
         self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
-        self.units = UnitService(self.storage, self.hub, self.metrics)
+        self.units = UnitService(self.storage, self.hub, self.metrics, events=self.events)
         self.deploystore = self.storage
-        self.reports = ReportService(self.storage, self.deploystore, self.hub)
+        self.reports = ReportService(self.storage, self.deploystore, self.hub, events=self.events)
         self.deployments = DeploymentService(
-            self.storage, self.deploystore, self.units, self.hub, images=self.reports
+            self.storage,
+            self.deploystore,
+            self.units,
+            self.hub,
+            images=self.reports,
+            events=self.events,
         )
         self.logs = LogService(self.hub)
-        self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
+        self.machines = MachineService(
+            self.storage, self.deploystore, self.hub, self.units, events=self.events
+        )
         self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
         self.api_port = 0
@@ -232,11 +241,15 @@ class Coordinator:
                 allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
                 response = family.conventions.error(exc.status, exc.reason, allow)
         except BaseException as exc:
+            if gate.actor is not None:
+                ACTOR.reset(gate.actor)
             self.limiter.release(gate.auth)
             self.limiter.release(gate.deploy)
             if isinstance(exc, Exception):
                 self._audit(request, route, template, gate, 500)
             raise
+        if gate.actor is not None:
+            ACTOR.reset(gate.actor)
         await self._settle(gate, response.status)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
@@ -272,6 +285,7 @@ class Coordinator:
             self.limiter.release(gate.auth)
             gate.auth = None
         request[PRINCIPAL] = gate.principal = principal
+        gate.actor = ACTOR.set(principal.label)  # reset when the request ends
         if principal.kind == "certificate":
             return
         key = principal.token_id or principal.label

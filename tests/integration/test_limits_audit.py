@@ -299,6 +299,17 @@ def test_deploys_per_user(coord: CoordinatorProc) -> None:
     assert_429(call(coord, "POST", f"/api/v2/deployments/{dep}/deploy", headers=key), 2)
     # The admin certificate deploys regardless.
     assert call(coord, "POST", f"/api/v2/deployments/{dep}/deploy", cert=True)[0] == 201
+    # The domain's events are in the audit log, with who caused them.
+    events = coord.api("GET", "/moorage/v1/audit?kind=event&event=deployment.")["entries"]
+    started = [e for e in events if e["event"] == "deployment.started"]
+    completed = [e for e in events if e["event"] == "deployment.completed"]
+    assert len(started) == len(completed) == 3
+    assert [e["actor"] for e in reversed(started)] == [
+        "token:deployer",
+        "token:deployer",
+        "certificate:admin",
+    ]
+    assert {e["subject"] for e in events} == {"idle-empty"}
 
 
 def test_limits_can_be_switched_off(tmp_path: Path) -> None:
@@ -369,8 +380,13 @@ def test_every_write_is_in_the_audit_log_with_its_principal(coord: CoordinatorPr
     assert page["next_cursor"] is None
 
     # Filters and paging.
-    mine = coord.api("GET", "/moorage/v1/audit?principal=token:auditor")["entries"]
+    mine = coord.api("GET", "/moorage/v1/audit?principal=token:auditor&kind=request")["entries"]
     assert {e["principal"] for e in mine} == {"auditor"} and len(mine) == 3
+    events = coord.api("GET", "/moorage/v1/audit?principal=token:auditor&kind=event")["entries"]
+    assert [(e["event"], e["subject"]) for e in reversed(events)] == [
+        ("unit.submitted", "a.service"),
+        ("unit.destroyed", "a.service"),
+    ]
     first = coord.api("GET", "/moorage/v1/audit?kind=request&limit=3")
     assert len(first["entries"]) == 3 and first["next_cursor"]
     second = coord.api(
@@ -390,7 +406,7 @@ def test_every_write_is_in_the_audit_log_with_its_principal(coord: CoordinatorPr
     assert out.returncode == 0, out.stderr
     assert "token:auditor" in out.stdout and "/fleet/v1/units/a.service" in out.stdout
     assert "certificate:admin" in out.stdout and "401" in out.stdout
-    as_json = coord.moorctl("--json", "audit", "--principal", "token:auditor")
+    as_json = coord.moorctl("--json", "audit", "--principal", "token:auditor", "--kind", "request")
     assert as_json.returncode == 0, as_json.stderr
     assert len(json.loads(as_json.stdout)) == 3
 
