@@ -29,7 +29,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from coordinator.config import LimitConfig as Limit
@@ -81,22 +82,30 @@ def live_hits(hits: Hits, now: float, window_s: float) -> Hits:
     return hits[bisect.bisect_right(hits, now, key=lambda h: h + window_s) :]
 
 
-def decide(hits: Hits, now: float, limit: Limit) -> tuple[Decision, Hits]:
-    """Whether one more hit at `now` fits, and the state after it (with the hit when
-    allowed, only pruned when not). `hits` is sorted. Pure."""
-    live = live_hits(hits, now, limit.window_s)
-    if len(live) < limit.count:
-        new = _insert(live, now)
-        decision = Decision(True, limit.count, limit.count - len(new), new[0] + limit.window_s, 0)
-        return decision, new
+def judge(hits: Sequence[float], now: float, limit: Limit) -> tuple[Decision, int]:
+    """Whether one more hit at `now` fits among `hits` (sorted), and how many of them
+    (from the oldest) have left the window. Pure; `decide` applies it to a tuple, the
+    limiter to its deques in place."""
+    window = limit.window_s
+    expired = bisect.bisect_right(hits, now, key=lambda h: h + window)
+    live = len(hits) - expired
+    if live < limit.count:
+        oldest = min(hits[expired], now) if live else now
+        return Decision(True, limit.count, limit.count - live - 1, oldest + window, 0), expired
     # Refused: the hits beyond count-1 must leave the window first.
-    free_at = live[len(live) - limit.count] + limit.window_s if limit.count > 0 else math.inf
-    if not math.isfinite(free_at):
-        free_at = now + limit.window_s
+    free_at = hits[expired + live - limit.count] + window if limit.count > 0 else now + window
     retry = max(1, math.ceil(free_at - now))
     if now + retry < free_at:  # rounding
         retry += 1
-    return Decision(False, limit.count, 0, free_at, retry), live
+    return Decision(False, limit.count, 0, free_at, retry), expired
+
+
+def decide(hits: Hits, now: float, limit: Limit) -> tuple[Decision, Hits]:
+    """Whether one more hit at `now` fits, and the state after it (with the hit when
+    allowed, only pruned when not). `hits` is sorted. Pure."""
+    decision, expired = judge(hits, now, limit)
+    live = hits[expired:]
+    return decision, (_insert(live, now) if decision.allowed else live)
 
 
 def without(hits: Hits, at: float) -> Hits:
@@ -110,6 +119,41 @@ def without(hits: Hits, at: float) -> Hits:
 def _insert(hits: Hits, at: float) -> Hits:
     i = bisect.bisect_right(hits, at)
     return (*hits[:i], at, *hits[i:])
+
+
+class Log:
+    """One key's hits, sorted, mutated in place (what `decide` does to a tuple, in
+    amortised constant time: a general limit can be large)."""
+
+    __slots__ = ("hits",)
+
+    def __init__(self) -> None:
+        self.hits: deque[float] = deque()
+
+    def take(self, now: float, limit: Limit) -> Decision:
+        """Count a hit at `now` if it fits (`decide`, in place)."""
+        hits = self.hits
+        while hits and hits[0] + limit.window_s <= now:
+            hits.popleft()
+        decision, _ = judge(hits, now, limit)
+        if decision.allowed:
+            self.add(now)
+        return decision
+
+    def add(self, at: float) -> None:
+        if not self.hits or self.hits[-1] <= at:
+            self.hits.append(at)
+        else:  # the clock went back
+            self.hits.insert(bisect.bisect_right(self.hits, at), at)
+
+    def remove(self, at: float) -> None:
+        with contextlib.suppress(ValueError):
+            self.hits.remove(at)
+
+    def live(self, now: float, window_s: float) -> int:
+        while self.hits and self.hits[0] + window_s <= now:
+            self.hits.popleft()
+        return len(self.hits)
 
 
 class RateLimited(Exception):
@@ -155,7 +199,7 @@ class RateLimiter:
         self.enabled = enabled
         self.store = store
         self.clock = clock
-        self._hits: dict[tuple[str, str], Hits] = {}
+        self._logs: dict[tuple[str, str], Log] = {}
         self._reserved: dict[tuple[str, str], int] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._pending: list[tuple[str, str, float]] = []
@@ -176,8 +220,7 @@ class RateLimiter:
             lim = self.limits.get(cls)
             if lim is None or at + lim.window_s <= now:
                 continue
-            k = (cls, key)
-            self._hits[k] = _insert(self._hits.get(k, ()), at)
+            self._log(cls, key).add(at)
             loaded += 1
         return loaded
 
@@ -189,9 +232,10 @@ class RateLimiter:
         if lim is None:
             return None
         now = self.clock()
-        live = live_hits(self._hits.get((cls, key), ()), now, lim.window_s)
-        reset = live[0] + lim.window_s if live else now + lim.window_s
-        return Decision(True, lim.count, max(0, lim.count - len(live)), reset, 0)
+        entry = self._logs.get((cls, key))
+        live = entry.live(now, lim.window_s) if entry is not None else 0
+        reset = entry.hits[0] + lim.window_s if entry is not None and live else now + lim.window_s
+        return Decision(True, lim.count, max(0, lim.count - live), reset, 0)
 
     def hit(self, cls: str, key: str) -> Decision | None:
         """Count one hit now, kept (stored within a second): the general per-token
@@ -200,8 +244,7 @@ class RateLimiter:
         if lim is None:
             return None
         now = self.clock()
-        decision, new = decide(self._hits.get((cls, key), ()), now, lim)
-        self._set(cls, key, new)
+        decision = self._log(cls, key).take(now, lim)
         if not decision.allowed:
             raise RateLimited(cls, decision)
         self._pending.append((cls, key, now))
@@ -219,12 +262,10 @@ class RateLimiter:
         deadline = loop.time() + SETTLE_WAIT_S
         while True:
             now = self.clock()
-            decision, new = decide(self._hits.get(k, ()), now, lim)
+            decision = self._log(cls, key).take(now, lim)
             if decision.allowed:
-                self._set(cls, key, new)
                 self._reserved[k] = self._reserved.get(k, 0) + 1
                 return Slot(cls, key, now, decision)
-            self._set(cls, key, new)
             wait = deadline - loop.time()
             if not self._reserved.get(k) or wait <= 0:
                 raise RateLimited(cls, decision)
@@ -237,8 +278,9 @@ class RateLimiter:
         """Give a reserved slot back (the request did not use up the limit)."""
         if slot is None or slot.settled:
             return
-        k = (slot.cls, slot.key)
-        self._set(slot.cls, slot.key, without(self._hits.get(k, ()), slot.at))
+        entry = self._logs.get((slot.cls, slot.key))
+        if entry is not None:
+            entry.remove(slot.at)
         self._settle(slot)
 
     async def keep(self, slot: Slot | None) -> None:
@@ -266,11 +308,11 @@ class RateLimiter:
             if not fut.done():
                 fut.set_result(None)
 
-    def _set(self, cls: str, key: str, hits: Hits) -> None:
-        if hits:
-            self._hits[(cls, key)] = hits
-        else:
-            self._hits.pop((cls, key), None)
+    def _log(self, cls: str, key: str) -> Log:
+        entry = self._logs.get((cls, key))
+        if entry is None:
+            entry = self._logs[(cls, key)] = Log()
+        return entry
 
     # --- storing --------------------------------------------------------------------
 
@@ -307,12 +349,7 @@ class RateLimiter:
 
     def prune(self, now: float) -> None:
         """Forget keys whose hits have all left their windows (memory stays bounded)."""
-        for (cls, key), hits in list(self._hits.items()):
-            lim = self.limits.get(cls)
-            if lim is None:
-                del self._hits[(cls, key)]
-                continue
-            live = live_hits(hits, now, lim.window_s)
-            if (cls, key) in self._reserved:
-                continue
-            self._set(cls, key, live)
+        for k, entry in list(self._logs.items()):
+            lim = self.limits.get(k[0])
+            if lim is None or (not entry.live(now, lim.window_s) and k not in self._reserved):
+                del self._logs[k]

@@ -17,6 +17,7 @@ from coordinator.trust.ratelimit import (
     AUTH,
     DEPLOY,
     TOKEN,
+    Log,
     RateLimited,
     RateLimiter,
     decide,
@@ -104,6 +105,32 @@ def test_giving_back_a_reservation_restores_the_state(
         if decision.allowed:
             assert without(new, now) == live_hits(hits, now, limit.window_s)
         hits = new
+
+
+@given(
+    limits_st,
+    st.lists(
+        st.tuples(st.floats(min_value=-5.0, max_value=2000.0), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_the_limiters_in_place_log_is_the_pure_arithmetic(
+    limit: LimitConfig, steps: list[tuple[float, bool]]
+) -> None:
+    """What the limiter does to its deques equals `decide` on tuples, even when the
+    clock steps back a little and some hits are given back (released reservations)."""
+    hits: tuple[float, ...] = ()
+    log = Log()
+    now = 10_000.0
+    for gap, give_back in steps:
+        now += gap
+        expected, hits = decide(hits, now, limit)
+        assert log.take(now, limit) == expected
+        if expected.allowed and give_back:
+            hits = without(hits, now)
+            log.remove(now)
+        assert tuple(log.hits) == hits
 
 
 def test_headers_of_a_refusal() -> None:
