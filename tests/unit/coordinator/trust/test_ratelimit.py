@@ -275,3 +275,18 @@ def test_limiter_keeps_only_failures(outcomes: list[str]) -> None:
         elif outcome == "fail":
             failures_before_refusals += 1
     assert refused == expected_refused
+
+
+def test_config_file_limits_are_read_and_checked(tmp_path: Path) -> None:
+    from coordinator.config import ConfigError, load_config
+
+    good = tmp_path / "good.toml"
+    good.write_text("[rate_limits]\nenabled = false\nauth = { count = 3, window_s = 60 }\n")
+    config = load_config(good)
+    assert not config.rate_limits.enabled
+    assert config.rate_limits.auth == LimitConfig(3, 60.0)
+    assert config.rate_limits.token == LimitConfig(100, 3600.0)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rate_limits]\ntoken = { count = 0, window_s = 60 }\n")
+    with pytest.raises(ConfigError, match=r"rate_limits\.token\.count must be at least 1"):
+        load_config(bad)
