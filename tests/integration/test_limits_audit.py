@@ -410,9 +410,17 @@ def test_every_write_is_in_the_audit_log_with_its_principal(coord: CoordinatorPr
     assert as_json.returncode == 0, as_json.stderr
     assert len(json.loads(as_json.stdout)) == 3
 
-    # Written within a second, and kept across kill -9.
+    # Written within a second without anyone reading it, and kept across kill -9.
+    status, _, _ = call(coord, "DELETE", "/fleet/v1/units/b.service", cert=True)
+    assert status == 204
     time.sleep(1.5)
     coord.kill9()
     coord.start()
     again = coord.api("GET", "/moorage/v1/audit?kind=request&limit=1000")["entries"]
     assert [e["id"] for e in again[-len(entries) :]] == [e["id"] for e in page["entries"]]
+    last = again[0]
+    assert (last["method"], last["path"], last["principal"]) == (
+        "DELETE",
+        "/fleet/v1/units/b.service",
+        "admin",
+    )
