@@ -676,7 +676,7 @@ class DeploymentService:
             await self._start_batch(release, current, now)
             return
         step = rollout.next_step(release, jobs)
-        if step in ("advance", "succeed") and release.batches:
+        if step in ("advance", "succeed", "fail") and release.batches:
             self.events.emit(
                 "rollout.batch",
                 subject=self.deployment(release.deployment_id).name,
@@ -684,6 +684,7 @@ class DeploymentService:
                 batch=release.batch + 1,
                 batches=release.batches,
                 machines=len(current),
+                outcome="failed" if step == "fail" else "succeeded",
             )
         if step == "advance":
             self.store.update_release(
