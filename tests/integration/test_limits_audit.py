@@ -424,3 +424,11 @@ def test_every_write_is_in_the_audit_log_with_its_principal(coord: CoordinatorPr
         "/fleet/v1/units/b.service",
         "admin",
     )
+
+    # A clean stop writes what is pending at once.
+    status, _, _ = call(coord, "POST", "/moorage/v1/join-tokens", body={"ttl_s": 60}, cert=True)
+    assert status == 201
+    coord.stop()
+    coord.start()
+    newest = coord.api("GET", "/moorage/v1/audit?kind=request&limit=1")["entries"][0]
+    assert (newest["method"], newest["path"]) == ("POST", "/moorage/v1/join-tokens")
