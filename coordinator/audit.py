@@ -62,8 +62,6 @@ def check_query(query: AuditQuery) -> AuditQuery:
         raise Invalid("kind must be 'request' or 'event'")
     if query.status and not 100 <= query.status <= 599:
         raise Invalid("status must be an HTTP status code (100-599)")
-    if query.since and query.until and query.until <= query.since:
-        raise Invalid("until must be after since")
     if query.before < 0:
         raise Invalid("cursor must be a positive entry id")
     return query

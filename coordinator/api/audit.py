@@ -8,7 +8,7 @@ from aiohttp import web
 
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import FLEET, Family, RouteTable
-from coordinator.audit import AuditLog
+from coordinator.audit import MAX_PAGE, AuditLog
 from coordinator.models import AuditEntry, AuditQuery
 
 PATH = "/moorage/v1/audit"
@@ -52,7 +52,8 @@ def query_of(params: dict[str, str]) -> AuditQuery:
             raise ApiError(400, f"{name} must not be negative")
         return value
 
-    limit = int(number("limit", int)) if params.get("limit") else 100
+    # Capped, not refused (as the other lists page): at most MAX_PAGE a page.
+    limit = min(MAX_PAGE, int(number("limit", int))) if params.get("limit") else 100
     return AuditQuery(
         principal=params.get("principal", ""),
         tenant=params.get("tenant", ""),
@@ -77,7 +78,8 @@ def routes(audit: AuditLog) -> Family:
         "The audit log: every write request and domain event, newest first. Filters:"
         " principal (name or kind:name), tenant, kind (request|event), method, path"
         " (prefix), route (template), status, event (kind or prefix ending in '.'),"
-        " since/until (epoch seconds), limit (1-1000), cursor (next_cursor of a page)",
+        " since/until (epoch seconds), limit (at most 1000 a page), cursor (next_cursor of a"
+        " page)",
         response=AuditPage,
         errors=(400,),
         query=FILTERS,
