@@ -245,8 +245,9 @@ class Coordinator:
                 ACTOR.reset(gate.actor)
             self.limiter.release(gate.auth)
             self.limiter.release(gate.deploy)
-            if isinstance(exc, Exception):
-                self._audit(request, route, template, gate, 500)
+            if isinstance(exc, Exception):  # a redirect, or a 500 aiohttp will answer
+                status = exc.status if isinstance(exc, web.HTTPException) else 500
+                self._audit(request, route, template, gate, status)
             raise
         if gate.actor is not None:
             ACTOR.reset(gate.actor)
