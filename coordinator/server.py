@@ -143,6 +143,7 @@ class Coordinator:
         )
         self.metrics.storage_write_failures.set_function(lambda: self.storage.health.failures)
         self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
+        self.metrics.audit_pending.set_function(lambda: self.audit.pending)
         self.units = UnitService(self.storage, self.hub, self.metrics, events=self.events)
         self.deploystore = self.storage
         self.reports = ReportService(self.storage, self.deploystore, self.hub, events=self.events)
@@ -222,6 +223,7 @@ class Coordinator:
                 await guard.read_body(request, self.config.body_timeout_s)
                 response = await handler(request)
             except RateLimited as exc:
+                self.metrics.rate_limited.labels(exc.cls).inc()
                 response = family.conventions.error(429, str(exc), exc.decision.headers())
             except AuthError as exc:
                 response = family.conventions.error(

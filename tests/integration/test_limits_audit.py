@@ -204,6 +204,7 @@ def test_fifty_concurrent_failures_get_exactly_five_through(coord: CoordinatorPr
     )
     statuses = sorted(r[0] for r in replies)
     assert statuses.count(401) == 5 and statuses.count(429) == 45, statuses
+    assert 'moorage_rate_limited_total{limit="auth"} 90.0' in coord.metrics()
 
 
 def test_per_token_limit_admin_certificate_and_exemption(coord: CoordinatorProc) -> None:
