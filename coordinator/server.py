@@ -76,7 +76,6 @@ from coordinator.trust.ratelimit import (
     AUTH,
     DEPLOY,
     TOKEN,
-    Decision,
     RateLimited,
     RateLimiter,
     Slot,
@@ -100,16 +99,16 @@ class Gate:
     """What the middleware learnt about one request on its way in: who, and which
     rate-limit slots it holds (settled once the outcome is known)."""
 
-    __slots__ = ("actor", "auth", "decision", "deploy", "principal")
+    __slots__ = ("actor", "auth", "deploy", "principal", "shown")
 
     def __init__(self) -> None:
         self.principal: Principal | None = None
         self.auth: Slot | None = None
         self.deploy: Slot | None = None
         self.actor: contextvars.Token[str] | None = None
-        self.decision: Decision | None = None
-        """The limit shown in X-RateLimit-* on the response (the route's class if it
-        has one, else the token's)."""
+        self.shown: tuple[str, str] | None = None
+        """The (class, key) whose standing X-RateLimit-* show on the response: the
+        route's class if it has one, else the token's."""
 
 
 class Coordinator:
@@ -256,8 +255,10 @@ class Coordinator:
         await self._settle(gate, response.status)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
-        if gate.decision is not None and response.status != 429 and not response.prepared:
-            response.headers.update(gate.decision.headers())
+        if gate.shown is not None and response.status != 429 and not response.prepared:
+            standing = self.limiter.peek(*gate.shown)  # after settling: slots given back
+            if standing is not None:
+                response.headers.update(standing.headers())
         self._audit(request, route, template, gate, response.status)
         self.metrics.api_latency.labels(
             request.method, template or "unmatched", str(response.status)
@@ -277,7 +278,7 @@ class Coordinator:
             and admin_certificate(request, self.storage) is None
         ):
             gate.auth = await self.limiter.reserve(AUTH, ip)
-            gate.decision = gate.auth.decision if gate.auth else None
+            gate.shown = (AUTH, ip)
         if request.path in request.app[PUBLIC]:
             return
         guessing = presents_token(request) and gate.auth is None
@@ -292,13 +293,13 @@ class Coordinator:
         if principal.kind == "certificate":
             return
         key = principal.token_id or principal.label
-        if not principal.unlimited:
-            gate.decision = self.limiter.hit(TOKEN, key) or gate.decision
+        if not principal.unlimited and self.limiter.hit(TOKEN, key) and gate.shown is None:
+            gate.shown = (TOKEN, key)
         if route is not None and route.limit == DEPLOY:
             user = f"user:{principal.user_id}" if principal.user_id is not None else key
             gate.deploy = await self.limiter.reserve(DEPLOY, user)
             if gate.deploy is not None:
-                gate.decision = gate.deploy.decision
+                gate.shown = (DEPLOY, user)
 
     async def _settle(self, gate: Gate, status: int) -> None:
         """A failed authentication keeps its slot (stored before the response goes
