@@ -88,16 +88,22 @@ def judge(hits: Sequence[float], now: float, limit: Limit) -> tuple[Decision, in
     limiter to its deques in place."""
     window = limit.window_s
     expired = bisect.bisect_right(hits, now, key=lambda h: h + window)
-    live = len(hits) - expired
+    return verdict(hits, expired, now, limit), expired
+
+
+def verdict(hits: Sequence[float], start: int, now: float, limit: Limit) -> Decision:
+    """`judge` once the hits before `start` are known to have left the window. Pure."""
+    window = limit.window_s
+    live = len(hits) - start
     if live < limit.count:
-        oldest = min(hits[expired], now) if live else now
-        return Decision(True, limit.count, limit.count - live - 1, oldest + window, 0), expired
+        oldest = min(hits[start], now) if live else now
+        return Decision(True, limit.count, limit.count - live - 1, oldest + window, 0)
     # Refused: the hits beyond count-1 must leave the window first.
-    free_at = hits[expired + live - limit.count] + window if limit.count > 0 else now + window
+    free_at = hits[start + live - limit.count] + window if limit.count > 0 else now + window
     retry = max(1, math.ceil(free_at - now))
     if now + retry < free_at:  # rounding
         retry += 1
-    return Decision(False, limit.count, 0, free_at, retry), expired
+    return Decision(False, limit.count, 0, free_at, retry)
 
 
 def decide(hits: Hits, now: float, limit: Limit) -> tuple[Decision, Hits]:
@@ -135,7 +141,7 @@ class Log:
         hits = self.hits
         while hits and hits[0] + limit.window_s <= now:
             hits.popleft()
-        decision, _ = judge(hits, now, limit)
+        decision = verdict(hits, 0, now, limit)  # O(1): no search, one index at most
         if decision.allowed:
             self.add(now)
         return decision
