@@ -19,6 +19,43 @@ DEFAULT_API_PORT = 7440
 DEFAULT_HUB_PORT = 7443
 
 
+class LimitConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """At most `count` in any `window_s` seconds."""
+
+    count: int
+    window_s: float
+
+
+class RateLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[rate_limits]`: the WebOps numbers by default (100 requests/hour per token, 10
+    deploys/hour per user, 5 failed authentications per 15 minutes per client IP)."""
+
+    enabled: bool = True
+    token: LimitConfig = LimitConfig(100, 3600.0)
+    deploy: LimitConfig = LimitConfig(10, 3600.0)
+    auth: LimitConfig = LimitConfig(5, 900.0)
+
+    def problems(self) -> list[str]:
+        """What is wrong with the numbers (empty when fine). Pure."""
+        out = []
+        for name in ("token", "deploy", "auth"):
+            lim: LimitConfig = getattr(self, name)
+            if lim.count < 1:
+                out.append(f"rate_limits.{name}.count must be at least 1")
+            if not lim.window_s > 0:
+                out.append(f"rate_limits.{name}.window_s must be positive")
+        return out
+
+
+GENEROUS_RATE_LIMITS = RateLimits(
+    token=LimitConfig(100_000, 3600.0),
+    deploy=LimitConfig(1_000, 3600.0),
+    auth=LimitConfig(1_000, 900.0),
+)
+"""What `moorage dev` and the test harness run with: limits that still exist (and
+answer with their headers) but that no developer or test loop reaches."""
+
+
 class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = str(DEFAULT_STATE_DIR)
     api_listen: str = f"0.0.0.0:{DEFAULT_API_PORT}"
@@ -36,6 +73,9 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     tls_handshake_timeout_s: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     """A request body must have arrived within this (408 otherwise)."""
+    rate_limits: RateLimits = RateLimits()
+    audit_flush_s: float = 0.5
+    """The audit log is written in batches at most this far apart (and at shutdown)."""
 
     @property
     def db_path(self) -> Path:
@@ -58,9 +98,13 @@ def load_config(path: Path | None) -> CoordinatorConfig:
         return CoordinatorConfig()
     try:
         raw = tomllib.loads(path.read_text())
-        return msgspec.convert(raw, CoordinatorConfig)
+        config = msgspec.convert(raw, CoordinatorConfig)
     except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    problems = config.rate_limits.problems()
+    if problems:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    return config
 
 
 def split_host_port(listen: str) -> tuple[str, int]:

@@ -31,7 +31,12 @@ import click
 import msgspec
 
 from coordinator import __version__
-from coordinator.config import DEFAULT_API_PORT, DEFAULT_HUB_PORT, CoordinatorConfig
+from coordinator.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_HUB_PORT,
+    GENEROUS_RATE_LIMITS,
+    CoordinatorConfig,
+)
 from coordinator.devhost import RuntimePlan, Started, die_with_parent, host_facts, plan_runtimes
 from coordinator.server import Coordinator
 from coordinator.trust import pki
@@ -110,6 +115,7 @@ def dev(
         api_listen=f"127.0.0.1:{api_port}",
         hub_listen=f"127.0.0.1:{hub_port}",
         lost_after_s=60.0,
+        rate_limits=GENEROUS_RATE_LIMITS,
     )
     try:
         run_main(_dev(paths, config, plan, verbose))

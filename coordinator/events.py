@@ -11,6 +11,7 @@ subscriber itself.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +38,11 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
 
 Subscriber = Callable[[Event], None]
 
+ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("moorage_actor", default="")
+"""Who the code running now acts for (`token:ci`, `certificate:admin`), set by the
+server's middleware for each request: an event published without an actor gets it,
+so services need not pass the principal down. Background work has none."""
+
 
 class EventBus:
     def __init__(self) -> None:
@@ -48,8 +54,9 @@ class EventBus:
         self._subscribers.append((None if kinds is None else frozenset(kinds), subscriber))
 
     def publish(self, event: Event) -> None:
-        if not event.at:
-            event = msgspec.structs.replace(event, at=time.time())
+        actor = event.actor or ACTOR.get()
+        if not event.at or actor != event.actor:
+            event = msgspec.structs.replace(event, at=event.at or time.time(), actor=actor)
         for kinds, subscriber in list(self._subscribers):
             if kinds is not None and not matches(event.kind, kinds):
                 continue

@@ -48,6 +48,17 @@ class CoordinatorMetrics:
             ["method", "route", "status"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "moorage_rate_limited",
+            "API requests refused with 429, by rate-limit class (token, deploy, auth)",
+            ["limit"],
+            registry=r,
+        )
+        self.audit_pending = Gauge(
+            "moorage_audit_pending",
+            "Audit entries recorded but not yet written (they wait while the storage is full)",
+            registry=r,
+        )
         self.storage_writable = Gauge(
             "moorage_storage_writable",
             "1 while the database takes writes, 0 while its disk is full or failing",

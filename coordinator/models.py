@@ -71,6 +71,8 @@ class ApiToken(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float | None = None
     revoked: bool = False
     tenant: str = DEFAULT_TENANT
+    unlimited: bool = False
+    """Exempt from the per-token general rate limit (admin-set)."""
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):
@@ -289,3 +291,53 @@ class MachineDrift(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[DriftEntry]
     checked_at: float = 0.0
     reported_at: float = 0.0
+
+
+AuditKind = Literal["request", "event"]
+
+
+class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One line of the audit log: a write request (who, in which tenant, what, on
+    what, with which outcome, from where) or a domain event (kind, subject, actor)."""
+
+    id: int = 0
+    """Assigned by the store; increasing (the paging cursor)."""
+    at: float
+    kind: AuditKind = "request"
+    principal_kind: str = ""
+    """"certificate", "token", "user"; "" when the request was not authenticated."""
+    principal: str = ""
+    tenant: str = ""
+    method: str = ""
+    route: str = ""
+    """The route's declared template (`/api/v2/deployments/{id}/deploy`)."""
+    path: str = ""
+    target: dict[str, str] = {}
+    """The path parameters."""
+    status: int = 0
+    client_ip: str = ""
+    event: str = ""
+    """A domain event's kind (`deployment.started`)."""
+    subject: str = ""
+    actor: str = ""
+    data: dict[str, str] = {}
+
+
+class AuditQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of the audit log (all optional), newest first, `before` the cursor id."""
+
+    principal: str = ""
+    """A principal's name, or `kind:name`."""
+    tenant: str = ""
+    kind: str = ""
+    method: str = ""
+    path_prefix: str = ""
+    route: str = ""
+    status: int = 0
+    event: str = ""
+    """An event kind, or a prefix ending in '.'."""
+    since: float = 0.0
+    until: float = 0.0
+    before: int = 0
+    """Only entries with a smaller id (the cursor of the previous page)."""
+    limit: int = 100

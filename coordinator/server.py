@@ -8,6 +8,7 @@ port because a new agent has no certificate yet; the join token authenticates it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import ipaddress
 import logging
@@ -26,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from coordinator import guard, limits
 from coordinator.api import (
     agent,
+    audit,
     fleet_manager,
     fleet_v1,
     identity,
@@ -41,6 +43,7 @@ from coordinator.api.routing import (
     FLEET,
     PUBLIC,
     Family,
+    Route,
     RouteTable,
     declared_route,
     family_of,
@@ -48,14 +51,16 @@ from coordinator.api.routing import (
     register,
 )
 from coordinator.app import open_store
+from coordinator.audit import AuditLog, is_write
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
-from coordinator.events import EventBus
+from coordinator.events import ACTOR, EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.models import AuditEntry
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
 from coordinator.store.ports import StorageUnavailable
@@ -63,8 +68,24 @@ from coordinator.tasks.service import TaskService
 from coordinator.trust import permissions as perms
 from coordinator.trust import pki
 from coordinator.trust.access import EnrolmentService, TokenService
-from coordinator.trust.auth import PRINCIPAL, AuthError, authenticate
+from coordinator.trust.auth import (
+    PRINCIPAL,
+    AuthError,
+    Principal,
+    admin_certificate,
+    authenticate,
+    presents_token,
+)
 from coordinator.trust.enrolment import Enroller
+from coordinator.trust.ratelimit import (
+    AUTH,
+    DEPLOY,
+    TOKEN,
+    RateLimited,
+    RateLimiter,
+    Slot,
+    limits_of,
+)
 from coordinator.trust.users import UserService
 from proto.enrolment import HUB_PATH
 
@@ -74,6 +95,26 @@ LISTEN_BACKLOG = 4096
 """Thousands of agents reconnect at once after a restart; 128 would drop their SYNs."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+AUDIT_PATH_MAX = 1024
+AUDIT_VALUE_MAX = 256
+FAILED_AUTH = (401, 403)
+
+
+class Gate:
+    """What the middleware learnt about one request on its way in: who, and which
+    rate-limit slots it holds (settled once the outcome is known)."""
+
+    __slots__ = ("actor", "auth", "deploy", "principal", "shown")
+
+    def __init__(self) -> None:
+        self.principal: Principal | None = None
+        self.auth: Slot | None = None
+        self.deploy: Slot | None = None
+        self.actor: contextvars.Token[str] | None = None
+        self.shown: tuple[str, str] | None = None
+        """The (class, key) whose standing X-RateLimit-* show on the response: the
+        route's class if it has one, else the token's."""
 
 
 class Coordinator:
@@ -90,6 +131,10 @@ class Coordinator:
         self.ca_cert = pki.load_cert(Path(self.paths.ca_cert).read_bytes())
         self.ca_pin = pki.ca_pin(self.ca_cert)
         self.storage = open_store(config)
+        self.limiter = RateLimiter(
+            limits_of(config.rate_limits), self.storage, enabled=config.rate_limits.enabled
+        )
+        self.audit = AuditLog(self.storage, self.events, flush_s=config.audit_flush_s)
         self.enroller = Enroller(
             self.storage, ca_key, self.ca_cert, cert_ttl_s=config.agent_cert_ttl_s
         )
@@ -105,14 +150,22 @@ class Coordinator:
         )
         self.metrics.storage_write_failures.set_function(lambda: self.storage.health.failures)
         self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
-        self.units = UnitService(self.storage, self.hub, self.metrics)
+        self.metrics.audit_pending.set_function(lambda: self.audit.pending)
+        self.units = UnitService(self.storage, self.hub, self.metrics, events=self.events)
         self.deploystore = self.storage
-        self.reports = ReportService(self.storage, self.deploystore, self.hub)
+        self.reports = ReportService(self.storage, self.deploystore, self.hub, events=self.events)
         self.deployments = DeploymentService(
-            self.storage, self.deploystore, self.units, self.hub, images=self.reports
+            self.storage,
+            self.deploystore,
+            self.units,
+            self.hub,
+            images=self.reports,
+            events=self.events,
         )
         self.logs = LogService(self.hub)
-        self.machines = MachineService(self.storage, self.deploystore, self.hub, self.units)
+        self.machines = MachineService(
+            self.storage, self.deploystore, self.hub, self.units, events=self.events
+        )
         self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
         self.events = EventBus()
@@ -145,6 +198,7 @@ class Coordinator:
             native.routes(self.units, self.machines, self.tokens, self.logs),
             *tasks.routes(self.tasks),
             *identity.routes(self.users),
+            audit.routes(self.audit),
         ]
 
     def _system_routes(self) -> Family:
@@ -175,42 +229,140 @@ class Coordinator:
         started = time.perf_counter()
         response: web.StreamResponse
         family = family_of(request.app, request.path)
+        template = guard.route_of(request)
+        route = declared_route(request)
+        gate = Gate()
         try:
-            # Anonymous routes get their body cap before anything else; the others only
-            # once the caller is known, so nobody unauthenticated makes us read a body.
-            request = guard.bounded(request)
-            if request.path not in request.app[PUBLIC]:
-                principal = authenticate(request, self.storage)
-                request[PRINCIPAL] = principal
-                refusal = permission_refusal(declared_route(request), principal.allows)
-                if refusal is not None:
-                    raise ApiError(403, refusal)
-            await guard.read_body(request, self.config.body_timeout_s)
-            response = await handler(request)
-        except AuthError as exc:
-            response = family.conventions.error(
-                exc.status, str(exc), {"WWW-Authenticate": "Bearer"}
-            )
-        except ApiError as exc:
-            response = family.conventions.error(exc.status, exc.message)
-        except DomainError as exc:
-            response = family.conventions.domain_error(exc)
-        except StorageUnavailable as exc:
-            # The health object logged it once; each refused request is not news.
-            status = 507 if exc.kind == "full" else 503
-            response = family.conventions.error(status, str(exc))
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            response = family.conventions.error(exc.status, exc.reason, allow)
+            try:
+                # Anonymous routes get their body cap before anything else; the others only
+                # once the caller is known, so nobody unauthenticated makes us read a body.
+                request = guard.bounded(request)
+                await self._admit(request, route, gate)
+                await guard.read_body(request, self.config.body_timeout_s)
+                response = await handler(request)
+            except RateLimited as exc:
+                self.metrics.rate_limited.labels(exc.cls).inc()
+                response = family.conventions.error(429, str(exc), exc.decision.headers())
+            except AuthError as exc:
+                response = family.conventions.error(
+                    exc.status, str(exc), {"WWW-Authenticate": "Bearer"}
+                )
+            except ApiError as exc:
+                response = family.conventions.error(exc.status, exc.message)
+            except DomainError as exc:
+                response = family.conventions.domain_error(exc)
+            except StorageUnavailable as exc:
+                # The health object logged it once; each refused request is not news.
+                status = 507 if exc.kind == "full" else 503
+                response = family.conventions.error(status, str(exc))
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+                response = family.conventions.error(exc.status, exc.reason, allow)
+        except BaseException as exc:
+            if gate.actor is not None:
+                ACTOR.reset(gate.actor)
+            self.limiter.release(gate.auth)
+            self.limiter.release(gate.deploy)
+            if isinstance(exc, Exception):  # a redirect, or a 500 aiohttp will answer
+                status = exc.status if isinstance(exc, web.HTTPException) else 500
+                self._audit(request, route, template, gate, status)
+            raise
+        if gate.actor is not None:
+            ACTOR.reset(gate.actor)
+        await self._settle(gate, response.status)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
-        route = guard.route_of(request) or "unmatched"
-        self.metrics.api_latency.labels(request.method, route, str(response.status)).observe(
-            time.perf_counter() - started
-        )
+        if gate.shown is not None and response.status != 429 and not response.prepared:
+            standing = self.limiter.peek(*gate.shown)  # after settling: slots given back
+            if standing is not None:
+                response.headers.update(standing.headers())
+        self._audit(request, route, template, gate, response.status)
+        self.metrics.api_latency.labels(
+            request.method, template or "unmatched", str(response.status)
+        ).observe(time.perf_counter() - started)
         return response
+
+    async def _admit(self, request: web.Request, route: Route | None, gate: Gate) -> None:
+        """Authenticate the caller and count the request against its rate limits
+        (RateLimited when over one): failed authentications per client IP on routes
+        declaring `limit="auth"` and whenever a token is presented, the general limit
+        per token, deploys per user. The admin certificate is never limited."""
+        ip = request.remote or ""
+        if (
+            route is not None
+            and route.limit == AUTH
+            and self.limiter.enabled
+            and admin_certificate(request, self.storage) is None
+        ):
+            gate.auth = await self.limiter.reserve(AUTH, ip)
+            gate.shown = (AUTH, ip)
+        if request.path in request.app[PUBLIC]:
+            return
+        guessing = presents_token(request) and gate.auth is None
+        if guessing:
+            gate.auth = await self.limiter.reserve(AUTH, ip)
+        principal = authenticate(request, self.storage)  # a failure keeps the IP's slot
+        if guessing:
+            self.limiter.release(gate.auth)
+            gate.auth = None
+        request[PRINCIPAL] = gate.principal = principal
+        gate.actor = ACTOR.set(principal.label)  # reset when the request ends
+        if principal.kind != "certificate":
+            key = principal.token_id or principal.label
+            if not principal.unlimited and self.limiter.hit(TOKEN, key) and gate.shown is None:
+                gate.shown = (TOKEN, key)
+        # The one permission check: what the route declares, against what the caller holds.
+        refusal = permission_refusal(route, principal.allows)
+        if refusal is not None:
+            raise ApiError(403, refusal)
+        if principal.kind == "certificate":
+            return
+        if route is not None and route.limit == DEPLOY:
+            user = f"user:{principal.user_id}" if principal.user_id is not None else key
+            gate.deploy = await self.limiter.reserve(DEPLOY, user)
+            if gate.deploy is not None:
+                gate.shown = (DEPLOY, user)
+
+    async def _settle(self, gate: Gate, status: int) -> None:
+        """A failed authentication keeps its slot (stored before the response goes
+        out), a deploy keeps its slot if accepted; every other slot is given back."""
+        if status in FAILED_AUTH:
+            await self.limiter.keep(gate.auth)
+        else:
+            self.limiter.release(gate.auth)
+        if status < 400:
+            await self.limiter.keep(gate.deploy)
+        else:
+            self.limiter.release(gate.deploy)
+
+    def _audit(
+        self, request: web.Request, route: Route | None, template: str, gate: Gate, status: int
+    ) -> None:
+        """Every write (authenticated or not, refused or not), in this one place."""
+        if not is_write(request.method):
+            return
+        who = gate.principal
+        try:
+            target = {k: v[:AUDIT_VALUE_MAX] for k, v in request.match_info.items()}
+        except Exception:  # no route matched: no parameters
+            target = {}
+        self.audit.record(
+            AuditEntry(
+                at=time.time(),
+                kind="request",
+                principal_kind=who.kind if who else "",
+                principal=who.name if who else "",
+                tenant=who.tenant if who else "",
+                method=request.method[:16],
+                route=route.path if route else template,
+                path=request.path[:AUDIT_PATH_MAX],
+                target=target,
+                status=status,
+                client_ip=request.remote or "",
+            )
+        )
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -249,6 +401,7 @@ class Coordinator:
         sys.setswitchinterval(limits.GIL_SWITCH_INTERVAL_S)
         now = time.time()
         self.storage.disconnect_all(now)
+        self.limiter.load()
         self.hub.load_liveness()
         api_ctx = pki.server_ssl_context(
             self.paths.server_cert,
@@ -269,6 +422,8 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.deployments.run()))
         self._tasks.append(asyncio.create_task(self.tasks.run_scheduler()))
         self._tasks.append(asyncio.create_task(self.users.warm()))
+        self._tasks.append(asyncio.create_task(self.limiter.run()))
+        self._tasks.append(asyncio.create_task(self.audit.run()))
         self.units.start()
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)
@@ -314,6 +469,8 @@ class Coordinator:
             # Nothing lost that matters: agents report it all again, and the next start
             # marks every machine disconnected anyway.
             log.error("stopping without storing the last reports: %s", exc)
+        self.limiter.flush()
+        self.audit.flush()
         self.storage.close()
 
 

@@ -299,10 +299,17 @@ def api_token() -> None:
     help="Tenant the token acts in (default: the caller's; another one needs an admin"
     " of the default tenant).",
 )
+@click.option("--unlimited", is_flag=True, help="Exempt from the per-token rate limit.")
 @click.pass_obj
-def api_token_create(ctx: Ctx, name: str, ttl: str | None, tenant: str | None) -> None:
+def api_token_create(
+    ctx: Ctx, name: str, ttl: str | None, tenant: str | None, unlimited: bool
+) -> None:
     """Print a new API token (stored hashed; shown only now)."""
-    body: dict[str, object] = {"name": name, "ttl_s": parse_duration(ttl) if ttl else None}
+    body: dict[str, object] = {
+        "name": name,
+        "ttl_s": parse_duration(ttl) if ttl else None,
+        "unlimited": unlimited,
+    }
     if tenant:
         body["tenant"] = tenant
     created = _call(ctx, lambda api: api.call("POST", "moorage/v1/api-tokens", body))
@@ -319,6 +326,99 @@ def api_token_revoke(ctx: Ctx, token_id: str) -> None:
     """Revoke the API token with id TOKEN_ID."""
     _call(ctx, lambda api: api.call("DELETE", f"moorage/v1/api-tokens/{token_id}"))
     click.echo(f"API token {token_id} revoked")
+
+
+@api_token.command("unlimited")
+@click.argument("token_id")
+@click.option("--off", is_flag=True, help="End the exemption.")
+@click.pass_obj
+def api_token_unlimited(ctx: Ctx, token_id: str, off: bool) -> None:
+    """Exempt the API token TOKEN_ID from the per-token rate limit (or, --off, not)."""
+    body = {"unlimited": not off}
+    _call(ctx, lambda api: api.call("PATCH", f"moorage/v1/api-tokens/{token_id}", body))
+    click.echo(f"API token {token_id} {'limited' if off else 'unlimited'}")
+
+
+# --- audit ---------------------------------------------------------------------------
+
+
+def audit_params(filters: dict[str, str | int | None], now: float) -> dict[str, str]:
+    """The query of GET /moorage/v1/audit from the command's options; `since`/`until`
+    take epoch seconds or a duration ago (30m, 24h). Pure."""
+    params: dict[str, str] = {}
+    for name, value in filters.items():
+        if value in (None, "", 0):
+            continue
+        text = str(value)
+        if name in ("since", "until") and not text.replace(".", "", 1).isdigit():
+            text = f"{now - parse_duration(text):.3f}"
+        params[name] = text
+    return params
+
+
+def audit_row(entry: dict[str, Any]) -> list[str]:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+    who = entry.get("principal", "")
+    kind = entry.get("principal_kind", "")
+    principal = f"{kind}:{who}" if kind else (who or "-")
+    if entry.get("kind") == "event":
+        what = f"{entry.get('event', '')} {entry.get('subject', '')}".strip()
+        return [when, principal, entry.get("tenant", "") or "-", "event", what, "-", "-"]
+    return [
+        when,
+        principal,
+        entry.get("tenant", "") or "-",
+        entry.get("method", ""),
+        entry.get("path", ""),
+        str(entry.get("status", "")),
+        entry.get("client_ip", "") or "-",
+    ]
+
+
+@cli.command("audit")
+@click.option("--principal", default="", help="A principal's name, or KIND:NAME (token:ci).")
+@click.option("--tenant", default="")
+@click.option("--kind", type=click.Choice(["request", "event"]), default=None)
+@click.option("--method", default="")
+@click.option("--path", "path", default="", help="Path prefix (/api/v2/).")
+@click.option("--route", default="", help="Route template (/fleet/v1/units/{name}).")
+@click.option("--status", type=int, default=None)
+@click.option("--event", default="", help="Event kind, or a prefix ending in '.'.")
+@click.option("--since", default="", help="Epoch seconds, or a duration ago (30m, 24h).")
+@click.option("--until", default="", help="Epoch seconds, or a duration ago.")
+@click.option("--limit", default=100, show_default=True, help="At most this many entries.")
+@click.pass_obj
+def audit_cmd(ctx: Ctx, /, limit: int, **filters: Any) -> None:
+    """The audit log, newest first: who wrote what, when, with which outcome."""
+    try:
+        params = audit_params(filters, time.time())
+    except click.BadParameter as exc:
+        _fail(str(exc), 2)
+    if limit < 1:
+        _fail("--limit must be at least 1", 2)
+
+    async def go(api: ApiClient) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(entries) < limit:
+            query = {**params, "limit": str(min(1000, limit - len(entries)))}
+            if cursor:
+                query["cursor"] = cursor
+            page = await api.call("GET", "moorage/v1/audit?" + urlencode(query))
+            entries.extend(page["entries"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return entries
+
+    entries = _call(ctx, go)
+    if ctx.json:
+        _emit_json(entries)
+        return
+    _table(
+        ["TIME", "PRINCIPAL", "TENANT", "METHOD", "PATH", "STATUS", "CLIENT"],
+        [audit_row(e) for e in entries],
+    )
 
 
 # --- users -----------------------------------------------------------------------------

@@ -93,11 +93,23 @@ class Proc:
         self._log.close()
 
 
+GENEROUS_LIMITS = """
+[rate_limits]
+token = { count = 100000, window_s = 3600 }
+deploy = { count = 1000, window_s = 3600 }
+auth = { count = 1000, window_s = 900 }
+"""
+"""What every test coordinator runs with unless a test is about the limits (as `moorage
+dev` does): tests that poll with a token, or probe bad tokens, are not throttled."""
+
+
 class CoordinatorProc:
-    """`moorage-coordinator serve` on loopback ports chosen once and kept across restarts."""
+    """`moorage-coordinator serve` on loopback ports chosen once and kept across restarts;
+    `config`: the TOML it reads (default: generous rate limits; set it before start)."""
 
     def __init__(self, state_dir: Path, **options: Any) -> None:
         self.state_dir = state_dir
+        self.config = GENEROUS_LIMITS
         self.api_port = free_port()
         self.hub_port = free_port()
         self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
@@ -113,9 +125,9 @@ class CoordinatorProc:
         return pki.PkiPaths.under(self.state_dir / "pki")
 
     def start(self) -> CoordinatorProc:
-        empty = self.state_dir.parent / "coordinator-empty.toml"
+        empty = self.state_dir.parent / f"{self.state_dir.name}.toml"
         empty.parent.mkdir(parents=True, exist_ok=True)
-        empty.touch()
+        empty.write_text(self.config)
         args = [
             sys.executable,
             "-m",

@@ -29,8 +29,9 @@ def routes(enrolment: EnrolmentService, hub_url: Callable[[str], str]) -> Family
         ENROLL_PATH,
         "Enrol a machine with a join token and a CSR",
         request=EnrollRequest,
-        errors=(400, 403, 409, 415),
+        errors=(400, 403, 409, 415, 429),
         public=True,
+        limit="auth",
     )
     async def enroll(request: web.Request) -> web.Response:
         body = await decode_body(request, EnrollRequest, max_bytes=ENROLL_BODY_MAX)

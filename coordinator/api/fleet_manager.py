@@ -682,7 +682,8 @@ def routes(service: DeploymentService, machines: MachineService) -> Family:
         "Cut a release and start its rollout (409 while one runs)",
         response=ReleaseOut,
         ok=201,
-        errors=(400, 404, 409, 503),
+        errors=(400, 404, 409, 429, 503),
+        limit="deploy",
     )
     async def deploy(request: web.Request) -> web.Response:
         release = await service.deploy(request.match_info["id"], tenant=tenant_of(request))

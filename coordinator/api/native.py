@@ -53,6 +53,12 @@ class ApiTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tenant: Annotated[str, msgspec.Meta(pattern=TENANT_PATTERN)] = ""
     """The tenant the token acts in (default: the caller's); naming another is for an
     admin of the default tenant only (403 otherwise)."""
+    unlimited: bool = False
+    """Exempt from the per-token general rate limit."""
+
+
+class ApiTokenPatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    unlimited: bool
 
 
 class ApiTokenCreated(msgspec.Struct, frozen=True):
@@ -304,7 +310,9 @@ def routes(
         body = await decode_body(request, ApiTokenRequest)
         principal = request[PRINCIPAL]
         tenant = mint_tenant(principal.tenant, body.tenant, is_admin=principal.allows(PERM_ADMIN))
-        token, record = tokens.create_api_token(body.name, body.ttl_s, tenant=tenant)
+        token, record = tokens.create_api_token(
+            body.name, body.ttl_s, tenant=tenant, unlimited=body.unlimited
+        )
         return json_response(
             ApiTokenCreated(record.id, record.name, token, record.expires_at, record.tenant),
             status=201,
@@ -313,6 +321,19 @@ def routes(
     @r.get(PREFIX + "/api-tokens", "List API tokens", response=ApiTokenList, permission=perms.ADMIN)
     async def list_api(request: web.Request) -> web.Response:
         return json_response(ApiTokenList(tokens.api_tokens(tenant=tenant_of(request))))
+
+    @r.patch(
+        PREFIX + "/api-tokens/{id}",
+        "Exempt an API token from the general rate limit, or not",
+        request=ApiTokenPatch,
+        ok=204,
+        errors=(400, 404, 415),
+        permission=perms.ADMIN,
+    )
+    async def patch_api(request: web.Request) -> web.Response:
+        body = await decode_body(request, ApiTokenPatch)
+        tokens.set_unlimited(request.match_info["id"], body.unlimited, tenant=tenant_of(request))
+        return web.Response(status=204)
 
     @r.delete(
         PREFIX + "/api-tokens/{id}",

@@ -55,7 +55,8 @@ def document(families: Iterable[Family]) -> Json:
         if route.response is not None:
             ok["content"] = {"application/json": {"schema": refs[route.response]}}
         op["responses"][str(route.ok)] = ok
-        for status in (*route.errors, *_input_errors(route), 401):
+        limited = (429,) if route.limit or not route.public else ()
+        for status in (*route.errors, *_input_errors(route), 401, *limited):
             op["responses"][str(status)] = {
                 "description": "error",
                 "content": {"application/json": {"schema": error_schema}},
@@ -111,12 +112,22 @@ QUERY_PARAMS: dict[str, Json] = {
     "machineID": {"type": "string", "maxLength": 64},
     "unitName": {"type": "string", "maxLength": 256},
     "unit": {"type": "string", "maxLength": 256},
+    "principal": {"type": "string", "maxLength": 256},
+    "tenant": {"type": "string", "maxLength": 256},
+    "kind": {"type": "string", "enum": ["request", "event"]},
+    "method": {"type": "string", "maxLength": 16},
+    "path": {"type": "string", "maxLength": 1024},
+    "route": {"type": "string", "maxLength": 1024},
+    "status": {"type": "string", "pattern": "^[1-5][0-9]{2}$"},
+    "event": {"type": "string", "maxLength": 128},
+    "since": {"type": "string", "pattern": "^[0-9]{1,12}(\\.[0-9]{1,6})?$"},
+    "until": {"type": "string", "pattern": "^[0-9]{1,12}(\\.[0-9]{1,6})?$"},
     "page": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
     "per_page": {"type": "string", "pattern": "^[1-9][0-9]{0,2}$"},
 }
 USERNAME_SCHEMA: Json = {"pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"}
 PASSWORD_SCHEMA: Json = {"minLength": users.MIN_PASSWORD, "maxLength": users.MAX_PASSWORD}
-TENANT_SCHEMA: Json = {"pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
+TENANT_SCHEMA: Json = {"pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}
 PERMISSION_SCHEMA: Json = {
     "enum": [
         *perms.PERMISSIONS,

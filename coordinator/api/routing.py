@@ -160,7 +160,8 @@ DECLARED: web.AppKey[dict[object, dict[str, Route]]] = web.AppKey(
     "declared", dict[object, dict[str, Route]]
 )
 """aiohttp resource -> method ("*" for any) -> the Route declared for it: what the
-server's middleware checks (the permission) for the request it matched."""
+server's middleware reads for the request it matched (permission, rate-limit class,
+the template the audit log records)."""
 PUBLIC: web.AppKey[frozenset[str]] = web.AppKey("public", frozenset[str])
 """Paths served without authentication, from the declarations."""
 

@@ -28,6 +28,7 @@ import msgspec
 from coordinator.deploy import groups, rollout
 from coordinator.deploy.manifest import Manifest, ManifestError, parse_manifest
 from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
+from coordinator.events import EventBus
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub, Session
 from coordinator.models import (
@@ -77,7 +78,9 @@ class DeploymentService:
         units: UnitService,
         hub: Hub,
         images: ImageResolver | None = None,
+        events: EventBus | None = None,
     ) -> None:
+        self.events = events if events is not None else EventBus()
         self.storage = storage
         self.store = store
         self.units = units
@@ -550,6 +553,15 @@ class DeploymentService:
                 for mid in batch
             ]
             self.store.create_release(release, jobs)
+            self.events.emit(
+                "deployment.started",
+                tenant=d.tenant,
+                subject=d.name,
+                release=release.id,
+                version=release.version,
+                machines=len(members),
+                batches=len(batches),
+            )
             log.info(
                 "deployment %s: release %s (version %s) to %d machine(s) in %d batch(es)",
                 d.name,
@@ -715,6 +727,18 @@ class DeploymentService:
             await self._start_batch(release, current, now)
             return
         step = rollout.next_step(release, jobs)
+        if step in ("advance", "succeed", "fail") and release.batches:
+            d = self.store.get_deployment(release.deployment_id)
+            self.events.emit(
+                "rollout.batch",
+                tenant=d.tenant if d else DEFAULT_TENANT,
+                subject=d.name if d else release.deployment_id,
+                release=release.id,
+                batch=release.batch + 1,
+                batches=release.batches,
+                machines=len(current),
+                outcome="failed" if step == "fail" else "succeeded",
+            )
         if step == "advance":
             self.store.update_release(
                 release.id, status="Running", batch=release.batch + 1, message="", now=now
@@ -779,6 +803,15 @@ class DeploymentService:
             d.id, status, now, current_release=release.id if status == "Success" else None
         )
         log.info("deployment %s: release %s %s %s", d.name, release.id, status, message)
+        self.events.emit(
+            "deployment.completed" if status == "Success" else "deployment.failed",
+            tenant=d.tenant,
+            subject=d.name,
+            release=release.id,
+            version=release.version,
+            message=message,
+            rolled_back=rolled_back,
+        )
 
     # --- group membership --------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import msgspec
 
 from coordinator.errors import NotFound
+from coordinator.events import EventBus
 from coordinator.fleet.units import UnitService
-from coordinator.hub.sessions import Hub
+from coordinator.hub.sessions import Hub, Session
 from coordinator.models import DEFAULT_TENANT, Machine
 from coordinator.store.ports import Store as DeployStore
 from coordinator.store.ports import Store as Storage
@@ -65,12 +66,33 @@ def clusters_of(
 
 class MachineService:
     def __init__(
-        self, storage: Storage, deploystore: DeployStore, hub: Hub, units: UnitService
+        self,
+        storage: Storage,
+        deploystore: DeployStore,
+        hub: Hub,
+        units: UnitService,
+        events: EventBus | None = None,
     ) -> None:
         self.storage = storage
         self.deploystore = deploystore
         self.hub = hub
         self.units = units
+        self.events = events if events is not None else EventBus()
+        # The hub's own seam tells this service; the domain hears it on the bus.
+        hub.on_connect.append(self._on_connect)
+        hub.on_disconnect.append(self._on_disconnect)
+        hub.on_state_change.append(self._on_state_change)
+
+    async def _on_connect(self, session: Session) -> None:
+        hostname = session.hello.hostname if session.hello is not None else ""
+        self.events.emit("machine.up", subject=session.machine_id, hostname=hostname)
+
+    def _on_disconnect(self, session: Session) -> None:
+        self.events.emit("machine.down", subject=session.machine_id)
+
+    async def _on_state_change(self, machine_id: str, state: str) -> None:
+        if state == "lost":
+            self.events.emit("machine.lost", subject=machine_id)
 
     def list_machines(
         self, *, include_revoked: bool = False, tenant: str = DEFAULT_TENANT

@@ -19,6 +19,7 @@ from typing import Literal
 import msgspec
 
 from coordinator.errors import Conflict, Invalid, NotFound
+from coordinator.events import EventBus
 from coordinator.fleet.desired import machine_desired
 from coordinator.fleet.scheduler import (
     MachineView,
@@ -58,6 +59,20 @@ class BatchWritten(msgspec.Struct):
     created: list[str] = msgspec.field(default_factory=list)
     replaced: list[str] = msgspec.field(default_factory=list)
     kept: list[str] = msgspec.field(default_factory=list)
+
+
+def unit_events(before: Unit | None, after_hash: str, after_state: DesiredState) -> list[str]:
+    """The domain events of a unit's put: submitted (new or changed contents), started
+    (now launched), stopped (no longer launched). Pure."""
+    kinds = []
+    if before is None or before.hash != after_hash:
+        kinds.append("unit.submitted")
+    was = before.desired_state if before is not None else "inactive"
+    if after_state == "launched" and was != "launched":
+        kinds.append("unit.started")
+    elif was == "launched" and after_state != "launched":
+        kinds.append("unit.stopped")
+    return kinds
 
 
 def current_state(unit: Unit, states: Iterable[UnitState]) -> str:
@@ -159,11 +174,16 @@ def _check(name: str, options: list[UnitOption]) -> None:
 
 class UnitService:
     def __init__(
-        self, storage: FleetStore, hub: Hub, metrics: CoordinatorMetrics | None = None
+        self,
+        storage: FleetStore,
+        hub: Hub,
+        metrics: CoordinatorMetrics | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.storage = storage
         self.hub = hub
         self.metrics = metrics
+        self.events = events if events is not None else EventBus()
         self._sent: dict[str, Sent] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._schedule_lock = asyncio.Lock()
@@ -212,6 +232,8 @@ class UnitService:
             created_at=existing.created_at if existing else 0.0,
         )
         affected = self.storage.put_unit(unit, time.time(), tenant=tenant)
+        for kind in unit_events(existing, unit.hash, desired_state):
+            self.events.emit(kind, tenant=tenant, subject=name, desired_state=desired_state)
         await self.push(affected)
         await self.reschedule()
         return self.get(name, tenant=tenant) or unit
@@ -247,6 +269,8 @@ class UnitService:
                 return written, self.storage.put_units(records, time.time(), tenant=tenant)
 
         written, affected = await asyncio.to_thread(write)
+        for name in (*written.created, *written.replaced):
+            self.events.emit("unit.submitted", tenant=tenant, subject=name)
         if written.created or written.replaced:
             await self.push(affected)
             await self.reschedule()
@@ -291,6 +315,7 @@ class UnitService:
         placed = self.storage.delete_unit(name, tenant=tenant)
         if placed is None:
             return False
+        self.events.emit("unit.destroyed", tenant=tenant, subject=name)
         await self.push(placed)
         await self.reschedule()
         return True

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from coordinator.errors import NotFound, Unavailable
+from coordinator.events import EventBus
 from coordinator.hub.sessions import Hub, Session
 from coordinator.models import DEFAULT_TENANT, MachineDrift, MachineSticker
 from coordinator.store.ports import MachineStore, ReportStore
@@ -59,7 +60,16 @@ class _Waiter:
 
 
 class ReportService:
-    def __init__(self, storage: MachineStore, deploystore: ReportStore, hub: Hub) -> None:
+    def __init__(
+        self,
+        storage: MachineStore,
+        deploystore: ReportStore,
+        hub: Hub,
+        events: EventBus | None = None,
+    ) -> None:
+        self.events = events if events is not None else EventBus()
+        self._drift_seen: dict[str, frozenset[tuple[str, str]]] = {}
+        """Each machine's last drift (unit, kind), so only a change is an event."""
         self.storage = storage
         self.deploystore = deploystore
         self.hub = hub
@@ -89,10 +99,32 @@ class ReportService:
                     time.time(),
                 )
             )
+            self._drift_event(session.machine_id, message.entries)
             if message.request_id:
                 self._answer(session, message.request_id, message)
         elif isinstance(message, m.ImageResolved):
             self._answer(session, message.request_id, message)
+
+    def _drift_event(self, machine_id: str, entries: list[m.DriftEntry]) -> None:
+        """drift.detected when a machine reports drift it did not report before,
+        drift.resolved when its drift is gone."""
+        now = frozenset((e.unit, e.kind) for e in entries)
+        before = self._drift_seen.get(machine_id, frozenset())
+        if now == before:
+            return
+        if now:
+            self._drift_seen[machine_id] = now
+        else:
+            self._drift_seen.pop(machine_id, None)
+        if now - before:
+            self.events.emit(
+                "drift.detected",
+                subject=machine_id,
+                entries=len(now),
+                units=sorted({unit for unit, _ in now}),
+            )
+        elif not now:
+            self.events.emit("drift.resolved", subject=machine_id)
 
     def _store_stickers(self, machine_id: str, stickers: list[m.Sticker]) -> None:
         self.hub.buffer.add(

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
         ApiToken,
         Application,
         ApplicationVersion,
+        AuditEntry,
+        AuditQuery,
         Deployment,
         DeploymentStatus,
         JoinToken,
@@ -292,6 +294,7 @@ class TokenStore(Protocol):
         now: float,
         ttl_s: float | None,
         tenant: str = DEFAULT_TENANT,
+        unlimited: bool = False,
     ) -> ApiToken: ...
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None: ...
@@ -360,6 +363,13 @@ class UserStore(Protocol):
         ...
 
     def revoke_user_token(self, token_id: str) -> bool: ...
+
+    def set_api_token_unlimited(
+        self, token_id: str, unlimited: bool, *, tenant: str | None = None
+    ) -> bool:
+        """Exempt a token (of `tenant` only, when given) from the general rate limit, or
+        not; False if unknown."""
+        ...
 
 
 @runtime_checkable
@@ -547,6 +557,37 @@ class TaskStore(Protocol):
 
 
 @runtime_checkable
+class RateLimitStore(Protocol):
+    """Rate-limit hits (class, key, time), so limits survive a restart."""
+
+    def add_rate_hits(self, hits: Sequence[tuple[str, str, float]]) -> None:
+        """Store hits, in one transaction."""
+        ...
+
+    def rate_hits(self, since: float) -> list[tuple[str, str, float]]:
+        """Every stored hit after `since`, oldest first."""
+        ...
+
+    def prune_rate_hits(self, cutoffs: Mapping[str, float]) -> int:
+        """Forget each class's hits at or before its cutoff (and every class not named);
+        how many were removed."""
+        ...
+
+
+@runtime_checkable
+class AuditStore(Protocol):
+    """The audit log: every write request and every domain event, append-only."""
+
+    def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Store entries (their ids are assigned here), in one transaction."""
+        ...
+
+    def audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """Entries matching the query, newest first, at most `query.limit`."""
+        ...
+
+
+@runtime_checkable
 class FleetStore(StoreAdmin, MachineStore, UnitStore, Protocol):
     """Machines and units, and `batch` for a read-then-write as one transaction: what
     the unit service and the fleet APIs need."""
@@ -578,6 +619,8 @@ class Store(
     DeploymentStore,
     ReportStore,
     TaskStore,
+    RateLimitStore,
+    AuditStore,
     Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""

@@ -108,10 +108,16 @@ class TokenService:
         return self.create_join_tokens(ttl_s=ttl_s, description=description).tokens[0]
 
     def create_api_token(
-        self, name: str, ttl_s: float | None = None, *, tenant: str = DEFAULT_TENANT
+        self,
+        name: str,
+        ttl_s: float | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        unlimited: bool = False,
     ) -> tuple[str, ApiToken]:
         """An admin API token of `tenant` (no expiry when ttl_s is None) and its stored
-        record; requests with it act in that tenant."""
+        record; requests with it act in that tenant. `unlimited`: exempt from the
+        per-token general rate limit."""
         problem = tenant_problem(tenant)
         if problem:
             raise Invalid(problem)
@@ -127,12 +133,21 @@ class TokenService:
             now=time.time(),
             ttl_s=ttl,
             tenant=tenant,
+            unlimited=unlimited,
         )
         return format_token(token), record
 
     def api_tokens(self, *, tenant: str = DEFAULT_TENANT) -> list[ApiToken]:
         """The tenant's API tokens."""
         return self.storage.list_api_tokens(tenant=tenant)
+
+    def set_unlimited(
+        self, token_id: str, unlimited: bool, *, tenant: str = DEFAULT_TENANT
+    ) -> None:
+        """Exempt one of the tenant's API tokens from the general rate limit (or end the
+        exemption); another tenant's is not found."""
+        if not self.storage.set_api_token_unlimited(token_id, unlimited, tenant=tenant):
+            raise NotFound(f"API token {token_id!r} does not exist")
 
     def revoke_api_token(self, token_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Revoke one of the tenant's tokens (another tenant's is not found)."""

@@ -42,6 +42,13 @@ class Principal(msgspec.Struct, frozen=True):
     user_id: int | None = None
     """Set for a user's token (#17); None for the admin certificate and admin tokens."""
     token_id: str = ""
+    unlimited: bool = False
+    """Exempt from the per-token general rate limit (a flag an admin sets on a token)."""
+
+    @property
+    def label(self) -> str:
+        """`kind:name`, as the audit log and events' `actor` name a principal."""
+        return f"{self.kind}:{self.name}"
 
     def allows(self, permission: str) -> bool:
         """`admin` grants everything; otherwise the permission must be held. Pure."""
@@ -60,11 +67,26 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 """Who the request acts as, set by the server's middleware for every non-public route."""
 
 
+def presents_token(request: web.Request) -> bool:
+    """Whether the request offers a token (a guess, until checked): what counts against
+    the client IP's limit of failed authentications."""
+    return bool(request.headers.get("Authorization") or request.headers.get("api-key"))
+
+
+def admin_certificate(request: web.Request, storage: TrustStore) -> Principal | None:
+    """The admin certificate's principal when the request presents one (unrevoked):
+    the operator's break-glass, never rate-limited, even on public routes."""
+    peer = pki.peer_cert_info(request.transport)
+    if peer is None or peer.role != pki.ROLE_ADMIN or storage.is_serial_revoked(peer.serial):
+        return None
+    return Principal("certificate", peer.common_name, ROLE_ADMIN)
+
+
 def authenticate(request: web.Request, storage: TrustStore) -> Principal:
     """Return the caller or raise AuthError with a message safe to show the client."""
-    header = request.headers.get("Authorization", "")
-    api_key = request.headers.get("api-key", "")
-    if header or api_key:
+    if presents_token(request):
+        header = request.headers.get("Authorization", "")
+        api_key = request.headers.get("api-key", "")
         return _token_principal(header, api_key, storage)
     peer = pki.peer_cert_info(request.transport)
     if peer is not None:
@@ -99,7 +121,14 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
         raise AuthError("token revoked")
     if record.expires_at is not None and record.expires_at <= time.time():
         raise AuthError("token expired")
-    return Principal("token", record.name, record.role, tenant=record.tenant, token_id=record.id)
+    return Principal(
+        "token",
+        record.name,
+        record.role,
+        tenant=record.tenant,
+        token_id=record.id,
+        unlimited=record.unlimited,
+    )
 
 
 def _user_principal(value: str, storage: TrustStore) -> Principal:

@@ -243,6 +243,15 @@ def test_edited_and_stopped_units_are_reported_within_5s_and_left_alone(rig: Rig
     assert rig.systemd.unit_property("web.service", "ActiveState") == "inactive"
     assert entry("state_differs", "web.service")(rig.drift(refresh=True))
     assert rig.moorctl("drift", "--refresh").returncode == 0
+    # Each change of what the machine reports is a domain event, in the audit log.
+    events = rig.coordinator.api("GET", "/moorage/v1/audit?event=drift.&limit=1000")["entries"]
+    kinds = [(e["event"], e["subject"]) for e in reversed(events)]
+    assert kinds[-3:] == [  # (a rollout under way may show a moment of drift before)
+        ("drift.detected", "m1"),
+        ("drift.resolved", "m1"),
+        ("drift.detected", "m1"),
+    ], kinds
+    assert "web.service" in events[0]["data"]["units"]
 
 
 def test_repair_policy_restores_edited_and_stopped_units(rig: Rig) -> None:

@@ -334,6 +334,27 @@ def test_rollout_stops_after_a_failed_batch(four: Fleet) -> None:
     fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
     fm.wait_release(dep["id"], "Success")
     assert four.active_on("web.service") == {"m1", "m2", "m3", "m4"}
+    # The domain events of all this, in the audit log (issue 17).
+    audit = four.coordinator.api("GET", "/moorage/v1/audit?kind=event&limit=1000")["entries"]
+    seen = [(e["event"], e["subject"], e.get("data", {}).get("batch")) for e in reversed(audit)]
+    story = [x for x in seen if x[0].startswith(("deployment.", "rollout."))]
+    assert story == [
+        ("deployment.started", "web-default", None),
+        ("rollout.batch", "web-default", "1"),
+        ("rollout.batch", "web-default", "2"),
+        ("deployment.completed", "web-default", None),
+        ("deployment.started", "web-default", None),
+        ("rollout.batch", "web-default", "1"),
+        ("deployment.failed", "web-default", None),
+        ("deployment.started", "web-default", None),
+        ("rollout.batch", "web-default", "1"),
+        ("rollout.batch", "web-default", "2"),
+        ("deployment.completed", "web-default", None),
+    ], story
+    assert {s for k, s, _ in seen if k == "machine.up"} == {"m1", "m2", "m3", "m4"}
+    assert next(e for e in audit if e["event"] == "deployment.started")["actor"].startswith(
+        "token:"
+    )
 
 
 ROLLBACK = """\

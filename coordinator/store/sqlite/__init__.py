@@ -8,6 +8,7 @@ from coordinator.store.sqlite.core import SqliteCore, row_record, storage_fault
 from coordinator.store.sqlite.deploy import DeploySql
 from coordinator.store.sqlite.machines import MachinesSql
 from coordinator.store.sqlite.migrations import MIGRATIONS
+from coordinator.store.sqlite.platform import PlatformSql
 from coordinator.store.sqlite.reports import ReportsSql
 from coordinator.store.sqlite.tasks import TasksSql
 from coordinator.store.sqlite.tokens import TokensSql
@@ -18,6 +19,14 @@ __all__ = ["MIGRATIONS", "SqliteStore", "row_record", "storage_fault"]
 
 
 class SqliteStore(
-    MachinesSql, UnitsSql, TokensSql, UsersSql, DeploySql, ReportsSql, TasksSql, SqliteCore
+    MachinesSql,
+    UnitsSql,
+    TokensSql,
+    UsersSql,
+    DeploySql,
+    ReportsSql,
+    TasksSql,
+    PlatformSql,
+    SqliteCore,
 ):
     """Every port (`coordinator.store.ports.Store`) over one SQLite database file."""

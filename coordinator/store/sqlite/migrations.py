@@ -388,4 +388,35 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX user_tokens_by_user ON user_tokens(user_id)
     """,
+    # 9 (#17): rate limits (hits, so limits survive a restart), the audit log, tokens exempt
+    # from the general limit.
+    """
+    CREATE TABLE rate_limit_hits (
+        class TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX rate_limit_hits_by_time ON rate_limit_hits(class, at);
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        principal_kind TEXT NOT NULL DEFAULT '',
+        principal TEXT NOT NULL DEFAULT '',
+        tenant TEXT NOT NULL DEFAULT '',
+        method TEXT NOT NULL DEFAULT '',
+        route TEXT NOT NULL DEFAULT '',
+        path TEXT NOT NULL DEFAULT '',
+        target TEXT NOT NULL DEFAULT '{}',
+        status INTEGER NOT NULL DEFAULT 0,
+        client_ip TEXT NOT NULL DEFAULT '',
+        event TEXT NOT NULL DEFAULT '',
+        subject TEXT NOT NULL DEFAULT '',
+        actor TEXT NOT NULL DEFAULT '',
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_log_by_time ON audit_log(at);
+    CREATE INDEX audit_log_by_principal ON audit_log(principal);
+    ALTER TABLE api_tokens ADD COLUMN unlimited INTEGER NOT NULL DEFAULT 0
+    """,
 )

@@ -145,16 +145,23 @@ class TokensSql(SqliteCore):
         now: float,
         ttl_s: float | None,
         tenant: str = DEFAULT_TENANT,
+        unlimited: bool = False,
     ) -> ApiToken:
         expires = now + ttl_s if ttl_s else None
         with self._tx() as db:
             db.execute(
                 "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at,"
-                " tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (token_id, name, role, secret_hash, now, expires, tenant),
+                " tenant, unlimited) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (token_id, name, role, secret_hash, now, expires, tenant, int(unlimited)),
             )
         return ApiToken(
-            id=token_id, name=name, role=role, created_at=now, expires_at=expires, tenant=tenant
+            id=token_id,
+            name=name,
+            role=role,
+            created_at=now,
+            expires_at=expires,
+            tenant=tenant,
+            unlimited=unlimited,
         )
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
@@ -168,6 +175,18 @@ class TokensSql(SqliteCore):
             return [_api_token(r) for r in self._all("SELECT * FROM api_tokens ORDER BY id")]
         rows = self._all("SELECT * FROM api_tokens WHERE tenant=? ORDER BY id", (tenant,))
         return [_api_token(r) for r in rows]
+
+    def set_api_token_unlimited(
+        self, token_id: str, unlimited: bool, *, tenant: str | None = None
+    ) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "UPDATE api_tokens SET unlimited=? WHERE id=? AND tenant=COALESCE(?, tenant)",
+                    (int(unlimited), token_id, tenant),
+                ).rowcount
+                == 1
+            )
 
     def revoke_api_token(self, token_id: str, *, tenant: str | None = None) -> bool:
         """Revoke a token (of `tenant` only, when given: another tenant's is not found)."""

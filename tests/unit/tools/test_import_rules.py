@@ -126,7 +126,9 @@ def test_the_command_exits_1_on_a_broken_rule_and_0_once_fixed(tmp_path: Path) -
     argv = [sys.executable, str(ROOT / "tools" / "import_rules.py"), "rules.json"]
     run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
-    assert "agent/link.py:1 agent.link -> coordinator.pki  (never agent -> coordinator" in run.stdout
+    assert (
+        "agent/link.py:1 agent.link -> coordinator.pki  (never agent -> coordinator" in run.stdout
+    )
     (tmp_path / "agent/link.py").write_text("import proto\n")
     run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0
