@@ -433,3 +433,28 @@ def test_every_write_is_in_the_audit_log_with_its_principal(coord: CoordinatorPr
     coord.start()
     newest = coord.api("GET", "/moorage/v1/audit?kind=request&limit=1")["entries"][0]
     assert (newest["method"], newest["path"]) == ("POST", "/moorage/v1/join-tokens")
+
+
+def test_the_sixth_failed_login_is_429_across_kill_9_and_under_50_at_once(
+    coord: CoordinatorProc,
+) -> None:
+    """The issue's own words, on the WebOps login (`POST /api/v1/auth/token/`, declared
+    `limit="auth"`): wrong passwords from one address are 401 five times, then 429 with
+    Retry-After, still after a `kill -9`; 50 at once from another address get exactly
+    five password checks (401) and 45 refusals."""
+    wrong = {"username": "admin", "password": "not-the-password"}
+    ip = "127.0.0.5"
+    for _ in range(5):
+        status, _, body = call(coord, "POST", "/api/v1/auth/token/", source=ip, body=wrong)
+        assert status == 401, body
+    sixth = call(coord, "POST", "/api/v1/auth/token/", source=ip, body=wrong)
+    assert_429(sixth, 5)
+    assert json.loads(sixth[2])["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+
+    coord.kill9()
+    coord.start()
+    assert_429(call(coord, "POST", "/api/v1/auth/token/", source=ip, body=wrong), 5)
+
+    replies = many(coord, 50, "POST", "/api/v1/auth/token/", source="127.0.0.6", body=wrong)
+    statuses = sorted(r[0] for r in replies)
+    assert statuses.count(401) == 5 and statuses.count(429) == 45, statuses
