@@ -287,6 +287,31 @@ def _scenario(c: CoordinatorProc, a: Tenant, b: Tenant, ma: Machine, mb: Machine
     assert b.ok("GET", "/moorage/v1/api-tokens")["tokens"][0]["tenant"] == "tenant-c"
     b = Tenant(c, "tenant-b")  # back to B (a new token of B)
 
+    # --- the task API (#19): A's definitions and runs are 404 to B, never in B's lists ---
+    job = a.ok("POST", "/api/v6/task", {"alias": "job", "image": "busybox", "command": "true"})
+    run = a.ok(
+        "PUT", f"/api/v6/task/{job['definition_id']}/execute", {"run_tags": {"owner_id": "a"}}
+    )
+    for method, path, body in (
+        ("GET", f"/api/v6/task/{job['definition_id']}", None),
+        ("GET", "/api/v6/task/alias/job", None),
+        ("PUT", f"/api/v6/task/{job['definition_id']}", {"image": "alpine"}),
+        ("PUT", f"/api/v6/task/{job['definition_id']}/execute", {"run_tags": {"owner_id": "b"}}),
+        ("GET", f"/api/v6/history/{run['run_id']}", None),
+        ("GET", f"/api/v6/{run['run_id']}/status", None),
+        ("GET", f"/api/v6/{run['run_id']}/logs", None),
+        ("GET", f"/api/v6/{run['run_id']}/events", None),
+        ("DELETE", f"/api/v6/task/{job['definition_id']}/history/{run['run_id']}", None),
+        ("DELETE", f"/api/v6/task/{job['definition_id']}", None),
+    ):
+        status, body_out = b.call(method, path, body)
+        assert status == 404, (method, path, status, body_out)
+    assert b.ok("GET", "/api/v6/task")["total"] == 0
+    assert b.ok("GET", "/api/v6/history")["total"] == 0
+    assert a.ok("GET", "/api/v6/history")["total"] == 1
+    # B's own definition may use the same alias
+    b.ok("POST", "/api/v6/task", {"alias": "job", "image": "busybox"})
+
     # --- B's lists never show A's objects ------------------------------------------------
     assert names(b.ok("GET", "/fleet/v1/units")["units"]) == ["web.service"]
     assert names(b.ok("GET", "/v1-alpha/units")["units"]) == ["web.service"]
