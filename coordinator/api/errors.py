@@ -44,17 +44,18 @@ class FlatError(msgspec.Struct, frozen=True):
 
 
 ERROR_CODES = {
+    # The WebOps document's error codes table where it has one; the rest in its style.
     400: "VALIDATION_ERROR",
-    401: "UNAUTHORIZED",
+    401: "AUTHENTICATION_REQUIRED",
     403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
+    404: "RESOURCE_NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "UNPROCESSABLE_ENTITY",
     429: "RATE_LIMIT_EXCEEDED",
-    503: "UNAVAILABLE",
+    503: "SERVICE_UNAVAILABLE",
     507: "INSUFFICIENT_STORAGE",
 }
 

@@ -190,7 +190,7 @@ def test_a_deployments_token_is_denied_users_works_on_api_v2_and_dies_on_revoke(
     status, body = call(coord, "GET", "/api/v2/deployments", token)
     assert status == 401, body
     status, body = call(coord, "GET", "/api/v1/auth/verify/", token)
-    assert status == 401 and body["error"]["code"] == "UNAUTHORIZED", body
+    assert status == 401 and body["error"]["code"] == "AUTHENTICATION_REQUIRED", body
 
 
 def test_wrong_passwords_and_disabled_users_get_401(coord: CoordinatorProc) -> None:

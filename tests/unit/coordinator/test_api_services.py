@@ -352,7 +352,7 @@ async def test_each_family_renders_domain_errors_its_own_way(
     assert resp.status == 404
     assert await resp.json() == {
         "success": False,
-        "error": {"code": "NOT_FOUND", "status": 404, "message": "cluster 'nope' does not exist"},
+        "error": {"code": "RESOURCE_NOT_FOUND", "status": 404, "message": "cluster 'nope' does not exist"},
         "message": "cluster 'nope' does not exist",
     }
     resp = await client.get("/moorage/v1/machines/nope", headers=auth)
@@ -376,7 +376,7 @@ async def test_only_routes_declared_public_are_served_unauthenticated(
         assert resp.status == 401, path
         assert resp.headers["WWW-Authenticate"] == "Bearer"
     resp = await client.get("/api/v2/clusters")
-    assert resp.status == 401 and (await resp.json())["error"]["code"] == "UNAUTHORIZED"
+    assert resp.status == 401 and (await resp.json())["error"]["code"] == "AUTHENTICATION_REQUIRED"
 
 
 async def test_the_document_lists_exactly_the_registered_routes(
