@@ -190,3 +190,7 @@ def test_resources_from_meminfo(tmp_path: Path) -> None:
     assert res.memory_mb == 8048576 // 1024
     assert res.cpu_millis >= 1000 and res.cpu_millis % 1000 == 0
     assert facts.resources(str(tmp_path / "missing")).memory_mb == 0
+    # --task-memory-mb caps what is offered, never raises it above MemTotal.
+    assert facts.resources(str(meminfo), memory_cap_mb=512).memory_mb == 512
+    assert facts.resources(str(meminfo), memory_cap_mb=10**9).memory_mb == 8048576 // 1024
+    assert facts.resources(str(tmp_path / "missing"), memory_cap_mb=512).memory_mb == 512
