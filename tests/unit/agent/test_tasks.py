@@ -94,6 +94,7 @@ def test_container_body_with_command_limits_and_env() -> None:
     assert host["NanoCpus"] == 1_500_000_000
     assert host["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
     assert host["AutoRemove"] is False
+    assert host["Init"] is True  # a stop's SIGTERM reaches the command
     assert host["NetworkMode"] == "none"
 
 
