@@ -74,7 +74,7 @@ def test_runs_exit_codes_stop_and_the_log_cursor(rig: TaskRig) -> None:
     assert stop == {"terminated": True}
 
     # The log cursor: only new text each call, the same token when nothing is new.
-    command, expected = counting(3, pause="3")
+    command, expected = counting(3, pause="4")
     cur = rig.execute(rig.define("cursor", command))
     token, text, chunks = "", "", 0
     while True:
@@ -98,13 +98,26 @@ def test_runs_exit_codes_stop_and_the_log_cursor(rig: TaskRig) -> None:
     assert rig.logs(cur)["log"] == expected
 
 
-def test_agent_kill9_mid_run_the_run_finishes_with_all_its_output(rig: TaskRig) -> None:
-    command, expected = counting(60)
+@pytest.mark.parametrize(
+    "exits_while_down", [False, True], ids=["restart-at-once", "exits-while-down"]
+)
+def test_agent_kill9_mid_run_the_run_finishes_with_all_its_output(
+    rig: TaskRig, exits_while_down: bool
+) -> None:
+    command, expected = counting(100)
     rid = rig.execute(rig.define("counter", command))
     wait_for(lambda: rig.logs(rid)["log"], 60, 0.1, what="some output")
     assert rig.agent.proc is not None
     rig.agent.proc.kill9()
     assert rig.run(rid)["status"] == "RUNNING"
+    assert rig.logs(rid)["log"] != expected  # the agent died before shipping it all
+    if exits_while_down:  # the run ends while no agent watches it
+        wait_for(
+            lambda: all(c.status == "exited" for c in rig.containers()),
+            120,
+            0.2,
+            what="the run's container exited",
+        )
     rig.agent.start()
     rig.wait_ready()
     run = rig.wait_status(rid, "STOPPED")
@@ -115,7 +128,7 @@ def test_agent_kill9_mid_run_the_run_finishes_with_all_its_output(rig: TaskRig) 
 
 
 def test_coordinator_kill9_mid_run_the_run_finishes_with_all_its_output(rig: TaskRig) -> None:
-    command, expected = counting(60)
+    command, expected = counting(100)
     rid = rig.execute(rig.define("counter", command))
     wait_for(lambda: rig.logs(rid)["log"], 60, 0.1, what="some output")
     rig.coordinator.kill9()
