@@ -30,7 +30,10 @@ class TaskRig:
         self.tmp = tmp
         self.dockerd = daemon
         daemon.import_busybox()
-        self.coordinator = CoordinatorProc(tmp / "coordinator", **coordinator_options).start()
+        # The production lost_after (60 s), not the tests' 5 s: a run whose agent is
+        # restarted stays RUNNING instead of passing through NEEDS_RETRY on a slow machine.
+        options = {"lost-after": 60.0, **coordinator_options}
+        self.coordinator = CoordinatorProc(tmp / "coordinator", **options).start()
         self.agent = AgentProc(
             tmp,
             "m1",

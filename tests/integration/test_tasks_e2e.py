@@ -118,12 +118,29 @@ def test_agent_kill9_mid_run_the_run_finishes_with_all_its_output(
             0.2,
             what="the run's container exited",
         )
+        assert rig.run(rid)["status"] == "RUNNING"  # its machine is away, not lost
     rig.agent.start()
     rig.wait_ready()
     run = rig.wait_status(rid, "STOPPED")
     assert run["exit_code"] == 0, run
     wait_for(lambda: rig.whole_log(rid) == expected, 60, 0.2, what="the whole log")
     assert rig.whole_log(rid) == expected
+    wait_for(lambda: not rig.containers(), 60, 0.2, what="the run's container removed")
+
+
+def test_a_stop_asked_while_the_agent_is_down_reaches_it_when_it_is_back(rig: TaskRig) -> None:
+    long = rig.define("long", "echo up; sleep 300")
+    rid = rig.execute(long)
+    rig.wait_status(rid, "RUNNING")
+    assert rig.agent.proc is not None
+    rig.agent.proc.kill9()
+    stop = rig.coordinator.api("DELETE", f"/api/v6/task/{long}/history/{rid}")
+    assert stop == {"terminated": True}
+    assert rig.run(rid)["status"] == "RUNNING"  # nobody has stopped it yet
+    rig.agent.start()
+    run = rig.wait_status(rid, "STOPPED")
+    assert run["exit_code"] == 143 and "stopped by request" in run["exit_reason"], run
+    assert rig.whole_log(rid) == "up\n"
     wait_for(lambda: not rig.containers(), 60, 0.2, what="the run's container removed")
 
 
