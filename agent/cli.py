@@ -32,6 +32,7 @@ OVERRIDES = (
     "journal_dir",
     "docker_host",
     "task_network",
+    "task_memory_mb",
     "metrics_listen",
     "sticker_dir",
     "drift_interval_s",
@@ -66,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-host", help="Docker endpoint (default: $DOCKER_HOST, as the CLI).")
     p.add_argument(
         "--task-network", help="Docker network of task runs (default: Docker's; 'none': none)."
+    )
+    p.add_argument(
+        "--task-memory-mb",
+        type=int,
+        help="Memory (MiB) offered to task runs (default: all of MemTotal).",
     )
     p.add_argument("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
     p.add_argument("--sticker-dir", help="Where version stickers are written.")

@@ -31,6 +31,9 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Empty: like the docker CLI ($DOCKER_HOST, else unix:///var/run/docker.sock)."""
     task_network: str = ""
     """Network of task run containers; empty: Docker's default (``none`` for no network)."""
+    task_memory_mb: int = 0
+    """Memory (MiB) offered to task runs, reported in Resources; 0: the machine's MemTotal,
+    else at most this (keep room for other workloads, or test placement on a big host)."""
     reconcile_interval_s: float = 60.0
     sticker_dir: str = ""
     """Empty: /var/lib/moorage/stickers with the default state_dir, else <state_dir>/stickers

@@ -107,6 +107,7 @@ class Agent:
             self.link,
             self.metrics,
             after_pass=lambda: self.observer.wake.set(),
+            task_memory_mb=config.task_memory_mb,
         )
         self.observer = Observer(
             interval_s=config.drift_interval_s,
@@ -255,7 +256,7 @@ class Agent:
             snapshot=snapshot,
             agent_version=__version__,
             stickers=self.observer.new_session(),
-            resources=facts.resources(),
+            resources=facts.resources(memory_cap_mb=self.config.task_memory_mb),
         )
 
     # --- isolation (StopWhenIsolated, see agent.isolation) ----------------------------------

@@ -31,9 +31,10 @@ def primary_ip(hub_url: str) -> str:
     return ""
 
 
-def resources(meminfo: str = "/proc/meminfo") -> Resources:
+def resources(meminfo: str = "/proc/meminfo", *, memory_cap_mb: int = 0) -> Resources:
     """What this machine offers task runs (Hello and Facts): total RAM in MiB and 1000
-    per CPU this process may use (0 when unknown)."""
+    per CPU this process may use (0 when unknown). ``memory_cap_mb`` > 0 (the agent's
+    ``task_memory_mb``) reports at most that much memory."""
     memory_mb = 0
     try:
         with open(meminfo, encoding="ascii") as f:
@@ -47,4 +48,6 @@ def resources(meminfo: str = "/proc/meminfo") -> Resources:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 0
+    if memory_cap_mb > 0:
+        memory_mb = min(memory_mb, memory_cap_mb) if memory_mb else memory_cap_mb
     return Resources(memory_mb=memory_mb, cpu_millis=cpus * 1000)

@@ -51,8 +51,11 @@ class Reporter:
         link: Link,
         metrics: AgentMetrics,
         after_pass: Callable[[], None],
+        *,
+        task_memory_mb: int = 0,
     ) -> None:
         self.state, self.registry, self.executor = state, registry, executor
+        self.task_memory_mb = task_memory_mb
         self.link, self.metrics, self._after_pass = link, metrics, after_pass
         self.reported: dict[str, m.UnitStatus] = {}
         self.runtimes: dict[str, UnitRuntime] = {}
@@ -165,7 +168,7 @@ class Reporter:
         """Tell the coordinator when a backend appeared or went away after Hello."""
         caps = self.capabilities()
         if caps != self.sent_caps and await self.link.send(
-            m.Facts(caps, resources=facts.resources())
+            m.Facts(caps, resources=facts.resources(memory_cap_mb=self.task_memory_mb))
         ):
             self.sent_caps = caps
 

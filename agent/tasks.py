@@ -117,6 +117,10 @@ def container_body(start: m.TaskStart, *, network: str = "") -> dict[str, Any]:
     host: dict[str, Any] = {
         "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
         "AutoRemove": False,
+        # Docker's init (tini) as PID 1: it forwards a stop's SIGTERM to the command and
+        # reaps orphans. Without it `/bin/sh -c` is PID 1, which the kernel shields from
+        # SIGTERM, so every stop waited the whole grace period and ended in SIGKILL (137).
+        "Init": True,
     }
     if start.memory_mb:
         host["Memory"] = start.memory_mb * 1024 * 1024

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.dockerd import dockerd_available
 from tests.harness.systemd import systemd_available
 
 pytestmark = pytest.mark.integration
@@ -99,3 +100,12 @@ def test_tasks(results_dir: Path) -> None:
     figures = load(results_dir, "smoke-tasks")
     assert figures["runs_placed_per_second"] > 0 and figures["log_lines_per_second"] > 0
     assert figures["log_lines_read_back_of_one_run"] == 500
+
+
+@pytest.mark.skipif(dockerd_available() is not None, reason=str(dockerd_available()))
+def test_task_latency(results_dir: Path) -> None:
+    from bench import bench_task_latency
+
+    bench_task_latency.main(["--runs", "2", "--name", "smoke-task-latency"])
+    figures = load(results_dir, "smoke-task-latency")
+    assert figures["runs"] == 2 and 0 < figures["p50_ms"] <= figures["max_ms"]

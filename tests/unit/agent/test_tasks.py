@@ -94,6 +94,7 @@ def test_container_body_with_command_limits_and_env() -> None:
     assert host["NanoCpus"] == 1_500_000_000
     assert host["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
     assert host["AutoRemove"] is False
+    assert host["Init"] is True  # a stop's SIGTERM reaches the command
     assert host["NetworkMode"] == "none"
 
 
@@ -190,3 +191,7 @@ def test_resources_from_meminfo(tmp_path: Path) -> None:
     assert res.memory_mb == 8048576 // 1024
     assert res.cpu_millis >= 1000 and res.cpu_millis % 1000 == 0
     assert facts.resources(str(tmp_path / "missing")).memory_mb == 0
+    # --task-memory-mb caps what is offered, never raises it above MemTotal.
+    assert facts.resources(str(meminfo), memory_cap_mb=512).memory_mb == 512
+    assert facts.resources(str(meminfo), memory_cap_mb=10**9).memory_mb == 8048576 // 1024
+    assert facts.resources(str(tmp_path / "missing"), memory_cap_mb=512).memory_mb == 512
