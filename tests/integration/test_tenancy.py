@@ -292,7 +292,7 @@ def _scenario(c: CoordinatorProc, a: Tenant, b: Tenant, ma: Machine, mb: Machine
     run = a.ok(
         "PUT", f"/api/v6/task/{job['definition_id']}/execute", {"run_tags": {"owner_id": "a"}}
     )
-    for method, path, body in (
+    task_calls: list[tuple[str, str, Any]] = [
         ("GET", f"/api/v6/task/{job['definition_id']}", None),
         ("GET", "/api/v6/task/alias/job", None),
         ("PUT", f"/api/v6/task/{job['definition_id']}", {"image": "alpine"}),
@@ -303,7 +303,8 @@ def _scenario(c: CoordinatorProc, a: Tenant, b: Tenant, ma: Machine, mb: Machine
         ("GET", f"/api/v6/{run['run_id']}/events", None),
         ("DELETE", f"/api/v6/task/{job['definition_id']}/history/{run['run_id']}", None),
         ("DELETE", f"/api/v6/task/{job['definition_id']}", None),
-    ):
+    ]
+    for method, path, body in task_calls:
         status, body_out = b.call(method, path, body)
         assert status == 404, (method, path, status, body_out)
     assert b.ok("GET", "/api/v6/task")["total"] == 0
