@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
+
 from bench import common
 from bench.realagent import RealAgent, real_agent
 
@@ -217,8 +219,14 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     assert c.proc is not None
     names = [f"f{i:05d}.service" for i in range(args.units)]
     client = FleetClient(rig)
+    coordinator = psutil.Process(c.proc.pid)
+    cpu_before = sum(coordinator.cpu_times()[:2])
     submit_s = submit(client, names)
-    print(f"  submit {args.units}: {submit_s:.2f} s", flush=True)
+    submit_cpu_s = sum(coordinator.cpu_times()[:2]) - cpu_before
+    print(
+        f"  submit {args.units}: {submit_s:.2f} s (coordinator CPU {submit_cpu_s:.2f} s)",
+        flush=True,
+    )
     wait_s = submit_wait(client, names)
     lists = [list_unit_files(rig) for _ in range(args.rounds)]
     starts: list[float] = []
@@ -246,6 +254,7 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     figures: dict[str, object] = {
         "units": args.units,
         "submit_seconds": round(submit_s, 2),
+        "submit_coordinator_cpu_seconds": round(submit_cpu_s, 2),
         "submit_wait_seconds (fleetctl's inactive check, 1 GET each)": round(wait_s, 2),
         "list_unit_files_seconds": round(statistics.median(lists), 3),
         "start_seconds": round(statistics.median(starts), 2),

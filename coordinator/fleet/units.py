@@ -311,21 +311,8 @@ class UnitService:
         """Units `start:stop` in name order, and how many there are: fleet's pages decode
         the options of one page only (every page of `list-unit-files` used to decode all
         units)."""
-        heads = self.storage.unit_heads()
-        chunk = heads[start:stop]
-        options = self.storage.unit_options([h.name for h in chunk])
-        units = [
-            Unit(
-                name=h.name,
-                options=options.get(h.name, []),
-                hash=h.hash,
-                desired_state=h.desired_state,
-                pinned=h.pinned,
-                machines=h.machines,
-            )
-            for h in chunk
-        ]
-        return [self._explained(u) for u in units], len(heads)
+        units, total = self.storage.unit_page(start, max(0, stop - start))
+        return [self._explained(u) for u in units], total
 
     def unit_names(self) -> set[str]:
         return {h.name for h in self.storage.unit_heads()}

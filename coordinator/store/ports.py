@@ -160,6 +160,11 @@ class UnitStore(Protocol):
 
     def unit_options(self, names: Sequence[str]) -> dict[str, list[UnitOption]]: ...
 
+    def unit_page(self, offset: int, limit: int) -> tuple[list[Unit], int]:
+        """Units `offset` to `offset + limit` in name order, and how many there are (a
+        page of fleet's list reads one page, not every unit)."""
+        ...
+
     def put_units(self, units: list[Unit], now: float) -> set[str]:
         """Many units in one transaction (one fsync); returns the affected machines."""
         ...

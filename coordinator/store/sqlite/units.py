@@ -67,6 +67,23 @@ class UnitsSql(SqliteCore):
                 out[r["name"]] = _options_decoder.decode(r["options"])
         return out
 
+    def unit_page(self, offset: int, limit: int) -> tuple[list[Unit], int]:
+        with self._read() as db:  # one snapshot for the page and the count
+            rows = db.execute(
+                "SELECT * FROM units ORDER BY name LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+            total = int(db.execute("SELECT COUNT(*) FROM units").fetchone()[0])
+            placed: dict[str, list[str]] = {}
+            if rows:
+                first, last = rows[0]["name"], rows[-1]["name"]
+                for unit, machine in db.execute(
+                    "SELECT unit, machine_id FROM placements WHERE unit BETWEEN ? AND ?"
+                    " ORDER BY unit, machine_id",
+                    (first, last),
+                ):
+                    placed.setdefault(unit, []).append(machine)
+        return [_unit(r, placed.get(r["name"], [])) for r in rows], total
+
     def _all_placements(self) -> dict[str, list[str]]:
         placements: dict[str, list[str]] = {}
         for unit, machine in self._all(

@@ -81,3 +81,22 @@ def test_acknowledged_write_survives_kill9(tmp_path: Path) -> None:
     assert out.stdout.strip() == "ok"
     assert out.returncode == -9
     assert [t.id for t in Storage(tmp_path / "m.db").list_join_tokens()] == ["t1"]
+
+
+def test_a_page_of_units_is_that_slice_of_the_list(tmp_path: Path) -> None:
+    from coordinator.models import Unit
+    from proto.units import UnitOption
+
+    db = Storage(tmp_path / "m.db")
+    for i in (7, 3, 11, 0, 5, 9, 1):  # stored out of order; pages are by name
+        opts = [UnitOption("Service", "ExecStart", f"/bin/sleep {i}")]
+        machines = [f"m{i % 3}", "m9"] if i % 2 else []
+        db.put_unit(
+            Unit(name=f"u{i:02d}.service", options=opts, hash=str(i), machines=machines), 1.0
+        )
+    everything = db.list_units()
+    for limit in (1, 2, 3, 7, 10):
+        for offset in range(0, 9):
+            page, total = db.unit_page(offset, limit)
+            assert total == 7
+            assert page == everything[offset : offset + limit]
