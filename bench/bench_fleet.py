@@ -193,9 +193,20 @@ def stop(client: FleetClient, name: str) -> float:
     return time.monotonic() - started
 
 
-def timed(argv: list[str], cwd: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+def cli_env(cache: Path) -> dict[str, str]:
+    """The CLI as installed: with compiled bytecode (an installed package has it; a
+    shell with PYTHONDONTWRITEBYTECODE=1 would compile moorctl at every start), kept
+    out of the repository."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    return env
+
+
+def timed(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=cwd)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
     elapsed = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     return elapsed, out
@@ -246,10 +257,14 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
             path = root / f"m{i:05d}.service"
             path.write_text(f"[Unit]\nDescription=m {i}\n\n[Service]\nExecStart=/bin/sleep {i}\n")
             files.append(str(path))
-        moorctl_submit_s, out = timed(c.moorctl_argv("submit", *files), root)
+        env = cli_env(root / "pycache")
+        timed(c.moorctl_argv("list-machines"), root, env)  # compiles the bytecode once
+        moorctl_submit_s, out = timed(c.moorctl_argv("submit", *files), root, env)
         assert out.stdout.count("submitted") == args.units, out.stdout[-300:]
-        versions = [timed(c.moorctl_argv("--version"), root)[0] for _ in range(args.rounds)]
-        mlists = [timed(c.moorctl_argv("list-unit-files"), root)[0] for _ in range(args.rounds)]
+        versions = [timed(c.moorctl_argv("--version"), root, env)[0] for _ in range(args.rounds)]
+        mlists = [
+            timed(c.moorctl_argv("list-unit-files"), root, env)[0] for _ in range(args.rounds)
+        ]
     rss_all = common.sample(c.proc.pid, 1.0)
     figures: dict[str, object] = {
         "units": args.units,

@@ -443,13 +443,21 @@ def local_units(
             validate_unit_name(name)
         except UnitNameError as exc:
             raise ApiClientError(400, str(exc)) from None
-        path = fc.local_file(name, directory)
-        if path is None:
-            remote.append((name, directory))
-            continue
+        path = Path(directory, name)
+        text: str | None
         try:
-            found.append((name, fc.options_from_file(path)))
-        except (OSError, UnitFileError) as exc:
+            try:
+                # The common case in one system call less than `local_file`'s stat first.
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                found_path = fc.local_file(name, directory)
+                if found_path is None:
+                    remote.append((name, directory))
+                    continue
+                path, text = found_path, None
+            found.append((name, fc.options_from_file(path, text)))
+        except (OSError, UnitFileError, UnicodeDecodeError) as exc:
             raise ApiClientError(400, f"{path}: {exc}") from None
     return found, remote
 
@@ -485,8 +493,11 @@ def submit(ctx: Ctx, files: tuple[str, ...]) -> None:
     if ctx.json:
         _emit_json([{"unit": n, "submitted": new} for n, new in results])
         return
-    for name, new in results:
-        click.echo(f"Unit {name} {'submitted' if new else 'already submitted'}")
+    click.echo(
+        "\n".join(
+            f"Unit {name} {'submitted' if new else 'already submitted'}" for name, new in results
+        )
+    )
 
 
 def _transition(

@@ -58,8 +58,9 @@ async def get_unit(api: ApiClient, name: str) -> dict[str, Any] | None:
         raise
 
 
-def options_from_file(path: Path) -> list[UnitOption]:
-    return parse_unit_file(path.read_text())
+def options_from_file(path: Path, text: str | None = None) -> list[UnitOption]:
+    """The unit file's options; `text` when the caller has read it already."""
+    return parse_unit_file(path.read_text() if text is None else text)
 
 
 def local_file(name: str, search: Path) -> Path | None:

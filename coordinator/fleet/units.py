@@ -150,7 +150,7 @@ def put_plan(
     return action, state
 
 
-def moves_placements(old: Unit | None, new: Unit) -> bool:
+def moves_placements(old: Unit | UnitHead | None, new: Unit) -> bool:
     """Whether writing `new` over `old` can change where any unit runs, i.e. whether a
     scheduling pass must follow. A free unit that stays `inactive` (a new one, or one
     that was inactive and on no machine) runs nowhere before and after, and no other
@@ -202,7 +202,21 @@ class UnitService:
     ) -> Unit:
         """Create or replace a unit. `machines` pins it (operator placement); without
         it the scheduler places it, keeping its current machine while that fits."""
-        existing = self.storage.get_unit(name)
+        unit = await self._write(
+            name, options, desired_state, machines, self.storage.get_unit(name)
+        )
+        return self.get(name) or unit
+
+    async def _write(
+        self,
+        name: str,
+        options: list[UnitOption],
+        desired_state: DesiredState,
+        machines: Iterable[str] | None,
+        existing: Unit | None,
+    ) -> Unit:
+        """`put` given what exists, read by the caller with no await since (so nothing
+        else wrote in between): the unit as written, without reading it back."""
         pinned = machines is not None
         unit = Unit(
             name=name,
@@ -221,7 +235,7 @@ class UnitService:
             await self.reschedule()
         else:
             self.unschedulable.pop(name, None)
-        return self.get(name) or unit
+        return unit
 
     async def put_many(
         self,
@@ -235,32 +249,40 @@ class UnitService:
         thread (a big batch and its fsync stay off the event loop), so no other write
         interleaves."""
 
-        def write() -> tuple[BatchWritten, set[str]]:
+        def write() -> tuple[BatchWritten, set[str], bool]:
             with self.storage.batch():
                 existing = {u.name: u for u in self.storage.unit_heads()}
                 records, written = batch_records(existing, units, keep_existing=keep_existing)
                 if not records:
-                    return written, set()
-                return written, self.storage.put_units(records, time.time())
+                    return written, set(), False
+                moves = any(moves_placements(existing.get(r.name), r) for r in records)
+                return written, self.storage.put_units(records, time.time()), moves
 
-        written, affected = await asyncio.to_thread(write)
+        written, affected, moves = await asyncio.to_thread(write)
         if written.created or written.replaced:
             await self.push(affected)
-            await self.reschedule()
+            if moves:
+                await self.reschedule()
+            else:
+                for name in (*written.created, *written.replaced):
+                    self.unschedulable.pop(name, None)
         return written
 
     async def apply(
         self, name: str, options: list[UnitOption], desired: DesiredState | None
     ) -> PutAction:
         """A PUT by fleet's rules (`put_plan`): create, replace (keeping an operator's
-        pinning) or change the desired state; says which it did."""
-        existing = self.get(name)
+        pinning) or change the desired state; says which it did. One read of the unit,
+        one write (a PUT from fleetctl is one of a thousand in a row)."""
+        existing = self.storage.get_unit(name)
         action, state = put_plan(name, existing, options, desired)
+        pinned = existing.machines if existing is not None and existing.pinned else None
         if action == "set_state":
-            await self.set_desired_state(name, state)
+            assert existing is not None  # put_plan: only an existing unit changes state
+            if existing.desired_state != state:
+                await self._write(name, existing.options, state, pinned, existing)
         else:
-            pinned = existing.machines if existing is not None and existing.pinned else None
-            await self.put(name, options, state, machines=pinned)
+            await self._write(name, options, state, pinned, existing)
         return action
 
     async def set_desired_state(self, name: str, desired_state: DesiredState) -> Unit | None:

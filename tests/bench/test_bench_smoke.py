@@ -77,3 +77,14 @@ def test_submit(results_dir: Path) -> None:
     bench_submit.main(["--units", "20", "--name", "smoke-submit"])
     figures = load(results_dir, "smoke-submit")
     assert figures["moorctl_submit_requests"] == 1 and figures["one_by_one_requests"] == 60
+
+
+@pytest.mark.skipif(systemd_available() is not None, reason=str(systemd_available()))
+def test_fleet(results_dir: Path) -> None:
+    from bench import bench_fleet
+
+    bench_fleet.main(["--units", "12", "--rounds", "1", "--rest", "1", "--name", "smoke-fleet"])
+    figures = load(results_dir, "smoke-fleet")
+    assert figures["units"] == 12
+    for key in bench_fleet.TARGETS:
+        assert float(figures[key]) > 0, key
