@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from coordinator import __version__
+from coordinator import __version__, memory
 from coordinator.config import ConfigError, CoordinatorConfig, load_config
 from coordinator.server import Coordinator, run_until_signalled, server_identity
 from coordinator.trust import pki
@@ -93,6 +93,7 @@ def serve(config_path: Path | None, verbose: bool, **overrides: object) -> None:
     """Run the coordinator until SIGINT or SIGTERM."""
     setup_logging(verbose)
     config = _config(config_path, **overrides)
+    memory.fix_mmap_threshold()
     coordinator = Coordinator(config)
 
     def ready() -> None:
