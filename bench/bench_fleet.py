@@ -151,6 +151,23 @@ def submit(client: FleetClient, names: list[str]) -> float:
     return time.monotonic() - started
 
 
+def fsync_floor(directory: Path, count: int) -> float:
+    """`count` appends of a page, each made durable with fdatasync, in the coordinator's
+    state directory: what `count` sequential durable commits cost on this disk at this
+    moment, whatever the code (a WAL commit with synchronous=FULL is one such sync)."""
+    path = directory / "fsync-floor.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        started = time.monotonic()
+        for _ in range(count):
+            os.write(fd, b"x" * 4096)
+            os.fdatasync(fd)
+        return time.monotonic() - started
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def submit_wait(client: FleetClient, names: list[str]) -> float:
     started = time.monotonic()
     for name in names:
@@ -234,8 +251,10 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     cpu_before = sum(coordinator.cpu_times()[:2])
     submit_s = submit(client, names)
     submit_cpu_s = sum(coordinator.cpu_times()[:2]) - cpu_before
+    floor_s = fsync_floor(c.state_dir, args.units)
     print(
-        f"  submit {args.units}: {submit_s:.2f} s (coordinator CPU {submit_cpu_s:.2f} s)",
+        f"  submit {args.units}: {submit_s:.2f} s (coordinator CPU {submit_cpu_s:.2f} s;"
+        f" {args.units} bare fdatasyncs just after: {floor_s:.2f} s)",
         flush=True,
     )
     wait_s = submit_wait(client, names)
@@ -270,6 +289,7 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
         "units": args.units,
         "submit_seconds": round(submit_s, 2),
         "submit_coordinator_cpu_seconds": round(submit_cpu_s, 2),
+        "fsync_floor_seconds (as many bare write+fdatasync)": round(floor_s, 2),
         "submit_wait_seconds (fleetctl's inactive check, 1 GET each)": round(wait_s, 2),
         "list_unit_files_seconds": round(statistics.median(lists), 3),
         "start_seconds": round(statistics.median(starts), 2),
