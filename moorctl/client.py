@@ -2,21 +2,24 @@
 
 Without explicit flags, moorctl uses the `moorage dev` of this user, through the
 `client.json` it writes (proto/clientconfig.py). HTTP only: nothing here imports the
-server. Standard library only (asyncio streams): commands start fast.
+server. Standard library only (asyncio streams, imported with the first request so
+that `--version` and `--help` load no event loop): commands start fast.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from proto.clientconfig import ClientConfig, dev_client_file
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class ApiResponse(msgspec.Struct, frozen=True):
@@ -102,6 +105,8 @@ class ApiClient:
 
     async def request(self, method: str, path: str, body: Any = None) -> ApiResponse:
         """Like `call`, with the status and headers (e.g. whether a create created)."""
+        import asyncio
+
         data = None if body is None else msgspec.json.encode(body)
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -118,6 +123,8 @@ class ApiClient:
 
     async def stream_lines(self, path: str) -> AsyncIterator[bytes]:
         """A streaming GET (NDJSON), one line at a time, with no overall timeout."""
+        import asyncio
+
         try:
             async with asyncio.timeout(self._timeout_s):
                 conn, resp = await self._exchange("GET", path, None)
@@ -148,6 +155,8 @@ class ApiClient:
     ) -> tuple[_Conn, _Response]:
         """Send the request on an idle connection (or, if that one was closed by the
         server meanwhile, on a new one) and read the response head."""
+        import asyncio
+
         target = self._prefix + path.lstrip("/")
         headers = dict(self._headers)
         if data is not None:
@@ -171,6 +180,8 @@ class ApiClient:
         return conn, await _read_head(conn.reader)
 
     async def _connect(self) -> _Conn:
+        import asyncio
+
         try:
             reader, writer = await asyncio.open_connection(
                 self._host,

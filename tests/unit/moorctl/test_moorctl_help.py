@@ -16,12 +16,12 @@ def test_help_lists_every_exit_code() -> None:
 
 
 def test_the_cli_imports_no_network_or_rendering_library_until_a_command_needs_it() -> None:
-    """`moorctl --version` and `--help` start fast: aiohttp, rich, cryptography and uvloop
+    """`moorctl --version` and `--help` start fast: aiohttp, rich, cryptography, uvloop and asyncio
     load only for commands that make requests or draw."""
     import subprocess
     import sys
 
-    heavy = ("aiohttp", "rich", "cryptography", "uvloop")
+    heavy = ("aiohttp", "rich", "cryptography", "uvloop", "asyncio")
     code = f"import sys, moorctl.cli; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
