@@ -249,8 +249,10 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     client = FleetClient(rig)
     coordinator = psutil.Process(c.proc.pid)
     cpu_before = sum(coordinator.cpu_times()[:2])
+    client_before = time.process_time()
     submit_s = submit(client, names)
     submit_cpu_s = sum(coordinator.cpu_times()[:2]) - cpu_before
+    client_cpu_s = time.process_time() - client_before
     floor_s = fsync_floor(c.state_dir, args.units)
     print(
         f"  submit {args.units}: {submit_s:.2f} s (coordinator CPU {submit_cpu_s:.2f} s;"
@@ -289,6 +291,7 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
         "units": args.units,
         "submit_seconds": round(submit_s, 2),
         "submit_coordinator_cpu_seconds": round(submit_cpu_s, 2),
+        "submit_client_cpu_seconds (this Python client's own share)": round(client_cpu_s, 2),
         "fsync_floor_seconds (as many bare write+fdatasync)": round(floor_s, 2),
         "submit_wait_seconds (fleetctl's inactive check, 1 GET each)": round(wait_s, 2),
         "list_unit_files_seconds": round(statistics.median(lists), 3),
