@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from coordinator import __version__
+from coordinator import __version__, memory
 from coordinator.app import open_store
 from coordinator.config import ConfigError, CoordinatorConfig, load_config
 from coordinator.events import EventBus
@@ -107,6 +107,7 @@ def serve(config_path: Path | None, verbose: bool, **overrides: object) -> None:
     """Run the coordinator until SIGINT or SIGTERM."""
     setup_logging(verbose)
     config = _config(config_path, **overrides)
+    memory.fix_mmap_threshold()
     coordinator = Coordinator(config)
 
     def ready() -> None:

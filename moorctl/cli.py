@@ -19,7 +19,6 @@ usage error, 3 the coordinator could not be reached, 4 timed out waiting for a u
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -32,14 +31,11 @@ from urllib.parse import quote, urlencode
 
 import click
 import msgspec
-from rich.console import Console
-from rich.table import Table
 
 from moorctl import __version__
 from moorctl import fleet as fc
 from moorctl.client import ApiClient, ApiClientError, load_dev_client
 from proto.clientconfig import ClientConfig, default_dev_dir
-from proto.process import run_main
 from proto.units import (
     UnitFileError,
     UnitNameError,
@@ -148,6 +144,8 @@ def _call(ctx: Ctx, fn: Callable[[ApiClient], Coroutine[Any, Any, Any]]) -> Any:
         async with ApiClient(ctx.client) as api:
             return await fn(api)
 
+    from proto.process import run_main  # asyncio: only for commands that make requests
+
     try:
         return run_main(go())
     except ApiClientError as exc:
@@ -167,12 +165,37 @@ def _emit_json(value: Any) -> None:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns two spaces apart; rich (which folds long cells) only for a table wider
+    than the terminal: importing and laying out rich costs more than the request for a
+    list of a thousand units."""
+    width = max(100, _terminal_width())
+    text = plain_table(headers, rows)
+    if max((len(line) for line in text), default=0) <= width:
+        click.echo("\n".join(text))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for h in headers:
         table.add_column(h, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console(width=max(100, _terminal_width())).print(table)
+    Console(width=width).print(table)
+
+
+def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a table as rich lays one out without borders when it fits: every
+    column as wide as its widest cell, two spaces apart, no trailing spaces. Pure."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    last = len(widths) - 1
+    return [
+        "  ".join(c if i == last else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+        for row in [list(headers), *rows]
+    ]
 
 
 def _terminal_width() -> int:
@@ -661,13 +684,21 @@ def local_units(
             validate_unit_name(name)
         except UnitNameError as exc:
             raise ApiClientError(400, str(exc)) from None
-        path = fc.local_file(name, directory)
-        if path is None:
-            remote.append((name, directory))
-            continue
+        path = Path(directory, name)
+        text: str | None
         try:
-            found.append((name, fc.options_from_file(path)))
-        except (OSError, UnitFileError) as exc:
+            try:
+                # The common case in one system call less than `local_file`'s stat first.
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                found_path = fc.local_file(name, directory)
+                if found_path is None:
+                    remote.append((name, directory))
+                    continue
+                path, text = found_path, None
+            found.append((name, fc.options_from_file(path, text)))
+        except (OSError, UnitFileError, UnicodeDecodeError) as exc:
             raise ApiClientError(400, f"{path}: {exc}") from None
     return found, remote
 
@@ -703,8 +734,11 @@ def submit(ctx: Ctx, files: tuple[str, ...]) -> None:
     if ctx.json:
         _emit_json([{"unit": n, "submitted": new} for n, new in results])
         return
-    for name, new in results:
-        click.echo(f"Unit {name} {'submitted' if new else 'already submitted'}")
+    click.echo(
+        "\n".join(
+            f"Unit {name} {'submitted' if new else 'already submitted'}" for name, new in results
+        )
+    )
 
 
 def _transition(
@@ -1287,6 +1321,9 @@ def _print_rollout(release: dict[str, Any] | None, jobs: list[dict[str, Any]], f
 def _follow_rollout(ctx: Ctx, deployment: str, timeout: float) -> None:
     """A progress bar (machines done out of all) until the release ends; exit 1 if it
     failed, 4 on timeout."""
+    import asyncio
+
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     async def go(api: ApiClient) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

@@ -6,7 +6,6 @@ systemd state for `start`) are plain async functions that tests can drive.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -59,8 +58,9 @@ async def get_unit(api: ApiClient, name: str) -> dict[str, Any] | None:
         raise
 
 
-def options_from_file(path: Path) -> list[UnitOption]:
-    return parse_unit_file(path.read_text())
+def options_from_file(path: Path, text: str | None = None) -> list[UnitOption]:
+    """The unit file's options; `text` when the caller has read it already."""
+    return parse_unit_file(path.read_text() if text is None else text)
 
 
 def local_file(name: str, search: Path) -> Path | None:
@@ -130,7 +130,7 @@ async def wait_current(
             raise Unschedulable(f"unit {name} cannot be scheduled: {reason}")
         if now > deadline:
             raise TimeoutError(f"{name} did not reach {state} within {limit_s:.0f} s")
-        await asyncio.sleep(POLL_S)
+        await _sleep(POLL_S)
 
 
 async def unschedulable(api: ApiClient, name: str) -> str:
@@ -162,7 +162,7 @@ async def wait_active(
             return False, states
         if time.monotonic() > deadline:
             return False, states
-        await asyncio.sleep(POLL_S)
+        await _sleep(POLL_S)
 
 
 def is_global(unit: dict[str, Any]) -> bool:
@@ -176,3 +176,9 @@ def is_global(unit: dict[str, Any]) -> bool:
 
 def plain_options(options: list[UnitOption]) -> list[dict[str, str]]:
     return [{"section": o.section, "name": o.name, "value": o.value} for o in options]
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio  # loaded by the command's event loop already; not at import
+
+    await asyncio.sleep(seconds)

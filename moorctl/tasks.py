@@ -7,7 +7,6 @@ is STOPPED), stop it. Tables for people, `--json` for scripts.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import sys
 from typing import Any
@@ -153,7 +152,7 @@ def task_run(
         path = await _definition_path(api, definition)
         run: dict[str, Any] = await api.call("PUT", f"{path}/execute", body)
         while wait and run["status"] != "STOPPED":
-            await asyncio.sleep(FOLLOW_POLL_S)
+            await _sleep(FOLLOW_POLL_S)
             run = await api.call("GET", f"{BASE}/history/{run['run_id']}")
         return run
 
@@ -235,7 +234,7 @@ def task_logs(ctx: Ctx, run_id: str, follow: bool) -> None:
                 continue  # more may be waiting (the API returns at most 1 MiB a call)
             if not follow or run["status"] in ("STOPPED", "NEEDS_RETRY"):
                 return
-            await asyncio.sleep(FOLLOW_POLL_S)
+            await _sleep(FOLLOW_POLL_S)
 
     if ctx.json:
         status = _call(ctx, lambda api: api.call("GET", f"{BASE}/{quote(run_id)}/logs"))
@@ -263,3 +262,10 @@ def task_stop(ctx: Ctx, run_id: str) -> None:
     if not result.get("terminated"):
         _fail(f"run {run_id} was not stopped", EXIT_API)
     click.echo(f"Run {run_id} stopping")
+
+
+async def _sleep(seconds: float) -> None:
+    """asyncio is loaded with the first request, not at import (moorctl --version)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import ssl
 
-from proto.crypto import PkiError
-
 PathArg = str | os.PathLike[str]
 
 
@@ -34,5 +32,7 @@ def client_ssl_context(
             os.fspath(cert_file), os.fspath(key_file) if key_file is not None else None
         )
     elif key_file is not None:
+        from proto.crypto import PkiError  # not at import: it loads `cryptography`
+
         raise PkiError("key_file given without cert_file")
     return ctx

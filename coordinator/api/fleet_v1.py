@@ -15,7 +15,14 @@ from aiohttp import web
 
 from coordinator.api.discovery import fleet_v1_discovery
 from coordinator.api.errors import ApiError, decode_fleet, json_response
-from coordinator.api.paging import PageTokenError, page, token_from_query
+from coordinator.api.paging import (
+    PageToken,
+    PageTokenError,
+    next_token,
+    page,
+    page_bounds,
+    token_from_query,
+)
 from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.scheduler import XFleetError, parse_xfleet
@@ -107,6 +114,8 @@ def fleet_unit(unit: Unit, states: list[UnitState]) -> FleetUnit:
 
 
 def _is_global(unit: Unit) -> bool:
+    if not any(o.section == "X-Fleet" for o in unit.options):
+        return False  # the common case, without parsing
     try:
         return parse_xfleet(unit.options).is_global
     except XFleetError:
@@ -127,12 +136,15 @@ def fleet_state(state: UnitState) -> FleetUnitState:
     )
 
 
-def paged(request: web.Request, items: list[Any]) -> tuple[list[Any], str | None]:
+def page_token(request: web.Request) -> PageToken:
     try:
-        token = token_from_query(request.query.getall("nextPageToken", []))
+        return token_from_query(request.query.getall("nextPageToken", []))
     except PageTokenError as exc:
         raise ApiError(400, str(exc)) from None
-    return page(items, token)
+
+
+def paged(request: web.Request, items: list[Any]) -> tuple[list[Any], str | None]:
+    return page(items, page_token(request))
 
 
 def parse_patch(raw: bytes, known: set[str]) -> dict[str, dict[str, str | None]]:
@@ -179,8 +191,8 @@ def routes(units: UnitService, machines: MachineService) -> Family:
             for mach in machines.list_machines(tenant=tenant_of(request))
             if visible(mach)
         ]
-        items, next_token = paged(request, present)
-        return json_response(MachinePage(items, next_token))
+        items, following = paged(request, present)
+        return json_response(MachinePage(items, following))
 
     @r.patch(
         PREFIX + "/machines",
@@ -196,13 +208,12 @@ def routes(units: UnitService, machines: MachineService) -> Family:
 
     @r.get(PREFIX + "/units", "List units", response=UnitPage, errors=(400,), query=PAGE)
     async def list_units(request: web.Request) -> web.Response:
-        states = states_by_unit(units.states(tenant=tenant_of(request)))
-        items = [
-            fleet_unit(u, states.get(u.name, []))
-            for u in units.list_units(tenant=tenant_of(request))
-        ]
-        chunk, next_token = paged(request, items)
-        return json_response(UnitPage(chunk, next_token))
+        tenant = tenant_of(request)
+        token = page_token(request)
+        chunk, total = units.list_units_slice(*page_bounds(token), tenant=tenant)
+        states = states_by_unit(units.states(tenant=tenant)) if chunk else {}
+        items = [fleet_unit(u, states.get(u.name, [])) for u in chunk]
+        return json_response(UnitPage(items, next_token(token, total)))
 
     @r.get(PREFIX + "/units/{name}", "Get a unit", response=FleetUnit, errors=(404,))
     async def get_unit(request: web.Request) -> web.Response:
@@ -265,10 +276,10 @@ def routes(units: UnitService, machines: MachineService) -> Family:
             name=request.query.get("unitName") or None,
             tenant=tenant_of(request),
         )
-        known = {u.name for u in units.list_units(tenant=tenant_of(request))}
+        known = units.unit_names(tenant=tenant_of(request))
         items = [fleet_state(s) for s in states if s.name in known]
-        chunk, next_token = paged(request, items)
-        return json_response(UnitStatePage(chunk, next_token))
+        chunk, following = paged(request, items)
+        return json_response(UnitStatePage(chunk, following))
 
     @r.get(PREFIX + "/state/{name}", "State of one unit", response=FleetUnitState, errors=(404,))
     async def get_state(request: web.Request) -> web.Response:

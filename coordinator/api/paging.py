@@ -61,3 +61,15 @@ def page(items: Sequence[T], token: PageToken) -> tuple[list[T], str | None]:
     chunk = list(items[start : start + token.limit])
     more = len(items) > start + token.limit
     return chunk, encode_token(PageToken(token.limit, token.page + 1)) if more else None
+
+
+def page_bounds(token: PageToken) -> tuple[int, int]:
+    """The slice `start:stop` of the ordered items `token` asks for."""
+    start = (token.page - 1) * token.limit
+    return start, start + token.limit
+
+
+def next_token(token: PageToken, total: int) -> str | None:
+    """The token of the page after `token`'s, if `total` items leave one."""
+    more = total > token.page * token.limit
+    return encode_token(PageToken(token.limit, token.page + 1)) if more else None

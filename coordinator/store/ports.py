@@ -185,6 +185,13 @@ class UnitStore(Protocol):
         self, names: Sequence[str], *, tenant: str = DEFAULT_TENANT
     ) -> dict[str, list[UnitOption]]: ...
 
+    def unit_page(
+        self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[Unit], int]:
+        """`tenant`'s units `offset` to `offset + limit` in name order, and how many there
+        are (a page of fleet's list reads one page, not every unit)."""
+        ...
+
     def put_units(self, units: list[Unit], now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
         """Many units in one transaction (one fsync); returns the affected machines."""
         ...

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import ipaddress
 import math
 import os
@@ -435,6 +436,16 @@ def peer_cert_info(transport_or_ssl_object: object) -> CertInfo | None:
         return None
     if not der:
         return None
+    return _inspect_der(der)
+
+
+@functools.lru_cache(maxsize=64)
+def _inspect_der(der: bytes) -> CertInfo:
+    """`inspect_cert` of a DER certificate, remembered: every API request of a client
+    presents the same certificate, and parsing it costs more than the request. Only what
+    the certificate says is cached (it cannot change); whether it is revoked is asked of
+    the store on every request. Small: API clients are few, and the hub's thousands of
+    agents parse theirs once per connection (a big cache would hold ~1 KiB each)."""
     return inspect_cert(der)
 
 

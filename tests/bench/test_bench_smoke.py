@@ -109,3 +109,14 @@ def test_task_latency(results_dir: Path) -> None:
     bench_task_latency.main(["--runs", "2", "--name", "smoke-task-latency"])
     figures = load(results_dir, "smoke-task-latency")
     assert figures["runs"] == 2 and 0 < figures["p50_ms"] <= figures["max_ms"]
+
+
+@pytest.mark.skipif(systemd_available() is not None, reason=str(systemd_available()))
+def test_fleet(results_dir: Path) -> None:
+    from bench import bench_fleet
+
+    bench_fleet.main(["--units", "12", "--rounds", "1", "--rest", "1", "--name", "smoke-fleet"])
+    figures = load(results_dir, "smoke-fleet")
+    assert figures["units"] == 12
+    for key in bench_fleet.TARGETS:
+        assert float(figures[key]) > 0, key

@@ -26,6 +26,12 @@ from coordinator.store.sqlite.migrations import MIGRATIONS
 
 R = TypeVar("R")
 
+REVOCATION_CACHE_S = 1.0
+"""How long `is_serial_revoked` trusts an answer it read (every API request and agent
+connection asks). This process's own revocations clear the cache at once; the bound is
+for a revocation written by another process sharing the file."""
+REVOCATION_CACHE_MAX = 4096
+
 SQLITE_IOERR = 10
 SQLITE_FULL = 13
 
@@ -70,6 +76,8 @@ class SqliteCore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._revocations: dict[str, tuple[bool, float]] = {}
+        """serial -> (revoked, when read, monotonic): see REVOCATION_CACHE_S."""
         self._read_lock = threading.Lock()
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._reader.row_factory = sqlite3.Row

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from coordinator.models import Machine, MachineState
-from coordinator.store.sqlite.core import SqliteCore, _record_issued
+from coordinator.store.sqlite.core import (
+    REVOCATION_CACHE_MAX,
+    REVOCATION_CACHE_S,
+    SqliteCore,
+    _record_issued,
+)
 
 
 class MachinesSql(SqliteCore):
@@ -106,6 +112,12 @@ class MachinesSql(SqliteCore):
 
     def revoke_machine(self, machine_id: str, now: float) -> bool:
         """Mark the machine revoked and refuse every certificate it was issued so far."""
+        try:
+            return self._revoke_machine(machine_id, now)
+        finally:
+            self._revocations.clear()  # after the commit: the next check reads it
+
+    def _revoke_machine(self, machine_id: str, now: float) -> bool:
         with self._tx() as db:
             row = db.execute(
                 "SELECT cert_serial FROM machines WHERE id=?", (machine_id,)
@@ -124,8 +136,17 @@ class MachinesSql(SqliteCore):
             return True
 
     def is_serial_revoked(self, serial: str) -> bool:
-        row = self._one("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,))
-        return row is not None
+        """Asked on every API request and agent connection, so answers are kept for
+        REVOCATION_CACHE_S; a revocation by this store clears them at once."""
+        now = time.monotonic()
+        seen = self._revocations.get(serial)
+        if seen is not None and now - seen[1] < REVOCATION_CACHE_S:
+            return seen[0]
+        revoked = self._one("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)) is not None
+        if len(self._revocations) >= REVOCATION_CACHE_MAX:
+            self._revocations.clear()
+        self._revocations[serial] = (revoked, now)
+        return revoked
 
 
 def _machine(row: sqlite3.Row) -> Machine:

@@ -76,6 +76,14 @@ class TokensSql(SqliteCore):
         once, and never takes over an enrolled machine it is not bound to
         (`tokens.enrolment_refusal`). True when an enrolled machine was re-enrolled:
         its earlier certificates are revoked in the same transaction."""
+        try:
+            return self._enroll(token_id, machine_id, serial=serial, not_after=not_after, now=now)
+        finally:
+            self._revocations.clear()  # it may have revoked certificates
+
+    def _enroll(
+        self, token_id: str, machine_id: str, *, serial: str, not_after: float, now: float
+    ) -> bool:
         with self._tx() as db:
             token = db.execute(
                 "SELECT machine_id, tenant FROM join_tokens WHERE id=?", (token_id,)

@@ -93,6 +93,28 @@ class UnitsSql(SqliteCore):
                 out[r["name"]] = _options_decoder.decode(r["options"])
         return out
 
+    def unit_page(
+        self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[Unit], int]:
+        with self._read() as db:  # one snapshot for the page and the count
+            rows = db.execute(
+                "SELECT * FROM units WHERE tenant=? ORDER BY name LIMIT ? OFFSET ?",
+                (tenant, limit, offset),
+            ).fetchall()
+            total = int(
+                db.execute("SELECT COUNT(*) FROM units WHERE tenant=?", (tenant,)).fetchone()[0]
+            )
+            placed: dict[str, list[str]] = {}
+            if rows:
+                first, last = rows[0]["name"], rows[-1]["name"]
+                for unit, machine in db.execute(
+                    "SELECT unit, machine_id FROM placements"
+                    " WHERE tenant=? AND unit BETWEEN ? AND ? ORDER BY unit, machine_id",
+                    (tenant, first, last),
+                ):
+                    placed.setdefault(unit, []).append(machine)
+        return [_unit(r, placed.get(r["name"], [])) for r in rows], total
+
     def _all_placements(self, tenant: str | None) -> dict[tuple[str, str], list[str]]:
         placements: dict[tuple[str, str], list[str]] = {}
         if tenant is None:

@@ -13,7 +13,9 @@ from coordinator.api.paging import (
     PageTokenError,
     decode_token,
     encode_token,
+    next_token,
     page,
+    page_bounds,
     token_from_query,
 )
 
@@ -76,3 +78,12 @@ def test_paging_250_items_by_100() -> None:
 def test_exact_multiple_has_no_trailing_token() -> None:
     chunk, nxt = page(list(range(100)), PageToken())
     assert len(chunk) == 100 and nxt is None
+
+
+@given(st.integers(0, 350), st.integers(1, 120), st.integers(1, 6))
+def test_bounds_and_next_token_page_like_page(total: int, limit: int, page_no: int) -> None:
+    """The fleet adapter slices units in the store by `page_bounds`: the same pages."""
+    token = PageToken(limit, page_no)
+    items = list(range(total))
+    start, stop = page_bounds(token)
+    assert (items[start:stop], next_token(token, total)) == page(items, token)
