@@ -52,7 +52,7 @@ from typing import Any, Final
 import msgspec
 
 from agent.backends.base import BackendError, BackendUnavailable
-from agent.backends.docker import DockerBackend, DockerError
+from agent.backends.docker import DockerBackend, DockerError, SharedStream
 from proto import messages as m
 from proto.files import write_private
 
@@ -294,7 +294,7 @@ class Run:
         self.lock = asyncio.Lock()
         self.driver: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
-        self.stream: _Stream | None = None
+        self.stream: SharedStream | None = None
 
     @property
     def run_id(self) -> str:
@@ -312,32 +312,6 @@ class Run:
             at=r.at,
             log_bytes=r.log_bytes if r.state == "STOPPED" else self.size,
         )
-
-
-class _Stream:
-    """A streaming response shared by a reader thread and the loop that may close it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stream: Any = None
-        self.closed = False
-
-    def attach(self, stream: Any) -> bool:
-        with self._lock:
-            if self.closed:
-                with contextlib.suppress(Exception):
-                    stream.close()
-                return False
-            self._stream = stream
-            return True
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
 
 
 class _Gone(Exception):
@@ -558,7 +532,7 @@ class TaskRunner:
         following or not), shipping as it comes."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        stream = _Stream()
+        stream = SharedStream()
         run.stream = stream
         container_id = run.record.container_id
         new_client = self.docker.new_client

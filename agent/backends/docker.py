@@ -408,7 +408,7 @@ def _explain(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- the backend
 
 
-class _Stream:
+class SharedStream:
     """A streaming response shared by a reader thread and the loop that may close it."""
 
     def __init__(self) -> None:
@@ -455,7 +455,7 @@ class DockerBackend:
         self._connected = False
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._events = _Stream()
+        self._events = SharedStream()
         self._last_error = "not connected yet"
         self._attempts: list[asyncio.Future[str]] = []
         self._change_callbacks: list[Callable[[str], None]] = []
@@ -566,7 +566,7 @@ class DockerBackend:
                 self._closing.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            self._events = events = _Stream()
+            self._events = events = SharedStream()
             if not events.attach(stream) or not self._post(self._on_up, api):
                 _close_quietly(api)
                 _close_quietly(events_api)
@@ -1099,7 +1099,7 @@ class DockerBackend:
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        holder = _Stream()
+        holder = SharedStream()
         since = _since(cursor[0]) if cursor is not None else None
 
         def put(item: bytes | BaseException | None) -> None:

@@ -9,6 +9,8 @@ only on the hub.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -100,6 +102,36 @@ def authenticate(request: web.Request, storage: TrustStore) -> Principal:
     )
 
 
+class _Revocable(Protocol):
+    @property
+    def revoked(self) -> bool: ...
+
+    @property
+    def expires_at(self) -> float | None: ...
+
+
+_R = TypeVar("_R", bound=_Revocable)
+
+
+def _valid(value: str, kind: str, lookup: Callable[[str], tuple[_R, str] | None]) -> _R:
+    """The stored record of a presented token of `kind` whose secret matches, not
+    revoked and not expired; AuthError otherwise (the same words for an unknown id and
+    a wrong secret)."""
+    try:
+        token = parse_token(value.strip(), kind)
+    except TokenFormatError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    found = lookup(token.id)
+    if found is None or not secret_matches(token.secret, found[1]):
+        raise AuthError("invalid token")
+    record = found[0]
+    if record.revoked:
+        raise AuthError("token revoked")
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise AuthError("token expired")
+    return record
+
+
 def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principal:
     if header:
         scheme, _, value = header.partition(" ")
@@ -109,18 +141,7 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
         value = api_key
     if token_kind(value) == USER_KIND:
         return _user_principal(value, storage)
-    try:
-        token = parse_token(value.strip(), API_KIND)
-    except TokenFormatError as exc:
-        raise AuthError(f"invalid token: {exc}") from None
-    found = storage.api_token(token.id)
-    if found is None or not secret_matches(token.secret, found[1]):
-        raise AuthError("invalid token")
-    record = found[0]
-    if record.revoked:
-        raise AuthError("token revoked")
-    if record.expires_at is not None and record.expires_at <= time.time():
-        raise AuthError("token expired")
+    record = _valid(value, API_KIND, storage.api_token)
     return Principal(
         "token",
         record.name,
@@ -134,18 +155,7 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
 def _user_principal(value: str, storage: TrustStore) -> Principal:
     """A user's token: valid while not revoked, not expired and the user not disabled;
     it carries what it was issued with, but never more than the user holds now."""
-    try:
-        token = parse_token(value.strip(), USER_KIND)
-    except TokenFormatError as exc:
-        raise AuthError(f"invalid token: {exc}") from None
-    found = storage.user_token(token.id)
-    if found is None or not secret_matches(token.secret, found[1]):
-        raise AuthError("invalid token")
-    record = found[0]
-    if record.revoked:
-        raise AuthError("token revoked")
-    if record.expires_at <= time.time():
-        raise AuthError("token expired")
+    record = _valid(value, USER_KIND, storage.user_token)
     user = storage.get_user(record.user_id)
     if user is None or user.disabled:
         raise AuthError("user disabled")
