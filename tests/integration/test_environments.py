@@ -193,6 +193,13 @@ def test_promotion_chain_freeze_drift_and_stickers(env: Env) -> None:
     assert state["currentRelease"]["id"] == prod["releaseId"]
     assert state["currentRelease"]["name"] == "shop-v1"
     assert [a["name"] for a in prod["approvals"]] == ["bob", "carol"]
+    # moorctl shows the same (admin certificate).
+    listed = {e["name"]: e for e in env.fleet.json("env", "list", "--state")}
+    assert listed["production"]["currentRelease"]["id"] == prod["releaseId"]
+    table = env.fleet.moorctl("env", "list", "--state").stdout
+    assert "production" in table and "shop-v1" in table
+    shown = env.fleet.json("env", "promotions", "production")
+    assert [p["status"] for p in shown] == ["completed"]
 
     # Health check: the agent answers now.
     health = env.api("POST", f"/api/v1/targets/{targets['production']['id']}/health-check")
