@@ -173,7 +173,6 @@ class Coordinator:
         )
         self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
-        self.events = EventBus()
         self.tasks = TaskService(
             self.storage,
             self.storage,

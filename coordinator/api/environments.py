@@ -594,22 +594,15 @@ def routes(service: EnvironmentService) -> list[Family]:
     @r.get(
         ENVIRONMENTS + "/{envId}/promotions",
         "The environment's promotions, newest first",
-        query=("status",),
         errors=(404,),
     )
     async def env_promotions(request: web.Request) -> web.Response:
-        found = service.promotions(
-            tenant=tenant_of(request),
-            env_id=request.match_info["envId"],
-            status=request.query.get("status") or None,
-        )
+        found = service.promotions(tenant=tenant_of(request), env_id=request.match_info["envId"])
         return json_response([promotion_out(p) for p in found])
 
-    @r.get(PROMOTIONS, "Promotions, newest first", query=("status",))
+    @r.get(PROMOTIONS, "Promotions, newest first")
     async def list_promotions(request: web.Request) -> web.Response:
-        found = service.promotions(
-            tenant=tenant_of(request), status=request.query.get("status") or None
-        )
+        found = service.promotions(tenant=tenant_of(request))
         return json_response([promotion_out(p) for p in found])
 
     @r.get(PROMOTIONS + "/{id}", "One promotion", errors=(404,))

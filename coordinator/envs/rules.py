@@ -53,6 +53,15 @@ def freeze_verdict(
     return None, excepted
 
 
+def freeze_transitions(
+    before: Mapping[str, FreezeWindow], now: Mapping[str, FreezeWindow]
+) -> tuple[list[FreezeWindow], list[FreezeWindow]]:
+    """(started, ended) between two sets of active windows by id, each by id."""
+    started = [now[k] for k in sorted(set(now) - set(before))]
+    ended = [before[k] for k in sorted(set(before) - set(now))]
+    return started, ended
+
+
 def ordered(envs: Iterable[Environment]) -> list[Environment]:
     return sorted(envs, key=lambda e: (e.order_index, e.name))
 

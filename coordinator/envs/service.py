@@ -109,7 +109,7 @@ class EnvironmentService:
         self.deployments = deployments
         self.reports = reports
         self.events = events
-        self._active: set[str] | None = None
+        self._active: dict[str, FreezeWindow] | None = None
         self._work: set[asyncio.Task[None]] = set()
         events.subscribe(self._on_rollout, ("deployment.completed", "deployment.failed"))
         deployments.deploy_guards.append(self._guard_deploy)
@@ -290,23 +290,29 @@ class EnvironmentService:
         self._admit(env, [Actor(label, (label.partition(":")[2],))], f"deploy of {d.name}")
 
     def watch(self, now: float) -> None:
-        """freeze.started / freeze.ended for windows that became active or inactive."""
+        """freeze.started / freeze.ended for windows that became active or inactive (a
+        window deleted while active ends too). Decided by `rules.freeze_transitions`."""
         windows = self.store.freeze_windows(tenant=None)
         active = {w.id: w for w in rules.active_windows(windows, now)}
-        before = self._active if self._active is not None else set()
-        for wid in sorted(set(active) - before):
-            w = active[wid]
+        started, ended = rules.freeze_transitions(self._active or {}, active)
+        for w in started:
             self.events.emit(
                 "freeze.started",
                 tenant=w.tenant,
-                subject=w.environment_id,
+                subject=self._env_name(w),
                 window=w.id,
                 reason=w.reason,
                 end=w.end,
             )
-        for wid in sorted(before - set(active)):
-            self.events.emit("freeze.ended", subject=wid, window=wid)
-        self._active = set(active)
+        for w in ended:
+            self.events.emit(
+                "freeze.ended", tenant=w.tenant, subject=self._env_name(w), window=w.id
+            )
+        self._active = active
+
+    def _env_name(self, w: FreezeWindow) -> str:
+        env = self.store.get_environment(w.environment_id, tenant=w.tenant)
+        return env.name if env is not None else w.environment_id
 
     async def run(self) -> None:
         while True:

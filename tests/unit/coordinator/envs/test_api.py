@@ -468,3 +468,93 @@ async def test_another_tenants_environment_is_not_found(api: Api) -> None:
     assert await api.call("GET", "/api/v1/environments", token=other) == []
     # The same name in another tenant is fine.
     await api.call("POST", "/api/v1/environments", {"name": "dev"}, expect=201, token=other)
+
+
+async def finish_rollouts(c: Coordinator, release_id: str) -> None:
+    """No agent in-process: mark the release's jobs healthy and let the engine step."""
+    for job in c.deployments.release_jobs(c.deployments.release(release_id)):
+        c.storage.update_jobs([msgspec.structs.replace(job, status="Success")])
+    await c.deployments.tick(1e12)
+
+
+async def dev_with_target(api: Api, name: str = "dev", order: int = 1, **more: Any) -> Any:
+    env = await api.call(
+        "POST", "/api/v1/environments", {"name": name, "orderIndex": order, **more}, expect=201
+    )
+    api.machine(f"m-{name}", f"{name}-1")
+    await api.call(
+        "POST",
+        "/api/v1/targets",
+        {
+            "environmentId": env["id"],
+            "name": f"{name}-1",
+            "targetType": "docker_host",
+            "connection": {"host": f"{name}-1"},
+        },
+        expect=201,
+    )
+    return env
+
+
+async def test_freeze_windows_also_refuse_deploys_through_other_apis_and_are_events(
+    api: Api,
+) -> None:
+    import time
+
+    c = api.coordinator
+    seen: list[str] = []
+    c.events.subscribe(lambda e: seen.append(e.kind), ("freeze.",))
+    app, _ = await c.deployments.create_application("shop", MANIFEST, version="1")
+    dev = await dev_with_target(api)
+    first = await api.call(
+        "POST",
+        f"/api/v1/environments/{dev['id']}/promotions",
+        {"applicationId": app.id},
+        expect=201,
+    )
+    await finish_rollouts(c, first["releaseId"])
+    d = c.deployments.deployment("shop-dev")
+    now = time.time()
+    window = await api.call(
+        "POST",
+        f"/api/v1/environments/{dev['id']}/freeze-windows",
+        {
+            "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 5)),
+            "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 600)),
+            "reason": "release night",
+        },
+        expect=201,
+    )
+    assert seen == ["freeze.started"]
+    refused = await api.call("POST", f"/api/v2/deployments/{d.id}/deploy", expect=409)
+    assert "release night" in refused["error"]["message"]
+    assert seen == ["freeze.started", "freeze.refused"]
+    await api.call("DELETE", f"/api/v1/environments/{dev['id']}/freeze-windows/{window['id']}")
+    assert seen[-1] == "freeze.ended"
+    await api.call("POST", f"/api/v2/deployments/{d.id}/deploy", expect=201)
+
+
+async def test_auto_promote_from_promotes_after_success_below(api: Api) -> None:
+    import asyncio
+
+    c = api.coordinator
+    kinds: list[str] = []
+    c.events.subscribe(lambda e: kinds.append(e.kind), ("promotion.",))
+    app, _ = await c.deployments.create_application("shop", MANIFEST, version="1")
+    dev = await dev_with_target(api)
+    qa = await dev_with_target(api, "qa", 2, autoPromoteFrom="dev")
+    first = await api.call(
+        "POST",
+        f"/api/v1/environments/{dev['id']}/promotions",
+        {"applicationId": app.id},
+        expect=201,
+    )
+    await finish_rollouts(c, first["releaseId"])
+    for _ in range(100):
+        found = await api.call("GET", f"/api/v1/environments/{qa['id']}/promotions")
+        if found and found[0]["status"] != "pending_approval":
+            break
+        await asyncio.sleep(0.05)
+    assert len(found) == 1 and found[0]["auto"] is True
+    assert found[0]["status"] == "deploying" and found[0]["sourceReleaseId"] == first["releaseId"]
+    assert kinds[:3] == ["promotion.requested", "promotion.completed", "promotion.requested"]

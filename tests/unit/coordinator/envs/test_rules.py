@@ -154,3 +154,11 @@ def test_health_from_what_the_agent_answered() -> None:
     assert status == "unhealthy" and "Docker daemon not responding: socket refused" in message
     status, message = rules.health_of(None, {"systemd": ""}, False, {"a.service": "failed"})
     assert (status, message) == ("unhealthy", "a.service is failed")
+
+
+def test_freeze_transitions_start_and_end_windows_once() -> None:
+    a, b = window(0, 10, wid="a"), window(5, 20, wid="b")
+    assert rules.freeze_transitions({}, {"a": a}) == ([a], [])
+    assert rules.freeze_transitions({"a": a}, {"a": a, "b": b}) == ([b], [])
+    assert rules.freeze_transitions({"a": a, "b": b}, {"b": b}) == ([], [a])
+    assert rules.freeze_transitions({"b": b}, {}) == ([], [b])
