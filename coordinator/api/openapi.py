@@ -181,6 +181,16 @@ _TIGHTER: dict[tuple[str, str], Json] = {
     },
     ("TokenRequest", "permissions"): {"minItems": 1, "items": PERMISSION_SCHEMA},
     ("TokenRequest", "tenant"): TENANT_SCHEMA,
+    # Environments (#18): names as the deploy domain's (coordinator/deploy/groups.py).
+    ("EnvironmentIn", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    ("EnvironmentIn", "requiredApprovals"): {"minimum": 0, "maximum": 10},
+    ("FreezeWindowIn", "start"): {"format": "date-time"},
+    ("FreezeWindowIn", "end"): {"format": "date-time"},
+    ("TargetIn", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    ("TargetIn", "targetType"): {
+        "enum": ["docker_host", "compose_host", "ecs_service", "nomad_job"]
+    },
+    ("TargetGroupIn", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
 }
 """What the handlers check beyond the Structs' types, so generated clients (and
 schemathesis) know a valid request from an invalid one."""

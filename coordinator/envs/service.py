@@ -510,7 +510,7 @@ class EnvironmentService:
         if machine is not None:
             try:
                 await self._bind(machine.tenant)
-            except DomainError:
+            except Exception:  # a hook must not break the agent's session
                 log.exception("binding targets to machine %s failed", machine.id)
 
     def _driven(self, target: Target) -> None:
@@ -824,7 +824,11 @@ class EnvironmentService:
         app = self.deployments.application(p.application_id, tenant=tenant)
         name = f"{app.name}-{env.name}"[:128]
         try:
-            existing = self.deployments.store.deployment_by_name(name, tenant=tenant)
+            # The environment's deployment of this application, whatever it is called
+            # now (an environment renamed keeps its deployments and their stickers).
+            existing = next(
+                (d for d in self._deployments_of(env) if d.application_id == app.id), None
+            ) or self.deployments.store.deployment_by_name(name, tenant=tenant)
             if existing is None:
                 d, _ = self.deployments.create_deployment(
                     name, app.id, env.group_id, application_version=p.version, tenant=tenant

@@ -558,3 +558,24 @@ async def test_auto_promote_from_promotes_after_success_below(api: Api) -> None:
     assert len(found) == 1 and found[0]["auto"] is True
     assert found[0]["status"] == "deploying" and found[0]["sourceReleaseId"] == first["releaseId"]
     assert kinds[:3] == ["promotion.requested", "promotion.completed", "promotion.requested"]
+
+
+async def test_a_renamed_environment_keeps_its_deployment(api: Api) -> None:
+    c = api.coordinator
+    app, _ = await c.deployments.create_application("shop", MANIFEST, version="1")
+    dev = await dev_with_target(api)
+    first = await api.call(
+        "POST",
+        f"/api/v1/environments/{dev['id']}/promotions",
+        {"applicationId": app.id},
+        expect=201,
+    )
+    await finish_rollouts(c, first["releaseId"])
+    await api.call("PUT", f"/api/v1/environments/{dev['id']}", {"name": "development"})
+    again = await api.call(
+        "POST", "/api/v1/environments/development/promotions", {"applicationId": app.id}, expect=201
+    )
+    assert again["status"] == "deploying"
+    assert c.deployments.release(again["releaseId"]).deployment_id == (
+        c.deployments.release(first["releaseId"]).deployment_id
+    )
