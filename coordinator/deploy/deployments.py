@@ -510,6 +510,7 @@ class DeploymentService:
         tenant: str = DEFAULT_TENANT,
         units_from: Release | None = None,
         timeout_s: float | None = None,
+        min_healthy_s: float | None = None,
         admitted: bool = False,
     ) -> Release:
         """Cut a release of the deployment's application version and start rolling it
@@ -518,8 +519,9 @@ class DeploymentService:
 
         `units_from`: a release of the same application version whose units (images
         pinned as they were) the new release carries unchanged (a promotion moves the
-        same bytes between environments). `timeout_s`: the health gate's timeout instead
-        of the manifest's. `admitted`: the caller already applied `deploy_guards`."""
+        same bytes between environments). `timeout_s`, `min_healthy_s`: the health
+        gate's timeout and settling time instead of the manifest's. `admitted`: the
+        caller already applied `deploy_guards`."""
         d = self.deployment(deployment_id, tenant=tenant)
         if not admitted:
             for guard in self.deploy_guards:
@@ -562,7 +564,9 @@ class DeploymentService:
                 version_number=version.number,
                 units=units,
                 batch_size=size,
-                min_healthy_s=manifest.rollout.min_healthy_s,
+                min_healthy_s=(
+                    manifest.rollout.min_healthy_s if min_healthy_s is None else min_healthy_s
+                ),
                 timeout_s=manifest.rollout.timeout_s if timeout_s is None else timeout_s,
                 rollback_on_failure=manifest.rollout.rollback_on_failure,
                 drift_policy=manifest.drift_policy,

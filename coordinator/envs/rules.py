@@ -131,6 +131,21 @@ def label_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+def rollout_settings(config: Mapping[str, object]) -> tuple[float | None, float | None]:
+    """(timeout_s, min_healthy_s) of rollouts into an environment: `deploymentTimeout`
+    bounds how long a machine may take to become healthy, and a machine must stay
+    healthy for one `healthCheckInterval` before its batch passes. None: the
+    manifest's own."""
+
+    def seconds(key: str) -> float | None:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            return None
+        return float(value)
+
+    return seconds("deploymentTimeout"), seconds("healthCheckInterval")
+
+
 def health_of(
     error: str | None,
     backends: Mapping[str, str],

@@ -839,14 +839,13 @@ class EnvironmentService:
                 d = self.deployments.update_deployment(
                     existing.id, application_version=p.version, tenant=tenant
                 )
-            timeout = env.config.get("deploymentTimeout")
+            timeout_s, min_healthy_s = rules.rollout_settings(env.config)
             release = await self.deployments.deploy(
                 d.id,
                 tenant=tenant,
                 units_from=source,
-                timeout_s=float(timeout)
-                if isinstance(timeout, int | float) and timeout > 0
-                else None,
+                timeout_s=timeout_s,
+                min_healthy_s=min_healthy_s,
                 admitted=True,
             )
         except DomainError as exc:

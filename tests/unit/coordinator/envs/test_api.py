@@ -315,6 +315,7 @@ async def test_promotion_needs_distinct_approvers_and_separation_of_duties(api: 
             "orderIndex": 2,
             "requiredApprovals": 2,
             "requireSeparationOfDuties": True,
+            "config": {"deploymentTimeout": 120, "healthCheckInterval": 3},
         },
         expect=201,
     )
@@ -392,6 +393,8 @@ async def test_promotion_needs_distinct_approvers_and_separation_of_duties(api: 
     # The promoted release carries dev's units unchanged, onto prod's machine only.
     promoted = c.deployments.release(two["releaseId"])
     assert promoted.units == c.deployments.release(first["releaseId"]).units
+    # The environment's rollout settings, not the manifest's.
+    assert (promoted.timeout_s, promoted.min_healthy_s) == (120.0, 3.0)
     assert [j.machine_id for j in c.deployments.release_jobs(promoted)] == ["m2"]
     await api.call("DELETE", f"/api/v1/environments/{prod['id']}", expect=409)
     listed = await api.call("GET", f"/api/v1/environments/{prod['id']}/promotions")

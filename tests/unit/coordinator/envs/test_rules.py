@@ -162,3 +162,15 @@ def test_freeze_transitions_start_and_end_windows_once() -> None:
     assert rules.freeze_transitions({"a": a}, {"a": a, "b": b}) == ([b], [])
     assert rules.freeze_transitions({"a": a, "b": b}, {"b": b}) == ([], [a])
     assert rules.freeze_transitions({"b": b}, {}) == ([], [b])
+
+
+def test_rollouts_take_the_environments_timeout_and_health_interval() -> None:
+    assert rules.rollout_settings({"deploymentTimeout": 600, "healthCheckInterval": 30}) == (
+        600.0,
+        30.0,
+    )
+    assert rules.rollout_settings({}) == (None, None)
+    assert rules.rollout_settings({"deploymentTimeout": True, "healthCheckInterval": 0}) == (
+        None,
+        None,
+    )
