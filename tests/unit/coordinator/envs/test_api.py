@@ -471,6 +471,53 @@ async def test_another_tenants_environment_is_not_found(api: Api) -> None:
     assert await api.call("GET", "/api/v1/environments", token=other) == []
     # The same name in another tenant is fine.
     await api.call("POST", "/api/v1/environments", {"name": "dev"}, expect=201, token=other)
+    # Targets, groups, windows and promotions of another tenant are not found either.
+    c = api.coordinator
+    app, _ = await c.deployments.create_application("shop", MANIFEST, version="1")
+    api.machine("m1", "dev-1")
+    target = await api.call(
+        "POST",
+        "/api/v1/targets",
+        {"environmentId": env["id"], "name": "t", "targetType": "docker_host", "machineId": "m1"},
+        expect=201,
+    )
+    group = await api.call(
+        "POST", f"/api/v1/environments/{env['id']}/target-groups", {"name": "g"}, expect=201
+    )
+    p = await api.call(
+        "POST",
+        f"/api/v1/environments/{env['id']}/promotions",
+        {"applicationId": app.id},
+        expect=201,
+    )
+    for method, path in (
+        ("GET", f"/api/v1/targets/{target['id']}"),
+        ("DELETE", f"/api/v1/targets/{target['id']}"),
+        ("POST", f"/api/v1/targets/{target['id']}/health-check"),
+        ("GET", f"/api/v1/targets/{target['id']}/sticker"),
+        ("GET", f"/api/v1/target-groups/{group['id']}"),
+        ("GET", f"/api/v1/promotions/{p['id']}"),
+        ("POST", f"/api/v1/promotions/{p['id']}/approve"),
+        ("GET", f"/api/v1/environments/{env['id']}/freeze-windows"),
+    ):
+        await api.call(method, path, expect=404, token=other)
+    assert await api.call("GET", "/api/v1/targets", token=other) == []
+    assert await api.call("GET", "/api/v1/promotions", token=other) == []
+    # Nor can another tenant's machine be named.
+    other_env = (await api.call("GET", "/api/v1/environments", token=other))[0]
+    refused = await api.call(
+        "POST",
+        "/api/v1/targets",
+        {
+            "environmentId": other_env["id"],
+            "name": "t",
+            "targetType": "docker_host",
+            "machineId": "m1",
+        },
+        expect=400,
+        token=other,
+    )
+    assert "machine 'm1' does not exist" in refused["error"]["message"]
 
 
 async def finish_rollouts(c: Coordinator, release_id: str) -> None:
