@@ -204,6 +204,8 @@ class Agent:
             self.observer.request(message.request_id)
         elif isinstance(message, m.ImageResolve):
             self._background(self._resolve_images(message))
+        elif isinstance(message, m.HealthCheck):
+            self._background(self._health(message))
         elif isinstance(message, m.TaskStart | m.TaskStop | m.TaskAck):
             await self.tasks.on_message(message)
 
@@ -433,6 +435,27 @@ class Agent:
 
         await asyncio.gather(*(one(i) for i in dict.fromkeys(req.images)))
         await self.link.send(m.ImageResolved(req.request_id, digests, references, errors))
+
+    async def _health(self, req: m.HealthCheck) -> None:
+        """`HealthCheck`: ask each backend now (systemd over D-Bus, dockerd over its API)
+        for the named units; a backend that cannot answer says why."""
+        backends: dict[str, str] = {}
+        units: dict[str, str] = {}
+        wanted = self.backends.split(req.units)
+        for backend in self.backends:
+            if not backend.available:
+                backends[backend.kind] = backend.unavailable_reason or "not available"
+                continue
+            try:
+                reading = await asyncio.wait_for(backend.read(sorted(wanted[backend.kind])), 5.0)
+            except (BackendError, BackendUnavailable, TimeoutError) as exc:
+                backends[backend.kind] = str(exc) or "did not answer in 5 s"
+                continue
+            backends[backend.kind] = ""
+            for name in wanted[backend.kind]:
+                runtime = reading.runtimes.get(name)
+                units[name] = runtime.active_state if runtime is not None else "not-found"
+        await self.link.send(m.HealthReport(req.request_id, backends, units, time.time()))
 
     # --- logs ---------------------------------------------------------------------------
 

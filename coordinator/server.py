@@ -28,6 +28,7 @@ from coordinator import guard, limits
 from coordinator.api import (
     agent,
     audit,
+    environments,
     fleet_manager,
     fleet_v1,
     identity,
@@ -54,6 +55,7 @@ from coordinator.app import open_store
 from coordinator.audit import AuditLog, is_write
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.deploy.deployments import DeploymentService
+from coordinator.envs.service import EnvironmentService
 from coordinator.errors import DomainError
 from coordinator.events import ACTOR, EventBus
 from coordinator.fleet.machines import MachineService
@@ -162,13 +164,15 @@ class Coordinator:
             images=self.reports,
             events=self.events,
         )
+        self.environments = EnvironmentService(
+            self.storage, self.deployments, self.reports, self.events
+        )
         self.logs = LogService(self.hub)
         self.machines = MachineService(
             self.storage, self.deploystore, self.hub, self.units, events=self.events
         )
         self.enrolment = EnrolmentService(self.enroller, self.hub, self.metrics)
         self.tokens = TokenService(self.storage, self.ca_pin, join_ttl_s=config.join_token_ttl_s)
-        self.events = EventBus()
         self.tasks = TaskService(
             self.storage,
             self.storage,
@@ -199,6 +203,7 @@ class Coordinator:
             *tasks.routes(self.tasks),
             *identity.routes(self.users),
             audit.routes(self.audit),
+            *environments.routes(self.environments),
         ]
 
     def _system_routes(self) -> Family:
@@ -420,6 +425,7 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
+        self._tasks.append(asyncio.create_task(self.environments.run()))
         self._tasks.append(asyncio.create_task(self.tasks.run_scheduler()))
         self._tasks.append(asyncio.create_task(self.users.warm()))
         self._tasks.append(asyncio.create_task(self.limiter.run()))

@@ -1525,5 +1525,7 @@ if __name__ == "__main__":
     main()
 
 
-# `moorctl task ...` lives in its own module; importing it registers the group on `cli`.
+# `moorctl task ...` and `moorctl env ...` live in their own modules; importing them
+# registers their groups on `cli`.
+from moorctl import envs as _envs  # noqa: E402,F401
 from moorctl import tasks as _tasks  # noqa: E402,F401

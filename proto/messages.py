@@ -318,6 +318,23 @@ class TaskAck(msgspec.Struct, tag="task_ack", frozen=True, omit_defaults=True):
     final: bool = False
 
 
+class HealthCheck(msgspec.Struct, tag="health_check", frozen=True, omit_defaults=True):
+    """A target health check (environments): are the machine's runtimes responding, and
+    what state are these units in now."""
+
+    request_id: str
+    units: list[str] = []
+
+
+class HealthReport(msgspec.Struct, tag="health", frozen=True, omit_defaults=True):
+    request_id: str
+    backends: dict[str, str] = {}
+    """backend kind (`systemd`, `docker`) -> "" when it answered just now, else why not."""
+    units: dict[str, str] = {}
+    """unit -> its active state as read just now."""
+    checked_at: float = 0.0
+
+
 Message = (
     Hello
     | Facts
@@ -342,6 +359,8 @@ Message = (
     | TaskUpdate
     | TaskOutput
     | TaskAck
+    | HealthCheck
+    | HealthReport
 )
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -368,6 +387,8 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TaskUpdate,
     TaskOutput,
     TaskAck,
+    HealthCheck,
+    HealthReport,
 )
 
 KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in MESSAGE_TYPES)

@@ -98,6 +98,9 @@ PATH_PARAMS: dict[str, Json] = {
         "pattern": "^(mut\\.[0-9a-f]{1,64}\\.[0-9a-f]{1,128}|[0-9a-f]{1,64})$",
     },
     "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"},
+    # Environments (#18): ids or names.
+    "envId": {"type": "string", "minLength": 1, "maxLength": 128},
+    "windowId": {"type": "string", "minLength": 1, "maxLength": 128},
 }
 _FLAG: Json = {"type": "string", "enum": ["", "0", "1", "true", "false"]}
 QUERY_PARAMS: dict[str, Json] = {
@@ -124,6 +127,16 @@ QUERY_PARAMS: dict[str, Json] = {
     "until": {"type": "string", "pattern": "^[0-9]{1,12}(\\.[0-9]{1,6})?$"},
     "page": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
     "per_page": {"type": "string", "pattern": "^[1-9][0-9]{0,2}$"},
+    # Environments (#18).
+    "includeState": _FLAG,
+    "active": _FLAG,
+    "environmentId": {"type": "string", "maxLength": 128},
+    "targetType": {
+        "type": "string",
+        "enum": ["docker_host", "compose_host", "ecs_service", "nomad_job"],
+    },
+    "labels": {"type": "string", "maxLength": 4096},
+    "healthStatus": {"type": "string", "enum": ["unknown", "healthy", "unhealthy", "unreachable"]},
 }
 USERNAME_SCHEMA: Json = {"pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"}
 PASSWORD_SCHEMA: Json = {"minLength": users.MIN_PASSWORD, "maxLength": users.MAX_PASSWORD}
@@ -168,6 +181,16 @@ _TIGHTER: dict[tuple[str, str], Json] = {
     },
     ("TokenRequest", "permissions"): {"minItems": 1, "items": PERMISSION_SCHEMA},
     ("TokenRequest", "tenant"): TENANT_SCHEMA,
+    # Environments (#18): names as the deploy domain's (coordinator/deploy/groups.py).
+    ("EnvironmentIn", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    ("EnvironmentIn", "requiredApprovals"): {"minimum": 0, "maximum": 10},
+    ("FreezeWindowIn", "start"): {"format": "date-time"},
+    ("FreezeWindowIn", "end"): {"format": "date-time"},
+    ("TargetIn", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    ("TargetIn", "targetType"): {
+        "enum": ["docker_host", "compose_host", "ecs_service", "nomad_job"]
+    },
+    ("TargetGroupIn", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
 }
 """What the handlers check beyond the Structs' types, so generated clients (and
 schemathesis) know a valid request from an invalid one."""

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -91,6 +92,8 @@ class DeploymentService:
         self._manifests: dict[str, Manifest] = {}
         self._wake = asyncio.Event()
         self._tenants_with_builtin: set[str] = {DEFAULT_TENANT}
+        self.deploy_guards: list[Callable[[Deployment], None]] = []
+        """Called before every deploy (raising refuses it): environments' freeze windows."""
         units.desired_sources.append(self.machine_units)
         hub.on_connect.append(self._on_connect)
 
@@ -500,11 +503,29 @@ class DeploymentService:
 
     # --- deploy -----------------------------------------------------------------------------
 
-    async def deploy(self, deployment_id: str, *, tenant: str = DEFAULT_TENANT) -> Release:
+    async def deploy(
+        self,
+        deployment_id: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        units_from: Release | None = None,
+        timeout_s: float | None = None,
+        min_healthy_s: float | None = None,
+        admitted: bool = False,
+    ) -> Release:
         """Cut a release of the deployment's application version and start rolling it
         out onto the tenant's machines; Conflict while another release of the same
-        deployment runs."""
+        deployment runs.
+
+        `units_from`: a release of the same application version whose units (images
+        pinned as they were) the new release carries unchanged (a promotion moves the
+        same bytes between environments). `timeout_s`, `min_healthy_s`: the health
+        gate's timeout and settling time instead of the manifest's. `admitted`: the
+        caller already applied `deploy_guards`."""
         d = self.deployment(deployment_id, tenant=tenant)
+        if not admitted:
+            for guard in self.deploy_guards:
+                guard(d)
         async with self._lock(d.id):
             d = self.deployment(d.id, tenant=tenant)
             if d.status == "Running":
@@ -521,7 +542,13 @@ class DeploymentService:
             manifest, _ = await _manifest(version.source_config)
             group = self._group_ref(d.group_id, tenant)
             members = [mach for mach in self.group_members(group) if mach.state != "lost"]
-            units = await self._pin(manifest, members)
+            if units_from is not None and units_from.application_id != app.id:
+                raise Invalid(f"release {units_from.id} is not of application {app.name!r}")
+            units = (
+                list(units_from.units)
+                if units_from is not None
+                else await self._pin(manifest, members)
+            )
             self._check_overlap(d, units, [mach.id for mach in members])
             now = time.time()
             size = rollout.batch_size(
@@ -537,8 +564,10 @@ class DeploymentService:
                 version_number=version.number,
                 units=units,
                 batch_size=size,
-                min_healthy_s=manifest.rollout.min_healthy_s,
-                timeout_s=manifest.rollout.timeout_s,
+                min_healthy_s=(
+                    manifest.rollout.min_healthy_s if min_healthy_s is None else min_healthy_s
+                ),
+                timeout_s=manifest.rollout.timeout_s if timeout_s is None else timeout_s,
                 rollback_on_failure=manifest.rollout.rollback_on_failure,
                 drift_policy=manifest.drift_policy,
                 previous_release=d.current_release,

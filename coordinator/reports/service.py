@@ -102,7 +102,7 @@ class ReportService:
             self._drift_event(session.machine_id, message.entries)
             if message.request_id:
                 self._answer(session, message.request_id, message)
-        elif isinstance(message, m.ImageResolved):
+        elif isinstance(message, m.ImageResolved | m.HealthReport):
             self._answer(session, message.request_id, message)
 
     def _drift_event(self, machine_id: str, entries: list[m.DriftEntry]) -> None:
@@ -215,6 +215,19 @@ class ReportService:
             m.ImageResolved,
             timeout_s,
             "image resolution",
+        )
+
+    async def health_check(
+        self, machine_id: str, units: list[str], timeout_s: float = 10.0
+    ) -> m.HealthReport:
+        """Ask the machine's agent now whether its runtimes answer and what state these
+        units are in."""
+        return await self._ask(
+            machine_id,
+            lambda rid: m.HealthCheck(rid, list(units)),
+            m.HealthReport,
+            timeout_s,
+            "health check",
         )
 
     async def _ask(

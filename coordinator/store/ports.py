@@ -21,6 +21,7 @@ from coordinator.errors import NotFound as NotFound
 from coordinator.models import DEFAULT_TENANT as DEFAULT_TENANT
 
 if TYPE_CHECKING:
+    from coordinator.envs.model import Environment, FreezeWindow, Promotion, Target, TargetGroup
     from coordinator.models import (
         ApiToken,
         Application,
@@ -524,6 +525,71 @@ class ReportStore(Protocol):
 
 
 @runtime_checkable
+class EnvironmentStore(Protocol):
+    """Environments and what hangs off them (#18): freeze windows, target groups,
+    targets, promotions. Reads take the tenant; another tenant's objects are None."""
+
+    def put_environment(self, env: Environment) -> None:
+        """Insert or replace; Conflict when the tenant already has another of that name."""
+        ...
+
+    def get_environment(self, env_id: str, *, tenant: str) -> Environment | None: ...
+
+    def list_environments(self, *, tenant: str) -> list[Environment]:
+        """By orderIndex, then name."""
+        ...
+
+    def delete_environment(self, env_id: str) -> bool: ...
+
+    def put_freeze_window(self, window: FreezeWindow) -> None: ...
+
+    def freeze_windows(
+        self, *, tenant: str | None, environment_id: str | None = None
+    ) -> list[FreezeWindow]:
+        """By start (tenant None: every tenant's, for the freeze watcher)."""
+        ...
+
+    def delete_freeze_window(self, window_id: str) -> bool: ...
+
+    def put_target_group(self, group: TargetGroup) -> None:
+        """Conflict when the environment already has another of that name."""
+        ...
+
+    def get_target_group(self, group_id: str, *, tenant: str) -> TargetGroup | None: ...
+
+    def target_groups(self, environment_id: str) -> list[TargetGroup]: ...
+
+    def delete_target_group(self, group_id: str) -> bool: ...
+
+    def put_target(self, target: Target) -> None:
+        """Conflict when the tenant already has another target of that name."""
+        ...
+
+    def get_target(self, target_id: str, *, tenant: str) -> Target | None: ...
+
+    def targets_of(
+        self, *, tenant: str | None, environment_id: str | None = None
+    ) -> list[Target]: ...
+
+    def delete_target(self, target_id: str) -> bool: ...
+
+    def put_promotion(self, promotion: Promotion) -> None: ...
+
+    def get_promotion(self, promotion_id: str, *, tenant: str | None) -> Promotion | None: ...
+
+    def promotions(
+        self,
+        *,
+        tenant: str | None,
+        environment_id: str | None = None,
+        status: str | None = None,
+        release_id: str | None = None,
+    ) -> list[Promotion]:
+        """Newest first."""
+        ...
+
+
+@runtime_checkable
 class TaskStore(Protocol):
     """Batch tasks (#19): definitions, runs, their events and logs. Every definition
     read is scoped by tenant; runs carry theirs (the service checks it)."""
@@ -628,6 +694,7 @@ class Store(
     TaskStore,
     RateLimitStore,
     AuditStore,
+    EnvironmentStore,
     Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""

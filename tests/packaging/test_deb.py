@@ -277,9 +277,19 @@ def test_packages_are_reproducible_versioned_and_clean(builds: Builds) -> None:
         if pkg == "moorage-agent":
             assert "./usr/bin/moorctl" not in members, "moorctl ships with the coordinator"
             site = f"{venv}/lib/python{python_version()}/site-packages"
-            shipped = {n[len(site) + 1 :].split("/")[0] for n in members if n.startswith(site + "/")}
+            shipped = {
+                n[len(site) + 1 :].split("/")[0] for n in members if n.startswith(site + "/")
+            }
             assert {"agent", "proto"} <= shipped
-            unwanted = shipped & {"coordinator", "moorctl", "aiohttp", "click", "rich", "yaml", "uvloop"}
+            unwanted = shipped & {
+                "coordinator",
+                "moorctl",
+                "aiohttp",
+                "click",
+                "rich",
+                "yaml",
+                "uvloop",
+            }
             assert not unwanted, f"the agent ships only proto + agent and their needs: {unwanted}"
         interpreter = members[f"{venv}/bin/python{python_version()}"]
         assert interpreter.issym()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from coordinator.store.sqlite.core import SqliteCore, row_record, storage_fault
 from coordinator.store.sqlite.deploy import DeploySql
+from coordinator.store.sqlite.envs import EnvsSql
 from coordinator.store.sqlite.machines import MachinesSql
 from coordinator.store.sqlite.migrations import MIGRATIONS
 from coordinator.store.sqlite.platform import PlatformSql
@@ -26,6 +27,7 @@ class SqliteStore(
     DeploySql,
     ReportsSql,
     TasksSql,
+    EnvsSql,
     PlatformSql,
     SqliteCore,
 ):

@@ -419,4 +419,55 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_log_by_principal ON audit_log(principal);
     ALTER TABLE api_tokens ADD COLUMN unlimited INTEGER NOT NULL DEFAULT 0
     """,
+    # 10 (#18): environments, their freeze windows, target groups, targets, promotions.
+    # One row per object; the body is the record's JSON (coordinator.envs.model), the
+    # columns are what queries filter on.
+    """
+    CREATE TABLE environments (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        order_index INTEGER NOT NULL DEFAULT 0,
+        body TEXT NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    CREATE TABLE freeze_windows (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        environment_id TEXT NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        start_at REAL NOT NULL,
+        end_at REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX freeze_windows_by_env ON freeze_windows(environment_id, end_at);
+    CREATE TABLE target_groups (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        environment_id TEXT NOT NULL REFERENCES environments(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (environment_id, name)
+    );
+    CREATE TABLE env_targets (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        environment_id TEXT NOT NULL REFERENCES environments(id),
+        name TEXT NOT NULL,
+        machine_id TEXT NOT NULL DEFAULT '',
+        body TEXT NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    CREATE INDEX env_targets_by_env ON env_targets(environment_id);
+    CREATE TABLE promotions (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        environment_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        release_id TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX promotions_by_env ON promotions(environment_id, created_at);
+    CREATE INDEX promotions_by_release ON promotions(release_id)
+    """,
 )

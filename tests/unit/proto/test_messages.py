@@ -125,6 +125,13 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
         references=st.dictionaries(text, text, max_size=2),
         errors=st.dictionaries(text, text, max_size=2),
     ),
+    m.HealthCheck: st.builds(m.HealthCheck, text, st.lists(text, max_size=3)),
+    m.HealthReport: st.builds(
+        m.HealthReport,
+        request_id=text,
+        backends=st.dictionaries(text, text, max_size=2),
+        units=st.dictionaries(text, text, max_size=2),
+    ),
     m.CertRenew: st.builds(m.CertRenew, text),
     m.CertIssued: st.builds(m.CertIssued, text),
     m.TaskStart: st.builds(

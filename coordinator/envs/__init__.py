@@ -1,0 +1,1 @@
+"""Environments, targets, freeze windows and promotions (issue #18)."""
