@@ -121,9 +121,10 @@ class AuditLog:
                 return
             try:
                 await asyncio.to_thread(self.store.append_audit, pending)
-            except StorageUnavailable as exc:
+            except StorageUnavailable:
+                # The store's health object logs the fault once, and its end; a retry
+                # every flush is not news (the pending count is a metric).
                 self._pending[:0] = pending
-                log.error("%d audit entries not written yet (retried): %s", len(pending), exc)
 
     async def run(self) -> None:
         while True:
