@@ -32,6 +32,8 @@ OVERRIDES = (
     "journal_dir",
     "docker_host",
     "task_network",
+    "webops_proxy_listen",
+    "webops_nginx",
     "metrics_listen",
     "sticker_dir",
     "drift_interval_s",
@@ -67,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task-network", help="Docker network of task runs (default: Docker's; 'none': none)."
     )
+    p.add_argument("--webops-proxy-listen", help="nginx listen of WebOps domains (default 80).")
+    p.add_argument("--webops-nginx", help="nginx binary for WebOps (default: nginx).")
     p.add_argument("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
     p.add_argument("--sticker-dir", help="Where version stickers are written.")
     p.add_argument(

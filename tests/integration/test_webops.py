@@ -1,0 +1,250 @@
+"""WebOps deployments (#20) end to end: local git repositories (file:// URLs) built
+and run by a real agent on a real systemd manager (and a real dockerd for the
+Dockerfile app), served through the agent's own real nginx; both HTTP surfaces."""
+
+# ruff: noqa: F811  (pytest fixtures imported by name)
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.dockerd import Dockerd
+from tests.harness.fixtures import dockerd, user_systemd  # noqa: F401
+from tests.harness.systemd import UserSystemd
+from tests.procs import MachineRig, free_port, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+
+
+class WebRig(MachineRig):
+    """A coordinator, agent m1 on a real systemd manager (and dockerd when given), its
+    WebOps proxy (the agent's own nginx) on a loopback port."""
+
+    def __init__(self, tmp: Path, systemd: UserSystemd, daemon: Dockerd | None = None) -> None:
+        self.tmp = tmp
+        self.systemd = systemd
+        self.proxy = free_port()
+        env = dict(systemd.agent_env())
+        if daemon is not None:
+            daemon.import_busybox()
+            env["DOCKER_HOST"] = daemon.host
+        extra = [*systemd.agent_flags(), "--webops-proxy-listen", f"127.0.0.1:{self.proxy}"]
+        super().__init__(tmp, extra=extra, env=env)
+        # A Moorage API token is a WebOps Bearer token on both surfaces (exempt from the
+        # general limit: the test polls).
+        made = self.coordinator.api(
+            "POST", "/moorage/v1/api-tokens", {"name": "webops", "unlimited": True}
+        )
+        self.token = str(made["token"])
+
+    @property
+    def webops_dir(self) -> Path:
+        return self.agent.state_dir / "webops"
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, token: str | None = None
+    ) -> tuple[int, Any]:
+        tok = self.token if token is None else token
+        headers = {"Content-Type": "application/json"}
+        if tok:
+            headers["Authorization"] = f"Bearer {tok}"
+        data = None if body is None else json.dumps(body).encode()
+        status, raw = self.coordinator.raw(method, path, headers=headers, data=data, cert=False)
+        return status, json.loads(raw) if raw else None
+
+    def info(self, name: str) -> dict[str, Any]:
+        status, body = self.call("GET", f"/api/deployments/{name}/")
+        assert status == 200, body
+        return dict(body)
+
+    def wait_status(self, name: str, want: str, timeout: float = 180) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            got = self.info(name)
+            return got if got["status"] == want and not got["building"] else None
+
+        return dict(wait_for(check, timeout, interval=0.3, what=f"{name} {want}"))
+
+    def through_proxy(self, host: str) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.proxy}/", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except OSError:
+            return 0, ""
+
+    def serves(self, host: str, text: str, timeout: float = 60) -> None:
+        wait_for(
+            lambda: (s := self.through_proxy(host))[0] == 200 and text in s[1],
+            timeout,
+            interval=0.3,
+            what=f"{host} serving {text!r}",
+        )
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            # The agent's own nginx (started by this test's agent) by its pid file.
+            pidfile = self.webops_dir / "nginx" / "nginx.pid"
+            try:
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
+
+
+def git_repo(path: Path, files: dict[str, str | None]) -> str:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    commit(path, files, "first")
+    return f"file://{path}"
+
+
+def git(path: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=path,
+        check=True,
+        capture_output=True,
+    )
+
+
+def commit(path: Path, files: dict[str, str | None], message: str) -> None:
+    for name, text in files.items():
+        if text is None:
+            (path / name).unlink()
+        else:
+            (path / name).write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", message)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, user_systemd: UserSystemd) -> Iterator[WebRig]:
+    r = WebRig(tmp_path, user_systemd)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path) -> None:
+    repo = tmp_path / "repo-site"
+    url = git_repo(repo, {"index.html": "<h1>hello v1</h1>\n"})
+    port = free_port()
+
+    # Without a token: the CLI surface's own 401.
+    status, body = rig.call("GET", "/api/deployments/", token="")
+    assert status == 401
+    assert body["error"] == "Authentication required"
+
+    create = {
+        "name": "site",
+        "repo_url": url,
+        "branch": "main",
+        "domain": "site.test",
+        "env_vars": {},
+        "port": port,
+    }
+    status, body = rig.call("POST", "/api/deployments/create/", create)
+    assert status == 201, body
+    assert set(body) == {"id", "name", "status", "message"}
+    dep_id = body["id"]
+    # Retried create (the client retries POSTs on 5xx): the same deployment.
+    status, again = rig.call("POST", "/api/deployments/create/", create)
+    assert status == 201 and again["id"] == dep_id
+
+    got = rig.wait_status("site", "running")
+    assert got["project_type"] == "static"
+    assert got["port"] == port
+    for key in (
+        "status",
+        "name",
+        "project_type",
+        "repo_url",
+        "branch",
+        "created_at",
+        "updated_at",
+        "domain",
+        "port",
+        "health",
+        "env_vars",
+    ):
+        assert key in got
+    rig.serves("site.test", "hello v1")
+    assert rig.through_proxy("other.test")[0] == 404  # only the deployment's domain
+    wait_for(lambda: rig.info("site")["health"]["is_healthy"], 30, what="healthy")
+
+    # Logs: oldest first, ids increasing, the build in them.
+    status, body = rig.call("GET", "/api/deployments/site/logs/")
+    assert status == 200
+    logs = body["logs"]
+    assert [i["id"] for i in logs] == sorted(i["id"] for i in logs)
+    text = "\n".join(i["message"] for i in logs)
+    assert "cloning" in text and "build b1 succeeded" in text
+    assert set(logs[0]) == {"id", "level", "message", "created_at"}
+    status, body = rig.call("GET", "/api/deployments/site/logs/?tail=2")
+    assert [i["id"] for i in body["logs"]] == [i["id"] for i in logs[-2:]]
+
+    # The same deployment on /api/v1, by id, in the envelope.
+    status, body = rig.call("GET", f"/api/v1/deployments/{dep_id}/")
+    assert status == 200 and body["success"] is True
+    assert body["data"]["name"] == "site" and body["data"]["status"] == "running"
+    status, body = rig.call("GET", "/api/v1/deployments/?status=running")
+    assert [d["name"] for d in body["data"]] == ["site"]
+    assert body["pagination"]["total"] == 1
+    status, body = rig.call("GET", "/api/deployments/?page=1&per_page=20")
+    assert body["deployments"] == body["results"] and body["pagination"]["pages"] == 1
+    status, body = rig.call("GET", "/api/v1/deployments/999/")
+    assert status == 404 and body["error"]["code"] == "RESOURCE_NOT_FOUND"
+    status, body = rig.call("GET", "/api/deployments/nope/")
+    assert status == 404 and isinstance(body["error"], str)
+
+    # A broken commit: the redeploy fails, the old build keeps serving.
+    commit(repo, {"index.html": None, "README": "no site here\n"}, "broken")
+    status, body = rig.call("POST", "/api/deployments/site/redeploy/")
+    assert status == 200, body
+    got = rig.wait_status("site", "failed")
+    assert got["live_build"] == "b1"
+    rig.serves("site.test", "hello v1", timeout=5)
+    status, body = rig.call("GET", "/api/deployments/site/logs/")
+    assert any("build b2 failed" in i["message"] for i in body["logs"])
+
+    # A good commit: switched over to it.
+    commit(repo, {"index.html": "<h1>hello v3</h1>\n"}, "fixed")
+    status, body = rig.call("POST", f"/api/v1/deployments/{dep_id}/redeploy/")
+    assert status == 200, body
+    rig.wait_status("site", "running")
+    rig.serves("site.test", "hello v3")
+
+    # Stop and start through the unit's desired state.
+    status, body = rig.call("POST", "/api/deployments/site/stop/")
+    assert status == 200 and "message" in body
+    wait_for(lambda: rig.through_proxy("site.test")[0] == 502, 30, what="stopped")
+    status, body = rig.call("POST", f"/api/v1/deployments/{dep_id}/start/")
+    assert status == 200
+    rig.serves("site.test", "hello v3")
+
+    # Delete: unit, files, proxy entry and the deployment gone.
+    unit = rig.info("site")["unit"]
+    assert rig.systemd.unit_property(unit, "ActiveState") == "active"
+    status, body = rig.call("DELETE", f"/api/v1/deployments/{dep_id}/")
+    assert status == 200, body
+    assert rig.call("GET", "/api/deployments/site/")[0] == 404
+    wait_for(lambda: not (rig.webops_dir / "site").exists(), 30, what="files removed")
+    wait_for(
+        lambda: rig.systemd.unit_property(unit, "LoadState") == "not-found", 30, what="unit gone"
+    )
+    wait_for(lambda: rig.through_proxy("site.test")[0] == 404, 30, what="proxy entry gone")
