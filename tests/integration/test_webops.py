@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.dockerd import Dockerd
+from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd, user_systemd  # noqa: F401
 from tests.harness.systemd import UserSystemd
 from tests.procs import MachineRig, free_port, wait_for
@@ -248,3 +249,138 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
         lambda: rig.systemd.unit_property(unit, "LoadState") == "not-found", 30, what="unit gone"
     )
     wait_for(lambda: rig.through_proxy("site.test")[0] == 404, 30, what="proxy entry gone")
+
+
+def pypi_unreachable() -> str | None:
+    try:
+        with socket.create_connection(("pypi.org", 443), timeout=5):
+            return None
+    except OSError as exc:
+        return f"PyPI unreachable ({exc}): the python app installs gunicorn from it"
+
+
+WSGI_APP = """\
+import os
+
+
+def application(environ, start_response):
+    body = ("greeting=" + os.environ.get("GREETING", "none") + "\\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def test_python_app_env_and_failed_redeploy(rig: WebRig, tmp_path: Path) -> None:
+    reason = pypi_unreachable()
+    if reason:
+        pytest.skip(reason)
+    repo = tmp_path / "repo-py"
+    url = git_repo(
+        repo,
+        {
+            "wsgi.py": WSGI_APP,
+            "requirements.txt": "gunicorn\n",
+            ".env.example": "GREETING=\nSECRET_KEY=\n",
+        },
+    )
+    create = {
+        "name": "pyapp",
+        "repo_url": url,
+        "branch": "main",
+        "domain": "py.test",
+        "env_vars": {"GREETING": "hello"},
+        "port": free_port(),
+    }
+    status, body = rig.call("POST", "/api/v1/deployments/", create)
+    assert status == 201, body
+    assert body["success"] is True
+    dep_id = body["data"]["id"]
+    got = rig.wait_status("pyapp", "running", timeout=300)
+    assert got["project_type"] == "python"
+    rig.serves("py.test", "greeting=hello")
+    env_file = rig.webops_dir / "pyapp" / "env"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    # gunicorn, from the app's own virtualenv, is what serves it.
+    unit = got["unit"]
+    assert "/venv/bin/gunicorn" in rig.systemd.unit_property(unit, "ExecStart")
+
+    # Env: validate against .env.example, set, restart: the app sees the new value.
+    status, body = rig.call("GET", "/api/deployments/pyapp/env/validate/")
+    assert body == {
+        "valid": False,
+        "missing": ["SECRET_KEY"],
+        "required": ["GREETING", "SECRET_KEY"],
+    }
+    status, body = rig.call(
+        "POST", "/api/deployments/pyapp/env/set/", {"key": "GREETING", "value": "bye"}
+    )
+    assert status == 200 and body["env_vars"]["GREETING"] == "bye"
+    rig.serves("py.test", "greeting=hello", timeout=5)  # not before a restart
+    status, body = rig.call("POST", "/api/deployments/pyapp/restart/")
+    assert status == 200, body
+    rig.serves("py.test", "greeting=bye")
+    status, body = rig.call("GET", "/api/deployments/pyapp/env/")
+    assert body == {"env_vars": {"GREETING": "bye"}}
+    status, body = rig.call("GET", "/api/deployments/pyapp/project/validate/")
+    assert body["all_passed"] is True, body
+    # Secrets never in the logs.
+    status, body = rig.call("GET", f"/api/v1/deployments/{dep_id}/logs/?lines=1000")
+    assert not any("bye" in i["message"] for i in body["data"]["logs"])
+
+    # A broken commit (a requirement that cannot be installed): the old build serves on.
+    commit(repo, {"requirements.txt": "gunicorn\nmoorage-no-such-package-xyz==0.0.1\n"}, "broken")
+    status, body = rig.call("POST", f"/api/v1/deployments/{dep_id}/redeploy/")
+    assert status == 200, body
+    got = rig.wait_status("pyapp", "failed", timeout=300)
+    assert got["live_build"] == "b1"
+    rig.serves("py.test", "greeting=bye", timeout=5)
+
+    status, body = rig.call("DELETE", "/api/deployments/pyapp/")
+    assert status == 200, body
+    wait_for(lambda: not (rig.webops_dir / "pyapp").exists(), 30, what="files removed")
+    wait_for(lambda: rig.through_proxy("py.test")[0] == 404, 30, what="proxy entry gone")
+
+
+@pytest.fixture
+def drig(tmp_path: Path, user_systemd: UserSystemd, dockerd: Dockerd) -> Iterator[WebRig]:
+    r = WebRig(tmp_path, user_systemd, dockerd)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_dockerfile_app_built_on_the_machine(drig: WebRig, tmp_path: Path) -> None:
+    repo = tmp_path / "repo-docker"
+    dockerfile = (
+        f"FROM {BUSYBOX_TAG}\n"
+        "COPY index.html /www/index.html\n"
+        'CMD ["/bin/sh", "-c", "exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www"]\n'
+    )
+    url = git_repo(repo, {"Dockerfile": dockerfile, "index.html": "docker v1\n"})
+    status, body = drig.call(
+        "POST",
+        "/api/deployments/create/",
+        {
+            "name": "dock",
+            "repo_url": url,
+            "branch": "main",
+            "domain": "dock.test",
+            "port": free_port(),
+        },
+    )
+    assert status == 201, body
+    got = drig.wait_status("dock", "running", timeout=300)
+    assert got["project_type"] == "docker"
+    assert got["unit"] == "webops-dock.container"
+    drig.serves("dock.test", "docker v1")
+
+    commit(repo, {"Dockerfile": "FROM moorage-test/no-such-image:0\n"}, "broken")
+    status, body = drig.call("POST", "/api/deployments/dock/redeploy/")
+    assert status == 200, body
+    drig.wait_status("dock", "failed", timeout=300)
+    drig.serves("dock.test", "docker v1", timeout=5)
+
+    status, body = drig.call("DELETE", "/api/deployments/dock/delete/")
+    assert status == 200, body
+    wait_for(lambda: drig.through_proxy("dock.test")[0] == 404, 30, what="proxy entry gone")
