@@ -43,7 +43,7 @@ from agent.reporting import Observer, Reporter, unavailable
 from agent.stickers import StickerStore
 from agent.store import AgentState, StateStore
 from agent.tasks import TaskRunner
-from agent.webops import WebOps
+from agent.webops import WebOps, cgroup_usage
 from proto import messages as m
 from proto.desired import apply_diff
 
@@ -99,6 +99,7 @@ class Agent:
             config.state_path,
             self.link.send,
             self._restart_unit,
+            usage=self._unit_usage,
             proxy_listen=config.webops_proxy_listen,
             nginx=config.webops_nginx,
             docker_host=config.docker_host,
@@ -219,6 +220,17 @@ class Agent:
             await self.tasks.on_message(message)
         elif isinstance(message, m.WebBuild | m.WebEnv | m.WebAction):
             await self.webops.on_message(message)
+
+    async def _unit_usage(self, unit: str) -> tuple[int, int]:
+        """(memory bytes, CPU ns) of a unit's cgroup: systemd's accounting, else read
+        from the cgroup's processes (`agent.webops.cgroup_usage`)."""
+        backend = self.backends.of(unit)
+        if not isinstance(backend, SystemdBackend):
+            return 0, 0
+        memory, cpu, cgroup = await backend.usage(unit)
+        if (not memory or not cpu) and cgroup:
+            return await asyncio.to_thread(cgroup_usage, cgroup)
+        return memory, cpu
 
     async def _restart_unit(self, unit: str) -> None:
         """A WebOps restart: the unit's own backend restarts it (systemd's restart job,

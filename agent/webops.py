@@ -43,6 +43,7 @@ MAX_LINE = 2000
 
 Send = Callable[[m.Message], Awaitable[object]]
 Restart = Callable[[str], Awaitable[None]]
+Usage = Callable[[str], Awaitable[tuple[int, int]]]
 
 
 class BuildFailed(Exception):
@@ -112,6 +113,7 @@ class WebOps:
         send: Send,
         restart: Restart,
         *,
+        usage: Usage | None = None,
         proxy_listen: str = "80",
         nginx: str = "nginx",
         docker_host: str = "",
@@ -119,6 +121,7 @@ class WebOps:
         self.root = state_dir / "webops"
         self.send = send
         self.restart = restart
+        self.usage = usage
         self.proxy_listen = proxy_listen
         self.nginx = nginx
         self.docker_host = docker_host
@@ -154,6 +157,8 @@ class WebOps:
             task.cancel()
 
     async def _log(self, name: str, build_id: str, level: str, message: str) -> None:
+        if not name:
+            return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.send(m.WebLog(name, build_id, level, message[:MAX_LINE], time.time()))
 
@@ -245,7 +250,12 @@ class WebOps:
         env_file = self._write_env(name, req.env)
         if req.domain:
             await self._put_site(name, bid, req.domain, req.port)
-        site = {"port": req.port, "domain": req.domain, "live_build": bid}
+        site = {
+            "port": req.port,
+            "domain": req.domain,
+            "live_build": bid,
+            "unit": w.unit_name(name, kind),
+        }
         write_public(self.root / name / "site.json", json.dumps(site).encode())
         self._prune(name, bid)
         await self._log(name, bid, "success", f"build {bid} ready ({kind})")
@@ -385,6 +395,15 @@ class WebOps:
             await self._reload(name, bid)
             await self._log(name, bid, "info", f"proxy: {domain} -> 127.0.0.1:{port}")
 
+    async def ensure_proxy(self) -> None:
+        sites = self.root / "nginx" / "sites"
+        if not sites.is_dir() or not any(sites.glob("*.conf")) or self.nginx_pid() is not None:
+            return
+        async with self._nginx_lock:
+            n = self.root / "nginx"
+            write_public(n / "nginx.conf", nginx_conf(self.root, self.proxy_listen).encode())
+            await self._run("", "", self._nginx_args())
+
     def nginx_pid(self) -> int | None:
         try:
             pid = int((self.root / "nginx" / "nginx.pid").read_text().strip())
@@ -424,6 +443,10 @@ class WebOps:
     # --- health -------------------------------------------------------------------------
 
     async def health_loop(self) -> None:
+        """Health checks; first, the proxy back if sites exist but nginx is not running
+        (the machine rebooted): the sites were served before, so they are again."""
+        with contextlib.suppress(Exception):
+            await self.ensure_proxy()
         while True:
             await asyncio.sleep(HEALTH_EVERY_S)
             with contextlib.suppress(Exception):
@@ -439,6 +462,7 @@ class WebOps:
             try:
                 info = json.loads(site.read_text())
                 port, domain = int(info["port"]), str(info.get("domain") or "")
+                unit = str(info.get("unit") or "")
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             healthy, status, detail = await http_check(port, domain)
@@ -447,8 +471,14 @@ class WebOps:
             if before and before[:2] == (healthy, status) and now - before[2] < HEALTH_RESEND_S:
                 continue
             self._health[name] = (healthy, status, now)
+            memory = cpu = 0
+            if self.usage is not None and unit:
+                with contextlib.suppress(Exception):
+                    memory, cpu = await self.usage(unit)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.send(m.WebHealth(name, healthy, status, detail, time.time()))
+                await self.send(
+                    m.WebHealth(name, healthy, status, detail, time.time(), memory, cpu)
+                )
 
 
 def fresh_dir(path: Path) -> None:
@@ -479,3 +509,47 @@ async def http_check(port: int, host: str, limit_s: float = 3.0) -> tuple[bool, 
         return False, 0, "not an HTTP answer"
     status = int(parts[1])
     return status < 500, status, f"HTTP {status}"
+
+
+CGROUP_ROOTS = (
+    Path("/sys/fs/cgroup"),
+    Path("/sys/fs/cgroup/unified"),
+    Path("/sys/fs/cgroup/systemd"),
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def cgroup_usage(cgroup: str, roots: tuple[Path, ...] = CGROUP_ROOTS) -> tuple[int, int]:
+    """(memory bytes, CPU ns) of the processes in a unit's cgroup, when systemd does not
+    account them: cgroup v2's memory.current / cpu.stat where the controllers are
+    enabled, else the sum of the member processes' RSS and CPU time from /proc."""
+    rel = cgroup.lstrip("/")
+    if not rel or ".." in rel.split("/"):
+        return 0, 0
+    for root in roots:
+        d = root / rel
+        if not (d / "cgroup.procs").is_file():
+            continue
+        mem = cpu = 0
+        with contextlib.suppress(OSError, ValueError):
+            mem = int((d / "memory.current").read_text())
+        with contextlib.suppress(OSError, ValueError):
+            for line in (d / "cpu.stat").read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    cpu = int(line.split()[1]) * 1000
+        if mem and cpu:
+            return mem, cpu
+        try:
+            pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            continue
+        pmem = pcpu = 0
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                pcpu += (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLOCK_TICKS
+                pmem += int(fields[21]) * PAGE
+        return mem or pmem, cpu or pcpu
+    return 0, 0

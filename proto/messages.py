@@ -390,6 +390,10 @@ class WebHealth(msgspec.Struct, tag="web_health", frozen=True, omit_defaults=Tru
     status: int = 0
     detail: str = ""
     at: float = 0.0
+    memory_bytes: int = 0
+    """The unit's cgroup memory (systemd's MemoryCurrent; 0: not accounted)."""
+    cpu_ns: int = 0
+    """The unit's CPU time so far (systemd's CPUUsageNSec; 0: not accounted)."""
 
 
 Message = (

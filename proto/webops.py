@@ -19,6 +19,14 @@ MAX_ENV_VARS = 200
 MAX_ENV_VALUE = 8192
 
 
+UNIT_PREFIX = "webops-"
+
+
+def unit_name(name: str, project_type: str) -> str:
+    """The Moorage unit that runs a deployment."""
+    return f"{UNIT_PREFIX}{name}.{'container' if project_type == 'docker' else 'service'}"
+
+
 def name_problem(name: str) -> str | None:
     if not NAME_RE.match(name):
         return (

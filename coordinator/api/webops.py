@@ -105,7 +105,11 @@ def details(service: WebOpsService, dep: WebDeployment) -> dict[str, Any]:
             "ssl_enabled": False,
             "deployed_by": {"username": dep.created_by},
             "env_vars": dict(dep.env),
-            "metrics": {"cpu_usage": 0.0, "memory_usage": 0.0},
+            "metrics": {
+                "cpu_usage": h.cpu_percent,
+                "memory_usage": round(h.memory_bytes / (1 << 20), 1),
+                "memory_bytes": h.memory_bytes,
+            },
             "health": {
                 "is_healthy": h.is_healthy,
                 "uptime_seconds": int(now - h.healthy_since) if h.healthy_since else 0,

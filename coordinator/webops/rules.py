@@ -6,17 +6,14 @@ import secrets
 from collections.abc import Iterable, Sequence
 
 from coordinator.webops.records import WebLogItem
+from proto import webops as w
 from proto.units import UnitOption
 
 STATUSES = ("pending", "building", "running", "stopped", "failed")
 LEVELS = ("info", "warning", "error", "success")
 PORT_BASE = 8001
 PORT_MAX = 65535
-UNIT_PREFIX = "webops-"
-
-
-def unit_name(name: str, project_type: str) -> str:
-    return f"{UNIT_PREFIX}{name}.{'container' if project_type == 'docker' else 'service'}"
+unit_name = w.unit_name
 
 
 def after_build(status: str, ok: bool) -> str:
@@ -106,4 +103,6 @@ def unit_options(
         UnitOption("Service", "EnvironmentFile", env_file),
         UnitOption("Service", "Environment", f"PORT={port}"),
         UnitOption("Service", "Restart", "on-failure"),
+        UnitOption("Service", "MemoryAccounting", "yes"),
+        UnitOption("Service", "CPUAccounting", "yes"),
     ]

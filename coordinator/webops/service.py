@@ -54,6 +54,18 @@ class Health(msgspec.Struct, frozen=True):
     detail: str = ""
     last_check: float = 0.0
     healthy_since: float = 0.0
+    memory_bytes: int = 0
+    cpu_ns: int = 0
+    cpu_percent: float = 0.0
+    """Of one CPU, between the last two reports."""
+
+
+def cpu_percent(old: Health, cpu_ns: int, at: float) -> float:
+    """CPU use between two reports, in percent of one CPU (0 without two). Pure."""
+    span = at - old.last_check
+    if not old.cpu_ns or not cpu_ns or span <= 0 or cpu_ns < old.cpu_ns:
+        return old.cpu_percent if cpu_ns == old.cpu_ns and span <= 0 else 0.0
+    return round(100.0 * (cpu_ns - old.cpu_ns) / (span * 1e9), 2)
 
 
 class WebStore(WebOpsStore, MachineStore, Protocol):
@@ -365,7 +377,17 @@ class WebOpsService:
         since = old.healthy_since if old.is_healthy and h.healthy else 0.0
         if h.healthy and not since:
             since = h.at or time.time()
-        self.health[dep.id] = Health(h.healthy, h.status, h.detail[:500], h.at, since)
+        at = h.at or time.time()
+        self.health[dep.id] = Health(
+            h.healthy,
+            h.status,
+            h.detail[:500],
+            at,
+            since,
+            h.memory_bytes,
+            h.cpu_ns,
+            cpu_percent(old, h.cpu_ns, at),
+        )
 
     # --- plumbing -----------------------------------------------------------------------
 

@@ -303,6 +303,14 @@ def test_python_app_env_and_failed_redeploy(rig: WebRig, tmp_path: Path) -> None
     # gunicorn, from the app's own virtualenv, is what serves it.
     unit = got["unit"]
     assert "/venv/bin/gunicorn" in rig.systemd.unit_property(unit, "ExecStart")
+    # Metrics from the unit's cgroup, as systemd accounts them.
+    metrics = wait_for(
+        lambda: (m := rig.info("pyapp")["metrics"])["memory_bytes"] > 0 and m,
+        30,
+        interval=0.5,
+        what="memory accounted",
+    )
+    assert metrics["memory_usage"] > 1.0  # MiB: gunicorn and two workers
 
     # Env: validate against .env.example, set, restart: the app sees the new value.
     status, body = rig.call("GET", "/api/deployments/pyapp/env/validate/")

@@ -352,11 +352,7 @@ async def test_each_family_renders_domain_errors_its_own_way(
     assert resp.status == 404
     assert await resp.json() == {
         "success": False,
-        "error": {
-            "code": "RESOURCE_NOT_FOUND",
-            "status": 404,
-            "message": "cluster 'nope' does not exist",
-        },
+        "error": {"code": "RESOURCE_NOT_FOUND", "status": 404, "message": "cluster 'nope' does not exist"},
         "message": "cluster 'nope' does not exist",
     }
     resp = await client.get("/moorage/v1/machines/nope", headers=auth)

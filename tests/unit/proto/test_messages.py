@@ -178,7 +178,9 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
     ),
     m.WebEnv: st.builds(m.WebEnv, text, st.dictionaries(text, text, max_size=3)),
     m.WebAction: st.builds(m.WebAction, text, text, text),
-    m.WebHealth: st.builds(m.WebHealth, text, st.booleans(), small_int, text, floats),
+    m.WebHealth: st.builds(
+        m.WebHealth, text, st.booleans(), small_int, text, floats, small_int, small_int
+    ),
 }
 
 
