@@ -1490,3 +1490,4 @@ if __name__ == "__main__":
 
 # `moorctl task ...` lives in its own module; importing it registers the group on `cli`.
 from moorctl import tasks as _tasks  # noqa: E402,F401
+from moorctl import webops as _webops  # noqa: E402,F401

@@ -213,6 +213,31 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     status, body = rig.call("GET", "/api/deployments/nope/")
     assert status == 404 and isinstance(body["error"], str)
 
+    # A user's token from /api/v1/auth/token/ works on both surfaces.
+    rig.coordinator.api(
+        "POST",
+        "/moorage/v1/users",
+        {"username": "dev", "password": "a long password", "permissions": ["deployments"]},
+    )
+    status, body = rig.call(
+        "POST", "/api/v1/auth/token/", {"username": "dev", "password": "a long password"}, token=""
+    )
+    assert status == 201, body
+    user_token = body["data"]["token"]
+    assert rig.call("GET", "/api/deployments/site/", token=user_token)[0] == 200
+    assert rig.call("GET", f"/api/v1/deployments/{dep_id}/", token=user_token)[0] == 200
+
+    # moorctl drives the same surface.
+    out = rig.coordinator.moorctl("--json", "webops", "list")
+    assert out.returncode == 0, out.stderr
+    assert [d["name"] for d in json.loads(out.stdout)] == ["site"]
+    out = rig.coordinator.moorctl("webops", "info", "site")
+    assert out.returncode == 0 and "running" in out.stdout, out.stderr
+    out = rig.coordinator.moorctl("webops", "logs", "site", "--tail", "3")
+    assert out.returncode == 0 and "succeeded" in out.stdout, out.stderr
+    out = rig.coordinator.moorctl("webops", "info", "nope")
+    assert out.returncode != 0 and "does not exist" in out.stderr
+
     # A broken commit: the redeploy fails, the old build keeps serving.
     commit(repo, {"index.html": None, "README": "no site here\n"}, "broken")
     status, body = rig.call("POST", "/api/deployments/site/redeploy/")
