@@ -106,3 +106,20 @@ def unit_options(
         UnitOption("Service", "MemoryAccounting", "yes"),
         UnitOption("Service", "CPUAccounting", "yes"),
     ]
+
+
+RESTART_LABEL = "webops.restarted="
+
+
+def restarted(options: list[UnitOption], stamp: int) -> list[UnitOption]:
+    """A container unit's options with a new restart label: a new unit hash, so the agent
+    recreates the container, which reads the EnvironmentFile again (a plain docker
+    restart would keep the environment the container was created with)."""
+    kept = [
+        o
+        for o in options
+        if not (
+            o.section == "Container" and o.name == "Label" and o.value.startswith(RESTART_LABEL)
+        )
+    ]
+    return [*kept, UnitOption("Container", "Label", f"{RESTART_LABEL}{stamp}")]

@@ -224,7 +224,14 @@ class WebOpsService:
         if dep.status == "stopped":
             return await self.start(dep)
         await self._send(dep, m.WebEnv(dep.name, dep.env))
-        await self._send(dep, m.WebAction(dep.name, "restart", dep.unit))
+        unit = self.units.get(dep.unit, tenant=dep.tenant)
+        if dep.unit.endswith(".container") and unit is not None:
+            options = rules.restarted(unit.options, time.time_ns())
+            await self.units.put(
+                dep.unit, options, "launched", machines=[dep.machine_id], tenant=dep.tenant
+            )
+        else:
+            await self._send(dep, m.WebAction(dep.name, "restart", dep.unit))
         self._log(dep, "info", "restart requested")
         return dep
 

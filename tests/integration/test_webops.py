@@ -34,6 +34,7 @@ class WebRig(MachineRig):
 
     def __init__(self, tmp: Path, systemd: UserSystemd, daemon: Dockerd | None = None) -> None:
         self.tmp = tmp
+        self.dockerd = daemon
         self.systemd = systemd
         self.proxy = free_port()
         env = dict(systemd.agent_env())
@@ -406,6 +407,22 @@ def test_dockerfile_app_built_on_the_machine(drig: WebRig, tmp_path: Path) -> No
     got = drig.wait_status("dock", "running", timeout=300)
     assert got["project_type"] == "docker"
     assert got["unit"] == "webops-dock.container"
+    drig.serves("dock.test", "docker v1")
+
+    # Env set + restart: the container is made again with the new environment.
+    def container_env() -> list[str]:
+        assert drig.dockerd is not None
+        attrs = drig.dockerd.client().api.inspect_container("moorage-webops-dock")
+        return list(attrs["Config"]["Env"] or [])
+
+    status, body = drig.call(
+        "POST", "/api/deployments/dock/env/set/", {"key": "COLOUR", "value": "blue"}
+    )
+    assert status == 200, body
+    assert "COLOUR=blue" not in container_env()
+    status, body = drig.call("POST", "/api/deployments/dock/restart/")
+    assert status == 200, body
+    wait_for(lambda: "COLOUR=blue" in container_env(), 60, interval=0.5, what="new env")
     drig.serves("dock.test", "docker v1")
 
     commit(repo, {"Dockerfile": "FROM moorage-test/no-such-image:0\n"}, "broken")
