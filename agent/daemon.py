@@ -100,6 +100,7 @@ class Agent:
             self.link.send,
             self._restart_unit,
             usage=self._unit_usage,
+            desired=lambda: self.state.desired.keys(),
             proxy_listen=config.webops_proxy_listen,
             nginx=config.webops_nginx,
             docker_host=config.docker_host,

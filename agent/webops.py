@@ -24,7 +24,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ MAX_LINE = 2000
 Send = Callable[[m.Message], Awaitable[object]]
 Restart = Callable[[str], Awaitable[None]]
 Usage = Callable[[str], Awaitable[tuple[int, int]]]
+ORPHAN_GRACE_S = 20.0
+"""A site whose unit is not desired is removed once its build is this old (the unit
+arrives in a Desired right after the build; a remove sent while the machine was away
+is not lost)."""
 
 
 class BuildFailed(Exception):
@@ -114,6 +118,7 @@ class WebOps:
         restart: Restart,
         *,
         usage: Usage | None = None,
+        desired: Callable[[], Collection[str]] | None = None,
         proxy_listen: str = "80",
         nginx: str = "nginx",
         docker_host: str = "",
@@ -122,6 +127,7 @@ class WebOps:
         self.send = send
         self.restart = restart
         self.usage = usage
+        self.desired = desired
         self.proxy_listen = proxy_listen
         self.nginx = nginx
         self.docker_host = docker_host
@@ -133,6 +139,9 @@ class WebOps:
     # --- messages -----------------------------------------------------------------------
 
     async def on_message(self, message: m.Message) -> None:
+        if isinstance(message, m.WebBuild | m.WebAction):
+            what = message.build_id if isinstance(message, m.WebBuild) else message.action
+            log.info("webops %s: %s", message.name, what)
         if isinstance(message, m.WebBuild):
             self._background(self._build(message))
         elif isinstance(message, m.WebEnv):
@@ -150,7 +159,12 @@ class WebOps:
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webops task failed", exc_info=task.exception())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -463,7 +477,13 @@ class WebOps:
                 info = json.loads(site.read_text())
                 port, domain = int(info["port"]), str(info.get("domain") or "")
                 unit = str(info.get("unit") or "")
+                age = time.time() - site.stat().st_mtime
             except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if self.desired is not None and unit and unit not in self.desired():
+                if age > ORPHAN_GRACE_S and not self._locks.get(name, asyncio.Lock()).locked():
+                    log.info("webops %s: %s is no longer desired: removing its site", name, unit)
+                    await self._remove(name)
                 continue
             healthy, status, detail = await http_check(port, domain)
             now = time.monotonic()

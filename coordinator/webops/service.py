@@ -105,6 +105,7 @@ class WebOpsService:
         self.events = events if events is not None else EventBus()
         self.health: dict[int, Health] = {}
         hub.handlers.append(self._on_message)
+        hub.on_connect.append(self._on_connect)
 
     # --- queries ------------------------------------------------------------------------
 
@@ -288,18 +289,8 @@ class WebOpsService:
         dep.status = "building"
         self._save(dep)
         self._log(dep, "info", f"build {dep.building}: fetching {dep.repo_url} ({dep.branch})")
-        msg = m.WebBuild(
-            name=dep.name,
-            build_id=dep.building,
-            repo_url=dep.repo_url,
-            branch=dep.branch,
-            project_type=dep.project_type,
-            port=dep.port,
-            domain=dep.domain,
-            env=dep.env,
-        )
         try:
-            await self._send(dep, msg)
+            await self._send(dep, self._build_message(dep))
         except Unavailable as exc:
             self._failed(dep, dep.building, str(exc))
 
@@ -319,6 +310,28 @@ class WebOpsService:
         keeps = f"; build {dep.live_build} keeps serving" if dep.live_build else ""
         self._log(dep, "error", f"build {build_id} failed: {error}{keeps}")
         self.events.emit("webops.failed", tenant=dep.tenant, subject=dep.name, build=build_id)
+
+    async def _on_connect(self, session: Session) -> None:
+        """Builds whose outcome never arrived (the agent or the coordinator restarted
+        mid-build, or the link dropped) are sent again: a build is redone from scratch
+        in its own directory, so a repeat is harmless."""
+        for dep in self.storage.webops_on_machine(session.machine_id):
+            if dep.building:
+                self._log(dep, "warning", f"build {dep.building} sent again (machine reconnected)")
+                with contextlib.suppress(Unavailable):
+                    await self._send(dep, self._build_message(dep))
+
+    def _build_message(self, dep: WebDeployment) -> m.WebBuild:
+        return m.WebBuild(
+            name=dep.name,
+            build_id=dep.building,
+            repo_url=dep.repo_url,
+            branch=dep.branch,
+            project_type=dep.project_type,
+            port=dep.port,
+            domain=dep.domain,
+            env=dep.env,
+        )
 
     async def _on_message(self, session: Session, message: m.Message) -> None:
         if isinstance(message, m.WebLog | m.WebBuilt | m.WebHealth):

@@ -264,13 +264,24 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     assert status == 200
     rig.serves("site.test", "hello v3")
 
+    # The agent killed: the unit and the proxy serve on; back, it reports health again.
+    assert rig.agent.proc is not None
+    rig.agent.proc.kill9()
+    rig.serves("site.test", "hello v3", timeout=5)
+    rig.agent.start()
+    wait_for(lambda: "m1" in rig.coordinator.connected(), 30, what="agent back")
+    rig.serves("site.test", "hello v3", timeout=5)
+    assert rig.info("site")["status"] == "running"
+
     # Delete: unit, files, proxy entry and the deployment gone.
     unit = rig.info("site")["unit"]
     assert rig.systemd.unit_property(unit, "ActiveState") == "active"
     status, body = rig.call("DELETE", f"/api/v1/deployments/{dep_id}/")
     assert status == 200, body
     assert rig.call("GET", "/api/deployments/site/")[0] == 404
-    wait_for(lambda: not (rig.webops_dir / "site").exists(), 30, what="files removed")
+    # (a remove sent while the agent was still reconnecting is done by the agent itself
+    # once it sees the unit is no longer desired)
+    wait_for(lambda: not (rig.webops_dir / "site").exists(), 90, what="files removed")
     wait_for(
         lambda: rig.systemd.unit_property(unit, "LoadState") == "not-found", 30, what="unit gone"
     )
