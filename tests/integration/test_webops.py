@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -264,6 +265,21 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     assert status == 200
     rig.serves("site.test", "hello v3")
 
+    # /api/v1 logs with follow=true: the items so far, then new ones as they come.
+    status, body = rig.call("GET", f"/api/v1/deployments/{dep_id}/logs/")
+    so_far = body["data"]["logs"]
+    later = threading.Timer(1.0, lambda: rig.call("POST", "/api/deployments/site/restart/"))
+    later.start()
+    status, lines = rig.coordinator.raw_stream(
+        f"/api/v1/deployments/{dep_id}/logs/?follow=true", max_lines=len(so_far) + 1, timeout=30
+    )
+    later.join()
+    assert status == 200
+    streamed = [json.loads(line) for line in lines]
+    assert [i["id"] for i in streamed[:-1]] == [i["id"] for i in so_far]
+    assert streamed[-1]["message"] == "restart requested"
+    rig.serves("site.test", "hello v3")
+
     # The agent killed: the unit and the proxy serve on; back, it reports health again.
     assert rig.agent.proc is not None
     rig.agent.proc.kill9()
@@ -445,3 +461,36 @@ def test_dockerfile_app_built_on_the_machine(drig: WebRig, tmp_path: Path) -> No
     status, body = drig.call("DELETE", "/api/deployments/dock/delete/")
     assert status == 200, body
     wait_for(lambda: drig.through_proxy("dock.test")[0] == 404, 30, what="proxy entry gone")
+
+
+def test_deploys_are_rate_limited_per_user(rig: WebRig, tmp_path: Path) -> None:
+    """Creates and redeploys count against the deploy limit (10 an hour per user by
+    default; configurable: 3 here); over it, 429 in each surface's
+    error shape."""
+    rig.coordinator.stop()
+    rig.coordinator.config = (
+        "[rate_limits]\ntoken = { count = 100000, window_s = 3600 }\n"
+        "deploy = { count = 3, window_s = 3600 }\n"
+    )
+    rig.coordinator.start()
+    wait_for(lambda: "m1" in rig.coordinator.connected(), 30, what="agent back")
+    url = git_repo(tmp_path / "repo-limit", {"index.html": "x\n"})
+    for i in range(3):
+        status, body = rig.call(
+            "POST",
+            "/api/deployments/create/",
+            {"name": f"app{i}", "repo_url": url, "branch": "main", "port": free_port()},
+        )
+        assert status == 201, (i, body)
+    status, body = rig.call(
+        "POST", "/api/deployments/create/", {"name": "app10", "repo_url": url, "branch": "main"}
+    )
+    assert status == 429, body
+    assert isinstance(body["error"], str)
+    status, body = rig.call("POST", "/api/deployments/app0/redeploy/")
+    assert status == 429, body
+    status, body = rig.call(
+        "POST", "/api/v1/deployments/", {"name": "app10", "repo_url": url, "branch": "main"}
+    )
+    assert status == 429 and body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+    assert rig.call("GET", "/api/deployments/app10/")[0] == 404
