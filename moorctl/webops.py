@@ -60,9 +60,10 @@ def webops_create(
         "domain": domain,
         "env_vars": _pairs(env, "--env"),
         "project_type": project_type,
-        "port": port,
         "machine": machine,
     }
+    if port:
+        body["port"] = port
     made = _call(ctx, lambda api: api.call("POST", BASE + "/create/", body))
     if ctx.json:
         _emit_json(made)

@@ -10,10 +10,18 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62}[a-zA-Z0-9])?$")
 """WebOps' deployment names: no underscores, no dots, so a name is safe as a path
 component, a unit name and an nginx file name."""
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-DOMAIN_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-BRANCH_RE = re.compile(r"^(?!-)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}$")
+NAME_PATTERN = NAME_RE.pattern
+ENV_KEY_PATTERN = ENV_KEY_RE.pattern
+ENV_VALUE_PATTERN = r"^[^\n\r\x00]*$"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_PATTERN = rf"^({_LABEL})(\.{_LABEL})*$"
+OPTIONAL_DOMAIN_PATTERN = rf"^$|^({_LABEL})(\.{_LABEL})*$"
+DOMAIN_RE = re.compile(DOMAIN_PATTERN)
+BRANCH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$"
+"""Never an option (no leading '-'); what else git refuses fails the build."""
+BRANCH_RE = re.compile(BRANCH_PATTERN)
+REPO_URL_PATTERN = r"^((https?|ssh|git|file)://|[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:)[^\x00-\x1f\x7f]*$"
+REPO_URL_RE = re.compile(REPO_URL_PATTERN)
 PROJECT_TYPES = ("static", "python", "django", "docker")
 MAX_ENV_VARS = 200
 MAX_ENV_VALUE = 8192
@@ -28,7 +36,7 @@ def unit_name(name: str, project_type: str) -> str:
 
 
 def name_problem(name: str) -> str | None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         return (
             f"invalid deployment name {name!r}: 1-64 letters, digits and '-',"
             " starting and ending with a letter or digit"
@@ -37,13 +45,13 @@ def name_problem(name: str) -> str | None:
 
 
 def domain_problem(domain: str) -> str | None:
-    if domain and not DOMAIN_RE.match(domain):
+    if domain and (len(domain) > 253 or not DOMAIN_RE.fullmatch(domain)):
         return f"invalid domain {domain!r}: expected a host name such as app.example.com"
     return None
 
 
 def branch_problem(branch: str) -> str | None:
-    if not BRANCH_RE.match(branch) or branch.endswith((".lock", "/")):
+    if not BRANCH_RE.fullmatch(branch):
         return f"invalid branch {branch!r}"
     return None
 
@@ -51,9 +59,7 @@ def branch_problem(branch: str) -> str | None:
 def repo_url_problem(url: str) -> str | None:
     """Any git URL the machine can reach: https/http, ssh, git, file, scp-like
     `user@host:path`. Never an option (`-...`), never control characters."""
-    if not url or len(url) > 2048 or url.startswith("-") or any(ord(c) < 32 for c in url):
-        return f"invalid repo_url {url!r}"
-    if re.match(r"^(https?|ssh|git|file)://", url) or re.match(r"^[\w.-]+@[\w.-]+:", url):
+    if len(url) <= 2048 and REPO_URL_RE.fullmatch(url):
         return None
     return f"invalid repo_url {url!r}: expected an https, http, ssh, git or file URL"
 
@@ -62,7 +68,7 @@ def env_problem(env: dict[str, str]) -> str | None:
     if len(env) > MAX_ENV_VARS:
         return f"too many env vars ({len(env)} > {MAX_ENV_VARS})"
     for key, value in env.items():
-        if not ENV_KEY_RE.match(key):
+        if not ENV_KEY_RE.fullmatch(key):
             return f"invalid env var name {key!r}"
         if len(value) > MAX_ENV_VALUE or "\n" in value or "\r" in value or "\0" in value:
             return f"invalid value of env var {key!r}: one line of at most {MAX_ENV_VALUE} chars"
@@ -129,7 +135,7 @@ def parse_env_example(text: str) -> dict[str, str]:
             line = line[7:].strip()
         key, _, value = line.partition("=")
         key = key.strip()
-        if ENV_KEY_RE.match(key):
+        if ENV_KEY_RE.fullmatch(key):
             out[key] = value.strip().strip("'\"")
     return out
 

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -30,7 +30,7 @@ from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.webops import rules
 from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
-from coordinator.webops.service import CreateRequest, WebOpsService
+from coordinator.webops.service import CreateRequest, EnvKey, EnvValue, EnvVars, WebOpsService
 from proto import webops as w
 
 V1 = "/api/v1/deployments"
@@ -52,25 +52,27 @@ def iso(ts: float) -> str | None:
 
 
 class EnvSet(msgspec.Struct, frozen=True):
-    key: str
-    value: str
+    key: EnvKey
+    value: EnvValue
     restart: bool = False
 
 
 class EnvUnset(msgspec.Struct, frozen=True):
-    key: str
+    key: EnvKey
     restart: bool = False
 
 
 class EnvGenerate(msgspec.Struct, frozen=True):
     debug: bool = False
-    domain: str | None = None
-    custom_vars: dict[str, str] = {}
+    domain: (
+        Annotated[str, msgspec.Meta(max_length=253, pattern=w.OPTIONAL_DOMAIN_PATTERN)] | None
+    ) = None
+    custom_vars: EnvVars = {}
     save: bool = True
 
 
 class EnvPut(msgspec.Struct, frozen=True):
-    env_vars: dict[str, str]
+    env_vars: EnvVars
     restart: bool = False
 
 

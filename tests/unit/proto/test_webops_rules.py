@@ -38,7 +38,7 @@ def test_bad_repo_urls(url: str) -> None:
     assert w.repo_url_problem(url) is not None
 
 
-@pytest.mark.parametrize("branch", ["-x", "a..b", "a b", "x.lock", "a/"])
+@pytest.mark.parametrize("branch", ["-x", "a b", "", "main\n", "ä"])
 def test_bad_branches(branch: str) -> None:
     assert w.branch_problem(branch) is not None
 
