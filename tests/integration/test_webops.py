@@ -494,3 +494,96 @@ def test_deploys_are_rate_limited_per_user(rig: WebRig, tmp_path: Path) -> None:
     )
     assert status == 429 and body["error"]["code"] == "RATE_LIMIT_EXCEEDED"
     assert rig.call("GET", "/api/deployments/app10/")[0] == 404
+
+
+DJANGO_SETTINGS = """\
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = os.environ["SECRET_KEY"]
+DEBUG = False
+ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "").split(",") + ["127.0.0.1", "localhost"]
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django.contrib.staticfiles"]
+MIDDLEWARE = []
+ROOT_URLCONF = "mysite.urls"
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+USE_TZ = True
+"""
+
+DJANGO_URLS = """\
+from django.contrib.auth.models import User
+from django.http import HttpResponse
+from django.urls import path
+
+
+def home(request):
+    return HttpResponse(f"django here; users: {User.objects.count()}")
+
+
+urlpatterns = [path("", home)]
+"""
+
+DJANGO_WSGI = """\
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+application = get_wsgi_application()
+"""
+
+DJANGO_MANAGE = """\
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+"""
+
+
+def test_django_project_migrated_and_served(rig: WebRig, tmp_path: Path) -> None:
+    reason = pypi_unreachable()
+    if reason:
+        pytest.skip(reason)
+    repo = tmp_path / "repo-dj"
+    url = git_repo(
+        repo, {"manage.py": DJANGO_MANAGE, "requirements.txt": "django>=4.2,<5.2\ngunicorn\n"}
+    )
+    (repo / "mysite").mkdir()
+    commit(
+        repo,
+        {
+            "mysite/__init__.py": "",
+            "mysite/settings.py": DJANGO_SETTINGS,
+            "mysite/urls.py": DJANGO_URLS,
+            "mysite/wsgi.py": DJANGO_WSGI,
+        },
+        "the site",
+    )
+    status, body = rig.call(
+        "POST",
+        "/api/deployments/create/",
+        {
+            "name": "dj",
+            "repo_url": url,
+            "branch": "main",
+            "domain": "dj.test",
+            "env_vars": {"SECRET_KEY": "not-so-secret-test-key", "ALLOWED_HOSTS": "dj.test"},
+            "port": free_port(),
+        },
+    )
+    assert status == 201, body
+    got = rig.wait_status("dj", "running", timeout=400)
+    assert got["project_type"] == "django"
+    # Migrations ran (the auth tables exist), gunicorn serves mysite.wsgi.
+    rig.serves("dj.test", "django here; users: 0")
+    status, body = rig.call("GET", "/api/deployments/dj/logs/")
+    text = "\n".join(i["message"] for i in body["logs"])
+    assert "Applying auth" in text and "mysite.wsgi:application" in text
+    assert "static files copied" in text
