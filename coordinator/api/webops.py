@@ -71,6 +71,14 @@ class EnvGenerate(msgspec.Struct, frozen=True):
     save: bool = True
 
 
+class UpdateBody(msgspec.Struct, frozen=True):
+    branch: Annotated[str, msgspec.Meta(pattern=w.BRANCH_PATTERN)] | None = None
+    domain: (
+        Annotated[str, msgspec.Meta(max_length=253, pattern=w.OPTIONAL_DOMAIN_PATTERN)] | None
+    ) = None
+    env_vars: EnvVars | None = None
+
+
 class EnvPut(msgspec.Struct, frozen=True):
     env_vars: EnvVars
     restart: bool = False
@@ -249,6 +257,21 @@ def v1_routes(service: WebOpsService) -> Family:
     )
     async def get(request: web.Request) -> web.Response:
         return ok(details(service, dep_of(request)))
+
+    @r.put(
+        V1 + "/{id}/",
+        "Update branch, domain or env vars (a new branch or domain is redeployed)",
+        request=UpdateBody,
+        response=Envelope,
+        errors=(400, 404, 409, 415, 429, 503),
+        limit="deploy",
+    )
+    async def update(request: web.Request) -> web.Response:
+        body = await decode_body(request, UpdateBody)
+        dep = await service.update(
+            dep_of(request), branch=body.branch, domain=body.domain, env=body.env_vars
+        )
+        return ok(details(service, dep), "Deployment updated")
 
     @r.delete(
         V1 + "/{id}/",

@@ -16,6 +16,16 @@ PORT_MAX = 65535
 unit_name = w.unit_name
 
 
+def backend_needed(project_type: str) -> str:
+    """The machine capability a project type's unit needs ("" while the type is to be
+    detected: any machine)."""
+    if project_type == "docker":
+        return "docker"
+    if project_type:
+        return "systemd"
+    return ""
+
+
 def after_build(status: str, ok: bool) -> str:
     """The status once a build ended: running when it built (the unit now runs it),
     failed when it did not (a previous build, if any, keeps serving: see `live_build`)."""

@@ -170,7 +170,7 @@ class WebOpsService:
             raise Conflict(
                 f"deployment {req.name!r} already exists with another repository or branch"
             )
-        machine = self._pick_machine(tenant, req.machine)
+        machine = self._pick_machine(tenant, req.machine, req.project_type)
         used = [d.port for d in self.storage.webops_on_machine(machine)]
         if req.port and req.port in used:
             raise Conflict(f"port {req.port} is taken on machine {machine!r}")
@@ -200,6 +200,37 @@ class WebOpsService:
         self.events.emit("webops.created", tenant=tenant, subject=dep.name)
         await self._build(dep)
         return self.storage.webops_get_id(dep.id, tenant) or dep, True
+
+    async def update(
+        self,
+        dep: WebDeployment,
+        *,
+        branch: str | None = None,
+        domain: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WebDeployment:
+        """Change branch, domain or env; a new branch or domain is built and put on the
+        proxy by a redeploy (the current build keeps serving until it succeeds)."""
+        for problem in (
+            w.branch_problem(branch) if branch is not None else None,
+            w.domain_problem(domain) if domain is not None else None,
+        ):
+            if problem:
+                raise Invalid(problem)
+        if env is not None:
+            dep = await self.set_env(dep, env, unset=set(dep.env) - set(env))
+        rebuild = (branch is not None and branch != dep.branch) or (
+            domain is not None and domain != dep.domain
+        )
+        if rebuild:
+            if dep.building:
+                raise Conflict(f"deployment {dep.name!r} is already building ({dep.building})")
+            dep.branch = branch if branch is not None else dep.branch
+            dep.domain = domain if domain is not None else dep.domain
+            self._save(dep)
+            self._log(dep, "info", f"updated: branch {dep.branch}, domain {dep.domain or '-'}")
+            await self._build(dep)
+        return self.get(dep.tenant, dep.name)
 
     async def redeploy(self, dep: WebDeployment) -> WebDeployment:
         if dep.building:
@@ -271,18 +302,24 @@ class WebOpsService:
 
     # --- builds -------------------------------------------------------------------------
 
-    def _pick_machine(self, tenant: str, wanted: str) -> str:
-        machines = [
-            mach.id
-            for mach in self.storage.list_machines(tenant=tenant)
-            if mach.id in self.hub.sessions
-        ]
+    def _pick_machine(self, tenant: str, wanted: str, project_type: str = "") -> str:
+        """The asked machine (of the tenant), else the connected one with the fewest
+        deployments among those that can run the type (docker for Dockerfile apps,
+        systemd for the rest; the type is unknown before the build when detected)."""
+        known = self.storage.list_machines(tenant=tenant)
         if wanted:
-            if wanted not in {mach.id for mach in self.storage.list_machines(tenant=tenant)}:
+            if wanted not in {mach.id for mach in known}:
                 raise NotFound(f"machine {wanted!r} does not exist")
             return wanted
+        need = rules.backend_needed(project_type)
+        machines = [
+            mach.id
+            for mach in known
+            if mach.id in self.hub.sessions and (not need or need in mach.capabilities)
+        ]
         if not machines:
-            raise Unavailable("no connected machine to deploy to")
+            what = f" that can run {need} units" if need else ""
+            raise Unavailable(f"no connected machine{what} to deploy to")
         load = {mid: 0 for mid in machines}
         for mid in machines:
             load[mid] = len(self.storage.webops_on_machine(mid))
@@ -297,7 +334,8 @@ class WebOpsService:
         try:
             await self._send(dep, self._build_message(dep))
         except Unavailable as exc:
-            self._failed(dep, dep.building, str(exc))
+            # Kept pending: sent when the machine connects again (`_on_connect`).
+            self._log(dep, "warning", f"{exc}: the build starts when it is back")
 
     async def _send(self, dep: WebDeployment, message: m.Message) -> None:
         session = self.hub.sessions.get(dep.machine_id)

@@ -6,6 +6,7 @@ Dockerfile app), served through the agent's own real nginx; both HTTP surfaces."
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -85,7 +86,7 @@ class WebRig(MachineRig):
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return 0, ""
 
     def serves(self, host: str, text: str, timeout: float = 60) -> None:
@@ -289,6 +290,21 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     rig.serves("site.test", "hello v3", timeout=5)
     assert rig.info("site")["status"] == "running"
 
+    # PUT on /api/v1: a new domain goes on the proxy through a redeploy.
+    status, body = rig.call("PUT", f"/api/v1/deployments/{dep_id}/", {"domain": "www.site.test"})
+    assert status == 200, body
+    rig.wait_status("site", "running")
+    rig.serves("www.site.test", "hello v3")
+    assert rig.through_proxy("site.test")[0] == 404
+
+    # Another tenant sees none of it.
+    other = rig.coordinator.api(
+        "POST", "/moorage/v1/api-tokens", {"name": "o", "tenant": "other", "unlimited": True}
+    )["token"]
+    assert rig.call("GET", "/api/deployments/site/", token=other)[0] == 404
+    assert rig.call("GET", f"/api/v1/deployments/{dep_id}/", token=other)[0] == 404
+    assert rig.call("GET", "/api/deployments/", token=other)[1]["deployments"] == []
+
     # Delete: unit, files, proxy entry and the deployment gone.
     unit = rig.info("site")["unit"]
     assert rig.systemd.unit_property(unit, "ActiveState") == "active"
@@ -301,7 +317,7 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     wait_for(
         lambda: rig.systemd.unit_property(unit, "LoadState") == "not-found", 30, what="unit gone"
     )
-    wait_for(lambda: rig.through_proxy("site.test")[0] == 404, 30, what="proxy entry gone")
+    wait_for(lambda: rig.through_proxy("www.site.test")[0] == 404, 30, what="proxy entry gone")
 
 
 def pypi_unreachable() -> str | None:
