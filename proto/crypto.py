@@ -114,3 +114,4 @@ def attr_str(value: str | bytes) -> str:
 
 def reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+

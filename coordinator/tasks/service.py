@@ -142,7 +142,9 @@ class TaskService:
 
     def clusters(self, tenant: str) -> list[str]:
         """`default` (every machine of the tenant) and the tenant's machine groups' names."""
-        names = [g.name for g in self.groups(tenant) if not g.builtin and g.name != DEFAULT_CLUSTER]
+        names = [
+            g.name for g in self.groups(tenant) if not g.builtin and g.name != DEFAULT_CLUSTER
+        ]
         return [DEFAULT_CLUSTER, *sorted(names)]
 
     # --- runs -------------------------------------------------------------------------
@@ -309,7 +311,8 @@ class TaskService:
         if not waiting:
             return 0
         needs = [
-            RunNeed(r.run_id, cluster_key(r.tenant, r.cluster), r.memory, r.cpu) for r in waiting
+            RunNeed(r.run_id, cluster_key(r.tenant, r.cluster), r.memory, r.cpu)
+            for r in waiting
         ]
         plan = place(needs, self.rooms())
         if not plan:
