@@ -242,7 +242,7 @@ def v1_routes(service: WebOpsService) -> Family:
         request=CreateRequest,
         response=Envelope,
         ok=201,
-        errors=(400, 409, 415, 429, 503),
+        errors=(400, 404, 409, 415, 429, 503),
         limit="deploy",
     )
     async def create(request: web.Request) -> web.Response:
@@ -410,7 +410,7 @@ def cli_routes(service: WebOpsService) -> list[Family]:
         "Create a deployment (idempotent by name)",
         request=CreateRequest,
         ok=201,
-        errors=(400, 409, 415, 429, 503),
+        errors=(400, 404, 409, 415, 429, 503),
         limit="deploy",
     )
     async def create(request: web.Request) -> web.Response:
