@@ -39,6 +39,9 @@ STATUS = "/api/status"
 DATABASES = "/api/databases"
 VERSION = "2.0-moorage"
 MAX_LINES = 10000
+FOLLOW_MAX_S = 3600.0
+"""A follow stream ends after an hour (clients reconnect); it ends sooner when the
+client goes away or the deployment is deleted."""
 
 
 def iso(ts: float) -> str | None:
@@ -329,8 +332,12 @@ def v1_routes(service: WebOpsService) -> Family:
             last = max((i.id for i in service.logs(dep)), default=0)
         for i in items:
             await resp.write(msgspec.json.encode(log_out(i)) + b"\n")
-        while True:
+        ends = time.monotonic() + FOLLOW_MAX_S
+        while time.monotonic() < ends:
             await asyncio.sleep(0.5)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break  # the client went away
             try:
                 current = service.get_id(dep.tenant, dep.id)
             except Exception:
