@@ -33,6 +33,8 @@ OVERRIDES = (
     "docker_host",
     "task_network",
     "task_memory_mb",
+    "webops_proxy_listen",
+    "webops_nginx",
     "metrics_listen",
     "sticker_dir",
     "drift_interval_s",
@@ -73,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="Memory (MiB) offered to task runs (default: all of MemTotal).",
     )
+    p.add_argument("--webops-proxy-listen", help="nginx listen of WebOps domains (default 80).")
+    p.add_argument("--webops-nginx", help="nginx binary for WebOps (default: nginx).")
     p.add_argument("--metrics-listen", help="HOST:PORT for /metrics ('' disables).")
     p.add_argument("--sticker-dir", help="Where version stickers are written.")
     p.add_argument(

@@ -35,6 +35,11 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Memory (MiB) offered to task runs, reported in Resources; 0: the machine's MemTotal,
     else at most this (keep room for other workloads, or test placement on a big host)."""
     reconcile_interval_s: float = 60.0
+    webops_proxy_listen: str = "80"
+    """Where the agent's own nginx listens for WebOps deployments' domains (nginx
+    `listen` syntax: a port or HOST:PORT)."""
+    webops_nginx: str = "nginx"
+    """The nginx binary the agent runs for WebOps (its own instance, own config)."""
     sticker_dir: str = ""
     """Empty: /var/lib/moorage/stickers with the default state_dir, else <state_dir>/stickers
     (an agent with a state directory of its own never touches the host's stickers)."""

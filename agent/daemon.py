@@ -43,6 +43,7 @@ from agent.reporting import Observer, Reporter, unavailable
 from agent.stickers import StickerStore
 from agent.store import AgentState, StateStore
 from agent.tasks import TaskRunner
+from agent.webops import WebOps, cgroup_usage
 from proto import messages as m
 from proto.desired import apply_diff
 
@@ -94,6 +95,17 @@ class Agent:
             docker, config.state_path, self.link.send, network=config.task_network
         )
         """Batch task runs (#19): one-shot containers beside the units, not units."""
+        self.webops = WebOps(
+            config.state_path,
+            self.link.send,
+            self._restart_unit,
+            usage=self._unit_usage,
+            desired=lambda: self.state.desired.keys(),
+            proxy_listen=config.webops_proxy_listen,
+            nginx=config.webops_nginx,
+            docker_host=config.docker_host,
+        )
+        """WebOps builds, env files, the agent's nginx and health checks (#20)."""
         self.link.last_contact = isolation.isolation_clock(
             contact_at=self.state.contact_at,
             in_session=self.state.in_session,
@@ -150,6 +162,7 @@ class Agent:
             asyncio.create_task(self._periodic_loop()),
             asyncio.create_task(self.observer.loop()),
             asyncio.create_task(self._isolation_loop()),
+            asyncio.create_task(self.webops.health_loop()),
         ]
         await stop.wait()
         log.info("stopping (units keep running)")
@@ -159,6 +172,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.tasks.close()
+        await self.webops.close()
         for backend in self.backends:
             await backend.close()
         if metrics_server is not None:
@@ -208,6 +222,29 @@ class Agent:
             self._background(self._health(message))
         elif isinstance(message, m.TaskStart | m.TaskStop | m.TaskAck):
             await self.tasks.on_message(message)
+        elif isinstance(message, m.WebBuild | m.WebEnv | m.WebAction):
+            await self.webops.on_message(message)
+
+    async def _unit_usage(self, unit: str) -> tuple[int, int]:
+        """(memory bytes, CPU ns) of a unit's cgroup: systemd's accounting, else read
+        from the cgroup's processes (`agent.webops.cgroup_usage`)."""
+        backend = self.backends.of(unit)
+        if not isinstance(backend, SystemdBackend):
+            return 0, 0
+        memory, cpu, cgroup = await backend.usage(unit)
+        if (not memory or not cpu) and cgroup:
+            return await asyncio.to_thread(cgroup_usage, cgroup)
+        return memory, cpu
+
+    async def _restart_unit(self, unit: str) -> None:
+        """A WebOps restart: the unit's own backend restarts it (systemd's restart job,
+        or a container stopped and started again)."""
+        backend = self.backends.of(unit)
+        if isinstance(backend, SystemdBackend):
+            await backend.restart(unit)
+        elif isinstance(backend, DockerBackend):
+            await backend.stop(unit)
+            await backend.start(unit)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Long requests (image pulls) must not hold up the messages behind them."""

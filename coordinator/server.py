@@ -37,6 +37,7 @@ from coordinator.api import (
     reports,
     tasks,
     v1_alpha,
+    webops,
 )
 from coordinator.api.errors import ApiError, json_response
 from coordinator.api.routing import (
@@ -89,6 +90,7 @@ from coordinator.trust.ratelimit import (
     limits_of,
 )
 from coordinator.trust.users import UserService
+from coordinator.webops.service import WebOpsService
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,7 @@ class Coordinator:
             self.events,
         )
         self.users = UserService(self.storage, self.events)
+        self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -204,6 +207,7 @@ class Coordinator:
             *identity.routes(self.users),
             audit.routes(self.audit),
             *environments.routes(self.environments),
+            *webops.routes(self.webops),
         ]
 
     def _system_routes(self) -> Family:

@@ -1529,3 +1529,4 @@ if __name__ == "__main__":
 # registers their groups on `cli`.
 from moorctl import envs as _envs  # noqa: E402,F401
 from moorctl import tasks as _tasks  # noqa: E402,F401
+from moorctl import webops as _webops  # noqa: E402,F401

@@ -335,6 +335,84 @@ class HealthReport(msgspec.Struct, tag="health", frozen=True, omit_defaults=True
     checked_at: float = 0.0
 
 
+# --- WebOps deployments (#20) -----------------------------------------------------------
+
+
+class WebBuild(msgspec.Struct, tag="web_build", frozen=True, omit_defaults=True):
+    """Coordinator → agent: fetch `repo_url` at `branch` into a new build directory,
+    build it for its type (detected when empty) and, once it built, put the site on the
+    agent's proxy. Answered by WebLog lines and one WebBuilt."""
+
+    name: str
+    build_id: str
+    repo_url: str
+    branch: str = "main"
+    project_type: str = ""
+    port: int = 0
+    domain: str = ""
+    env: dict[str, str] = {}
+
+
+class WebLog(msgspec.Struct, tag="web_log", frozen=True, omit_defaults=True):
+    """Agent → coordinator: one line of a build's log, as it happens."""
+
+    name: str
+    build_id: str = ""
+    level: str = "info"
+    message: str = ""
+    at: float = 0.0
+
+
+class WebBuilt(msgspec.Struct, tag="web_built", frozen=True, omit_defaults=True):
+    """Agent → coordinator: a build ended. On success, what the unit runs: `exec_start`
+    and `workdir` (systemd) or `image` (docker), and `env_file`."""
+
+    name: str
+    build_id: str
+    ok: bool = False
+    project_type: str = ""
+    error: str = ""
+    exec_start: str = ""
+    workdir: str = ""
+    image: str = ""
+    env_file: str = ""
+    files: list[str] = []
+    """The repository's top-level file names (project checks)."""
+    env_example: dict[str, str] = {}
+    """Its `.env.example` (`proto.webops.parse_env_example`): what the app expects."""
+
+
+class WebEnv(msgspec.Struct, tag="web_env", frozen=True, omit_defaults=True):
+    """Coordinator → agent: the deployment's environment (its EnvironmentFile, 0600)."""
+
+    name: str
+    env: dict[str, str] = {}
+
+
+class WebAction(msgspec.Struct, tag="web_action", frozen=True, omit_defaults=True):
+    """Coordinator → agent: `restart` the deployment's unit, or `remove` its files,
+    builds and proxy entry (its unit is removed through desired state)."""
+
+    name: str
+    action: str
+    unit: str = ""
+
+
+class WebHealth(msgspec.Struct, tag="web_health", frozen=True, omit_defaults=True):
+    """Agent → coordinator: an HTTP GET of the deployment's port (on change, and every
+    few seconds)."""
+
+    name: str
+    healthy: bool = False
+    status: int = 0
+    detail: str = ""
+    at: float = 0.0
+    memory_bytes: int = 0
+    """The unit's cgroup memory (systemd's MemoryCurrent; 0: not accounted)."""
+    cpu_ns: int = 0
+    """The unit's CPU time so far (systemd's CPUUsageNSec; 0: not accounted)."""
+
+
 Message = (
     Hello
     | Facts
@@ -361,6 +439,12 @@ Message = (
     | TaskAck
     | HealthCheck
     | HealthReport
+    | WebBuild
+    | WebLog
+    | WebBuilt
+    | WebEnv
+    | WebAction
+    | WebHealth
 )
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -389,6 +473,12 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TaskAck,
     HealthCheck,
     HealthReport,
+    WebBuild,
+    WebLog,
+    WebBuilt,
+    WebEnv,
+    WebAction,
+    WebHealth,
 )
 
 KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in MESSAGE_TYPES)

@@ -583,6 +583,20 @@ class SystemdBackend:
             if not fut.done():
                 fut.cancel()
 
+    async def usage(self, name: str) -> tuple[int, int, str]:
+        """A service's cgroup usage as systemd accounts it: (MemoryCurrent bytes,
+        CPUUsageNSec, ControlGroup); 0 for what is not accounted (systemd says
+        UINT64_MAX, e.g. a user manager on a hybrid cgroup layout)."""
+        path = self._path_for_name(name)
+        replies = await asyncio.gather(
+            self._call(_get(path, SERVICE_IFACE, "MemoryCurrent"), unit=name),
+            self._call(_get(path, SERVICE_IFACE, "CPUUsageNSec"), unit=name),
+            self._call(_get(path, SERVICE_IFACE, "ControlGroup"), unit=name),
+        )
+        mem, cpu = (int(r.body[0].value) for r in replies[:2])
+        top = (1 << 64) - 1
+        return (0 if mem >= top else mem), (0 if cpu >= top else cpu), str(replies[2].body[0].value)
+
     async def reset_failed(self, name: str) -> None:
         """Clear ``failed`` state and restart counters; a unit not loaded has none to clear."""
         self._watched.add(name)

@@ -43,6 +43,14 @@ class FlatError(msgspec.Struct, frozen=True):
     error: str
 
 
+class CliError(msgspec.Struct, frozen=True):
+    """The WebOps command-line surface's error (`/api/...` without a version): a
+    top-level string `error` and the same text as `message`."""
+
+    error: str
+    message: str
+
+
 ERROR_CODES = {
     # The WebOps document's error codes table where it has one; the rest in its style.
     400: "VALIDATION_ERROR",
@@ -67,8 +75,19 @@ def error_response(
     *,
     envelope: bool = False,
     flat: bool = False,
+    cli: bool = False,
 ) -> web.Response:
-    value: ErrorBody | EnvelopeError | FlatError
+    value: ErrorBody | EnvelopeError | FlatError | CliError
+    if cli:
+        # The WebOps client expects exactly this text for a missing/invalid token.
+        text = "Authentication required" if status == 401 else message
+        value = CliError(text, message)
+        return web.Response(
+            status=status,
+            body=msgspec.json.encode(value),
+            content_type="application/json",
+            headers=headers,
+        )
     if flat:
         return web.Response(
             status=status,

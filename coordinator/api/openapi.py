@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from coordinator import __version__
-from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError
+from coordinator.api.errors import CliError, EnvelopeError, ErrorBody, FlatError
 from coordinator.api.routing import Family, Route
 from coordinator.trust import permissions as perms
 from coordinator.trust import users
@@ -32,9 +32,10 @@ def document(families: Iterable[Family]) -> Json:
     types = [t for r, _ in declared for t in (r.request, r.response) if t is not None]
     types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(
-        [*types, ErrorBody, EnvelopeError, FlatError], ref_template="#/components/schemas/{name}"
+        [*types, ErrorBody, EnvelopeError, FlatError, CliError],
+        ref_template="#/components/schemas/{name}",
     )
-    refs = dict(zip([*types, ErrorBody, EnvelopeError, FlatError], schemas, strict=True))
+    refs = dict(zip([*types, ErrorBody, EnvelopeError, FlatError, CliError], schemas, strict=True))
     _tighten(components)
     paths: Json = {}
     for route, error_body in declared:
@@ -137,6 +138,10 @@ QUERY_PARAMS: dict[str, Json] = {
     },
     "labels": {"type": "string", "maxLength": 4096},
     "healthStatus": {"type": "string", "enum": ["unknown", "healthy", "unhealthy", "unreachable"]},
+    "project_type": {"type": "string", "enum": ["static", "python", "django", "docker"]},
+    "search": {"type": "string", "maxLength": 200},
+    "level": {"type": "string", "enum": ["info", "warning", "error", "success"]},
+    "tail": {"type": "string", "pattern": "^[0-9]{1,5}$"},
 }
 USERNAME_SCHEMA: Json = {"pattern": "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$"}
 PASSWORD_SCHEMA: Json = {"minLength": users.MIN_PASSWORD, "maxLength": users.MAX_PASSWORD}

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator.api.errors import EnvelopeError, ErrorBody, FlatError, error_response
+from coordinator.api.errors import CliError, EnvelopeError, ErrorBody, FlatError, error_response
 from coordinator.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
 from coordinator.models import DEFAULT_TENANT
 from coordinator.trust.auth import PRINCIPAL
@@ -121,9 +121,14 @@ class Conventions:
     status_of: Callable[[DomainError], int] = domain_status
     flat: bool = False
     """Flotilla's `{"error": "<message>"}` (charset=utf-8), whatever `envelope` says."""
+    cli: bool = False
+    """The WebOps command-line surface's `{"error": "<text>", "message": "<text>"}`
+    (401: `"error": "Authentication required"`)."""
 
     @property
     def error_body(self) -> type:
+        if self.cli:
+            return CliError
         if self.flat:
             return FlatError
         return EnvelopeError if self.envelope else ErrorBody
@@ -131,7 +136,9 @@ class Conventions:
     def error(
         self, status: int, message: str, headers: dict[str, str] | None = None
     ) -> web.Response:
-        return error_response(status, message, headers, envelope=self.envelope, flat=self.flat)
+        return error_response(
+            status, message, headers, envelope=self.envelope, flat=self.flat, cli=self.cli
+        )
 
     def domain_error(self, exc: DomainError) -> web.Response:
         return self.error(self.status_of(exc), str(exc))
@@ -141,6 +148,8 @@ FLEET = Conventions("fleet", envelope=False)
 """fleet's error body; Moorage's own routes use it too so one client helper reads all."""
 ENVELOPE = Conventions("webops", envelope=True)
 FLOTILLA = Conventions("flotilla", envelope=False, flat=True)
+WEBOPS_CLI = Conventions("webops-cli", envelope=False, cli=True)
+"""The WebOps command-line client's `/api/...` surface (no envelope, names)."""
 """The task API's (Flotilla's) error body: `{"error": "<message>"}`."""
 
 

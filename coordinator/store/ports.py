@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     )
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
+    from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
     from proto.messages import DriftEntry, Sticker, UnitStatus
     from proto.units import UnitOption
 
@@ -630,6 +631,35 @@ class TaskStore(Protocol):
 
 
 @runtime_checkable
+class WebOpsStore(Protocol):
+    """WebOps deployments (#20) and their log items, scoped by tenant (lookups by id
+    take `tenant=None` for the hub's handlers, which work per machine)."""
+
+    def webops_create(self, dep: WebDeployment) -> WebDeployment:
+        """Insert (the id assigned); Conflict when the tenant has the name."""
+
+    def webops_update(self, dep: WebDeployment) -> None: ...
+
+    def webops_get(self, tenant: str, name: str) -> WebDeployment | None: ...
+
+    def webops_get_id(self, dep_id: int, tenant: str | None) -> WebDeployment | None: ...
+
+    def webops_on_machine(self, machine_id: str) -> list[WebDeployment]: ...
+
+    def webops_list(self, tenant: str, query: WebQuery) -> tuple[list[WebDeployment], int]:
+        """(one page, newest first; total matching)."""
+
+    def webops_delete(self, dep_id: int) -> None:
+        """The deployment and its log items."""
+
+    def webops_log(self, dep_id: int, level: str, message: str, at: float) -> int:
+        """Append a log item; its id."""
+
+    def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
+        """Oldest first."""
+
+
+@runtime_checkable
 class RateLimitStore(Protocol):
     """Rate-limit hits (class, key, time), so limits survive a restart."""
 
@@ -692,6 +722,7 @@ class Store(
     DeploymentStore,
     ReportStore,
     TaskStore,
+    WebOpsStore,
     RateLimitStore,
     AuditStore,
     EnvironmentStore,

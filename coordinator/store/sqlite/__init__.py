@@ -15,6 +15,7 @@ from coordinator.store.sqlite.tasks import TasksSql
 from coordinator.store.sqlite.tokens import TokensSql
 from coordinator.store.sqlite.units import UnitsSql
 from coordinator.store.sqlite.users import UsersSql
+from coordinator.store.sqlite.webops import WebOpsSql
 
 __all__ = ["MIGRATIONS", "SqliteStore", "row_record", "storage_fault"]
 
@@ -28,6 +29,7 @@ class SqliteStore(
     ReportsSql,
     TasksSql,
     EnvsSql,
+    WebOpsSql,
     PlatformSql,
     SqliteCore,
 ):

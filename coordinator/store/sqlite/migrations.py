@@ -470,4 +470,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX promotions_by_env ON promotions(environment_id, created_at);
     CREATE INDEX promotions_by_release ON promotions(release_id)
     """,
+    # 11 (#20): WebOps deployments: a deployment per (tenant, name), its build/run state
+    # and environment (this 0600 database is where env vars live), and its log items
+    # (append-only; ids give the order).
+    """
+    CREATE TABLE webops_deployments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        repo_url TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        project_type TEXT NOT NULL DEFAULT '',
+        domain TEXT NOT NULL DEFAULT '',
+        port INTEGER NOT NULL DEFAULT 0,
+        machine_id TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        env TEXT NOT NULL DEFAULT '{}',
+        build_seq INTEGER NOT NULL DEFAULT 0,
+        live_build TEXT NOT NULL DEFAULT '',
+        building TEXT NOT NULL DEFAULT '',
+        unit TEXT NOT NULL DEFAULT '',
+        files TEXT NOT NULL DEFAULT '[]',
+        env_example TEXT NOT NULL DEFAULT '{}',
+        created_by TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    CREATE INDEX webops_by_machine ON webops_deployments(machine_id);
+    CREATE TABLE webops_logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deployment_id INTEGER NOT NULL REFERENCES webops_deployments(id) ON DELETE CASCADE,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webops_logs_by_deployment ON webops_logs(deployment_id, id)
+    """,
 )

@@ -157,6 +157,37 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
     ),
     m.TaskOutput: st.builds(m.TaskOutput, text, small_int, st.binary(max_size=64)),
     m.TaskAck: st.builds(m.TaskAck, text, small_int, st.booleans()),
+    m.WebBuild: st.builds(
+        m.WebBuild,
+        name=text,
+        build_id=text,
+        repo_url=text,
+        branch=text,
+        project_type=text,
+        port=small_int,
+        domain=text,
+        env=st.dictionaries(text, text, max_size=3),
+    ),
+    m.WebLog: st.builds(m.WebLog, text, text, text, text, floats),
+    m.WebBuilt: st.builds(
+        m.WebBuilt,
+        text,
+        text,
+        st.booleans(),
+        text,
+        text,
+        text,
+        text,
+        text,
+        text,
+        st.lists(text, max_size=3),
+        st.dictionaries(text, text, max_size=3),
+    ),
+    m.WebEnv: st.builds(m.WebEnv, text, st.dictionaries(text, text, max_size=3)),
+    m.WebAction: st.builds(m.WebAction, text, text, text),
+    m.WebHealth: st.builds(
+        m.WebHealth, text, st.booleans(), small_int, text, floats, small_int, small_int
+    ),
 }
 
 

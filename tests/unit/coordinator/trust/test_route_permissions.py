@@ -19,7 +19,12 @@ from coordinator.server import Coordinator
 from coordinator.trust import permissions as perms
 
 Client = TestClient[web.Request, web.Application]
-ANY_CALLER = {"/openapi.json", "/api/v1/auth/verify/", "/api/v1/auth/token/{token}/"}
+ANY_CALLER = {
+    "/openapi.json",
+    "/api/v1/auth/verify/",
+    "/api/v1/auth/token/{token}/",
+    "/api/status/",
+}
 """Routes any authenticated caller may use (what they return is theirs to see)."""
 
 

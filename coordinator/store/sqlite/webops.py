@@ -1,0 +1,114 @@
+"""WebOps deployments and their log items."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from coordinator.errors import Conflict
+from coordinator.store.sqlite.core import SqliteCore
+from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+
+_JSON = ("env", "files", "env_example")
+
+
+def _values(dep: WebDeployment) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in dep.__struct_fields__:
+        if name == "id":
+            continue
+        value = getattr(dep, name)
+        out[name] = msgspec.json.encode(value).decode() if name in _JSON else value
+    return out
+
+
+def _dep(row: sqlite3.Row) -> WebDeployment:
+    data = {k: row[k] for k in row.keys()}  # noqa: SIM118
+    for name in _JSON:
+        data[name] = msgspec.json.decode(data[name])
+    return msgspec.convert(data, WebDeployment)
+
+
+class WebOpsSql(SqliteCore):
+    def webops_create(self, dep: WebDeployment) -> WebDeployment:
+        values = _values(dep)
+        with self._tx() as db:
+            try:
+                cur = db.execute(
+                    f"INSERT INTO webops_deployments ({', '.join(values)})"
+                    f" VALUES ({', '.join('?' for _ in values)})",
+                    tuple(values.values()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"deployment {dep.name!r} already exists") from None
+            return msgspec.structs.replace(dep, id=int(cur.lastrowid or 0))
+
+    def webops_update(self, dep: WebDeployment) -> None:
+        values = _values(dep)
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE webops_deployments SET {', '.join(f'{k}=?' for k in values)} WHERE id=?",
+                (*values.values(), dep.id),
+            )
+
+    def webops_get(self, tenant: str, name: str) -> WebDeployment | None:
+        row = self._one(
+            "SELECT * FROM webops_deployments WHERE tenant=? AND name=?", (tenant, name)
+        )
+        return None if row is None else _dep(row)
+
+    def webops_get_id(self, dep_id: int, tenant: str | None) -> WebDeployment | None:
+        row = self._one("SELECT * FROM webops_deployments WHERE id=?", (dep_id,))
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return _dep(row)
+
+    def webops_on_machine(self, machine_id: str) -> list[WebDeployment]:
+        rows = self._all(
+            "SELECT * FROM webops_deployments WHERE machine_id=? ORDER BY id", (machine_id,)
+        )
+        return [_dep(r) for r in rows]
+
+    def webops_list(self, tenant: str, query: WebQuery) -> tuple[list[WebDeployment], int]:
+        where = ["tenant=?"]
+        args: list[object] = [tenant]
+        if query.status:
+            where.append("status=?")
+            args.append(query.status)
+        if query.project_type:
+            where.append("project_type=?")
+            args.append(query.project_type)
+        if query.search:
+            where.append("instr(lower(name), ?) > 0")
+            args.append(query.search.lower())
+        cond = " AND ".join(where)
+        total = self._one(f"SELECT count(*) FROM webops_deployments WHERE {cond}", args)
+        rows = self._all(
+            f"SELECT * FROM webops_deployments WHERE {cond} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, query.limit, query.offset),
+        )
+        return [_dep(r) for r in rows], int(total[0]) if total else 0
+
+    def webops_delete(self, dep_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM webops_logs WHERE deployment_id=?", (dep_id,))
+            db.execute("DELETE FROM webops_deployments WHERE id=?", (dep_id,))
+
+    def webops_log(self, dep_id: int, level: str, message: str, at: float) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO webops_logs (deployment_id, level, message, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (dep_id, level, message, at),
+            )
+            return int(cur.lastrowid or 0)
+
+    def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
+        rows = self._all(
+            "SELECT id, level, message, created_at FROM webops_logs"
+            " WHERE deployment_id=? AND id>? ORDER BY id",
+            (dep_id, after_id),
+        )
+        return [WebLogItem(r[0], r[1], r[2], r[3]) for r in rows]

@@ -1,0 +1,47 @@
+"""What the WebOps store keeps."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class WebDeployment(msgspec.Struct, kw_only=True):
+    id: int = 0
+    tenant: str
+    name: str
+    repo_url: str
+    branch: str = "main"
+    project_type: str = ""
+    """Asked for, else detected by the last build ("" until then)."""
+    domain: str = ""
+    port: int = 0
+    machine_id: str = ""
+    status: str = "pending"
+    env: dict[str, str] = {}
+    build_seq: int = 0
+    """Number of the last build started (build ids are `b<seq>`)."""
+    live_build: str = ""
+    """The build the unit runs ("" before the first good build)."""
+    building: str = ""
+    """The build in progress ("" none)."""
+    unit: str = ""
+    files: list[str] = []
+    env_example: dict[str, str] = {}
+    created_by: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class WebLogItem(msgspec.Struct, frozen=True):
+    id: int
+    level: str
+    message: str
+    created_at: float
+
+
+class WebQuery(msgspec.Struct, frozen=True, kw_only=True):
+    status: str = ""
+    project_type: str = ""
+    search: str = ""
+    offset: int = 0
+    limit: int = 20
