@@ -105,8 +105,10 @@ class TaskRig:
         assert status == 200, body
         return body.decode()
 
-    def containers(self) -> list[Any]:
-        return list(self.dockerd.client().containers.list(all=True))
+    def containers(self) -> list[dict[str, Any]]:
+        """Every container, as one listing call (the SDK's `containers.list` inspects each
+        one after listing, which races with a container the agent is removing)."""
+        return list(self.dockerd.client().api.containers(all=True))
 
     def close(self) -> None:
         self.agent.stop()

@@ -113,7 +113,7 @@ def test_agent_kill9_mid_run_the_run_finishes_with_all_its_output(
     assert rig.logs(rid)["log"] != expected  # the agent died before shipping it all
     if exits_while_down:  # the run ends while no agent watches it
         wait_for(
-            lambda: all(c.status == "exited" for c in rig.containers()),
+            lambda: all(c["State"] == "exited" for c in rig.containers()),
             120,
             0.2,
             what="the run's container exited",
