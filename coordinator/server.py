@@ -37,6 +37,7 @@ from coordinator.api import (
     reports,
     tasks,
     v1_alpha,
+    webhooks,
     webops,
 )
 from coordinator.api.errors import ApiError, json_response
@@ -91,6 +92,7 @@ from coordinator.trust.ratelimit import (
 )
 from coordinator.trust.users import UserService
 from coordinator.webops.service import WebOpsService
+from coordinator.webops.webhooks import WebhookService
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,7 @@ class Coordinator:
         )
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
+        self.webhooks = WebhookService(self.storage, self.events)
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -208,6 +211,7 @@ class Coordinator:
             audit.routes(self.audit),
             *environments.routes(self.environments),
             *webops.routes(self.webops),
+            webhooks.routes(self.webhooks),
         ]
 
     def _system_routes(self) -> Family:
@@ -467,6 +471,7 @@ class Coordinator:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.webhooks.close()
         for server in self._servers:
             server.close()
         await self.hub.close_all()

@@ -46,7 +46,13 @@ if TYPE_CHECKING:
     )
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
-    from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+    from coordinator.webops.records import (
+        WebDeployment,
+        Webhook,
+        WebhookDelivery,
+        WebLogItem,
+        WebQuery,
+    )
     from proto.messages import DriftEntry, Sticker, UnitStatus
     from proto.units import UnitOption
 
@@ -658,6 +664,31 @@ class WebOpsStore(Protocol):
     def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
         """Oldest first."""
 
+    def webops_after(self, tenant: str, after_id: int, limit: int) -> list[WebDeployment]:
+        """Up to `limit` deployments with ids above `after_id`, oldest first (exports
+        walk the table in such pages instead of loading it)."""
+
+
+@runtime_checkable
+class WebhookStore(Protocol):
+    """WebOps webhooks (#21) and the log of their delivery attempts."""
+
+    def webhook_create(self, hook: Webhook) -> Webhook:
+        """Insert (the id assigned)."""
+
+    def webhooks(self, tenant: str) -> list[Webhook]: ...
+
+    def webhook_get(self, hook_id: int, tenant: str) -> Webhook | None: ...
+
+    def webhook_delete(self, hook_id: int) -> None:
+        """The webhook and its delivery log."""
+
+    def webhook_delivered(self, d: WebhookDelivery) -> None:
+        """Log one attempt."""
+
+    def webhook_deliveries(self, hook_id: int, limit: int) -> list[WebhookDelivery]:
+        """Newest first."""
+
 
 @runtime_checkable
 class RateLimitStore(Protocol):
@@ -723,6 +754,7 @@ class Store(
     ReportStore,
     TaskStore,
     WebOpsStore,
+    WebhookStore,
     RateLimitStore,
     AuditStore,
     EnvironmentStore,

@@ -45,3 +45,37 @@ class WebQuery(msgspec.Struct, frozen=True, kw_only=True):
     search: str = ""
     offset: int = 0
     limit: int = 20
+
+
+class Webhook(msgspec.Struct, kw_only=True):
+    """A receiver of domain events (#21), in one tenant. The secret signs deliveries
+    (HMAC needs it in the clear: it lives in the 0600 database, never in a response
+    after create, never in a log)."""
+
+    id: int = 0
+    tenant: str
+    url: str
+    events: list[str] = []
+    """Webhook event names (`deployment.completed`...) or prefixes ending in `.`;
+    empty: every event."""
+    secret: str = ""
+    active: bool = True
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt at delivering one event to one webhook."""
+
+    id: int = 0
+    webhook_id: int
+    delivery: str
+    """The delivery's id (`X-Moorage-Delivery`), the same over its attempts."""
+    event: str
+    attempt: int
+    status_code: int = 0
+    """0: no HTTP answer (refused, timed out)."""
+    ok: bool = False
+    error: str = ""
+    duration_ms: int = 0
+    at: float = 0.0

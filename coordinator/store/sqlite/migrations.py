@@ -507,4 +507,32 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webops_logs_by_deployment ON webops_logs(deployment_id, id)
     """,
+    # 12 (#21): WebOps webhooks (the secret in the clear: HMAC signs with it; this
+    # database is 0600) and their delivery log (one row per attempt).
+    """
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL DEFAULT '[]',
+        secret TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_by TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webhooks_by_tenant ON webhooks(tenant);
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook_id INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+        delivery TEXT NOT NULL,
+        event TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status_code INTEGER NOT NULL DEFAULT 0,
+        ok INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        at REAL NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries(webhook_id, id)
+    """,
 )

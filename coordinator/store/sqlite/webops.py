@@ -9,7 +9,13 @@ import msgspec
 
 from coordinator.errors import Conflict
 from coordinator.store.sqlite.core import SqliteCore
-from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+from coordinator.webops.records import (
+    WebDeployment,
+    Webhook,
+    WebhookDelivery,
+    WebLogItem,
+    WebQuery,
+)
 
 _JSON = ("env", "files", "env_example")
 
@@ -112,3 +118,94 @@ class WebOpsSql(SqliteCore):
             (dep_id, after_id),
         )
         return [WebLogItem(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def webops_after(self, tenant: str, after_id: int, limit: int) -> list[WebDeployment]:
+        rows = self._all(
+            "SELECT * FROM webops_deployments WHERE tenant=? AND id>? ORDER BY id LIMIT ?",
+            (tenant, after_id, limit),
+        )
+        return [_dep(r) for r in rows]
+
+    # --- webhooks (#21) -------------------------------------------------------------------
+
+    def webhook_create(self, hook: Webhook) -> Webhook:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO webhooks (tenant, url, events, secret, active, created_by,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hook.tenant,
+                    hook.url,
+                    msgspec.json.encode(hook.events).decode(),
+                    hook.secret,
+                    int(hook.active),
+                    hook.created_by,
+                    hook.created_at,
+                ),
+            )
+            return msgspec.structs.replace(hook, id=int(cur.lastrowid or 0))
+
+    def webhooks(self, tenant: str) -> list[Webhook]:
+        rows = self._all("SELECT * FROM webhooks WHERE tenant=? ORDER BY id", (tenant,))
+        return [_hook(r) for r in rows]
+
+    def webhook_get(self, hook_id: int, tenant: str) -> Webhook | None:
+        row = self._one("SELECT * FROM webhooks WHERE id=? AND tenant=?", (hook_id, tenant))
+        return None if row is None else _hook(row)
+
+    def webhook_delete(self, hook_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM webhook_deliveries WHERE webhook_id=?", (hook_id,))
+            db.execute("DELETE FROM webhooks WHERE id=?", (hook_id,))
+
+    def webhook_delivered(self, d: WebhookDelivery) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO webhook_deliveries (webhook_id, delivery, event, attempt,"
+                " status_code, ok, error, duration_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    d.webhook_id,
+                    d.delivery,
+                    d.event,
+                    d.attempt,
+                    d.status_code,
+                    int(d.ok),
+                    d.error,
+                    d.duration_ms,
+                    d.at,
+                ),
+            )
+
+    def webhook_deliveries(self, hook_id: int, limit: int) -> list[WebhookDelivery]:
+        rows = self._all(
+            "SELECT * FROM webhook_deliveries WHERE webhook_id=? ORDER BY id DESC LIMIT ?",
+            (hook_id, limit),
+        )
+        return [
+            WebhookDelivery(
+                id=r["id"],
+                webhook_id=r["webhook_id"],
+                delivery=r["delivery"],
+                event=r["event"],
+                attempt=r["attempt"],
+                status_code=r["status_code"],
+                ok=bool(r["ok"]),
+                error=r["error"],
+                duration_ms=r["duration_ms"],
+                at=r["at"],
+            )
+            for r in rows
+        ]
+
+
+def _hook(row: sqlite3.Row) -> Webhook:
+    return Webhook(
+        id=row["id"],
+        tenant=row["tenant"],
+        url=row["url"],
+        events=msgspec.json.decode(row["events"]),
+        secret=row["secret"],
+        active=bool(row["active"]),
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+    )
