@@ -140,6 +140,8 @@ QUERY_PARAMS: dict[str, Json] = {
     "healthStatus": {"type": "string", "enum": ["unknown", "healthy", "unhealthy", "unreachable"]},
     "project_type": {"type": "string", "enum": ["static", "python", "django", "docker"]},
     "search": {"type": "string", "maxLength": 200},
+    # WebOps exports (#21).
+    "format": {"type": "string", "enum": ["json", "csv"]},
     "level": {"type": "string", "enum": ["info", "warning", "error", "success"]},
     "tail": {"type": "string", "pattern": "^[0-9]{1,5}$"},
 }

@@ -28,9 +28,17 @@ from coordinator.api.identity import Envelope, Pagination, ok, page_args
 from coordinator.api.routing import ENVELOPE, WEBOPS_CLI, Family, RouteTable, tenant_of
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
-from coordinator.webops import rules
+from coordinator.webops import export, rules
 from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
-from coordinator.webops.service import CreateRequest, EnvKey, EnvValue, EnvVars, WebOpsService
+from coordinator.webops.service import (
+    BulkJob,
+    BulkRequest,
+    CreateRequest,
+    EnvKey,
+    EnvValue,
+    EnvVars,
+    WebOpsService,
+)
 from proto import webops as w
 
 V1 = "/api/v1/deployments"
@@ -135,6 +143,20 @@ def details(service: WebOpsService, dep: WebDeployment) -> dict[str, Any]:
     return out
 
 
+def job_out(job: BulkJob) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "action": job.action,
+        "status": job.status,
+        "total": job.total,
+        "done": len(job.results),
+        "succeeded": sum(1 for res in job.results if res.success),
+        "results": [msgspec.to_builtins(res) for res in job.results],
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
 def log_out(i: WebLogItem) -> dict[str, Any]:
     return {"id": i.id, "level": i.level, "message": i.message, "created_at": iso(i.created_at)}
 
@@ -224,6 +246,64 @@ def v1_routes(service: WebOpsService) -> Family:
         if not raw.isdigit() or len(raw) > 18:
             raise ApiError(404, f"deployment {raw!r} does not exist")
         return service.get_id(tenant_of(request), int(raw))
+
+    # Before `/{id}/`: aiohttp matches in registration order.
+    @r.post(
+        V1 + "/bulk/",
+        "Run restart, stop, start, redeploy or delete on many deployments, a result each"
+        " (async: answered 202 with a job to poll)",
+        request=BulkRequest,
+        response=Envelope,
+        errors=(400, 415, 429),
+        limit="deploy",
+    )
+    async def bulk(request: web.Request) -> web.Response:
+        body = await decode_body(request, BulkRequest, max_bytes=1 << 16)
+        job = await service.bulk(tenant_of(request), body)
+        if body.run_async:
+            return ok(job_out(job), "Bulk action queued", 202)
+        failed = sum(1 for res in job.results if not res.success)
+        return ok(job_out(job), f"{job.total - failed} of {job.total} succeeded")
+
+    @r.get(
+        V1 + "/bulk/{id}/", "A bulk job and its results so far", response=Envelope, errors=(404,)
+    )
+    async def bulk_job(request: web.Request) -> web.Response:
+        return ok(job_out(service.job(tenant_of(request), request.match_info["id"])))
+
+    @r.get(
+        V1 + "/export/",
+        "Every deployment as JSON or CSV, streamed (no env vars; CSV cells that would"
+        " start a formula are prefixed with ')",
+        errors=(400,),
+        query=("format",),
+    )
+    async def export_(request: web.Request) -> web.StreamResponse:
+        fmt = request.query.get("format", "json")
+        if fmt not in export.FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(export.FORMATS)}, got {fmt!r}")
+        tenant = tenant_of(request)
+        kind = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": kind,
+                "Content-Disposition": f'attachment; filename="deployments.{fmt}"',
+            }
+        )
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(export.csv_header() if fmt == "csv" else b"[")
+        first = True
+        for page in service.export_pages(tenant, export.PAGE):
+            if fmt == "csv":
+                await resp.write(export.csv_page(page))
+            else:
+                await resp.write(export.json_page(page, first))
+            first = False
+        if fmt == "json":
+            await resp.write(b"]")
+        await resp.write_eof()
+        return resp
 
     @r.get(
         V1 + "/",
