@@ -28,6 +28,7 @@ from coordinator import guard, limits
 from coordinator.api import (
     agent,
     audit,
+    databases,
     environments,
     fleet_manager,
     fleet_v1,
@@ -91,6 +92,7 @@ from coordinator.trust.ratelimit import (
     limits_of,
 )
 from coordinator.trust.users import UserService
+from coordinator.webops.databases import DatabaseService
 from coordinator.webops.service import WebOpsService
 from coordinator.webops.webhooks import WebhookService
 from proto.enrolment import HUB_PATH
@@ -187,6 +189,9 @@ class Coordinator:
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
         self.webhooks = WebhookService(self.storage, self.events)
+        self.databases = DatabaseService(
+            self.storage, self.webops, config.postgres, state / "db-backups"
+        )
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -212,6 +217,7 @@ class Coordinator:
             *environments.routes(self.environments),
             *webops.routes(self.webops),
             webhooks.routes(self.webhooks),
+            *databases.routes(self.databases),
         ]
 
     def _system_routes(self) -> Family:

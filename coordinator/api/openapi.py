@@ -142,6 +142,7 @@ QUERY_PARAMS: dict[str, Json] = {
     "search": {"type": "string", "maxLength": 200},
     # WebOps exports (#21).
     "format": {"type": "string", "enum": ["json", "csv"]},
+    "force": _FLAG,
     "level": {"type": "string", "enum": ["info", "warning", "error", "success"]},
     "tail": {"type": "string", "pattern": "^[0-9]{1,5}$"},
 }

@@ -44,7 +44,6 @@ from proto import webops as w
 V1 = "/api/v1/deployments"
 CLI = "/api/deployments"
 STATUS = "/api/status"
-DATABASES = "/api/databases"
 VERSION = "2.0-moorage"
 MAX_LINES = 10000
 FOLLOW_MAX_S = 3600.0
@@ -456,7 +455,6 @@ def v1_routes(service: WebOpsService) -> Family:
 def cli_routes(service: WebOpsService) -> list[Family]:
     r = RouteTable(permission=perms.DEPLOYMENTS)
     s = RouteTable(permission=None)
-    d = RouteTable(permission=perms.DEPLOYMENTS)
 
     def dep_of(request: web.Request) -> WebDeployment:
         return service.get(tenant_of(request), request.match_info["name"])
@@ -602,18 +600,9 @@ def cli_routes(service: WebOpsService) -> list[Family]:
     async def project_validate(request: web.Request) -> web.Response:
         return json_response(project_check(dep_of(request)))
 
-    @d.get(DATABASES + "/", "Databases (none yet: WebOps 2/2)")
-    async def databases(request: web.Request) -> web.Response:
-        return json_response({"databases": []})
-
-    @d.get(DATABASES + "/{name}/", "One database", errors=(404,))
-    async def database(request: web.Request) -> web.Response:
-        raise ApiError(404, f"database {request.match_info['name']!r} does not exist")
-
     return [
         Family(STATUS, WEBOPS_CLI, s.routes),
         Family(CLI, WEBOPS_CLI, r.routes),
-        Family(DATABASES, WEBOPS_CLI, d.routes),
     ]
 
 

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
     from coordinator.webops.records import (
+        Database,
+        DatabaseBackup,
         WebDeployment,
         Webhook,
         WebhookDelivery,
@@ -691,6 +693,31 @@ class WebhookStore(Protocol):
 
 
 @runtime_checkable
+class DatabaseStore(Protocol):
+    """WebOps PostgreSQL databases (#21) and their backups."""
+
+    def database_create(self, db: Database) -> Database:
+        """Insert (the id assigned); Conflict when the tenant has the name."""
+
+    def database_update(self, db: Database) -> None:
+        """Its link (`deployment_id`)."""
+
+    def databases(self, tenant: str) -> list[Database]: ...
+
+    def database_get(self, tenant: str, name: str) -> Database | None: ...
+
+    def database_get_id(self, db_id: int, tenant: str) -> Database | None: ...
+
+    def database_delete(self, db_id: int) -> None:
+        """The database and its backups' records."""
+
+    def backup_add(self, b: DatabaseBackup) -> DatabaseBackup: ...
+
+    def backups(self, db_id: int) -> list[DatabaseBackup]:
+        """Newest first."""
+
+
+@runtime_checkable
 class RateLimitStore(Protocol):
     """Rate-limit hits (class, key, time), so limits survive a restart."""
 
@@ -755,6 +782,7 @@ class Store(
     TaskStore,
     WebOpsStore,
     WebhookStore,
+    DatabaseStore,
     RateLimitStore,
     AuditStore,
     EnvironmentStore,

@@ -79,3 +79,29 @@ class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     duration_ms: int = 0
     at: float = 0.0
+
+
+class Database(msgspec.Struct, kw_only=True):
+    """A PostgreSQL database and its owner role (same name, `pg_name`) on the
+    configured server (#21)."""
+
+    id: int = 0
+    tenant: str
+    name: str
+    pg_name: str
+    password: str
+    host: str
+    port: int
+    deployment_id: int = 0
+    """The linked deployment (its DATABASE_URL points here); 0: none."""
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class DatabaseBackup(msgspec.Struct, frozen=True, kw_only=True):
+    id: int = 0
+    database_id: int
+    path: str
+    size: int
+    sha256: str
+    created_at: float

@@ -508,7 +508,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX webops_logs_by_deployment ON webops_logs(deployment_id, id)
     """,
     # 12 (#21): WebOps webhooks (the secret in the clear: HMAC signs with it; this
-    # database is 0600) and their delivery log (one row per attempt).
+    # database is 0600) and their delivery log (one row per attempt); PostgreSQL
+    # databases (the role's password in the clear: users with `databases` are shown it)
+    # and their pg_dump backups.
     """
     CREATE TABLE webhooks (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -533,6 +535,28 @@ MIGRATIONS: tuple[str, ...] = (
         duration_ms INTEGER NOT NULL DEFAULT 0,
         at REAL NOT NULL
     );
-    CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries(webhook_id, id)
+    CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries(webhook_id, id);
+    CREATE TABLE webops_databases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        pg_name TEXT NOT NULL UNIQUE,
+        password TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        deployment_id INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    CREATE TABLE webops_db_backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        database_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webops_db_backups_by_db ON webops_db_backups(database_id, id)
     """,
 )

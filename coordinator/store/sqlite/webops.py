@@ -8,8 +8,10 @@ from typing import Any
 import msgspec
 
 from coordinator.errors import Conflict
-from coordinator.store.sqlite.core import SqliteCore
+from coordinator.store.sqlite.core import SqliteCore, row_record
 from coordinator.webops.records import (
+    Database,
+    DatabaseBackup,
     WebDeployment,
     Webhook,
     WebhookDelivery,
@@ -196,6 +198,60 @@ class WebOpsSql(SqliteCore):
             )
             for r in rows
         ]
+
+    # --- databases (#21) ------------------------------------------------------------------
+
+    def database_create(self, db: Database) -> Database:
+        values = {k: getattr(db, k) for k in db.__struct_fields__ if k != "id"}
+        with self._tx() as conn:
+            try:
+                cur = conn.execute(
+                    f"INSERT INTO webops_databases ({', '.join(values)})"
+                    f" VALUES ({', '.join('?' for _ in values)})",
+                    tuple(values.values()),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"database {db.name!r} already exists") from None
+            return msgspec.structs.replace(db, id=int(cur.lastrowid or 0))
+
+    def database_update(self, db: Database) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE webops_databases SET deployment_id=? WHERE id=?",
+                (db.deployment_id, db.id),
+            )
+
+    def databases(self, tenant: str) -> list[Database]:
+        rows = self._all("SELECT * FROM webops_databases WHERE tenant=? ORDER BY id", (tenant,))
+        return [row_record(r, Database) for r in rows]
+
+    def database_get(self, tenant: str, name: str) -> Database | None:
+        row = self._one("SELECT * FROM webops_databases WHERE tenant=? AND name=?", (tenant, name))
+        return None if row is None else row_record(row, Database)
+
+    def database_get_id(self, db_id: int, tenant: str) -> Database | None:
+        row = self._one("SELECT * FROM webops_databases WHERE id=? AND tenant=?", (db_id, tenant))
+        return None if row is None else row_record(row, Database)
+
+    def database_delete(self, db_id: int) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM webops_db_backups WHERE database_id=?", (db_id,))
+            conn.execute("DELETE FROM webops_databases WHERE id=?", (db_id,))
+
+    def backup_add(self, b: DatabaseBackup) -> DatabaseBackup:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO webops_db_backups (database_id, path, size, sha256, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (b.database_id, b.path, b.size, b.sha256, b.created_at),
+            )
+            return msgspec.structs.replace(b, id=int(cur.lastrowid or 0))
+
+    def backups(self, db_id: int) -> list[DatabaseBackup]:
+        rows = self._all(
+            "SELECT * FROM webops_db_backups WHERE database_id=? ORDER BY id DESC", (db_id,)
+        )
+        return [row_record(r, DatabaseBackup) for r in rows]
 
 
 def _hook(row: sqlite3.Row) -> Webhook:
