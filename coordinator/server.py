@@ -33,6 +33,7 @@ from coordinator.api import (
     fleet_manager,
     fleet_v1,
     identity,
+    monitoring,
     native,
     openapi,
     reports,
@@ -93,6 +94,7 @@ from coordinator.trust.ratelimit import (
 )
 from coordinator.trust.users import UserService
 from coordinator.webops.databases import DatabaseService
+from coordinator.webops.monitoring import MonitoringService
 from coordinator.webops.service import WebOpsService
 from coordinator.webops.webhooks import WebhookService
 from proto.enrolment import HUB_PATH
@@ -189,6 +191,7 @@ class Coordinator:
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
         self.webhooks = WebhookService(self.storage, self.events)
+        self.monitoring = MonitoringService(self.storage, self.hub, self.units, self.webops)
         self.databases = DatabaseService(
             self.storage, self.webops, config.postgres, state / "db-backups"
         )
@@ -218,6 +221,7 @@ class Coordinator:
             *webops.routes(self.webops),
             webhooks.routes(self.webhooks),
             *databases.routes(self.databases),
+            monitoring.routes(self.monitoring),
         ]
 
     def _system_routes(self) -> Family:

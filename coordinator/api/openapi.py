@@ -143,6 +143,7 @@ QUERY_PARAMS: dict[str, Json] = {
     # WebOps exports (#21).
     "format": {"type": "string", "enum": ["json", "csv"]},
     "force": _FLAG,
+    "period": {"type": "string", "enum": ["1h", "6h", "24h", "7d", "30d"]},
     "level": {"type": "string", "enum": ["info", "warning", "error", "success"]},
     "tail": {"type": "string", "pattern": "^[0-9]{1,5}$"},
 }

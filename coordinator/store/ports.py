@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from coordinator.webops.records import (
         Database,
         DatabaseBackup,
+        ErrorItem,
+        Sample,
         WebDeployment,
         Webhook,
         WebhookDelivery,
@@ -718,6 +720,36 @@ class DatabaseStore(Protocol):
 
 
 @runtime_checkable
+class MonitoringStore(Protocol):
+    """Machines' load as a per-minute series, and WebOps error log items (#21)."""
+
+    def sample_put(self, sample: Sample, keep_after_minute: int) -> None:
+        """Upsert the machine's sample of that minute; drop its older than keep_after."""
+
+    def samples(
+        self,
+        tenant: str,
+        since_minute: int,
+        after: tuple[str, int] = ("", -1),
+        limit: int = 100000,
+    ) -> list[Sample]:
+        """Ordered by (machine, minute); `after` resumes past a (machine, minute)."""
+
+    def webops_errors(
+        self,
+        tenant: str,
+        *,
+        levels: tuple[str, ...],
+        since: float,
+        until: float,
+        search: str,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[ErrorItem], int]:
+        """WebOps log items of those levels, newest first; the total matching."""
+
+
+@runtime_checkable
 class RateLimitStore(Protocol):
     """Rate-limit hits (class, key, time), so limits survive a restart."""
 
@@ -783,6 +815,7 @@ class Store(
     WebOpsStore,
     WebhookStore,
     DatabaseStore,
+    MonitoringStore,
     RateLimitStore,
     AuditStore,
     EnvironmentStore,

@@ -105,3 +105,27 @@ class DatabaseBackup(msgspec.Struct, frozen=True, kw_only=True):
     size: int
     sha256: str
     created_at: float
+
+
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    """A machine's load in one minute (the last report of that minute) (#21)."""
+
+    machine_id: str
+    minute: int
+    """Unix time // 60."""
+    tenant: str = "default"
+    cpu_percent: float = 0.0
+    load1: float = 0.0
+    memory_total: int = 0
+    memory_used: int = 0
+    disk_total: int = 0
+    disk_used: int = 0
+    uptime_s: float = 0.0
+
+
+class ErrorItem(msgspec.Struct, frozen=True):
+    id: int
+    deployment: str
+    level: str
+    message: str
+    created_at: float

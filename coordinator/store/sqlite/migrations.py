@@ -510,7 +510,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 12 (#21): WebOps webhooks (the secret in the clear: HMAC signs with it; this
     # database is 0600) and their delivery log (one row per attempt); PostgreSQL
     # databases (the role's password in the clear: users with `databases` are shown it)
-    # and their pg_dump backups.
+    # and their pg_dump backups; machines' load as a per-minute series (monitoring).
     """
     CREATE TABLE webhooks (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -557,6 +557,20 @@ MIGRATIONS: tuple[str, ...] = (
         sha256 TEXT NOT NULL,
         created_at REAL NOT NULL
     );
-    CREATE INDEX webops_db_backups_by_db ON webops_db_backups(database_id, id)
+    CREATE INDEX webops_db_backups_by_db ON webops_db_backups(database_id, id);
+    CREATE TABLE machine_samples (
+        machine_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        cpu_percent REAL NOT NULL,
+        load1 REAL NOT NULL,
+        memory_total INTEGER NOT NULL,
+        memory_used INTEGER NOT NULL,
+        disk_total INTEGER NOT NULL,
+        disk_used INTEGER NOT NULL,
+        uptime_s REAL NOT NULL,
+        PRIMARY KEY (machine_id, minute)
+    ) WITHOUT ROWID;
+    CREATE INDEX machine_samples_by_tenant ON machine_samples(tenant, minute)
     """,
 )

@@ -12,6 +12,8 @@ from coordinator.store.sqlite.core import SqliteCore, row_record
 from coordinator.webops.records import (
     Database,
     DatabaseBackup,
+    ErrorItem,
+    Sample,
     WebDeployment,
     Webhook,
     WebhookDelivery,
@@ -252,6 +254,66 @@ class WebOpsSql(SqliteCore):
             "SELECT * FROM webops_db_backups WHERE database_id=? ORDER BY id DESC", (db_id,)
         )
         return [row_record(r, DatabaseBackup) for r in rows]
+
+    # --- monitoring (#21) -----------------------------------------------------------------
+
+    def sample_put(self, sample: Sample, keep_after_minute: int) -> None:
+        """Upsert the machine's sample of that minute; drop those before keep_after."""
+        values = {k: getattr(sample, k) for k in sample.__struct_fields__}
+        with self._tx() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO machine_samples ({', '.join(values)})"
+                f" VALUES ({', '.join('?' for _ in values)})",
+                tuple(values.values()),
+            )
+            conn.execute(
+                "DELETE FROM machine_samples WHERE machine_id=? AND minute<?",
+                (sample.machine_id, keep_after_minute),
+            )
+
+    def samples(
+        self, tenant: str, since_minute: int, after: tuple[str, int] = ("", -1), limit: int = 100000
+    ) -> list[Sample]:
+        """Oldest first by machine then minute; `after` resumes past (machine, minute)."""
+        rows = self._all(
+            "SELECT * FROM machine_samples WHERE tenant=? AND minute>=?"
+            " AND (machine_id, minute) > (?, ?) ORDER BY machine_id, minute LIMIT ?",
+            (tenant, since_minute, after[0], after[1], limit),
+        )
+        return [row_record(r, Sample) for r in rows]
+
+    def webops_errors(
+        self,
+        tenant: str,
+        *,
+        levels: tuple[str, ...],
+        since: float,
+        until: float,
+        search: str,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[ErrorItem], int]:
+        where = ["d.tenant=?", f"l.level IN ({', '.join('?' for _ in levels)})", "l.created_at>=?"]
+        args: list[object] = [tenant, *levels, since]
+        if until:
+            where.append("l.created_at<?")
+            args.append(until)
+        if search:
+            where.append("instr(lower(l.message), ?) > 0")
+            args.append(search.lower())
+        cond = " AND ".join(where)
+        base = (
+            f"FROM webops_logs l JOIN webops_deployments d ON d.id = l.deployment_id WHERE {cond}"
+        )
+        total = self._one(f"SELECT count(*) {base}", args)
+        rows = self._all(
+            f"SELECT l.id, d.name, l.level, l.message, l.created_at {base}"
+            " ORDER BY l.id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [ErrorItem(r[0], r[1], r[2], r[3], r[4]) for r in rows], int(
+            total[0]
+        ) if total else 0
 
 
 def _hook(row: sqlite3.Row) -> Webhook:
