@@ -191,7 +191,9 @@ class Coordinator:
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
         self.webhooks = WebhookService(self.storage, self.events)
-        self.monitoring = MonitoringService(self.storage, self.hub, self.units, self.webops)
+        self.monitoring = MonitoringService(
+            self.storage, self.hub, self.units, self.webops, self.logs
+        )
         self.databases = DatabaseService(
             self.storage, self.webops, config.postgres, state / "db-backups"
         )
@@ -221,7 +223,7 @@ class Coordinator:
             *webops.routes(self.webops),
             webhooks.routes(self.webhooks),
             *databases.routes(self.databases),
-            monitoring.routes(self.monitoring),
+            *monitoring.routes(self.monitoring),
         ]
 
     def _system_routes(self) -> Family:

@@ -20,6 +20,7 @@ from coordinator.webops import export
 from coordinator.webops.monitoring import PERIODS, MonitoringService, Point
 
 V1 = "/api/v1/monitoring"
+LOGS = "/api/v1/logs"
 COLUMNS = (
     "machine",
     "timestamp",
@@ -46,8 +47,9 @@ def csv_points(points: list[Point]) -> bytes:
     return out.getvalue().encode()
 
 
-def routes(service: MonitoringService) -> Family:
+def routes(service: MonitoringService) -> list[Family]:
     r = RouteTable(permission=perms.MONITORING)
+    logs = RouteTable(permission=perms.MONITORING)
 
     def period(request: web.Request) -> str:
         value = request.query.get("period", "1h")
@@ -159,4 +161,32 @@ def routes(service: MonitoringService) -> Family:
         await resp.write_eof()
         return resp
 
-    return Family(V1, ENVELOPE, r.routes)
+    @logs.get(
+        LOGS + "/system/",
+        "The last lines of a machine's system service journal (type: nginx, postgresql,"
+        " redis, celery)",
+        response=Envelope,
+        errors=(400, 404, 503),
+        query=("type", "machine", "lines", "follow"),
+    )
+    async def system(request: web.Request) -> web.Response:
+        if request.query.get("follow", "") in ("1", "true"):
+            raise ApiError(400, "follow is not supported on system logs (moorctl journal is)")
+        raw = request.query.get("lines", "50")
+        if not raw.isdigit():
+            raise ApiError(400, f"lines must be an integer, got {raw!r}")
+        machine, lines = await service.system_log(
+            tenant_of(request),
+            request.query.get("type", "nginx"),
+            machine=request.query.get("machine", ""),
+            lines=int(raw[:6]),
+        )
+        data = {
+            "machine": machine,
+            "type": request.query.get("type", "nginx"),
+            "logs": [{"timestamp": iso(x.timestamp), "message": x.message} for x in lines],
+            "total_lines": len(lines),
+        }
+        return ok(data)
+
+    return [Family(V1, ENVELOPE, r.routes), Family(LOGS, ENVELOPE, logs.routes)]

@@ -144,6 +144,7 @@ QUERY_PARAMS: dict[str, Json] = {
     "format": {"type": "string", "enum": ["json", "csv"]},
     "force": _FLAG,
     "period": {"type": "string", "enum": ["1h", "6h", "24h", "7d", "30d"]},
+    "type": {"type": "string", "enum": ["nginx", "postgresql", "redis", "celery"]},
     "level": {"type": "string", "enum": ["info", "warning", "error", "success"]},
     "tail": {"type": "string", "pattern": "^[0-9]{1,5}$"},
 }

@@ -13,9 +13,10 @@ from typing import Protocol
 
 import msgspec
 
-from coordinator.errors import Invalid
+from coordinator.errors import Invalid, NotFound, Unavailable
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub, Session
+from coordinator.reports.logs import LogService
 from coordinator.store.ports import MachineStore, MonitoringStore
 from coordinator.webops.records import ErrorItem, Sample
 from coordinator.webops.service import WebOpsService
@@ -31,6 +32,15 @@ PERIODS: dict[str, tuple[int, int]] = {
 }
 """period -> (span, bucket) in seconds."""
 ERROR_LEVELS = ("error", "warning")
+SYSTEM_UNITS: dict[str, str] = {
+    "nginx": "nginx.service",
+    "postgresql": "postgresql.service",
+    "redis": "redis-server.service",
+    "celery": "celery.service",
+}
+"""System log types -> the machine's systemd service whose journal they are (only
+these: never a unit named by the caller)."""
+MAX_SYSTEM_LINES = 5000
 
 
 class Point(msgspec.Struct, frozen=True):
@@ -99,7 +109,15 @@ def downsample(samples: Iterable[Sample], bucket_s: int) -> list[Point]:
 
 
 class MonitoringService:
-    def __init__(self, storage: Store, hub: Hub, units: UnitService, webops: WebOpsService):
+    def __init__(
+        self,
+        storage: Store,
+        hub: Hub,
+        units: UnitService,
+        webops: WebOpsService,
+        logs: LogService | None = None,
+    ):
+        self.logs = logs
         self.storage = storage
         self.hub = hub
         self.units = units
@@ -215,3 +233,31 @@ class MonitoringService:
             offset=offset,
             limit=limit,
         )
+
+    async def system_log(
+        self, tenant: str, kind: str, *, machine: str = "", lines: int = 50
+    ) -> tuple[str, list[m.LogLine]]:
+        """(the machine, the last `lines` of its `kind` service's journal)."""
+        if kind not in SYSTEM_UNITS:
+            raise Invalid(f"type must be one of {', '.join(SYSTEM_UNITS)}, got {kind!r}")
+        if not 1 <= lines <= MAX_SYSTEM_LINES:
+            raise Invalid(f"lines must be between 1 and {MAX_SYSTEM_LINES}")
+        mine = [x.id for x in self.storage.list_machines(tenant=tenant)]
+        if machine:
+            if machine not in mine:
+                raise NotFound(f"machine {machine!r} does not exist")
+        else:
+            connected = [x for x in mine if x in self.hub.sessions]
+            if len(connected) != 1:
+                raise Invalid(
+                    f"machine is required (the tenant has {len(connected)} connected machines)"
+                )
+            machine = connected[0]
+        if self.logs is None:
+            raise Unavailable("system logs are not available")
+        out: list[m.LogLine] = []
+        async for chunk in self.logs.stream(machine, SYSTEM_UNITS[kind], lines=lines, follow=False):
+            if chunk.error:
+                raise Unavailable(f"machine {machine}: {chunk.error}")
+            out.extend(chunk.lines)
+        return machine, out[-lines:]
