@@ -267,6 +267,8 @@ class WebhookService:
                 return
             if attempt < self.attempts:
                 await asyncio.sleep(backoff(attempt, self.backoff_s, self.backoff_cap_s))
+                if all(h.id != hook.id for h in self.hooks(hook.tenant)):
+                    return  # deleted meanwhile: no more attempts
         log.warning("webhook %d: %s not delivered after %d attempts", hook.id, name, self.attempts)
 
     async def _attempt(

@@ -236,3 +236,18 @@ async def test_bad_webhooks_are_400_and_need_admin(
     dev = {"Authorization": f"Bearer {issued.token}"}
     resp = await client.get("/api/v1/webhooks/", headers=dev)
     assert resp.status == 403
+
+
+async def test_a_deleted_webhook_gets_no_more_retries(
+    served: tuple[Client, dict[str, str], Coordinator],
+) -> None:
+    client, auth, coordinator = served
+    coordinator.webhooks.backoff_s = 0.5
+    async with Receiver("k", [500]) as rx:
+        resp = await client.post("/api/v1/webhooks/", headers=auth, json={"url": rx.url})
+        hook_id = (await resp.json())["data"]["id"]
+        coordinator.events.publish(Event("webops.deployed", subject="site"))
+        await wait_until(lambda: len(rx.got) >= 1)
+        await client.delete(f"/api/v1/webhooks/{hook_id}/", headers=auth)
+        await coordinator.webhooks.idle()
+        assert len(rx.got) == 1
