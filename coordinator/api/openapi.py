@@ -58,6 +58,9 @@ def document(families: Iterable[Family]) -> Json:
         op["responses"][str(route.ok)] = ok
         limited = (429,) if route.limit or not route.public else ()
         for status in (*route.errors, *_input_errors(route), 401, *limited):
+            if status < 400:  # another success (202 for a job, say): the same body
+                op["responses"][str(status)] = ok
+                continue
             op["responses"][str(status)] = {
                 "description": "error",
                 "content": {"application/json": {"schema": error_schema}},

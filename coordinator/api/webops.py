@@ -253,7 +253,7 @@ def v1_routes(service: WebOpsService) -> Family:
         " (async: answered 202 with a job to poll)",
         request=BulkRequest,
         response=Envelope,
-        errors=(400, 415, 429),
+        errors=(202, 400, 415, 429),
         limit="deploy",
     )
     async def bulk(request: web.Request) -> web.Response:
@@ -335,13 +335,16 @@ def v1_routes(service: WebOpsService) -> Family:
         return ok(data, msg, 201)
 
     @r.get(
-        V1 + "/{id}/", "One deployment, with health and metrics", response=Envelope, errors=(404,)
+        V1 + "/{id:\\d+}/",
+        "One deployment, with health and metrics",
+        response=Envelope,
+        errors=(404,),
     )
     async def get(request: web.Request) -> web.Response:
         return ok(details(service, dep_of(request)))
 
     @r.put(
-        V1 + "/{id}/",
+        V1 + "/{id:\\d+}/",
         "Update branch, domain or env vars (a new branch or domain is redeployed)",
         request=UpdateBody,
         response=Envelope,
@@ -356,7 +359,7 @@ def v1_routes(service: WebOpsService) -> Family:
         return ok(details(service, dep), "Deployment updated")
 
     @r.delete(
-        V1 + "/{id}/",
+        V1 + "/{id:\\d+}/",
         "Delete a deployment: its unit, files, proxy entry and logs",
         response=Envelope,
         errors=(404,),
@@ -368,7 +371,7 @@ def v1_routes(service: WebOpsService) -> Family:
 
     def action(verb: str) -> None:
         @r.post(
-            V1 + "/{id}/" + verb + "/",
+            V1 + "/{id:\\d+}/" + verb + "/",
             f"{verb.capitalize()} a deployment",
             response=Envelope,
             errors=(404, 409, 429, 503),
@@ -382,7 +385,7 @@ def v1_routes(service: WebOpsService) -> Family:
         action(verb)
 
     @r.get(
-        V1 + "/{id}/logs/",
+        V1 + "/{id:\\d+}/logs/",
         "Build and runtime log items, oldest first (follow=true streams NDJSON)",
         response=Envelope,
         errors=(400, 404),
@@ -427,12 +430,12 @@ def v1_routes(service: WebOpsService) -> Family:
         await resp.write_eof()
         return resp
 
-    @r.get(V1 + "/{id}/env/", "A deployment's env vars", response=Envelope, errors=(404,))
+    @r.get(V1 + "/{id:\\d+}/env/", "A deployment's env vars", response=Envelope, errors=(404,))
     async def env(request: web.Request) -> web.Response:
         return ok({"env_vars": dep_of(request).env})
 
     @r.put(
-        V1 + "/{id}/env/",
+        V1 + "/{id:\\d+}/env/",
         "Replace a deployment's env vars (restart: apply now)",
         request=EnvPut,
         response=Envelope,

@@ -18,6 +18,7 @@ from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub, Session
 from coordinator.reports.logs import LogService
 from coordinator.store.ports import MachineStore, MonitoringStore
+from coordinator.webops import rules
 from coordinator.webops.records import ErrorItem, Sample
 from coordinator.webops.service import WebOpsService
 from proto import messages as m
@@ -32,6 +33,7 @@ PERIODS: dict[str, tuple[int, int]] = {
 }
 """period -> (span, bucket) in seconds."""
 ERROR_LEVELS = ("error", "warning")
+"""What errors/ answers without a level (any log level may be asked for)."""
 SYSTEM_UNITS: dict[str, str] = {
     "nginx": "nginx.service",
     "postgresql": "postgresql.service",
@@ -221,8 +223,8 @@ class MonitoringService:
         offset: int = 0,
         limit: int = 20,
     ) -> tuple[list[ErrorItem], int]:
-        if level and level not in ERROR_LEVELS:
-            raise Invalid(f"level must be one of {', '.join(ERROR_LEVELS)}, got {level!r}")
+        if level and level not in rules.LEVELS:
+            raise Invalid(f"level must be one of {', '.join(rules.LEVELS)}, got {level!r}")
         levels = (level,) if level else ERROR_LEVELS
         return self.storage.webops_errors(
             tenant,

@@ -126,6 +126,8 @@ async def test_metrics_errors_and_export(
     assert [e["deployment"] for e in (await resp.json())["data"]] == ["site"]
     resp = await client.get("/api/v1/monitoring/errors/?since=25", headers=auth)
     assert [e["level"] for e in (await resp.json())["data"]] == ["warning"]
+    resp = await client.get("/api/v1/monitoring/errors/?level=info", headers=auth)
+    assert [e["message"] for e in (await resp.json())["data"]] == ["fine"]
     resp = await client.get("/api/v1/monitoring/errors/?level=debug", headers=auth)
     assert resp.status == 400
 
