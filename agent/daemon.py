@@ -28,7 +28,7 @@ from collections.abc import Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, facts, isolation
+from agent import __version__, facts, hoststats, isolation
 from agent.backends.base import Backend, BackendError, BackendUnavailable, Observed, Registry
 from agent.backends.docker import DockerBackend
 from agent.backends.systemd import SystemdBackend
@@ -163,6 +163,7 @@ class Agent:
             asyncio.create_task(self.observer.loop()),
             asyncio.create_task(self._isolation_loop()),
             asyncio.create_task(self.webops.health_loop()),
+            asyncio.create_task(hoststats.loop(self.link.send, self.config.state_path)),
         ]
         await stop.wait()
         log.info("stopping (units keep running)")

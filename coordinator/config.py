@@ -56,6 +56,22 @@ GENEROUS_RATE_LIMITS = RateLimits(
 answer with their headers) but that no developer or test loop reaches."""
 
 
+class PostgresServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The PostgreSQL server WebOps databases (#21) are made on, reached over TCP with
+    its client programs (psql, pg_dump, pg_restore) as an admin role that may create
+    roles and databases."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    admin_user: str = "postgres"
+    admin_password_file: str = ""
+    """A file (0600) holding the admin role's password; "": none (trust or .pgpass)."""
+    bin_dir: str = ""
+    """Where psql, pg_dump and pg_restore are; "": on PATH."""
+    public_host: str = ""
+    """The host deployments reach it by (their DATABASE_URL); "": `host`."""
+
+
 class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = str(DEFAULT_STATE_DIR)
     api_listen: str = f"0.0.0.0:{DEFAULT_API_PORT}"
@@ -76,6 +92,8 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     rate_limits: RateLimits = RateLimits()
     audit_flush_s: float = 0.5
     """The audit log is written in batches at most this far apart (and at shutdown)."""
+    postgres: PostgresServer | None = None
+    """Where WebOps databases live; None: creating one is 503."""
 
     @property
     def db_path(self) -> Path:

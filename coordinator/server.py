@@ -28,15 +28,18 @@ from coordinator import guard, limits
 from coordinator.api import (
     agent,
     audit,
+    databases,
     environments,
     fleet_manager,
     fleet_v1,
     identity,
+    monitoring,
     native,
     openapi,
     reports,
     tasks,
     v1_alpha,
+    webhooks,
     webops,
 )
 from coordinator.api.errors import ApiError, json_response
@@ -90,7 +93,10 @@ from coordinator.trust.ratelimit import (
     limits_of,
 )
 from coordinator.trust.users import UserService
+from coordinator.webops.databases import DatabaseService
+from coordinator.webops.monitoring import MonitoringService
 from coordinator.webops.service import WebOpsService
+from coordinator.webops.webhooks import WebhookService
 from proto.enrolment import HUB_PATH
 
 log = logging.getLogger(__name__)
@@ -184,6 +190,13 @@ class Coordinator:
         )
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
+        self.webhooks = WebhookService(self.storage, self.events)
+        self.monitoring = MonitoringService(
+            self.storage, self.hub, self.units, self.webops, self.logs
+        )
+        self.databases = DatabaseService(
+            self.storage, self.webops, config.postgres, state / "db-backups"
+        )
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -208,6 +221,9 @@ class Coordinator:
             audit.routes(self.audit),
             *environments.routes(self.environments),
             *webops.routes(self.webops),
+            webhooks.routes(self.webhooks),
+            *databases.routes(self.databases),
+            *monitoring.routes(self.monitoring),
         ]
 
     def _system_routes(self) -> Family:
@@ -467,6 +483,7 @@ class Coordinator:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.webhooks.close()
         for server in self._servers:
             server.close()
         await self.hub.close_all()

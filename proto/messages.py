@@ -413,6 +413,25 @@ class WebHealth(msgspec.Struct, tag="web_health", frozen=True, omit_defaults=Tru
     """The unit's CPU time so far (systemd's CPUUsageNSec; 0: not accounted)."""
 
 
+class MachineStats(msgspec.Struct, tag="machine_stats", frozen=True, omit_defaults=True):
+    """Agent → coordinator, every half minute (#21): the machine's own load, for
+    WebOps monitoring. Percentages are 0-100; bytes are bytes."""
+
+    at: float
+    cpu_percent: float = 0.0
+    """Of all CPUs, since the previous report (0 on the first)."""
+    load1: float = 0.0
+    load5: float = 0.0
+    load15: float = 0.0
+    memory_total: int = 0
+    memory_used: int = 0
+    disk_total: int = 0
+    disk_used: int = 0
+    """Of the file system holding the agent's state."""
+    uptime_s: float = 0.0
+    cpus: int = 0
+
+
 Message = (
     Hello
     | Facts
@@ -445,6 +464,7 @@ Message = (
     | WebEnv
     | WebAction
     | WebHealth
+    | MachineStats
 )
 
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
@@ -479,6 +499,7 @@ MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     WebEnv,
     WebAction,
     WebHealth,
+    MachineStats,
 )
 
 KNOWN_TAGS = frozenset(str(t.__struct_config__.tag) for t in MESSAGE_TYPES)

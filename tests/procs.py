@@ -350,10 +350,15 @@ class MachineRig:
     """One coordinator and one enrolled, connected agent ("m1"), with helpers to set
     units on it through the API and to wait for what it reports."""
 
-    def __init__(self, tmp: Path, *, extra: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, tmp: Path, *, extra: list[str], env: dict[str, str], config: str = ""
+    ) -> None:
+        """`config`: TOML added to the coordinator's."""
         from tests.procs import AgentProc, CoordinatorProc
 
-        self.coordinator = CoordinatorProc(tmp / "coordinator").start()
+        coordinator = CoordinatorProc(tmp / "coordinator")
+        coordinator.config += config
+        self.coordinator = coordinator.start()
         self.agent = AgentProc(tmp, "m1", self.coordinator, extra=extra, env=env)
         result = self.agent.enroll(self.coordinator.join_token())
         assert result.returncode == 0, result.stderr

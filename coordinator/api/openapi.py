@@ -58,6 +58,9 @@ def document(families: Iterable[Family]) -> Json:
         op["responses"][str(route.ok)] = ok
         limited = (429,) if route.limit or not route.public else ()
         for status in (*route.errors, *_input_errors(route), 401, *limited):
+            if status < 400:  # another success (202 for a job, say): the same body
+                op["responses"][str(status)] = ok
+                continue
             op["responses"][str(status)] = {
                 "description": "error",
                 "content": {"application/json": {"schema": error_schema}},
@@ -140,6 +143,11 @@ QUERY_PARAMS: dict[str, Json] = {
     "healthStatus": {"type": "string", "enum": ["unknown", "healthy", "unhealthy", "unreachable"]},
     "project_type": {"type": "string", "enum": ["static", "python", "django", "docker"]},
     "search": {"type": "string", "maxLength": 200},
+    # WebOps exports (#21).
+    "format": {"type": "string", "enum": ["json", "csv"]},
+    "force": _FLAG,
+    "period": {"type": "string", "enum": ["1h", "6h", "24h", "7d", "30d"]},
+    "type": {"type": "string", "enum": ["nginx", "postgresql", "redis", "celery"]},
     "level": {"type": "string", "enum": ["info", "warning", "error", "success"]},
     "tail": {"type": "string", "pattern": "^[0-9]{1,5}$"},
 }

@@ -28,15 +28,22 @@ from coordinator.api.identity import Envelope, Pagination, ok, page_args
 from coordinator.api.routing import ENVELOPE, WEBOPS_CLI, Family, RouteTable, tenant_of
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
-from coordinator.webops import rules
+from coordinator.webops import export, rules
 from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
-from coordinator.webops.service import CreateRequest, EnvKey, EnvValue, EnvVars, WebOpsService
+from coordinator.webops.service import (
+    BulkJob,
+    BulkRequest,
+    CreateRequest,
+    EnvKey,
+    EnvValue,
+    EnvVars,
+    WebOpsService,
+)
 from proto import webops as w
 
 V1 = "/api/v1/deployments"
 CLI = "/api/deployments"
 STATUS = "/api/status"
-DATABASES = "/api/databases"
 VERSION = "2.0-moorage"
 MAX_LINES = 10000
 FOLLOW_MAX_S = 3600.0
@@ -135,6 +142,20 @@ def details(service: WebOpsService, dep: WebDeployment) -> dict[str, Any]:
     return out
 
 
+def job_out(job: BulkJob) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "action": job.action,
+        "status": job.status,
+        "total": job.total,
+        "done": len(job.results),
+        "succeeded": sum(1 for res in job.results if res.success),
+        "results": [msgspec.to_builtins(res) for res in job.results],
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+    }
+
+
 def log_out(i: WebLogItem) -> dict[str, Any]:
     return {"id": i.id, "level": i.level, "message": i.message, "created_at": iso(i.created_at)}
 
@@ -225,6 +246,64 @@ def v1_routes(service: WebOpsService) -> Family:
             raise ApiError(404, f"deployment {raw!r} does not exist")
         return service.get_id(tenant_of(request), int(raw))
 
+    # Before `/{id}/`: aiohttp matches in registration order.
+    @r.post(
+        V1 + "/bulk/",
+        "Run restart, stop, start, redeploy or delete on many deployments, a result each"
+        " (async: answered 202 with a job to poll)",
+        request=BulkRequest,
+        response=Envelope,
+        errors=(202, 400, 415, 429),
+        limit="deploy",
+    )
+    async def bulk(request: web.Request) -> web.Response:
+        body = await decode_body(request, BulkRequest, max_bytes=1 << 16)
+        job = await service.bulk(tenant_of(request), body)
+        if body.run_async:
+            return ok(job_out(job), "Bulk action queued", 202)
+        failed = sum(1 for res in job.results if not res.success)
+        return ok(job_out(job), f"{job.total - failed} of {job.total} succeeded")
+
+    @r.get(
+        V1 + "/bulk/{id}/", "A bulk job and its results so far", response=Envelope, errors=(404,)
+    )
+    async def bulk_job(request: web.Request) -> web.Response:
+        return ok(job_out(service.job(tenant_of(request), request.match_info["id"])))
+
+    @r.get(
+        V1 + "/export/",
+        "Every deployment as JSON or CSV, streamed (no env vars; CSV cells that would"
+        " start a formula are prefixed with ')",
+        errors=(400,),
+        query=("format",),
+    )
+    async def export_(request: web.Request) -> web.StreamResponse:
+        fmt = request.query.get("format", "json")
+        if fmt not in export.FORMATS:
+            raise ApiError(400, f"format must be one of {', '.join(export.FORMATS)}, got {fmt!r}")
+        tenant = tenant_of(request)
+        kind = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": kind,
+                "Content-Disposition": f'attachment; filename="deployments.{fmt}"',
+            }
+        )
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(export.csv_header() if fmt == "csv" else b"[")
+        first = True
+        for page in service.export_pages(tenant, export.PAGE):
+            if fmt == "csv":
+                await resp.write(export.csv_page(page))
+            else:
+                await resp.write(export.json_page(page, first))
+            first = False
+        if fmt == "json":
+            await resp.write(b"]")
+        await resp.write_eof()
+        return resp
+
     @r.get(
         V1 + "/",
         "Deployments, newest first (status, project_type, search, page, per_page)",
@@ -256,13 +335,16 @@ def v1_routes(service: WebOpsService) -> Family:
         return ok(data, msg, 201)
 
     @r.get(
-        V1 + "/{id}/", "One deployment, with health and metrics", response=Envelope, errors=(404,)
+        V1 + "/{id:\\d+}/",
+        "One deployment, with health and metrics",
+        response=Envelope,
+        errors=(404,),
     )
     async def get(request: web.Request) -> web.Response:
         return ok(details(service, dep_of(request)))
 
     @r.put(
-        V1 + "/{id}/",
+        V1 + "/{id:\\d+}/",
         "Update branch, domain or env vars (a new branch or domain is redeployed)",
         request=UpdateBody,
         response=Envelope,
@@ -277,7 +359,7 @@ def v1_routes(service: WebOpsService) -> Family:
         return ok(details(service, dep), "Deployment updated")
 
     @r.delete(
-        V1 + "/{id}/",
+        V1 + "/{id:\\d+}/",
         "Delete a deployment: its unit, files, proxy entry and logs",
         response=Envelope,
         errors=(404,),
@@ -289,7 +371,7 @@ def v1_routes(service: WebOpsService) -> Family:
 
     def action(verb: str) -> None:
         @r.post(
-            V1 + "/{id}/" + verb + "/",
+            V1 + "/{id:\\d+}/" + verb + "/",
             f"{verb.capitalize()} a deployment",
             response=Envelope,
             errors=(404, 409, 429, 503),
@@ -303,7 +385,7 @@ def v1_routes(service: WebOpsService) -> Family:
         action(verb)
 
     @r.get(
-        V1 + "/{id}/logs/",
+        V1 + "/{id:\\d+}/logs/",
         "Build and runtime log items, oldest first (follow=true streams NDJSON)",
         response=Envelope,
         errors=(400, 404),
@@ -348,12 +430,12 @@ def v1_routes(service: WebOpsService) -> Family:
         await resp.write_eof()
         return resp
 
-    @r.get(V1 + "/{id}/env/", "A deployment's env vars", response=Envelope, errors=(404,))
+    @r.get(V1 + "/{id:\\d+}/env/", "A deployment's env vars", response=Envelope, errors=(404,))
     async def env(request: web.Request) -> web.Response:
         return ok({"env_vars": dep_of(request).env})
 
     @r.put(
-        V1 + "/{id}/env/",
+        V1 + "/{id:\\d+}/env/",
         "Replace a deployment's env vars (restart: apply now)",
         request=EnvPut,
         response=Envelope,
@@ -376,7 +458,6 @@ def v1_routes(service: WebOpsService) -> Family:
 def cli_routes(service: WebOpsService) -> list[Family]:
     r = RouteTable(permission=perms.DEPLOYMENTS)
     s = RouteTable(permission=None)
-    d = RouteTable(permission=perms.DEPLOYMENTS)
 
     def dep_of(request: web.Request) -> WebDeployment:
         return service.get(tenant_of(request), request.match_info["name"])
@@ -522,18 +603,9 @@ def cli_routes(service: WebOpsService) -> list[Family]:
     async def project_validate(request: web.Request) -> web.Response:
         return json_response(project_check(dep_of(request)))
 
-    @d.get(DATABASES + "/", "Databases (none yet: WebOps 2/2)")
-    async def databases(request: web.Request) -> web.Response:
-        return json_response({"databases": []})
-
-    @d.get(DATABASES + "/{name}/", "One database", errors=(404,))
-    async def database(request: web.Request) -> web.Response:
-        raise ApiError(404, f"database {request.match_info['name']!r} does not exist")
-
     return [
         Family(STATUS, WEBOPS_CLI, s.routes),
         Family(CLI, WEBOPS_CLI, r.routes),
-        Family(DATABASES, WEBOPS_CLI, d.routes),
     ]
 
 

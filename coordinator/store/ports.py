@@ -46,7 +46,17 @@ if TYPE_CHECKING:
     )
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
-    from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+    from coordinator.webops.records import (
+        Database,
+        DatabaseBackup,
+        ErrorItem,
+        Sample,
+        WebDeployment,
+        Webhook,
+        WebhookDelivery,
+        WebLogItem,
+        WebQuery,
+    )
     from proto.messages import DriftEntry, Sticker, UnitStatus
     from proto.units import UnitOption
 
@@ -658,6 +668,86 @@ class WebOpsStore(Protocol):
     def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
         """Oldest first."""
 
+    def webops_after(self, tenant: str, after_id: int, limit: int) -> list[WebDeployment]:
+        """Up to `limit` deployments with ids above `after_id`, oldest first (exports
+        walk the table in such pages instead of loading it)."""
+
+
+@runtime_checkable
+class WebhookStore(Protocol):
+    """WebOps webhooks (#21) and the log of their delivery attempts."""
+
+    def webhook_create(self, hook: Webhook) -> Webhook:
+        """Insert (the id assigned)."""
+
+    def webhooks(self, tenant: str) -> list[Webhook]: ...
+
+    def webhook_get(self, hook_id: int, tenant: str) -> Webhook | None: ...
+
+    def webhook_delete(self, hook_id: int) -> None:
+        """The webhook and its delivery log."""
+
+    def webhook_delivered(self, d: WebhookDelivery) -> None:
+        """Log one attempt."""
+
+    def webhook_deliveries(self, hook_id: int, limit: int) -> list[WebhookDelivery]:
+        """Newest first."""
+
+
+@runtime_checkable
+class DatabaseStore(Protocol):
+    """WebOps PostgreSQL databases (#21) and their backups."""
+
+    def database_create(self, db: Database) -> Database:
+        """Insert (the id assigned); Conflict when the tenant has the name."""
+
+    def database_update(self, db: Database) -> None:
+        """Its link (`deployment_id`)."""
+
+    def databases(self, tenant: str) -> list[Database]: ...
+
+    def database_get(self, tenant: str, name: str) -> Database | None: ...
+
+    def database_get_id(self, db_id: int, tenant: str) -> Database | None: ...
+
+    def database_delete(self, db_id: int) -> None:
+        """The database and its backups' records."""
+
+    def backup_add(self, b: DatabaseBackup) -> DatabaseBackup: ...
+
+    def backups(self, db_id: int) -> list[DatabaseBackup]:
+        """Newest first."""
+
+
+@runtime_checkable
+class MonitoringStore(Protocol):
+    """Machines' load as a per-minute series, and WebOps error log items (#21)."""
+
+    def sample_put(self, sample: Sample, keep_after_minute: int) -> None:
+        """Upsert the machine's sample of that minute; drop its older than keep_after."""
+
+    def samples(
+        self,
+        tenant: str,
+        since_minute: int,
+        after: tuple[str, int] = ("", -1),
+        limit: int = 100000,
+    ) -> list[Sample]:
+        """Ordered by (machine, minute); `after` resumes past a (machine, minute)."""
+
+    def webops_errors(
+        self,
+        tenant: str,
+        *,
+        levels: tuple[str, ...],
+        since: float,
+        until: float,
+        search: str,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[ErrorItem], int]:
+        """WebOps log items of those levels, newest first; the total matching."""
+
 
 @runtime_checkable
 class RateLimitStore(Protocol):
@@ -723,6 +813,9 @@ class Store(
     ReportStore,
     TaskStore,
     WebOpsStore,
+    WebhookStore,
+    DatabaseStore,
+    MonitoringStore,
     RateLimitStore,
     AuditStore,
     EnvironmentStore,

@@ -45,3 +45,87 @@ class WebQuery(msgspec.Struct, frozen=True, kw_only=True):
     search: str = ""
     offset: int = 0
     limit: int = 20
+
+
+class Webhook(msgspec.Struct, kw_only=True):
+    """A receiver of domain events (#21), in one tenant. The secret signs deliveries
+    (HMAC needs it in the clear: it lives in the 0600 database, never in a response
+    after create, never in a log)."""
+
+    id: int = 0
+    tenant: str
+    url: str
+    events: list[str] = []
+    """Webhook event names (`deployment.completed`...) or prefixes ending in `.`;
+    empty: every event."""
+    secret: str = ""
+    active: bool = True
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt at delivering one event to one webhook."""
+
+    id: int = 0
+    webhook_id: int
+    delivery: str
+    """The delivery's id (`X-Moorage-Delivery`), the same over its attempts."""
+    event: str
+    attempt: int
+    status_code: int = 0
+    """0: no HTTP answer (refused, timed out)."""
+    ok: bool = False
+    error: str = ""
+    duration_ms: int = 0
+    at: float = 0.0
+
+
+class Database(msgspec.Struct, kw_only=True):
+    """A PostgreSQL database and its owner role (same name, `pg_name`) on the
+    configured server (#21)."""
+
+    id: int = 0
+    tenant: str
+    name: str
+    pg_name: str
+    password: str
+    host: str
+    port: int
+    deployment_id: int = 0
+    """The linked deployment (its DATABASE_URL points here); 0: none."""
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+class DatabaseBackup(msgspec.Struct, frozen=True, kw_only=True):
+    id: int = 0
+    database_id: int
+    path: str
+    size: int
+    sha256: str
+    created_at: float
+
+
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    """A machine's load in one minute (the last report of that minute) (#21)."""
+
+    machine_id: str
+    minute: int
+    """Unix time // 60."""
+    tenant: str = "default"
+    cpu_percent: float = 0.0
+    load1: float = 0.0
+    memory_total: int = 0
+    memory_used: int = 0
+    disk_total: int = 0
+    disk_used: int = 0
+    uptime_s: float = 0.0
+
+
+class ErrorItem(msgspec.Struct, frozen=True):
+    id: int
+    deployment: str
+    level: str
+    message: str
+    created_at: float

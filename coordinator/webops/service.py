@@ -12,15 +12,17 @@ the previous build — serving. Health comes from the agent's HTTP checks (`WebH
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Literal, Protocol
 
 import msgspec
 
-from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
+from coordinator.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from coordinator.events import EventBus
 from coordinator.fleet.units import UnitService
 from coordinator.hub.sessions import Hub, Session
@@ -78,6 +80,54 @@ class WebStore(WebOpsStore, MachineStore, Protocol):
     pass
 
 
+BULK_ACTIONS = ("restart", "stop", "start", "redeploy", "delete")
+MAX_BULK = 100
+MAX_JOBS = 200
+"""Bulk jobs kept (in memory, the newest) for polling."""
+
+
+class BulkRequest(msgspec.Struct, frozen=True):
+    action: Literal["restart", "stop", "start", "redeploy", "delete"]
+    deployment_ids: Annotated[
+        list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=MAX_BULK)
+    ]
+    run_async: bool = msgspec.field(default=False, name="async")
+
+
+class BulkResult(msgspec.Struct, frozen=True):
+    id: int
+    success: bool
+    name: str = ""
+    status: str = ""
+    """The deployment's status after the action ("" when it failed or was deleted)."""
+    error: str = ""
+    code: int = 200
+    """The HTTP status the action alone would have had."""
+
+
+class BulkJob(msgspec.Struct, kw_only=True):
+    id: str
+    tenant: str
+    action: str
+    total: int
+    status: str = "running"
+    """running, completed."""
+    results: list[BulkResult] = []
+    created_at: float = 0.0
+    finished_at: float = 0.0
+
+
+def error_code(exc: DomainError) -> int:
+    """Pure; as the HTTP conventions map domain errors."""
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, Unavailable):
+        return 503
+    return 400
+
+
 def check_create(req: CreateRequest) -> None:
     """400 naming the first bad field. Pure."""
     for problem in (
@@ -110,6 +160,8 @@ class WebOpsService:
         self.hub = hub
         self.events = events if events is not None else EventBus()
         self.health: dict[int, Health] = {}
+        self.jobs: dict[str, BulkJob] = {}
+        self._job_tasks: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
         hub.on_connect.append(self._on_connect)
 
@@ -299,6 +351,67 @@ class WebOpsService:
             await self._send(dep, m.WebEnv(dep.name, env))
         self._log(dep, "info", f"environment changed ({len(env)} variables)")
         return dep
+
+    # --- bulk and export (#21) ----------------------------------------------------------
+
+    async def bulk(self, tenant: str, req: BulkRequest) -> BulkJob:
+        """Run `action` on each deployment (in order, each on its own: one failing does
+        not stop the others). With `async`, the job is answered at once, running; poll
+        it with `job`."""
+        if len(set(req.deployment_ids)) != len(req.deployment_ids):
+            raise Invalid("deployment_ids has duplicates")
+        job = BulkJob(
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            action=req.action,
+            total=len(req.deployment_ids),
+            created_at=time.time(),
+        )
+        self.jobs[job.id] = job
+        while len(self.jobs) > MAX_JOBS:
+            self.jobs.pop(next(iter(self.jobs)))
+        if req.run_async:
+            task = asyncio.create_task(self._run_bulk(job, req.deployment_ids))
+            self._job_tasks.add(task)
+            task.add_done_callback(self._job_tasks.discard)
+        else:
+            await self._run_bulk(job, req.deployment_ids)
+        return job
+
+    def job(self, tenant: str, job_id: str) -> BulkJob:
+        job = self.jobs.get(job_id)
+        if job is None or job.tenant != tenant:
+            raise NotFound(f"bulk job {job_id!r} does not exist")
+        return job
+
+    async def _run_bulk(self, job: BulkJob, ids: list[int]) -> None:
+        for dep_id in ids:
+            job.results.append(await self._one(job.tenant, job.action, dep_id))
+        job.status = "completed"
+        job.finished_at = time.time()
+
+    async def _one(self, tenant: str, action: str, dep_id: int) -> BulkResult:
+        name = ""
+        try:
+            dep = self.get_id(tenant, dep_id)
+            name = dep.name
+            if action == "delete":
+                await self.delete(dep)
+                return BulkResult(dep_id, True, name)
+            after: WebDeployment = await getattr(self, action)(dep)
+            return BulkResult(dep_id, True, name, after.status)
+        except DomainError as exc:
+            return BulkResult(dep_id, False, name, error=str(exc), code=error_code(exc))
+
+    def export_pages(self, tenant: str, page: int) -> Iterator[list[WebDeployment]]:
+        """The tenant's deployments, oldest first, a page at a time (read as iterated)."""
+        after = 0
+        while True:
+            deps = self.storage.webops_after(tenant, after, page)
+            if not deps:
+                return
+            yield deps
+            after = deps[-1].id
 
     # --- builds -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from .dockerd import Dockerd, dockerd_available
+from .postgres import PgCluster, postgres_available
 from .systemd import UserSystemd, systemd_available
 
 
@@ -62,3 +63,21 @@ def dockerd() -> Iterator[Dockerd]:
 def dockerd_session() -> Iterator[Dockerd]:
     """One private dockerd shared by the session (tests must clean their containers)."""
     yield from _dockerd()
+
+
+def _postgres() -> Iterator[PgCluster]:
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(f"real PostgreSQL unavailable: {reason}")
+    cluster = PgCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres() -> Iterator[PgCluster]:
+    """A private PostgreSQL cluster on a loopback port, for one test."""
+    yield from _postgres()

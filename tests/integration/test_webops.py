@@ -34,7 +34,9 @@ class WebRig(MachineRig):
     """A coordinator, agent m1 on a real systemd manager (and dockerd when given), its
     WebOps proxy (the agent's own nginx) on a loopback port."""
 
-    def __init__(self, tmp: Path, systemd: UserSystemd, daemon: Dockerd | None = None) -> None:
+    def __init__(
+        self, tmp: Path, systemd: UserSystemd, daemon: Dockerd | None = None, config: str = ""
+    ) -> None:
         self.tmp = tmp
         self.dockerd = daemon
         self.systemd = systemd
@@ -44,7 +46,7 @@ class WebRig(MachineRig):
             daemon.import_busybox()
             env["DOCKER_HOST"] = daemon.host
         extra = [*systemd.agent_flags(), "--webops-proxy-listen", f"127.0.0.1:{self.proxy}"]
-        super().__init__(tmp, extra=extra, env=env)
+        super().__init__(tmp, extra=extra, env=env, config=config)
         # A Moorage API token is a WebOps Bearer token on both surfaces (exempt from the
         # general limit: the test polls).
         made = self.coordinator.api(
@@ -83,6 +85,16 @@ class WebRig(MachineRig):
         req = urllib.request.Request(f"http://127.0.0.1:{self.proxy}/", headers={"Host": host})
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except (OSError, http.client.HTTPException):
+            return 0, ""
+
+    def through_proxy_path(self, host: str, path: str) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.proxy}{path}", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, ""

@@ -507,4 +507,70 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX webops_logs_by_deployment ON webops_logs(deployment_id, id)
     """,
+    # 12 (#21): WebOps webhooks (the secret in the clear: HMAC signs with it; this
+    # database is 0600) and their delivery log (one row per attempt); PostgreSQL
+    # databases (the role's password in the clear: users with `databases` are shown it)
+    # and their pg_dump backups; machines' load as a per-minute series (monitoring).
+    """
+    CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL DEFAULT '[]',
+        secret TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 1,
+        created_by TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webhooks_by_tenant ON webhooks(tenant);
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook_id INTEGER NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+        delivery TEXT NOT NULL,
+        event TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        status_code INTEGER NOT NULL DEFAULT 0,
+        ok INTEGER NOT NULL DEFAULT 0,
+        error TEXT NOT NULL DEFAULT '',
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        at REAL NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries(webhook_id, id);
+    CREATE TABLE webops_databases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        pg_name TEXT NOT NULL UNIQUE,
+        password TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        deployment_id INTEGER NOT NULL DEFAULT 0,
+        created_by TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        UNIQUE (tenant, name)
+    );
+    CREATE TABLE webops_db_backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        database_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX webops_db_backups_by_db ON webops_db_backups(database_id, id);
+    CREATE TABLE machine_samples (
+        machine_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        cpu_percent REAL NOT NULL,
+        load1 REAL NOT NULL,
+        memory_total INTEGER NOT NULL,
+        memory_used INTEGER NOT NULL,
+        disk_total INTEGER NOT NULL,
+        disk_used INTEGER NOT NULL,
+        uptime_s REAL NOT NULL,
+        PRIMARY KEY (machine_id, minute)
+    ) WITHOUT ROWID;
+    CREATE INDEX machine_samples_by_tenant ON machine_samples(tenant, minute)
+    """,
 )

@@ -188,6 +188,20 @@ STRATEGIES: dict[type, st.SearchStrategy[m.Message]] = {
     m.WebHealth: st.builds(
         m.WebHealth, text, st.booleans(), small_int, text, floats, small_int, small_int
     ),
+    m.MachineStats: st.builds(
+        m.MachineStats,
+        floats,
+        floats,
+        floats,
+        floats,
+        floats,
+        small_int,
+        small_int,
+        small_int,
+        small_int,
+        floats,
+        small_int,
+    ),
 }
 
 
