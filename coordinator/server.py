@@ -90,6 +90,8 @@ from coordinator.trust.ratelimit import (
     limits_of,
 )
 from coordinator.trust.users import UserService
+from coordinator.ui.dashboard import Dashboard
+from coordinator.ui.live import LiveHub
 from coordinator.webops.service import WebOpsService
 from proto.enrolment import HUB_PATH
 
@@ -184,6 +186,13 @@ class Coordinator:
         )
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
+        self.dashboard = Dashboard(
+            storage=self.storage,
+            users=self.users,
+            machines=self.machines,
+            units=self.units,
+            live=LiveHub(self.events),
+        )
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -208,6 +217,7 @@ class Coordinator:
             audit.routes(self.audit),
             *environments.routes(self.environments),
             *webops.routes(self.webops),
+            self.dashboard.family(),
         ]
 
     def _system_routes(self) -> Family:
@@ -309,10 +319,17 @@ class Coordinator:
             gate.shown = (AUTH, ip)
         if request.path in request.app[PUBLIC]:
             return
-        guessing = presents_token(request) and gate.auth is None
+        # The dashboard's routes take its session cookie and nothing else; the APIs never
+        # take the cookie (a browser's ambient credential must not reach them).
+        dashboard = self.dashboard.owns(request.path)
+        guessing = not dashboard and presents_token(request) and gate.auth is None
         if guessing:
             gate.auth = await self.limiter.reserve(AUTH, ip)
-        principal = authenticate(request, self.storage)  # a failure keeps the IP's slot
+        principal = (  # a failure keeps the IP's slot
+            self.dashboard.authenticate(request)
+            if dashboard
+            else authenticate(request, self.storage)
+        )
         if guessing:
             self.limiter.release(gate.auth)
             gate.auth = None

@@ -1,0 +1,77 @@
+// Moorage dashboard: live updates over server-sent events, and forms that post without
+// leaving the page. Vendored, no dependencies, no build step.
+(function () {
+  "use strict";
+  var pending = null;
+
+  function liveRegions() { return document.querySelectorAll("[data-live][id]"); }
+
+  function wants(kind) {
+    var regions = liveRegions();
+    for (var i = 0; i < regions.length; i++) {
+      var prefixes = regions[i].getAttribute("data-live").split(" ");
+      for (var j = 0; j < prefixes.length; j++) {
+        if (prefixes[j] && kind.indexOf(prefixes[j]) === 0) return true;
+      }
+    }
+    return false;
+  }
+
+  // At most one refresh a second, however many events arrive.
+  function scheduleRefresh() {
+    if (pending !== null) return;
+    pending = setTimeout(refresh, 1000);
+  }
+
+  function refresh() {
+    pending = null;
+    fetch(location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (text === null) return;
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        liveRegions().forEach(function (el) {
+          var fresh = doc.getElementById(el.id);
+          if (fresh) el.innerHTML = fresh.innerHTML;
+        });
+      })
+      .catch(function () {});
+  }
+
+  function setUnitStates(machine, units) {
+    Object.keys(units).forEach(function (name) {
+      var key = name + "@" + machine;
+      document.querySelectorAll("[data-unit-state]").forEach(function (el) {
+        if (el.getAttribute("data-unit-state") !== key) return;
+        el.textContent = units[name];
+        el.className = "state-" + units[name];
+      });
+    });
+  }
+
+  function onEvent(message) {
+    var ev;
+    try { ev = JSON.parse(message.data); } catch (e) { return; }
+    if (ev.kind === "unit.reported" && ev.data && ev.data.units) setUnitStates(ev.subject, ev.data.units);
+    if (ev.kind === "resync" || wants(ev.kind)) scheduleRefresh();
+    document.dispatchEvent(new CustomEvent("moorage:event", { detail: ev }));
+  }
+
+  if (window.EventSource) {
+    var source = new EventSource("/ui/events");
+    source.onmessage = onEvent;
+  }
+
+  // Forms marked data-async post in the background; the page stays, live events update it.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (!form.hasAttribute || !form.hasAttribute("data-async")) return;
+    e.preventDefault();
+    fetch(form.action, { method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "same-origin" })
+      .then(function (r) {
+        if (!r.ok) return r.text().then(function (t) { alert("Refused (" + r.status + "): " + t); });
+        scheduleRefresh();
+      })
+      .catch(function (err) { alert("Request failed: " + err); });
+  });
+})();

@@ -1,0 +1,213 @@
+"""The dashboard (/ui/) end to end, in a real browser: Debian's headless Chromium driven
+by Playwright, against a real coordinator and two real agents on real systemd managers.
+
+Log in; the fleet page lists the test machines; start a unit from the units page and
+see it turn active without the page reloading; a user without the `users` permission
+sees no admin link and the server refuses the page. The tests write the screenshots the
+README shows (docs/screenshots/)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fleetrig import Fleet, fleet_of
+from tests.procs import wait_for
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "correct horse battery 9"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+UNIT = "web.service"
+LOGIN_FORM = b'id="password"'
+
+
+def browser_missing() -> str:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} missing (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright missing (pip install -e .[test])"
+    return ""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    yield from fleet_of(tmp_path, ("m1", "m2"))
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def make_user(fleet: Fleet, name: str, permissions: list[str]) -> None:
+    made = fleet.coordinator.api(
+        "POST",
+        "/api/v1/users/",
+        {"username": name, "password": PASSWORD, "permissions": permissions},
+    )
+    assert made["success"] is True, made
+
+
+def login(browser: Any, fleet: Fleet, username: str) -> Any:
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{fleet.coordinator.endpoint}/ui/")
+    assert page.url.endswith("/ui/login"), page.url
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/ui/fleet")
+    return page
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def test_login_fleet_and_start_a_unit_live(fleet: Fleet, browser: Any) -> None:
+    make_user(fleet, "ops", ["admin"])
+    (fleet.workdir / UNIT).write_text(
+        "[Unit]\nDescription=dashboard test\n[Service]\nExecStart=/bin/sleep 3600\n"
+    )
+    fleet.moorctl("submit", UNIT)
+
+    page = login(browser, fleet, "ops")
+    rows = page.locator("tr[data-machine]")
+    wait_for(lambda: rows.count() == 2, timeout=30, what="two machines listed")
+    assert {rows.nth(i).get_attribute("data-machine") for i in range(2)} == {"m1", "m2"}
+    assert page.locator("tr[data-machine='m1'] td.state-connected").count() == 1
+    shot(page, "fleet.png")
+
+    # Search narrows the table (server-side, paged).
+    page.get_by_label("Search machines").fill("m2")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_url("**/ui/fleet?q=m2*")
+    assert page.locator("tr[data-machine]").count() == 1
+
+    page.get_by_role("link", name="Units").click()
+    page.wait_for_url("**/ui/units")
+    page.evaluate("window.__notReloaded = true")
+    assert fleet.active_on(UNIT) == set()
+    page.get_by_role("button", name=f"Start {UNIT}").click()
+    state = page.locator(f"[data-unit-state^='{UNIT}@']")
+    state.first.wait_for()
+    page.wait_for_function(
+        "name => [...document.querySelectorAll('[data-unit-state]')]"
+        ".some(e => e.getAttribute('data-unit-state').startsWith(name + '@')"
+        " && e.textContent.trim() === 'active')",
+        arg=UNIT,
+        timeout=60_000,
+    )
+    assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
+    assert len(fleet.active_on(UNIT)) == 1  # really running on one machine's systemd
+    shot(page, "units.png")
+
+    # Stop it again from the UI: inactive on screen and in systemd.
+    page.get_by_role("button", name=f"Stop {UNIT}").click()
+    page.wait_for_function(
+        "name => [...document.querySelectorAll('[data-unit-state]')]"
+        ".every(e => !e.getAttribute('data-unit-state').startsWith(name + '@')"
+        " || e.textContent.trim() !== 'active')",
+        arg=UNIT,
+        timeout=60_000,
+    )
+    wait_for(lambda: fleet.active_on(UNIT) == set(), timeout=30, what="unit stopped")
+    assert page.evaluate("window.__notReloaded") is True
+
+    # The admin sees the users page.
+    page.get_by_role("link", name="Users").click()
+    page.wait_for_url("**/ui/users")
+    assert page.get_by_role("cell", name="ops", exact=True).count() == 1
+    shot(page, "users.png")
+
+
+def test_permissions_session_cookie_and_csrf(fleet: Fleet, browser: Any) -> None:
+    make_user(fleet, "ops", ["admin"])
+    make_user(fleet, "fleeter", ["fleet"])
+    coord = fleet.coordinator
+
+    page = login(browser, fleet, "fleeter")
+    assert page.get_by_role("link", name="Fleet").count() == 1
+    assert page.get_by_role("link", name="Users").count() == 0
+    response = page.goto(f"{coord.endpoint}/ui/users")
+    assert response is not None and response.status == 403
+    assert "users" in response.text()
+
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["moorage_session"]
+    assert session["secure"] and session["httpOnly"] and session["sameSite"] == "Strict"
+    assert session["path"] == "/ui"
+
+    # The cookie works on /ui/ only: an API route does not take it.
+    headers = {"Cookie": f"moorage_session={session['value']}"}
+    status, _ = coord.raw("GET", "/fleet/v1/machines", headers=headers, cert=False)
+    assert status == 401
+    status, text = coord.raw("GET", "/ui/fleet", headers=headers, cert=False)
+    assert status == 200 and b"m1" in text and LOGIN_FORM not in text
+    # ... and a Bearer token does not open the dashboard.
+    token_status, body = coord.raw(
+        "POST",
+        "/api/v1/auth/token/",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"username": "ops", "password": PASSWORD}).encode(),
+        cert=False,
+    )
+    assert token_status == 201, body
+    bearer = {"Authorization": f"Bearer {json.loads(body)['data']['token']}"}
+    status, text = coord.raw("GET", "/ui/users", headers=bearer, cert=False)
+    assert status == 200 and LOGIN_FORM in text  # sent to the login form
+
+    # A form posted without the session's CSRF token is refused.
+    form = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+    status, _ = coord.raw(
+        "POST", "/ui/units/x.service/start", headers=form, data=b"csrf=wrong", cert=False
+    )
+    assert status == 403
+    # A wrong password: 401 and the form again.
+    other = browser.new_context(ignore_https_errors=True).new_page()
+    other.goto(f"{coord.endpoint}/ui/login")
+    other.get_by_label("Username").fill("fleeter")
+    other.get_by_label("Password").fill("not the password")
+    with other.expect_response(
+        lambda r: r.url.endswith("/ui/login") and r.request.method == "POST"
+    ) as info:
+        other.get_by_role("button", name="Log in").click()
+    assert info.value.status == 401
+    assert other.get_by_role("alert").text_content() == "invalid username or password"
+
+    # Logging out ends the session on the server: the old cookie no longer works.
+    page.goto(f"{coord.endpoint}/ui/fleet")
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url("**/ui/login")
+    status, text = coord.raw("GET", "/ui/fleet", headers=headers, cert=False)
+    assert status == 200 and LOGIN_FORM in text
