@@ -191,6 +191,7 @@ class Coordinator:
             users=self.users,
             machines=self.machines,
             units=self.units,
+            tasks=self.tasks,
             live=LiveHub(self.events),
         )
         self.api_port = 0

@@ -436,6 +436,8 @@ class TaskService:
             run = cached
         else:
             run = msgspec.structs.replace(run, log_size=size)
+        with contextlib.suppress(Exception):
+            self.events.emit("task.run.output", tenant=run.tenant, subject=out.run_id, size=size)
         if self._complete(run):
             self._runs.pop(out.run_id, None)
             await session.send(m.TaskAck(out.run_id, size, final=True))

@@ -26,6 +26,8 @@ from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.models import Machine
 from coordinator.store.ports import TrustStore
+from coordinator.tasks.records import RunQuery
+from coordinator.tasks.service import TaskService
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL, AuthError, Principal, user_token_principal
 from coordinator.trust.users import UserService
@@ -99,6 +101,7 @@ class NavItem:
 NAV: tuple[NavItem, ...] = (
     NavItem("/ui/fleet", "Fleet", perms.FLEET),
     NavItem("/ui/units", "Units", perms.FLEET),
+    NavItem("/ui/tasks", "Tasks", perms.TASKS),
     NavItem("/ui/users", "Users", perms.USERS),
 )
 
@@ -130,8 +133,10 @@ class Dashboard:
         users: UserService,
         machines: MachineService,
         units: UnitService,
+        tasks: TaskService,
         live: LiveHub,
     ) -> None:
+        self.tasks = tasks
         self.storage = storage
         self.users = users
         self.machines = machines
@@ -223,6 +228,13 @@ class Dashboard:
         r.post("/ui/units/{name}/stop", "Dashboard: stop a unit", permission=perms.FLEET)(
             self._unit_stop
         )
+        r.get("/ui/tasks", "Dashboard: task runs", permission=perms.TASKS)(self._runs)
+        r.get("/ui/tasks/runs/{run_id}", "Dashboard: a task run", permission=perms.TASKS)(self._run)
+        r.get(
+            "/ui/tasks/runs/{run_id}/log",
+            "Dashboard: a task run's log after a cursor (JSON)",
+            permission=perms.TASKS,
+        )(self._run_log)
         r.get("/ui/users", "Dashboard: users (admins)", permission=perms.USERS)(self._users)
         return Family(PREFIX, FLEET, [replace(x, documented=False) for x in r.routes])
 
@@ -343,6 +355,29 @@ class Dashboard:
         if unit is None:
             raise web.HTTPNotFound(reason=f"unit {name!r} does not exist")
         raise web.HTTPSeeOther(location=f"{PREFIX}/units")
+
+    async def _runs(self, request: web.Request) -> web.Response:
+        number = page_number(request.query.get("page", "1"))
+        total, runs = self.tasks.history(
+            tenant_of(request), RunQuery(limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE)
+        )
+        pages = max(1, -(-total // PAGE_SIZE))
+        return self.render(request, "tasks.html", page=Page(runs, min(number, pages), pages, total))
+
+    async def _run(self, request: web.Request) -> web.Response:
+        tenant = tenant_of(request)
+        run_id = request.match_info["run_id"]
+        run = self.tasks.run(tenant, run_id)
+        first = self.tasks.logs(tenant, run_id, "")
+        return self.render(request, "run.html", run=run, log=first.log, cursor=first.last_seen)
+
+    async def _run_log(self, request: web.Request) -> web.Response:
+        part = self.tasks.logs(
+            tenant_of(request), request.match_info["run_id"], request.query.get("last_seen", "")
+        )
+        return web.json_response(
+            {"log": part.log, "last_seen": part.last_seen}, headers={"Cache-Control": "no-store"}
+        )
 
     async def _users(self, request: web.Request) -> web.Response:
         users, total = self.users.list_users(offset=0, limit=PAGE_SIZE)

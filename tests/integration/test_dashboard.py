@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from tests.fleetrig import Fleet, fleet_of
+from tests.harness.dockerd import Dockerd
+from tests.harness.fixtures import dockerd  # noqa: F401
 from tests.procs import wait_for
+from tests.taskrig import TaskRig, counting
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +70,7 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def make_user(fleet: Fleet, name: str, permissions: list[str]) -> None:
+def make_user(fleet: Fleet | TaskRig, name: str, permissions: list[str]) -> None:
     made = fleet.coordinator.api(
         "POST",
         "/api/v1/users/",
@@ -76,7 +79,7 @@ def make_user(fleet: Fleet, name: str, permissions: list[str]) -> None:
     assert made["success"] is True, made
 
 
-def login(browser: Any, fleet: Fleet, username: str) -> Any:
+def login(browser: Any, fleet: Fleet | TaskRig, username: str, home: str = "fleet") -> Any:
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -85,7 +88,7 @@ def login(browser: Any, fleet: Fleet, username: str) -> Any:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url("**/ui/fleet")
+    page.wait_for_url(f"**/ui/{home}")
     return page
 
 
@@ -211,3 +214,45 @@ def test_permissions_session_cookie_and_csrf(fleet: Fleet, browser: Any) -> None
     page.wait_for_url("**/ui/login")
     status, text = coord.raw("GET", "/ui/fleet", headers=headers, cert=False)
     assert status == 200 and LOGIN_FORM in text
+
+
+@pytest.fixture
+def rig(tmp_path: Path, dockerd: Dockerd) -> Iterator[TaskRig]:  # noqa: F811
+    reason = browser_missing()
+    if reason:
+        pytest.skip(reason)
+    r = TaskRig(tmp_path, dockerd)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_a_running_tasks_log_grows_on_screen(rig: TaskRig, browser: Any) -> None:
+    make_user(rig, "runner", ["tasks"])
+    command, whole = counting(40, "0.25")
+    run_id = rig.execute(rig.define("counter", command))
+    page = login(browser, rig, "runner", home="tasks")
+    page.get_by_role("link", name=run_id[:8]).click()
+    page.wait_for_url(f"**/ui/tasks/runs/{run_id}")
+    page.evaluate("window.__notReloaded = true")
+    log = page.locator("#log")
+    page.wait_for_function("() => document.getElementById('log').textContent.includes('line 3\\n')")
+    early = len(log.text_content() or "")
+    assert "line 40" not in (log.text_content() or ""), "the run finished before the page showed it"
+    rig_status = rig.run(run_id)["status"]
+    assert rig_status in ("PENDING", "RUNNING"), rig_status
+    page.wait_for_function(
+        "() => document.getElementById('log').textContent.includes('line 20\\n')", timeout=60_000
+    )
+    assert len(log.text_content() or "") > early
+    shot(page, "task-run.png")
+    page.wait_for_function(
+        "() => document.querySelector('[data-run-status]').textContent.trim() === 'STOPPED'",
+        timeout=60_000,
+    )
+    page.wait_for_function(
+        "() => document.getElementById('log').textContent.includes('line 40\\n')", timeout=30_000
+    )
+    assert log.text_content() == whole  # each line once, in order
+    assert page.evaluate("window.__notReloaded") is True

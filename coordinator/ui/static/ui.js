@@ -49,11 +49,39 @@
     });
   }
 
+  // A task run's log: appended from where the page left off when its run writes.
+  var logTimer = null;
+  function followLog(again) {
+    var pre = document.getElementById("log");
+    if (!pre || !pre.hasAttribute("data-run") || (logTimer !== null && !again)) return;
+    logTimer = setTimeout(function () {
+      var url = "/ui/tasks/runs/" + encodeURIComponent(pre.getAttribute("data-run")) +
+        "/log?last_seen=" + encodeURIComponent(pre.getAttribute("data-cursor") || "");
+      fetch(url, { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (part) {
+          logTimer = null;
+          if (!part) return;
+          var more = part.last_seen !== pre.getAttribute("data-cursor") && part.log.length > 0;
+          if (part.log) pre.appendChild(document.createTextNode(part.log));
+          pre.setAttribute("data-cursor", part.last_seen);
+          pre.scrollTop = pre.scrollHeight;
+          if (more && part.log.length >= 65536) followLog(true);
+        })
+        .catch(function () { logTimer = null; });
+    }, 300);
+  }
+  followLog(false);  // catch up with what was written before the event stream opened
+
   function onEvent(message) {
     var ev;
     try { ev = JSON.parse(message.data); } catch (e) { return; }
     if (ev.kind === "unit.reported" && ev.data && ev.data.units) setUnitStates(ev.subject, ev.data.units);
     if (ev.kind === "resync" || wants(ev.kind)) scheduleRefresh();
+    if (ev.kind === "resync" || ev.kind.indexOf("task.run.") === 0) {
+      var pre = document.getElementById("log");
+      if (pre && (ev.kind === "resync" || pre.getAttribute("data-run") === ev.subject)) followLog(false);
+    }
     document.dispatchEvent(new CustomEvent("moorage:event", { detail: ev }));
   }
 
