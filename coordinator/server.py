@@ -192,6 +192,7 @@ class Coordinator:
             machines=self.machines,
             units=self.units,
             tasks=self.tasks,
+            deployments=self.deployments,
             live=LiveHub(self.events),
         )
         self.api_port = 0

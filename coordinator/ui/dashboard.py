@@ -21,6 +21,7 @@ import jinja2
 from aiohttp import web
 
 from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
+from coordinator.deploy.deployments import DeploymentService
 from coordinator.errors import DomainError
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
@@ -101,6 +102,7 @@ class NavItem:
 NAV: tuple[NavItem, ...] = (
     NavItem("/ui/fleet", "Fleet", perms.FLEET),
     NavItem("/ui/units", "Units", perms.FLEET),
+    NavItem("/ui/deployments", "Deployments", perms.DEPLOYMENTS),
     NavItem("/ui/tasks", "Tasks", perms.TASKS),
     NavItem("/ui/users", "Users", perms.USERS),
 )
@@ -134,8 +136,10 @@ class Dashboard:
         machines: MachineService,
         units: UnitService,
         tasks: TaskService,
+        deployments: DeploymentService,
         live: LiveHub,
     ) -> None:
+        self.deployments = deployments
         self.tasks = tasks
         self.storage = storage
         self.users = users
@@ -228,6 +232,20 @@ class Dashboard:
         r.post("/ui/units/{name}/stop", "Dashboard: stop a unit", permission=perms.FLEET)(
             self._unit_stop
         )
+        r.get("/ui/deployments", "Dashboard: deployments", permission=perms.DEPLOYMENTS)(
+            self._deployments
+        )
+        r.get(
+            "/ui/deployments/{deployment_id}",
+            "Dashboard: a deployment, its releases and the live rollout",
+            permission=perms.DEPLOYMENTS,
+        )(self._deployment)
+        r.post(
+            "/ui/deployments/{deployment_id}/deploy",
+            "Dashboard: deploy (cut a release and roll it out)",
+            permission=perms.DEPLOYMENTS,
+            limit="deploy",
+        )(self._deploy)
         r.get("/ui/tasks", "Dashboard: task runs", permission=perms.TASKS)(self._runs)
         r.get("/ui/tasks/runs/{run_id}", "Dashboard: a task run", permission=perms.TASKS)(self._run)
         r.get(
@@ -355,6 +373,40 @@ class Dashboard:
         if unit is None:
             raise web.HTTPNotFound(reason=f"unit {name!r} does not exist")
         raise web.HTTPSeeOther(location=f"{PREFIX}/units")
+
+    async def _deployments(self, request: web.Request) -> web.Response:
+        tenant = tenant_of(request)
+        apps = {a.id: a.name for a in self.deployments.applications(tenant=tenant)}
+        page = page_of(
+            self.deployments.deployments(tenant=tenant),
+            page_number(request.query.get("page", "1")),
+        )
+        return self.render(request, "deployments.html", page=page, apps=apps)
+
+    async def _deployment(self, request: web.Request) -> web.Response:
+        tenant = tenant_of(request)
+        d = self.deployments.deployment(request.match_info["deployment_id"], tenant=tenant)
+        releases = list(reversed(self.deployments.releases(d.id, tenant=tenant)))[:PAGE_SIZE]
+        latest = releases[0] if releases else None
+        jobs = self.deployments.release_jobs(latest) if latest is not None else []
+        app = self.deployments.application(d.application_id, tenant=tenant)
+        return self.render(
+            request,
+            "deployment.html",
+            d=d,
+            app=app,
+            releases=releases,
+            latest=latest,
+            jobs=sorted(jobs, key=lambda j: (j.batch, j.machine_id)),
+        )
+
+    async def _deploy(self, request: web.Request) -> web.StreamResponse:
+        await self.form(request)
+        d = self.deployments.deployment(
+            request.match_info["deployment_id"], tenant=tenant_of(request)
+        )
+        await self.deployments.deploy(d.id, tenant=d.tenant)
+        raise web.HTTPSeeOther(location=f"{PREFIX}/deployments/{d.id}")
 
     async def _runs(self, request: web.Request) -> web.Response:
         number = page_number(request.query.get("page", "1"))

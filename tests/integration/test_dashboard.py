@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fleetrig import Fleet, fleet_of
+from tests.fmclient import FleetManager
 from tests.harness.dockerd import Dockerd
 from tests.harness.fixtures import dockerd  # noqa: F401
 from tests.procs import wait_for
@@ -256,3 +257,61 @@ def test_a_running_tasks_log_grows_on_screen(rig: TaskRig, browser: Any) -> None
     )
     assert log.text_content() == whole  # each line once, in order
     assert page.evaluate("window.__notReloaded") is True
+
+
+ROLLOUT = """\
+units:
+  - name: site.service
+    contents: |
+      [Service]
+      ExecStart=/bin/sh -c 'while true; do echo up; sleep 1; done'
+rollout:
+  batch_size: 1
+  min_healthy_s: 2
+  timeout_s: 60
+"""
+
+
+def test_deploy_a_release_and_watch_the_rollout_live(fleet: Fleet, browser: Any) -> None:
+    fm = FleetManager(fleet.coordinator)
+    app = fm.ok(
+        "POST",
+        "/deployment-applications",
+        {"name": "site", "version": "1", "sourceConfig": ROLLOUT, "sourceType": "gitops"},
+        expect=201,
+    )
+    group = fm.default_group()
+    dep = fm.ok(
+        "POST",
+        "/deployments",
+        {"name": "site-prod", "applicationId": app["id"], "targetGroup": group["id"]},
+        expect=201,
+    )
+    make_user(fleet, "deployer", ["deployments"])
+    page = login(browser, fleet, "deployer", home="deployments")
+    page.get_by_role("link", name="site-prod").click()
+    page.wait_for_url(f"**/ui/deployments/{dep['id']}")
+    page.evaluate(
+        "window.__notReloaded = true; window.__kinds = [];"
+        "document.addEventListener('moorage:event', e => window.__kinds.push(e.detail.kind))"
+    )
+    page.get_by_role("button", name="Deploy").click()
+    status = page.locator("[data-release-status]")
+    page.wait_for_function(
+        "() => { const s = document.querySelector('[data-release-status]');"
+        " return s && s.textContent.trim() === 'Success'; }",
+        timeout=90_000,
+    )
+    kinds = page.evaluate("window.__kinds")
+    assert "deployment.started" in kinds and "rollout.batch" in kinds, kinds
+    assert "deployment.completed" in kinds, kinds
+    assert page.evaluate("window.__notReloaded") is True
+    assert status.text_content() == "Success"
+    jobs = page.locator("tr[data-job]")
+    assert jobs.count() == 2
+    assert [jobs.nth(i).locator("td").nth(2).text_content() for i in range(2)] == [
+        "Success",
+        "Success",
+    ]
+    assert fleet.active_on("site.service") == {"m1", "m2"}
+    shot(page, "rollout.png")
