@@ -193,6 +193,7 @@ class Coordinator:
             units=self.units,
             tasks=self.tasks,
             deployments=self.deployments,
+            environments=self.environments,
             live=LiveHub(self.events),
         )
         self.api_port = 0

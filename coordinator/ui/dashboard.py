@@ -20,8 +20,11 @@ from typing import Any, TypeVar
 import jinja2
 from aiohttp import web
 
+from coordinator.api.environments import actor_of
 from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
 from coordinator.deploy.deployments import DeploymentService
+from coordinator.envs import rules
+from coordinator.envs.service import EnvironmentService
 from coordinator.errors import DomainError
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
@@ -103,6 +106,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("/ui/fleet", "Fleet", perms.FLEET),
     NavItem("/ui/units", "Units", perms.FLEET),
     NavItem("/ui/deployments", "Deployments", perms.DEPLOYMENTS),
+    NavItem("/ui/environments", "Environments", perms.ENVIRONMENTS),
     NavItem("/ui/tasks", "Tasks", perms.TASKS),
     NavItem("/ui/users", "Users", perms.USERS),
 )
@@ -137,8 +141,10 @@ class Dashboard:
         units: UnitService,
         tasks: TaskService,
         deployments: DeploymentService,
+        environments: EnvironmentService,
         live: LiveHub,
     ) -> None:
+        self.environments = environments
         self.deployments = deployments
         self.tasks = tasks
         self.storage = storage
@@ -246,6 +252,22 @@ class Dashboard:
             permission=perms.DEPLOYMENTS,
             limit="deploy",
         )(self._deploy)
+        r.get(
+            "/ui/environments",
+            "Dashboard: environments in promotion order, approvals",
+            permission=perms.ENVIRONMENTS,
+        )(self._environments)
+        r.post(
+            "/ui/promotions/{promotion_id}/approve",
+            "Dashboard: approve a promotion",
+            permission=perms.APPROVALS,
+            limit="deploy",
+        )(self._approve)
+        r.post(
+            "/ui/promotions/{promotion_id}/reject",
+            "Dashboard: reject a promotion",
+            permission=perms.APPROVALS,
+        )(self._reject)
         r.get("/ui/tasks", "Dashboard: task runs", permission=perms.TASKS)(self._runs)
         r.get("/ui/tasks/runs/{run_id}", "Dashboard: a task run", permission=perms.TASKS)(self._run)
         r.get(
@@ -407,6 +429,42 @@ class Dashboard:
         )
         await self.deployments.deploy(d.id, tenant=d.tenant)
         raise web.HTTPSeeOther(location=f"{PREFIX}/deployments/{d.id}")
+
+    async def _environments(self, request: web.Request) -> web.Response:
+        tenant = tenant_of(request)
+        envs = rules.ordered(self.environments.environments(tenant=tenant))
+        names = {e.id: e.name for e in envs}
+        apps = {a.id: a.name for a in self.deployments.applications(tenant=tenant)}
+        promotions = self.environments.promotions(tenant=tenant)
+        return self.render(
+            request,
+            "environments.html",
+            envs=[(e, self.environments.current_release(e)) for e in envs],
+            names=names,
+            apps=apps,
+            pending=[p for p in promotions if p.status == "pending_approval"],
+            recent=[p for p in promotions if p.status != "pending_approval"][:PAGE_SIZE],
+        )
+
+    async def _approve(self, request: web.Request) -> web.StreamResponse:
+        fields = await self.form(request)
+        await self.environments.approve(
+            request.match_info["promotion_id"],
+            actor_of(request),
+            comment=fields.get("comment", "")[:1000],
+            tenant=tenant_of(request),
+        )
+        raise web.HTTPSeeOther(location=f"{PREFIX}/environments")
+
+    async def _reject(self, request: web.Request) -> web.StreamResponse:
+        fields = await self.form(request)
+        self.environments.reject(
+            request.match_info["promotion_id"],
+            actor_of(request),
+            comment=fields.get("comment", "")[:1000],
+            tenant=tenant_of(request),
+        )
+        raise web.HTTPSeeOther(location=f"{PREFIX}/environments")
 
     async def _runs(self, request: web.Request) -> web.Response:
         number = page_number(request.query.get("page", "1"))

@@ -315,3 +315,85 @@ def test_deploy_a_release_and_watch_the_rollout_live(fleet: Fleet, browser: Any)
     ]
     assert fleet.active_on("site.service") == {"m1", "m2"}
     shot(page, "rollout.png")
+
+
+def test_approve_a_promotion_as_a_second_user_not_as_the_requester(
+    fleet: Fleet, browser: Any
+) -> None:
+    coord = fleet.coordinator
+    app = coord.api(
+        "POST",
+        "/api/v2/deployment-applications",
+        {"name": "shop", "version": "1", "sourceConfig": ROLLOUT, "sourceType": "git"},
+    )
+    prod = coord.api(
+        "POST",
+        "/api/v1/environments",
+        {"name": "production", "orderIndex": 1, "requiredApprovals": 1, "requireSod": True},
+    )
+    coord.api(
+        "POST",
+        "/api/v1/targets",
+        {
+            "environmentId": prod["id"],
+            "name": "prod-01",
+            "targetType": "compose_host",
+            "connection": {"host": "10.0.0.1"},
+            "machineId": "m1",
+        },
+    )
+    make_user(fleet, "alice", ["deployments", "environments", "approvals"])
+    make_user(fleet, "bob", ["environments", "approvals"])
+    status, body = coord.raw(
+        "POST",
+        "/api/v1/auth/token/",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps({"username": "alice", "password": PASSWORD}).encode(),
+        cert=False,
+    )
+    assert status == 201, body
+    alice_token = json.loads(body)["data"]["token"]
+    status, body = coord.raw(
+        "POST",
+        f"/api/v1/environments/{prod['id']}/promotions",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {alice_token}"},
+        data=json.dumps({"applicationId": app["id"], "version": "1"}).encode(),
+        cert=False,
+    )
+    assert status == 201, body
+    promotion = json.loads(body)
+    assert promotion["status"] == "pending_approval"
+
+    # The requester's own approve is refused by the service (separation of duties).
+    alice = login(browser, fleet, "alice", home="deployments")
+    alice.get_by_role("link", name="Environments").click()
+    alice.wait_for_url("**/ui/environments")
+    row = alice.locator(f"tr[data-promotion='{promotion['id']}']")
+    row.get_by_role("button", name="Approve").click()
+    alert = alice.locator("#flash")
+    alice.wait_for_function("() => document.getElementById('flash').textContent.length > 0")
+    assert "Refused (403)" in (alert.text_content() or "")
+    assert "separation of duties" in (alert.text_content() or "")
+    assert coord.api("GET", f"/api/v1/promotions/{promotion['id']}")["status"] == (
+        "pending_approval"
+    )
+    shot(alice, "approval-refused.png")
+    alice.evaluate("window.__notReloaded = true")
+
+    # A second user approves: the promotion rolls out; the requester's page follows live.
+    bob = login(browser, fleet, "bob", home="environments")
+    bob.locator(f"tr[data-promotion='{promotion['id']}']").get_by_role(
+        "button", name="Approve"
+    ).click()
+    alice.wait_for_function(
+        "id => { const r = document.querySelector(`tr[data-promotion='${id}'] [data-promotion-status]`);"
+        " return r && r.textContent.trim() === 'completed'; }",
+        arg=promotion["id"],
+        timeout=90_000,
+    )
+    assert alice.evaluate("window.__notReloaded") is True
+    done = coord.api("GET", f"/api/v1/promotions/{promotion['id']}")
+    assert done["status"] == "completed" and [a["name"] for a in done["approvals"]] == ["bob"]
+    assert fleet.active_on("site.service") == {"m1"}
+    assert alice.locator("tr[data-env='production']").get_by_text("shop").count() == 1
+    shot(alice, "environments.png")

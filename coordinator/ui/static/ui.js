@@ -90,6 +90,11 @@
     source.onmessage = onEvent;
   }
 
+  function flash(text) {
+    var el = document.getElementById("flash");
+    if (el) el.textContent = text;
+  }
+
   // Forms marked data-async post in the background; the page stays, live events update it.
   document.addEventListener("submit", function (e) {
     var form = e.target;
@@ -97,9 +102,16 @@
     e.preventDefault();
     fetch(form.action, { method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "same-origin" })
       .then(function (r) {
-        if (!r.ok) return r.text().then(function (t) { alert("Refused (" + r.status + "): " + t); });
+        if (!r.ok) {
+          return r.text().then(function (t) {
+            var message = t;
+            try { var body = JSON.parse(t); message = (body.error && body.error.message) || body.error || t; } catch (e) {}
+            flash("Refused (" + r.status + "): " + message);
+          });
+        }
+        flash("");
         scheduleRefresh();
       })
-      .catch(function (err) { alert("Request failed: " + err); });
+      .catch(function (err) { flash("Request failed: " + err); });
   });
 })();
