@@ -194,6 +194,8 @@ class Coordinator:
             tasks=self.tasks,
             deployments=self.deployments,
             environments=self.environments,
+            webops=self.webops,
+            audit=self.audit,
             live=LiveHub(self.events),
         )
         self.api_port = 0

@@ -22,13 +22,14 @@ from aiohttp import web
 
 from coordinator.api.environments import actor_of
 from coordinator.api.routing import FLEET, Family, RouteTable, tenant_of
+from coordinator.audit import AuditLog
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.envs import rules
 from coordinator.envs.service import EnvironmentService
 from coordinator.errors import DomainError
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
-from coordinator.models import Machine
+from coordinator.models import AuditQuery, Machine
 from coordinator.store.ports import TrustStore
 from coordinator.tasks.records import RunQuery
 from coordinator.tasks.service import TaskService
@@ -37,6 +38,8 @@ from coordinator.trust.auth import PRINCIPAL, AuthError, Principal, user_token_p
 from coordinator.trust.users import UserService
 from coordinator.ui import sessions as ss
 from coordinator.ui.live import LiveHub
+from coordinator.webops.records import WebQuery
+from coordinator.webops.service import WebOpsService
 from proto.messages import DesiredState
 
 PREFIX = "/ui"
@@ -108,6 +111,8 @@ NAV: tuple[NavItem, ...] = (
     NavItem("/ui/deployments", "Deployments", perms.DEPLOYMENTS),
     NavItem("/ui/environments", "Environments", perms.ENVIRONMENTS),
     NavItem("/ui/tasks", "Tasks", perms.TASKS),
+    NavItem("/ui/webops", "WebOps", perms.DEPLOYMENTS),
+    NavItem("/ui/audit", "Audit log", perms.ADMIN),
     NavItem("/ui/users", "Users", perms.USERS),
 )
 
@@ -142,8 +147,12 @@ class Dashboard:
         tasks: TaskService,
         deployments: DeploymentService,
         environments: EnvironmentService,
+        webops: WebOpsService,
+        audit: AuditLog,
         live: LiveHub,
     ) -> None:
+        self.webops = webops
+        self.audit = audit
         self.environments = environments
         self.deployments = deployments
         self.tasks = tasks
@@ -275,6 +284,20 @@ class Dashboard:
             "Dashboard: a task run's log after a cursor (JSON)",
             permission=perms.TASKS,
         )(self._run_log)
+        r.get("/ui/webops", "Dashboard: WebOps deployments", permission=perms.DEPLOYMENTS)(
+            self._webops
+        )
+        r.get(
+            "/ui/webops/{web_name}",
+            "Dashboard: a WebOps deployment and its logs",
+            permission=perms.DEPLOYMENTS,
+        )(self._webop)
+        r.post(
+            "/ui/webops/{web_name}/{web_action}",
+            "Dashboard: start, stop, restart or redeploy a WebOps deployment",
+            permission=perms.DEPLOYMENTS,
+        )(self._webop_action)
+        r.get("/ui/audit", "Dashboard: the audit log (admins)", permission=perms.ADMIN)(self._audit)
         r.get("/ui/users", "Dashboard: users (admins)", permission=perms.USERS)(self._users)
         return Family(PREFIX, FLEET, [replace(x, documented=False) for x in r.routes])
 
@@ -488,6 +511,50 @@ class Dashboard:
         return web.json_response(
             {"log": part.log, "last_seen": part.last_seen}, headers={"Cache-Control": "no-store"}
         )
+
+    async def _webops(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "")[:MAX_QUERY]
+        number = page_number(request.query.get("page", "1"))
+        found, total = self.webops.list_deployments(
+            tenant_of(request),
+            WebQuery(search=query, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE),
+        )
+        pages = max(1, -(-total // PAGE_SIZE))
+        return self.render(
+            request, "webops.html", page=Page(found, min(number, pages), pages, total), q=query
+        )
+
+    async def _webop(self, request: web.Request) -> web.Response:
+        dep = self.webops.get(tenant_of(request), request.match_info["web_name"])
+        return self.render(
+            request,
+            "webop.html",
+            dep=dep,
+            health=self.webops.health_of(dep),
+            logs=self.webops.logs(dep, tail=200),
+        )
+
+    async def _webop_action(self, request: web.Request) -> web.StreamResponse:
+        await self.form(request)
+        dep = self.webops.get(tenant_of(request), request.match_info["web_name"])
+        actions = {
+            "start": self.webops.start,
+            "stop": self.webops.stop,
+            "restart": self.webops.restart,
+            "redeploy": self.webops.redeploy,
+        }
+        action = actions.get(request.match_info["web_action"])
+        if action is None:
+            raise web.HTTPNotFound(reason="unknown action: start, stop, restart or redeploy")
+        await action(dep)
+        raise web.HTTPSeeOther(location=f"{PREFIX}/webops/{dep.name}")
+
+    async def _audit(self, request: web.Request) -> web.Response:
+        before = page_number(request.query.get("before", "0")) if "before" in request.query else 0
+        entries, cursor = await self.audit.query(
+            AuditQuery(tenant=tenant_of(request), before=before, limit=PAGE_SIZE)
+        )
+        return self.render(request, "audit.html", entries=entries, cursor=cursor)
 
     async def _users(self, request: web.Request) -> web.Response:
         users, total = self.users.list_users(offset=0, limit=PAGE_SIZE)

@@ -154,6 +154,16 @@ def test_login_fleet_and_start_a_unit_live(fleet: Fleet, browser: Any) -> None:
     assert page.get_by_role("cell", name="ops", exact=True).count() == 1
     shot(page, "users.png")
 
+    # The audit log shows the start and stop made from the dashboard, by whom.
+    page.get_by_role("link", name="Audit log").click()
+    page.wait_for_url("**/ui/audit")
+    starts = page.locator("tr[data-audit]", has_text=f"POST /ui/units/{UNIT}/start")
+    assert starts.count() == 1 and "user:ops" in (starts.text_content() or "")
+    shot(page, "audit.png")
+    page.get_by_role("link", name="WebOps").click()
+    page.wait_for_url("**/ui/webops")
+    assert page.get_by_text("No WebOps deployments.").count() == 1
+
 
 def test_permissions_session_cookie_and_csrf(fleet: Fleet, browser: Any) -> None:
     make_user(fleet, "ops", ["admin"])
@@ -163,9 +173,15 @@ def test_permissions_session_cookie_and_csrf(fleet: Fleet, browser: Any) -> None
     page = login(browser, fleet, "fleeter")
     assert page.get_by_role("link", name="Fleet").count() == 1
     assert page.get_by_role("link", name="Users").count() == 0
-    response = page.goto(f"{coord.endpoint}/ui/users")
-    assert response is not None and response.status == 403
-    assert "users" in response.text()
+    assert page.get_by_role("link", name="Audit log").count() == 0
+    for admin_page, needs in (
+        ("users", "users"),
+        ("audit", "admin"),
+        ("environments", "environments"),
+    ):
+        response = page.goto(f"{coord.endpoint}/ui/{admin_page}")
+        assert response is not None and response.status == 403, admin_page
+        assert f"needs the '{needs}' permission" in response.text()
 
     cookies = {c["name"]: c for c in page.context.cookies()}
     session = cookies["moorage_session"]
