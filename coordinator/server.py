@@ -196,6 +196,8 @@ class Coordinator:
             environments=self.environments,
             webops=self.webops,
             audit=self.audit,
+            reports=self.reports,
+            logs=self.logs,
             live=LiveHub(self.events),
         )
         self.api_port = 0

@@ -30,6 +30,8 @@ from coordinator.errors import DomainError
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.models import AuditQuery, Machine
+from coordinator.reports.logs import LogService
+from coordinator.reports.service import ReportService
 from coordinator.store.ports import TrustStore
 from coordinator.tasks.records import RunQuery
 from coordinator.tasks.service import TaskService
@@ -149,8 +151,12 @@ class Dashboard:
         environments: EnvironmentService,
         webops: WebOpsService,
         audit: AuditLog,
+        reports: ReportService,
+        logs: LogService,
         live: LiveHub,
     ) -> None:
+        self.reports = reports
+        self.logs = logs
         self.webops = webops
         self.audit = audit
         self.environments = environments
@@ -240,6 +246,9 @@ class Dashboard:
         r.get("/ui/static/ui.js", "Dashboard script", public=True)(self._script)
         r.get("/ui/events", "Dashboard live events (server-sent events)")(self._events)
         r.get("/ui/fleet", "Dashboard: machines", permission=perms.FLEET)(self._fleet)
+        r.get("/ui/fleet/{machine_id}", "Dashboard: a machine", permission=perms.FLEET)(
+            self._machine
+        )
         r.get("/ui/units", "Dashboard: units", permission=perms.FLEET)(self._units)
         r.post("/ui/units/{name}/start", "Dashboard: start a unit", permission=perms.FLEET)(
             self._unit_start
@@ -391,7 +400,35 @@ class Dashboard:
         query = request.query.get("q", "")[:MAX_QUERY]
         found = [m for m in self.machines.list_machines(tenant=tenant) if machine_matches(m, query)]
         page = page_of(found, page_number(request.query.get("page", "1")))
-        return self.render(request, "fleet.html", page=page, q=query)
+        drift = {d.machine_id: len(d.entries) for d in self.reports.drift(tenant=tenant)}
+        return self.render(request, "fleet.html", page=page, q=query, drift=drift)
+
+    async def _machine(self, request: web.Request) -> web.Response:
+        tenant = tenant_of(request)
+        machine = self.machines.get(request.match_info["machine_id"], tenant=tenant)
+        copies = self.units.copies(machine_id=machine.id, tenant=tenant)
+        unit = request.query.get("unit", "")[:MAX_QUERY]
+        journal: list[str] = []
+        journal_error = ""
+        if unit:
+            try:
+                async for chunk in self.logs.stream(machine.id, unit, lines=50, follow=False):
+                    if chunk.error:
+                        journal_error = chunk.error
+                    journal += [line.message for line in chunk.lines]
+            except DomainError as exc:
+                journal_error = str(exc)
+        return self.render(
+            request,
+            "machine.html",
+            m=machine,
+            copies=copies,
+            stickers=self.reports.stickers(machine.id, tenant=tenant),
+            drift=self.reports.drift(machine.id, tenant=tenant),
+            unit=unit,
+            journal=journal[-50:],
+            journal_error=journal_error,
+        )
 
     async def _units(self, request: web.Request) -> web.Response:
         tenant = tenant_of(request)

@@ -136,6 +136,19 @@ def test_login_fleet_and_start_a_unit_live(fleet: Fleet, browser: Any) -> None:
     assert len(fleet.active_on(UNIT)) == 1  # really running on one machine's systemd
     shot(page, "units.png")
 
+    # The machine's page: its units with their state, and a unit's journal tail.
+    (host,) = fleet.active_on(UNIT)
+    page.goto(f"{fleet.coordinator.endpoint}/ui/fleet/{host}")
+    assert page.locator(f"[data-unit-state='{UNIT}@{host}']").text_content() == "active"
+    page.get_by_role("link", name="journal").first.click()
+    page.wait_for_url(f"**/ui/fleet/{host}?unit=*")
+    assert page.get_by_role("heading", name=f"Journal of {UNIT} (last 50 lines)").count() == 1
+    assert "Started web.service" in (page.locator("pre").text_content() or "")
+    assert page.get_by_text("No drift reported.").count() == 1
+    shot(page, "machine.png")
+    page.goto(f"{fleet.coordinator.endpoint}/ui/units")
+    page.evaluate("window.__notReloaded = true")
+
     # Stop it again from the UI: inactive on screen and in systemd.
     page.get_by_role("button", name=f"Stop {UNIT}").click()
     page.wait_for_function(
