@@ -124,6 +124,35 @@ def nav_for(allows: Callable[[str], bool]) -> list[NavItem]:
     return [n for n in NAV if n.permission is None or allows(n.permission)]
 
 
+DAY_S = 86400.0
+CALENDAR_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    reason: str
+
+
+def frozen_days(
+    windows: Sequence[Window], first_day: float, days: int = CALENDAR_DAYS
+) -> list[str]:
+    """For each of `days` UTC days from `first_day` (a midnight), the reasons of the
+    freeze windows overlapping it ("" none). Pure."""
+    out = []
+    for i in range(days):
+        start, end = first_day + i * DAY_S, first_day + (i + 1) * DAY_S
+        reasons = [w.reason or "frozen" for w in windows if w.start < end and w.end > start]
+        out.append("; ".join(reasons))
+    return out
+
+
+def midnight(at: float) -> float:
+    """The UTC midnight starting the day of `at`. Pure."""
+    return at - at % DAY_S
+
+
 def ago(at: float, now: float) -> str:
     """`12s ago`, `5m ago`, `3h ago`, `2d ago`; `never` for 0. Pure."""
     if at <= 0:
@@ -496,9 +525,22 @@ class Dashboard:
         names = {e.id: e.name for e in envs}
         apps = {a.id: a.name for a in self.deployments.applications(tenant=tenant)}
         promotions = self.environments.promotions(tenant=tenant)
+        first_day = midnight(time.time())
+        calendar = {
+            e.id: frozen_days(
+                [Window(w.start, w.end, w.reason) for w in self.environments.windows_of(e)],
+                first_day,
+            )
+            for e in envs
+        }
         return self.render(
             request,
             "environments.html",
+            calendar=calendar,
+            days=[
+                time.strftime("%a %d %b", time.gmtime(first_day + i * DAY_S))
+                for i in range(CALENDAR_DAYS)
+            ],
             envs=[(e, self.environments.current_release(e)) for e in envs],
             names=names,
             apps=apps,

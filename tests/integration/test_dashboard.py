@@ -9,6 +9,7 @@ README shows (docs/screenshots/)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -371,6 +372,18 @@ def test_approve_a_promotion_as_a_second_user_not_as_the_requester(
             "machineId": "m1",
         },
     )
+    # A freeze window from the day after tomorrow: on the calendar, no bar to today's promotion.
+    day = 86400
+    starts = (int(time.time()) // day + 2) * day
+    coord.api(
+        "POST",
+        f"/api/v1/environments/{prod['id']}/freeze-windows",
+        {
+            "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(starts)),
+            "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(starts + day - 1)),
+            "reason": "Holiday freeze",
+        },
+    )
     make_user(fleet, "alice", ["deployments", "environments", "approvals"])
     make_user(fleet, "bob", ["environments", "approvals"])
     status, body = coord.raw(
@@ -402,6 +415,13 @@ def test_approve_a_promotion_as_a_second_user_not_as_the_requester(
     alert = alice.locator("#flash")
     alice.wait_for_function("() => document.getElementById('flash').textContent.length > 0")
     assert "Refused (403)" in (alert.text_content() or "")
+    calendar = alice.locator("table.calendar tr", has_text="production").locator("td")
+    assert [calendar.nth(i).get_attribute("title") for i in range(4)] == [
+        None,
+        None,
+        "Holiday freeze",
+        None,
+    ]
     assert "separation of duties" in (alert.text_content() or "")
     assert coord.api("GET", f"/api/v1/promotions/{promotion['id']}")["status"] == (
         "pending_approval"

@@ -9,7 +9,16 @@ from coordinator.events import Event, EventBus
 from coordinator.models import Machine
 from coordinator.trust import permissions as perms
 from coordinator.ui import live
-from coordinator.ui.dashboard import ago, machine_matches, nav_for, page_number, page_of
+from coordinator.ui.dashboard import (
+    Window,
+    ago,
+    frozen_days,
+    machine_matches,
+    midnight,
+    nav_for,
+    page_number,
+    page_of,
+)
 from coordinator.ui.sessions import SessionStore, same_secret
 
 
@@ -85,3 +94,15 @@ async def test_live_hub_is_per_tenant_and_bounded() -> None:
         assert await asyncio.wait_for(hub.next_frame(other), 5) == b": keep-alive\n\n"
     finally:
         live.KEEPALIVE_S = saved
+
+
+def test_frozen_days_marks_each_day_a_window_overlaps() -> None:
+    day = 86400.0
+    first = midnight(10 * day + 3600)
+    assert first == 10 * day
+    windows = [
+        Window(first + 1.5 * day, first + 3 * day, "release freeze"),  # days 1 and 2
+        Window(first - day, first + 0.1 * day, ""),  # day 0, from before
+    ]
+    days = frozen_days(windows, first, 5)
+    assert days == ["frozen", "release freeze", "release freeze", "", ""]
