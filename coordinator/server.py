@@ -344,7 +344,11 @@ class Coordinator:
         gate.actor = ACTOR.set(principal.label)  # reset when the request ends
         if principal.kind != "certificate":
             key = principal.token_id or principal.label
-            if not principal.unlimited and self.limiter.hit(TOKEN, key) and gate.shown is None:
+            # The per-token general limit is the APIs' contract with their clients; a
+            # dashboard session's pages and live refreshes do not count against it
+            # (its logins, deploys and approvals keep their own limits).
+            counted = not principal.unlimited and not dashboard
+            if counted and self.limiter.hit(TOKEN, key) and gate.shown is None:
                 gate.shown = (TOKEN, key)
         # The one permission check: what the route declares, against what the caller holds.
         refusal = permission_refusal(route, principal.allows)

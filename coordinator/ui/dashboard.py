@@ -10,7 +10,6 @@ Every form posts the session's CSRF token. Live updates: /ui/events (live.py).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -418,8 +417,8 @@ class Dashboard:
             await response.write(b"retry: 3000\n\n")
             while True:
                 await response.write(await self.live.next_frame(stream))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the browser went away
         finally:
             self.live.close(stream)
         return response

@@ -99,3 +99,18 @@ async def test_ten_thousand_machines_a_page_at_a_time_and_searchable(
     found = await (await client.get("/ui/fleet?q=m0424", headers=cookie)).text()
     assert found.count("<tr data-machine=") == 10  # m04240 .. m04249
     assert "Page 1 of 1 (10 in all)" in found
+
+
+async def test_pages_do_not_spend_the_api_tokens_hourly_limit(
+    served: tuple[Client, Coordinator],
+) -> None:
+    """A browser refreshes often; the per-token limit (100 an hour by default) is the
+    APIs' contract and must not lock a dashboard user out after a few minutes."""
+    client, coordinator = served
+    assert coordinator.limiter.enabled
+    await coordinator.users.create_user("ann", "a long password", permissions=["fleet"])
+    _, session = await log_in(client, "ann", "a long password")
+    cookie = {"Cookie": f"{COOKIE}={session}"}
+    for _ in range(coordinator.config.rate_limits.token.count + 20):
+        resp = await client.get("/ui/fleet", headers=cookie)
+        assert resp.status == 200
