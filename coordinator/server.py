@@ -198,6 +198,7 @@ class Coordinator:
             audit=self.audit,
             reports=self.reports,
             logs=self.logs,
+            tokens=self.tokens,
             live=LiveHub(self.events),
         )
         self.api_port = 0

@@ -35,6 +35,7 @@ from coordinator.store.ports import TrustStore
 from coordinator.tasks.records import RunQuery
 from coordinator.tasks.service import TaskService
 from coordinator.trust import permissions as perms
+from coordinator.trust.access import TokenService
 from coordinator.trust.auth import PRINCIPAL, AuthError, Principal, user_token_principal
 from coordinator.trust.users import UserService
 from coordinator.ui import sessions as ss
@@ -152,6 +153,11 @@ def midnight(at: float) -> float:
     return at - at % DAY_S
 
 
+def when(at: float) -> str:
+    """`2026-12-07 02:07 UTC`. Pure."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
 def ago(at: float, now: float) -> str:
     """`12s ago`, `5m ago`, `3h ago`, `2d ago`; `never` for 0. Pure."""
     if at <= 0:
@@ -181,8 +187,10 @@ class Dashboard:
         audit: AuditLog,
         reports: ReportService,
         logs: LogService,
+        tokens: TokenService,
         live: LiveHub,
     ) -> None:
+        self.tokens = tokens
         self.reports = reports
         self.logs = logs
         self.webops = webops
@@ -239,6 +247,7 @@ class Dashboard:
             path=request.path,
             now=time.time(),
             ago=ago,
+            when=when,
             **ctx,
         )
         response = web.Response(text=text, status=status, content_type="text/html")
@@ -635,5 +644,12 @@ class Dashboard:
         return self.render(request, "audit.html", entries=entries, cursor=cursor)
 
     async def _users(self, request: web.Request) -> web.Response:
-        users, total = self.users.list_users(offset=0, limit=PAGE_SIZE)
-        return self.render(request, "users.html", users=users, total=total)
+        number = page_number(request.query.get("page", "1"))
+        users, total = self.users.list_users(offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        pages = max(1, -(-total // PAGE_SIZE))
+        return self.render(
+            request,
+            "users.html",
+            page=Page(users, min(number, pages), pages, total),
+            tokens=self.tokens.api_tokens(tenant=tenant_of(request)),
+        )
