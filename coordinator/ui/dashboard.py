@@ -411,7 +411,11 @@ class Dashboard:
         response.set_cookie(name, value, path=path, secure=True, httponly=True, samesite="Strict")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        stream = self.live.open(tenant_of(request))
+        owner = request[SESSION].id
+        status = self.live.refusal(owner)
+        if status == 429:
+            raise web.HTTPTooManyRequests(reason="too many live streams open for this session")
+        stream = self.live.open(tenant_of(request), owner)
         if stream is None:
             raise web.HTTPServiceUnavailable(reason="too many live streams open")
         response = web.StreamResponse(

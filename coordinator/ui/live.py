@@ -19,14 +19,17 @@ from coordinator.events import Event, EventBus
 QUEUE_MAX = 256
 MAX_STREAMS = 1000
 """Open event streams over all tenants; more are refused (503)."""
+MAX_PER_OWNER = 8
+"""Open event streams of one session (a few tabs); more are refused (429)."""
 KEEPALIVE_S = 15.0
 
 
 class Stream:
-    __slots__ = ("overflowed", "queue", "tenant")
+    __slots__ = ("overflowed", "owner", "queue", "tenant")
 
-    def __init__(self, tenant: str) -> None:
+    def __init__(self, tenant: str, owner: str = "") -> None:
         self.tenant = tenant
+        self.owner = owner
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_MAX)
         self.overflowed = False
 
@@ -50,10 +53,18 @@ class LiveHub:
         self.streams: set[Stream] = set()
         events.subscribe(self._on_event)
 
-    def open(self, tenant: str) -> Stream | None:
+    def refusal(self, owner: str) -> int:
+        """The status refusing one more stream for `owner` (0: it may open one)."""
         if len(self.streams) >= MAX_STREAMS:
+            return 503
+        if sum(1 for s in self.streams if s.owner == owner) >= MAX_PER_OWNER:
+            return 429
+        return 0
+
+    def open(self, tenant: str, owner: str = "") -> Stream | None:
+        if self.refusal(owner):
             return None
-        stream = Stream(tenant)
+        stream = Stream(tenant, owner)
         self.streams.add(stream)
         return stream
 

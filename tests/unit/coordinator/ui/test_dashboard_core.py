@@ -106,3 +106,14 @@ def test_frozen_days_marks_each_day_a_window_overlaps() -> None:
     ]
     days = frozen_days(windows, first, 5)
     assert days == ["frozen", "release freeze", "release freeze", "", ""]
+
+
+def test_live_streams_are_capped_per_session() -> None:
+    hub = live.LiveHub(EventBus())
+    mine = [hub.open("default", "s1") for _ in range(live.MAX_PER_OWNER)]
+    assert all(mine) and hub.refusal("s1") == 429 and hub.open("default", "s1") is None
+    assert hub.refusal("s2") == 0 and hub.open("default", "s2") is not None
+    first = mine[0]
+    assert first is not None
+    hub.close(first)
+    assert hub.refusal("s1") == 0
