@@ -13,7 +13,7 @@ import time
 import msgspec
 
 from coordinator.errors import Invalid
-from coordinator.events import Event, EventBus
+from coordinator.events import LIVE_ONLY, Event, EventBus
 from coordinator.models import AuditEntry, AuditQuery
 from coordinator.store.ports import AuditStore, StorageUnavailable
 
@@ -87,6 +87,8 @@ class AuditLog:
             self._dropped += over
 
     def on_event(self, event: Event) -> None:
+        if event.kind in LIVE_ONLY:
+            return
         self.record(event_entry(event))
 
     @property

@@ -38,6 +38,10 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
 
 Subscriber = Callable[[Event], None]
 
+LIVE_ONLY: frozenset[str] = frozenset({"unit.reported", "task.run.output"})
+"""Kinds published for live views (the dashboard) only: frequent, and no decision or
+change anyone made, so the audit log does not record them."""
+
 ACTOR: contextvars.ContextVar[str] = contextvars.ContextVar("moorage_actor", default="")
 """Who the code running now acts for (`token:ci`, `certificate:admin`), set by the
 server's middleware for each request: an event published without an actor gets it,

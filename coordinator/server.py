@@ -93,6 +93,8 @@ from coordinator.trust.ratelimit import (
     limits_of,
 )
 from coordinator.trust.users import UserService
+from coordinator.ui.dashboard import Dashboard
+from coordinator.ui.live import LiveHub
 from coordinator.webops.databases import DatabaseService
 from coordinator.webops.monitoring import MonitoringService
 from coordinator.webops.service import WebOpsService
@@ -197,6 +199,21 @@ class Coordinator:
         self.databases = DatabaseService(
             self.storage, self.webops, config.postgres, state / "db-backups"
         )
+        self.dashboard = Dashboard(
+            storage=self.storage,
+            users=self.users,
+            machines=self.machines,
+            units=self.units,
+            tasks=self.tasks,
+            deployments=self.deployments,
+            environments=self.environments,
+            webops=self.webops,
+            audit=self.audit,
+            reports=self.reports,
+            logs=self.logs,
+            tokens=self.tokens,
+            live=LiveHub(self.events),
+        )
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
@@ -224,6 +241,7 @@ class Coordinator:
             webhooks.routes(self.webhooks),
             *databases.routes(self.databases),
             *monitoring.routes(self.monitoring),
+            self.dashboard.family(),
         ]
 
     def _system_routes(self) -> Family:
@@ -325,10 +343,17 @@ class Coordinator:
             gate.shown = (AUTH, ip)
         if request.path in request.app[PUBLIC]:
             return
-        guessing = presents_token(request) and gate.auth is None
+        # The dashboard's routes take its session cookie and nothing else; the APIs never
+        # take the cookie (a browser's ambient credential must not reach them).
+        dashboard = self.dashboard.owns(request.path)
+        guessing = not dashboard and presents_token(request) and gate.auth is None
         if guessing:
             gate.auth = await self.limiter.reserve(AUTH, ip)
-        principal = authenticate(request, self.storage)  # a failure keeps the IP's slot
+        principal = (  # a failure keeps the IP's slot
+            self.dashboard.authenticate(request)
+            if dashboard
+            else authenticate(request, self.storage)
+        )
         if guessing:
             self.limiter.release(gate.auth)
             gate.auth = None
@@ -336,7 +361,11 @@ class Coordinator:
         gate.actor = ACTOR.set(principal.label)  # reset when the request ends
         if principal.kind != "certificate":
             key = principal.token_id or principal.label
-            if not principal.unlimited and self.limiter.hit(TOKEN, key) and gate.shown is None:
+            # The per-token general limit is the APIs' contract with their clients; a
+            # dashboard session's pages and live refreshes do not count against it
+            # (its logins, deploys and approvals keep their own limits).
+            counted = not principal.unlimited and not dashboard
+            if counted and self.limiter.hit(TOKEN, key) and gate.shown is None:
                 gate.shown = (TOKEN, key)
         # The one permission check: what the route declares, against what the caller holds.
         refusal = permission_refusal(route, principal.allows)

@@ -27,7 +27,10 @@ def document(families: Iterable[Family]) -> Json:
     """The document of exactly the routes these families declare (what the server
     registered): each with its family's error body."""
     declared = [
-        (route, family.conventions.error_body) for family in families for route in family.routes
+        (route, family.conventions.error_body)
+        for family in families
+        for route in family.routes
+        if route.documented
     ]
     types = [t for r, _ in declared for t in (r.request, r.response) if t is not None]
     types = list(dict.fromkeys(types))

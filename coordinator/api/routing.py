@@ -47,6 +47,8 @@ class Route:
     limit: str | None = None
     """The rate-limit class the route counts against ("auth", "deploy"...); None: only
     the per-token general limit."""
+    documented: bool = True
+    """Listed in /openapi.json; the dashboard's pages (/ui/) are not an API."""
 
 
 class RouteTable:

@@ -587,6 +587,14 @@ class UnitService:
                     time.time(),
                 )
             )
+            if message.changes:
+                machine = self.storage.get_machine(session.machine_id)
+                self.events.emit(
+                    "unit.reported",
+                    tenant=machine.tenant if machine is not None else DEFAULT_TENANT,
+                    subject=session.machine_id,
+                    units={c.name: c.active_state for c in message.changes},
+                )
         elif isinstance(message, m.Applied):
             self.hub.buffer.add(
                 functools.partial(

@@ -428,6 +428,7 @@ class TaskService:
         if run is None:
             await self._unknown(session, out)
             return
+        before = run.log_size
         size = await asyncio.to_thread(self.store.append_log, out.run_id, out.offset, out.data)
         cached = self._runs.get(out.run_id)
         if cached is not None and size != cached.log_size:
@@ -436,6 +437,11 @@ class TaskService:
             run = cached
         else:
             run = msgspec.structs.replace(run, log_size=size)
+        if size != before:  # new bytes (a resent chunk is kept once, and told once)
+            with contextlib.suppress(Exception):
+                self.events.emit(
+                    "task.run.output", tenant=run.tenant, subject=out.run_id, size=size
+                )
         if self._complete(run):
             self._runs.pop(out.run_id, None)
             await session.send(m.TaskAck(out.run_id, size, final=True))

@@ -152,6 +152,12 @@ def _token_principal(header: str, api_key: str, storage: TrustStore) -> Principa
     )
 
 
+def user_token_principal(value: str, storage: TrustStore) -> Principal:
+    """The principal of a user token held server-side (the dashboard's session keeps
+    the token its login issued): the same checks as a Bearer user token."""
+    return _user_principal(value, storage)
+
+
 def _user_principal(value: str, storage: TrustStore) -> Principal:
     """A user's token: valid while not revoked, not expired and the user not disabled;
     it carries what it was issued with, but never more than the user holds now."""

@@ -135,9 +135,11 @@ async def test_runs_are_placed_started_and_finished_with_events_on_the_bus(
     )
     assert [(e.kind, e.subject) for e in seen] == [
         ("task.run.started", first.run_id),
+        ("task.run.output", first.run_id),  # once: the resent chunk added nothing
         ("task.run.finished", first.run_id),
     ]
-    assert seen[1].data["exit_code"] == 0
+    assert seen[1].data["size"] == 6
+    assert seen[2].data["exit_code"] == 0
     assert await tasks.schedule() == 1
     assert tasks.run("default", second.run_id).status == "PENDING"
     # A start never acknowledged is sent again when the machine reconnects.

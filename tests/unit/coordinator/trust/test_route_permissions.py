@@ -24,6 +24,10 @@ ANY_CALLER = {
     "/api/v1/auth/verify/",
     "/api/v1/auth/token/{token}/",
     "/api/status/",
+    "/ui",
+    "/ui/",
+    "/ui/logout",
+    "/ui/events",
 }
 """Routes any authenticated caller may use (what they return is theirs to see)."""
 
