@@ -8,7 +8,6 @@ needing the `databases` permission (which is also what lets a caller see passwor
 
 from __future__ import annotations
 
-import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -17,6 +16,7 @@ from aiohttp import web
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.api.identity import Envelope, ok
 from coordinator.api.routing import ENVELOPE, WEBOPS_CLI, Family, RouteTable, tenant_of
+from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.webops.databases import DatabaseService
@@ -39,13 +39,6 @@ class LinkBody(msgspec.Struct, frozen=True):
 
 class RestoreBody(msgspec.Struct, frozen=True):
     backup_id: Annotated[int, msgspec.Meta(ge=1)]
-
-
-def iso(ts: float) -> str | None:
-    if not ts:
-        return None
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def backup_out(b: DatabaseBackup) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from coordinator.api.routing import Conventions, Family, RouteTable, domain_stat
 from coordinator.envs.model import Environment, FreezeWindow, Promotion, Target, TargetGroup
 from coordinator.envs.service import Actor, EnvironmentService, Unprocessable
 from coordinator.errors import DomainError
+from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.trust.ratelimit import DEPLOY
@@ -130,13 +131,6 @@ class Deleted(msgspec.Struct, frozen=True):
 
 
 # --- conversions (pure) -------------------------------------------------------------------
-
-
-def iso(ts: float) -> str | None:
-    if not ts:
-        return None
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def parse_time(value: str, field: str) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from coordinator import timefmt
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.api.routing import ENVELOPE, Family, RouteTable, tenant_of
 from coordinator.deploy.deployments import DeploymentService
@@ -46,10 +46,7 @@ T = TypeVar("T")
 
 
 def iso(ts: float) -> str | None:
-    if not ts:
-        return None
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return timefmt.iso(ts, "milliseconds")
 
 
 # --- bodies -----------------------------------------------------------------------------

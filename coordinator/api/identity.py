@@ -13,7 +13,6 @@ hashes. Login is public and rate-limited (`limit="auth"`).
 
 from __future__ import annotations
 
-import datetime
 import math
 from typing import Any
 
@@ -24,6 +23,7 @@ from coordinator import limits
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.api.routing import ENVELOPE, FLEET, Family, RouteTable
 from coordinator.models import User
+from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.trust.users import UserService, held_by
@@ -35,13 +35,6 @@ LOGIN_BODY_MAX = limits.body_limit("POST", AUTH_PREFIX + "/token/")
 """Anonymous: capped before a byte is read (coordinator/limits.py)."""
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
-
-
-def iso(ts: float) -> str | None:
-    if not ts:
-        return None
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- bodies -------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from aiohttp import web
 from coordinator.api.errors import ApiError
 from coordinator.api.identity import Envelope, Pagination, ok, page_args
 from coordinator.api.routing import ENVELOPE, Family, RouteTable, tenant_of
-from coordinator.api.webops import iso, since_arg
+from coordinator.api.webops import since_arg
+from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.webops import export
 from coordinator.webops.monitoring import PERIODS, MonitoringService, Point

@@ -4,7 +4,6 @@ every API of its tenant (fleet, tasks, environments, WebOps), not only deploymen
 
 from __future__ import annotations
 
-import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -13,6 +12,7 @@ from aiohttp import web
 from coordinator.api.errors import ApiError, decode_body
 from coordinator.api.identity import Envelope, ok
 from coordinator.api.routing import ENVELOPE, Family, RouteTable, tenant_of
+from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.webops import webhooks as wh
@@ -28,13 +28,6 @@ class WebhookCreate(msgspec.Struct, frozen=True):
         list[Annotated[str, msgspec.Meta(max_length=100)]], msgspec.Meta(max_length=wh.MAX_EVENTS)
     ] = []
     secret: Annotated[str, msgspec.Meta(max_length=wh.MAX_SECRET)] = ""
-
-
-def iso(ts: float) -> str | None:
-    if not ts:
-        return None
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def hook_out(hook: Webhook) -> dict[str, Any]:

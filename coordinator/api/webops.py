@@ -26,6 +26,7 @@ from aiohttp import web
 from coordinator.api.errors import ApiError, decode_body, json_response
 from coordinator.api.identity import Envelope, Pagination, ok, page_args
 from coordinator.api.routing import ENVELOPE, WEBOPS_CLI, Family, RouteTable, tenant_of
+from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.webops import export, rules
@@ -49,13 +50,6 @@ MAX_LINES = 10000
 FOLLOW_MAX_S = 3600.0
 """A follow stream ends after an hour (clients reconnect); it ends sooner when the
 client goes away or the deployment is deleted."""
-
-
-def iso(ts: float) -> str | None:
-    if not ts:
-        return None
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- bodies -------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ holds more than a page)."""
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from coordinator import timefmt
 from coordinator.webops.records import WebDeployment
 
 FORMATS = ("json", "csv")
@@ -40,10 +40,7 @@ FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def iso(ts: float) -> str:
-    if not ts:
-        return ""
-    moment = datetime.datetime.fromtimestamp(ts, datetime.UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return timefmt.iso(ts) or ""
 
 
 def record(dep: WebDeployment) -> dict[str, Any]:
