@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from coordinator.config import CoordinatorConfig
 from coordinator.store.ports import Store
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 
 
 def open_store(config: CoordinatorConfig) -> Store:
     """Open (creating and migrating) the coordinator's store for this configuration."""
-    return SqliteStore(config.db_path)
+    return SqlStore(config.database)

@@ -94,14 +94,46 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     """The audit log is written in batches at most this far apart (and at shutdown)."""
     postgres: PostgresServer | None = None
     """Where WebOps databases live; None: creating one is 503."""
+    database_url: str = ""
+    """The coordinator's own database: "" is the SQLite file `<state_dir>/moorage.db`;
+    `postgresql://USER@HOST:PORT/DB` is PostgreSQL, shared by every coordinator of the
+    fleet (its password in `database_password_file`, or a `~/.pgpass`, never here)."""
+    database_password_file: str = ""
+    """A file (0600) holding the password of `database_url`'s user."""
 
     @property
     def db_path(self) -> Path:
         return Path(self.state_dir) / "moorage.db"
 
     @property
+    def database(self) -> str:
+        """What the store opens: the SQLite file's path, or the PostgreSQL URL with the
+        password from `database_password_file` (read here, at start, never logged)."""
+        if not self.database_url:
+            return str(self.db_path)
+        if not self.database_password_file:
+            return self.database_url
+        password = Path(self.database_password_file).read_text().strip()
+        return with_password(self.database_url, password)
+
+    @property
     def pki_dir(self) -> Path:
         return Path(self.state_dir) / "pki"
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` for its user (percent-encoded). Pure."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class ConfigError(Exception):

@@ -2,8 +2,8 @@
 aggregate, and the errors every engine raises.
 
 Services are typed against these, never against an engine; `coordinator.app.open_store`
-is the only place that picks one (today SQLite, `coordinator.store.sqlite`). A second
-engine (PostgreSQL) is one more class satisfying these Protocols.
+is the only place that opens one (`coordinator.store.sql.SqlStore`, on SQLAlchemy
+Core: an SQLite file by default, PostgreSQL for several coordinators).
 
 The ports are synchronous: see docs/architecture.md ("The store is synchronous") for
 why, and for which calls run off the event loop.
@@ -110,7 +110,9 @@ class StoreAdmin(Protocol):
     health: StorageHealth
 
     @property
-    def schema_version(self) -> int: ...
+    def schema_version(self) -> str:
+        """The schema revision the database is at (Alembic's)."""
+        ...
 
     def batch(self) -> AbstractContextManager[object]:
         """Group many writes into one transaction (one fsync); nested writes join it."""

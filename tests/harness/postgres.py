@@ -111,7 +111,7 @@ class PgCluster:
             "-l",
             str(self.root / "server.log"),
             "-o",
-            f"-h {self.host} -p {self.port} -k {self.root} -c fsync=off",
+            f"-h {self.host} -p {self.port} -k {self.root} -c fsync=off -c max_connections=400",
             "-w",
             "-t",
             "120",
@@ -132,6 +132,18 @@ class PgCluster:
             [*argv, "-c", sql], env=env, capture_output=True, text=True, timeout=60, check=True
         )
         return done.stdout.strip()
+
+    def url(self, database: str = "postgres") -> str:
+        """A SQLAlchemy URL for one of the cluster's databases, as the admin."""
+        return (
+            f"postgresql+psycopg://{self.admin}:{self.password}@{self.host}:{self.port}/{database}"
+        )
+
+    def create_database(self, name: str) -> str:
+        """A new empty database (its name: lowercase letters, digits, underscores); its URL."""
+        assert name.replace("_", "").isalnum() and name.islower(), name
+        self.psql(f"CREATE DATABASE {name}")
+        return self.url(name)
 
     def stop(self) -> None:
         try:

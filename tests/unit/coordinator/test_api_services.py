@@ -31,7 +31,7 @@ from coordinator.reports.logs import LogUnavailable, journal_machine
 from coordinator.reports.service import ReportService, ReportUnavailable, merge_refreshed
 from coordinator.server import Coordinator
 from coordinator.store.ports import EnrollRefused
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 from coordinator.trust import pki
 from coordinator.trust.access import MAX_TOKENS_PER_CALL, EnrolmentService, TokenService, token_ttl
 from coordinator.trust.enrolment import Enroller
@@ -50,7 +50,7 @@ class Rig:
         ca_cert = pki.load_cert(Path(paths.ca_cert).read_bytes())
         ca_key = pki.load_key(Path(paths.ca_key).read_bytes())
         self.ca_pin = pki.ca_pin(ca_cert)
-        self.storage = SqliteStore(tmp / "m.db")
+        self.storage = SqlStore(tmp / "m.db")
         enroller = Enroller(self.storage, ca_key, ca_cert, cert_ttl_s=3600)
         self.hub = Hub(self.storage, enroller, CoordinatorMetrics(), heartbeat_s=1, lost_after_s=5)
         self.deploystore = self.storage
@@ -210,7 +210,7 @@ def test_join_tokens_are_stored_hashed_and_bound(rig: Rig) -> None:
 def test_join_token_requests_are_checked(rig: Rig, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(Invalid, match=message):
         rig.tokens.create_join_tokens(**kwargs)  # type: ignore[arg-type]
-    assert rig.storage._db.execute("SELECT count(*) FROM join_tokens").fetchone()[0] == 0
+    assert rig.storage.list_join_tokens() == []
 
 
 def test_api_tokens_round_trip(rig: Rig) -> None:

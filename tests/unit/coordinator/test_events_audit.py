@@ -16,7 +16,7 @@ from coordinator.events import ACTOR, Event, EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService, unit_events
 from coordinator.models import AuditEntry, AuditQuery, Unit
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 from tests.unit.coordinator.test_api_services import SLEEP, Rig
 
 
@@ -78,7 +78,7 @@ async def test_services_publish_on_the_bus_and_the_audit_log_records_it(rig: Rig
 
 
 async def test_audit_pages_by_cursor_and_filters(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "a.db")
+    store = SqlStore(tmp_path / "a.db")
     audit = AuditLog(store)
     for i in range(25):
         audit.record(

@@ -18,7 +18,7 @@ from coordinator.deploy.groups import name_problem, version_problem
 from coordinator.deploy.manifest import ManifestError, parse_manifest
 from coordinator.fleet.validation import UnitInvalid, validate_unit
 from coordinator.store.ports import EnrollConflict, EnrollRefused
-from coordinator.store.sqlite import SqliteStore as Storage
+from coordinator.store.sql import SqlStore as Storage
 from proto import messages as m
 from proto.enrolment import machine_id_problem
 from proto.tokens import enrolment_refusal, hash_secret

@@ -18,7 +18,7 @@ from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import tenant_problem
 from coordinator.reports.service import ReportService
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 from coordinator.trust import pki
 from coordinator.trust.access import TokenService, mint_tenant
 from coordinator.trust.enrolment import Enroller
@@ -44,7 +44,7 @@ class Rig:
         paths = pki.init_pki(tmp / "pki", ["localhost"], ["127.0.0.1"])
         ca_cert = pki.load_cert(Path(paths.ca_cert).read_bytes())
         ca_key = pki.load_key(Path(paths.ca_key).read_bytes())
-        self.storage = SqliteStore(tmp / "t.db")
+        self.storage = SqlStore(tmp / "t.db")
         enroller = Enroller(self.storage, ca_key, ca_cert, cert_ttl_s=3600)
         self.hub = Hub(self.storage, enroller, CoordinatorMetrics(), heartbeat_s=1, lost_after_s=5)
         self.units = UnitService(self.storage, self.hub)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from coordinator.fleet.desired import machine_desired
 from coordinator.models import Unit
-from coordinator.store.sqlite import SqliteStore as Storage
+from coordinator.store.sql import SqlStore as Storage
 from proto.desired import apply_diff, diff
 from proto.messages import DesiredUnit
 from proto.tokens import hash_secret

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.hub.statebuffer import StateBuffer
-from coordinator.store.sqlite import SqliteStore as Storage
+from coordinator.store.sql import SqlStore as Storage
 
 
 async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from coordinator.app import open_store
 from coordinator.config import CoordinatorConfig
 from coordinator.store import ports
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 
 PORTS: tuple[type, ...] = (
     ports.StoreAdmin,
@@ -30,7 +30,7 @@ PORTS: tuple[type, ...] = (
 
 
 def test_the_sqlite_store_satisfies_every_port_statically(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "m.db")
+    store = SqlStore(tmp_path / "m.db")
     admin: ports.StoreAdmin = store
     machines: ports.MachineStore = store
     units: ports.UnitStore = store
@@ -48,7 +48,7 @@ def test_the_sqlite_store_satisfies_every_port_statically(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("port", PORTS, ids=lambda p: p.__name__)
 def test_the_sqlite_store_satisfies_every_port_at_runtime(tmp_path: Path, port: type) -> None:
-    assert isinstance(SqliteStore(tmp_path / "m.db"), port)
+    assert isinstance(SqlStore(tmp_path / "m.db"), port)
 
 
 def test_the_composition_root_opens_a_store_with_every_port(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_every_public_engine_method_is_on_a_port() -> None:
     """A method only the engine has is one a second engine would not: services could
     not use it through the ports, so it is either on a port or private."""
     on_ports = {name for port in PORTS for name in dir(port) if not name.startswith("_")}
-    engine = {name for name in dir(SqliteStore) if not name.startswith("_")}
+    engine = {name for name in dir(SqlStore) if not name.startswith("_")}
     # `db` is the raw connection for the engine's own fault-injection tests;
     # `targeted_machines` is the deploy module's cache behind `machine_targets`.
     assert engine - on_ports == {"db", "targeted_machines"}

@@ -17,18 +17,18 @@ from coordinator.hub.sessions import Hub
 from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.store.ports import StorageUnavailable
-from coordinator.store.sqlite import SqliteStore as Storage
-from coordinator.store.sqlite import storage_fault
+from coordinator.store.sql import SqlStore as Storage
+from coordinator.store.sql import storage_fault
 from proto.messages import UnitStatus
 
 
 def fill(db: Storage) -> None:
-    pages = db.db.execute("PRAGMA page_count").fetchone()[0]
-    db.db.execute(f"PRAGMA max_page_count={pages}")
+    pages = db.db.exec_driver_sql("PRAGMA page_count").scalar()
+    db.db.exec_driver_sql(f"PRAGMA max_page_count={pages}")
 
 
 def free(db: Storage) -> None:
-    db.db.execute("PRAGMA max_page_count=1073741823")
+    db.db.exec_driver_sql("PRAGMA max_page_count=1073741823")
 
 
 def big_states(n: int = 200) -> list[UnitStatus]:
@@ -52,7 +52,7 @@ def test_a_full_database_raises_storage_unavailable_and_recovers(tmp_path: Path)
     assert info.value.kind == "full"
     assert "coordinator storage is full" in str(info.value)
     assert db.health.fault == "full" and db.health.failures == 1
-    assert not db.db.in_transaction, "a failed write must not leave its transaction open"
+    assert not db.db.in_transaction(), "a failed write must not leave its transaction open"
     free(db)
     assert db.probe()
     assert db.health.fault == ""
@@ -102,7 +102,7 @@ def _hub(db: Storage) -> Hub:
 
 def _enrol(db: Storage, mid: str) -> None:
     with db.batch() as tx:
-        tx.execute(
+        tx.exec_driver_sql(
             "INSERT INTO machines (id, enrolled_at, state) VALUES (?, 0, 'connected')", (mid,)
         )
 

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 
 from coordinator.models import (
     Application,
@@ -19,8 +20,9 @@ from coordinator.models import (
     Unit,
 )
 from coordinator.store.ports import DEFAULT_GROUP_ID, Conflict, builtin_group_id
-from coordinator.store.sqlite import MIGRATIONS
-from coordinator.store.sqlite import SqliteStore as Storage
+from coordinator.store.sql import SqlStore as Storage
+from coordinator.store.sql.legacy import LEGACY_MIGRATIONS as MIGRATIONS
+from coordinator.store.sql.migrate import head
 from proto.messages import DriftEntry, Sticker
 from proto.tokens import hash_secret
 from proto.units import UnitOption, unit_hash
@@ -200,7 +202,7 @@ def test_a_database_before_tenants_is_upgraded_into_the_default_tenant(tmp_path:
     raw.close()
 
     db = Storage(path)
-    assert db.schema_version == len(MIGRATIONS)
+    assert db.schema_version == head()
     machine = db.get_machine("m1")
     assert machine is not None and machine.tenant == "default"
     got = db.get_unit("web.service")
@@ -214,19 +216,19 @@ def test_a_database_before_tenants_is_upgraded_into_the_default_tenant(tmp_path:
     assert dep is not None and (dep.tenant, dep.group_id) == ("default", "g1")
     assert db.machine_targets("m1") == [("web-g", "r1")]
     # the rebuilt tables keep their references: foreign keys are on and enforced again
-    assert db.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert db.db.execute("PRAGMA foreign_key_check").fetchall() == []
-    with pytest.raises(sqlite3.IntegrityError), db.batch() as tx:
-        tx.execute("INSERT INTO placements (tenant, unit, machine_id) VALUES ('x', 'no', 'm')")
+    assert db.db.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    assert db.db.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+    with pytest.raises(sqlalchemy.exc.IntegrityError), db.batch() as tx:
+        tx.exec_driver_sql("INSERT INTO placements (tenant, unit, machine_id) VALUES ('x', 'no', 'm')")
     # deleting cascades as before: a unit's placements, a deployment's releases and targets
     assert db.delete_unit("web.service") == {"m1"}
-    assert db.db.execute("SELECT COUNT(*) FROM placements").fetchone()[0] == 0
+    assert db.db.exec_driver_sql("SELECT COUNT(*) FROM placements").scalar() == 0
     assert db.delete_deployment("d1") == {"m1"}
-    assert db.db.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == 0
-    assert db.db.execute("SELECT COUNT(*) FROM deployment_targets").fetchone()[0] == 0
+    assert db.db.exec_driver_sql("SELECT COUNT(*) FROM releases").scalar() == 0
+    assert db.db.exec_driver_sql("SELECT COUNT(*) FROM deployment_targets").scalar() == 0
     # names are unique per tenant now, not across tenants
     db.put_group(MachineGroup(id="g2", name="g", tenant="other"))
     with pytest.raises(Conflict):
         db.put_group(MachineGroup(id="g3", name="g"))
-    indexes = {r[0] for r in db.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    indexes = {r[0] for r in db.db.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"machines_by_tenant", "placements_by_machine", "deployments_by_tenant"} <= indexes

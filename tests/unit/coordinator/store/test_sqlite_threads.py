@@ -6,14 +6,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 from proto.tokens import hash_secret
 
 
 def test_a_read_on_another_thread_sees_the_last_commit_without_waiting(tmp_path: Path) -> None:
     """A long write in a thread neither stalls a read (the event loop's) nor shows it
     rows that are not committed yet."""
-    store = SqliteStore(tmp_path / "m.db")
+    store = SqlStore(tmp_path / "m.db")
     inside, release = threading.Event(), threading.Event()
     seen: list[int] = []
 
@@ -41,7 +41,7 @@ def test_a_read_on_another_thread_sees_the_last_commit_without_waiting(tmp_path:
 def test_a_write_on_another_thread_is_its_own_transaction(tmp_path: Path) -> None:
     """A write from another thread while a batch is open must not join (and then be
     rolled back with) that batch."""
-    store = SqliteStore(tmp_path / "m.db")
+    store = SqlStore(tmp_path / "m.db")
     other = threading.Thread(
         target=store.create_join_token,
         args=("t2", hash_secret("s")),

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
-from coordinator.store.sqlite import MIGRATIONS, SqliteStore
+from coordinator.store.sql import SqlStore
+from coordinator.store.sql.migrate import head
 from coordinator.tasks.records import EnvVar, RunEvent, TaskDefinition, TaskRun
 
 Client = TestClient[web.Request, web.Application]
@@ -261,7 +262,7 @@ def test_definitions_and_runs_outlive_the_store(tmp_path: Path) -> None:
     """What the service commits is in the file: a reopened store (a restarted
     coordinator) has it, and the schema has every migration."""
     path = tmp_path / "t.db"
-    store = SqliteStore(path)
+    store = SqlStore(path)
     store.put_definition(TaskDefinition(definition_id="g-1", alias="a", image="i", tenant="t1"))
     run = TaskRun(
         run_id="r1",
@@ -278,8 +279,8 @@ def test_definitions_and_runs_outlive_the_store(tmp_path: Path) -> None:
     assert store.append_log("r1", 0, b"abcdef") == 6  # resent with more: each byte once
     assert store.append_log("r1", 9, b"gap") == 6
     store.close()
-    store = SqliteStore(path)
-    assert store.schema_version == len(MIGRATIONS)
+    store = SqlStore(path)
+    assert store.schema_version == head()
     assert store.get_definition("t1", "g-1") is not None
     assert store.get_definition("other", "g-1") is None
     got = store.get_run("r1")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.config import LimitConfig, RateLimits
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 from coordinator.trust.ratelimit import (
     AUTH,
     DEPLOY,
@@ -169,8 +169,8 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "m.db")
+def store(tmp_path: Path) -> SqlStore:
+    return SqlStore(tmp_path / "m.db")
 
 
 def small() -> RateLimits:
@@ -179,7 +179,7 @@ def small() -> RateLimits:
     )
 
 
-async def test_fifty_concurrent_failures_let_exactly_five_through(store: SqliteStore) -> None:
+async def test_fifty_concurrent_failures_let_exactly_five_through(store: SqlStore) -> None:
     limiter = RateLimiter(limits_of(small()), store)
     processed = 0
 
@@ -200,7 +200,7 @@ async def test_fifty_concurrent_failures_let_exactly_five_through(store: SqliteS
     assert len(store.rate_hits(0)) == 5
 
 
-async def test_concurrent_successes_are_not_refused(store: SqliteStore) -> None:
+async def test_concurrent_successes_are_not_refused(store: SqlStore) -> None:
     """Honest concurrent logins from one address wait for slots to settle, never 429."""
     limiter = RateLimiter(limits_of(small()), store)
 
@@ -215,7 +215,7 @@ async def test_concurrent_successes_are_not_refused(store: SqliteStore) -> None:
 
 async def test_kept_hits_survive_a_restart_and_expire(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqliteStore(tmp_path / "m.db")
+    store = SqlStore(tmp_path / "m.db")
     limiter = RateLimiter(limits_of(small()), store, clock=clock)
     for _ in range(5):
         await limiter.keep(await limiter.reserve(AUTH, "ip"))
@@ -224,7 +224,7 @@ async def test_kept_hits_survive_a_restart_and_expire(tmp_path: Path) -> None:
     limiter.flush()
     store.close()  # the hits are stored already: as after kill -9
 
-    store = SqliteStore(tmp_path / "m.db")
+    store = SqlStore(tmp_path / "m.db")
     again = RateLimiter(limits_of(small()), store, clock=clock)
     assert again.load() == 8
     with pytest.raises(RateLimited) as refused:
@@ -240,7 +240,7 @@ async def test_kept_hits_survive_a_restart_and_expire(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_disabled_limits_count_nothing(store: SqliteStore) -> None:
+async def test_disabled_limits_count_nothing(store: SqlStore) -> None:
     limiter = RateLimiter(limits_of(small()), store, enabled=False)
     for _ in range(10):
         assert limiter.hit(TOKEN, "t") is None

@@ -13,7 +13,7 @@ from argon2 import PasswordHasher
 
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound
 from coordinator.events import Event, EventBus
-from coordinator.store.sqlite import SqliteStore
+from coordinator.store.sql import SqlStore
 from coordinator.trust.auth import AuthError, Principal, _user_principal
 from coordinator.trust.users import (
     ADMIN_PASSWORD_FILE,
@@ -34,7 +34,7 @@ def cheap() -> PasswordHasher:
 class Rig:
     def __init__(self, tmp: Path, hasher: PasswordHasher | None = None) -> None:
         self.path = tmp / "m.db"
-        self.storage = SqliteStore(self.path)
+        self.storage = SqlStore(self.path)
         self.events: list[Event] = []
         bus = EventBus()
         bus.subscribe(self.events.append)
@@ -67,7 +67,7 @@ async def test_passwords_are_stored_as_argon2id_and_never_in_clear(
     )
     assert user.username == "alice" and user.tenants == ["default"]
     assert user.permissions == ["deployments"] and not user.is_staff
-    stored = rig.storage.db.execute("SELECT password_hash FROM users").fetchone()[0]
+    stored = rig.storage.db.exec_driver_sql("SELECT password_hash FROM users").scalar_one()
     assert stored.startswith("$argon2id$")
     assert PASSWORD.encode() not in on_disk(rig.path)
     assert PASSWORD not in caplog.text
@@ -182,13 +182,13 @@ async def test_revoke_disable_and_lost_permissions_take_effect_at_once(rig: Rig)
 async def test_changed_password_and_rehash_on_new_parameters(tmp_path: Path) -> None:
     old = Rig(tmp_path, PasswordHasher(time_cost=1, memory_cost=512, parallelism=1))
     await old.users.create_user("alice", PASSWORD)
-    first = old.storage.db.execute("SELECT password_hash FROM users").fetchone()[0]
+    first = old.storage.db.exec_driver_sql("SELECT password_hash FROM users").scalar_one()
     assert "m=512," in first
     old.storage.close()
 
     new = Rig(tmp_path, PasswordHasher(time_cost=2, memory_cost=1024, parallelism=1))
     await new.users.login("alice", PASSWORD)
-    second = new.storage.db.execute("SELECT password_hash FROM users").fetchone()[0]
+    second = new.storage.db.exec_driver_sql("SELECT password_hash FROM users").scalar_one()
     assert "m=1024,t=2," in second and second != first
     await new.users.login("alice", PASSWORD)  # the new hash verifies
 

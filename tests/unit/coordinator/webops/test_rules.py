@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.errors import Conflict
-from coordinator.store.sqlite import MIGRATIONS, SqliteStore
+from coordinator.store.sql import SqlStore
+from coordinator.store.sql.migrate import head
 from coordinator.webops import rules
 from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
 
@@ -60,9 +61,9 @@ def test_units_name_their_build() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(str(tmp_path / "db.sqlite"))
-    assert s.schema_version == len(MIGRATIONS)
+def store(tmp_path: Path) -> SqlStore:
+    s = SqlStore(str(tmp_path / "db.sqlite"))
+    assert s.schema_version == head()
     return s
 
 
@@ -70,7 +71,7 @@ def dep(name: str, tenant: str = "default", **kw: object) -> WebDeployment:
     return WebDeployment(tenant=tenant, name=name, repo_url="file:///r", **kw)  # type: ignore[arg-type]
 
 
-def test_store_scopes_by_tenant_and_pages_newest_first(store: SqliteStore) -> None:
+def test_store_scopes_by_tenant_and_pages_newest_first(store: SqlStore) -> None:
     a = store.webops_create(dep("a", env={"K": "v"}, machine_id="m1", port=8001))
     b = store.webops_create(dep("b", status="running", machine_id="m1", port=8002))
     store.webops_create(dep("a", tenant="other"))
@@ -89,7 +90,7 @@ def test_store_scopes_by_tenant_and_pages_newest_first(store: SqliteStore) -> No
     assert store.webops_get("default", "b").status == "stopped"  # type: ignore[union-attr]
 
 
-def test_logs_are_append_only_and_go_with_their_deployment(store: SqliteStore) -> None:
+def test_logs_are_append_only_and_go_with_their_deployment(store: SqlStore) -> None:
     a = store.webops_create(dep("a"))
     ids = [store.webops_log(a.id, "info", f"line {i}", float(i)) for i in range(3)]
     assert [i.id for i in store.webops_logs(a.id)] == ids

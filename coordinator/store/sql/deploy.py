@@ -25,8 +25,8 @@ from coordinator.models import (
     ReleaseJob,
 )
 from coordinator.store.ports import builtin_group_id
-from coordinator.store.sqlite.core import SqliteCore, _bump
-from coordinator.store.sqlite.core import row_record as _record
+from coordinator.store.sql.core import SqlCore, _bump
+from coordinator.store.sql.core import row_record as _record
 
 _release_decoder = msgspec.json.Decoder(Release)
 
@@ -36,7 +36,7 @@ def _tenant_clause(tenant: str | None, column: str = "tenant") -> tuple[str, tup
     return ("", ()) if tenant is None else (f" AND {column}=?", (tenant,))
 
 
-class DeploySql(SqliteCore):
+class DeploySql(SqlCore):
     _targeted: frozenset[str] | None = None
     """Machines with any deployment on them, cached: every push of a machine's desired
     state asks, and most machines of a big fleet have none."""
@@ -45,25 +45,27 @@ class DeploySql(SqliteCore):
 
     def list_groups(self, *, tenant: str | None = None) -> list[MachineGroup]:
         where, args = _tenant_clause(tenant)
-        rows = self._all(
+        rows = self._raw_all(
             f"SELECT * FROM machine_groups WHERE 1=1{where} ORDER BY builtin DESC, name", args
         )
         return [_group(r) for r in rows]
 
     def get_group(self, group_id: str, *, tenant: str | None = None) -> MachineGroup | None:
         where, args = _tenant_clause(tenant)
-        row = self._one(f"SELECT * FROM machine_groups WHERE id=?{where}", (group_id, *args))
+        row = self._raw_one(f"SELECT * FROM machine_groups WHERE id=?{where}", (group_id, *args))
         return _group(row) if row else None
 
     def group_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> MachineGroup | None:
-        row = self._one("SELECT * FROM machine_groups WHERE tenant=? AND name=?", (tenant, name))
+        row = self._raw_one(
+            "SELECT * FROM machine_groups WHERE tenant=? AND name=?", (tenant, name)
+        )
         return _group(row) if row else None
 
     def ensure_builtin_group(self, tenant: str, now: float) -> None:
         """The tenant's built-in `default` group (every machine of the tenant), made once."""
         if self.get_group(builtin_group_id(tenant)) is not None:
             return
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO machine_groups (id, tenant, name, description, builtin,"
                 " created_at, updated_at) VALUES (?, ?, 'default', ?, 1, ?, ?)",
@@ -73,7 +75,7 @@ class DeploySql(SqliteCore):
     def put_group(self, group: MachineGroup) -> None:
         """Create or replace (by id, in its tenant); a name used by another group of the
         tenant is a Conflict."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT id FROM machine_groups WHERE tenant=? AND name=? AND id<>?",
                 (group.tenant, group.name, group.id),
@@ -100,7 +102,7 @@ class DeploySql(SqliteCore):
             )
 
     def delete_group(self, group_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return (
                 db.execute(
                     "DELETE FROM machine_groups WHERE id=? AND builtin=0", (group_id,)
@@ -118,22 +120,22 @@ class DeploySql(SqliteCore):
 
     def list_applications(self, *, tenant: str | None = None) -> list[Application]:
         where, args = _tenant_clause(tenant, "a.tenant")
-        rows = self._all(self._APP_SQL + f" WHERE 1=1{where} ORDER BY a.created_at, a.id", args)
+        rows = self._raw_all(self._APP_SQL + f" WHERE 1=1{where} ORDER BY a.created_at, a.id", args)
         return [_record(r, Application) for r in rows]
 
     def get_application(self, app_id: str, *, tenant: str | None = None) -> Application | None:
         where, args = _tenant_clause(tenant, "a.tenant")
-        row = self._one(self._APP_SQL + f" WHERE a.id=?{where}", (app_id, *args))
+        row = self._raw_one(self._APP_SQL + f" WHERE a.id=?{where}", (app_id, *args))
         return _record(row, Application) if row else None
 
     def application_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Application | None:
-        row = self._one(self._APP_SQL + " WHERE a.tenant=? AND a.name=?", (tenant, name))
+        row = self._raw_one(self._APP_SQL + " WHERE a.tenant=? AND a.name=?", (tenant, name))
         return _record(row, Application) if row else None
 
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
         """Create or update an application (by id, in its tenant), adding `new_version`
         if given."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT id FROM applications WHERE tenant=? AND name=? AND id<>?",
                 (app.tenant, app.name, app.id),
@@ -180,18 +182,18 @@ class DeploySql(SqliteCore):
                 )
 
     def delete_application(self, app_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return db.execute("DELETE FROM applications WHERE id=?", (app_id,)).rowcount == 1
 
     def versions(self, app_id: str) -> list[ApplicationVersion]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT * FROM application_versions WHERE application_id=? ORDER BY number",
             (app_id,),
         )
         return [_record(r, ApplicationVersion) for r in rows]
 
     def version(self, app_id: str, label: str) -> ApplicationVersion | None:
-        row = self._one(
+        row = self._raw_one(
             "SELECT * FROM application_versions WHERE application_id=? AND label=?",
             (app_id, label),
         )
@@ -201,18 +203,18 @@ class DeploySql(SqliteCore):
 
     def list_deployments(self, *, tenant: str | None = None) -> list[Deployment]:
         where, args = _tenant_clause(tenant)
-        rows = self._all(
+        rows = self._raw_all(
             f"SELECT * FROM deployments WHERE 1=1{where} ORDER BY created_at, id", args
         )
         return [_record(r, Deployment) for r in rows]
 
     def get_deployment(self, deployment_id: str, *, tenant: str | None = None) -> Deployment | None:
         where, args = _tenant_clause(tenant)
-        row = self._one(f"SELECT * FROM deployments WHERE id=?{where}", (deployment_id, *args))
+        row = self._raw_one(f"SELECT * FROM deployments WHERE id=?{where}", (deployment_id, *args))
         return _record(row, Deployment) if row else None
 
     def deployment_by_name(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Deployment | None:
-        row = self._one("SELECT * FROM deployments WHERE tenant=? AND name=?", (tenant, name))
+        row = self._raw_one("SELECT * FROM deployments WHERE tenant=? AND name=?", (tenant, name))
         return _record(row, Deployment) if row else None
 
     def deployments_using(
@@ -230,7 +232,7 @@ class DeploySql(SqliteCore):
         ]
 
     def put_deployment(self, deployment: Deployment) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT id FROM deployments WHERE tenant=? AND name=? AND id<>?",
                 (deployment.tenant, deployment.name, deployment.id),
@@ -261,7 +263,7 @@ class DeploySql(SqliteCore):
     def delete_deployment(self, deployment_id: str) -> set[str] | None:
         """Remove a deployment and what it put on machines; None if it did not exist,
         else the machines whose desired state changed (revisions bumped)."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             machines = {
                 r[0]
                 for r in db.execute(
@@ -283,7 +285,7 @@ class DeploySql(SqliteCore):
         *,
         current_release: str | None = None,
     ) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "UPDATE deployments SET status=?, updated_at=?,"
                 " current_release=COALESCE(?, current_release) WHERE id=?",
@@ -294,7 +296,7 @@ class DeploySql(SqliteCore):
 
     def create_release(self, release: Release, jobs: list[ReleaseJob]) -> None:
         """Store a new release with its jobs and mark the deployment Running, at once."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT INTO releases (id, deployment_id, seq, body, status, batch, message,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -321,7 +323,7 @@ class DeploySql(SqliteCore):
             )
 
     def next_release_seq(self, deployment_id: str) -> int:
-        row = self._one(
+        row = self._raw_one(
             "SELECT COALESCE(MAX(seq), 0) FROM releases WHERE deployment_id=?", (deployment_id,)
         )
         return int(row[0]) + 1 if row is not None else 1
@@ -329,9 +331,9 @@ class DeploySql(SqliteCore):
     def get_release(self, release_id: str, *, tenant: str | None = None) -> Release | None:
         """A release (of a deployment of `tenant` only, when given)."""
         if tenant is None:
-            row = self._one("SELECT * FROM releases WHERE id=?", (release_id,))
+            row = self._raw_one("SELECT * FROM releases WHERE id=?", (release_id,))
         else:
-            row = self._one(
+            row = self._raw_one(
                 "SELECT r.* FROM releases r JOIN deployments d ON d.id=r.deployment_id"
                 " WHERE r.id=? AND d.tenant=?",
                 (release_id, tenant),
@@ -339,13 +341,13 @@ class DeploySql(SqliteCore):
         return _release(row) if row else None
 
     def list_releases(self, deployment_id: str) -> list[Release]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT * FROM releases WHERE deployment_id=? ORDER BY seq", (deployment_id,)
         )
         return [_release(r) for r in rows]
 
     def releases_with_status(self, status: DeploymentStatus) -> list[Release]:
-        rows = self._all("SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,))
+        rows = self._raw_all("SELECT * FROM releases WHERE status=? ORDER BY created_at", (status,))
         return [_release(r) for r in rows]
 
     def update_release(
@@ -359,7 +361,7 @@ class DeploySql(SqliteCore):
         finished: bool = False,
         rolled_back: bool = False,
     ) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "UPDATE releases SET status=?, batch=?, message=?, updated_at=?,"
                 " finished_at=CASE WHEN ? THEN ? ELSE finished_at END,"
@@ -368,14 +370,14 @@ class DeploySql(SqliteCore):
             )
 
     def jobs(self, release_id: str) -> list[ReleaseJob]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT * FROM release_jobs WHERE release_id=? ORDER BY batch, machine_id",
             (release_id,),
         )
         return [_record(r, ReleaseJob) for r in rows]
 
     def update_jobs(self, jobs: Iterable[ReleaseJob]) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.executemany(
                 "UPDATE release_jobs SET status=?, message=?, started_at=?, healthy_since=?,"
                 " finished_at=? WHERE id=?",
@@ -389,7 +391,7 @@ class DeploySql(SqliteCore):
 
     def targets(self, deployment_id: str) -> dict[str, str]:
         """machine id -> release id it must run, for one deployment."""
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT machine_id, release_id FROM deployment_targets WHERE deployment_id=?",
             (deployment_id,),
         )
@@ -399,7 +401,7 @@ class DeploySql(SqliteCore):
         """Point machines at a release (None: the deployment leaves the machine); returns
         the machines whose desired state changed, revisions bumped in the same transaction."""
         affected: set[str] = set()
-        with self._tx() as db:
+        with self._raw_tx() as db:
             for machine_id, release_id in sorted(changes.items()):
                 if release_id is None:
                     cur = db.execute(
@@ -421,7 +423,7 @@ class DeploySql(SqliteCore):
 
     def targeted_machines(self) -> frozenset[str]:
         if self._targeted is None:
-            rows = self._all("SELECT DISTINCT machine_id FROM deployment_targets")
+            rows = self._raw_all("SELECT DISTINCT machine_id FROM deployment_targets")
             self._targeted = frozenset(str(r[0]) for r in rows)
         return self._targeted
 
@@ -429,7 +431,7 @@ class DeploySql(SqliteCore):
         """(deployment name, release id) of every deployment on one machine, by name."""
         if machine_id not in self.targeted_machines():
             return []
-        rows = self._all(
+        rows = self._raw_all(
             # From the machine's targets (deployment_targets_by_machine), in this order.
             "SELECT d.name, t.release_id FROM deployment_targets t CROSS JOIN deployments d"
             " ON d.id=t.deployment_id CROSS JOIN machines m ON m.id=t.machine_id"

@@ -7,14 +7,14 @@ import sqlite3
 import msgspec
 
 from coordinator.models import MachineDrift, MachineSticker
-from coordinator.store.sqlite.core import SqliteCore
+from coordinator.store.sql.core import SqlCore
 from proto.messages import DriftEntry, Sticker
 
 _sticker_decoder = msgspec.json.Decoder(Sticker)
 _drift_decoder = msgspec.json.Decoder(list[DriftEntry])
 
 
-class ReportsSql(SqliteCore):
+class ReportsSql(SqlCore):
     def _per_machine(
         self, table: str, machine_id: str | None, order: str, tenant: str | None
     ) -> list[sqlite3.Row]:
@@ -28,11 +28,11 @@ class ReportsSql(SqliteCore):
         if machine_id is not None:
             sql += " AND r.machine_id=?"
             args.append(machine_id)
-        return self._all(sql + f" ORDER BY {order}", args)
+        return self._raw_all(sql + f" ORDER BY {order}", args)
 
     def put_stickers(self, machine_id: str, stickers: list[Sticker], now: float) -> None:
         """Replace every sticker of the machine with what its agent reported."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute("DELETE FROM machine_stickers WHERE machine_id=?", (machine_id,))
             db.executemany(
                 "INSERT INTO machine_stickers (machine_id, deployment, body, reported_at)"
@@ -61,7 +61,7 @@ class ReportsSql(SqliteCore):
     def put_drift(
         self, machine_id: str, entries: list[DriftEntry], checked_at: float, now: float
     ) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT INTO machine_drift (machine_id, entries, checked_at, reported_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET"

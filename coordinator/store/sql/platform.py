@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from coordinator.models import AuditEntry, AuditQuery
-from coordinator.store.sqlite.core import SqliteCore
+from coordinator.store.sql.core import SqlCore
 
 _strings = msgspec.json.Decoder(dict[str, str])
 
@@ -18,23 +18,23 @@ _AUDIT_COLUMNS = (
 )
 
 
-class PlatformSql(SqliteCore):
+class PlatformSql(SqlCore):
     # --- rate limits ------------------------------------------------------------------
 
     def add_rate_hits(self, hits: Sequence[tuple[str, str, float]]) -> None:
         if not hits:
             return
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.executemany("INSERT INTO rate_limit_hits (class, key, at) VALUES (?, ?, ?)", hits)
 
     def rate_hits(self, since: float) -> list[tuple[str, str, float]]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT class, key, at FROM rate_limit_hits WHERE at > ? ORDER BY at", (since,)
         )
         return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
     def prune_rate_hits(self, cutoffs: Mapping[str, float]) -> int:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             removed = 0
             for cls, cutoff in cutoffs.items():
                 removed += db.execute(
@@ -71,7 +71,7 @@ class PlatformSql(SqliteCore):
             )
             for e in entries
         ]
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.executemany(
                 f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ({','.join('?' * 15)})", rows
             )
@@ -82,7 +82,7 @@ class PlatformSql(SqliteCore):
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC LIMIT ?"
-        return [_entry(r) for r in self._all(sql, (*args, query.limit))]
+        return [_entry(r) for r in self._raw_all(sql, (*args, query.limit))]
 
 
 def audit_where(q: AuditQuery) -> tuple[list[str], list[object]]:

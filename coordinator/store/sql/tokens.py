@@ -6,11 +6,11 @@ import sqlite3
 
 from coordinator.models import DEFAULT_TENANT, ApiToken, JoinToken
 from coordinator.store.ports import EnrollConflict, EnrollRefused
-from coordinator.store.sqlite.core import SqliteCore, _record_issued, row_record
+from coordinator.store.sql.core import SqlCore, _record_issued, row_record
 from proto.tokens import enrolment_refusal
 
 
-class TokensSql(SqliteCore):
+class TokensSql(SqlCore):
     def create_join_token(
         self,
         token_id: str,
@@ -51,7 +51,7 @@ class TokensSql(SqliteCore):
     ) -> None:
         """(id, secret hash) pairs, all in one transaction; `machine_id` binds them; a
         machine enrolled with one of them belongs to `tenant`."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.executemany(
                 "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description,"
                 " machine_id, tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -60,7 +60,7 @@ class TokensSql(SqliteCore):
 
     def join_token_hash(self, token_id: str, now: float) -> str:
         """The stored hash of a usable token, or EnrollRefused saying why it is unusable."""
-        row = self._one("SELECT * FROM join_tokens WHERE id=?", (token_id,))
+        row = self._raw_one("SELECT * FROM join_tokens WHERE id=?", (token_id,))
         if row is None:
             raise EnrollRefused("unknown join token")
         if row["used_at"] is not None:
@@ -84,7 +84,7 @@ class TokensSql(SqliteCore):
     def _enroll(
         self, token_id: str, machine_id: str, *, serial: str, not_after: float, now: float
     ) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             token = db.execute(
                 "SELECT machine_id, tenant FROM join_tokens WHERE id=?", (token_id,)
             ).fetchone()
@@ -129,14 +129,14 @@ class TokensSql(SqliteCore):
 
     def join_token_binding(self, token_id: str) -> str:
         """The machine id a join token is bound to ("" for an ordinary token)."""
-        row = self._one("SELECT machine_id FROM join_tokens WHERE id=?", (token_id,))
+        row = self._raw_one("SELECT machine_id FROM join_tokens WHERE id=?", (token_id,))
         return str(row["machine_id"]) if row is not None else ""
 
     def list_join_tokens(self, *, tenant: str | None = None) -> list[JoinToken]:
         if tenant is None:
-            rows = self._all("SELECT * FROM join_tokens ORDER BY created_at")
+            rows = self._raw_all("SELECT * FROM join_tokens ORDER BY created_at")
         else:
-            rows = self._all(
+            rows = self._raw_all(
                 "SELECT * FROM join_tokens WHERE tenant=? ORDER BY created_at", (tenant,)
             )
         return [row_record(r, JoinToken) for r in rows]
@@ -156,7 +156,7 @@ class TokensSql(SqliteCore):
         unlimited: bool = False,
     ) -> ApiToken:
         expires = now + ttl_s if ttl_s else None
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at,"
                 " tenant, unlimited) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -173,21 +173,21 @@ class TokensSql(SqliteCore):
         )
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
-        row = self._one("SELECT * FROM api_tokens WHERE id=?", (token_id,))
+        row = self._raw_one("SELECT * FROM api_tokens WHERE id=?", (token_id,))
         if row is None:
             return None
         return _api_token(row), str(row["secret_hash"])
 
     def list_api_tokens(self, *, tenant: str | None = None) -> list[ApiToken]:
         if tenant is None:
-            return [_api_token(r) for r in self._all("SELECT * FROM api_tokens ORDER BY id")]
-        rows = self._all("SELECT * FROM api_tokens WHERE tenant=? ORDER BY id", (tenant,))
+            return [_api_token(r) for r in self._raw_all("SELECT * FROM api_tokens ORDER BY id")]
+        rows = self._raw_all("SELECT * FROM api_tokens WHERE tenant=? ORDER BY id", (tenant,))
         return [_api_token(r) for r in rows]
 
     def set_api_token_unlimited(
         self, token_id: str, unlimited: bool, *, tenant: str | None = None
     ) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return (
                 db.execute(
                     "UPDATE api_tokens SET unlimited=? WHERE id=? AND tenant=COALESCE(?, tenant)",
@@ -198,7 +198,7 @@ class TokensSql(SqliteCore):
 
     def revoke_api_token(self, token_id: str, *, tenant: str | None = None) -> bool:
         """Revoke a token (of `tenant` only, when given: another tenant's is not found)."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return (
                 db.execute(
                     "UPDATE api_tokens SET revoked=1 WHERE id=? AND tenant=COALESCE(?, tenant)",

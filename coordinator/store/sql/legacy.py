@@ -1,13 +1,12 @@
-"""The schema's single history: numbered migrations applied in order under
-`PRAGMA user_version`, every table of every aggregate (machines, units, tokens,
-deployments, reports) in one place, so the order of changes is never in doubt.
-
-A migration is never edited once released; a change is one more entry.
+"""The schema's numbered history from before Alembic (SQLite only, PRAGMA
+user_version 1..12): kept verbatim so a coordinator's file of that era is carried to
+the last of them and then stamped as Alembic's baseline (`migrate`). Never edited,
+never extended: every change since is an Alembic revision.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[str, ...] = (
+LEGACY_MIGRATIONS: tuple[str, ...] = (
     # 1: machines, enrolment and API tokens, certificate revocation.
     """
     CREATE TABLE machines (

@@ -10,7 +10,7 @@ import msgspec
 
 from coordinator.envs.model import Environment, FreezeWindow, Promotion, Target, TargetGroup
 from coordinator.errors import Conflict
-from coordinator.store.sqlite.core import SqliteCore
+from coordinator.store.sql.core import SqlCore
 
 T = TypeVar("T")
 
@@ -29,11 +29,11 @@ def _decode(rows: list[sqlite3.Row], kind: type[T]) -> list[T]:
     return [decoder.decode(r["body"]) for r in rows]
 
 
-class EnvsSql(SqliteCore):
+class EnvsSql(SqlCore):
     # --- environments ---------------------------------------------------------------------
 
     def put_environment(self, env: Environment) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT id FROM environments WHERE tenant=? AND name=? AND id<>?",
                 (env.tenant, env.name, env.id),
@@ -48,24 +48,26 @@ class EnvsSql(SqliteCore):
             )
 
     def get_environment(self, env_id: str, *, tenant: str) -> Environment | None:
-        rows = self._all("SELECT body FROM environments WHERE id=? AND tenant=?", (env_id, tenant))
+        rows = self._raw_all(
+            "SELECT body FROM environments WHERE id=? AND tenant=?", (env_id, tenant)
+        )
         found = _decode(rows, Environment)
         return found[0] if found else None
 
     def list_environments(self, *, tenant: str) -> list[Environment]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT body FROM environments WHERE tenant=? ORDER BY order_index, name", (tenant,)
         )
         return _decode(rows, Environment)
 
     def delete_environment(self, env_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return db.execute("DELETE FROM environments WHERE id=?", (env_id,)).rowcount > 0
 
     # --- freeze windows -------------------------------------------------------------------
 
     def put_freeze_window(self, window: FreezeWindow) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO freeze_windows"
                 " (id, tenant, environment_id, start_at, end_at, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -87,16 +89,16 @@ class EnvsSql(SqliteCore):
             sql, args = sql + " AND tenant=?", [*args, tenant]
         if environment_id is not None:
             sql, args = sql + " AND environment_id=?", [*args, environment_id]
-        return _decode(self._all(sql + " ORDER BY start_at, id", args), FreezeWindow)
+        return _decode(self._raw_all(sql + " ORDER BY start_at, id", args), FreezeWindow)
 
     def delete_freeze_window(self, window_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return db.execute("DELETE FROM freeze_windows WHERE id=?", (window_id,)).rowcount > 0
 
     # --- target groups --------------------------------------------------------------------
 
     def put_target_group(self, group: TargetGroup) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT id FROM target_groups WHERE environment_id=? AND name=? AND id<>?",
                 (group.environment_id, group.name, group.id),
@@ -114,26 +116,26 @@ class EnvsSql(SqliteCore):
             )
 
     def get_target_group(self, group_id: str, *, tenant: str) -> TargetGroup | None:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT body FROM target_groups WHERE id=? AND tenant=?", (group_id, tenant)
         )
         found = _decode(rows, TargetGroup)
         return found[0] if found else None
 
     def target_groups(self, environment_id: str) -> list[TargetGroup]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT body FROM target_groups WHERE environment_id=? ORDER BY name", (environment_id,)
         )
         return _decode(rows, TargetGroup)
 
     def delete_target_group(self, group_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return db.execute("DELETE FROM target_groups WHERE id=?", (group_id,)).rowcount > 0
 
     # --- targets --------------------------------------------------------------------------
 
     def put_target(self, target: Target) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT id FROM env_targets WHERE tenant=? AND name=? AND id<>?",
                 (target.tenant, target.name, target.id),
@@ -156,7 +158,7 @@ class EnvsSql(SqliteCore):
             )
 
     def get_target(self, target_id: str, *, tenant: str) -> Target | None:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT body FROM env_targets WHERE id=? AND tenant=?", (target_id, tenant)
         )
         found = _decode(rows, Target)
@@ -168,16 +170,16 @@ class EnvsSql(SqliteCore):
             sql, args = sql + " AND tenant=?", [*args, tenant]
         if environment_id is not None:
             sql, args = sql + " AND environment_id=?", [*args, environment_id]
-        return _decode(self._all(sql + " ORDER BY name", args), Target)
+        return _decode(self._raw_all(sql + " ORDER BY name", args), Target)
 
     def delete_target(self, target_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             return db.execute("DELETE FROM env_targets WHERE id=?", (target_id,)).rowcount > 0
 
     # --- promotions -----------------------------------------------------------------------
 
     def put_promotion(self, promotion: Promotion) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO promotions"
                 " (id, tenant, environment_id, status, release_id, created_at, body)"
@@ -197,7 +199,7 @@ class EnvsSql(SqliteCore):
         sql, args = "SELECT body FROM promotions WHERE id=?", list[object]([promotion_id])
         if tenant is not None:
             sql, args = sql + " AND tenant=?", [*args, tenant]
-        found = _decode(self._all(sql, args), Promotion)
+        found = _decode(self._raw_all(sql, args), Promotion)
         return found[0] if found else None
 
     def promotions(
@@ -217,4 +219,4 @@ class EnvsSql(SqliteCore):
         ):
             if value is not None:
                 sql, args = sql + f" AND {column}=?", [*args, value]
-        return _decode(self._all(sql + " ORDER BY created_at DESC, id", args), Promotion)
+        return _decode(self._raw_all(sql + " ORDER BY created_at DESC, id", args), Promotion)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from coordinator.errors import Conflict
 from coordinator.models import User, UserToken
-from coordinator.store.sqlite.core import SqliteCore
+from coordinator.store.sql.core import SqlCore
 
 
-class UsersSql(SqliteCore):
+class UsersSql(SqlCore):
     def create_user(
         self,
         username: str,
@@ -23,7 +24,7 @@ class UsersSql(SqliteCore):
         tenants: Sequence[str],
         now: float,
     ) -> User:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             try:
                 cur = db.execute(
                     "INSERT INTO users (username, email, password_hash, is_staff, permissions,"
@@ -53,11 +54,11 @@ class UsersSql(SqliteCore):
         return found
 
     def get_user(self, user_id: int) -> User | None:
-        with self._read() as db:
+        with self._raw_read() as db:
             return self._user(db, user_id)
 
     def user_by_name(self, username: str) -> tuple[User, str] | None:
-        with self._read() as db:
+        with self._raw_read() as db:
             row = db.execute(
                 "SELECT id, password_hash FROM users WHERE username=?", (username,)
             ).fetchone()
@@ -68,7 +69,7 @@ class UsersSql(SqliteCore):
         return user, str(row["password_hash"])
 
     def list_users(self, *, offset: int = 0, limit: int = 100) -> tuple[list[User], int]:
-        with self._read() as db:
+        with self._raw_read() as db:
             total = int(db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
             ids = [
                 int(r[0])
@@ -80,11 +81,11 @@ class UsersSql(SqliteCore):
         return users, total
 
     def count_users(self) -> int:
-        row = self._one("SELECT COUNT(*) FROM users")
+        row = self._raw_one("SELECT COUNT(*) FROM users")
         return int(row[0]) if row is not None else 0
 
     def set_user_permissions(self, user_id: int, permissions: Sequence[str]) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             cur = db.execute(
                 "UPDATE users SET permissions=? WHERE id=?",
                 (json.dumps(list(permissions)), user_id),
@@ -92,19 +93,19 @@ class UsersSql(SqliteCore):
             return cur.rowcount == 1
 
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             cur = db.execute(
                 "UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id)
             )
             return cur.rowcount == 1
 
     def set_user_disabled(self, user_id: int, disabled: bool) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             cur = db.execute("UPDATE users SET disabled=? WHERE id=?", (int(disabled), user_id))
             return cur.rowcount == 1
 
     def tenants(self) -> list[str]:
-        return [str(r[0]) for r in self._all("SELECT name FROM tenants ORDER BY name")]
+        return [str(r[0]) for r in self._raw_all("SELECT name FROM tenants ORDER BY name")]
 
     def create_user_token(
         self,
@@ -118,7 +119,7 @@ class UsersSql(SqliteCore):
         now: float,
         expires_at: float,
     ) -> UserToken:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "INSERT INTO user_tokens (id, user_id, name, tenant, permissions, secret_hash,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -144,7 +145,7 @@ class UsersSql(SqliteCore):
         )
 
     def user_token(self, token_id: str) -> tuple[UserToken, str] | None:
-        row = self._one("SELECT * FROM user_tokens WHERE id=?", (token_id,))
+        row = self._raw_one("SELECT * FROM user_tokens WHERE id=?", (token_id,))
         if row is None:
             return None
         token = UserToken(
@@ -160,12 +161,12 @@ class UsersSql(SqliteCore):
         return token, str(row["secret_hash"])
 
     def revoke_user_token(self, token_id: str) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             cur = db.execute("UPDATE user_tokens SET revoked=1 WHERE id=?", (token_id,))
             return cur.rowcount == 1
 
     @staticmethod
-    def _user(db: sqlite3.Connection, user_id: int) -> User | None:
+    def _user(db: Any, user_id: int) -> User | None:
         row = db.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone()
         if row is None:
             return None

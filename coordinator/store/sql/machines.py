@@ -8,17 +8,17 @@ import time
 from collections.abc import Sequence
 
 from coordinator.models import Machine, MachineState
-from coordinator.store.sqlite.core import (
+from coordinator.store.sql.core import (
     REVOCATION_CACHE_MAX,
     REVOCATION_CACHE_S,
-    SqliteCore,
+    SqlCore,
     _record_issued,
 )
 
 
-class MachinesSql(SqliteCore):
+class MachinesSql(SqlCore):
     def get_machine(self, machine_id: str) -> Machine | None:
-        row = self._one("SELECT * FROM machines WHERE id=?", (machine_id,))
+        row = self._raw_one("SELECT * FROM machines WHERE id=?", (machine_id,))
         return _machine(row) if row else None
 
     def list_machines(
@@ -31,7 +31,7 @@ class MachinesSql(SqliteCore):
             sql, args = sql + " AND tenant=?", (tenant,)
         if not include_revoked:
             sql += " AND revoked=0"
-        return [_machine(r) for r in self._all(sql + " ORDER BY id", args)]
+        return [_machine(r) for r in self._raw_all(sql + " ORDER BY id", args)]
 
     def record_hello(
         self,
@@ -44,7 +44,7 @@ class MachinesSql(SqliteCore):
         agent_version: str,
         now: float,
     ) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "UPDATE machines SET hostname=?, primary_ip=?, metadata=?, capabilities=?,"
                 " agent_version=?, state='connected', state_since=?, last_seen=? WHERE id=?",
@@ -62,7 +62,7 @@ class MachinesSql(SqliteCore):
 
     def patch_metadata(self, machine_id: str, patch: dict[str, str | None]) -> bool:
         """Operator overrides over what the agent publishes; None removes a key."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             row = db.execute(
                 "SELECT metadata_patch FROM machines WHERE id=?", (machine_id,)
             ).fetchone()
@@ -76,7 +76,7 @@ class MachinesSql(SqliteCore):
             return True
 
     def set_capabilities(self, machine_id: str, capabilities: list[str]) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "UPDATE machines SET capabilities=? WHERE id=?",
                 (json.dumps(capabilities), machine_id),
@@ -85,7 +85,7 @@ class MachinesSql(SqliteCore):
     def set_machine_state(
         self, machine_id: str, state: MachineState, now: float, *, last_seen: float | None = None
     ) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "UPDATE machines SET state=?, state_since=?, last_seen=COALESCE(?, last_seen)"
                 " WHERE id=?",
@@ -94,7 +94,7 @@ class MachinesSql(SqliteCore):
 
     def disconnect_all(self, now: float) -> int:
         """After a restart no session survives: every connected machine is disconnected now."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             cur = db.execute(
                 "UPDATE machines SET state='disconnected', state_since=? WHERE state='connected'",
                 (now,),
@@ -103,7 +103,7 @@ class MachinesSql(SqliteCore):
 
     def set_machine_cert(self, machine_id: str, serial: str, not_after: float, now: float) -> None:
         """Record a renewed certificate; earlier ones stay valid until expiry or revocation."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute(
                 "UPDATE machines SET cert_serial=?, cert_not_after=? WHERE id=?",
                 (serial, not_after, machine_id),
@@ -118,7 +118,7 @@ class MachinesSql(SqliteCore):
             self._revocations.clear()  # after the commit: the next check reads it
 
     def _revoke_machine(self, machine_id: str, now: float) -> bool:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             row = db.execute(
                 "SELECT cert_serial FROM machines WHERE id=?", (machine_id,)
             ).fetchone()
@@ -142,7 +142,7 @@ class MachinesSql(SqliteCore):
         seen = self._revocations.get(serial)
         if seen is not None and now - seen[1] < REVOCATION_CACHE_S:
             return seen[0]
-        revoked = self._one("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)) is not None
+        revoked = self._raw_one("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)) is not None
         if len(self._revocations) >= REVOCATION_CACHE_MAX:
             self._revocations.clear()
         self._revocations[serial] = (revoked, now)

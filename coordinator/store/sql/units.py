@@ -8,18 +8,18 @@ from collections.abc import Sequence
 import msgspec
 
 from coordinator.models import DEFAULT_TENANT, Unit, UnitHead, UnitState
-from coordinator.store.sqlite.core import SqliteCore, _bump, row_record
+from coordinator.store.sql.core import SqlCore, _bump, row_record
 from proto.messages import UnitStatus
 from proto.units import UnitOption
 
 _options_decoder = msgspec.json.Decoder(list[UnitOption])
 
 
-class UnitsSql(SqliteCore):
+class UnitsSql(SqlCore):
     """Units are keyed by (tenant, name): two tenants may each have `web.service`."""
 
     def get_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Unit | None:
-        row = self._one("SELECT * FROM units WHERE tenant=? AND name=?", (tenant, name))
+        row = self._raw_one("SELECT * FROM units WHERE tenant=? AND name=?", (tenant, name))
         return None if row is None else _unit(row, self._placements_of(tenant, name))
 
     def list_units(self, *, machine_id: str | None = None, tenant: str | None = None) -> list[Unit]:
@@ -28,14 +28,14 @@ class UnitsSql(SqliteCore):
         if machine_id is None:
             placements = self._all_placements(tenant)
             if tenant is None:
-                everything = self._all("SELECT * FROM units ORDER BY name, tenant")
+                everything = self._raw_all("SELECT * FROM units ORDER BY name, tenant")
             else:
-                everything = self._all(
+                everything = self._raw_all(
                     "SELECT * FROM units WHERE tenant=? ORDER BY name", (tenant,)
                 )
             return [_unit(r, placements.get((r["tenant"], r["name"]), [])) for r in everything]
         rows = list(
-            self._all(
+            self._raw_all(
                 # CROSS JOIN keeps SQLite's join order: from the machine's placements
                 # (placements_by_machine), never a scan of the tenant's units.
                 "SELECT u.* FROM placements p CROSS JOIN units u"
@@ -45,7 +45,7 @@ class UnitsSql(SqliteCore):
             )
         )
         placed: dict[tuple[str, str], list[str]] = {}
-        for t, unit, machine in self._all(
+        for t, unit, machine in self._raw_all(
             "SELECT p2.tenant, p2.unit, p2.machine_id FROM placements p1"
             " CROSS JOIN placements p2 ON p2.tenant=p1.tenant AND p2.unit=p1.unit"
             " WHERE p1.machine_id=? ORDER BY p2.unit, p2.machine_id",
@@ -76,7 +76,7 @@ class UnitsSql(SqliteCore):
                 machines=placements.get((r["tenant"], r["name"]), []),
                 tenant=r["tenant"],
             )
-            for r in self._all(sql + " ORDER BY tenant, name", args)
+            for r in self._raw_all(sql + " ORDER BY tenant, name", args)
         ]
 
     def unit_options(
@@ -86,7 +86,7 @@ class UnitsSql(SqliteCore):
         for i in range(0, len(names), 500):
             chunk = names[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for r in self._all(
+            for r in self._raw_all(
                 f"SELECT name, options FROM units WHERE tenant=? AND name IN ({marks})",
                 [tenant, *chunk],
             ):
@@ -96,7 +96,7 @@ class UnitsSql(SqliteCore):
     def unit_page(
         self, offset: int, limit: int, *, tenant: str = DEFAULT_TENANT
     ) -> tuple[list[Unit], int]:
-        with self._read() as db:  # one snapshot for the page and the count
+        with self._raw_read() as db:  # one snapshot for the page and the count
             rows = db.execute(
                 "SELECT * FROM units WHERE tenant=? ORDER BY name LIMIT ? OFFSET ?",
                 (tenant, limit, offset),
@@ -118,11 +118,11 @@ class UnitsSql(SqliteCore):
     def _all_placements(self, tenant: str | None) -> dict[tuple[str, str], list[str]]:
         placements: dict[tuple[str, str], list[str]] = {}
         if tenant is None:
-            rows = self._all(
+            rows = self._raw_all(
                 "SELECT tenant, unit, machine_id FROM placements ORDER BY tenant, unit, machine_id"
             )
         else:
-            rows = self._all(
+            rows = self._raw_all(
                 "SELECT tenant, unit, machine_id FROM placements WHERE tenant=?"
                 " ORDER BY unit, machine_id",
                 (tenant,),
@@ -134,7 +134,7 @@ class UnitsSql(SqliteCore):
     def _placements_of(self, tenant: str, name: str) -> list[str]:
         return [
             r[0]
-            for r in self._all(
+            for r in self._raw_all(
                 "SELECT machine_id FROM placements WHERE tenant=? AND unit=? ORDER BY machine_id",
                 (tenant, name),
             )
@@ -143,7 +143,7 @@ class UnitsSql(SqliteCore):
     def put_units(self, units: list[Unit], now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
         """Many units in one transaction (one fsync); returns the affected machines."""
         affected: set[str] = set()
-        with self._tx():
+        with self._raw_tx():
             for unit in units:
                 affected |= self.put_unit(unit, now, tenant=tenant)
         return affected
@@ -155,7 +155,7 @@ class UnitsSql(SqliteCore):
         What machines reported stays when a unit moves or goes: a copy runs until its
         machine says it stopped (a partitioned machine cannot), so its row goes only
         when that machine reports the unit gone (`record_unit_states`)."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             old = {
                 r[0]
                 for r in db.execute(
@@ -199,7 +199,7 @@ class UnitsSql(SqliteCore):
         """Store many units' new placements in one transaction (the scheduler's output);
         returns every machine whose desired state changed, revisions bumped."""
         affected: set[str] = set()
-        with self._tx() as db:
+        with self._raw_tx() as db:
             for name, machines in sorted(changes.items()):
                 old = {
                     r[0]
@@ -223,7 +223,7 @@ class UnitsSql(SqliteCore):
 
     def delete_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> set[str] | None:
         """Remove a unit; None if it did not exist, else the machines it was placed on."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             placed = {
                 r[0]
                 for r in db.execute(
@@ -239,7 +239,7 @@ class UnitsSql(SqliteCore):
             return placed
 
     def set_applied_revision(self, machine_id: str, revision: int) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             db.execute("UPDATE machines SET applied_revision=? WHERE id=?", (revision, machine_id))
 
     def record_unit_states(
@@ -252,7 +252,7 @@ class UnitsSql(SqliteCore):
         replace_all: bool = False,
     ) -> None:
         """Store what a machine reported; `replace_all` for a Hello's full snapshot."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             if replace_all:
                 db.execute("DELETE FROM unit_states WHERE machine_id=?", (machine_id,))
             db.executemany(
@@ -307,7 +307,7 @@ class UnitsSql(SqliteCore):
             sql, args = sql + " AND s.machine_id=?", [*args, machine_id]
         if name is not None:
             sql, args = sql + " AND s.name=?", [*args, name]
-        rows = self._all(sql + " ORDER BY s.name, s.machine_id", args)
+        rows = self._raw_all(sql + " ORDER BY s.name, s.machine_id", args)
         return [row_record(r, UnitState) for r in rows]
 
 

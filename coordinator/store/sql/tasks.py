@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from coordinator.errors import Conflict
-from coordinator.store.sqlite.core import SqliteCore
+from coordinator.store.sql.core import SqlCore
 from coordinator.tasks.logs import new_piece
 from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
 
@@ -54,18 +54,18 @@ def _run(row: sqlite3.Row) -> TaskRun:
     return _record(row, TaskRun, _RUN_JSON)  # type: ignore[no-any-return]
 
 
-def _insert(db: sqlite3.Connection, table: str, values: dict[str, Any], *, replace: bool) -> None:
+def _insert(db: Any, table: str, values: dict[str, Any], *, replace: bool) -> None:
     cols = ", ".join(values)
     marks = ", ".join("?" for _ in values)
     verb = "INSERT OR REPLACE" if replace else "INSERT"
     db.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", tuple(values.values()))
 
 
-class TasksSql(SqliteCore):
+class TasksSql(SqlCore):
     # --- definitions ------------------------------------------------------------------
 
     def put_definition(self, definition: TaskDefinition) -> None:
-        with self._tx() as db:
+        with self._raw_tx() as db:
             other = db.execute(
                 "SELECT definition_id FROM task_definitions"
                 " WHERE tenant=? AND alias=? AND deleted=0 AND definition_id<>?",
@@ -76,21 +76,21 @@ class TasksSql(SqliteCore):
             _insert(db, "task_definitions", _row(definition, _DEF_JSON), replace=True)
 
     def get_definition(self, tenant: str, definition_id: str) -> TaskDefinition | None:
-        row = self._one(
+        row = self._raw_one(
             "SELECT * FROM task_definitions WHERE tenant=? AND definition_id=? AND deleted=0",
             (tenant, definition_id),
         )
         return None if row is None else _definition(row)
 
     def definition_by_alias(self, tenant: str, alias: str) -> TaskDefinition | None:
-        row = self._one(
+        row = self._raw_one(
             "SELECT * FROM task_definitions WHERE tenant=? AND alias=? AND deleted=0",
             (tenant, alias),
         )
         return None if row is None else _definition(row)
 
     def list_definitions(self, tenant: str) -> list[TaskDefinition]:
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT * FROM task_definitions WHERE tenant=? AND deleted=0 ORDER BY definition_id",
             (tenant,),
         )
@@ -98,7 +98,7 @@ class TasksSql(SqliteCore):
 
     def delete_definition(self, tenant: str, definition_id: str, now: float) -> bool:
         """Deregister: the definition disappears, its runs stay readable."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             cur = db.execute(
                 "UPDATE task_definitions SET deleted=1, updated_at=?"
                 " WHERE tenant=? AND definition_id=? AND deleted=0",
@@ -110,7 +110,7 @@ class TasksSql(SqliteCore):
 
     def put_runs(self, runs: list[TaskRun], events: list[RunEvent]) -> None:
         """Insert or replace runs and append events, in one transaction."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             for run in runs:
                 values = _row(run, _RUN_JSON)
                 values.pop("log_size")  # owned by append_log
@@ -129,13 +129,13 @@ class TasksSql(SqliteCore):
             )
 
     def get_run(self, run_id: str) -> TaskRun | None:
-        row = self._one("SELECT * FROM task_runs WHERE run_id=?", (run_id,))
+        row = self._raw_one("SELECT * FROM task_runs WHERE run_id=?", (run_id,))
         return None if row is None else _run(row)
 
     def unfinished_runs(self) -> list[TaskRun]:
         """Runs the coordinator still acts on: active ones, and stopped ones whose
         whole log is not stored yet."""
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT * FROM task_runs WHERE status IN ('QUEUED','PENDING','RUNNING')"
             " OR (status='STOPPED' AND machine_id<>'' AND (log_total<0 OR log_size<log_total))"
             " ORDER BY seq"
@@ -143,7 +143,7 @@ class TasksSql(SqliteCore):
         return [_run(r) for r in rows]
 
     def max_run_seq(self) -> int:
-        row = self._one("SELECT COALESCE(MAX(seq), 0) FROM task_runs")
+        row = self._raw_one("SELECT COALESCE(MAX(seq), 0) FROM task_runs")
         return int(row[0]) if row is not None else 0
 
     def list_runs(self, tenant: str, query: RunQuery) -> tuple[int, list[TaskRun]]:
@@ -176,11 +176,11 @@ class TasksSql(SqliteCore):
             )
             args += [name, value]
         clause = " AND ".join(where)
-        total_row = self._one(f"SELECT COUNT(*) FROM task_runs WHERE {clause}", args)
+        total_row = self._raw_one(f"SELECT COUNT(*) FROM task_runs WHERE {clause}", args)
         total = int(total_row[0]) if total_row is not None else 0
         column = _RUN_SORT.get(query.sort_by, "started_at")
         direction = "DESC" if query.order.lower() == "desc" else "ASC"
-        rows = self._all(
+        rows = self._raw_all(
             f"SELECT * FROM task_runs WHERE {clause}"
             f" ORDER BY {column} IS NULL, {column} {direction}, seq {direction}"
             " LIMIT ? OFFSET ?",
@@ -189,7 +189,7 @@ class TasksSql(SqliteCore):
         return total, [_run(r) for r in rows]
 
     def run_events(self, run_id: str) -> list[RunEvent]:
-        rows = self._all("SELECT * FROM task_run_events WHERE run_id=? ORDER BY id", (run_id,))
+        rows = self._raw_all("SELECT * FROM task_run_events WHERE run_id=? ORDER BY id", (run_id,))
         return [
             RunEvent(
                 run_id=r["run_id"],
@@ -206,7 +206,7 @@ class TasksSql(SqliteCore):
     def append_log(self, run_id: str, offset: int, data: bytes) -> int:
         """Keep the new bytes of a chunk (see `tasks.logs.new_piece`); the stored size
         after it (what the agent is acknowledged)."""
-        with self._tx() as db:
+        with self._raw_tx() as db:
             row = db.execute("SELECT log_size FROM task_runs WHERE run_id=?", (run_id,)).fetchone()
             if row is None:
                 return 0
@@ -225,7 +225,7 @@ class TasksSql(SqliteCore):
 
     def read_log(self, run_id: str, start: int, max_bytes: int) -> bytes:
         """Up to `max_bytes` of the stored log from byte `start` on."""
-        rows = self._all(
+        rows = self._raw_all(
             "SELECT offset, data FROM task_logs WHERE run_id=? AND offset+length(data)>?"
             " AND offset<? ORDER BY offset",
             (run_id, start, start + max_bytes),

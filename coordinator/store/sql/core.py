@@ -1,0 +1,438 @@
+"""The store's core on SQLAlchemy Core, for SQLite and PostgreSQL: connections,
+transactions, faults, migrations.
+
+Every method that changes state runs in one transaction and returns only after
+COMMIT: on SQLite with `synchronous=FULL` in WAL mode, on PostgreSQL with its own
+durable commit. What a caller acknowledges is on disk, so `kill -9` (or a power cut)
+loses nothing acknowledged. The aggregate modules (`machines`, `units`, `tokens`,
+`deploy`, `reports`...) build on `SqlCore` with statements over `schema`'s tables; no
+connection leaves this package.
+
+Writes in one process are serialised by one lock held from BEGIN to COMMIT (a
+transaction is never joined by another thread's statements, and the read-then-write
+logic of the modules sees no interleaving from this process). Between coordinators
+sharing PostgreSQL, correctness comes from constraints (a second insert of a name is
+a conflict), from single-statement updates, and from the lease that lets one
+coordinator alone run the singleton work (scheduling, rollouts, liveness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine, Row, RowMapping
+
+from coordinator.store.health import StorageHealth
+from coordinator.store.ports import StorageError, StorageUnavailable
+from coordinator.store.sql import migrate, schema
+
+R = TypeVar("R")
+
+REVOCATION_CACHE_S = 1.0
+"""How long `is_serial_revoked` trusts an answer it read (every API request and agent
+connection asks). This process's own revocations clear the cache at once; the bound is
+for a revocation written by another process (or coordinator) sharing the database."""
+REVOCATION_CACHE_MAX = 4096
+
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+PG_DISK_FULL = "53100"
+PG_OUT_OF_MEMORY = "53200"
+PG_IO_ERROR = "58030"
+
+log = logging.getLogger("coordinator.storage")
+
+
+def database_url(target: Path | str) -> str:
+    """A SQLAlchemy URL for a path (an SQLite file) or a URL as given; a bare
+    `postgresql://` URL gets the psycopg (3) driver. Pure."""
+    text = str(target)
+    if "://" not in text:
+        return f"sqlite:///{text}"
+    if text.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + text.split("://", 1)[1]
+    return text
+
+
+def storage_fault(exc_: BaseException) -> str | None:
+    """Which fault: "full" (no space left), "io" (the disk fails), "unreachable" (the
+    database server cannot be reached) or None (any other error): the faults that are
+    the machine's, not the request's, and pass once an operator acts."""
+    if isinstance(exc_, exc.DBAPIError):
+        if exc_.connection_invalidated and exc_.orig is None:
+            return "unreachable"
+        inner = exc_.orig
+        if inner is None:
+            return None
+        kind = storage_fault(inner)
+        if kind is None and exc_.connection_invalidated:
+            return "unreachable"
+        return kind
+    if isinstance(exc_, sqlite3.Error):
+        code = (getattr(exc_, "sqlite_errorcode", None) or 0) & 0xFF
+        text = str(exc_)
+        if code == SQLITE_FULL or "database or disk is full" in text:
+            return "full"
+        if code == SQLITE_IOERR or "disk I/O error" in text:
+            return "io"
+        return None
+    sqlstate = getattr(exc_, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        if sqlstate in (PG_DISK_FULL, PG_OUT_OF_MEMORY):
+            return "full"
+        if sqlstate == PG_IO_ERROR:
+            return "io"
+        if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03"):
+            return "unreachable"  # connection exceptions, admin/crash shutdown
+        return None
+    if type(exc_).__name__ == "OperationalError" and type(exc_).__module__.startswith("psycopg"):
+        return "unreachable"  # psycopg's "connection failed" carries no SQLSTATE
+    if isinstance(exc_, OSError):
+        if exc_.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "full"
+        if exc_.errno == errno.EIO:
+            return "io"
+    return None
+
+
+def make_engine(url: str) -> Engine:
+    """The engine for one database: SQLite with WAL, FULL sync and foreign keys on each
+    connection, BEGIN IMMEDIATE for the writer (the pysqlite driver's own transaction
+    handling is turned off, as SQLAlchemy's documentation advises); PostgreSQL through
+    psycopg 3 with a small pool."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 5.0}, poolclass=sa.NullPool
+        )
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "foreign_keys=ON",
+                "busy_timeout=5000",
+            ):
+                cursor.execute(f"PRAGMA {pragma}")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            if conn.info.get("moorage.role") == "writer":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
+class _RawDb:
+    """TRANSITIONAL (removed when every module is on Core statements): the driver's
+    sqlite3 connection under an SQLAlchemy transaction, with rows by name."""
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self._raw = raw
+
+    def _cursor(self) -> sqlite3.Cursor:
+        cur = self._raw.cursor()
+        cur.row_factory = sqlite3.Row
+        return cur
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._cursor().execute(sql, args)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self._cursor().executemany(sql, rows)
+
+
+class RawSql:
+    """TRANSITIONAL: the qmark-SQL calls of the SQLite-era modules, on SQLite only."""
+
+    @contextmanager
+    def _raw_tx(self: Any) -> Iterator[_RawDb]:
+        with self._tx() as conn:
+            yield _RawDb(conn.connection.dbapi_connection)
+
+    @contextmanager
+    def _raw_read(self: Any) -> Iterator[_RawDb]:
+        with self._read() as conn:
+            yield _RawDb(conn.connection.dbapi_connection)
+
+    def _raw_all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._raw_read() as db:
+            return db.execute(sql, args).fetchall()
+
+    def _raw_one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._raw_read() as db:
+            row: sqlite3.Row | None = db.execute(sql, args).fetchone()
+            return row
+
+
+def _bump(db: Any, machine_ids: set[str]) -> None:
+    """TRANSITIONAL: `bump` for the qmark modules."""
+    db.executemany(
+        "UPDATE machines SET desired_revision=desired_revision+1 WHERE id=?",
+        [(m,) for m in sorted(machine_ids)],
+    )
+
+
+def _record_issued(db: Any, serial: str, machine_id: str, now: float, not_after: float) -> None:
+    """TRANSITIONAL: `record_issued` for the qmark modules."""
+    db.execute(
+        "INSERT INTO issued_certs (serial, machine_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
+        (serial, machine_id, now, not_after),
+    )
+
+
+class SqlCore(RawSql):
+    """The store's connections and transactions over one database (an SQLite file or
+    a PostgreSQL database).
+
+    SQLite: two connections shared by the event loop thread and the threads long writes
+    run in (`asyncio.to_thread`). Writes (and reads inside a write's transaction) use
+    the writer under `_lock`; reads outside a transaction use the reader (WAL: the last
+    committed state, never waiting for a writer), so a long write in a thread does not
+    stall reads on the event loop. PostgreSQL: the same lock, connections from a pool.
+    """
+
+    def __init__(self, target: Path | str) -> None:
+        self.url = database_url(target)
+        self.path = str(target) if "://" not in str(target) else ""
+        self.health = StorageHealth()
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        """"sqlite" or "postgresql": for the few statements that differ (`insert`)."""
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._revocations: dict[str, tuple[bool, float]] = {}
+        """serial -> (revoked, when read, monotonic): see REVOCATION_CACHE_S."""
+        self._read_lock = threading.Lock()
+        self._writer: Connection | None = None
+        self._reader: Connection | None = None
+        if self.dialect == "sqlite":
+            self._writer = self.engine.connect()
+            self._writer.info["moorage.role"] = "writer"
+            self._reader = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._reader.exec_driver_sql("PRAGMA query_only=ON")
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+        self.engine.dispose()
+
+    @property
+    def schema_version(self) -> str:
+        """The Alembic revision the database is at."""
+        with self._read() as db:
+            return migrate.current_revision(db) or ""
+
+    def _migrate(self) -> None:
+        """Bring the schema to this coordinator's head (see `migrate`), refusing a
+        database a newer coordinator has already changed."""
+        with self.engine.connect() as conn:
+            try:
+                migrate.upgrade(conn)
+            except migrate.TooNew as exc_:
+                raise StorageError(str(exc_)) from exc_
+
+    # -- reads -----------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """The connection a read uses: the writer's inside this thread's transaction
+        (it must see its own writes), else the reader (the last committed state)."""
+        inside = getattr(self._local, "conn", None)
+        if inside is not None:
+            yield inside
+            return
+        if self._reader is not None:
+            with self._read_lock:
+                yield self._reader
+            return
+        try:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                yield conn
+        except exc.DBAPIError as exc_:
+            kind = storage_fault(exc_)
+            if kind is None:
+                raise
+            self.health.failed(kind, str(exc_.orig or exc_))
+            raise StorageUnavailable(kind, str(exc_.orig or exc_)) from exc_
+
+    def _rows(self, stmt: sa.Executable, params: Any = None) -> Sequence[Row[Any]]:
+        """Every row of one query (never a result that outlives the connection)."""
+        with self._read() as db:
+            return db.execute(stmt, params).all()
+
+    def _maps(self, stmt: sa.Executable, params: Any = None) -> Sequence[RowMapping]:
+        """Every row of one query as a mapping (column name -> value)."""
+        with self._read() as db:
+            return db.execute(stmt, params).mappings().all()
+
+    def _first(self, stmt: sa.Executable, params: Any = None) -> RowMapping | None:
+        """The first row of one query as a mapping, or None."""
+        with self._read() as db:
+            return db.execute(stmt, params).mappings().first()
+
+    def _scalar(self, stmt: sa.Executable, params: Any = None) -> Any:
+        """The first column of the first row (None when there is no row)."""
+        with self._read() as db:
+            return db.execute(stmt, params).scalar()
+
+    # -- writes ----------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One transaction; nested uses join the outer one (see `batch`).
+
+        A failed COMMIT is rolled back too (else every later write would join a
+        transaction that never ends); a full or failing disk, or a database that cannot
+        be reached, raises StorageUnavailable. The lock is held from BEGIN to COMMIT:
+        another thread waits for the whole transaction (it is re-entrant, so the thread
+        that holds it joins).
+        """
+        with self._lock:
+            inside = getattr(self._local, "conn", None)
+            if inside is not None:
+                yield inside
+                return
+            try:
+                conn = self._writer if self._writer is not None else self.engine.connect()
+            except exc.DBAPIError as exc_:
+                self._fault(exc_)
+                raise
+            try:
+                self._local.conn = conn
+                yield from self._begin_commit(conn)
+            finally:
+                self._local.conn = None
+                if conn is not self._writer:
+                    conn.close()
+
+    def _begin_commit(self, conn: Connection) -> Iterator[Connection]:
+        if conn.in_transaction():  # autobegun by a raw statement outside any `_tx`
+            conn.commit()
+        try:
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException:
+                if conn.in_transaction():
+                    with contextlib.suppress(exc.SQLAlchemyError, sqlite3.Error):
+                        conn.rollback()
+                raise
+        except (exc.DBAPIError, sqlite3.Error, OSError) as exc_:
+            self._fault(exc_)
+            raise
+        self.health.ok()
+
+    def _fault(self, exc_: BaseException) -> None:
+        """Raise StorageUnavailable for a fault of the storage itself (else return:
+        the caller re-raises the error, which is the request's)."""
+        kind = storage_fault(exc_)
+        if kind is None:
+            return
+        detail = str(getattr(exc_, "orig", None) or exc_)
+        self.health.failed(kind, detail)
+        raise StorageUnavailable(kind, detail) from exc_
+
+    def probe(self) -> bool:
+        """Try a small write (the Alembic revision row, unchanged): whether the storage
+        takes writes again when nothing else is waiting to be written."""
+        try:
+            with self._tx() as db:
+                migrate.touch(db)
+        except StorageUnavailable:
+            return False
+        return True
+
+    def batch(self) -> AbstractContextManager[Connection]:
+        """Group many writes into one transaction (one fsync)."""
+        return self._tx()
+
+    @property
+    def db(self) -> Connection:
+        """A raw connection (the writer's on SQLite): for this engine's modules and its
+        fault-injection tests only. It is on no port, so no service can reach it."""
+        if self._writer is not None:
+            return self._writer
+        raise StorageError("a PostgreSQL store has no single raw connection")
+
+    def _insert(self, table: sa.Table) -> Any:
+        """An INSERT for this engine, with `on_conflict_do_nothing` and
+        `on_conflict_do_update(index_elements=..., set_=...)` (both engines spell them
+        the same; `.excluded` names the row that was not inserted)."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite_dialect.insert(table)
+
+    def _contains(self, column: sa.ColumnElement[str], text: str) -> sa.ColumnElement[bool]:
+        """`column` contains `text`, case-sensitively and with no wildcard characters
+        (SQLite's instr, PostgreSQL's strpos)."""
+        found: sa.ColumnElement[int] = (
+            sa.func.strpos(column, text)
+            if self.dialect == "postgresql"
+            else sa.func.instr(column, text)
+        )
+        return found > 0
+
+    def _greatest(self, a: Any, b: Any) -> sa.ColumnElement[Any]:
+        """The larger of two values (SQLite's two-argument max, PostgreSQL's greatest)."""
+        if self.dialect == "postgresql":
+            return sa.func.greatest(a, b)
+        return sa.func.max(a, b)
+
+
+def bump(db: Connection, machine_ids: set[str]) -> None:
+    """Raise each machine's desired revision by one (its agent has something to fetch)."""
+    if not machine_ids:
+        return
+    m = schema.machines
+    db.execute(
+        sa.update(m)
+        .where(m.c.id == sa.bindparam("mid"))
+        .values(desired_revision=m.c.desired_revision + 1),
+        [{"mid": mid} for mid in sorted(machine_ids)],
+    )
+
+
+def record_issued(
+    db: Connection, serial: str, machine_id: str, now: float, not_after: float
+) -> None:
+    db.execute(
+        sa.insert(schema.issued_certs).values(
+            serial=serial, machine_id=machine_id, issued_at=now, not_after=not_after
+        )
+    )
+
+
+def row_record(row: RowMapping | Row[Any] | sqlite3.Row, kind: type[R]) -> R:
+    """A row whose columns are named like the Struct's fields (extra columns ignored,
+    0/1 read as booleans)."""
+    if isinstance(row, sqlite3.Row):
+        return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)
+    mapping = row._mapping if isinstance(row, Row) else row
+    return msgspec.convert(dict(mapping), kind, strict=False)
