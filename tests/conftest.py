@@ -27,3 +27,10 @@ def agents(tmp_path: Path) -> Iterator[list[AgentProc]]:
     finally:
         for agent in made:
             agent.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the session's PostgreSQL cluster, if a test started one."""
+    from tests.harness.databases import stop_cluster
+
+    stop_cluster()
