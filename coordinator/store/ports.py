@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         User,
         UserToken,
     )
+    from coordinator.store.fence import CoordinatorInfo, LeaseInfo
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
     from coordinator.webops.records import (
@@ -805,6 +806,50 @@ class SessionStore(StoreAdmin, MachineStore, Protocol):
 
 
 @runtime_checkable
+class ClusterStore(Protocol):
+    """Several coordinators on one database (#23): who they are, the leases singleton
+    work runs under (atomic, timed by the database's clock), and which coordinator
+    holds each machine's hub session."""
+
+    def register_coordinator(
+        self, coordinator_id: str, api_url: str, hub_url: str, now: float
+    ) -> None: ...
+
+    def heartbeat_coordinator(self, coordinator_id: str) -> bool:
+        """False when the row is gone (then register again)."""
+        ...
+
+    def live_coordinators(self, stale_after_s: float) -> list[CoordinatorInfo]: ...
+
+    def try_acquire(self, name: str, holder: str, ttl_s: float) -> int | None:
+        """A new tenure (its epoch, higher than any before) if the lease is free,
+        expired or already `holder`'s; None when another holds it."""
+        ...
+
+    def renew(self, name: str, holder: str, epoch: int, ttl_s: float) -> bool:
+        """Extend this tenure; False once it expired or another took the lease."""
+        ...
+
+    def release(self, name: str, holder: str, epoch: int) -> None: ...
+
+    def lease(self, name: str) -> LeaseInfo | None: ...
+
+    def claim_session(self, machine_id: str, coordinator_id: str) -> None: ...
+
+    def drop_session(
+        self, machine_id: str, coordinator_id: str, now: float, *, last_seen: float
+    ) -> bool: ...
+
+    def release_sessions(self, coordinator_id: str, now: float, *, unowned: bool) -> int: ...
+
+    def disconnect_orphans(self, now: float, stale_after_s: float) -> list[str]: ...
+
+    def unowned_disconnected(self) -> list[tuple[str, float]]: ...
+
+    def mark_lost(self, machine_id: str, now: float, disconnected_since: float) -> bool: ...
+
+
+@runtime_checkable
 class Store(
     StoreAdmin,
     MachineStore,
@@ -821,6 +866,7 @@ class Store(
     RateLimitStore,
     AuditStore,
     EnvironmentStore,
+    ClusterStore,
     Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""

@@ -5,6 +5,7 @@ except the composition root (`coordinator.app`) and the engine's own tests."""
 
 from __future__ import annotations
 
+from coordinator.store.sql.cluster import ClusterSql
 from coordinator.store.sql.core import SqlCore, database_url, row_record, storage_fault
 from coordinator.store.sql.deploy import DeploySql
 from coordinator.store.sql.envs import EnvsSql
@@ -31,6 +32,7 @@ class SqlStore(
     EnvsSql,
     WebOpsSql,
     PlatformSql,
+    ClusterSql,
     SqlCore,
 ):
     """Every port (`coordinator.store.ports.Store`) over one database: an SQLite file

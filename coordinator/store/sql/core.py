@@ -338,6 +338,7 @@ class SqlCore(RawSql):
         try:
             try:
                 with conn.begin():
+                    self._check_fence(conn)
                     yield conn
             except BaseException:
                 if conn.in_transaction():
@@ -348,6 +349,10 @@ class SqlCore(RawSql):
             self._fault(exc_)
             raise
         self.health.ok()
+
+    def _check_fence(self, conn: Connection) -> None:
+        """First thing in each outermost transaction: refuse it when it is made for
+        singleton work whose lease is lost (`coordinator.store.fence`; `ClusterSql`)."""
 
     def _fault(self, exc_: BaseException) -> None:
         """Raise StorageUnavailable for a fault of the storage itself (else return:

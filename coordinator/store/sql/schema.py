@@ -48,6 +48,7 @@ machines = sa.Table(
     sa.Column("applied_revision", Int, nullable=False, server_default="0"),
     sa.Column("metadata_patch", Str, nullable=False, server_default="{}"),
     sa.Column("tenant", Str, nullable=False, server_default="default"),
+    sa.Column("session_owner", Str, nullable=False, server_default=""),
     sa.Index("machines_by_tenant", "tenant", "id"),
 )
 
@@ -646,3 +647,27 @@ machine_samples = sa.Table(
     sa.Index("machine_samples_by_tenant", "tenant", "minute"),
     sqlite_with_rowid=False,
 )
+
+
+coordinators = sa.Table(
+    "coordinators",
+    metadata,
+    sa.Column("id", Str, primary_key=True),
+    sa.Column("api_url", Str, nullable=False, server_default=""),
+    sa.Column("hub_url", Str, nullable=False, server_default=""),
+    sa.Column("started_at", Real, nullable=False),
+    sa.Column("heartbeat_at", Real, nullable=False),
+)
+"""Every coordinator sharing the database; `heartbeat_at` is the database's clock."""
+
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", Str, primary_key=True),
+    sa.Column("holder", Str, nullable=False),
+    sa.Column("epoch", Int, nullable=False),
+    sa.Column("expires_at", Real, nullable=False),
+)
+"""Singleton work's leases: `epoch` (the fencing token) grows with every new tenure;
+`expires_at` is the database's clock."""
