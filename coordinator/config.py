@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
+import socket
 import tomllib
 from pathlib import Path
 
 import msgspec
 
+from coordinator.cluster import lease
 from coordinator.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT_S,
 )
+from proto.files import write_private
 
 DEFAULT_CONFIG = Path("/etc/moorage/coordinator.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/moorage/coordinator")
@@ -100,6 +104,14 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     fleet (its password in `database_password_file`, or a `~/.pgpass`, never here)."""
     database_password_file: str = ""
     """A file (0600) holding the password of `database_url`'s user."""
+    coordinator_id: str = ""
+    """This coordinator among those sharing the database; "": an id generated once
+    into `<state_dir>/coordinator.id` (so it survives restarts)."""
+    lease_ttl_s: float = lease.DEFAULT_TTL_S
+    """How long the leader's lease lasts unrenewed: a leader killed is replaced within
+    about this (plus `lease_renew_s`)."""
+    lease_renew_s: float = lease.DEFAULT_RENEW_S
+    """How often the leader renews its lease (and every coordinator heartbeats)."""
 
     @property
     def db_path(self) -> Path:
@@ -119,6 +131,32 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     @property
     def pki_dir(self) -> Path:
         return Path(self.state_dir) / "pki"
+
+    @property
+    def coordinator_id_file(self) -> Path:
+        return Path(self.state_dir) / "coordinator.id"
+
+
+COORDINATOR_ID_MAX = 64
+
+
+def coordinator_identity(config: CoordinatorConfig) -> str:
+    """This coordinator's id: the configured one, else the one generated into the state
+    directory on the first start (its host name and a random suffix, readable in logs
+    and unique even when two coordinators share a host name)."""
+    if config.coordinator_id:
+        return config.coordinator_id
+    path = config.coordinator_id_file
+    try:
+        found = path.read_text().strip()
+    except FileNotFoundError:
+        found = ""
+    if found:
+        return found
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40]
+    made = f"{host or 'coordinator'}-{secrets.token_hex(4)}"
+    write_private(path, (made + "\n").encode())
+    return made
 
 
 def with_password(url: str, password: str) -> str:
@@ -151,7 +189,11 @@ def load_config(path: Path | None) -> CoordinatorConfig:
         config = msgspec.convert(raw, CoordinatorConfig)
     except (OSError, tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    problems = config.rate_limits.problems()
+    problems = config.rate_limits.problems() + lease.problems(
+        config.lease_ttl_s, config.lease_renew_s
+    )
+    if len(config.coordinator_id) > COORDINATOR_ID_MAX:
+        problems.append(f"coordinator_id must be at most {COORDINATOR_ID_MAX} characters")
     if problems:
         raise ConfigError(f"{path}: {'; '.join(problems)}")
     return config

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from coordinator import guard, limits
 from coordinator.api import (
@@ -57,13 +57,15 @@ from coordinator.api.routing import (
 )
 from coordinator.app import open_store
 from coordinator.audit import AuditLog, is_write
-from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.cluster.leader import Leader
+from coordinator.config import CoordinatorConfig, coordinator_identity, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.envs.service import EnvironmentService
 from coordinator.errors import DomainError
 from coordinator.events import ACTOR, EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
+from coordinator.hub.liveness import ISOLATION_MARGIN_S
 from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import AuditEntry
@@ -108,6 +110,11 @@ LISTEN_BACKLOG = 4096
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+SCHEDULE_EVERY_S = 30.0
+"""The leader's periodic scheduling pass: passes also run where a unit is written or an
+agent connects (on any coordinator); this one makes placements converge whatever was
+missed (a coordinator that died mid-pass, a machine lost meanwhile)."""
+
 AUDIT_PATH_MAX = 1024
 AUDIT_VALUE_MAX = 256
 FAILED_AUTH = (401, 403)
@@ -138,6 +145,8 @@ class Coordinator:
         subscribe."""
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.coordinator_id = coordinator_identity(config)
+        """This coordinator among those sharing the database (#23)."""
         self.paths = pki.init_pki(config.pki_dir, *server_identity(config))
         ca_key = pki.load_key(Path(self.paths.ca_key).read_bytes())
         self.ca_cert = pki.load_cert(Path(self.paths.ca_cert).read_bytes())
@@ -156,6 +165,7 @@ class Coordinator:
             self.metrics,
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
+            coordinator_id=self.coordinator_id,
         )
         self.metrics.storage_writable.set_function(
             lambda: 0.0 if self.storage.health.fault else 1.0
@@ -214,11 +224,54 @@ class Coordinator:
             tokens=self.tokens,
             live=LiveHub(self.events),
         )
+        self.leader = self._leader()
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _leader(self) -> Leader:
+        """Singleton work: what only one of the coordinators sharing a database may do,
+        run while this one holds the lease (with SQLite, always). Everything else (the
+        APIs, agent sessions and what they report, heartbeats of this coordinator's own
+        sessions, webhook delivery of the events raised here, the audit log and rate
+        limits) runs on every coordinator."""
+        leader = Leader(
+            self.storage,
+            self.coordinator_id,
+            ttl_s=self.config.lease_ttl_s,
+            renew_s=self.config.lease_renew_s,
+        )
+        leader.add("liveness", lambda: self.hub.lost_loop(self.config.lease_ttl_s))
+        leader.add("rollouts", self.deployments.run)
+        leader.add("freeze-windows", self.environments.run)
+        leader.add("task-queue", self.tasks.run_scheduler)
+        leader.add("scheduling", self._scheduling)
+        Gauge(
+            "moorage_coordinator_leader",
+            "1 while this coordinator holds the lease singleton work runs under",
+            registry=self.metrics.registry,
+        ).set_function(lambda: 1.0 if leader.leading else 0.0)
+        Gauge(
+            "moorage_coordinator_lease_epoch",
+            "The epoch (fencing token) of this coordinator's tenure; 0 while not leading",
+            registry=self.metrics.registry,
+        ).set_function(lambda: float(leader.epoch))
+        return leader
+
+    async def _scheduling(self) -> None:
+        """The leader's scheduling passes: one once the isolation margin is over (machines
+        lost just before may still hold StopWhenIsolated units), then periodically."""
+        await asyncio.sleep(ISOLATION_MARGIN_S + 0.1)
+        while True:
+            try:
+                await self.units.reschedule()
+            except StorageUnavailable:
+                pass  # logged by the store's health; or the lease is lost and we stop
+            except Exception:
+                log.exception("scheduling failed")
+            await asyncio.sleep(SCHEDULE_EVERY_S)
 
     # --- applications -------------------------------------------------------------------
 
@@ -429,7 +482,9 @@ class Coordinator:
             return json_response(
                 {"status": "unavailable", "reason": health.message, "since": health.since}, 503
             )
-        return json_response({"status": "ok"})
+        return json_response(
+            {"status": "ok", "coordinator": self.coordinator_id, "leader": self.leader.leading}
+        )
 
     async def _openapi(self, request: web.Request) -> web.Response:
         families: list[Family] = request.app[FAMILIES]
@@ -454,7 +509,8 @@ class Coordinator:
         # within 1 ms instead of 5, so requests and agents wait on them less.
         sys.setswitchinterval(limits.GIL_SWITCH_INTERVAL_S)
         now = time.time()
-        self.storage.disconnect_all(now)
+        # No session of ours survived our last run (other coordinators' did).
+        self.storage.release_sessions(self.coordinator_id, now, unowned=True)
         self.limiter.load()
         self.hub.load_liveness()
         api_ctx = pki.server_ssl_context(
@@ -473,13 +529,14 @@ class Coordinator:
         self.hub_port = await self._listen(self.hub_app(), self.config.hub_listen, hub_ctx)
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
-        self._tasks.append(asyncio.create_task(self.deployments.run()))
-        self._tasks.append(asyncio.create_task(self.environments.run()))
-        self._tasks.append(asyncio.create_task(self.tasks.run_scheduler()))
         self._tasks.append(asyncio.create_task(self.users.warm()))
         self._tasks.append(asyncio.create_task(self.limiter.run()))
         self._tasks.append(asyncio.create_task(self.audit.run()))
-        self.units.start()
+        # The webhook worker lives as long as the process: started here, outside any
+        # singleton work's fenced context (it would otherwise inherit the first event's).
+        self.webhooks._start()
+        host = (self.config.server_names or [socket.getfqdn()])[0]
+        await self.leader.start(f"https://{host}:{self.api_port}", self._hub_url(host))
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)
         # for tens of milliseconds while a large manifest is parsed.
@@ -510,6 +567,7 @@ class Coordinator:
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def stop(self) -> None:
+        await self.leader.stop()
         for task in self._tasks:
             task.cancel()
         await self.webhooks.close()
@@ -520,7 +578,7 @@ class Coordinator:
             await runner.cleanup()
         try:
             self.hub.buffer.flush()
-            self.storage.disconnect_all(time.time())
+            self.storage.release_sessions(self.coordinator_id, time.time(), unowned=False)
         except StorageUnavailable as exc:
             # Nothing lost that matters: agents report it all again, and the next start
             # marks every machine disconnected anyway.

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -25,7 +25,12 @@ from coordinator import limits
 from coordinator.hub import liveness
 from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.store.ports import EnrollRefused, SessionStore, StorageUnavailable
+from coordinator.store.ports import (
+    ClusterStore,
+    EnrollRefused,
+    SessionStore,
+    StorageUnavailable,
+)
 from coordinator.trust import pki
 from coordinator.trust.enrolment import Enroller
 from proto import messages as m
@@ -44,6 +49,10 @@ MAX_RECONNECTS_PER_S = 2000.0
 RECONNECT_SPREAD_MIN_S = 1.0
 
 MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
+
+
+class HubStore(SessionStore, ClusterStore, Protocol):
+    """Machines, the write-behind, and which coordinator holds each machine's session."""
 
 
 class Session:
@@ -77,14 +86,17 @@ class Session:
 class Hub:
     def __init__(
         self,
-        storage: SessionStore,
+        storage: HubStore,
         enroller: Enroller,
         metrics: CoordinatorMetrics,
         *,
         heartbeat_s: float,
         lost_after_s: float,
+        coordinator_id: str = "",
     ) -> None:
         self.storage = storage
+        self.coordinator_id = coordinator_id
+        """Marked on the machines whose sessions this coordinator holds (#23)."""
         self.enroller = enroller
         self.metrics = metrics
         self.heartbeat_s = heartbeat_s
@@ -184,14 +196,10 @@ class Hub:
             self._background(old.close(CLOSE_REPLACED, "replaced by a newer session"))
         self.buffer.add(
             functools.partial(
-                self.storage.record_hello,
+                self._connected,
                 session.machine_id,
-                hostname=hello.hostname,
-                primary_ip=hello.primary_ip,
-                metadata=hello.metadata,
-                capabilities=hello.capabilities,
-                agent_version=hello.agent_version,
-                now=time.time(),
+                hello,
+                time.time(),
             )
         )
         self.metrics.agents_connected.set(len(self.sessions))
@@ -211,6 +219,23 @@ class Hub:
         for hook in self.on_connect:
             await hook(session)
         return True
+
+    def _connected(self, machine_id: str, hello: m.Hello, now: float) -> None:
+        """One buffered write: the machine is connected, to this coordinator."""
+        self.storage.record_hello(
+            machine_id,
+            hostname=hello.hostname,
+            primary_ip=hello.primary_ip,
+            metadata=hello.metadata,
+            capabilities=hello.capabilities,
+            agent_version=hello.agent_version,
+            now=now,
+        )
+        self.storage.claim_session(machine_id, self.coordinator_id)
+
+    def _disconnected(self, machine_id: str, now: float, last_seen: float) -> None:
+        """One buffered write: the session this coordinator held ended."""
+        self.storage.drop_session(machine_id, self.coordinator_id, now, last_seen=last_seen)
 
     async def _refuse(self, session: Session, reason: str, code: int, message: str) -> None:
         self.metrics.sessions_refused.labels(reason).inc()
@@ -285,13 +310,10 @@ class Hub:
             self.disconnected_since[session.machine_id] = time.time()
             for hook in self.on_disconnect:
                 hook(session)
+            # Disconnected unless its agent reached another coordinator meanwhile.
             self.buffer.add(
                 functools.partial(
-                    self.storage.set_machine_state,
-                    session.machine_id,
-                    "disconnected",
-                    time.time(),
-                    last_seen=session.last_seen,
+                    self._disconnected, session.machine_id, time.time(), session.last_seen
                 )
             )
             self.metrics.agents_connected.set(len(self.sessions))
@@ -343,10 +365,27 @@ class Hub:
     # --- liveness -----------------------------------------------------------------------
 
     async def liveness_loop(self, interval_s: float = 1.0) -> None:
+        """This coordinator's sessions: close those whose heartbeats stopped (every
+        coordinator, for the sessions it holds)."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.check_liveness(time.time())
+                self.check_sessions(time.time())
+            except Exception:
+                log.exception("session check failed")
+
+    async def lost_loop(self, coordinator_stale_s: float, interval_s: float = 1.0) -> None:
+        """Singleton work (the leader's): machines no coordinator holds a session of
+        become `lost` after `lost_after_s`; sessions held by a coordinator whose
+        heartbeat stopped for `coordinator_stale_s` end first."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                now = time.time()
+                self.reap_orphans(now, coordinator_stale_s)
+                await self.check_lost(now)
+            except StorageUnavailable:
+                pass  # logged by the store's health (or the lease is lost: we stop)
             except Exception:
                 log.exception("liveness check failed")
 
@@ -359,13 +398,16 @@ class Hub:
         }
 
     async def check_liveness(self, now: float) -> None:
-        """In memory: sessions for heartbeats, disconnected machines for `lost`."""
+        """One coordinator's whole check (a lone coordinator, and tests): its sessions,
+        then `lost`."""
+        self.check_sessions(now)
+        await self.check_lost(now)
+
+    def check_sessions(self, now: float) -> None:
+        """Close this coordinator's sessions whose heartbeats stopped."""
         views = [
             liveness.LivenessView(mid, "connected", s.connected_at, s.last_seen, True)
             for mid, s in self.sessions.items()
-        ] + [
-            liveness.LivenessView(mid, "disconnected", since, since, False)
-            for mid, since in self.disconnected_since.items()
         ]
         for t in liveness.transitions(
             views,
@@ -376,17 +418,43 @@ class Hub:
             if t.close_session and t.id in self.sessions:
                 log.warning("machine %s missed its heartbeats; closing its session", t.id)
                 self._background(self.sessions[t.id].close(CLOSE_SILENT, "heartbeats missed"))
-            elif t.state == "lost":
-                # The machine leaves the in-memory list only once `lost` is stored (a
-                # failed write is retried on the next check), and only after every
-                # queued write (its `disconnected` among them) is: never out of order.
-                if not self.buffer.flush():
-                    return
-                try:
-                    self.storage.set_machine_state(t.id, "lost", now)
-                except StorageUnavailable:
-                    return
-                log.info("machine %s is now lost", t.id)
-                self.disconnected_since.pop(t.id, None)
-                for hook in self.on_state_change:
-                    await hook(t.id, t.state)
+
+    def reap_orphans(self, now: float, coordinator_stale_s: float) -> None:
+        """End the sessions of coordinators whose heartbeat stopped (killed or cut off):
+        their machines are disconnected from now, and lost later unless they connect
+        again (to any coordinator)."""
+        for mid in self.storage.disconnect_orphans(now, coordinator_stale_s):
+            log.info("machine %s: its coordinator is gone; disconnected", mid)
+            if mid not in self.sessions:
+                self.disconnected_since[mid] = now
+
+    async def check_lost(self, now: float) -> None:
+        """From the stored state, which every coordinator writes: a machine is lost once
+        it has been disconnected for `lost_after_s` with no coordinator holding a
+        session of it. A machine connected to another coordinator is never lost here."""
+        # Every queued write first (a `disconnected` among them): never out of order.
+        if not self.buffer.flush():
+            return
+        since = dict(self.storage.unowned_disconnected())
+        views = [
+            liveness.LivenessView(mid, "disconnected", at, at, False)
+            for mid, at in since.items()
+            if mid not in self.sessions
+        ]
+        for t in liveness.transitions(
+            views, now=now, lost_after=self.lost_after_s, heartbeat_timeout=float("inf")
+        ):
+            if t.state != "lost":
+                continue
+            # Stored only if nothing changed since (a session on any coordinator); a
+            # failed write is retried on the next check.
+            try:
+                marked = self.storage.mark_lost(t.id, now, since[t.id])
+            except StorageUnavailable:
+                return
+            self.disconnected_since.pop(t.id, None)
+            if not marked:
+                continue
+            log.info("machine %s is now lost", t.id)
+            for hook in self.on_state_change:
+                await hook(t.id, t.state)
