@@ -19,8 +19,8 @@ DEFAULT_RENEW_S = 3.0
 MAX_CLOCK_DRIFT = 0.01
 """How much faster the database's clock may run than ours (1%: generous for NTP-kept hosts)."""
 MIN_MARGIN_S = 0.5
-"""The least a holder keeps in hand before the database's expiry: the cancellation of
-its work takes a moment too."""
+"""What a holder keeps in hand before the database's expiry beyond the clocks' drift:
+the cancellation of its work takes a moment too."""
 
 
 class Tenure(msgspec.Struct, frozen=True):
@@ -32,8 +32,9 @@ class Tenure(msgspec.Struct, frozen=True):
 
 
 def margin(ttl_s: float) -> float:
-    """What is kept in hand before the database's expiry."""
-    return max(MIN_MARGIN_S, ttl_s * MAX_CLOCK_DRIFT)
+    """What is kept in hand before the database's expiry: the drift the clocks may
+    accumulate over a tenure, and a little more."""
+    return MIN_MARGIN_S + ttl_s * MAX_CLOCK_DRIFT
 
 
 def deadline(sent_at: float, ttl_s: float) -> float:
