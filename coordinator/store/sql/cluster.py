@@ -90,9 +90,7 @@ class ClusterSql(SqlCore):
             sa.select(C).where(C.c.heartbeat_at > self._db_now() - stale_after_s).order_by(C.c.id)
         )
         # row_record's msgspec.convert refuses the column names' str subclass (quoted_name)
-        return [
-            msgspec.convert({str(k): v for k, v in r.items()}, CoordinatorInfo) for r in rows
-        ]
+        return [msgspec.convert({str(k): v for k, v in r.items()}, CoordinatorInfo) for r in rows]
 
     # -- leases -------------------------------------------------------------------------
 
