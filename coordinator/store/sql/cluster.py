@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coordinator.store.fence import FENCE, CoordinatorInfo, LeaseInfo, LeaseLost
+from coordinator.store.ports import StorageUnavailable
 from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore
 
@@ -34,6 +35,15 @@ class ClusterSql(SqlCore):
         if self.dialect == "postgresql":
             return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), schema.Real)
         return sa.cast((sa.func.julianday("now") - 2440587.5) * 86400.0, schema.Real)
+
+    def _healthy(self) -> None:
+        """The cluster's own rows (leases, heartbeats) are not written while the store
+        reports a fault: their tiny writes may fit where others do not (a nearly full
+        disk), and one that got through would tell /readyz and the metrics the storage
+        takes writes again. The state buffer's probe ends the fault; meanwhile a tenure
+        runs on until its deadline, so a short fault costs no leadership."""
+        if self.health.fault:
+            raise StorageUnavailable(self.health.fault, self.health.detail)
 
     # -- fencing ------------------------------------------------------------------------
 
@@ -65,6 +75,7 @@ class ClusterSql(SqlCore):
             started_at=now,
             heartbeat_at=self._db_now(),
         )
+        self._healthy()
         with self._tx() as db:
             db.execute(
                 ins.on_conflict_do_update(
@@ -79,6 +90,7 @@ class ClusterSql(SqlCore):
             )
 
     def heartbeat_coordinator(self, coordinator_id: str) -> bool:
+        self._healthy()
         with self._tx() as db:
             done = db.execute(
                 sa.update(C).where(C.c.id == coordinator_id).values(heartbeat_at=self._db_now())
@@ -106,12 +118,14 @@ class ClusterSql(SqlCore):
             },
             where=sa.or_(L.c.expires_at <= now, L.c.holder == holder),
         ).returning(L.c.epoch)
+        self._healthy()
         with self._tx() as db:
             epoch = db.execute(stmt).scalar()
         return None if epoch is None else int(epoch)
 
     def renew(self, name: str, holder: str, epoch: int, ttl_s: float) -> bool:
         now = self._db_now()
+        self._healthy()
         with self._tx() as db:
             done = db.execute(
                 sa.update(L)

@@ -201,3 +201,22 @@ def test_lost_only_if_nothing_changed_since_it_was_judged(pair: Pair) -> None:
     assert not a.mark_lost("m2", 70.0, 5.0)
     assert _machine(a, "m1") == ("lost", "", 70.0)
     assert _machine(a, "m2")[0] == "disconnected"
+
+
+def test_no_lease_write_while_the_store_reports_a_fault(store: SqlStore) -> None:
+    """A lease's tiny write may fit on a nearly full disk: it must not tell /readyz the
+    storage is fine (the state buffer's probe ends the fault)."""
+    epoch = store.try_acquire("leader", "A", 30.0)
+    assert epoch is not None
+    store.health.failed("full", "no space left on device")
+    for call in (
+        lambda: store.renew("leader", "A", epoch, 30.0),
+        lambda: store.try_acquire("leader", "A", 30.0),
+        lambda: store.heartbeat_coordinator("A"),
+        lambda: store.register_coordinator("A", "", "", 0.0),
+    ):
+        with pytest.raises(StorageUnavailable):
+            call()
+    assert store.health.fault == "full"
+    assert store.probe() and not store.health.fault
+    assert store.renew("leader", "A", epoch, 30.0)
