@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
 from coordinator.store.health import StorageHealth
 from coordinator.store.ports import StorageError, StorageUnavailable
+from coordinator.store.scope import SETTING, TENANT_SCOPE
 from coordinator.store.sql import migrate, schema
 
 R = TypeVar("R")
@@ -159,6 +160,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
+def _scope(conn: Connection) -> None:
+    """Give a PostgreSQL connection the current request's tenant (`moorage.tenant`, read
+    by the row-level security policies), only when it differs from what the connection
+    already has: pooled connections keep their session settings between uses."""
+    wanted = TENANT_SCOPE.get() or ""
+    if conn.info.get(SETTING, "") != wanted:
+        conn.execute(sa.select(sa.func.set_config(SETTING, wanted, False)))
+        conn.info[SETTING] = wanted
 
 
 class _RawDb:
@@ -295,6 +306,7 @@ class SqlCore(RawSql):
             return
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                _scope(conn)
                 yield conn
         except exc.DBAPIError as exc_:
             kind = storage_fault(exc_)
@@ -342,6 +354,8 @@ class SqlCore(RawSql):
                 return
             try:
                 conn = self._writer if self._writer is not None else self.engine.connect()
+                if self.dialect == "postgresql":
+                    _scope(conn)  # before BEGIN: `_begin_commit` commits what it autobegan
             except exc.DBAPIError as exc_:
                 self._fault(exc_)
                 raise
