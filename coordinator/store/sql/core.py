@@ -470,4 +470,5 @@ def row_record(row: RowMapping | Row[Any] | sqlite3.Row, kind: type[R]) -> R:
     if isinstance(row, sqlite3.Row):
         return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)
     mapping = row._mapping if isinstance(row, Row) else row
-    return msgspec.convert(dict(mapping), kind, strict=False)
+    # str(): SQLAlchemy names columns with `quoted_name`, a str subclass msgspec refuses
+    return msgspec.convert({str(k): v for k, v in mapping.items()}, kind, strict=False)
