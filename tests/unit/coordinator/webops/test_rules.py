@@ -1,4 +1,4 @@
-"""WebOps decisions (pure) and the SQLite store of deployments and their logs."""
+"""WebOps decisions (pure); the store of deployments is tested in store/test_store_webops.py."""
 
 from __future__ import annotations
 
