@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, CursorResult, RowMapping
 from coordinator.errors import Conflict
 from coordinator.store.ports import StorageError
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore
+from coordinator.store.sql.core import SqlCore, row_record
 from coordinator.webops.records import (
     Database,
     DatabaseBackup,
@@ -23,8 +23,6 @@ from coordinator.webops.records import (
     WebLogItem,
     WebQuery,
 )
-
-R = TypeVar("R")
 
 _JSON = ("env", "files", "env_example")
 """Deployment fields kept as JSON text (the same columns on both engines)."""
@@ -53,13 +51,6 @@ def _plain(row: RowMapping) -> dict[str, Any]:
     """A row as a dict with plain `str` keys: SQLAlchemy names the columns of
     `select(table)` with `quoted_name` (a str subclass), which msgspec refuses as a key."""
     return {str(k): v for k, v in row.items()}
-
-
-def _record(row: RowMapping, kind: type[R]) -> R:
-    """`core.row_record` for mappings of `select(table)`: WORKAROUND until row_record
-    makes the keys plain (it passes them on as `quoted_name`; core.py is not this
-    module's to change)."""
-    return msgspec.convert(_plain(row), kind, strict=False)
 
 
 def _dep(row: RowMapping) -> WebDeployment:
@@ -233,7 +224,7 @@ class WebOpsSql(SqlCore):
             .order_by(deliveries.c.id.desc())
             .limit(limit)
         )
-        return [_record(r, WebhookDelivery) for r in rows]
+        return [row_record(r, WebhookDelivery) for r in rows]
 
     # --- databases (#21) ------------------------------------------------------------------
 
@@ -252,15 +243,15 @@ class WebOpsSql(SqlCore):
 
     def databases(self, tenant: str) -> list[Database]:
         rows = self._maps(sa.select(dbs).where(dbs.c.tenant == tenant).order_by(dbs.c.id))
-        return [_record(r, Database) for r in rows]
+        return [row_record(r, Database) for r in rows]
 
     def database_get(self, tenant: str, name: str) -> Database | None:
         row = self._first(sa.select(dbs).where(dbs.c.tenant == tenant, dbs.c.name == name))
-        return None if row is None else _record(row, Database)
+        return None if row is None else row_record(row, Database)
 
     def database_get_id(self, db_id: int, tenant: str) -> Database | None:
         row = self._first(sa.select(dbs).where(dbs.c.id == db_id, dbs.c.tenant == tenant))
-        return None if row is None else _record(row, Database)
+        return None if row is None else row_record(row, Database)
 
     def database_delete(self, db_id: int) -> None:
         with self._tx() as conn:
@@ -286,7 +277,7 @@ class WebOpsSql(SqlCore):
             .where(backups_t.c.database_id == db_id)
             .order_by(backups_t.c.id.desc())
         )
-        return [_record(r, DatabaseBackup) for r in rows]
+        return [row_record(r, DatabaseBackup) for r in rows]
 
     # --- monitoring (#21) -----------------------------------------------------------------
 
@@ -322,7 +313,7 @@ class WebOpsSql(SqlCore):
             .order_by(samples_t.c.machine_id, samples_t.c.minute)
             .limit(limit)
         )
-        return [_record(r, Sample) for r in rows]
+        return [row_record(r, Sample) for r in rows]
 
     def webops_errors(
         self,
