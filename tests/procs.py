@@ -21,6 +21,7 @@ import msgspec
 from coordinator.trust import pki
 from moorctl.client import ApiClient
 from proto.clientconfig import ClientConfig
+from tests.harness.databases import coordinator_database_url
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,11 +109,20 @@ class CoordinatorProc:
     `config`: the TOML it reads (default: generous rate limits; set it before start)."""
 
     def __init__(self, state_dir: Path, **options: Any) -> None:
+        """`database_url`: the coordinator's database, kept across restarts (default:
+        SQLite in `state_dir`, or a new PostgreSQL database under
+        MOORAGE_TEST_DATABASE=postgresql; several coordinators share one by passing it)."""
         self.state_dir = state_dir
         self.config = GENEROUS_LIMITS
         self.api_port = free_port()
         self.hub_port = free_port()
+        database_url: str | None = options.pop("database_url", None)
+        if database_url is None:
+            database_url = coordinator_database_url(state_dir.parent / f"{state_dir.name}-db")
+        self.database_url = database_url
         self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
+        if database_url:
+            self.options["database-url"] = database_url
         self.proc: Proc | None = None
         self.starts = 0
 
