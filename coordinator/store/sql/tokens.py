@@ -176,7 +176,7 @@ class TokensSql(SqlCore):
         return str(value) if value is not None else ""
 
     def list_join_tokens(self, *, tenant: str | None = None) -> list[JoinToken]:
-        stmt = sa.select(*_named(_join)).order_by(_join.c.created_at)
+        stmt = sa.select(*_named(_join)).order_by(_join.c.created_at, _join.c.id)
         if tenant is not None:
             stmt = stmt.where(_join.c.tenant == tenant)
         return [row_record(r, JoinToken) for r in self._maps(stmt)]
