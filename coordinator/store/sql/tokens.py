@@ -176,7 +176,7 @@ class TokensSql(SqlCore):
         return str(value) if value is not None else ""
 
     def list_join_tokens(self, *, tenant: str | None = None) -> list[JoinToken]:
-        stmt = sa.select(*_named(_join)).order_by(_join.c.created_at, _join.c.id)
+        stmt = sa.select(_join).order_by(_join.c.created_at, _join.c.id)
         if tenant is not None:
             stmt = stmt.where(_join.c.tenant == tenant)
         return [row_record(r, JoinToken) for r in self._maps(stmt)]
@@ -220,13 +220,13 @@ class TokensSql(SqlCore):
         )
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
-        row = self._first(sa.select(*_named(_api)).where(_api.c.id == token_id))
+        row = self._first(sa.select(_api).where(_api.c.id == token_id))
         if row is None:
             return None
         return row_record(row, ApiToken), str(row["secret_hash"])
 
     def list_api_tokens(self, *, tenant: str | None = None) -> list[ApiToken]:
-        stmt = sa.select(*_named(_api)).order_by(_api.c.id)
+        stmt = sa.select(_api).order_by(_api.c.id)
         if tenant is not None:
             stmt = stmt.where(_api.c.tenant == tenant)
         return [row_record(r, ApiToken) for r in self._maps(stmt)]
@@ -254,9 +254,3 @@ class TokensSql(SqlCore):
 def _of_tenant(tenant: str | None) -> list[sa.ColumnElement[bool]]:
     """The API-token condition for "of `tenant`, or of any tenant when None". Pure."""
     return [] if tenant is None else [_api.c.tenant == tenant]
-
-
-def _named(table: sa.Table) -> list[sa.Label[object]]:
-    """Every column of `table` labelled with its name as a plain str: `row_record`
-    (msgspec) refuses the `quoted_name` keys a `select(table)` row carries. Pure."""
-    return [column.label(str(column.name)) for column in table.c]
