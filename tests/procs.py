@@ -110,6 +110,9 @@ class CoordinatorProc:
     def __init__(self, state_dir: Path, **options: Any) -> None:
         self.state_dir = state_dir
         self.config = GENEROUS_LIMITS
+        self.database_url = ""
+        """Its database ("": the SQLite file in `state_dir`; set it before start); two
+        coordinators may share one."""
         self.api_port = free_port()
         self.hub_port = free_port()
         self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
@@ -127,7 +130,10 @@ class CoordinatorProc:
     def start(self) -> CoordinatorProc:
         empty = self.state_dir.parent / f"{self.state_dir.name}.toml"
         empty.parent.mkdir(parents=True, exist_ok=True)
-        empty.write_text(self.config)
+        url = self.database_url
+        empty.write_text(
+            (f"database_url = {msgspec.json.encode(url).decode()}\n" if url else "") + self.config
+        )
         args = [
             sys.executable,
             "-m",

@@ -424,20 +424,26 @@ class Hub:
         await asyncio.gather(self._follow(self.feed), self._recheck_loop(recheck_s))
 
     async def _follow(self, feed: ChangeFeed) -> None:
-        async with contextlib.aclosing(feed.changes()) as changes:
-            async for batch in changes:
-                try:
-                    if batch is None:  # (re)connected: anything may have been missed
-                        await self.recheck()
-                        await self._call(
-                            self.on_nudge, [mid for mid in self.sessions if self._ready(mid)]
-                        )
-                    else:
-                        await self.nudge(batch)
-                except StorageUnavailable as exc:
-                    log.warning("could not act on other coordinators' changes: %s", exc)
-                except Exception:
-                    log.exception("acting on other coordinators' changes failed")
+        while True:  # the feed reconnects by itself; this only outlives its bugs
+            try:
+                async with contextlib.aclosing(feed.changes()) as changes:
+                    async for batch in changes:
+                        await self._on_changes(batch)
+            except Exception:
+                log.exception("the change feed failed; following it again in 1 s")
+            await asyncio.sleep(1.0)
+
+    async def _on_changes(self, batch: list[str] | None) -> None:
+        try:
+            if batch is None:  # (re)connected: anything may have been missed
+                await self.recheck()
+                await self._call(self.on_nudge, sorted(filter(self._ready, self.sessions)))
+            else:
+                await self.nudge(batch)
+        except StorageUnavailable as exc:
+            log.warning("could not act on other coordinators' changes: %s", exc)
+        except Exception:
+            log.exception("acting on other coordinators' changes failed")
 
     async def _recheck_loop(self, interval_s: float) -> None:
         while True:
