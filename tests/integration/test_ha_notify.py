@@ -4,6 +4,10 @@ A's API reaches an agent whose hub session is on B, through the change feed
 
 The agent is simulated (`RawLink`: the hub protocol by hand, with heartbeats); both
 coordinators share one CA, copied from A's state directory into B's before B starts.
+These two process tests skip while a store module is still on SQLite-only SQL.
+
+Below them: the same on real components in one process (two Coordinators on one SQLite
+file, B told by calling what the feed calls), and B's hub following PostgreSQL's feed.
 """
 
 from __future__ import annotations
