@@ -120,9 +120,9 @@ class CoordinatorProc:
         if database_url is None:
             database_url = coordinator_database_url(state_dir.parent / f"{state_dir.name}-db")
         self.database_url = database_url
+        """Its database ("": the SQLite file in `state_dir`; may be changed before start);
+        two coordinators may share one."""
         self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
-        if database_url:
-            self.options["database-url"] = database_url
         self.proc: Proc | None = None
         self.starts = 0
 
@@ -154,6 +154,8 @@ class CoordinatorProc:
         ]
         for key, value in self.options.items():
             args += [f"--{key}", str(value)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         self.starts += 1
         self.proc = Proc(args, self.state_dir.parent / f"coordinator-{self.starts}.log")
         wait_for(self._healthy, 20, what="coordinator /healthz")
