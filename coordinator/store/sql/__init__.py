@@ -6,10 +6,18 @@ except the composition root (`coordinator.app`) and the engine's own tests."""
 from __future__ import annotations
 
 from coordinator.store.sql.cluster import ClusterSql
-from coordinator.store.sql.core import SqlCore, database_url, row_record, storage_fault
+from coordinator.store.sql.core import (
+    SqlCore,
+    database_url,
+    describe,
+    row_record,
+    status,
+    storage_fault,
+)
 from coordinator.store.sql.deploy import DeploySql
 from coordinator.store.sql.envs import EnvsSql
 from coordinator.store.sql.machines import MachinesSql
+from coordinator.store.sql.notify import NotifySql
 from coordinator.store.sql.platform import PlatformSql
 from coordinator.store.sql.reports import ReportsSql
 from coordinator.store.sql.tasks import TasksSql
@@ -18,7 +26,14 @@ from coordinator.store.sql.units import UnitsSql
 from coordinator.store.sql.users import UsersSql
 from coordinator.store.sql.webops import WebOpsSql
 
-__all__ = ["SqlStore", "database_url", "row_record", "storage_fault"]
+__all__ = [
+    "SqlStore",
+    "database_url",
+    "describe",
+    "row_record",
+    "status",
+    "storage_fault",
+]
 
 
 class SqlStore(
@@ -33,7 +48,8 @@ class SqlStore(
     WebOpsSql,
     PlatformSql,
     ClusterSql,
+    NotifySql,
     SqlCore,
 ):
-    """Every port (`coordinator.store.ports.Store`) over one database: an SQLite file
-    (a path) or PostgreSQL (a `postgresql://` URL)."""
+    """Every port (`coordinator.store.ports.Store`, and `ChangeFeed`) over one database:
+    an SQLite file (a path) or PostgreSQL (a `postgresql://` URL)."""

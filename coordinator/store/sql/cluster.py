@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from coordinator.store.fence import FENCE, CoordinatorInfo, LeaseInfo, LeaseLost
 from coordinator.store.ports import StorageUnavailable
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore
+from coordinator.store.sql.core import SqlCore, row_record
 
 L = schema.leases
 C = schema.coordinators
@@ -101,8 +100,7 @@ class ClusterSql(SqlCore):
         rows = self._maps(
             sa.select(C).where(C.c.heartbeat_at > self._db_now() - stale_after_s).order_by(C.c.id)
         )
-        # row_record's msgspec.convert refuses the column names' str subclass (quoted_name)
-        return [msgspec.convert({str(k): v for k, v in r.items()}, CoordinatorInfo) for r in rows]
+        return [row_record(r, CoordinatorInfo) for r in rows]
 
     # -- leases -------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ def test_the_store_is_a_cluster_store(store: SqlStore) -> None:
 
 
 def test_the_schema_matches_its_migrations(store: SqlStore) -> None:
-    """schema.py and the Alembic revisions describe the same tables (0002 included)."""
+    """schema.py and the Alembic revisions describe the same tables (0003 included)."""
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), schema.metadata)
     assert diff == []
@@ -209,12 +209,13 @@ def test_no_lease_write_while_the_store_reports_a_fault(store: SqlStore) -> None
     epoch = store.try_acquire("leader", "A", 30.0)
     assert epoch is not None
     store.health.failed("full", "no space left on device")
-    for call in (
+    calls: list[Callable[[], object]] = [
         lambda: store.renew("leader", "A", epoch, 30.0),
         lambda: store.try_acquire("leader", "A", 30.0),
         lambda: store.heartbeat_coordinator("A"),
         lambda: store.register_coordinator("A", "", "", 0.0),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(StorageUnavailable):
             call()
     assert store.health.fault == "full"
