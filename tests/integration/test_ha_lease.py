@@ -3,13 +3,13 @@ the database and the fleet CA. Both answer the API; exactly one leads (singleton
 work), which /readyz and the `moorage_coordinator_leader` gauge show; `kill -9` of the
 leader and the other leads within the lease's TTL plus one renewal.
 
-On PostgreSQL (the deployment #23 is for) and on one SQLite file shared by both
-processes (the same lease, fencing and failover through SQLite's own locking)."""
+On PostgreSQL (the deployment #23 is for; skipped while store modules are still on
+SQLite-only SQL) and on one SQLite file shared by both processes (the same lease,
+fencing and failover, through SQLite's own locking)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.harness.databases import cluster
+from tests.harness.databases import fresh_database
 from tests.harness.postgres import postgres_available
+from tests.integration.test_ha_notify import share_ca, transitional_modules
 from tests.procs import GENEROUS_LIMITS, CoordinatorProc, wait_for
 
 pytestmark = pytest.mark.integration
@@ -26,52 +27,33 @@ pytestmark = pytest.mark.integration
 TTL = 4.0
 RENEW = 1.0
 SLACK = 1.5
-"""Process scheduling and the 1 s liveness of the readiness probe's poll."""
-
-PG_NOT_YET = (
-    "the coordinator on PostgreSQL needs every store module on Core statements "
-    "(converted by other engineers of #23; today the transitional qmark SQL fails at start)"
-)
+"""Process scheduling, and the poll of the readiness probe."""
 
 
 def _database(kind: str, tmp_path: Path) -> str:
-    """The config lines naming the shared database."""
+    """The database both coordinators are given."""
     if kind == "sqlite":
-        return f'database_url = "sqlite:///{tmp_path / "shared.db"}"\n'
+        return f"sqlite:///{tmp_path / 'shared.db'}"
     missing = postgres_available()
     if missing:
         pytest.skip(missing)
-    pg = cluster()
-    name = f"ha_{int(time.time() * 1000) % 10**9}"
-    pg.create_database(name)
-    return (
-        f'database_url = "postgresql://{pg.admin}@{pg.host}:{pg.port}/{name}"\n'
-        f'database_password_file = "{pg.password_file}"\n'
-    )
+    waiting = transitional_modules()
+    if waiting:
+        pytest.skip(f"store modules not yet on Core statements: {', '.join(waiting)}")
+    return fresh_database(tmp_path / "db", "postgresql")
 
 
-def _coordinator(state_dir: Path, database: str) -> CoordinatorProc:
-    proc = CoordinatorProc(state_dir)
-    proc.config = f"lease_ttl_s = {TTL}\nlease_renew_s = {RENEW}\n{database}{GENEROUS_LIMITS}"
-    return proc
-
-
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.xfail(reason=PG_NOT_YET))]
-)
+@pytest.fixture(params=["sqlite", "postgresql"])
 def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[CoordinatorProc]]:
-    database = _database(request.param, tmp_path)
-    first = _coordinator(tmp_path / "a", database)
-    second = _coordinator(tmp_path / "b", database)
-    procs = [first, second]
+    url = _database(request.param, tmp_path)
+    procs = [CoordinatorProc(tmp_path / "a"), CoordinatorProc(tmp_path / "b")]
+    for proc in procs:
+        proc.database_url = url
+        proc.config = f"lease_ttl_s = {TTL}\nlease_renew_s = {RENEW}\n{GENEROUS_LIMITS}"
+    first, second = procs
     try:
         first.start()
-        # The coordinators share the fleet CA: the second starts with the first's CA (and
-        # makes its own server and admin certificates from it).
-        pki = second.paths
-        Path(pki.dir).mkdir(parents=True, mode=0o700)
-        shutil.copy2(first.paths.ca_cert, pki.ca_cert)
-        shutil.copy2(first.paths.ca_key, pki.ca_key)
+        share_ca(first.state_dir / "pki", second.state_dir / "pki")
         second.start()
         yield procs
     finally:
