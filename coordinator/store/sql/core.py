@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
 from coordinator.store.health import StorageHealth
 from coordinator.store.ports import StorageError, StorageUnavailable
+from coordinator.store.scope import SETTING, TENANT_SCOPE
 from coordinator.store.sql import migrate, schema
 
 R = TypeVar("R")
@@ -65,6 +66,27 @@ def database_url(target: Path | str) -> str:
     if text.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + text.split("://", 1)[1]
     return text
+
+
+def describe(target: Path | str) -> str:
+    """The database for people and logs: the URL without its password. Pure."""
+    url = sa.engine.make_url(database_url(target))
+    if url.drivername.startswith("sqlite"):
+        return f"SQLite {url.database}"
+    return url.render_as_string(hide_password=True)
+
+
+def status(target: Path | str) -> tuple[str | None, str]:
+    """The schema revision of the database (None: empty) and this coordinator's newest,
+    changing nothing; StorageError if the database cannot be reached."""
+    engine = make_engine(database_url(target))
+    try:
+        with engine.connect() as conn:
+            return migrate.status(conn)
+    except exc.DBAPIError as exc_:
+        raise StorageError(f"cannot read the database: {exc_.orig or exc_}") from exc_
+    finally:
+        engine.dispose()
 
 
 def storage_fault(exc_: BaseException) -> str | None:
@@ -138,6 +160,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
+def _scope(conn: Connection) -> None:
+    """Give a PostgreSQL connection the current request's tenant (`moorage.tenant`, read
+    by the row-level security policies), only when it differs from what the connection
+    already has: pooled connections keep their session settings between uses."""
+    wanted = TENANT_SCOPE.get() or ""
+    if conn.info.get(SETTING, "") != wanted:
+        conn.execute(sa.select(sa.func.set_config(SETTING, wanted, False)))
+        conn.info[SETTING] = wanted
 
 
 class _RawDb:
@@ -274,6 +306,7 @@ class SqlCore(RawSql):
             return
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                _scope(conn)
                 yield conn
         except exc.DBAPIError as exc_:
             kind = storage_fault(exc_)
@@ -321,6 +354,8 @@ class SqlCore(RawSql):
                 return
             try:
                 conn = self._writer if self._writer is not None else self.engine.connect()
+                if self.dialect == "postgresql":
+                    _scope(conn)  # before BEGIN: `_begin_commit` commits what it autobegan
             except exc.DBAPIError as exc_:
                 self._fault(exc_)
                 raise
@@ -435,4 +470,5 @@ def row_record(row: RowMapping | Row[Any] | sqlite3.Row, kind: type[R]) -> R:
     if isinstance(row, sqlite3.Row):
         return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)
     mapping = row._mapping if isinstance(row, Row) else row
-    return msgspec.convert(dict(mapping), kind, strict=False)
+    # str(): SQLAlchemy names columns with `quoted_name`, a str subclass msgspec refuses
+    return msgspec.convert({str(k): v for k, v in mapping.items()}, kind, strict=False)
