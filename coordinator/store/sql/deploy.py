@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import msgspec
 import sqlalchemy as sa
@@ -34,9 +34,8 @@ from coordinator.models import (
 )
 from coordinator.store.ports import builtin_group_id
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, bump, row_record
-
-R = TypeVar("R")
+from coordinator.store.sql.core import SqlCore, bump
+from coordinator.store.sql.core import row_record as _record
 
 _release_decoder = msgspec.json.Decoder(Release)
 
@@ -619,13 +618,6 @@ def _other_named(db: Connection, table: sa.Table, tenant: str, name: str, own_id
         )
     ).first()
     return found is not None
-
-
-def _record(row: RowMapping, kind: type[R]) -> R:
-    """`row_record` of a row with plain-str column names. WORKAROUND until
-    `core.row_record` does it: a `select(table)` row names its columns with
-    SQLAlchemy's `quoted_name` (a str subclass), which msgspec refuses as a key."""
-    return row_record(cast(RowMapping, {str(k): v for k, v in row.items()}), kind)
 
 
 def _group(row: RowMapping) -> MachineGroup:

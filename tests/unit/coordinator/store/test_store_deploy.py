@@ -21,6 +21,7 @@ from coordinator.models import (
     ReleaseUnit,
 )
 from coordinator.store.ports import DEFAULT_GROUP, DEFAULT_GROUP_ID, Conflict, builtin_group_id
+from coordinator.store.scope import TENANT_SCOPE
 from coordinator.store.sql import SqlStore, schema
 from coordinator.store.sql.deploy import IN_CHUNK, target_changes
 
@@ -470,3 +471,36 @@ def test_machine_targets_another_coordinator_set_are_seen(
     assert here.machine_targets("m1") == []
     there.set_targets("d1", {"m1": "r1"})
     assert here.machine_targets("m1") == [("web-default", "r1")]
+
+
+def test_a_request_scoped_to_a_tenant_deploys_within_it(engine: str, store: SqlStore) -> None:
+    """On PostgreSQL the database's own wall (row-level security) holds behind the
+    module's tenant filters: a scoped request's reads of "any tenant" see its tenant
+    only, and what it deploys still reaches its machines."""
+    if engine != "postgresql":
+        pytest.skip("row-level security is PostgreSQL's")
+    machines(store, "ma", tenant="a")
+    machines(store, "mb", tenant="b")
+    for tenant in ("a", "b"):
+        store.put_group(MachineGroup(id=f"g-{tenant}", name="g", tenant=tenant))
+        app = Application(id=f"app-{tenant}", name="web", tenant=tenant)
+        store.put_application(app, version(app.id, 1, "1"))
+    token = TENANT_SCOPE.set("a")
+    try:
+        assert [g.id for g in store.list_groups()] == ["g-a"]
+        assert [a.id for a in store.list_applications()] == ["app-a"]
+        assert store.get_application("app-b") is None and store.versions("app-a") != []
+        store.put_deployment(
+            Deployment(id="d-a", name="web-g", application_id="app-a", group_id="g-a", tenant="a")
+        )
+        store.create_release(release("r-a", "d-a", 1), [])
+        assert store.set_targets("d-a", {"ma": "r-a"}) == {"ma"}
+        assert store.machine_targets("ma") == [("web-g", "r-a")]
+        assert store.get_release("r-a", tenant="a") is not None
+        assert store.delete_group("g-b") is False  # not there for this request
+        with pytest.raises(sa.exc.ProgrammingError, match="row-level security"):
+            store.put_group(MachineGroup(id="g-x", name="x", tenant="b"))
+    finally:
+        TENANT_SCOPE.reset(token)
+    assert {g.id for g in store.list_groups()} >= {"g-a", "g-b"}
+    assert revision(store, "ma") == 1 and revision(store, "mb") == 0
