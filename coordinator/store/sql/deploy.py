@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy import exc
 from sqlalchemy.engine import Connection, RowMapping
 
 from coordinator.errors import Conflict
@@ -37,12 +35,14 @@ from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore, bump
 from coordinator.store.sql.core import row_record as _record
 
+# One implementation of "a unique name taken in a race is the check's Conflict", envs'
+# (it belongs in core, which this change may not edit).
+from coordinator.store.sql.envs import _unique_name
+
 _release_decoder = msgspec.json.Decoder(Release)
 
 IN_CHUNK = 1000
 """Values per IN list (PostgreSQL takes at most 65535 parameters per statement)."""
-
-PG_UNIQUE_VIOLATION = "23505"
 
 groups_t = schema.machine_groups
 apps_t = schema.applications
@@ -56,27 +56,6 @@ targets_t = schema.deployment_targets
 def _in_tenant(column: sa.ColumnElement[str], tenant: str | None) -> sa.ColumnElement[bool]:
     """`column` is `tenant`; always true for None (any tenant)."""
     return sa.true() if tenant is None else column == tenant
-
-
-def unique_violation(error: exc.IntegrityError) -> bool:
-    """Whether an IntegrityError is a unique (or primary) key taken, not a missing
-    reference or a NULL: only that one means "the name is taken". Pure."""
-    sqlstate = getattr(error.orig, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate == PG_UNIQUE_VIOLATION
-    return "UNIQUE constraint failed" in str(error.orig)
-
-
-@contextmanager
-def _taken_is_conflict(message: str) -> Iterator[None]:
-    """A unique key broken inside is `Conflict(message)`, the error the read before the
-    write gives (another coordinator won the race for the name)."""
-    try:
-        yield
-    except exc.IntegrityError as error:
-        if unique_violation(error):
-            raise Conflict(message) from error
-        raise
 
 
 def target_changes(
@@ -186,7 +165,7 @@ class DeploySql(SqlCore):
                 updated_at=group.updated_at,
             )
             new = stmt.excluded
-            with _taken_is_conflict(taken):
+            with _unique_name(taken):
                 db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[groups_t.c.id],
@@ -245,7 +224,7 @@ class DeploySql(SqlCore):
                 updated_at=app.updated_at,
             )
             new = stmt.excluded
-            with _taken_is_conflict(taken):
+            with _unique_name(taken):
                 db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[apps_t.c.id],
@@ -272,7 +251,7 @@ class DeploySql(SqlCore):
             ).first()
             if labelled is not None:
                 raise Conflict(label_taken)
-            with _taken_is_conflict(label_taken):
+            with _unique_name(label_taken):
                 db.execute(
                     sa.insert(versions_t).values(
                         application_id=app.id,
@@ -362,7 +341,7 @@ class DeploySql(SqlCore):
                 updated_at=deployment.updated_at,
             )
             new = stmt.excluded
-            with _taken_is_conflict(taken):
+            with _unique_name(taken):
                 db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[deployments_t.c.id],
