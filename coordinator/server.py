@@ -69,7 +69,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import AuditEntry
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
-from coordinator.store.ports import StorageUnavailable
+from coordinator.store.ports import ChangeFeed, StorageUnavailable
 from coordinator.store.scope import TENANT_SCOPE
 from coordinator.tasks.service import TaskService
 from coordinator.trust import permissions as perms
@@ -167,6 +167,7 @@ class Coordinator:
             self.metrics,
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
+            feed=self.storage if isinstance(self.storage, ChangeFeed) else None,
         )
         self.metrics.storage_writable.set_function(
             lambda: 0.0 if self.storage.health.fault else 1.0
@@ -175,6 +176,7 @@ class Coordinator:
         self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
         self.metrics.audit_pending.set_function(lambda: self.audit.pending)
         self.units = UnitService(self.storage, self.hub, self.metrics, events=self.events)
+        self.hub.on_desired.append(self.units.push)  # changed by another coordinator
         self.deploystore = self.storage
         self.reports = ReportService(self.storage, self.deploystore, self.hub, events=self.events)
         self.deployments = DeploymentService(
@@ -484,6 +486,7 @@ class Coordinator:
         self.api_port = await self._listen(self.api_app(), self.config.api_listen, api_ctx)
         self.hub_port = await self._listen(self.hub_app(), self.config.hub_listen, hub_ctx)
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
+        self._tasks.append(asyncio.create_task(self.hub.follow_changes()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
         self._tasks.append(asyncio.create_task(self.environments.run()))

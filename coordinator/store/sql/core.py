@@ -442,7 +442,8 @@ class SqlCore(RawSql):
 
 
 def bump(db: Connection, machine_ids: set[str]) -> None:
-    """Raise each machine's desired revision by one (its agent has something to fetch)."""
+    """Raise each machine's desired revision by one (its agent has something to fetch),
+    and tell the other coordinators in the same transaction (`notify_machines`)."""
     if not machine_ids:
         return
     m = schema.machines
@@ -452,6 +453,40 @@ def bump(db: Connection, machine_ids: set[str]) -> None:
         .values(desired_revision=m.c.desired_revision + 1),
         [{"mid": mid} for mid in sorted(machine_ids)],
     )
+    notify_machines(db, machine_ids)
+
+
+CHANGES_CHANNEL = "moorage_machines"
+"""The PostgreSQL channel every coordinator LISTENs on (`notify.ChangeFeedSql`)."""
+NOTIFY_PAYLOAD_MAX = 7900
+"""PostgreSQL refuses a payload of 8000 bytes or more: ids are sent in batches below."""
+
+
+def notify_payloads(machine_ids: set[str] | list[str]) -> list[str]:
+    """Machine ids as space-separated payloads, each under NOTIFY_PAYLOAD_MAX bytes (an
+    id is at most 64 ASCII characters without spaces). Pure."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for mid in sorted(set(machine_ids)):
+        if current and size + 1 + len(mid) > NOTIFY_PAYLOAD_MAX:
+            out.append(" ".join(current))
+            current, size = [], 0
+        current.append(mid)
+        size += len(mid) + (1 if size else 0)
+    if current:
+        out.append(" ".join(current))
+    return out
+
+
+def notify_machines(db: Connection, machine_ids: set[str] | list[str]) -> None:
+    """NOTIFY the machines' ids on CHANGES_CHANNEL inside `db`'s transaction: PostgreSQL
+    delivers it only on COMMIT, so a listener never reads state older than the news.
+    SQLite: nothing (one coordinator; its services push in process)."""
+    if db.dialect.name != "postgresql":
+        return
+    for payload in notify_payloads(machine_ids):
+        db.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, payload)))
 
 
 def record_issued(

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
-from tests.harness.databases import default_engine, fresh_database
+from tests.harness.databases import coordinator_database_url
 
 Client = TestClient[web.Request, web.Application]
 
@@ -49,9 +49,7 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         CoordinatorConfig(
             state_dir=str(tmp_path / "state"),
             # MOORAGE_TEST_DATABASE=postgresql: the run's PostgreSQL, else <state>/moorage.db
-            database_url=fresh_database(tmp_path / "db")
-            if default_engine() == "postgresql"
-            else "",
+            database_url=coordinator_database_url(tmp_path / "db"),
         )
     )
     token, _ = coordinator.tokens.create_api_token("test")

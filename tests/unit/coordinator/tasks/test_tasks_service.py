@@ -18,7 +18,7 @@ from coordinator.tasks import definitions as defs
 from coordinator.tasks.records import RunQuery
 from proto import messages as m
 from proto.tokens import JOIN_KIND, parse_token
-from tests.harness.databases import default_engine, fresh_database
+from tests.harness.databases import coordinator_database_url
 
 
 class RecordingSession:
@@ -47,9 +47,7 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
         CoordinatorConfig(
             state_dir=str(tmp_path / "state"),
             # MOORAGE_TEST_DATABASE=postgresql: the run's PostgreSQL, else <state>/moorage.db
-            database_url=fresh_database(tmp_path / "db")
-            if default_engine() == "postgresql"
-            else "",
+            database_url=coordinator_database_url(tmp_path / "db"),
         )
     )
     try:

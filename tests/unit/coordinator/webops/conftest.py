@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.databases import default_engine, fresh_database
+from tests.harness.databases import coordinator_database_url
 
 
 @pytest.fixture
@@ -14,6 +14,4 @@ def database_url(tmp_path: Path) -> str:
     """`CoordinatorConfig.database_url` for a test's coordinator: "" (its state
     directory's SQLite file) by default, a new PostgreSQL database with
     `MOORAGE_TEST_DATABASE=postgresql`."""
-    if default_engine() == "sqlite":
-        return ""
-    return fresh_database(tmp_path / "db", "postgresql")
+    return coordinator_database_url(tmp_path / "db")
