@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
+from coordinator.errors import Conflict
 from coordinator.store.health import StorageHealth
 from coordinator.store.ports import StorageError, StorageUnavailable
 from coordinator.store.scope import SETTING, TENANT_SCOPE
@@ -439,6 +440,26 @@ class SqlCore(RawSql):
         if self.dialect == "postgresql":
             return sa.func.greatest(a, b)
         return sa.func.max(a, b)
+
+
+@contextmanager
+def unique_name(message: str) -> Iterator[None]:
+    """A unique name taken between the check and the write (another coordinator on the
+    same database, whose insert committed first) is the same Conflict the check gives."""
+    try:
+        yield
+    except exc.IntegrityError as exc_:
+        if not unique_violation(exc_):
+            raise
+        raise Conflict(message) from exc_
+
+
+def unique_violation(error: exc.IntegrityError) -> bool:
+    """A UNIQUE constraint failed (not a foreign key or NOT NULL): PostgreSQL's SQLSTATE
+    23505, SQLite's message. Pure."""
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(
+        error.orig
+    )
 
 
 def bump(db: Connection, machine_ids: set[str]) -> None:

@@ -32,12 +32,11 @@ from coordinator.models import (
 )
 from coordinator.store.ports import builtin_group_id
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, bump
+from coordinator.store.sql.core import SqlCore, bump, unique_name
 from coordinator.store.sql.core import row_record as _record
 
 # One implementation of "a unique name taken in a race is the check's Conflict", envs'
 # (it belongs in core, which this change may not edit).
-from coordinator.store.sql.envs import _unique_name
 
 _release_decoder = msgspec.json.Decoder(Release)
 
@@ -165,7 +164,7 @@ class DeploySql(SqlCore):
                 updated_at=group.updated_at,
             )
             new = stmt.excluded
-            with _unique_name(taken):
+            with unique_name(taken):
                 db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[groups_t.c.id],
@@ -224,7 +223,7 @@ class DeploySql(SqlCore):
                 updated_at=app.updated_at,
             )
             new = stmt.excluded
-            with _unique_name(taken):
+            with unique_name(taken):
                 db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[apps_t.c.id],
@@ -251,7 +250,7 @@ class DeploySql(SqlCore):
             ).first()
             if labelled is not None:
                 raise Conflict(label_taken)
-            with _unique_name(label_taken):
+            with unique_name(label_taken):
                 db.execute(
                     sa.insert(versions_t).values(
                         application_id=app.id,
@@ -341,7 +340,7 @@ class DeploySql(SqlCore):
                 updated_at=deployment.updated_at,
             )
             new = stmt.excluded
-            with _unique_name(taken):
+            with unique_name(taken):
                 db.execute(
                     stmt.on_conflict_do_update(
                         index_elements=[deployments_t.c.id],
