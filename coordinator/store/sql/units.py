@@ -209,7 +209,12 @@ class UnitsSql(SqlCore):
         placed: dict[str, list[str]] = {}
         for unit, machine in self._rows(
             sa.select(_p.c.unit, _p.c.machine_id)
-            .where(_p.c.tenant == tenant, _p.c.unit.between(rows[0]["name"], rows[-1]["name"]))
+            .where(
+                _p.c.tenant == tenant,
+                # not BETWEEN: PostgreSQL refuses the bound names' COLLATE "C" in it
+                _p.c.unit >= rows[0]["name"],
+                _p.c.unit <= rows[-1]["name"],
+            )
             .order_by(_p.c.unit, _p.c.machine_id)
         ):
             placed.setdefault(unit, []).append(machine)
