@@ -70,3 +70,16 @@ def test_acknowledged_write_survives_kill9(tmp_path: Path) -> None:
     assert out.stdout.strip() == "ok"
     assert out.returncode == -9
     assert [t.id for t in Storage(tmp_path / "m.db").list_join_tokens()] == ["t1"]
+
+
+def test_re_enrolment_revokes_the_old_certificate_at_once(tmp_path: Path) -> None:
+    """A token bound to a machine re-enrols it: its earlier certificate is refused at
+    once by the store that enrolled it (the answers it cached are dropped)."""
+    db = Storage(tmp_path / "m.db")
+    db.create_join_token("t1", hash_secret("s"), now=100, ttl_s=60)
+    db.enroll("t1", "m", serial="01", not_after=1000, now=101)
+    assert not db.is_serial_revoked("01")
+    db.create_join_token("t2", hash_secret("s"), now=100, ttl_s=60, machine_id="m")
+    db.enroll("t2", "m", serial="02", not_after=1000, now=102)
+    assert db.is_serial_revoked("01")
+    assert not db.is_serial_revoked("02")

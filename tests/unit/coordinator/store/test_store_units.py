@@ -13,7 +13,6 @@ from coordinator.models import Unit
 from coordinator.store.sql import SqlStore, schema
 from coordinator.store.sql.units import IN_CHUNK
 from proto.messages import DriftEntry, Sticker, UnitStatus
-from proto.tokens import hash_secret
 from proto.units import UnitOption, unit_hash
 
 
@@ -99,19 +98,20 @@ def test_hello_metadata_capabilities_and_states(store: SqlStore) -> None:
 
 
 def test_revocation_covers_every_issued_certificate(store: SqlStore) -> None:
-    store.create_join_token("t1", hash_secret("s"), now=100, ttl_s=60)
-    store.enroll("t1", "m", serial="01", not_after=1000, now=101)
+    add_machines(store, "m", "n")
+    store.set_machine_cert("m", "01", 1000, now=101)
     store.set_machine_cert("m", "02", 2000, now=500)
+    store.set_machine_cert("n", "03", 2000, now=500)
     m = store.get_machine("m")
     assert m is not None and (m.cert_serial, m.cert_not_after) == ("02", 2000)
     assert not store.is_serial_revoked("01")
     assert store.revoke_machine("m", now=600)
     assert store.is_serial_revoked("01") and store.is_serial_revoked("02")
-    assert store.list_machines() == []
+    assert not store.is_serial_revoked("03")
+    assert [x.id for x in store.list_machines()] == ["n"]
     assert store.list_machines(include_revoked=True)[0].revoked
     assert store.revoke_machine("m", now=700), "a second revocation changes nothing"
     assert not store.revoke_machine("nope", now=600)
-    assert not store.is_serial_revoked("03")
 
 
 def test_revocation_answers_are_cached_for_at_most_a_second(
@@ -119,9 +119,8 @@ def test_revocation_answers_are_cached_for_at_most_a_second(
     new_database: Callable[[], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """This store's own revocations (and re-enrolments) take effect at once; another
-    writer's (another process, or coordinator, on the same database) within
-    REVOCATION_CACHE_S."""
+    """This store's own revocations take effect at once; another writer's (another
+    process, or coordinator, on the same database) within REVOCATION_CACHE_S."""
     import time
 
     from coordinator.store.sql import core
@@ -130,16 +129,16 @@ def test_revocation_answers_are_cached_for_at_most_a_second(
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     target = new_database()
     db, other = new_store(target), new_store(target)
-    db.create_join_token("t1", hash_secret("s"), now=100, ttl_s=60)
-    db.enroll("t1", "m", serial="01", not_after=1000, now=101)
-    assert not db.is_serial_revoked("01")
-    # re-enrolment by a token bound to the machine revokes "01", through this store
-    db.create_join_token("t2", hash_secret("s"), now=100, ttl_s=60, machine_id="m")
-    db.enroll("t2", "m", serial="02", not_after=1000, now=102)
+    add_machines(db, "m", "n")
+    db.set_machine_cert("m", "01", 1000, now=101)
+    db.set_machine_cert("n", "02", 1000, now=101)
+    assert not db.is_serial_revoked("01") and not db.is_serial_revoked("02")
+    db.revoke_machine("m", now=102)
     assert db.is_serial_revoked("01")
-    assert not db.is_serial_revoked("02")
-    other.revoke_machine("m", now=103)
+    assert not db.is_serial_revoked("02")  # read again: this store's revocation cleared it
+    other.revoke_machine("n", now=103)
     assert not db.is_serial_revoked("02")  # cached, another writer
+    assert other.is_serial_revoked("02")
     clock[0] += core.REVOCATION_CACHE_S
     assert db.is_serial_revoked("02")
 
