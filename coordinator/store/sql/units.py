@@ -101,8 +101,9 @@ class UnitsSql(SqlCore):
 
     @cached_property
     def _upsert_units(self) -> Any:
-        """Create a unit or replace all but its creation time (built once per store:
-        the statement depends on the engine)."""
+        """Create a unit or replace all but its creation time. Built once per store (it
+        depends on the engine); SQLAlchemy still compiles an ON CONFLICT statement on
+        every execution (it has no cache key), so hot paths avoid one where they can."""
         stmt = self._insert(_u)
         return stmt.on_conflict_do_update(
             index_elements=[_u.c.tenant, _u.c.name],
