@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from coordinator.models import DEFAULT_TENANT, Unit, UnitHead, UnitState
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, bump
+from coordinator.store.sql.core import SqlCore, bump, row_record
 from proto.messages import UnitStatus
 from proto.units import UnitOption
 
@@ -382,7 +382,7 @@ class UnitsSql(SqlCore):
         if name is not None:
             stmt = stmt.where(_s.c.name == name)
         rows = self._maps(stmt.order_by(_s.c.name, _s.c.machine_id))
-        return [_unit_state(r) for r in rows]
+        return [row_record(r, UnitState) for r in rows]
 
 
 def _state_row(c: UnitStatus, machine_id: str, now: float) -> dict[str, Any]:
@@ -399,12 +399,6 @@ def _state_row(c: UnitStatus, machine_id: str, now: float) -> dict[str, Any]:
         "target_state": c.target_state,
         "updated_at": now,
     }
-
-
-def _unit_state(row: RowMapping) -> UnitState:
-    """By hand, not `row_record`: msgspec refuses SQLAlchemy's column names as keys
-    (a `str` subclass), and this is the hot read of /state."""
-    return UnitState(**{column: row[column] for column in _STATE_COLUMNS})
 
 
 def _unit(row: RowMapping, machines: list[str]) -> Unit:
