@@ -10,10 +10,17 @@ import click
 import msgspec
 
 from coordinator import __version__, memory
-from coordinator.app import open_store
-from coordinator.config import ConfigError, CoordinatorConfig, load_config
+from coordinator.app import (
+    describe_database,
+    describe_database_url,
+    move_database,
+    open_store,
+    schema_status,
+)
+from coordinator.config import ConfigError, CoordinatorConfig, load_config, with_password
 from coordinator.events import EventBus
 from coordinator.server import Coordinator, run_until_signalled, server_identity
+from coordinator.store.ports import StorageError
 from coordinator.trust import pki
 from coordinator.trust.users import UserService, ensure_first_admin
 from proto.process import run_main, setup_logging
@@ -37,17 +44,108 @@ def cli() -> None:
     """Moorage coordinator: desired state, scheduling, APIs and the agent hub."""
 
 
+@cli.command("move-database")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file.")
+@click.option("--state-dir", help="State directory (database, PKI).")
+@click.option(
+    "--to", "target", required=True, help="The new, empty database: postgresql://USER@HOST:PORT/DB."
+)
+@click.option(
+    "--to-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A file holding the target user's password.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows moved per table as JSON.")
+def move_database_command(
+    config_path: Path | None,
+    state_dir: str | None,
+    target: str,
+    to_password_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Copy every row of this coordinator's database into a new, empty one (SQLite to
+    PostgreSQL when one coordinator is no longer enough). Stop the coordinator first;
+    then set `database_url` (and `database_password_file`) to the new database."""
+    config = _config(config_path, state_dir=state_dir)
+    url = target
+    if to_password_file is not None:
+        url = with_password(target, to_password_file.read_text().strip())
+
+    def shown(table: str, rows: int) -> None:
+        if not as_json:
+            click.echo(f"  {table:<24} {rows:>10,} rows", err=True)
+
+    click.echo(f"moving {describe_database(config)} -> {describe_database_url(url)}", err=True)
+    try:
+        copied = move_database(config.database, url, shown)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(msgspec.json.encode(copied).decode())
+    else:
+        click.echo(f"moved {sum(copied.values()):,} rows in {len(copied)} tables")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file.")
+@click.option("--state-dir", help="State directory (database, PKI).")
+@click.option("--check", is_flag=True, help="Only say whether the schema is behind.")
+def migrate(config_path: Path | None, state_dir: str | None, check: bool) -> None:
+    """Bring the database's schema to this coordinator's version (every start does it too;
+    this is for upgrading while coordinators are stopped, and for checking first).
+
+    Exit status with --check: 0 up to date, 1 behind (migrations would run)."""
+    config = _config(config_path, state_dir=state_dir)
+    try:
+        before, head = schema_status(config)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"database: {describe_database(config)}")
+    click.echo(f"schema:   {before or '(empty)'}; this coordinator's: {head}")
+    if before == head:
+        click.echo("up to date")
+        return
+    if check:
+        click.echo("behind: `moorage-coordinator migrate` would bring it up to date")
+        sys.exit(1)
+    try:
+        open_store(config).close()
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"migrated to {head}")
+
+
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file.")
 @click.option("--state-dir", help="State directory (database, PKI).")
 @click.option("--name", "names", multiple=True, help="Extra DNS name for the server certificate.")
 @click.option("--ip", "ips", multiple=True, help="Extra IP address for the server certificate.")
+@click.option(
+    "--database-url",
+    help="The coordinator's database: postgresql://USER@HOST:PORT/DB (default: SQLite in the"
+    " state directory). Its password goes in `database_password_file`, never here.",
+)
 def init(
-    config_path: Path | None, state_dir: str | None, names: tuple[str, ...], ips: tuple[str, ...]
+    config_path: Path | None,
+    state_dir: str | None,
+    names: tuple[str, ...],
+    ips: tuple[str, ...],
+    database_url: str | None,
 ) -> None:
-    """Create the fleet CA, the server certificate and the admin client certificate, and
-    the first user (`admin`, its generated password in a 0600 file) if there is none."""
-    config = _config(config_path, state_dir=state_dir, server_names=names, server_ips=ips)
+    """Create the fleet CA, the server certificate and the admin client certificate, the
+    database's schema, and the first user (`admin`, its generated password in a 0600
+    file) if there is none.
+
+    A second coordinator of the same fleet (PostgreSQL) runs `init` with the first one's
+    `pki/ca.crt` and `pki/ca.key` already in its state directory: it then makes only its
+    own server certificate, signed by the fleet's CA."""
+    config = _config(
+        config_path,
+        state_dir=state_dir,
+        server_names=names,
+        server_ips=ips,
+        database_url=database_url,
+    )
     paths = pki.init_pki(config.pki_dir, *server_identity(config))
     info = pki.inspect_cert(Path(paths.ca_cert).read_bytes())
     click.echo(f"fleet CA:            {paths.ca_cert} (sha256 {info.fingerprint})")

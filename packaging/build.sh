@@ -232,6 +232,8 @@ build_package() {
   done
   install -m644 "$src/lintian-overrides" "$stage/usr/share/lintian/overrides/$name"
   install -m644 "$src/README.Debian" "$doc/"
+  # the operator's guide (several coordinators, backups, upgrades) ships with the server
+  if [ "$pkg" = coordinator ]; then install -m644 "$ROOT/docs/operations.md" "$doc/"; fi
   write_copyright "$stage" "$venv" >"$doc/copyright"
   {
     printf 'moorage (%s) unstable; urgency=medium\n\n' "$VERSION"

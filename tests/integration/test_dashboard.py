@@ -3,12 +3,17 @@ by Playwright, against a real coordinator and two real agents on real systemd ma
 
 Log in; the fleet page lists the test machines; start a unit from the units page and
 see it turn active without the page reloading; a user without the `users` permission
-sees no admin link and the server refuses the page. The tests write the screenshots the
-README shows (docs/screenshots/)."""
+sees no admin link and the server refuses the page. The tests take the screenshots the
+README shows: into a temporary folder, or into docs/screenshots/ with
+`MOORAGE_SCREENSHOTS=docs` (so an ordinary run leaves the tree unchanged)."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +42,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "correct horse battery 9"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("MOORAGE_SCREENSHOTS") == "docs"
+    else Path(tempfile.mkdtemp(prefix="moorage-screenshots-"))
+)
+if SHOTS.parent.name != "docs":
+    atexit.register(shutil.rmtree, SHOTS, True)
 UNIT = "web.service"
 LOGIN_FORM = b'id="password"'
 

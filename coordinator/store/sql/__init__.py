@@ -5,7 +5,14 @@ except the composition root (`coordinator.app`) and the engine's own tests."""
 
 from __future__ import annotations
 
-from coordinator.store.sql.core import SqlCore, database_url, row_record, storage_fault
+from coordinator.store.sql.core import (
+    SqlCore,
+    database_url,
+    describe,
+    row_record,
+    status,
+    storage_fault,
+)
 from coordinator.store.sql.deploy import DeploySql
 from coordinator.store.sql.envs import EnvsSql
 from coordinator.store.sql.machines import MachinesSql
@@ -17,7 +24,14 @@ from coordinator.store.sql.units import UnitsSql
 from coordinator.store.sql.users import UsersSql
 from coordinator.store.sql.webops import WebOpsSql
 
-__all__ = ["SqlStore", "database_url", "row_record", "storage_fault"]
+__all__ = [
+    "SqlStore",
+    "database_url",
+    "describe",
+    "row_record",
+    "status",
+    "storage_fault",
+]
 
 
 class SqlStore(

@@ -67,6 +67,27 @@ def database_url(target: Path | str) -> str:
     return text
 
 
+def describe(target: Path | str) -> str:
+    """The database for people and logs: the URL without its password. Pure."""
+    url = sa.engine.make_url(database_url(target))
+    if url.drivername.startswith("sqlite"):
+        return f"SQLite {url.database}"
+    return url.render_as_string(hide_password=True)
+
+
+def status(target: Path | str) -> tuple[str | None, str]:
+    """The schema revision of the database (None: empty) and this coordinator's newest,
+    changing nothing; StorageError if the database cannot be reached."""
+    engine = make_engine(database_url(target))
+    try:
+        with engine.connect() as conn:
+            return migrate.status(conn)
+    except exc.DBAPIError as exc_:
+        raise StorageError(f"cannot read the database: {exc_.orig or exc_}") from exc_
+    finally:
+        engine.dispose()
+
+
 def storage_fault(exc_: BaseException) -> str | None:
     """Which fault: "full" (no space left), "io" (the disk fails), "unreachable" (the
     database server cannot be reached) or None (any other error): the faults that are

@@ -154,3 +154,18 @@ def _from_numbered_era(conn: Connection) -> None:
         raw.execute("PRAGMA foreign_keys=ON")
     command.stamp(_config(conn), BASELINE)
     conn.commit()
+
+
+def status(conn: Connection) -> tuple[str | None, str]:
+    """(the revision the database is at, or None; this coordinator's head), read only.
+    A file of the numbered era reads as "numbered-N"."""
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.dbapi_connection
+        assert isinstance(raw, sqlite3.Connection)
+        version = _user_version(raw)
+        has_alembic = raw.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
+        ).fetchone()
+        if not has_alembic and version:
+            return f"numbered-{version}", head()
+    return current_revision(conn), head()
