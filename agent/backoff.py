@@ -1,5 +1,5 @@
-"""Reconnect delays and which hub to dial next: full jitter, so 10,000 agents don't
-return in lockstep, and failover across the coordinators' hubs (#23).
+"""Reconnect delays and which hub to dial next: exponential with jitter, so 10,000
+agents don't return in lockstep, and failover across the coordinators' hubs (#23).
 
 A session that got a Welcome starts the count again: the next reconnect comes soon
 (spread at random over the window the coordinator gave, so a restarted coordinator
@@ -31,10 +31,16 @@ class Dial(NamedTuple):
 
 
 def backoff_delay(attempt: int, *, initial: float, maximum: float, rand: float) -> float:
-    """Full jitter: uniform in [0, step) (`rand` in [0, 1)), the step doubling per attempt
-    up to `maximum`; spreads retries best (the AWS analysis), nothing is fixed."""
+    """Equal jitter: half the exponential step fixed, half random (`rand` in [0, 1)).
+
+    Not full jitter (all of the step random): an agent hammering a restarting
+    coordinator with refused connects would draw several near-zero delays in a row,
+    climb the exponent in a fraction of a second and then sleep most of a 16 s step
+    after the coordinator is back (tests/integration/test_link_faults.py saw 13.8 s).
+    The fixed half ties the step to the time already waited: the extra wait after an
+    outage is never more than about the outage itself."""
     step = min(maximum, initial * float(2 ** min(attempt, 32)))
-    return rand * step
+    return step / 2 + rand * step / 2
 
 
 def next_failures(failures: int, *, welcomed: bool, refused: bool = False) -> int:
@@ -57,8 +63,8 @@ def reconnect_delay(
     """How long to wait before the next attempt: after a welcomed session (no failure
     yet) a uniform pick in [0, spread) (at least `initial` wide); after a refusal at
     least half the longest delay; else backoff growing once per round of `hubs`."""
-    if refused:
-        return maximum / 2 + rand * maximum / 2
+    if refused:  # the longest step, whatever the count and the number of hubs
+        return backoff_delay(REFUSED, initial=initial, maximum=maximum, rand=rand)
     if failures == 0:
         return rand * min(maximum, max(initial, spread))
     rounds = (failures - 1) // max(1, hubs)

@@ -89,9 +89,9 @@ def test_delays_grow_per_round_of_the_list_not_per_attempt() -> None:
     doubling per round, up to the longest delay."""
     index, failures, steps, hubs = 0, 0, [], []
     for _ in range(30):
-        d = dial(index, failures, 3, rand=0.999)  # the largest delay full jitter allows
+        d = dial(index, failures, 3, rand=0.0)  # the shortest: half the step
         index, failures = d.hub, d.failures
-        steps.append(round(d.delay / 0.999, 6))
+        steps.append(d.delay * 2)
         hubs.append(d.hub)
     assert steps[:9] == [0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
     assert steps[-1] == MAXIMUM

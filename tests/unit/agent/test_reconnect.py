@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import socket
-import statistics
 
 import pytest
 
@@ -52,11 +51,12 @@ def test_the_first_reconnect_is_spread_over_the_window_the_coordinator_gave() ->
     assert max(delays(0, spread=500)) <= 30, "never beyond the longest delay"
 
 
-def test_failures_back_off_exponentially_with_full_jitter() -> None:
-    assert min(delays(1)) < 0.01 and 0.49 < max(delays(1)) < 0.5
-    assert min(delays(2)) < 0.01 and 0.99 < max(delays(2)) < 1.0
-    assert 29.9 < max(delays(20)) < 30 and 14 < statistics.mean(delays(20)) < 16
+def test_failures_back_off_exponentially_with_jitter() -> None:
+    assert min(delays(1)) >= 0.25 and max(delays(1)) <= 0.5
+    assert min(delays(2)) >= 0.5 and max(delays(2)) <= 1.0
+    assert min(delays(20)) >= 15 and max(delays(20)) <= 30
     assert next_failures(3, welcomed=False, refused=True) == REFUSED
+    assert min(delays(REFUSED)) >= 15
 
 
 def test_a_refusal_is_never_retried_soon() -> None:

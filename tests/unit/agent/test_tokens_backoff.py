@@ -48,14 +48,13 @@ def test_secret_is_only_compared_hashed() -> None:
 
 
 @given(st.integers(0, 100), st.floats(0, 0.999))
-def test_backoff_is_bounded_and_fully_jittered(attempt: int, rand: float) -> None:
+def test_backoff_is_bounded_and_jittered(attempt: int, rand: float) -> None:
     delay = backoff_delay(attempt, initial=0.5, maximum=30, rand=rand)
     step = min(30.0, 0.5 * 2**attempt)
-    assert delay == rand * step and 0 <= delay < step
+    assert step / 2 <= delay <= step
 
 
 def test_backoff_grows() -> None:
-    delays = [backoff_delay(a, initial=0.5, maximum=30, rand=0.999) for a in range(10)]
+    delays = [backoff_delay(a, initial=0.5, maximum=30, rand=0.0) for a in range(10)]
     assert delays == sorted(delays)
-    assert delays[0] < 0.5 and 29.9 < delays[-1] < 30.0
-    assert backoff_delay(9, initial=0.5, maximum=30, rand=0.0) == 0.0, "full jitter: from 0"
+    assert delays[0] == 0.25 and delays[-1] == 15.0
