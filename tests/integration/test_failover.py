@@ -1,5 +1,6 @@
 """Agents fail over between coordinators (#23): kill -9 of the coordinator an agent is
-connected to, and the agent is on the next one within seconds, its units untouched."""
+connected to, and the agent is on the next one within seconds; none for a while, and it
+keeps trying both; its units untouched throughout."""
 
 # ruff: noqa: F811  (pytest fixtures imported by name)
 from __future__ import annotations
@@ -115,8 +116,24 @@ def test_kill9_of_the_coordinator_moves_the_agent_to_the_next_units_untouched(
         assert user_systemd.unit_property(UNIT, "NRestarts") == "0"
         assert agent.proc is not None and agent.proc.alive()
         assert status(agent)[2:] == [f"    {hubs[0]}", f"  * {hubs[1]}"]
-        log = agent.proc.log()
-        assert f"connected to {hubs[1]}" in log
+        assert f"connected to {hubs[1]}" in agent.proc.log()
+
+        # Now no coordinator at all for a while: the agent goes round both hubs, the
+        # unit keeps running; A comes back (its own database intact) and takes it again.
+        b.kill9()
+        time.sleep(5)
+        lines = status(agent)
+        assert "disconnected for" in lines[0] and lines[2:] == [f"    {h}" for h in hubs]
+        assert user_systemd.unit_property(UNIT, "MainPID") == main_pid
+        a.start()
+        wait_for(lambda: "m1" in a.connected(), timeout=15, what="agent back on A")
+        wait_for(
+            lambda: (s := reported(a, UNIT)) and s["main_pid"] == int(main_pid),
+            timeout=20,
+            what="the same process reported to A",
+        )
+        assert user_systemd.unit_property(UNIT, "ExecMainStartTimestampMonotonic") == started
+        assert agent.proc.alive()
     finally:
         b.stop()
         a.stop()
