@@ -170,6 +170,10 @@ def init(
 @click.option("--hub-listen", help="HOST:PORT of the agent hub.")
 @click.option("--hub-url", help="Hub URL advertised to enrolling agents.")
 @click.option(
+    "--database-url",
+    help="The coordinator's database: postgresql://USER@HOST:PORT/DB (default: SQLite).",
+)
+@click.option(
     "--lost-after",
     "lost_after_s",
     type=float,

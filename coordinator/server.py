@@ -69,7 +69,8 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import AuditEntry
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
-from coordinator.store.ports import StorageUnavailable
+from coordinator.store.ports import ChangeFeed, StorageUnavailable
+from coordinator.store.scope import TENANT_SCOPE
 from coordinator.tasks.service import TaskService
 from coordinator.trust import permissions as perms
 from coordinator.trust import pki
@@ -117,16 +118,26 @@ class Gate:
     """What the middleware learnt about one request on its way in: who, and which
     rate-limit slots it holds (settled once the outcome is known)."""
 
-    __slots__ = ("actor", "auth", "deploy", "principal", "shown")
+    __slots__ = ("actor", "auth", "deploy", "principal", "scope", "shown")
 
     def __init__(self) -> None:
         self.principal: Principal | None = None
         self.auth: Slot | None = None
         self.deploy: Slot | None = None
         self.actor: contextvars.Token[str] | None = None
+        self.scope: contextvars.Token[str | None] | None = None
         self.shown: tuple[str, str] | None = None
         """The (class, key) whose standing X-RateLimit-* show on the response: the
         route's class if it has one, else the token's."""
+
+    def reset(self) -> None:
+        """Give back the request's context (its actor, its tenant scope)."""
+        if self.actor is not None:
+            ACTOR.reset(self.actor)
+            self.actor = None
+        if self.scope is not None:
+            TENANT_SCOPE.reset(self.scope)
+            self.scope = None
 
 
 class Coordinator:
@@ -156,6 +167,7 @@ class Coordinator:
             self.metrics,
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
+            feed=self.storage if isinstance(self.storage, ChangeFeed) else None,
         )
         self.metrics.storage_writable.set_function(
             lambda: 0.0 if self.storage.health.fault else 1.0
@@ -164,6 +176,7 @@ class Coordinator:
         self.metrics.state_writes_pending.set_function(lambda: self.hub.buffer.pending)
         self.metrics.audit_pending.set_function(lambda: self.audit.pending)
         self.units = UnitService(self.storage, self.hub, self.metrics, events=self.events)
+        self.hub.on_desired.append(self.units.push)  # changed by another coordinator
         self.deploystore = self.storage
         self.reports = ReportService(self.storage, self.deploystore, self.hub, events=self.events)
         self.deployments = DeploymentService(
@@ -304,16 +317,14 @@ class Coordinator:
                 allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
                 response = family.conventions.error(exc.status, exc.reason, allow)
         except BaseException as exc:
-            if gate.actor is not None:
-                ACTOR.reset(gate.actor)
+            gate.reset()
             self.limiter.release(gate.auth)
             self.limiter.release(gate.deploy)
             if isinstance(exc, Exception):  # a redirect, or a 500 aiohttp will answer
                 status = exc.status if isinstance(exc, web.HTTPException) else 500
                 self._audit(request, route, template, gate, status)
             raise
-        if gate.actor is not None:
-            ACTOR.reset(gate.actor)
+        gate.reset()
         await self._settle(gate, response.status)
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is not worth reading
@@ -359,6 +370,9 @@ class Coordinator:
             gate.auth = None
         request[PRINCIPAL] = gate.principal = principal
         gate.actor = ACTOR.set(principal.label)  # reset when the request ends
+        # The database's own tenancy wall (PostgreSQL row-level security): a caller bound
+        # to one tenant touches only its rows; admins see every tenant's.
+        gate.scope = TENANT_SCOPE.set(None if principal.allows(perms.ADMIN) else principal.tenant)
         if principal.kind != "certificate":
             key = principal.token_id or principal.label
             # The per-token general limit is the APIs' contract with their clients; a
@@ -472,6 +486,7 @@ class Coordinator:
         self.api_port = await self._listen(self.api_app(), self.config.api_listen, api_ctx)
         self.hub_port = await self._listen(self.hub_app(), self.config.hub_listen, hub_ctx)
         self._tasks.append(asyncio.create_task(self.hub.liveness_loop()))
+        self._tasks.append(asyncio.create_task(self.hub.follow_changes()))
         self._tasks.append(asyncio.create_task(self.hub.buffer.run()))
         self._tasks.append(asyncio.create_task(self.deployments.run()))
         self._tasks.append(asyncio.create_task(self.environments.run()))

@@ -21,6 +21,7 @@ import msgspec
 from coordinator.trust import pki
 from moorctl.client import ApiClient
 from proto.clientconfig import ClientConfig
+from tests.harness.databases import coordinator_database_url
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,10 +109,19 @@ class CoordinatorProc:
     `config`: the TOML it reads (default: generous rate limits; set it before start)."""
 
     def __init__(self, state_dir: Path, **options: Any) -> None:
+        """`database_url`: the coordinator's database, kept across restarts (default:
+        SQLite in `state_dir`, or a new PostgreSQL database under
+        MOORAGE_TEST_DATABASE=postgresql; several coordinators share one by passing it)."""
         self.state_dir = state_dir
         self.config = GENEROUS_LIMITS
         self.api_port = free_port()
         self.hub_port = free_port()
+        database_url: str | None = options.pop("database_url", None)
+        if database_url is None:
+            database_url = coordinator_database_url(state_dir.parent / f"{state_dir.name}-db")
+        self.database_url = database_url
+        """Its database ("": the SQLite file in `state_dir`; may be changed before start);
+        two coordinators may share one."""
         self.options = {"heartbeat": 1.0, "lost-after": 5.0, **options}
         self.proc: Proc | None = None
         self.starts = 0
@@ -144,6 +154,8 @@ class CoordinatorProc:
         ]
         for key, value in self.options.items():
             args += [f"--{key}", str(value)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         self.starts += 1
         self.proc = Proc(args, self.state_dir.parent / f"coordinator-{self.starts}.log")
         wait_for(self._healthy, 20, what="coordinator /healthz")

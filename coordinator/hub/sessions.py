@@ -15,7 +15,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import aiohttp
@@ -25,7 +25,7 @@ from coordinator import limits
 from coordinator.hub import liveness
 from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.store.ports import EnrollRefused, SessionStore, StorageUnavailable
+from coordinator.store.ports import ChangeFeed, EnrollRefused, SessionStore, StorageUnavailable
 from coordinator.trust import pki
 from coordinator.trust.enrolment import Enroller
 from proto import messages as m
@@ -42,8 +42,13 @@ HELLO_TIMEOUT_S = 10.0
 MAX_HEARTBEATS_PER_S = 500.0
 MAX_RECONNECTS_PER_S = 2000.0
 RECONNECT_SPREAD_MIN_S = 1.0
+RECHECK_S = 5.0
+"""How often a hub sharing its database compares every session's last sent desired
+revision with the stored one: the safety net under the change feed (a notification
+lost while the feed reconnects, or a NOTIFY that failed after its commit)."""
 
 MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
+MachinesHook = Callable[[list[str]], Awaitable[None]]
 
 
 class Session:
@@ -60,6 +65,11 @@ class Session:
         self.last_seen = self.connected_at
         self.hello: m.Hello | None = None
         self.cert_window = (0.0, 0.0)
+        self.sent_revision = -1
+        """The desired revision this agent was last sent (or had at its Hello): the
+        change feed's safety net compares it with the stored one."""
+        self.ready = False
+        """Its Hello is handled and every on_connect hook ran (what they derived is sent)."""
         self._metrics = metrics
         self.expensive = limits.TokenBucket(
             limits.EXPENSIVE_RATE_PER_S, limits.EXPENSIVE_BURST, time.monotonic()
@@ -69,6 +79,8 @@ class Session:
     async def send(self, message: m.Message) -> None:
         await self.ws.send_bytes(m.encode(message))
         self._metrics.messages_out.labels(type(message).__struct_config__.tag).inc()
+        if isinstance(message, m.Desired):
+            self.sent_revision = message.revision
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode()[:120])
@@ -83,8 +95,11 @@ class Hub:
         *,
         heartbeat_s: float,
         lost_after_s: float,
+        feed: ChangeFeed | None = None,
     ) -> None:
         self.storage = storage
+        self.feed = feed
+        """Changes other coordinators sharing the database made (None: this one alone)."""
         self.enroller = enroller
         self.metrics = metrics
         self.heartbeat_s = heartbeat_s
@@ -99,6 +114,14 @@ class Hub:
         """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self.on_disconnect: list[Callable[[Session], None]] = []
         """Called when a session ends (streams waiting on that machine end too)."""
+        self.on_desired: list[MachinesHook] = []
+        """Called with machines that have a session here and whose stored desired
+        revision is not the one their session was last sent (changed by another
+        coordinator, or a push was missed): send them their desired state."""
+        self.on_nudge: list[MachinesHook] = []
+        """Called with machines that have a session here and whose stored state another
+        coordinator changed: re-derive from the store what their agents must be sent
+        (task starts and stops...)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- session lifecycle ----------------------------------------------------------
@@ -180,6 +203,7 @@ class Hub:
         old = self.sessions.get(session.machine_id)
         self.sessions[session.machine_id] = session
         self.disconnected_since.pop(session.machine_id, None)
+        session.sent_revision = hello.applied_revision
         if old is not None:
             self._background(old.close(CLOSE_REPLACED, "replaced by a newer session"))
         self.buffer.add(
@@ -210,6 +234,7 @@ class Hub:
         log.info("machine %s connected (session %s)", session.machine_id, session.id)
         for hook in self.on_connect:
             await hook(session)
+        session.ready = True
         return True
 
     async def _refuse(self, session: Session, reason: str, code: int, message: str) -> None:
@@ -316,18 +341,25 @@ class Hub:
     # --- operator actions -------------------------------------------------------------
 
     def end_session(self, machine_id: str, code: int, reason: str) -> None:
-        """Close the machine's live session, if any, without waiting for the peer."""
+        """Close the machine's live session, if any, without waiting for the peer. A
+        session on another coordinator ends there once it sees its certificate revoked
+        (`announce`); ending one is only ever asked for with its certificate revoked."""
         session = self.sessions.get(machine_id)
         if session is not None:
             self._background(session.close(code, reason))
+        else:
+            self.announce([machine_id])
 
     async def revoke(self, machine_id: str) -> bool:
-        """Refuse the machine's certificates from now on and end its live session."""
+        """Refuse the machine's certificates from now on and end its live session
+        (here, or on another coordinator through the change feed)."""
         if not self.storage.revoke_machine(machine_id, time.time()):
             return False
         session = self.sessions.get(machine_id)
         if session is not None:
             self._background(session.close(CLOSE_REVOKED, "certificate revoked"))
+        else:
+            self.announce([machine_id])
         return True
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -335,6 +367,105 @@ class Hub:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # --- several coordinators (#23) ---------------------------------------------------------
+
+    def announce(self, machine_ids: Iterable[str]) -> None:
+        """Tell the other coordinators that these machines' stored state changed (the
+        change is committed): those of them without a session here may have one there.
+        Best effort: a failure is logged, and the agent gets the change when it
+        connects again (or from the safety net, for desired state)."""
+        elsewhere = sorted({mid for mid in machine_ids if mid not in self.sessions})
+        if self.feed is None or not elsewhere:
+            return
+        try:
+            self.feed.announce(elsewhere)
+        except StorageUnavailable as exc:
+            log.warning("could not tell other coordinators about %s: %s", elsewhere[:5], exc)
+
+    async def nudge(self, machine_ids: Iterable[str]) -> None:
+        """Another coordinator changed these machines' stored state: send the agents with
+        a session here what they now miss, as if the change had been made here."""
+        here = sorted({mid for mid in machine_ids if self._ready(mid)})
+        if not here:
+            return
+        await self.recheck(here)
+        await self._call(self.on_nudge, here)
+
+    async def recheck(self, machine_ids: Iterable[str] | None = None) -> None:
+        """Compare the stored desired revision of these machines (default: every
+        session here) with what their sessions were last sent (one query): the stale
+        ones are pushed (`on_desired`); sessions of revoked machines or certificates
+        end. Needs the feed (it reads through it); does nothing without one."""
+        if self.feed is None:
+            return
+        ids = list(self.sessions) if machine_ids is None else list(machine_ids)
+        sessions = {mid: s for mid in ids if (s := self.sessions.get(mid)) and s.ready}
+        if not sessions:
+            return
+        revisions = self.feed.desired_revisions(sessions)
+        revoked = self.feed.revoked_serials(s.serial for s in sessions.values())
+        stale: list[str] = []
+        for mid, session in sessions.items():
+            if mid not in revisions or session.serial in revoked:
+                log.info("machine %s was revoked or re-enrolled elsewhere; closing", mid)
+                self._background(session.close(CLOSE_REVOKED, "certificate revoked"))
+            elif revisions[mid] != session.sent_revision:
+                stale.append(mid)
+        if stale:
+            await self._call(self.on_desired, stale)
+
+    async def follow_changes(self, recheck_s: float = RECHECK_S) -> None:
+        """Act on what other coordinators change (the feed's batches), and recheck every
+        session every `recheck_s` seconds. Returns at once on a database no other
+        coordinator shares."""
+        if self.feed is None or not self.feed.shared:
+            return
+        await asyncio.gather(self._follow(self.feed), self._recheck_loop(recheck_s))
+
+    async def _follow(self, feed: ChangeFeed) -> None:
+        while True:  # the feed reconnects by itself; this only outlives its bugs
+            try:
+                async with contextlib.aclosing(feed.changes()) as changes:
+                    async for batch in changes:
+                        await self._on_changes(batch)
+            except Exception:
+                log.exception("the change feed failed; following it again in 1 s")
+            await asyncio.sleep(1.0)
+
+    async def _on_changes(self, batch: list[str] | None) -> None:
+        try:
+            if batch is None:  # (re)connected: anything may have been missed
+                await self.recheck()
+                await self._call(self.on_nudge, sorted(filter(self._ready, self.sessions)))
+            else:
+                await self.nudge(batch)
+        except StorageUnavailable as exc:
+            log.warning("could not act on other coordinators' changes: %s", exc)
+        except Exception:
+            log.exception("acting on other coordinators' changes failed")
+
+    async def _recheck_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.recheck()
+            except StorageUnavailable as exc:
+                log.warning("session recheck skipped: %s", exc)
+            except Exception:
+                log.exception("session recheck failed")
+
+    def _ready(self, machine_id: str) -> bool:
+        session = self.sessions.get(machine_id)
+        return session is not None and session.ready
+
+    @staticmethod
+    async def _call(hooks: list[MachinesHook], machine_ids: list[str]) -> None:
+        for hook in hooks:
+            try:
+                await hook(machine_ids)
+            except Exception:
+                log.exception("hook %s failed for %d machine(s)", hook, len(machine_ids))
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):

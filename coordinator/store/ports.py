@@ -824,3 +824,37 @@ class Store(
     Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""
+
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """Which machines' stored state changed on another coordinator sharing the database
+    (#23): the hub re-derives what those machines' agents must be sent. Every write
+    that bumps a machine's desired revision tells the feed in its own transaction;
+    `announce` tells it of other changes after they are committed. On SQLite (one
+    coordinator) the feed stays silent."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether other coordinators may write to this database (PostgreSQL)."""
+
+    def changes(self) -> AsyncGenerator[list[str] | None, None]:
+        """Batches of machine ids, as other coordinators commit changes (this one's own
+        are included: acting on them again is harmless). None after the feed
+        (re)connected: anything may have been missed in between, so check everything."""
+
+    def announce(self, machine_ids: Iterable[str]) -> None:
+        """Tell every coordinator that these machines' stored state changed (already
+        committed): for changes that do not bump a desired revision."""
+
+    def desired_revisions(self, machine_ids: Iterable[str]) -> dict[str, int]:
+        """The stored desired revision of each machine that exists and is not revoked
+        (one query): the safety net compares it with what the hub last sent."""
+
+    def revoked_serials(self, serials: Iterable[str]) -> set[str]:
+        """Which of these certificate serials are revoked (one query, never cached): a
+        machine re-enrolled or revoked through another coordinator."""

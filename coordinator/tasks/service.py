@@ -60,6 +60,14 @@ class _Machine(msgspec.Struct):
     """The agent reported Resources: it knows the task messages (older agents do not)."""
 
 
+def _newer(stored: TaskRun, cached: TaskRun) -> bool:
+    """Whether the stored run says more than this coordinator's copy: further along, or
+    asked to stop since. Pure."""
+    if stored.stop_requested and not cached.stop_requested:
+        return True
+    return _ORDER.get(stored.status, 0) > _ORDER.get(cached.status, 0)
+
+
 def cluster_key(tenant: str, cluster: str) -> str:
     """A cluster is a tenant's: the same group name in two tenants is two clusters. Pure."""
     return f"{tenant}/{cluster}"
@@ -93,6 +101,7 @@ class TaskService:
         hub.handlers.append(self._on_message)
         hub.on_connect.append(self._on_connect)
         hub.on_state_change.append(self._on_state_change)
+        hub.on_nudge.append(self._on_nudge)
 
     # --- definitions ------------------------------------------------------------------
 
@@ -351,8 +360,12 @@ class TaskService:
     # --- the agent link ---------------------------------------------------------------
 
     async def _send(self, machine_id: str, message: m.Message) -> bool:
+        """Send to the machine's session here; without one, tell the other coordinators
+        (its session may be on one of them): they derive the same message from the
+        stored run (`_on_nudge`), which is committed before anything is sent."""
         session = self.hub.sessions.get(machine_id)
         if session is None:
+            self.hub.announce([machine_id])
             return False
         try:
             await session.send(message)
@@ -387,14 +400,34 @@ class TaskService:
         hello = session.hello
         assert hello is not None
         self._remember(session.machine_id, hello.capabilities, hello.resources, hello.hostname)
-        for run in sorted(self._runs.values(), key=lambda r: r.seq):
-            if run.machine_id != session.machine_id:
+        await self._resend({session.machine_id}, self._runs.values())
+        self.kick()
+
+    async def _resend(self, machine_ids: set[str], runs: Iterable[TaskRun]) -> None:
+        """What the stored runs say these machines' agents must hold: the TaskStart of a
+        placed run they never acknowledged, the TaskStop of a run asked to stop (an
+        agent answers a repeat with the run's state)."""
+        for run in sorted(runs, key=lambda r: r.seq):
+            if run.machine_id not in machine_ids or run.machine_id not in self.hub.sessions:
                 continue
             if run.status == "PENDING" and not run.acked:
-                await self._send(session.machine_id, self._start_message(run))
+                await self._send(run.machine_id, self._start_message(run))
             if run.stop_requested and run.status in ("PENDING", "RUNNING"):
-                await self._send(session.machine_id, m.TaskStop(run.run_id, self.stop_grace_s))
-        self.kick()
+                await self._send(run.machine_id, m.TaskStop(run.run_id, self.stop_grace_s))
+
+    async def _on_nudge(self, machine_ids: list[str]) -> None:
+        """Another coordinator placed or stopped runs on machines with a session here
+        (#23): read their runs from the store, keep the ones this coordinator knew less
+        of (its agents' updates then land on the current run), and send what they say."""
+        wanted = set(machine_ids)
+        stored = [
+            r for r in await asyncio.to_thread(self.store.unfinished_runs) if r.machine_id in wanted
+        ]
+        for run in stored:
+            cached = self._runs.get(run.run_id)
+            if cached is None or _newer(run, cached):
+                self._runs[run.run_id] = run
+        await self._resend(wanted, [self._runs.get(r.run_id, r) for r in stored])
 
     async def _on_message(self, session: Session, message: m.Message) -> None:
         if isinstance(message, m.TaskOutput):

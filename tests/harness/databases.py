@@ -66,6 +66,15 @@ def fresh_database(tmp_path: Path, engine: str | None = None) -> str:
     return cluster().create_database(f"t{os.getpid()}_{next(_names)}")
 
 
+def coordinator_database_url(tmp_path: Path) -> str:
+    """`CoordinatorConfig.database_url` for a test's coordinator: "" (the SQLite file
+    in its state directory) by default, a new PostgreSQL database with
+    `MOORAGE_TEST_DATABASE=postgresql`."""
+    if default_engine() == "sqlite":
+        return ""
+    return fresh_database(tmp_path, "postgresql")
+
+
 def open_test_store(tmp_path: Path, engine: str | None = None) -> SqlStore:
     """A store on a fresh database of the run's (or the given) engine."""
     return SqlStore(fresh_database(tmp_path, engine))

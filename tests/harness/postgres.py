@@ -75,6 +75,8 @@ class PgCluster:
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "postgres", "--"]
         self.started = False
+        self._app_role = False
+        self._app_password = ""
 
     def _run(self, *argv: str, timeout: float = 120) -> None:
         subprocess.run(
@@ -139,11 +141,25 @@ class PgCluster:
             f"postgresql+psycopg://{self.admin}:{self.password}@{self.host}:{self.port}/{database}"
         )
 
+    APP_ROLE = "moorage_app"
+
     def create_database(self, name: str) -> str:
-        """A new empty database (its name: lowercase letters, digits, underscores); its URL."""
+        """A new empty database (its name: lowercase letters, digits, underscores) owned
+        by an ordinary role, as a coordinator's is: a superuser would bypass row-level
+        security. Its URL, as that role."""
         assert name.replace("_", "").isalnum() and name.islower(), name
-        self.psql(f"CREATE DATABASE {name}")
-        return self.url(name)
+        if not self._app_role:
+            self._app_password = os.urandom(12).hex()
+            self.psql(
+                f"CREATE ROLE {self.APP_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                f" PASSWORD '{self._app_password}'"
+            )
+            self._app_role = True
+        self.psql(f"CREATE DATABASE {name} OWNER {self.APP_ROLE}")
+        return (
+            f"postgresql+psycopg://{self.APP_ROLE}:{self._app_password}"
+            f"@{self.host}:{self.port}/{name}"
+        )
 
     def stop(self) -> None:
         try:

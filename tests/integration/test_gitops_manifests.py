@@ -236,7 +236,8 @@ def test_envelope_with_containers_runs_them_without_unit_syntax(
     assert fm.call("DELETE", f"/deployment-applications/{app['id']}")[0] == 409
     assert fm.call("DELETE", f"/deployments/{dep['id']}")[0] == 204
     wait_for(
-        lambda: not docker.containers.list(all=True, filters={"label": LABEL_UNIT}),
+        # the low-level list: the high-level one inspects each, racing the removal
+        lambda: not docker.api.containers(all=True, filters={"label": LABEL_UNIT}),
         timeout=30,
         what="the container removed",
     )

@@ -16,6 +16,7 @@ from coordinator.store.sql.core import (
 from coordinator.store.sql.deploy import DeploySql
 from coordinator.store.sql.envs import EnvsSql
 from coordinator.store.sql.machines import MachinesSql
+from coordinator.store.sql.notify import NotifySql
 from coordinator.store.sql.platform import PlatformSql
 from coordinator.store.sql.reports import ReportsSql
 from coordinator.store.sql.tasks import TasksSql
@@ -45,7 +46,8 @@ class SqlStore(
     EnvsSql,
     WebOpsSql,
     PlatformSql,
+    NotifySql,
     SqlCore,
 ):
-    """Every port (`coordinator.store.ports.Store`) over one database: an SQLite file
-    (a path) or PostgreSQL (a `postgresql://` URL)."""
+    """Every port (`coordinator.store.ports.Store`, and `ChangeFeed`) over one database:
+    an SQLite file (a path) or PostgreSQL (a `postgresql://` URL)."""

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
 from coordinator.store.health import StorageHealth
 from coordinator.store.ports import StorageError, StorageUnavailable
+from coordinator.store.scope import SETTING, TENANT_SCOPE
 from coordinator.store.sql import migrate, schema
 
 R = TypeVar("R")
@@ -159,6 +160,16 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return sa.create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+
+
+def _scope(conn: Connection) -> None:
+    """Give a PostgreSQL connection the current request's tenant (`moorage.tenant`, read
+    by the row-level security policies), only when it differs from what the connection
+    already has: pooled connections keep their session settings between uses."""
+    wanted = TENANT_SCOPE.get() or ""
+    if conn.info.get(SETTING, "") != wanted:
+        conn.execute(sa.select(sa.func.set_config(SETTING, wanted, False)))
+        conn.info[SETTING] = wanted
 
 
 class _RawDb:
@@ -295,6 +306,7 @@ class SqlCore(RawSql):
             return
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                _scope(conn)
                 yield conn
         except exc.DBAPIError as exc_:
             kind = storage_fault(exc_)
@@ -342,6 +354,8 @@ class SqlCore(RawSql):
                 return
             try:
                 conn = self._writer if self._writer is not None else self.engine.connect()
+                if self.dialect == "postgresql":
+                    _scope(conn)  # before BEGIN: `_begin_commit` commits what it autobegan
             except exc.DBAPIError as exc_:
                 self._fault(exc_)
                 raise
@@ -428,7 +442,8 @@ class SqlCore(RawSql):
 
 
 def bump(db: Connection, machine_ids: set[str]) -> None:
-    """Raise each machine's desired revision by one (its agent has something to fetch)."""
+    """Raise each machine's desired revision by one (its agent has something to fetch),
+    and tell the other coordinators in the same transaction (`notify_machines`)."""
     if not machine_ids:
         return
     m = schema.machines
@@ -438,6 +453,40 @@ def bump(db: Connection, machine_ids: set[str]) -> None:
         .values(desired_revision=m.c.desired_revision + 1),
         [{"mid": mid} for mid in sorted(machine_ids)],
     )
+    notify_machines(db, machine_ids)
+
+
+CHANGES_CHANNEL = "moorage_machines"
+"""The PostgreSQL channel every coordinator LISTENs on (`notify.ChangeFeedSql`)."""
+NOTIFY_PAYLOAD_MAX = 7900
+"""PostgreSQL refuses a payload of 8000 bytes or more: ids are sent in batches below."""
+
+
+def notify_payloads(machine_ids: set[str] | list[str]) -> list[str]:
+    """Machine ids as space-separated payloads, each under NOTIFY_PAYLOAD_MAX bytes (an
+    id is at most 64 ASCII characters without spaces). Pure."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for mid in sorted(set(machine_ids)):
+        if current and size + 1 + len(mid) > NOTIFY_PAYLOAD_MAX:
+            out.append(" ".join(current))
+            current, size = [], 0
+        current.append(mid)
+        size += len(mid) + (1 if size else 0)
+    if current:
+        out.append(" ".join(current))
+    return out
+
+
+def notify_machines(db: Connection, machine_ids: set[str] | list[str]) -> None:
+    """NOTIFY the machines' ids on CHANGES_CHANNEL inside `db`'s transaction: PostgreSQL
+    delivers it only on COMMIT, so a listener never reads state older than the news.
+    SQLite: nothing (one coordinator; its services push in process)."""
+    if db.dialect.name != "postgresql":
+        return
+    for payload in notify_payloads(machine_ids):
+        db.execute(sa.select(sa.func.pg_notify(CHANGES_CHANNEL, payload)))
 
 
 def record_issued(
@@ -456,4 +505,5 @@ def row_record(row: RowMapping | Row[Any] | sqlite3.Row, kind: type[R]) -> R:
     if isinstance(row, sqlite3.Row):
         return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)
     mapping = row._mapping if isinstance(row, Row) else row
-    return msgspec.convert(dict(mapping), kind, strict=False)
+    # str(): SQLAlchemy names columns with `quoted_name`, a str subclass msgspec refuses
+    return msgspec.convert({str(k): v for k, v in mapping.items()}, kind, strict=False)

@@ -3,13 +3,18 @@ per object, its record as JSON, the columns queries filter on beside it."""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import RowMapping
 
 from coordinator.envs.model import Environment, FreezeWindow, Promotion, Target, TargetGroup
 from coordinator.errors import Conflict
+from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore
 
 T = TypeVar("T")
@@ -24,182 +29,198 @@ def _body(value: msgspec.Struct) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _decode(rows: list[sqlite3.Row], kind: type[T]) -> list[T]:
+def _decode(rows: Sequence[RowMapping], kind: type[T]) -> list[T]:
     decoder = _decoders[kind]
     return [decoder.decode(r["body"]) for r in rows]
 
 
+def _same_name_taken(kind: str, name: str, other: Any) -> Conflict:
+    return Conflict(f"{kind} named {name!r} already exists (id {other})")
+
+
+@contextmanager
+def _unique_name(message: str) -> Iterator[None]:
+    """A unique name taken between the check and the write (another coordinator on the
+    same database, whose insert committed first) is the same Conflict the check gives."""
+    try:
+        yield
+    except exc.IntegrityError as exc_:
+        if not _unique_violation(exc_):
+            raise
+        raise Conflict(message) from exc_
+
+
+def _unique_violation(error: exc.IntegrityError) -> bool:
+    """A UNIQUE constraint failed (not a foreign key or NOT NULL): PostgreSQL's SQLSTATE
+    23505, SQLite's message. Pure."""
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(
+        error.orig
+    )
+
+
 class EnvsSql(SqlCore):
+    def _upsert(self, table: sa.Table, values: dict[str, Any], update: Sequence[str]) -> Any:
+        """Insert a row, or update `update` of the row with its id."""
+        stmt = self._insert(table).values(values)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.id], set_={c: stmt.excluded[c] for c in update}
+        )
+
+    def _bodies(self, table: sa.Table, kind: type[T], *where: Any, order: Any = ()) -> list[T]:
+        stmt = sa.select(table.c.body).where(*where).order_by(*order)
+        return _decode(self._maps(stmt), kind)
+
+    def _delete(self, table: sa.Table, row_id: str) -> bool:
+        with self._tx() as db:
+            return db.execute(sa.delete(table).where(table.c.id == row_id)).rowcount > 0
+
     # --- environments ---------------------------------------------------------------------
 
     def put_environment(self, env: Environment) -> None:
-        with self._raw_tx() as db:
+        t = schema.environments
+        with _unique_name(f"an environment named {env.name!r} already exists"), self._tx() as db:
             other = db.execute(
-                "SELECT id FROM environments WHERE tenant=? AND name=? AND id<>?",
-                (env.tenant, env.name, env.id),
-            ).fetchone()
+                sa.select(t.c.id).where(
+                    t.c.tenant == env.tenant, t.c.name == env.name, t.c.id != env.id
+                )
+            ).scalar()
             if other is not None:
-                raise Conflict(f"an environment named {env.name!r} already exists (id {other[0]})")
-            db.execute(
-                "INSERT INTO environments (id, tenant, name, order_index, body)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name=excluded.name,"
-                " order_index=excluded.order_index, body=excluded.body",
-                (env.id, env.tenant, env.name, env.order_index, _body(env)),
-            )
+                raise _same_name_taken("an environment", env.name, other)
+            values = {
+                "id": env.id,
+                "tenant": env.tenant,
+                "name": env.name,
+                "order_index": env.order_index,
+                "body": _body(env),
+            }
+            db.execute(self._upsert(t, values, ("name", "order_index", "body")))
 
     def get_environment(self, env_id: str, *, tenant: str) -> Environment | None:
-        rows = self._raw_all(
-            "SELECT body FROM environments WHERE id=? AND tenant=?", (env_id, tenant)
-        )
-        found = _decode(rows, Environment)
+        t = schema.environments
+        found = self._bodies(t, Environment, t.c.id == env_id, t.c.tenant == tenant)
         return found[0] if found else None
 
     def list_environments(self, *, tenant: str) -> list[Environment]:
-        rows = self._raw_all(
-            "SELECT body FROM environments WHERE tenant=? ORDER BY order_index, name", (tenant,)
-        )
-        return _decode(rows, Environment)
+        t = schema.environments
+        return self._bodies(t, Environment, t.c.tenant == tenant, order=(t.c.order_index, t.c.name))
 
     def delete_environment(self, env_id: str) -> bool:
-        with self._raw_tx() as db:
-            return db.execute("DELETE FROM environments WHERE id=?", (env_id,)).rowcount > 0
+        return self._delete(schema.environments, env_id)
 
     # --- freeze windows -------------------------------------------------------------------
 
     def put_freeze_window(self, window: FreezeWindow) -> None:
-        with self._raw_tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO freeze_windows"
-                " (id, tenant, environment_id, start_at, end_at, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    window.id,
-                    window.tenant,
-                    window.environment_id,
-                    window.start,
-                    window.end,
-                    _body(window),
-                ),
-            )
+        values = {
+            "id": window.id,
+            "tenant": window.tenant,
+            "environment_id": window.environment_id,
+            "start_at": window.start,
+            "end_at": window.end,
+            "body": _body(window),
+        }
+        with self._tx() as db:
+            db.execute(self._upsert(schema.freeze_windows, values, tuple(values)[1:]))
 
     def freeze_windows(
         self, *, tenant: str | None, environment_id: str | None = None
     ) -> list[FreezeWindow]:
-        sql, args = "SELECT body FROM freeze_windows WHERE 1=1", list[object]()
-        if tenant is not None:
-            sql, args = sql + " AND tenant=?", [*args, tenant]
-        if environment_id is not None:
-            sql, args = sql + " AND environment_id=?", [*args, environment_id]
-        return _decode(self._raw_all(sql + " ORDER BY start_at, id", args), FreezeWindow)
+        t = schema.freeze_windows
+        where = _equal(t, tenant=tenant, environment_id=environment_id)
+        return self._bodies(t, FreezeWindow, *where, order=(t.c.start_at, t.c.id))
 
     def delete_freeze_window(self, window_id: str) -> bool:
-        with self._raw_tx() as db:
-            return db.execute("DELETE FROM freeze_windows WHERE id=?", (window_id,)).rowcount > 0
+        return self._delete(schema.freeze_windows, window_id)
 
     # --- target groups --------------------------------------------------------------------
 
     def put_target_group(self, group: TargetGroup) -> None:
-        with self._raw_tx() as db:
+        t = schema.target_groups
+        message = f"the environment already has a target group named {group.name!r}"
+        with _unique_name(message), self._tx() as db:
             other = db.execute(
-                "SELECT id FROM target_groups WHERE environment_id=? AND name=? AND id<>?",
-                (group.environment_id, group.name, group.id),
-            ).fetchone()
-            if other is not None:
-                raise Conflict(
-                    f"the environment already has a target group named {group.name!r}"
-                    f" (id {other[0]})"
+                sa.select(t.c.id).where(
+                    t.c.environment_id == group.environment_id,
+                    t.c.name == group.name,
+                    t.c.id != group.id,
                 )
-            db.execute(
-                "INSERT INTO target_groups (id, tenant, environment_id, name, body)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET name=excluded.name,"
-                " body=excluded.body",
-                (group.id, group.tenant, group.environment_id, group.name, _body(group)),
-            )
+            ).scalar()
+            if other is not None:
+                raise Conflict(f"{message} (id {other})")
+            values = {
+                "id": group.id,
+                "tenant": group.tenant,
+                "environment_id": group.environment_id,
+                "name": group.name,
+                "body": _body(group),
+            }
+            db.execute(self._upsert(t, values, ("name", "body")))
 
     def get_target_group(self, group_id: str, *, tenant: str) -> TargetGroup | None:
-        rows = self._raw_all(
-            "SELECT body FROM target_groups WHERE id=? AND tenant=?", (group_id, tenant)
-        )
-        found = _decode(rows, TargetGroup)
+        t = schema.target_groups
+        found = self._bodies(t, TargetGroup, t.c.id == group_id, t.c.tenant == tenant)
         return found[0] if found else None
 
     def target_groups(self, environment_id: str) -> list[TargetGroup]:
-        rows = self._raw_all(
-            "SELECT body FROM target_groups WHERE environment_id=? ORDER BY name", (environment_id,)
-        )
-        return _decode(rows, TargetGroup)
+        t = schema.target_groups
+        return self._bodies(t, TargetGroup, t.c.environment_id == environment_id, order=(t.c.name,))
 
     def delete_target_group(self, group_id: str) -> bool:
-        with self._raw_tx() as db:
-            return db.execute("DELETE FROM target_groups WHERE id=?", (group_id,)).rowcount > 0
+        return self._delete(schema.target_groups, group_id)
 
     # --- targets --------------------------------------------------------------------------
 
     def put_target(self, target: Target) -> None:
-        with self._raw_tx() as db:
+        t = schema.env_targets
+        with _unique_name(f"a target named {target.name!r} already exists"), self._tx() as db:
             other = db.execute(
-                "SELECT id FROM env_targets WHERE tenant=? AND name=? AND id<>?",
-                (target.tenant, target.name, target.id),
-            ).fetchone()
+                sa.select(t.c.id).where(
+                    t.c.tenant == target.tenant, t.c.name == target.name, t.c.id != target.id
+                )
+            ).scalar()
             if other is not None:
-                raise Conflict(f"a target named {target.name!r} already exists (id {other[0]})")
-            db.execute(
-                "INSERT INTO env_targets (id, tenant, environment_id, name, machine_id, body)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-                " environment_id=excluded.environment_id, name=excluded.name,"
-                " machine_id=excluded.machine_id, body=excluded.body",
-                (
-                    target.id,
-                    target.tenant,
-                    target.environment_id,
-                    target.name,
-                    target.machine_id,
-                    _body(target),
-                ),
-            )
+                raise _same_name_taken("a target", target.name, other)
+            values = {
+                "id": target.id,
+                "tenant": target.tenant,
+                "environment_id": target.environment_id,
+                "name": target.name,
+                "machine_id": target.machine_id,
+                "body": _body(target),
+            }
+            db.execute(self._upsert(t, values, ("environment_id", "name", "machine_id", "body")))
 
     def get_target(self, target_id: str, *, tenant: str) -> Target | None:
-        rows = self._raw_all(
-            "SELECT body FROM env_targets WHERE id=? AND tenant=?", (target_id, tenant)
-        )
-        found = _decode(rows, Target)
+        t = schema.env_targets
+        found = self._bodies(t, Target, t.c.id == target_id, t.c.tenant == tenant)
         return found[0] if found else None
 
     def targets_of(self, *, tenant: str | None, environment_id: str | None = None) -> list[Target]:
-        sql, args = "SELECT body FROM env_targets WHERE 1=1", list[object]()
-        if tenant is not None:
-            sql, args = sql + " AND tenant=?", [*args, tenant]
-        if environment_id is not None:
-            sql, args = sql + " AND environment_id=?", [*args, environment_id]
-        return _decode(self._raw_all(sql + " ORDER BY name", args), Target)
+        t = schema.env_targets
+        where = _equal(t, tenant=tenant, environment_id=environment_id)
+        return self._bodies(t, Target, *where, order=(t.c.name,))
 
     def delete_target(self, target_id: str) -> bool:
-        with self._raw_tx() as db:
-            return db.execute("DELETE FROM env_targets WHERE id=?", (target_id,)).rowcount > 0
+        return self._delete(schema.env_targets, target_id)
 
     # --- promotions -----------------------------------------------------------------------
 
     def put_promotion(self, promotion: Promotion) -> None:
-        with self._raw_tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO promotions"
-                " (id, tenant, environment_id, status, release_id, created_at, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    promotion.id,
-                    promotion.tenant,
-                    promotion.environment_id,
-                    promotion.status,
-                    promotion.release_id,
-                    promotion.created_at,
-                    _body(promotion),
-                ),
-            )
+        values = {
+            "id": promotion.id,
+            "tenant": promotion.tenant,
+            "environment_id": promotion.environment_id,
+            "status": promotion.status,
+            "release_id": promotion.release_id,
+            "created_at": promotion.created_at,
+            "body": _body(promotion),
+        }
+        with self._tx() as db:
+            db.execute(self._upsert(schema.promotions, values, tuple(values)[1:]))
 
     def get_promotion(self, promotion_id: str, *, tenant: str | None) -> Promotion | None:
-        sql, args = "SELECT body FROM promotions WHERE id=?", list[object]([promotion_id])
-        if tenant is not None:
-            sql, args = sql + " AND tenant=?", [*args, tenant]
-        found = _decode(self._raw_all(sql, args), Promotion)
+        t = schema.promotions
+        where = [t.c.id == promotion_id, *_equal(t, tenant=tenant)]
+        found = self._bodies(t, Promotion, *where)
         return found[0] if found else None
 
     def promotions(
@@ -210,13 +231,13 @@ class EnvsSql(SqlCore):
         status: str | None = None,
         release_id: str | None = None,
     ) -> list[Promotion]:
-        sql, args = "SELECT body FROM promotions WHERE 1=1", list[object]()
-        for column, value in (
-            ("tenant", tenant),
-            ("environment_id", environment_id),
-            ("status", status),
-            ("release_id", release_id),
-        ):
-            if value is not None:
-                sql, args = sql + f" AND {column}=?", [*args, value]
-        return _decode(self._raw_all(sql + " ORDER BY created_at DESC, id", args), Promotion)
+        t = schema.promotions
+        where = _equal(
+            t, tenant=tenant, environment_id=environment_id, status=status, release_id=release_id
+        )
+        return self._bodies(t, Promotion, *where, order=(t.c.created_at.desc(), t.c.id))
+
+
+def _equal(table: sa.Table, **wanted: str | None) -> list[sa.ColumnElement[bool]]:
+    """`column = value` for each filter given (None: no filter)."""
+    return [table.c[name] == value for name, value in wanted.items() if value is not None]

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
 
 from coordinator.models import AuditEntry, AuditQuery
+from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore
 
 _strings = msgspec.json.Decoder(dict[str, str])
 
-_AUDIT_COLUMNS = (
-    "at, kind, principal_kind, principal, tenant, method, route, path, target, status,"
-    " client_ip, event, subject, actor, data"
-)
+_hits = schema.rate_limit_hits
+_audit = schema.audit_log
 
 
 class PlatformSql(SqlCore):
@@ -24,26 +25,30 @@ class PlatformSql(SqlCore):
     def add_rate_hits(self, hits: Sequence[tuple[str, str, float]]) -> None:
         if not hits:
             return
-        with self._raw_tx() as db:
-            db.executemany("INSERT INTO rate_limit_hits (class, key, at) VALUES (?, ?, ?)", hits)
+        with self._tx() as db:
+            db.execute(
+                sa.insert(_hits), [{"class": cls, "key": key, "at": at} for cls, key, at in hits]
+            )
 
     def rate_hits(self, since: float) -> list[tuple[str, str, float]]:
-        rows = self._raw_all(
-            "SELECT class, key, at FROM rate_limit_hits WHERE at > ? ORDER BY at", (since,)
+        rows = self._rows(
+            sa.select(_hits.c["class"], _hits.c.key, _hits.c.at)
+            .where(_hits.c.at > since)
+            .order_by(_hits.c.at)
         )
         return [(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
     def prune_rate_hits(self, cutoffs: Mapping[str, float]) -> int:
-        with self._raw_tx() as db:
+        """Drop hits older than their class's cutoff, and every hit of a class that has
+        none (no longer limited); how many rows went."""
+        cls = _hits.c["class"]
+        with self._tx() as db:
             removed = 0
-            for cls, cutoff in cutoffs.items():
+            for name, cutoff in cutoffs.items():
                 removed += db.execute(
-                    "DELETE FROM rate_limit_hits WHERE class=? AND at <= ?", (cls, cutoff)
+                    sa.delete(_hits).where(cls == name, _hits.c.at <= cutoff)
                 ).rowcount
-            marks = ",".join("?" for _ in cutoffs) or "''"
-            removed += db.execute(
-                f"DELETE FROM rate_limit_hits WHERE class NOT IN ({marks})", tuple(cutoffs)
-            ).rowcount
+            removed += db.execute(sa.delete(_hits).where(cls.not_in(list(cutoffs)))).rowcount
             return removed
 
     # --- audit ------------------------------------------------------------------------
@@ -52,86 +57,82 @@ class PlatformSql(SqlCore):
         if not entries:
             return
         rows = [
-            (
-                e.at,
-                e.kind,
-                e.principal_kind,
-                e.principal,
-                e.tenant,
-                e.method,
-                e.route,
-                e.path,
-                msgspec.json.encode(e.target).decode(),
-                e.status,
-                e.client_ip,
-                e.event,
-                e.subject,
-                e.actor,
-                msgspec.json.encode(e.data).decode(),
-            )
+            {
+                "at": e.at,
+                "kind": e.kind,
+                "principal_kind": e.principal_kind,
+                "principal": e.principal,
+                "tenant": e.tenant,
+                "method": e.method,
+                "route": e.route,
+                "path": e.path,
+                "target": msgspec.json.encode(e.target).decode(),
+                "status": e.status,
+                "client_ip": e.client_ip,
+                "event": e.event,
+                "subject": e.subject,
+                "actor": e.actor,
+                "data": msgspec.json.encode(e.data).decode(),
+            }
             for e in entries
         ]
-        with self._raw_tx() as db:
-            db.executemany(
-                f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES ({','.join('?' * 15)})", rows
-            )
+        with self._tx() as db:
+            db.execute(sa.insert(_audit), rows)
 
     def audit(self, query: AuditQuery) -> list[AuditEntry]:
-        where, args = audit_where(query)
-        sql = f"SELECT id, {_AUDIT_COLUMNS} FROM audit_log"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        return [_entry(r) for r in self._raw_all(sql, (*args, query.limit))]
+        stmt = (
+            sa.select(_audit)
+            .where(*audit_where(query))
+            .order_by(_audit.c.id.desc())
+            .limit(query.limit)
+        )
+        return [_entry(r) for r in self._maps(stmt)]
 
 
-def audit_where(q: AuditQuery) -> tuple[list[str], list[object]]:
-    """The WHERE terms of a query, with their arguments. Pure."""
-    where: list[str] = []
-    args: list[object] = []
+def audit_where(q: AuditQuery) -> list[sa.ColumnElement[bool]]:
+    """The WHERE terms of a query (all must hold). Pure: it builds expressions only."""
+    a = _audit.c
+    where: list[sa.ColumnElement[bool]] = []
     if q.principal:
         kind, sep, name = q.principal.partition(":")
         if sep and kind in ("certificate", "token", "user"):
-            where.append("principal_kind=? AND principal=?")
-            args += [kind, name]
+            where += [a.principal_kind == kind, a.principal == name]
         else:
-            where.append("principal=?")
-            args.append(q.principal)
+            where.append(a.principal == q.principal)
     for column, value in (
-        ("tenant", q.tenant),
-        ("kind", q.kind),
-        ("method", q.method.upper()),
-        ("route", q.route),
+        (a.tenant, q.tenant),
+        (a.kind, q.kind),
+        (a.method, q.method.upper()),
+        (a.route, q.route),
     ):
         if value:
-            where.append(f"{column}=?")
-            args.append(value)
+            where.append(column == value)
     if q.path_prefix:
-        where.append("substr(path, 1, ?)=?")
-        args += [len(q.path_prefix), q.path_prefix]
+        where.append(_starts_with(a.path, q.path_prefix))
     if q.status:
-        where.append("status=?")
-        args.append(q.status)
+        where.append(a.status == q.status)
     if q.event:
         if q.event.endswith("."):
-            where.append("substr(event, 1, ?)=?")
-            args += [len(q.event), q.event]
+            where.append(_starts_with(a.event, q.event))
         else:
-            where.append("event=?")
-            args.append(q.event)
+            where.append(a.event == q.event)
     if q.since:
-        where.append("at>=?")
-        args.append(q.since)
+        where.append(a.at >= q.since)
     if q.until:
-        where.append("at<?")
-        args.append(q.until)
+        where.append(a.at < q.until)
     if q.before:
-        where.append("id<?")
-        args.append(q.before)
-    return where, args
+        where.append(a.id < q.before)
+    return where
 
 
-def _entry(row: sqlite3.Row) -> AuditEntry:
+def _starts_with(column: sa.ColumnElement[str], prefix: str) -> sa.ColumnElement[bool]:
+    """`column` begins with `prefix`, case-sensitively and with no wildcard characters
+    (LIKE is case-insensitive on SQLite and treats % and _ as wildcards). Pure."""
+    head: sa.ColumnElement[Any] = sa.func.substr(column, 1, sa.literal(len(prefix), sa.Integer()))
+    return head == prefix
+
+
+def _entry(row: RowMapping) -> AuditEntry:
     return AuditEntry(
         id=int(row["id"]),
         at=float(row["at"]),

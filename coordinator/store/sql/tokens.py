@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import sqlite3
+import sqlalchemy as sa
 
 from coordinator.models import DEFAULT_TENANT, ApiToken, JoinToken
 from coordinator.store.ports import EnrollConflict, EnrollRefused
-from coordinator.store.sql.core import SqlCore, _record_issued, row_record
+from coordinator.store.sql import schema
+from coordinator.store.sql.core import SqlCore, record_issued, row_record
 from proto.tokens import enrolment_refusal
+
+_join = schema.join_tokens
+_api = schema.api_tokens
 
 
 class TokensSql(SqlCore):
@@ -49,18 +53,32 @@ class TokensSql(SqlCore):
         machine_id: str = "",
         tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """(id, secret hash) pairs, all in one transaction; `machine_id` binds them; a
-        machine enrolled with one of them belongs to `tenant`."""
-        with self._raw_tx() as db:
-            db.executemany(
-                "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, description,"
-                " machine_id, tenant) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(tid, h, now, now + ttl_s, description, machine_id, tenant) for tid, h in tokens],
-            )
+        """(id, secret hash) pairs, all in one transaction (one batched INSERT);
+        `machine_id` binds them; a machine enrolled with one of them belongs to `tenant`."""
+        if not tokens:
+            return
+        rows = [
+            {
+                "id": tid,
+                "secret_hash": h,
+                "created_at": now,
+                "expires_at": now + ttl_s,
+                "description": description,
+                "machine_id": machine_id,
+                "tenant": tenant,
+            }
+            for tid, h in tokens
+        ]
+        with self._tx() as db:
+            db.execute(sa.insert(_join), rows)
 
     def join_token_hash(self, token_id: str, now: float) -> str:
         """The stored hash of a usable token, or EnrollRefused saying why it is unusable."""
-        row = self._raw_one("SELECT * FROM join_tokens WHERE id=?", (token_id,))
+        row = self._first(
+            sa.select(_join.c.used_at, _join.c.expires_at, _join.c.secret_hash).where(
+                _join.c.id == token_id
+            )
+        )
         if row is None:
             raise EnrollRefused("unknown join token")
         if row["used_at"] is not None:
@@ -84,62 +102,84 @@ class TokensSql(SqlCore):
     def _enroll(
         self, token_id: str, machine_id: str, *, serial: str, not_after: float, now: float
     ) -> bool:
-        with self._raw_tx() as db:
-            token = db.execute(
-                "SELECT machine_id, tenant FROM join_tokens WHERE id=?", (token_id,)
-            ).fetchone()
-            machine = db.execute(
-                "SELECT revoked FROM machines WHERE id=?", (machine_id,)
-            ).fetchone()
+        m = schema.machines
+        issued = schema.issued_certs
+        with self._tx() as db:
+            token = (
+                db.execute(
+                    sa.select(_join.c.machine_id, _join.c.tenant).where(_join.c.id == token_id)
+                )
+                .mappings()
+                .first()
+            )
+            machine = db.execute(sa.select(m.c.revoked).where(m.c.id == machine_id)).first()
             refusal = enrolment_refusal(
                 machine_id,
                 str(token["machine_id"]) if token is not None else "",
                 enrolled=machine is not None,
-                revoked=bool(machine["revoked"]) if machine is not None else False,
+                revoked=bool(machine.revoked) if machine is not None else False,
             )
             if refusal is not None:
                 status, reason = refusal
                 raise EnrollConflict(reason) if status == 409 else EnrollRefused(reason)
-            cur = db.execute(
-                "UPDATE join_tokens SET used_at=?, used_by=?"
-                " WHERE id=? AND used_at IS NULL AND expires_at>?",
-                (now, machine_id, token_id, now),
+            consumed = db.execute(
+                sa.update(_join)
+                .where(_join.c.id == token_id, _join.c.used_at.is_(None), _join.c.expires_at > now)
+                .values(used_at=now, used_by=machine_id)
             )
-            if cur.rowcount != 1:
+            if consumed.rowcount != 1:
                 raise EnrollRefused("join token was already used or has expired")
-            replaced = machine is not None and not machine["revoked"]
+            assert token is not None  # it was just consumed
+            replaced = machine is not None and not machine.revoked
             if replaced:
                 db.execute(
-                    "INSERT OR IGNORE INTO revoked_certs (serial, machine_id, revoked_at)"
-                    " SELECT serial, machine_id, ? FROM issued_certs WHERE machine_id=?",
-                    (now, machine_id),
+                    self._insert(schema.revoked_certs)
+                    .from_select(
+                        ["serial", "machine_id", "revoked_at"],
+                        sa.select(
+                            issued.c.serial,
+                            issued.c.machine_id,
+                            sa.literal(now, schema.Real),
+                        ).where(issued.c.machine_id == machine_id),
+                    )
+                    .on_conflict_do_nothing()
                 )
             # The machine belongs to the token's tenant (a bound token is made only
             # in the machine's own tenant; a revoked id may be enrolled anew elsewhere).
-            db.execute(
-                "INSERT INTO machines (id, enrolled_at, cert_serial, cert_not_after, state,"
-                " state_since, tenant) VALUES (?, ?, ?, ?, 'disconnected', ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET cert_serial=excluded.cert_serial,"
-                " cert_not_after=excluded.cert_not_after, revoked=0,"
-                " enrolled_at=excluded.enrolled_at, tenant=excluded.tenant",
-                (machine_id, now, serial, not_after, now, str(token["tenant"])),
+            insert = self._insert(m).values(
+                id=machine_id,
+                enrolled_at=now,
+                cert_serial=serial,
+                cert_not_after=not_after,
+                state="disconnected",
+                state_since=now,
+                tenant=str(token["tenant"]),
             )
-            _record_issued(db, serial, machine_id, now, not_after)
+            db.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[m.c.id],
+                    set_={
+                        "cert_serial": insert.excluded.cert_serial,
+                        "cert_not_after": insert.excluded.cert_not_after,
+                        "revoked": 0,
+                        "enrolled_at": insert.excluded.enrolled_at,
+                        "tenant": insert.excluded.tenant,
+                    },
+                )
+            )
+            record_issued(db, serial, machine_id, now, not_after)
             return replaced
 
     def join_token_binding(self, token_id: str) -> str:
         """The machine id a join token is bound to ("" for an ordinary token)."""
-        row = self._raw_one("SELECT machine_id FROM join_tokens WHERE id=?", (token_id,))
-        return str(row["machine_id"]) if row is not None else ""
+        value = self._scalar(sa.select(_join.c.machine_id).where(_join.c.id == token_id))
+        return str(value) if value is not None else ""
 
     def list_join_tokens(self, *, tenant: str | None = None) -> list[JoinToken]:
-        if tenant is None:
-            rows = self._raw_all("SELECT * FROM join_tokens ORDER BY created_at")
-        else:
-            rows = self._raw_all(
-                "SELECT * FROM join_tokens WHERE tenant=? ORDER BY created_at", (tenant,)
-            )
-        return [row_record(r, JoinToken) for r in rows]
+        stmt = sa.select(_join).order_by(_join.c.created_at, _join.c.id)
+        if tenant is not None:
+            stmt = stmt.where(_join.c.tenant == tenant)
+        return [row_record(r, JoinToken) for r in self._maps(stmt)]
 
     # --- API tokens -------------------------------------------------------------------
 
@@ -156,11 +196,18 @@ class TokensSql(SqlCore):
         unlimited: bool = False,
     ) -> ApiToken:
         expires = now + ttl_s if ttl_s else None
-        with self._raw_tx() as db:
+        with self._tx() as db:
             db.execute(
-                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at, expires_at,"
-                " tenant, unlimited) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (token_id, name, role, secret_hash, now, expires, tenant, int(unlimited)),
+                sa.insert(_api).values(
+                    id=token_id,
+                    name=name,
+                    role=role,
+                    secret_hash=secret_hash,
+                    created_at=now,
+                    expires_at=expires,
+                    tenant=tenant,
+                    unlimited=int(unlimited),
+                )
             )
         return ApiToken(
             id=token_id,
@@ -173,40 +220,37 @@ class TokensSql(SqlCore):
         )
 
     def api_token(self, token_id: str) -> tuple[ApiToken, str] | None:
-        row = self._raw_one("SELECT * FROM api_tokens WHERE id=?", (token_id,))
+        row = self._first(sa.select(_api).where(_api.c.id == token_id))
         if row is None:
             return None
-        return _api_token(row), str(row["secret_hash"])
+        return row_record(row, ApiToken), str(row["secret_hash"])
 
     def list_api_tokens(self, *, tenant: str | None = None) -> list[ApiToken]:
-        if tenant is None:
-            return [_api_token(r) for r in self._raw_all("SELECT * FROM api_tokens ORDER BY id")]
-        rows = self._raw_all("SELECT * FROM api_tokens WHERE tenant=? ORDER BY id", (tenant,))
-        return [_api_token(r) for r in rows]
+        stmt = sa.select(_api).order_by(_api.c.id)
+        if tenant is not None:
+            stmt = stmt.where(_api.c.tenant == tenant)
+        return [row_record(r, ApiToken) for r in self._maps(stmt)]
 
     def set_api_token_unlimited(
         self, token_id: str, unlimited: bool, *, tenant: str | None = None
     ) -> bool:
-        with self._raw_tx() as db:
-            return (
-                db.execute(
-                    "UPDATE api_tokens SET unlimited=? WHERE id=? AND tenant=COALESCE(?, tenant)",
-                    (int(unlimited), token_id, tenant),
-                ).rowcount
-                == 1
+        with self._tx() as db:
+            result = db.execute(
+                sa.update(_api)
+                .where(_api.c.id == token_id, *_of_tenant(tenant))
+                .values(unlimited=int(unlimited))
             )
+            return result.rowcount == 1
 
     def revoke_api_token(self, token_id: str, *, tenant: str | None = None) -> bool:
         """Revoke a token (of `tenant` only, when given: another tenant's is not found)."""
-        with self._raw_tx() as db:
-            return (
-                db.execute(
-                    "UPDATE api_tokens SET revoked=1 WHERE id=? AND tenant=COALESCE(?, tenant)",
-                    (token_id, tenant),
-                ).rowcount
-                == 1
+        with self._tx() as db:
+            result = db.execute(
+                sa.update(_api).where(_api.c.id == token_id, *_of_tenant(tenant)).values(revoked=1)
             )
+            return result.rowcount == 1
 
 
-def _api_token(row: sqlite3.Row) -> ApiToken:
-    return row_record(row, ApiToken)
+def _of_tenant(tenant: str | None) -> list[sa.ColumnElement[bool]]:
+    """The API-token condition for "of `tenant`, or of any tenant when None". Pure."""
+    return [] if tenant is None else [_api.c.tenant == tenant]

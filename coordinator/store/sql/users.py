@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
-from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Connection, RowMapping
 
 from coordinator.errors import Conflict
 from coordinator.models import User, UserToken
+from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore
+
+_users = schema.users
+_user_tenants = schema.user_tenants
+_tokens = schema.user_tokens
+
+IN_CHUNK = 1000
+"""Ids per IN list (PostgreSQL takes at most 65535 parameters in one statement)."""
 
 
 class UsersSql(SqlCore):
@@ -24,88 +34,90 @@ class UsersSql(SqlCore):
         tenants: Sequence[str],
         now: float,
     ) -> User:
-        with self._raw_tx() as db:
+        with self._tx() as db:
             try:
-                cur = db.execute(
-                    "INSERT INTO users (username, email, password_hash, is_staff, permissions,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        username,
-                        email,
-                        password_hash,
-                        int(is_staff),
-                        json.dumps(list(permissions)),
-                        now,
-                    ),
-                )
-            except sqlite3.IntegrityError:
+                # A savepoint: on PostgreSQL a failed statement aborts its transaction,
+                # and the conflict must leave the (possibly joined) transaction usable.
+                with db.begin_nested():
+                    result = db.execute(
+                        sa.insert(_users).values(
+                            username=username,
+                            email=email,
+                            password_hash=password_hash,
+                            is_staff=int(is_staff),
+                            permissions=json.dumps(list(permissions)),
+                            created_at=now,
+                        )
+                    )
+            except exc.IntegrityError:
                 raise Conflict(f"user {username!r} already exists") from None
-            user_id = int(cur.lastrowid or 0)
-            db.executemany(
-                "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?, ?)",
-                [(t, now) for t in tenants],
-            )
-            db.executemany(
-                "INSERT INTO user_tenants (user_id, tenant, position) VALUES (?, ?, ?)",
-                [(user_id, t, i) for i, t in enumerate(tenants)],
-            )
-            found = self._user(db, user_id)
-        assert found is not None
-        return found
+            key = result.inserted_primary_key
+            assert key is not None
+            user_id = int(key[0])
+            if tenants:
+                db.execute(
+                    self._insert(schema.tenants).on_conflict_do_nothing(),
+                    [{"name": t, "created_at": now} for t in tenants],
+                )
+                db.execute(
+                    sa.insert(_user_tenants),
+                    [
+                        {"user_id": user_id, "tenant": t, "position": i}
+                        for i, t in enumerate(tenants)
+                    ],
+                )
+            found = _load_users(db, [user_id])
+        return found[0]
 
     def get_user(self, user_id: int) -> User | None:
-        with self._raw_read() as db:
-            return self._user(db, user_id)
+        with self._read() as db:
+            found = _load_users(db, [user_id])
+        return found[0] if found else None
 
     def user_by_name(self, username: str) -> tuple[User, str] | None:
-        with self._raw_read() as db:
-            row = db.execute(
-                "SELECT id, password_hash FROM users WHERE username=?", (username,)
-            ).fetchone()
+        with self._read() as db:
+            row = (
+                db.execute(sa.select(_users).where(_users.c.username == username))
+                .mappings()
+                .first()
+            )
             if row is None:
                 return None
-            user = self._user(db, int(row["id"]))
-        assert user is not None
+            user = _user(row, _tenants_of(db, [int(row["id"])]))
         return user, str(row["password_hash"])
 
     def list_users(self, *, offset: int = 0, limit: int = 100) -> tuple[list[User], int]:
-        with self._raw_read() as db:
-            total = int(db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
-            ids = [
-                int(r[0])
-                for r in db.execute(
-                    "SELECT id FROM users ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
-                ).fetchall()
-            ]
-            users = [u for u in (self._user(db, i) for i in ids) if u is not None]
-        return users, total
+        with self._read() as db:
+            total = int(db.execute(sa.select(sa.func.count()).select_from(_users)).scalar() or 0)
+            rows = (
+                db.execute(sa.select(_users).order_by(_users.c.id).limit(limit).offset(offset))
+                .mappings()
+                .all()
+            )
+            tenants = _tenants_of(db, [int(r["id"]) for r in rows])
+        return [_user(r, tenants) for r in rows], total
 
     def count_users(self) -> int:
-        row = self._raw_one("SELECT COUNT(*) FROM users")
-        return int(row[0]) if row is not None else 0
+        return int(self._scalar(sa.select(sa.func.count()).select_from(_users)) or 0)
 
     def set_user_permissions(self, user_id: int, permissions: Sequence[str]) -> bool:
-        with self._raw_tx() as db:
-            cur = db.execute(
-                "UPDATE users SET permissions=? WHERE id=?",
-                (json.dumps(list(permissions)), user_id),
-            )
-            return cur.rowcount == 1
+        return self._update_user(user_id, permissions=json.dumps(list(permissions)))
 
     def set_password_hash(self, user_id: int, password_hash: str) -> bool:
-        with self._raw_tx() as db:
-            cur = db.execute(
-                "UPDATE users SET password_hash=? WHERE id=?", (password_hash, user_id)
-            )
-            return cur.rowcount == 1
+        return self._update_user(user_id, password_hash=password_hash)
 
     def set_user_disabled(self, user_id: int, disabled: bool) -> bool:
-        with self._raw_tx() as db:
-            cur = db.execute("UPDATE users SET disabled=? WHERE id=?", (int(disabled), user_id))
-            return cur.rowcount == 1
+        return self._update_user(user_id, disabled=int(disabled))
+
+    def _update_user(self, user_id: int, **values: object) -> bool:
+        """Set columns of one user: whether the user exists."""
+        with self._tx() as db:
+            result = db.execute(sa.update(_users).where(_users.c.id == user_id).values(**values))
+            return result.rowcount == 1
 
     def tenants(self) -> list[str]:
-        return [str(r[0]) for r in self._raw_all("SELECT name FROM tenants ORDER BY name")]
+        t = schema.tenants
+        return [str(r[0]) for r in self._rows(sa.select(t.c.name).order_by(t.c.name))]
 
     def create_user_token(
         self,
@@ -119,20 +131,18 @@ class UsersSql(SqlCore):
         now: float,
         expires_at: float,
     ) -> UserToken:
-        with self._raw_tx() as db:
+        with self._tx() as db:
             db.execute(
-                "INSERT INTO user_tokens (id, user_id, name, tenant, permissions, secret_hash,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    token_id,
-                    user_id,
-                    name,
-                    tenant,
-                    json.dumps(list(permissions)),
-                    secret_hash,
-                    now,
-                    expires_at,
-                ),
+                sa.insert(_tokens).values(
+                    id=token_id,
+                    user_id=user_id,
+                    name=name,
+                    tenant=tenant,
+                    permissions=json.dumps(list(permissions)),
+                    secret_hash=secret_hash,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
             )
         return UserToken(
             id=token_id,
@@ -145,7 +155,7 @@ class UsersSql(SqlCore):
         )
 
     def user_token(self, token_id: str) -> tuple[UserToken, str] | None:
-        row = self._raw_one("SELECT * FROM user_tokens WHERE id=?", (token_id,))
+        row = self._first(sa.select(_tokens).where(_tokens.c.id == token_id))
         if row is None:
             return None
         token = UserToken(
@@ -161,28 +171,51 @@ class UsersSql(SqlCore):
         return token, str(row["secret_hash"])
 
     def revoke_user_token(self, token_id: str) -> bool:
-        with self._raw_tx() as db:
-            cur = db.execute("UPDATE user_tokens SET revoked=1 WHERE id=?", (token_id,))
-            return cur.rowcount == 1
+        with self._tx() as db:
+            result = db.execute(
+                sa.update(_tokens).where(_tokens.c.id == token_id).values(revoked=1)
+            )
+            return result.rowcount == 1
 
-    @staticmethod
-    def _user(db: Any, user_id: int) -> User | None:
-        row = db.execute("SELECT * FROM users WHERE id=?", (user_id,)).fetchone()
-        if row is None:
-            return None
-        tenants = [
-            str(r[0])
-            for r in db.execute(
-                "SELECT tenant FROM user_tenants WHERE user_id=? ORDER BY position", (user_id,)
-            ).fetchall()
-        ]
-        return User(
-            id=int(row["id"]),
-            username=str(row["username"]),
-            email=str(row["email"]),
-            is_staff=bool(row["is_staff"]),
-            disabled=bool(row["disabled"]),
-            permissions=list(json.loads(row["permissions"])),
-            tenants=tenants,
-            created_at=float(row["created_at"]),
-        )
+
+def _load_users(db: Connection, user_ids: Sequence[int]) -> list[User]:
+    """The users with these ids (those that exist), in id order."""
+    rows = (
+        db.execute(sa.select(_users).where(_users.c.id.in_(user_ids)).order_by(_users.c.id))
+        .mappings()
+        .all()
+    )
+    tenants = _tenants_of(db, [int(r["id"]) for r in rows])
+    return [_user(r, tenants) for r in rows]
+
+
+def _tenants_of(db: Connection, user_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Each user's tenants in their order (the first is the default), in one query
+    per IN_CHUNK users instead of one per user."""
+    found: dict[int, list[str]] = {}
+    ut = _user_tenants
+    for start in range(0, len(user_ids), IN_CHUNK):
+        chunk = user_ids[start : start + IN_CHUNK]
+        rows = db.execute(
+            sa.select(ut.c.user_id, ut.c.tenant)
+            .where(ut.c.user_id.in_(chunk))
+            .order_by(ut.c.user_id, ut.c.position)
+        ).all()
+        for user_id, tenant in rows:
+            found.setdefault(int(user_id), []).append(str(tenant))
+    return found
+
+
+def _user(row: RowMapping, tenants: dict[int, list[str]]) -> User:
+    """A user from its row and the tenants read for it. Pure."""
+    user_id = int(row["id"])
+    return User(
+        id=user_id,
+        username=str(row["username"]),
+        email=str(row["email"]),
+        is_staff=bool(row["is_staff"]),
+        disabled=bool(row["disabled"]),
+        permissions=list(json.loads(row["permissions"])),
+        tenants=tenants.get(user_id, []),
+        created_at=float(row["created_at"]),
+    )

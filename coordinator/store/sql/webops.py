@@ -1,13 +1,16 @@
-"""WebOps deployments and their log items."""
+"""WebOps deployments and their log items; webhooks, databases, load samples (#21)."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, CursorResult, RowMapping
 
 from coordinator.errors import Conflict
+from coordinator.store.ports import StorageError
+from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore, row_record
 from coordinator.webops.records import (
     Database,
@@ -22,9 +25,19 @@ from coordinator.webops.records import (
 )
 
 _JSON = ("env", "files", "env_example")
+"""Deployment fields kept as JSON text (the same columns on both engines)."""
+
+deps = schema.webops_deployments
+logs = schema.webops_logs
+hooks = schema.webhooks
+deliveries = schema.webhook_deliveries
+dbs = schema.webops_databases
+backups_t = schema.webops_db_backups
+samples_t = schema.machine_samples
 
 
 def _values(dep: WebDeployment) -> dict[str, Any]:
+    """A deployment's columns (all but the id, which the database assigns). Pure."""
     out: dict[str, Any] = {}
     for name in dep.__struct_fields__:
         if name == "id":
@@ -34,228 +47,235 @@ def _values(dep: WebDeployment) -> dict[str, Any]:
     return out
 
 
-def _dep(row: sqlite3.Row) -> WebDeployment:
-    data = {k: row[k] for k in row.keys()}  # noqa: SIM118
+def _plain(row: RowMapping) -> dict[str, Any]:
+    """A row as a dict with plain `str` keys: SQLAlchemy names the columns of
+    `select(table)` with `quoted_name` (a str subclass), which msgspec refuses as a key."""
+    return {str(k): v for k, v in row.items()}
+
+
+def _dep(row: RowMapping) -> WebDeployment:
+    data = _plain(row)
     for name in _JSON:
         data[name] = msgspec.json.decode(data[name])
     return msgspec.convert(data, WebDeployment)
 
 
+def _hook(row: RowMapping) -> Webhook:
+    return Webhook(
+        id=row["id"],
+        tenant=row["tenant"],
+        url=row["url"],
+        events=msgspec.json.decode(row["events"]),
+        secret=row["secret"],
+        active=bool(row["active"]),
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+    )
+
+
+def _new_id(result: CursorResult[Any]) -> int:
+    """The id the database gave the row just inserted (RETURNING on PostgreSQL,
+    lastrowid on SQLite)."""
+    key = result.inserted_primary_key
+    if key is None or key[0] is None:
+        raise StorageError("the database returned no id for an inserted row")
+    return int(key[0])
+
+
+def _inserted_or_conflict(db: Connection, stmt: Any, what: str) -> int:
+    """Run an `INSERT ... ON CONFLICT DO NOTHING`; the new row's id, or Conflict when a
+    unique key already had it. Not catching IntegrityError: on PostgreSQL a failed
+    statement aborts the whole transaction, which would poison an enclosing `batch`.
+    Nothing inserted shows as no returned key on PostgreSQL (its rowcount is -1 with
+    RETURNING) and as a rowcount of 0 on SQLite (whose lastrowid is then stale)."""
+    result = db.execute(stmt)
+    key = result.inserted_primary_key
+    if result.rowcount == 0 or key is None or key[0] is None:
+        raise Conflict(f"{what} already exists")
+    return int(key[0])
+
+
 class WebOpsSql(SqlCore):
     def webops_create(self, dep: WebDeployment) -> WebDeployment:
-        values = _values(dep)
-        with self._raw_tx() as db:
-            try:
-                cur = db.execute(
-                    f"INSERT INTO webops_deployments ({', '.join(values)})"
-                    f" VALUES ({', '.join('?' for _ in values)})",
-                    tuple(values.values()),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict(f"deployment {dep.name!r} already exists") from None
-            return msgspec.structs.replace(dep, id=int(cur.lastrowid or 0))
+        stmt = self._insert(deps).values(**_values(dep)).on_conflict_do_nothing()
+        with self._tx() as db:
+            new_id = _inserted_or_conflict(db, stmt, f"deployment {dep.name!r}")
+        return msgspec.structs.replace(dep, id=new_id)
 
     def webops_update(self, dep: WebDeployment) -> None:
-        values = _values(dep)
-        with self._raw_tx() as db:
-            db.execute(
-                f"UPDATE webops_deployments SET {', '.join(f'{k}=?' for k in values)} WHERE id=?",
-                (*values.values(), dep.id),
-            )
+        with self._tx() as db:
+            db.execute(sa.update(deps).where(deps.c.id == dep.id).values(**_values(dep)))
 
     def webops_get(self, tenant: str, name: str) -> WebDeployment | None:
-        row = self._raw_one(
-            "SELECT * FROM webops_deployments WHERE tenant=? AND name=?", (tenant, name)
-        )
+        row = self._first(sa.select(deps).where(deps.c.tenant == tenant, deps.c.name == name))
         return None if row is None else _dep(row)
 
     def webops_get_id(self, dep_id: int, tenant: str | None) -> WebDeployment | None:
-        row = self._raw_one("SELECT * FROM webops_deployments WHERE id=?", (dep_id,))
+        row = self._first(sa.select(deps).where(deps.c.id == dep_id))
         if row is None or (tenant is not None and row["tenant"] != tenant):
             return None
         return _dep(row)
 
     def webops_on_machine(self, machine_id: str) -> list[WebDeployment]:
-        rows = self._raw_all(
-            "SELECT * FROM webops_deployments WHERE machine_id=? ORDER BY id", (machine_id,)
+        rows = self._maps(
+            sa.select(deps).where(deps.c.machine_id == machine_id).order_by(deps.c.id)
         )
         return [_dep(r) for r in rows]
 
     def webops_list(self, tenant: str, query: WebQuery) -> tuple[list[WebDeployment], int]:
-        where = ["tenant=?"]
-        args: list[object] = [tenant]
+        cond: list[sa.ColumnElement[bool]] = [deps.c.tenant == tenant]
         if query.status:
-            where.append("status=?")
-            args.append(query.status)
+            cond.append(deps.c.status == query.status)
         if query.project_type:
-            where.append("project_type=?")
-            args.append(query.project_type)
+            cond.append(deps.c.project_type == query.project_type)
         if query.search:
-            where.append("instr(lower(name), ?) > 0")
-            args.append(query.search.lower())
-        cond = " AND ".join(where)
-        total = self._raw_one(f"SELECT count(*) FROM webops_deployments WHERE {cond}", args)
-        rows = self._raw_all(
-            f"SELECT * FROM webops_deployments WHERE {cond} ORDER BY id DESC LIMIT ? OFFSET ?",
-            (*args, query.limit, query.offset),
+            cond.append(self._contains(sa.func.lower(deps.c.name), query.search.lower()))
+        total = self._scalar(sa.select(sa.func.count()).select_from(deps).where(*cond))
+        rows = self._maps(
+            sa.select(deps)
+            .where(*cond)
+            .order_by(deps.c.id.desc())
+            .limit(query.limit)
+            .offset(query.offset)
         )
-        return [_dep(r) for r in rows], int(total[0]) if total else 0
+        return [_dep(r) for r in rows], int(total or 0)
 
     def webops_delete(self, dep_id: int) -> None:
-        with self._raw_tx() as db:
-            db.execute("DELETE FROM webops_logs WHERE deployment_id=?", (dep_id,))
-            db.execute("DELETE FROM webops_deployments WHERE id=?", (dep_id,))
+        with self._tx() as db:
+            db.execute(sa.delete(logs).where(logs.c.deployment_id == dep_id))
+            db.execute(sa.delete(deps).where(deps.c.id == dep_id))
 
     def webops_log(self, dep_id: int, level: str, message: str, at: float) -> int:
-        with self._raw_tx() as db:
-            cur = db.execute(
-                "INSERT INTO webops_logs (deployment_id, level, message, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (dep_id, level, message, at),
+        with self._tx() as db:
+            result = db.execute(
+                sa.insert(logs).values(
+                    deployment_id=dep_id, level=level, message=message, created_at=at
+                )
             )
-            return int(cur.lastrowid or 0)
+            return _new_id(result)
 
     def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
-        rows = self._raw_all(
-            "SELECT id, level, message, created_at FROM webops_logs"
-            " WHERE deployment_id=? AND id>? ORDER BY id",
-            (dep_id, after_id),
+        rows = self._rows(
+            sa.select(logs.c.id, logs.c.level, logs.c.message, logs.c.created_at)
+            .where(logs.c.deployment_id == dep_id, logs.c.id > after_id)
+            .order_by(logs.c.id)
         )
         return [WebLogItem(r[0], r[1], r[2], r[3]) for r in rows]
 
     def webops_after(self, tenant: str, after_id: int, limit: int) -> list[WebDeployment]:
-        rows = self._raw_all(
-            "SELECT * FROM webops_deployments WHERE tenant=? AND id>? ORDER BY id LIMIT ?",
-            (tenant, after_id, limit),
+        rows = self._maps(
+            sa.select(deps)
+            .where(deps.c.tenant == tenant, deps.c.id > after_id)
+            .order_by(deps.c.id)
+            .limit(limit)
         )
         return [_dep(r) for r in rows]
 
     # --- webhooks (#21) -------------------------------------------------------------------
 
     def webhook_create(self, hook: Webhook) -> Webhook:
-        with self._raw_tx() as db:
-            cur = db.execute(
-                "INSERT INTO webhooks (tenant, url, events, secret, active, created_by,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    hook.tenant,
-                    hook.url,
-                    msgspec.json.encode(hook.events).decode(),
-                    hook.secret,
-                    int(hook.active),
-                    hook.created_by,
-                    hook.created_at,
-                ),
+        with self._tx() as db:
+            result = db.execute(
+                sa.insert(hooks).values(
+                    tenant=hook.tenant,
+                    url=hook.url,
+                    events=msgspec.json.encode(hook.events).decode(),
+                    secret=hook.secret,
+                    active=int(hook.active),
+                    created_by=hook.created_by,
+                    created_at=hook.created_at,
+                )
             )
-            return msgspec.structs.replace(hook, id=int(cur.lastrowid or 0))
+            return msgspec.structs.replace(hook, id=_new_id(result))
 
     def webhooks(self, tenant: str) -> list[Webhook]:
-        rows = self._raw_all("SELECT * FROM webhooks WHERE tenant=? ORDER BY id", (tenant,))
+        rows = self._maps(sa.select(hooks).where(hooks.c.tenant == tenant).order_by(hooks.c.id))
         return [_hook(r) for r in rows]
 
     def webhook_get(self, hook_id: int, tenant: str) -> Webhook | None:
-        row = self._raw_one("SELECT * FROM webhooks WHERE id=? AND tenant=?", (hook_id, tenant))
+        row = self._first(sa.select(hooks).where(hooks.c.id == hook_id, hooks.c.tenant == tenant))
         return None if row is None else _hook(row)
 
     def webhook_delete(self, hook_id: int) -> None:
-        with self._raw_tx() as db:
-            db.execute("DELETE FROM webhook_deliveries WHERE webhook_id=?", (hook_id,))
-            db.execute("DELETE FROM webhooks WHERE id=?", (hook_id,))
+        with self._tx() as db:
+            db.execute(sa.delete(deliveries).where(deliveries.c.webhook_id == hook_id))
+            db.execute(sa.delete(hooks).where(hooks.c.id == hook_id))
 
     def webhook_delivered(self, d: WebhookDelivery) -> None:
-        with self._raw_tx() as db:
+        with self._tx() as db:
             db.execute(
-                "INSERT INTO webhook_deliveries (webhook_id, delivery, event, attempt,"
-                " status_code, ok, error, duration_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    d.webhook_id,
-                    d.delivery,
-                    d.event,
-                    d.attempt,
-                    d.status_code,
-                    int(d.ok),
-                    d.error,
-                    d.duration_ms,
-                    d.at,
-                ),
+                sa.insert(deliveries).values(
+                    webhook_id=d.webhook_id,
+                    delivery=d.delivery,
+                    event=d.event,
+                    attempt=d.attempt,
+                    status_code=d.status_code,
+                    ok=int(d.ok),
+                    error=d.error,
+                    duration_ms=d.duration_ms,
+                    at=d.at,
+                )
             )
 
     def webhook_deliveries(self, hook_id: int, limit: int) -> list[WebhookDelivery]:
-        rows = self._raw_all(
-            "SELECT * FROM webhook_deliveries WHERE webhook_id=? ORDER BY id DESC LIMIT ?",
-            (hook_id, limit),
+        rows = self._maps(
+            sa.select(deliveries)
+            .where(deliveries.c.webhook_id == hook_id)
+            .order_by(deliveries.c.id.desc())
+            .limit(limit)
         )
-        return [
-            WebhookDelivery(
-                id=r["id"],
-                webhook_id=r["webhook_id"],
-                delivery=r["delivery"],
-                event=r["event"],
-                attempt=r["attempt"],
-                status_code=r["status_code"],
-                ok=bool(r["ok"]),
-                error=r["error"],
-                duration_ms=r["duration_ms"],
-                at=r["at"],
-            )
-            for r in rows
-        ]
+        return [row_record(r, WebhookDelivery) for r in rows]
 
     # --- databases (#21) ------------------------------------------------------------------
 
     def database_create(self, db: Database) -> Database:
         values = {k: getattr(db, k) for k in db.__struct_fields__ if k != "id"}
-        with self._raw_tx() as conn:
-            try:
-                cur = conn.execute(
-                    f"INSERT INTO webops_databases ({', '.join(values)})"
-                    f" VALUES ({', '.join('?' for _ in values)})",
-                    tuple(values.values()),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict(f"database {db.name!r} already exists") from None
-            return msgspec.structs.replace(db, id=int(cur.lastrowid or 0))
+        stmt = self._insert(dbs).values(**values).on_conflict_do_nothing()
+        with self._tx() as conn:
+            new_id = _inserted_or_conflict(conn, stmt, f"database {db.name!r}")
+        return msgspec.structs.replace(db, id=new_id)
 
     def database_update(self, db: Database) -> None:
-        with self._raw_tx() as conn:
+        with self._tx() as conn:
             conn.execute(
-                "UPDATE webops_databases SET deployment_id=? WHERE id=?",
-                (db.deployment_id, db.id),
+                sa.update(dbs).where(dbs.c.id == db.id).values(deployment_id=db.deployment_id)
             )
 
     def databases(self, tenant: str) -> list[Database]:
-        rows = self._raw_all("SELECT * FROM webops_databases WHERE tenant=? ORDER BY id", (tenant,))
+        rows = self._maps(sa.select(dbs).where(dbs.c.tenant == tenant).order_by(dbs.c.id))
         return [row_record(r, Database) for r in rows]
 
     def database_get(self, tenant: str, name: str) -> Database | None:
-        row = self._raw_one(
-            "SELECT * FROM webops_databases WHERE tenant=? AND name=?", (tenant, name)
-        )
+        row = self._first(sa.select(dbs).where(dbs.c.tenant == tenant, dbs.c.name == name))
         return None if row is None else row_record(row, Database)
 
     def database_get_id(self, db_id: int, tenant: str) -> Database | None:
-        row = self._raw_one(
-            "SELECT * FROM webops_databases WHERE id=? AND tenant=?", (db_id, tenant)
-        )
+        row = self._first(sa.select(dbs).where(dbs.c.id == db_id, dbs.c.tenant == tenant))
         return None if row is None else row_record(row, Database)
 
     def database_delete(self, db_id: int) -> None:
-        with self._raw_tx() as conn:
-            conn.execute("DELETE FROM webops_db_backups WHERE database_id=?", (db_id,))
-            conn.execute("DELETE FROM webops_databases WHERE id=?", (db_id,))
+        with self._tx() as conn:
+            conn.execute(sa.delete(backups_t).where(backups_t.c.database_id == db_id))
+            conn.execute(sa.delete(dbs).where(dbs.c.id == db_id))
 
     def backup_add(self, b: DatabaseBackup) -> DatabaseBackup:
-        with self._raw_tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO webops_db_backups (database_id, path, size, sha256, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (b.database_id, b.path, b.size, b.sha256, b.created_at),
+        with self._tx() as conn:
+            result = conn.execute(
+                sa.insert(backups_t).values(
+                    database_id=b.database_id,
+                    path=b.path,
+                    size=b.size,
+                    sha256=b.sha256,
+                    created_at=b.created_at,
+                )
             )
-            return msgspec.structs.replace(b, id=int(cur.lastrowid or 0))
+            return msgspec.structs.replace(b, id=_new_id(result))
 
     def backups(self, db_id: int) -> list[DatabaseBackup]:
-        rows = self._raw_all(
-            "SELECT * FROM webops_db_backups WHERE database_id=? ORDER BY id DESC", (db_id,)
+        rows = self._maps(
+            sa.select(backups_t)
+            .where(backups_t.c.database_id == db_id)
+            .order_by(backups_t.c.id.desc())
         )
         return [row_record(r, DatabaseBackup) for r in rows]
 
@@ -264,25 +284,34 @@ class WebOpsSql(SqlCore):
     def sample_put(self, sample: Sample, keep_after_minute: int) -> None:
         """Upsert the machine's sample of that minute; drop those before keep_after."""
         values = {k: getattr(sample, k) for k in sample.__struct_fields__}
-        with self._raw_tx() as conn:
+        stmt = self._insert(samples_t).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[samples_t.c.machine_id, samples_t.c.minute],
+            set_={k: stmt.excluded[k] for k in values if k not in ("machine_id", "minute")},
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
             conn.execute(
-                f"INSERT OR REPLACE INTO machine_samples ({', '.join(values)})"
-                f" VALUES ({', '.join('?' for _ in values)})",
-                tuple(values.values()),
-            )
-            conn.execute(
-                "DELETE FROM machine_samples WHERE machine_id=? AND minute<?",
-                (sample.machine_id, keep_after_minute),
+                sa.delete(samples_t).where(
+                    samples_t.c.machine_id == sample.machine_id,
+                    samples_t.c.minute < keep_after_minute,
+                )
             )
 
     def samples(
         self, tenant: str, since_minute: int, after: tuple[str, int] = ("", -1), limit: int = 100000
     ) -> list[Sample]:
         """Oldest first by machine then minute; `after` resumes past (machine, minute)."""
-        rows = self._raw_all(
-            "SELECT * FROM machine_samples WHERE tenant=? AND minute>=?"
-            " AND (machine_id, minute) > (?, ?) ORDER BY machine_id, minute LIMIT ?",
-            (tenant, since_minute, after[0], after[1], limit),
+        key = sa.tuple_(samples_t.c.machine_id, samples_t.c.minute)
+        rows = self._maps(
+            sa.select(samples_t)
+            .where(
+                samples_t.c.tenant == tenant,
+                samples_t.c.minute >= since_minute,
+                key > sa.tuple_(sa.literal(after[0], schema.Str), sa.literal(after[1], schema.Int)),
+            )
+            .order_by(samples_t.c.machine_id, samples_t.c.minute)
+            .limit(limit)
         )
         return [row_record(r, Sample) for r in rows]
 
@@ -297,37 +326,23 @@ class WebOpsSql(SqlCore):
         offset: int,
         limit: int,
     ) -> tuple[list[ErrorItem], int]:
-        where = ["d.tenant=?", f"l.level IN ({', '.join('?' for _ in levels)})", "l.created_at>=?"]
-        args: list[object] = [tenant, *levels, since]
+        cond: list[sa.ColumnElement[bool]] = [
+            deps.c.tenant == tenant,
+            logs.c.level.in_(levels),
+            logs.c.created_at >= since,
+        ]
         if until:
-            where.append("l.created_at<?")
-            args.append(until)
+            cond.append(logs.c.created_at < until)
         if search:
-            where.append("instr(lower(l.message), ?) > 0")
-            args.append(search.lower())
-        cond = " AND ".join(where)
-        base = (
-            f"FROM webops_logs l JOIN webops_deployments d ON d.id = l.deployment_id WHERE {cond}"
+            cond.append(self._contains(sa.func.lower(logs.c.message), search.lower()))
+        joined = logs.join(deps, deps.c.id == logs.c.deployment_id)
+        total = self._scalar(sa.select(sa.func.count()).select_from(joined).where(*cond))
+        rows = self._rows(
+            sa.select(logs.c.id, deps.c.name, logs.c.level, logs.c.message, logs.c.created_at)
+            .select_from(joined)
+            .where(*cond)
+            .order_by(logs.c.id.desc())
+            .limit(limit)
+            .offset(offset)
         )
-        total = self._raw_one(f"SELECT count(*) {base}", args)
-        rows = self._raw_all(
-            f"SELECT l.id, d.name, l.level, l.message, l.created_at {base}"
-            " ORDER BY l.id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
-        return [ErrorItem(r[0], r[1], r[2], r[3], r[4]) for r in rows], int(
-            total[0]
-        ) if total else 0
-
-
-def _hook(row: sqlite3.Row) -> Webhook:
-    return Webhook(
-        id=row["id"],
-        tenant=row["tenant"],
-        url=row["url"],
-        events=msgspec.json.decode(row["events"]),
-        secret=row["secret"],
-        active=bool(row["active"]),
-        created_by=row["created_by"],
-        created_at=row["created_at"],
-    )
+        return [ErrorItem(r[0], r[1], r[2], r[3], r[4]) for r in rows], int(total or 0)

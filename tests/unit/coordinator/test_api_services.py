@@ -31,7 +31,6 @@ from coordinator.reports.logs import LogUnavailable, journal_machine
 from coordinator.reports.service import ReportService, ReportUnavailable, merge_refreshed
 from coordinator.server import Coordinator
 from coordinator.store.ports import EnrollRefused
-from coordinator.store.sql import SqlStore
 from coordinator.trust import pki
 from coordinator.trust.access import MAX_TOKENS_PER_CALL, EnrolmentService, TokenService, token_ttl
 from coordinator.trust.enrolment import Enroller
@@ -40,17 +39,18 @@ from proto.enrolment import EnrollRequest
 from proto.messages import DriftEntry, Sticker
 from proto.tokens import API_KIND, JOIN_KIND, parse_token, secret_matches
 from proto.units import UnitOption, unit_hash
+from tests.harness.databases import open_test_store
 
 
 class Rig:
-    """The services wired as the server wires them, over one SQLite file."""
+    """The services wired as the server wires them, over one store (the run's engine)."""
 
     def __init__(self, tmp: Path) -> None:
         paths = pki.init_pki(tmp / "pki", ["localhost"], ["127.0.0.1"])
         ca_cert = pki.load_cert(Path(paths.ca_cert).read_bytes())
         ca_key = pki.load_key(Path(paths.ca_key).read_bytes())
         self.ca_pin = pki.ca_pin(ca_cert)
-        self.storage = SqlStore(tmp / "m.db")
+        self.storage = open_test_store(tmp)
         enroller = Enroller(self.storage, ca_key, ca_cert, cert_ttl_s=3600)
         self.hub = Hub(self.storage, enroller, CoordinatorMetrics(), heartbeat_s=1, lost_after_s=5)
         self.deploystore = self.storage

@@ -3,8 +3,6 @@ the re-enrolment rule, agent message ranges and the per-session rate limit."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import msgspec
 import pytest
 import yaml
@@ -17,11 +15,9 @@ from coordinator.api.fleet_manager import same_shape
 from coordinator.deploy.groups import name_problem, version_problem
 from coordinator.deploy.manifest import ManifestError, parse_manifest
 from coordinator.fleet.validation import UnitInvalid, validate_unit
-from coordinator.store.ports import EnrollConflict, EnrollRefused
-from coordinator.store.sql import SqlStore as Storage
 from proto import messages as m
 from proto.enrolment import machine_id_problem
-from proto.tokens import enrolment_refusal, hash_secret
+from proto.tokens import enrolment_refusal
 from proto.units import UnitOption
 
 # --- bodies and nesting ---------------------------------------------------------------
@@ -163,46 +159,6 @@ def test_enrolment_rule() -> None:
     assert enrolment_refusal("m1", "m1", enrolled=False, revoked=False) is None
     bound_elsewhere = enrolment_refusal("m2", "m1", enrolled=False, revoked=False)
     assert bound_elsewhere is not None and bound_elsewhere[0] == 403
-
-
-def test_storage_refuses_a_takeover_and_keeps_the_token(tmp_path: Path) -> None:
-    db = Storage(tmp_path / "m.db")
-    db.create_join_token("t1", hash_secret("s"), now=100, ttl_s=60)
-    db.create_join_token("t2", hash_secret("s"), now=100, ttl_s=60)
-    assert db.enroll("t1", "m1", serial="01", not_after=1000, now=101) is False
-    with pytest.raises(EnrollConflict, match="already enrolled"):
-        db.enroll("t2", "m1", serial="02", not_after=1000, now=102)
-    machine = db.get_machine("m1")
-    assert machine is not None and machine.cert_serial == "01" and machine.enrolled_at == 101
-    # The refused token is still usable for another machine.
-    assert db.join_token_hash("t2", now=103) == hash_secret("s")
-    assert db.enroll("t2", "m2", serial="03", not_after=1000, now=103) is False
-
-
-def test_bound_token_re_enrols_and_revokes_the_old_certificates(tmp_path: Path) -> None:
-    db = Storage(tmp_path / "m.db")
-    db.create_join_token("t1", hash_secret("s"), now=100, ttl_s=60)
-    db.enroll("t1", "m1", serial="01", not_after=1000, now=101)
-    db.create_join_token("b1", hash_secret("s"), now=100, ttl_s=60, machine_id="m1")
-    with pytest.raises(EnrollRefused, match="bound to machine 'm1'"):
-        db.enroll("b1", "m2", serial="02", not_after=1000, now=102)
-    assert db.enroll("b1", "m1", serial="03", not_after=1000, now=103) is True
-    assert db.is_serial_revoked("01") and not db.is_serial_revoked("03")
-    machine = db.get_machine("m1")
-    assert machine is not None and machine.cert_serial == "03" and not machine.revoked
-    assert db.join_token_binding("b1") == "m1"
-    assert [t.machine_id for t in db.list_join_tokens()] == ["", "m1"]
-
-
-def test_revoked_machine_enrols_again_with_an_ordinary_token(tmp_path: Path) -> None:
-    db = Storage(tmp_path / "m.db")
-    db.create_join_token("t1", hash_secret("s"), now=100, ttl_s=60)
-    db.create_join_token("t2", hash_secret("s"), now=100, ttl_s=60)
-    db.enroll("t1", "m1", serial="01", not_after=1000, now=101)
-    assert db.revoke_machine("m1", now=102)
-    assert db.enroll("t2", "m1", serial="02", not_after=1000, now=103) is False
-    machine = db.get_machine("m1")
-    assert machine is not None and not machine.revoked and machine.cert_serial == "02"
 
 
 # --- agent messages ---------------------------------------------------------------------------

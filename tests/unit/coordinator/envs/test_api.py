@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
 from proto.tokens import JOIN_KIND, parse_token
+from tests.harness.databases import coordinator_database_url
 
 MANIFEST = """\
 units:
@@ -77,7 +78,13 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    coordinator = Coordinator(CoordinatorConfig(state_dir=str(tmp_path / "state")))
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            state_dir=str(tmp_path / "state"),
+            # MOORAGE_TEST_DATABASE=postgresql: the run's PostgreSQL, else <state>/moorage.db
+            database_url=coordinator_database_url(tmp_path / "db"),
+        )
+    )
     token, _ = coordinator.tokens.create_api_token("test", unlimited=True)
     client: Client = TestClient(TestServer(coordinator.api_app()))
     await client.start_server()

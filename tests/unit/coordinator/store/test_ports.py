@@ -26,6 +26,7 @@ PORTS: tuple[type, ...] = (
     ports.SessionStore,
     ports.TransactionalDeploymentStore,
     ports.Store,
+    ports.ChangeFeed,
 )
 
 

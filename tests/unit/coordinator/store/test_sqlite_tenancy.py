@@ -219,7 +219,9 @@ def test_a_database_before_tenants_is_upgraded_into_the_default_tenant(tmp_path:
     assert db.db.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     assert db.db.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
     with pytest.raises(sqlalchemy.exc.IntegrityError), db.batch() as tx:
-        tx.exec_driver_sql("INSERT INTO placements (tenant, unit, machine_id) VALUES ('x', 'no', 'm')")
+        tx.exec_driver_sql(
+            "INSERT INTO placements (tenant, unit, machine_id) VALUES ('x', 'no', 'm')"
+        )
     # deleting cascades as before: a unit's placements, a deployment's releases and targets
     assert db.delete_unit("web.service") == {"m1"}
     assert db.db.exec_driver_sql("SELECT COUNT(*) FROM placements").scalar() == 0
@@ -230,5 +232,7 @@ def test_a_database_before_tenants_is_upgraded_into_the_default_tenant(tmp_path:
     db.put_group(MachineGroup(id="g2", name="g", tenant="other"))
     with pytest.raises(Conflict):
         db.put_group(MachineGroup(id="g3", name="g"))
-    indexes = {r[0] for r in db.db.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")}
+    indexes = {
+        r[0] for r in db.db.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='index'")
+    }
     assert {"machines_by_tenant", "placements_by_machine", "deployments_by_tenant"} <= indexes

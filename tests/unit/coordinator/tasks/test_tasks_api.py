@@ -14,9 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
-from coordinator.store.sql import SqlStore
-from coordinator.store.sql.migrate import head
-from coordinator.tasks.records import EnvVar, RunEvent, TaskDefinition, TaskRun
+from tests.harness.databases import coordinator_database_url
 
 Client = TestClient[web.Request, web.Application]
 
@@ -47,7 +45,13 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    coordinator = Coordinator(CoordinatorConfig(state_dir=str(tmp_path / "state")))
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            state_dir=str(tmp_path / "state"),
+            # MOORAGE_TEST_DATABASE=postgresql: the run's PostgreSQL, else <state>/moorage.db
+            database_url=coordinator_database_url(tmp_path / "db"),
+        )
+    )
     token, _ = coordinator.tokens.create_api_token("test")
     client = TestClient(TestServer(coordinator.api_app()))
     await client.start_server()
@@ -256,36 +260,3 @@ async def test_task_paths_leave_other_families_under_api_v1_alone(api: Api) -> N
     assert (status, body) == (200, {"healthy": True})
     status, body, _ = await api.call("GET", "/api/v1/not-a-run/logs")
     assert status == 404 and body == {"error": "Not Found"}
-
-
-def test_definitions_and_runs_outlive_the_store(tmp_path: Path) -> None:
-    """What the service commits is in the file: a reopened store (a restarted
-    coordinator) has it, and the schema has every migration."""
-    path = tmp_path / "t.db"
-    store = SqlStore(path)
-    store.put_definition(TaskDefinition(definition_id="g-1", alias="a", image="i", tenant="t1"))
-    run = TaskRun(
-        run_id="r1",
-        definition_id="g-1",
-        alias="a",
-        image="i",
-        tenant="t1",
-        seq=1,
-        env=[EnvVar("A", "1")],
-        run_tags={"owner_id": "me"},
-    )
-    store.put_runs([run], [RunEvent(run_id="r1", at=1.0, reason="Queued", message="q")])
-    assert store.append_log("r1", 0, b"abc") == 3
-    assert store.append_log("r1", 0, b"abcdef") == 6  # resent with more: each byte once
-    assert store.append_log("r1", 9, b"gap") == 6
-    store.close()
-    store = SqlStore(path)
-    assert store.schema_version == head()
-    assert store.get_definition("t1", "g-1") is not None
-    assert store.get_definition("other", "g-1") is None
-    got = store.get_run("r1")
-    assert got is not None and got.env == [EnvVar("A", "1")] and got.log_size == 6
-    assert store.read_log("r1", 0, 100) == b"abcdef"
-    assert store.read_log("r1", 2, 3) == b"cde"
-    assert [r.run_id for r in store.unfinished_runs()] == ["r1"]
-    store.close()

@@ -18,6 +18,7 @@ from coordinator.tasks import definitions as defs
 from coordinator.tasks.records import RunQuery
 from proto import messages as m
 from proto.tokens import JOIN_KIND, parse_token
+from tests.harness.databases import coordinator_database_url
 
 
 class RecordingSession:
@@ -42,7 +43,13 @@ def last(session: RecordingSession) -> m.Message:
 
 @pytest.fixture
 def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
-    c = Coordinator(CoordinatorConfig(state_dir=str(tmp_path / "state")))
+    c = Coordinator(
+        CoordinatorConfig(
+            state_dir=str(tmp_path / "state"),
+            # MOORAGE_TEST_DATABASE=postgresql: the run's PostgreSQL, else <state>/moorage.db
+            database_url=coordinator_database_url(tmp_path / "db"),
+        )
+    )
     try:
         yield c
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from coordinator.trust.ratelimit import (
     live_hits,
     without,
 )
+from tests.harness.databases import fresh_database, open_test_store
 
 limits_st = st.builds(
     LimitConfig,
@@ -169,8 +171,10 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    return SqlStore(tmp_path / "m.db")
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    opened = open_test_store(tmp_path)
+    yield opened
+    opened.close()
 
 
 def small() -> RateLimits:
@@ -215,7 +219,8 @@ async def test_concurrent_successes_are_not_refused(store: SqlStore) -> None:
 
 async def test_kept_hits_survive_a_restart_and_expire(tmp_path: Path) -> None:
     clock = Clock()
-    store = SqlStore(tmp_path / "m.db")
+    target = fresh_database(tmp_path)
+    store = SqlStore(target)
     limiter = RateLimiter(limits_of(small()), store, clock=clock)
     for _ in range(5):
         await limiter.keep(await limiter.reserve(AUTH, "ip"))
@@ -224,7 +229,7 @@ async def test_kept_hits_survive_a_restart_and_expire(tmp_path: Path) -> None:
     limiter.flush()
     store.close()  # the hits are stored already: as after kill -9
 
-    store = SqlStore(tmp_path / "m.db")
+    store = SqlStore(target)
     again = RateLimiter(limits_of(small()), store, clock=clock)
     assert again.load() == 8
     with pytest.raises(RateLimited) as refused:

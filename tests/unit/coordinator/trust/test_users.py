@@ -1,4 +1,5 @@
-"""UserService on a real SQLite file: argon2id hashing, login, tokens, revocation,
+"""UserService on a real store (the run's engine; SQLite files where the file's bytes
+are checked): argon2id hashing, login, tokens, revocation,
 disabling, permissions, the first admin, and the domain events."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from coordinator.trust.users import (
     ensure_first_admin,
     token_id_of,
 )
+from tests.harness.databases import fresh_database
 
 PASSWORD = "correct horse battery"
 
@@ -32,9 +34,11 @@ def cheap() -> PasswordHasher:
 
 
 class Rig:
-    def __init__(self, tmp: Path, hasher: PasswordHasher | None = None) -> None:
-        self.path = tmp / "m.db"
-        self.storage = SqlStore(self.path)
+    def __init__(
+        self, tmp: Path, hasher: PasswordHasher | None = None, target: str | None = None
+    ) -> None:
+        self.target = target or fresh_database(tmp)
+        self.storage = SqlStore(self.target)
         self.events: list[Event] = []
         bus = EventBus()
         bus.subscribe(self.events.append)
@@ -49,6 +53,13 @@ def rig(tmp_path: Path) -> Rig:
     return Rig(tmp_path)
 
 
+def stored_hash(storage: SqlStore, username: str) -> str:
+    """The password hash the store holds for a user."""
+    found = storage.user_by_name(username)
+    assert found is not None
+    return found[1]
+
+
 def on_disk(db: Path) -> bytes:
     """The database file and its write-ahead log, as bytes."""
     wal = Path(str(db) + "-wal")
@@ -59,21 +70,24 @@ ADMIN = Principal("certificate", "admin", "admin")
 
 
 async def test_passwords_are_stored_as_argon2id_and_never_in_clear(
-    rig: Rig, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """On an SQLite file: its bytes (and its write-ahead log's) are searched."""
+    path = tmp_path / "m.db"
+    rig = Rig(tmp_path, target=str(path))
     caplog.set_level(logging.DEBUG)
     user = await rig.users.create_user(
         "alice", PASSWORD, email="alice@example.com", permissions=["deployments"]
     )
     assert user.username == "alice" and user.tenants == ["default"]
     assert user.permissions == ["deployments"] and not user.is_staff
-    stored = rig.storage.db.exec_driver_sql("SELECT password_hash FROM users").scalar_one()
+    stored = stored_hash(rig.storage, "alice")
     assert stored.startswith("$argon2id$")
-    assert PASSWORD.encode() not in on_disk(rig.path)
+    assert PASSWORD.encode() not in on_disk(path)
     assert PASSWORD not in caplog.text
     issued = await rig.users.login("alice", PASSWORD)
     secret = issued.token.split(".")[2]
-    assert secret.encode() not in on_disk(rig.path)
+    assert secret.encode() not in on_disk(path)
     assert issued.token not in caplog.text
 
 
@@ -182,13 +196,15 @@ async def test_revoke_disable_and_lost_permissions_take_effect_at_once(rig: Rig)
 async def test_changed_password_and_rehash_on_new_parameters(tmp_path: Path) -> None:
     old = Rig(tmp_path, PasswordHasher(time_cost=1, memory_cost=512, parallelism=1))
     await old.users.create_user("alice", PASSWORD)
-    first = old.storage.db.exec_driver_sql("SELECT password_hash FROM users").scalar_one()
+    first = stored_hash(old.storage, "alice")
     assert "m=512," in first
     old.storage.close()
 
-    new = Rig(tmp_path, PasswordHasher(time_cost=2, memory_cost=1024, parallelism=1))
+    new = Rig(
+        tmp_path, PasswordHasher(time_cost=2, memory_cost=1024, parallelism=1), target=old.target
+    )
     await new.users.login("alice", PASSWORD)
-    second = new.storage.db.exec_driver_sql("SELECT password_hash FROM users").scalar_one()
+    second = stored_hash(new.storage, "alice")
     assert "m=1024,t=2," in second and second != first
     await new.users.login("alice", PASSWORD)  # the new hash verifies
 

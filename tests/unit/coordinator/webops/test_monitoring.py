@@ -62,8 +62,12 @@ def test_downsampling_averages_per_machine_and_bucket() -> None:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Client, dict[str, str], Coordinator]]:
-    coordinator = Coordinator(CoordinatorConfig(state_dir=str(tmp_path / "state")))
+async def served(
+    tmp_path: Path, database_url: str
+) -> AsyncIterator[tuple[Client, dict[str, str], Coordinator]]:
+    coordinator = Coordinator(
+        CoordinatorConfig(state_dir=str(tmp_path / "state"), database_url=database_url)
+    )
     token, _ = coordinator.tokens.create_api_token("test", unlimited=True)
     client = TestClient(TestServer(coordinator.api_app()))
     await client.start_server()

@@ -1,16 +1,9 @@
-"""WebOps decisions (pure) and the SQLite store of deployments and their logs."""
+"""WebOps decisions (pure); the store of deployments is tested in store/test_store_webops.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from coordinator.errors import Conflict
-from coordinator.store.sql import SqlStore
-from coordinator.store.sql.migrate import head
 from coordinator.webops import rules
-from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+from coordinator.webops.records import WebLogItem
 
 
 def test_ports_fill_the_first_gap() -> None:
@@ -58,43 +51,3 @@ def test_units_name_their_build() -> None:
         ("Container", "Image"),
         ("Container", "Network"),
     }
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SqlStore:
-    s = SqlStore(str(tmp_path / "db.sqlite"))
-    assert s.schema_version == head()
-    return s
-
-
-def dep(name: str, tenant: str = "default", **kw: object) -> WebDeployment:
-    return WebDeployment(tenant=tenant, name=name, repo_url="file:///r", **kw)  # type: ignore[arg-type]
-
-
-def test_store_scopes_by_tenant_and_pages_newest_first(store: SqlStore) -> None:
-    a = store.webops_create(dep("a", env={"K": "v"}, machine_id="m1", port=8001))
-    b = store.webops_create(dep("b", status="running", machine_id="m1", port=8002))
-    store.webops_create(dep("a", tenant="other"))
-    with pytest.raises(Conflict):
-        store.webops_create(dep("a"))
-    assert store.webops_get("default", "a") == a
-    assert store.webops_get_id(a.id, "other") is None
-    found, total = store.webops_list("default", WebQuery())
-    assert [d.name for d in found] == ["b", "a"] and total == 2
-    found, total = store.webops_list("default", WebQuery(status="running"))
-    assert [d.name for d in found] == ["b"] and total == 1
-    assert [d.name for d in store.webops_list("default", WebQuery(search="A"))[0]] == ["a"]
-    assert [d.port for d in store.webops_on_machine("m1")] == [8001, 8002]
-    b.status = "stopped"
-    store.webops_update(b)
-    assert store.webops_get("default", "b").status == "stopped"  # type: ignore[union-attr]
-
-
-def test_logs_are_append_only_and_go_with_their_deployment(store: SqlStore) -> None:
-    a = store.webops_create(dep("a"))
-    ids = [store.webops_log(a.id, "info", f"line {i}", float(i)) for i in range(3)]
-    assert [i.id for i in store.webops_logs(a.id)] == ids
-    assert [i.message for i in store.webops_logs(a.id, after_id=ids[0])] == ["line 1", "line 2"]
-    store.webops_delete(a.id)
-    assert store.webops_logs(a.id) == []
-    assert store.webops_get("default", "a") is None

@@ -96,8 +96,12 @@ class Receiver:
 
 
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Client, dict[str, str], Coordinator]]:
-    coordinator = Coordinator(CoordinatorConfig(state_dir=str(tmp_path / "state")))
+async def served(
+    tmp_path: Path, database_url: str
+) -> AsyncIterator[tuple[Client, dict[str, str], Coordinator]]:
+    coordinator = Coordinator(
+        CoordinatorConfig(state_dir=str(tmp_path / "state"), database_url=database_url)
+    )
     # Fast retries for the test: 0.05 s, 0.1 s, 0.2 s...
     coordinator.webhooks.backoff_s = 0.05
     coordinator.webhooks.attempts = 4
