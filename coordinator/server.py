@@ -57,7 +57,7 @@ from coordinator.api.routing import (
 )
 from coordinator.app import open_store
 from coordinator.audit import AuditLog, is_write
-from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.config import CoordinatorConfig, advertised_hub_urls, split_host_port
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.envs.service import EnvironmentService
 from coordinator.errors import DomainError
@@ -453,13 +453,13 @@ class Coordinator:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _hub_url(self, host: str) -> str:
-        """The hub URL for an agent that reached the API at `host` (unless configured)."""
-        if self.config.hub_url:
-            return self.config.hub_url
+    def _hub_url(self, host: str) -> list[str]:
+        """The hub URLs for an agent that reached the API at `host`: this coordinator's
+        (configured, else from `host`) first, then the fleet's others (`hub_urls`)."""
         if ":" in host:
             host = f"[{host}]"
-        return f"wss://{host}:{self.hub_port}{HUB_PATH}"
+        own = self.config.hub_url or f"wss://{host}:{self.hub_port}{HUB_PATH}"
+        return advertised_hub_urls(own, self.config.hub_urls)
 
     # --- lifecycle ------------------------------------------------------------------------
 
