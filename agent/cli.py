@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -18,15 +19,14 @@ import msgspec
 from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config, parse_metadata, resolve_machine_id
 from agent.daemon import Agent
-from agent.identity import Identity
-from agent.statelock import StateDirBusy, lock_state_dir
+from agent.identity import Identity, LinkStatus
+from agent.statelock import StateDirBusy, lock_holder, lock_state_dir
 from proto.process import setup_logging
 
 OVERRIDES = (
     "state_dir",
     "machine_id",
     "systemd_scope",
-    "hub_url",
     "bus_address",
     "unit_dir",
     "journal_dir",
@@ -62,7 +62,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--systemd-scope", choices=("system", "user"), help="Which systemd manager to drive."
     )
-    p.add_argument("--hub-url", help="Override the hub URL learnt at enrolment.")
+    p.add_argument(
+        "--hub-url",
+        dest="hub_urls",
+        action="append",
+        help="A coordinator's hub URL, overriding those learnt at enrolment; repeat it for "
+        "several coordinators (tried in order, failing over).",
+    )
     p.add_argument("--bus-address", help="D-Bus address of the systemd manager (default by scope).")
     p.add_argument("--unit-dir", help="Where unit files are written (default by scope).")
     p.add_argument("--journal-dir", help="Read this journal directory instead of the machine's.")
@@ -106,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "identity", help="Print this machine's id and enrolment as JSON (for scripts)."
     )
+    commands.add_parser(
+        "status", help="Show the coordinators' hubs and which one the running agent is on."
+    )
     return p
 
 
@@ -116,6 +125,9 @@ def configure(args: argparse.Namespace) -> AgentConfig:
         changes: dict[str, object] = {
             key: getattr(args, key) for key in OVERRIDES if getattr(args, key) is not None
         }
+        if args.hub_urls:  # the command line's list replaces the file's, both forms
+            changes["hub_urls"] = list(args.hub_urls)
+            changes["hub_url"] = ""
         if args.metadata:
             changes["metadata"] = {**config.metadata, **parse_metadata(tuple(args.metadata))}
         return msgspec.structs.replace(config, **changes)
@@ -158,7 +170,7 @@ def enroll(config: AgentConfig, coordinator_url: str, token: str, ca_file: Path 
         )
     except EnrolError as exc:
         raise CliError(str(exc)) from None
-    print(f"enrolled machine {link.machine_id}; hub {link.hub_url}")
+    print(f"enrolled machine {link.machine_id}; hubs {', '.join(link.urls())}")
 
 
 def identity(config: AgentConfig) -> None:
@@ -171,9 +183,47 @@ def identity(config: AgentConfig) -> None:
         "machine_id": link.machine_id if link else resolve_machine_id(config),
         "enrolled": enrolled,
         "hub_url": link.hub_url if link else "",
+        "hub_urls": link.urls() if link else [],
         "state_dir": config.state_dir,
     }
     print(msgspec.json.encode(out).decode())
+
+
+def status(config: AgentConfig) -> None:
+    """Which hubs the agent tries, in order, and which one it is connected to: what the
+    running agent last wrote (it knows its session), else the configuration's view."""
+    ident = Identity(config.state_path)
+    if not ident.enrolled():
+        raise CliError(f"not enrolled: no identity in {config.state_dir}")
+    pid = lock_holder(config.state_path)
+    recorded = ident.status() if pid is not None else None
+    hubs = config.configured_hub_urls() or ident.link().urls()
+    print(
+        "\n".join(
+            status_lines(
+                ident.link().machine_id,
+                pid,
+                recorded if recorded is not None else LinkStatus(hubs),
+                time.time(),
+            )
+        )
+    )
+
+
+def status_lines(machine_id: str, pid: int | None, link: LinkStatus, now: float) -> list[str]:
+    """`moorage-agent status` as text: one line per hub, `*` on the connected one. Pure."""
+    if pid is None:
+        running = "not running"
+    elif link.connected:
+        running = f"running (pid {pid}), connected for {now - link.since:.0f} s"
+    elif link.since:
+        running = f"running (pid {pid}), disconnected for {now - link.since:.0f} s"
+    else:
+        running = f"running (pid {pid}), not connected yet"
+    lines = [f"machine {machine_id}: agent {running}", "hubs:"]
+    for url in link.hub_urls:
+        lines.append(f"  {'*' if url == link.connected else ' '} {url}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
             enroll(config, args.coordinator_url, args.token, args.ca_file)
         elif args.command == "identity":
             identity(config)
+        elif args.command == "status":
+            status(config)
         else:
             run(config)
     except CliError as exc:

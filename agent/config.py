@@ -10,6 +10,8 @@ from typing import Literal
 
 import msgspec
 
+from proto.enrolment import unique_urls
+
 DEFAULT_CONFIG = Path("/etc/moorage/agent.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/moorage/agent")
 DEFAULT_STICKER_DIR = Path("/var/lib/moorage/stickers")
@@ -48,10 +50,19 @@ class AgentConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_listen: str = "127.0.0.1:7444"
     """Prometheus /metrics on loopback; empty disables it."""
     hub_url: str = ""
+    """A coordinator's hub, overriding the ones learnt at enrolment (the older, single form
+    of `hub_urls`; tried first when both are set)."""
+    hub_urls: list[str] = []
+    """Every coordinator's hub (#23), tried in order, overriding the ones learnt at
+    enrolment; empty: those (link.json)."""
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     renew_fraction: float = 1 / 3
     """Renew the certificate once less than this fraction of its lifetime remains."""
+
+    def configured_hub_urls(self) -> list[str]:
+        """The hubs this configuration names (empty: use the enrolment's). Pure."""
+        return unique_urls([self.hub_url, *self.hub_urls])
 
     @property
     def state_path(self) -> Path:

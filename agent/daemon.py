@@ -87,7 +87,7 @@ class Agent:
             backoff_initial_s=config.backoff_initial_s,
             backoff_max_s=config.backoff_max_s,
             renew_fraction=config.renew_fraction,
-            hub_url=config.hub_url,
+            hub_urls=config.configured_hub_urls(),
             metrics=self.metrics,
             on_welcome=self._on_welcome,
         )

@@ -17,7 +17,7 @@ import msgspec
 
 from agent.identity import Identity, LinkInfo
 from proto import crypto
-from proto.enrolment import CA_PATH, ENROLL_PATH, EnrollRequest, EnrollResponse
+from proto.enrolment import CA_PATH, ENROLL_PATH, EnrollRequest, EnrollResponse, hub_urls_of
 from proto.tokens import JOIN_KIND, PIN_CHARS, TokenFormatError, parse_token
 
 #: Seconds for each of the two calls; enrolment is a one-off command, not the link.
@@ -109,7 +109,12 @@ def enrol_blocking(
         result = msgspec.json.decode(raw, type=EnrollResponse)
     except msgspec.DecodeError as exc:
         raise EnrolError(f"coordinator sent an unusable enrolment answer: {exc}") from None
-    link = LinkInfo(machine_id=result.machine_id, hub_url=result.hub_url, coordinator_url=base)
+    link = LinkInfo(
+        machine_id=result.machine_id,
+        hub_url=result.hub_url,
+        coordinator_url=base,
+        hub_urls=hub_urls_of(result),
+    )
     identity.save(
         key_pem=crypto.key_pem(key), cert_pem=result.cert_pem.encode(), ca_pem=ca_pem, link=link
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from proto.enrolment import unique_urls
 from proto.files import write_private, write_public
 
 if TYPE_CHECKING:
@@ -24,6 +25,23 @@ class LinkInfo(msgspec.Struct, frozen=True):
     machine_id: str
     hub_url: str
     coordinator_url: str = ""
+    hub_urls: list[str] = []
+    """Every coordinator's hub from enrolment (#23); empty in a link.json written before
+    the list, or from a coordinator older than it: then `hub_url` alone."""
+
+    def urls(self) -> list[str]:
+        """The hubs to try, in order."""
+        return unique_urls(self.hub_urls or [self.hub_url])
+
+
+class LinkStatus(msgspec.Struct, frozen=True):
+    """What the running agent's link is doing, for `moorage-agent status` (another process)."""
+
+    hub_urls: list[str]
+    connected: str = ""
+    """The hub of the live session, or "" between sessions."""
+    since: float = 0.0
+    """Wall time the session began, or the link was lost (0: never connected)."""
 
 
 class Identity:
@@ -32,6 +50,7 @@ class Identity:
         self.identity_file = state_dir / "identity.pem"
         self.ca_file = state_dir / "ca.pem"
         self.link_file = state_dir / "link.json"
+        self.status_file = state_dir / "link-status.json"
 
     def enrolled(self) -> bool:
         return all(p.exists() for p in (self.identity_file, self.ca_file, self.link_file))
@@ -44,6 +63,16 @@ class Identity:
         write_public(self.ca_file, ca_pem)
         self.install(key_pem, cert_pem)
         write_public(self.link_file, msgspec.json.encode(link))
+
+    def save_status(self, status: LinkStatus) -> None:
+        write_public(self.status_file, msgspec.json.encode(status))
+
+    def status(self) -> LinkStatus | None:
+        """The last status the link wrote, if any (it may be stale: the agent may be gone)."""
+        try:
+            return msgspec.json.decode(self.status_file.read_bytes(), type=LinkStatus)
+        except (OSError, msgspec.DecodeError):
+            return None
 
     def install(self, key_pem: bytes, cert_pem: bytes) -> None:
         write_private(self.identity_file, key_pem + cert_pem)

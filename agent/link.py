@@ -2,7 +2,8 @@
 
 The link never decides anything about units: it hands every message to the agent
 and sends what the agent gives it. Losing the coordinator only means reconnecting
-with jittered exponential backoff; nothing on the machine is stopped.
+with jittered exponential backoff, to the next coordinator's hub when there are
+several (`agent.backoff.next_dial`); nothing on the machine is stopped.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from agent.backoff import next_failures, reconnect_delay
-from agent.identity import Identity
+from agent.backoff import next_dial
+from agent.identity import Identity, LinkStatus
 from agent.metrics import AgentMetrics
 from agent.wsclient import CLOSE_ABNORMAL, HandshakeRefused, WebSocket, WsError
 from proto import messages as m
+from proto.enrolment import unique_urls
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Link:
         backoff_initial_s: float,
         backoff_max_s: float,
         renew_fraction: float,
-        hub_url: str = "",
+        hub_urls: Sequence[str] = (),
         metrics: AgentMetrics | None = None,
         on_welcome: Callable[[m.Welcome], Awaitable[None]] | None = None,
     ) -> None:
@@ -51,7 +53,9 @@ class Link:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.renew_fraction = renew_fraction
-        self.hub_url = hub_url or identity.link().hub_url
+        self.hub_urls = unique_urls(list(hub_urls)) or identity.link().urls()
+        """The coordinators' hubs, in order (configured, else from enrolment)."""
+        self._index = 0
         self.metrics = metrics or AgentMetrics()
         self.connected = asyncio.Event()
         self._ws: WebSocket | None = None
@@ -65,6 +69,11 @@ class Link:
         self._welcomed = False
         self._spread_s = backoff_initial_s * 2
         self._closed_by_us = ""
+
+    @property
+    def hub_url(self) -> str:
+        """The hub being dialled, or connected to."""
+        return self.hub_urls[self._index]
 
     async def send(self, message: m.Message) -> bool:
         """Send if connected; False means the caller must rely on the next Hello."""
@@ -80,13 +89,14 @@ class Link:
 
     async def run(self) -> None:
         failures = 0
+        self._save_status("", 0.0)
         while True:
             self._welcomed = False
             refused = False
             try:
                 log.info("%s", await self._session())
             except LinkRefused as exc:
-                log.error("coordinator refused this agent: %s", exc)
+                log.error("coordinator %s refused this agent: %s", self.hub_url, exc)
                 refused = True
             except (WsError, OSError, TimeoutError) as exc:
                 log.warning("link to %s failed: %s", self.hub_url, describe(exc))
@@ -94,16 +104,29 @@ class Link:
                 self._ws = None
                 self.connected.clear()
                 self.metrics.connected.set(0)
-            failures = next_failures(failures, welcomed=self._welcomed, refused=refused)
-            delay = reconnect_delay(
+            if self._welcomed:
+                self._save_status("", time.time())
+            dial = next_dial(
+                self._index,
                 failures,
+                hubs=len(self.hub_urls),
+                welcomed=self._welcomed,
+                refused=refused,
                 initial=self.backoff_initial_s,
                 maximum=self.backoff_max_s,
                 spread=self._spread_s,
                 rand=random.random(),
             )
-            log.info("reconnecting in %.1f s", delay)
-            await asyncio.sleep(delay)
+            self._index, failures = dial.hub, dial.failures
+            log.info("reconnecting to %s in %.1f s", self.hub_url, dial.delay)
+            await asyncio.sleep(dial.delay)
+
+    def _save_status(self, connected: str, since: float) -> None:
+        """For `moorage-agent status`; a failed write never harms the link."""
+        try:
+            self.identity.save_status(LinkStatus(self.hub_urls, connected, since))
+        except OSError as exc:
+            log.warning("cannot write the link status: %s", exc)
 
     async def _session(self) -> str:
         """One session, from dialling to its end; returns how it ended, for the log."""
@@ -138,6 +161,7 @@ class Link:
                 await self.on_welcome(welcome)
             self.connected.set()
             self.metrics.connected.set(1)
+            self._save_status(self.hub_url, time.time())
             log.info("connected to %s (session %s)", self.hub_url, welcome.session)
             beat = asyncio.create_task(self._heartbeat(ws, welcome.heartbeat_s))
             try:

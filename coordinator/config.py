@@ -81,7 +81,11 @@ class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     api_listen: str = f"0.0.0.0:{DEFAULT_API_PORT}"
     hub_listen: str = f"0.0.0.0:{DEFAULT_HUB_PORT}"
     hub_url: str = ""
-    """Advertised to enrolling agents; default: the API's host name with the hub port."""
+    """This coordinator's hub as agents reach it; default: the API's host name (as the
+    enrolling agent called it) with the hub port."""
+    hub_urls: list[str] = []
+    """Every coordinator's hub URL (#23), advertised to enrolling agents so they can fail
+    over; default: [this coordinator's hub URL]. See `advertised_hub_urls`."""
     server_names: list[str] = []
     server_ips: list[str] = []
     heartbeat_s: float = 10.0
@@ -157,6 +161,20 @@ def coordinator_identity(config: CoordinatorConfig) -> str:
     made = f"{host or 'coordinator'}-{secrets.token_hex(4)}"
     write_private(path, (made + "\n").encode())
     return made
+
+
+def advertised_hub_urls(own: str, configured: list[str]) -> list[str]:
+    """The hub URLs an enrolling agent is given, in the order it tries them. Pure.
+
+    The list is the operator's (every coordinator), turned so that this coordinator,
+    which the agent just reached, comes first and each coordinator keeps mostly the
+    agents it enrolled; the cyclic order is kept so that when one coordinator goes,
+    its agents move to the next ones rather than all to the list's head."""
+    urls = list(dict.fromkeys(u for u in configured if u))
+    if own not in urls:
+        return [own, *urls]
+    at = urls.index(own)
+    return urls[at:] + urls[:at]
 
 
 def with_password(url: str, password: str) -> str:

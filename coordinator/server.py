@@ -58,7 +58,12 @@ from coordinator.api.routing import (
 from coordinator.app import open_store
 from coordinator.audit import AuditLog, is_write
 from coordinator.cluster.leader import Leader
-from coordinator.config import CoordinatorConfig, coordinator_identity, split_host_port
+from coordinator.config import (
+    CoordinatorConfig,
+    advertised_hub_urls,
+    coordinator_identity,
+    split_host_port,
+)
 from coordinator.deploy.deployments import DeploymentService
 from coordinator.envs.service import EnvironmentService
 from coordinator.errors import DomainError
@@ -508,13 +513,13 @@ class Coordinator:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _hub_url(self, host: str) -> str:
-        """The hub URL for an agent that reached the API at `host` (unless configured)."""
-        if self.config.hub_url:
-            return self.config.hub_url
+    def _hub_url(self, host: str) -> list[str]:
+        """The hub URLs for an agent that reached the API at `host`: this coordinator's
+        (configured, else from `host`) first, then the fleet's others (`hub_urls`)."""
         if ":" in host:
             host = f"[{host}]"
-        return f"wss://{host}:{self.hub_port}{HUB_PATH}"
+        own = self.config.hub_url or f"wss://{host}:{self.hub_port}{HUB_PATH}"
+        return advertised_hub_urls(own, self.config.hub_urls)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -551,7 +556,7 @@ class Coordinator:
         # singleton work's fenced context (it would otherwise inherit the first event's).
         self.webhooks._start()
         host = (self.config.server_names or [socket.getfqdn()])[0]
-        await self.leader.start(f"https://{host}:{self.api_port}", self._hub_url(host))
+        await self.leader.start(f"https://{host}:{self.api_port}", self._hub_url(host)[0])
         # What is loaded by now lives as long as the process: keep it out of the cyclic
         # collector, whose full passes would otherwise stop every thread (the loop too)
         # for tens of milliseconds while a large manifest is parsed.

@@ -25,6 +25,20 @@ class EnrollResponse(msgspec.Struct, frozen=True):
     cert_pem: str
     ca_pem: str
     hub_url: str
+    """The enrolling coordinator's own hub: all an agent older than `hub_urls` uses."""
+    hub_urls: list[str] = []
+    """Every coordinator's hub, in the order to try them (#23). Empty from a coordinator
+    older than the field: `hub_urls_of` falls back to `hub_url`."""
+
+
+def hub_urls_of(response: EnrollResponse) -> list[str]:
+    """The hubs an enrolment answer names, whichever coordinator version sent it."""
+    return unique_urls(response.hub_urls or [response.hub_url])
+
+
+def unique_urls(urls: list[str]) -> list[str]:
+    """`urls` without blanks and repeats, first occurrence kept (order is preference)."""
+    return list(dict.fromkeys(u for u in urls if u))
 
 
 def machine_id_problem(machine_id: str) -> str | None:

@@ -17,8 +17,8 @@ PREFIX = "/agent/v1"
 ENROLL_BODY_MAX = 64 << 10
 
 
-def routes(enrolment: EnrolmentService, hub_url: Callable[[str], str]) -> Family:
-    """`hub_url(host)`: the hub URL to hand an agent that reached the API at `host`."""
+def routes(enrolment: EnrolmentService, hub_urls: Callable[[str], list[str]]) -> Family:
+    """`hub_urls(host)`: the hub URLs to hand an agent that reached the API at `host`."""
     r = RouteTable()
 
     @r.get(CA_PATH, "The fleet CA certificate (PEM; public)", public=True)
@@ -35,6 +35,6 @@ def routes(enrolment: EnrolmentService, hub_url: Callable[[str], str]) -> Family
     )
     async def enroll(request: web.Request) -> web.Response:
         body = await decode_body(request, EnrollRequest, max_bytes=ENROLL_BODY_MAX)
-        return json_response(enrolment.enroll(body, hub_url(request.url.host or "127.0.0.1")))
+        return json_response(enrolment.enroll(body, hub_urls(request.url.host or "127.0.0.1")))
 
     return Family(PREFIX, FLEET, r.routes)

@@ -169,11 +169,11 @@ class EnrolmentService:
         """The CA certificate is public; agents pin it by the hash in the join token."""
         return self.enroller.ca_pem
 
-    def enroll(self, req: EnrollRequest, hub_url: str) -> EnrollResponse:
+    def enroll(self, req: EnrollRequest, hub_urls: list[str]) -> EnrollResponse:
         """Forbidden with the reason for the agent, or Conflict for an enrolled machine
         the token may not take over."""
         try:
-            result, replaced = self.enroller.enroll(req, hub_url)
+            result, replaced = self.enroller.enroll(req, hub_urls)
         except EnrollRefused as exc:
             self.metrics.enrolments.labels("refused").inc()
             log.warning("enrolment of %r refused: %s", req.machine_id, exc)

@@ -38,10 +38,12 @@ class Enroller:
         self.ca_pem = pki.cert_pem(ca_cert).decode()
         self.cert_ttl_s = cert_ttl_s
 
-    def enroll(self, req: EnrollRequest, hub_url: str) -> tuple[EnrollResponse, bool]:
+    def enroll(self, req: EnrollRequest, hub_urls: list[str]) -> tuple[EnrollResponse, bool]:
         """Raise EnrollRefused (reason for the agent; EnrollConflict for an enrolled
         machine the token may not take over) or return the signed certificate, and
-        whether an enrolled machine was re-enrolled (its old certificates revoked)."""
+        whether an enrolled machine was re-enrolled (its old certificates revoked).
+        `hub_urls` (not empty): every coordinator's hub, this one's first, which is
+        also `hub_url`, all that agents older than the list read."""
         problem = machine_id_problem(req.machine_id)
         if problem:
             raise EnrollRefused(problem)
@@ -71,7 +73,8 @@ class Enroller:
             machine_id=req.machine_id,
             cert_pem=pki.cert_pem(cert).decode(),
             ca_pem=self.ca_pem,
-            hub_url=hub_url,
+            hub_url=hub_urls[0],
+            hub_urls=hub_urls,
         )
         return response, replaced
 

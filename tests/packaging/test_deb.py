@@ -68,7 +68,16 @@ CAP_SYS_ADMIN = 1 << 21
 # systemd-analyze security exposure (0 safest .. 10); the units score about 1.1 and 1.9.
 MAX_EXPOSURE = {"moorage-coordinator": 1.5, "moorage-agent": 2.5}
 # What the source snapshot holds: what build.sh packs, and build.sh itself.
-SNAPSHOT = ("pyproject.toml", "README.md", "proto", "agent", "coordinator", "moorctl", "packaging")
+SNAPSHOT = (
+    "pyproject.toml",
+    "README.md",
+    "proto",
+    "agent",
+    "coordinator",
+    "moorctl",
+    "packaging",
+    "docs/operations.md",
+)
 LOCK_FILE = "/run/lock/moorage-packaging-test.lock"
 APT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
@@ -163,6 +172,7 @@ def _snapshot(dest: Path) -> None:
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=ignore, symlinks=True)
         else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
 
 
@@ -303,6 +313,8 @@ def test_packages_are_reproducible_versioned_and_clean(builds: Builds) -> None:
             f"{venv}/pyvenv.cfg",
         ):
             assert path in members, f"{pkg} lacks {path}"
+        if pkg == "moorage-coordinator":  # the operator's guide: several coordinators, upgrades
+            assert f"./usr/share/doc/{pkg}/operations.md" in members
 
 
 def test_lintian_reports_no_error_or_warning(builds: Builds) -> None:

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
+from coordinator.errors import Conflict
 from coordinator.store.health import StorageHealth
 from coordinator.store.ports import StorageError, StorageUnavailable
 from coordinator.store.scope import SETTING, TENANT_SCOPE
@@ -172,65 +173,7 @@ def _scope(conn: Connection) -> None:
         conn.info[SETTING] = wanted
 
 
-class _RawDb:
-    """TRANSITIONAL (removed when every module is on Core statements): the driver's
-    sqlite3 connection under an SQLAlchemy transaction, with rows by name."""
-
-    def __init__(self, raw: sqlite3.Connection) -> None:
-        self._raw = raw
-
-    def _cursor(self) -> sqlite3.Cursor:
-        cur = self._raw.cursor()
-        cur.row_factory = sqlite3.Row
-        return cur
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self._cursor().execute(sql, args)
-
-    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        return self._cursor().executemany(sql, rows)
-
-
-class RawSql:
-    """TRANSITIONAL: the qmark-SQL calls of the SQLite-era modules, on SQLite only."""
-
-    @contextmanager
-    def _raw_tx(self: Any) -> Iterator[_RawDb]:
-        with self._tx() as conn:
-            yield _RawDb(conn.connection.dbapi_connection)
-
-    @contextmanager
-    def _raw_read(self: Any) -> Iterator[_RawDb]:
-        with self._read() as conn:
-            yield _RawDb(conn.connection.dbapi_connection)
-
-    def _raw_all(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._raw_read() as db:
-            return db.execute(sql, args).fetchall()
-
-    def _raw_one(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Row | None:
-        with self._raw_read() as db:
-            row: sqlite3.Row | None = db.execute(sql, args).fetchone()
-            return row
-
-
-def _bump(db: Any, machine_ids: set[str]) -> None:
-    """TRANSITIONAL: `bump` for the qmark modules."""
-    db.executemany(
-        "UPDATE machines SET desired_revision=desired_revision+1 WHERE id=?",
-        [(m,) for m in sorted(machine_ids)],
-    )
-
-
-def _record_issued(db: Any, serial: str, machine_id: str, now: float, not_after: float) -> None:
-    """TRANSITIONAL: `record_issued` for the qmark modules."""
-    db.execute(
-        "INSERT INTO issued_certs (serial, machine_id, issued_at, not_after) VALUES (?, ?, ?, ?)",
-        (serial, machine_id, now, not_after),
-    )
-
-
-class SqlCore(RawSql):
+class SqlCore:
     """The store's connections and transactions over one database (an SQLite file or
     a PostgreSQL database).
 
@@ -446,6 +389,26 @@ class SqlCore(RawSql):
         return sa.func.max(a, b)
 
 
+@contextmanager
+def unique_name(message: str) -> Iterator[None]:
+    """A unique name taken between the check and the write (another coordinator on the
+    same database, whose insert committed first) is the same Conflict the check gives."""
+    try:
+        yield
+    except exc.IntegrityError as exc_:
+        if not unique_violation(exc_):
+            raise
+        raise Conflict(message) from exc_
+
+
+def unique_violation(error: exc.IntegrityError) -> bool:
+    """A UNIQUE constraint failed (not a foreign key or NOT NULL): PostgreSQL's SQLSTATE
+    23505, SQLite's message. Pure."""
+    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(
+        error.orig
+    )
+
+
 def bump(db: Connection, machine_ids: set[str]) -> None:
     """Raise each machine's desired revision by one (its agent has something to fetch),
     and tell the other coordinators in the same transaction (`notify_machines`)."""
@@ -504,11 +467,9 @@ def record_issued(
     )
 
 
-def row_record(row: RowMapping | Row[Any] | sqlite3.Row, kind: type[R]) -> R:
+def row_record(row: RowMapping | Row[Any], kind: type[R]) -> R:
     """A row whose columns are named like the Struct's fields (extra columns ignored,
     0/1 read as booleans)."""
-    if isinstance(row, sqlite3.Row):
-        return msgspec.convert(dict(zip(row.keys(), row, strict=True)), kind, strict=False)
     mapping = row._mapping if isinstance(row, Row) else row
     # str(): SQLAlchemy names columns with `quoted_name`, a str subclass msgspec refuses
     return msgspec.convert({str(k): v for k, v in mapping.items()}, kind, strict=False)

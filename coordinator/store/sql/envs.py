@@ -3,19 +3,17 @@ per object, its record as JSON, the columns queries filter on beside it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy import exc
 from sqlalchemy.engine import RowMapping
 
 from coordinator.envs.model import Environment, FreezeWindow, Promotion, Target, TargetGroup
 from coordinator.errors import Conflict
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore
+from coordinator.store.sql.core import SqlCore, unique_name
 
 T = TypeVar("T")
 
@@ -38,26 +36,6 @@ def _same_name_taken(kind: str, name: str, other: Any) -> Conflict:
     return Conflict(f"{kind} named {name!r} already exists (id {other})")
 
 
-@contextmanager
-def _unique_name(message: str) -> Iterator[None]:
-    """A unique name taken between the check and the write (another coordinator on the
-    same database, whose insert committed first) is the same Conflict the check gives."""
-    try:
-        yield
-    except exc.IntegrityError as exc_:
-        if not _unique_violation(exc_):
-            raise
-        raise Conflict(message) from exc_
-
-
-def _unique_violation(error: exc.IntegrityError) -> bool:
-    """A UNIQUE constraint failed (not a foreign key or NOT NULL): PostgreSQL's SQLSTATE
-    23505, SQLite's message. Pure."""
-    return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(
-        error.orig
-    )
-
-
 class EnvsSql(SqlCore):
     def _upsert(self, table: sa.Table, values: dict[str, Any], update: Sequence[str]) -> Any:
         """Insert a row, or update `update` of the row with its id."""
@@ -78,7 +56,7 @@ class EnvsSql(SqlCore):
 
     def put_environment(self, env: Environment) -> None:
         t = schema.environments
-        with _unique_name(f"an environment named {env.name!r} already exists"), self._tx() as db:
+        with unique_name(f"an environment named {env.name!r} already exists"), self._tx() as db:
             other = db.execute(
                 sa.select(t.c.id).where(
                     t.c.tenant == env.tenant, t.c.name == env.name, t.c.id != env.id
@@ -136,7 +114,7 @@ class EnvsSql(SqlCore):
     def put_target_group(self, group: TargetGroup) -> None:
         t = schema.target_groups
         message = f"the environment already has a target group named {group.name!r}"
-        with _unique_name(message), self._tx() as db:
+        with unique_name(message), self._tx() as db:
             other = db.execute(
                 sa.select(t.c.id).where(
                     t.c.environment_id == group.environment_id,
@@ -171,7 +149,7 @@ class EnvsSql(SqlCore):
 
     def put_target(self, target: Target) -> None:
         t = schema.env_targets
-        with _unique_name(f"a target named {target.name!r} already exists"), self._tx() as db:
+        with unique_name(f"a target named {target.name!r} already exists"), self._tx() as db:
             other = db.execute(
                 sa.select(t.c.id).where(
                     t.c.tenant == target.tenant, t.c.name == target.name, t.c.id != target.id

@@ -3,35 +3,65 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from sqlalchemy.engine import RowMapping
+
 from coordinator.models import Machine, MachineState
+from coordinator.store.sql import schema
 from coordinator.store.sql.core import (
     REVOCATION_CACHE_MAX,
     REVOCATION_CACHE_S,
     SqlCore,
-    _record_issued,
+    record_issued,
+)
+
+_m = schema.machines
+_revoked = schema.revoked_certs
+
+# Built once: what every agent's connection and heartbeat runs (building a statement
+# and its cache key costs more than running it on SQLite).
+_GET_MACHINE = sa.select(_m).where(_m.c.id == sa.bindparam("mid"))
+_IS_REVOKED = sa.select(_revoked.c.serial).where(_revoked.c.serial == sa.bindparam("serial"))
+_SET_STATE = (
+    sa.update(_m)
+    .where(_m.c.id == sa.bindparam("mid"))
+    .values(state=sa.bindparam("st"), state_since=sa.bindparam("now"))
+)
+_SET_STATE_SEEN = _SET_STATE.values(last_seen=sa.bindparam("seen"))
+_HELLO = (
+    sa.update(_m)
+    .where(_m.c.id == sa.bindparam("mid"))
+    .values(
+        hostname=sa.bindparam("host"),
+        primary_ip=sa.bindparam("ip"),
+        metadata=sa.bindparam("meta"),
+        capabilities=sa.bindparam("caps"),
+        agent_version=sa.bindparam("version"),
+        state="connected",
+        state_since=sa.bindparam("now"),
+        last_seen=sa.bindparam("now"),
+    )
 )
 
 
 class MachinesSql(SqlCore):
     def get_machine(self, machine_id: str) -> Machine | None:
-        row = self._raw_one("SELECT * FROM machines WHERE id=?", (machine_id,))
+        row = self._first(_GET_MACHINE, {"mid": machine_id})
         return _machine(row) if row else None
 
     def list_machines(
         self, *, include_revoked: bool = False, tenant: str | None = None
     ) -> list[Machine]:
         """Machines by id: one tenant's (None: every tenant's)."""
-        sql = "SELECT * FROM machines WHERE 1=1"
-        args: tuple[str, ...] = ()
+        stmt = sa.select(_m)
         if tenant is not None:
-            sql, args = sql + " AND tenant=?", (tenant,)
+            stmt = stmt.where(_m.c.tenant == tenant)
         if not include_revoked:
-            sql += " AND revoked=0"
-        return [_machine(r) for r in self._raw_all(sql + " ORDER BY id", args)]
+            stmt = stmt.where(_m.c.revoked == 0)
+        return [_machine(r) for r in self._maps(stmt.order_by(_m.c.id))]
 
     def record_hello(
         self,
@@ -44,71 +74,73 @@ class MachinesSql(SqlCore):
         agent_version: str,
         now: float,
     ) -> None:
-        with self._raw_tx() as db:
+        with self._tx() as db:
             db.execute(
-                "UPDATE machines SET hostname=?, primary_ip=?, metadata=?, capabilities=?,"
-                " agent_version=?, state='connected', state_since=?, last_seen=? WHERE id=?",
-                (
-                    hostname,
-                    primary_ip,
-                    json.dumps(metadata, sort_keys=True),
-                    json.dumps(list(capabilities)),
-                    agent_version,
-                    now,
-                    now,
-                    machine_id,
-                ),
+                _HELLO,
+                {
+                    "mid": machine_id,
+                    "host": hostname,
+                    "ip": primary_ip,
+                    "meta": json.dumps(metadata, sort_keys=True),
+                    "caps": json.dumps(list(capabilities)),
+                    "version": agent_version,
+                    "now": now,
+                },
             )
 
     def patch_metadata(self, machine_id: str, patch: dict[str, str | None]) -> bool:
         """Operator overrides over what the agent publishes; None removes a key."""
-        with self._raw_tx() as db:
-            row = db.execute(
-                "SELECT metadata_patch FROM machines WHERE id=?", (machine_id,)
-            ).fetchone()
-            if row is None:
+        with self._tx() as db:
+            current = db.execute(
+                sa.select(_m.c.metadata_patch).where(_m.c.id == machine_id)
+            ).scalar()
+            if current is None:
                 return False
-            merged = {**json.loads(row["metadata_patch"]), **patch}
+            merged = {**json.loads(current), **patch}
             db.execute(
-                "UPDATE machines SET metadata_patch=? WHERE id=?",
-                (json.dumps(merged, sort_keys=True), machine_id),
+                sa.update(_m)
+                .where(_m.c.id == machine_id)
+                .values(metadata_patch=json.dumps(merged, sort_keys=True))
             )
             return True
 
     def set_capabilities(self, machine_id: str, capabilities: list[str]) -> None:
-        with self._raw_tx() as db:
+        with self._tx() as db:
             db.execute(
-                "UPDATE machines SET capabilities=? WHERE id=?",
-                (json.dumps(capabilities), machine_id),
+                sa.update(_m)
+                .where(_m.c.id == machine_id)
+                .values(capabilities=json.dumps(capabilities))
             )
 
     def set_machine_state(
         self, machine_id: str, state: MachineState, now: float, *, last_seen: float | None = None
     ) -> None:
-        with self._raw_tx() as db:
-            db.execute(
-                "UPDATE machines SET state=?, state_since=?, last_seen=COALESCE(?, last_seen)"
-                " WHERE id=?",
-                (state, now, last_seen, machine_id),
-            )
+        params = {"mid": machine_id, "st": state, "now": now}
+        with self._tx() as db:
+            if last_seen is None:  # the stored one stays
+                db.execute(_SET_STATE, params)
+            else:
+                db.execute(_SET_STATE_SEEN, {**params, "seen": last_seen})
 
     def disconnect_all(self, now: float) -> int:
         """After a restart no session survives: every connected machine is disconnected now."""
-        with self._raw_tx() as db:
-            cur = db.execute(
-                "UPDATE machines SET state='disconnected', state_since=? WHERE state='connected'",
-                (now,),
+        with self._tx() as db:
+            result = db.execute(
+                sa.update(_m)
+                .where(_m.c.state == "connected")
+                .values(state="disconnected", state_since=now)
             )
-            return cur.rowcount
+            return int(result.rowcount)
 
     def set_machine_cert(self, machine_id: str, serial: str, not_after: float, now: float) -> None:
         """Record a renewed certificate; earlier ones stay valid until expiry or revocation."""
-        with self._raw_tx() as db:
+        with self._tx() as db:
             db.execute(
-                "UPDATE machines SET cert_serial=?, cert_not_after=? WHERE id=?",
-                (serial, not_after, machine_id),
+                sa.update(_m)
+                .where(_m.c.id == machine_id)
+                .values(cert_serial=serial, cert_not_after=not_after)
             )
-            _record_issued(db, serial, machine_id, now, not_after)
+            record_issued(db, serial, machine_id, now, not_after)
 
     def revoke_machine(self, machine_id: str, now: float) -> bool:
         """Mark the machine revoked and refuse every certificate it was issued so far."""
@@ -118,20 +150,27 @@ class MachinesSql(SqlCore):
             self._revocations.clear()  # after the commit: the next check reads it
 
     def _revoke_machine(self, machine_id: str, now: float) -> bool:
-        with self._raw_tx() as db:
-            row = db.execute(
-                "SELECT cert_serial FROM machines WHERE id=?", (machine_id,)
-            ).fetchone()
-            if row is None:
+        issued = schema.issued_certs
+        with self._tx() as db:
+            found = db.execute(sa.select(_m.c.id).where(_m.c.id == machine_id)).first()
+            if found is None:
                 return False
             db.execute(
-                "UPDATE machines SET revoked=1, state='disconnected', state_since=? WHERE id=?",
-                (now, machine_id),
+                sa.update(_m)
+                .where(_m.c.id == machine_id)
+                .values(revoked=1, state="disconnected", state_since=now)
             )
             db.execute(
-                "INSERT OR IGNORE INTO revoked_certs (serial, machine_id, revoked_at)"
-                " SELECT serial, machine_id, ? FROM issued_certs WHERE machine_id=?",
-                (now, machine_id),
+                self._insert(_revoked)
+                .from_select(
+                    ["serial", "machine_id", "revoked_at"],
+                    sa.select(
+                        issued.c.serial,
+                        issued.c.machine_id,
+                        sa.literal(now, schema.Real),
+                    ).where(issued.c.machine_id == machine_id),
+                )
+                .on_conflict_do_nothing()
             )
             return True
 
@@ -142,14 +181,14 @@ class MachinesSql(SqlCore):
         seen = self._revocations.get(serial)
         if seen is not None and now - seen[1] < REVOCATION_CACHE_S:
             return seen[0]
-        revoked = self._raw_one("SELECT 1 FROM revoked_certs WHERE serial=?", (serial,)) is not None
+        revoked = self._first(_IS_REVOKED, {"serial": serial}) is not None
         if len(self._revocations) >= REVOCATION_CACHE_MAX:
             self._revocations.clear()
         self._revocations[serial] = (revoked, now)
         return revoked
 
 
-def _machine(row: sqlite3.Row) -> Machine:
+def _machine(row: RowMapping) -> Machine:
     metadata: dict[str, str] = json.loads(row["metadata"])
     for key, value in json.loads(row["metadata_patch"]).items():
         if value is None:

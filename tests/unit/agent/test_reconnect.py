@@ -59,6 +59,17 @@ def test_failures_back_off_exponentially_with_jitter() -> None:
     assert min(delays(REFUSED)) >= 15
 
 
+def test_a_refusal_is_never_retried_soon() -> None:
+    rng = random.Random(7)
+    refused = [
+        reconnect_delay(
+            REFUSED, initial=0.5, maximum=30, spread=1, rand=rng.random(), hubs=3, refused=True
+        )
+        for _ in range(2000)
+    ]
+    assert min(refused) >= 15 and max(refused) <= 30
+
+
 def test_log_reasons_say_who_closed_and_are_never_empty() -> None:
     assert session_end("no heartbeat echo for 30 s", 1000, "") == (
         "closed the link: no heartbeat echo for 30 s"

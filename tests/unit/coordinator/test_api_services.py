@@ -232,17 +232,17 @@ def test_api_tokens_round_trip(rig: Rig) -> None:
 def test_enrolment_refusals_are_domain_errors(rig: Rig) -> None:
     csr = make_csr(generate_key(), "m1").decode()
     with pytest.raises(Forbidden, match="not a Moorage join token"):
-        rig.enrolment.enroll(EnrollRequest("nope", "m1", csr), "wss://h/agent/v1")
+        rig.enrolment.enroll(EnrollRequest("nope", "m1", csr), ["wss://h/agent/v1"])
     token = rig.tokens.create_join_token(60)
-    answer = rig.enrolment.enroll(EnrollRequest(token, "m1", csr), "wss://h/agent/v1")
+    answer = rig.enrolment.enroll(EnrollRequest(token, "m1", csr), ["wss://h/agent/v1"])
     assert answer.machine_id == "m1" and answer.hub_url == "wss://h/agent/v1"
     assert "BEGIN CERTIFICATE" in answer.cert_pem and answer.ca_pem == rig.enrolment.ca_pem
     with pytest.raises(Forbidden, match="join token was already used"):
-        rig.enrolment.enroll(EnrollRequest(token, "m1", csr), "wss://h/agent/v1")
+        rig.enrolment.enroll(EnrollRequest(token, "m1", csr), ["wss://h/agent/v1"])
     # Another token may not take over the enrolled machine: a conflict, not a refusal.
     other = rig.tokens.create_join_token(60)
     with pytest.raises(Conflict):
-        rig.enrolment.enroll(EnrollRequest(other, "m1", csr), "wss://h/agent/v1")
+        rig.enrolment.enroll(EnrollRequest(other, "m1", csr), ["wss://h/agent/v1"])
     counted = {
         s.labels["result"]: s.value
         for metric in rig.metrics.registry.collect()

@@ -1,5 +1,5 @@
-"""Tenants in the domain services the API adapters call, in-process on a real SQLite
-store: two tenants may use the same names, each sees only its own objects, another
+"""Tenants in the domain services the API adapters call, in-process on a real store
+(the run's engine, MOORAGE_TEST_DATABASE): two tenants may use the same names, each sees only its own objects, another
 tenant's object is NotFound (the adapters answer 404) on get, update and delete, and
 each tenant's units are scheduled only onto its own machines."""
 
@@ -18,13 +18,13 @@ from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import tenant_problem
 from coordinator.reports.service import ReportService
-from coordinator.store.sql import SqlStore
 from coordinator.trust import pki
 from coordinator.trust.access import TokenService, mint_tenant
 from coordinator.trust.enrolment import Enroller
 from proto.messages import DriftEntry
 from proto.tokens import JOIN_KIND, parse_token
 from proto.units import UnitOption
+from tests.harness.databases import open_test_store
 
 OPTS_A = [UnitOption("Service", "ExecStart", "/bin/sleep 1")]
 OPTS_B = [UnitOption("Service", "ExecStart", "/bin/sleep 2")]
@@ -38,13 +38,13 @@ units:
 
 
 class Rig:
-    """The services wired as the server wires them, over one SQLite file."""
+    """The services wired as the server wires them, over one database."""
 
     def __init__(self, tmp: Path) -> None:
         paths = pki.init_pki(tmp / "pki", ["localhost"], ["127.0.0.1"])
         ca_cert = pki.load_cert(Path(paths.ca_cert).read_bytes())
         ca_key = pki.load_key(Path(paths.ca_key).read_bytes())
-        self.storage = SqlStore(tmp / "t.db")
+        self.storage = open_test_store(tmp)
         enroller = Enroller(self.storage, ca_key, ca_cert, cert_ttl_s=3600)
         self.hub = Hub(self.storage, enroller, CoordinatorMetrics(), heartbeat_s=1, lost_after_s=5)
         self.units = UnitService(self.storage, self.hub)

@@ -1,9 +1,11 @@
-"""Application writes with a real SQLite store, in process: the manifest's version
+"""Application writes with a real store (SQLite, or PostgreSQL under
+`MOORAGE_TEST_DATABASE=postgresql`), in process: the manifest's version
 write runs in a thread, and what it reads, numbers and writes is one transaction."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from coordinator.config import CoordinatorConfig
 from coordinator.deploy.deployments import NotFound
 from coordinator.server import Coordinator
+from tests.harness.databases import default_engine, fresh_database
 
 
 def manifest(command: str) -> str:
@@ -21,8 +24,11 @@ def manifest(command: str) -> str:
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Coordinator:
-    return Coordinator(CoordinatorConfig(state_dir=str(tmp_path)))
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    database = fresh_database(tmp_path / "db") if default_engine() == "postgresql" else ""
+    made = Coordinator(CoordinatorConfig(state_dir=str(tmp_path), database_url=database))
+    yield made
+    made.storage.close()
 
 
 async def test_concurrent_updates_get_consecutive_versions(coordinator: Coordinator) -> None:

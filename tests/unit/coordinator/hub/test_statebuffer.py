@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from coordinator.hub.statebuffer import StateBuffer
-from coordinator.store.sql import SqlStore as Storage
+from coordinator.store.sql import SqlStore
+from tests.harness.databases import open_test_store
 
 
-async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_path: Path) -> None:
-    db = Storage(tmp_path / "m.db")
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[SqlStore]:
+    """A store on the run's engine (MOORAGE_TEST_DATABASE)."""
+    store = open_test_store(tmp_path)
+    yield store
+    store.close()
+
+
+async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(db: SqlStore) -> None:
     buffer = StateBuffer(db, interval_s=0.05)
     task = asyncio.create_task(buffer.run())
     written: list[int] = []
@@ -26,8 +36,7 @@ async def test_every_queued_write_lands_even_when_added_during_a_flush_wait(tmp_
         task.cancel()
 
 
-def test_one_failing_update_does_not_cost_the_others(tmp_path: Path) -> None:
-    db = Storage(tmp_path / "m.db")
+def test_one_failing_update_does_not_cost_the_others(db: SqlStore) -> None:
     buffer = StateBuffer(db)
 
     def token(name: str) -> Callable[[], None]:
@@ -46,13 +55,12 @@ def test_one_failing_update_does_not_cost_the_others(tmp_path: Path) -> None:
     assert [t.id for t in db.list_join_tokens()] == ["t1", "t2"]
 
 
-async def test_the_periodic_flush_writes_off_the_event_loop_in_order(tmp_path: Path) -> None:
+async def test_the_periodic_flush_writes_off_the_event_loop_in_order(db: SqlStore) -> None:
     """A slow batch runs in a thread: the loop keeps ticking meanwhile, and a synchronous
     flush taken during it lands after it (batches are written in the order taken)."""
     import threading
     import time
 
-    db = Storage(tmp_path / "m.db")
     buffer = StateBuffer(db)
     loop_thread = threading.get_ident()
     written: list[tuple[str, bool]] = []

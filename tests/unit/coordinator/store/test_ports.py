@@ -1,10 +1,11 @@
-"""The SQLite engine satisfies every store port: statically (mypy checks the typed
+"""The SQL store satisfies every store port: statically (mypy checks the typed
 assignments below) and at runtime (`runtime_checkable` isinstance), so a service
 typed against a port can be handed the engine the composition root picks."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from coordinator.app import open_store
 from coordinator.config import CoordinatorConfig
 from coordinator.store import ports
 from coordinator.store.sql import SqlStore
+from tests.harness.databases import open_test_store
 
 PORTS: tuple[type, ...] = (
     ports.StoreAdmin,
@@ -30,8 +32,15 @@ PORTS: tuple[type, ...] = (
 )
 
 
-def test_the_sqlite_store_satisfies_every_port_statically(tmp_path: Path) -> None:
-    store = SqlStore(tmp_path / "m.db")
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    """A store on the run's engine (MOORAGE_TEST_DATABASE)."""
+    opened = open_test_store(tmp_path)
+    yield opened
+    opened.close()
+
+
+def test_the_sql_store_satisfies_every_port_statically(store: SqlStore) -> None:
     admin: ports.StoreAdmin = store
     machines: ports.MachineStore = store
     units: ports.UnitStore = store
@@ -48,8 +57,8 @@ def test_the_sqlite_store_satisfies_every_port_statically(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("port", PORTS, ids=lambda p: p.__name__)
-def test_the_sqlite_store_satisfies_every_port_at_runtime(tmp_path: Path, port: type) -> None:
-    assert isinstance(SqlStore(tmp_path / "m.db"), port)
+def test_the_sql_store_satisfies_every_port_at_runtime(store: SqlStore, port: type) -> None:
+    assert isinstance(store, port)
 
 
 def test_the_composition_root_opens_a_store_with_every_port(tmp_path: Path) -> None:

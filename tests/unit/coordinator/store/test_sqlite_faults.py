@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,14 +87,26 @@ async def test_the_buffer_retries_by_itself(tmp_path: Path) -> None:
     try:
         fill(db)
         buffer.add(lambda: db.record_unit_states("m1", big_states(), [], 1.0))
+        # polled, not slept: between retries the write is in flight (not pending)
+        assert await until(lambda: buffer.stalled and buffer.pending == 1)
         await asyncio.sleep(0.2)
-        assert buffer.stalled and buffer.pending == 1
+        assert buffer.stalled, "still full: still retried"
         free(db)
-        await asyncio.sleep(0.3)
-        assert buffer.pending == 0 and not buffer.stalled
+        assert await until(lambda: buffer.pending == 0 and not buffer.stalled)
         assert len(db.unit_states(machine_id="m1")) == 200
     finally:
         task.cancel()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """Whether `condition` holds within `timeout_s` (checked every 10 ms)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def _hub(db: Storage) -> Hub:

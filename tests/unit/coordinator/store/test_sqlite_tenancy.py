@@ -1,31 +1,27 @@
-"""Tenants in the SQLite store: the same names in two tenants, each tenant's reads see
-only its own rows, and a database of the schema before tenants is upgraded with
-everything in `default` (keys, cascades and references intact)."""
+"""Tenants in the store: the same names in two tenants, each tenant's reads see only
+its own rows (on the run's engine, `MOORAGE_TEST_DATABASE`), and an SQLite database of
+the schema before tenants is upgraded with everything in `default` (keys, cascades and
+references intact). Groups, applications and deployments of two tenants:
+test_store_deploy.py."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy.exc
 
-from coordinator.models import (
-    Application,
-    ApplicationVersion,
-    Deployment,
-    MachineGroup,
-    Release,
-    ReleaseJob,
-    Unit,
-)
-from coordinator.store.ports import DEFAULT_GROUP_ID, Conflict, builtin_group_id
+from coordinator.models import MachineGroup, Unit
+from coordinator.store.ports import Conflict
 from coordinator.store.sql import SqlStore as Storage
 from coordinator.store.sql.legacy import LEGACY_MIGRATIONS as MIGRATIONS
 from coordinator.store.sql.migrate import head
 from proto.messages import DriftEntry, Sticker
 from proto.tokens import hash_secret
 from proto.units import UnitOption, unit_hash
+from tests.harness.databases import open_test_store
 
 OPTS_A = [UnitOption("Service", "ExecStart", "/bin/sleep 1")]
 OPTS_B = [UnitOption("Service", "ExecStart", "/bin/sleep 2")]
@@ -42,11 +38,12 @@ def unit(name: str, options: list[UnitOption], machines: list[str]) -> Unit:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Storage:
-    store = Storage(tmp_path / "t.db")
+def db(tmp_path: Path) -> Iterator[Storage]:
+    store = open_test_store(tmp_path)
     enrol(store, "ma", "a")
     enrol(store, "mb", "b")
-    return store
+    yield store
+    store.close()
 
 
 def test_a_machine_belongs_to_the_tenant_of_its_join_token(db: Storage) -> None:
@@ -103,70 +100,6 @@ def test_api_tokens_live_in_a_tenant(db: Storage) -> None:
     assert [t.id for t in db.list_api_tokens(tenant="b")] == ["k2"]
     assert not db.revoke_api_token("k1", tenant="b")
     assert db.revoke_api_token("k1", tenant="a")
-
-
-def test_groups_applications_deployments_of_the_same_names(db: Storage) -> None:
-    db.ensure_builtin_group("b", 1)
-    db.ensure_builtin_group("b", 2)  # once
-    builtin_b = db.get_group(builtin_group_id("b"), tenant="b")
-    assert builtin_b is not None and builtin_b.builtin and builtin_b.name == "default"
-    assert builtin_group_id("default") == DEFAULT_GROUP_ID != builtin_b.id
-    assert db.get_group(builtin_b.id, tenant="default") is None
-    for tenant in ("a", "b"):
-        db.put_group(MachineGroup(id=f"g-{tenant}", name="g", tenant=tenant))
-        app = Application(id=f"app-{tenant}", name="web", tenant=tenant)
-        version = ApplicationVersion(
-            application_id=app.id, number=1, label="1", source_config="units: []", digest="d"
-        )
-        db.put_application(app, version)
-        db.put_deployment(
-            Deployment(
-                id=f"d-{tenant}",
-                name="web-g",
-                application_id=app.id,
-                group_id=f"g-{tenant}",
-                tenant=tenant,
-            )
-        )
-    with pytest.raises(Conflict):
-        db.put_group(MachineGroup(id="g-a2", name="g", tenant="a"))
-    with pytest.raises(Conflict):
-        db.put_deployment(
-            Deployment(id="d-a2", name="web-g", application_id="app-a", group_id="g-a", tenant="a")
-        )
-    assert [g.name for g in db.list_groups(tenant="a")] == ["g"]
-    assert sorted(g.name for g in db.list_groups(tenant="b")) == ["default", "g"]
-    assert db.group_by_name("g", tenant="a").id == "g-a"  # type: ignore[union-attr]
-    assert db.group_by_name("g") is None
-    assert db.get_group("g-a", tenant="b") is None
-    assert db.application_by_name("web", tenant="b").id == "app-b"  # type: ignore[union-attr]
-    assert db.get_application("app-a", tenant="b") is None
-    assert [a.id for a in db.list_applications(tenant="a")] == ["app-a"]
-    assert db.deployment_by_name("web-g", tenant="a").id == "d-a"  # type: ignore[union-attr]
-    assert db.get_deployment("d-a", tenant="b") is None
-    assert db.get_deployment("d-a") is not None  # None: any tenant (the rollout loop)
-    assert [d.id for d in db.list_deployments(tenant="b")] == ["d-b"]
-    assert db.deployments_using(group_id="g-a", tenant="b") == []
-    # an update by id never moves a record into another tenant
-    db.put_group(MachineGroup(id="g-a", name="stolen", tenant="b"))
-    assert db.get_group("g-a", tenant="a").name == "g"  # type: ignore[union-attr]
-    # releases are their deployment's tenant's
-    release = Release(
-        id="r-a",
-        deployment_id="d-a",
-        seq=1,
-        application_id="app-a",
-        version="1",
-        version_number=1,
-        units=[],
-        status="Running",
-    )
-    db.create_release(release, [ReleaseJob(id="j", release_id="r-a", machine_id="ma", batch=0)])
-    assert db.get_release("r-a", tenant="a") is not None
-    assert db.get_release("r-a", tenant="b") is None
-    # a machine runs only its own tenant's deployments
-    db.set_targets("d-a", {"ma": "r-a"})
-    assert db.machine_targets("ma") == [("web-g", "r-a")]
 
 
 def test_a_database_before_tenants_is_upgraded_into_the_default_tenant(tmp_path: Path) -> None:

@@ -1,19 +1,20 @@
-"""The SQLite engine shared by the event loop and the threads long writes run in:
-a transaction on one thread is never joined nor seen half-done by another."""
+"""The store shared by the event loop and the threads long writes run in: a
+transaction on one thread is never joined nor seen half-done by another (SQLite's two
+connections, PostgreSQL's pool: the run's engine, MOORAGE_TEST_DATABASE)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from coordinator.store.sql import SqlStore
 from proto.tokens import hash_secret
+from tests.harness.databases import open_test_store
 
 
 def test_a_read_on_another_thread_sees_the_last_commit_without_waiting(tmp_path: Path) -> None:
     """A long write in a thread neither stalls a read (the event loop's) nor shows it
     rows that are not committed yet."""
-    store = SqlStore(tmp_path / "m.db")
+    store = open_test_store(tmp_path)
     inside, release = threading.Event(), threading.Event()
     seen: list[int] = []
 
@@ -41,7 +42,7 @@ def test_a_read_on_another_thread_sees_the_last_commit_without_waiting(tmp_path:
 def test_a_write_on_another_thread_is_its_own_transaction(tmp_path: Path) -> None:
     """A write from another thread while a batch is open must not join (and then be
     rolled back with) that batch."""
-    store = SqlStore(tmp_path / "m.db")
+    store = open_test_store(tmp_path)
     other = threading.Thread(
         target=store.create_join_token,
         args=("t2", hash_secret("s")),

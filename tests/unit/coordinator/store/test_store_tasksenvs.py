@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from coordinator.envs.model import Environment, FreezeWindow, Promotion, Target, TargetGroup
 from coordinator.errors import Conflict
 from coordinator.store.sql import SqlStore, schema
-from coordinator.store.sql.envs import _unique_name
+from coordinator.store.sql.core import unique_name
 from coordinator.store.sql.migrate import head
 from coordinator.store.sql.tasks import env_needle
 from coordinator.tasks.records import EnvVar, RunEvent, RunQuery, TaskDefinition, TaskRun
@@ -392,10 +392,10 @@ def test_a_name_taken_between_check_and_write_is_a_conflict(store: SqlStore) -> 
     unique constraint's error is the same Conflict; any other integrity error is not."""
     store.put_environment(_env("e1", "dev"))
     row = {"id": "e2", "tenant": "t1", "name": "dev", "order_index": 0, "body": "{}"}
-    with pytest.raises(Conflict, match="taken"), _unique_name("taken"), store._tx() as db:
+    with pytest.raises(Conflict, match="taken"), unique_name("taken"), store._tx() as db:
         db.execute(sa.insert(schema.environments).values(row))
     target = {"id": "t", "tenant": "t1", "environment_id": "nope", "name": "n", "body": "{}"}
-    with pytest.raises(sa.exc.IntegrityError), _unique_name("taken"), store._tx() as db:
+    with pytest.raises(sa.exc.IntegrityError), unique_name("taken"), store._tx() as db:
         db.execute(sa.insert(schema.env_targets).values(target))
     assert [e.id for e in store.list_environments(tenant="t1")] == ["e1"]
 
