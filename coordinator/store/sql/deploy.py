@@ -104,6 +104,30 @@ class DeploySql(SqlCore):
 
     # --- machine groups -----------------------------------------------------------------
 
+    def _put_named(
+        self,
+        db: Connection,
+        table: sa.Table,
+        values: dict[str, object],
+        changing: tuple[str, ...],
+        taken: str,
+    ) -> None:
+        """Create or update a named record by id, in its tenant (an update never moves
+        a record into another tenant); a name another record of the tenant holds, now
+        or by the time the write lands, is a Conflict saying `taken`."""
+        if _other_named(db, table, str(values["tenant"]), str(values["name"]), str(values["id"])):
+            raise Conflict(taken)
+        stmt = self._insert(table).values(**values)
+        new = stmt.excluded
+        with unique_name(taken):
+            db.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[table.c.id],
+                    set_={column: new[column] for column in changing},
+                    where=table.c.tenant == new.tenant,
+                )
+            )
+
     def list_groups(self, *, tenant: str | None = None) -> list[MachineGroup]:
         rows = self._maps(
             sa.select(groups_t)
@@ -148,36 +172,21 @@ class DeploySql(SqlCore):
     def put_group(self, group: MachineGroup) -> None:
         """Create or replace (by id, in its tenant); a name used by another group of the
         tenant is a Conflict."""
+        values = {
+            "id": group.id,
+            "tenant": group.tenant,
+            "name": group.name,
+            "description": group.description,
+            "selector": json.dumps(group.selector, sort_keys=True),
+            "machines": json.dumps(sorted(set(group.machines))),
+            "builtin": 0,
+            "created_at": group.created_at,
+            "updated_at": group.updated_at,
+        }
+        changing = ("name", "description", "selector", "machines", "updated_at")
         taken = f"a cluster group named {group.name!r} already exists"
         with self._tx() as db:
-            if _other_named(db, groups_t, group.tenant, group.name, group.id):
-                raise Conflict(taken)
-            stmt = self._insert(groups_t).values(
-                id=group.id,
-                tenant=group.tenant,
-                name=group.name,
-                description=group.description,
-                selector=json.dumps(group.selector, sort_keys=True),
-                machines=json.dumps(sorted(set(group.machines))),
-                builtin=0,
-                created_at=group.created_at,
-                updated_at=group.updated_at,
-            )
-            new = stmt.excluded
-            with unique_name(taken):
-                db.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[groups_t.c.id],
-                        set_={
-                            "name": new.name,
-                            "description": new.description,
-                            "selector": new.selector,
-                            "machines": new.machines,
-                            "updated_at": new.updated_at,
-                        },
-                        where=groups_t.c.tenant == new.tenant,
-                    )
-                )
+            self._put_named(db, groups_t, values, changing, taken)
 
     def delete_group(self, group_id: str) -> bool:
         with self._tx() as db:
@@ -209,33 +218,20 @@ class DeploySql(SqlCore):
     def put_application(self, app: Application, new_version: ApplicationVersion | None) -> None:
         """Create or update an application (by id, in its tenant), adding `new_version`
         if given."""
-        taken = f"an application named {app.name!r} already exists"
+        values = {
+            "id": app.id,
+            "tenant": app.tenant,
+            "name": app.name,
+            "description": app.description,
+            "source_type": app.source_type,
+            "created_at": app.created_at,
+            "updated_at": app.updated_at,
+        }
+        changing = ("name", "description", "source_type", "updated_at")
         with self._tx() as db:
-            if _other_named(db, apps_t, app.tenant, app.name, app.id):
-                raise Conflict(taken)
-            stmt = self._insert(apps_t).values(
-                id=app.id,
-                tenant=app.tenant,
-                name=app.name,
-                description=app.description,
-                source_type=app.source_type,
-                created_at=app.created_at,
-                updated_at=app.updated_at,
+            self._put_named(
+                db, apps_t, values, changing, f"an application named {app.name!r} already exists"
             )
-            new = stmt.excluded
-            with unique_name(taken):
-                db.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[apps_t.c.id],
-                        set_={
-                            "name": new.name,
-                            "description": new.description,
-                            "source_type": new.source_type,
-                            "updated_at": new.updated_at,
-                        },
-                        where=apps_t.c.tenant == new.tenant,
-                    )
-                )
             if new_version is None:
                 return
             label_taken = (
@@ -323,37 +319,22 @@ class DeploySql(SqlCore):
         ]
 
     def put_deployment(self, deployment: Deployment) -> None:
+        values = {
+            "id": deployment.id,
+            "tenant": deployment.tenant,
+            "name": deployment.name,
+            "application_id": deployment.application_id,
+            "group_id": deployment.group_id,
+            "application_version": deployment.application_version,
+            "status": deployment.status,
+            "current_release": deployment.current_release,
+            "created_at": deployment.created_at,
+            "updated_at": deployment.updated_at,
+        }
+        changing = ("name", "application_id", "group_id", "application_version", "updated_at")
         taken = f"a deployment named {deployment.name!r} already exists"
         with self._tx() as db:
-            if _other_named(db, deployments_t, deployment.tenant, deployment.name, deployment.id):
-                raise Conflict(taken)
-            stmt = self._insert(deployments_t).values(
-                id=deployment.id,
-                tenant=deployment.tenant,
-                name=deployment.name,
-                application_id=deployment.application_id,
-                group_id=deployment.group_id,
-                application_version=deployment.application_version,
-                status=deployment.status,
-                current_release=deployment.current_release,
-                created_at=deployment.created_at,
-                updated_at=deployment.updated_at,
-            )
-            new = stmt.excluded
-            with unique_name(taken):
-                db.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[deployments_t.c.id],
-                        set_={
-                            "name": new.name,
-                            "application_id": new.application_id,
-                            "group_id": new.group_id,
-                            "application_version": new.application_version,
-                            "updated_at": new.updated_at,
-                        },
-                        where=deployments_t.c.tenant == new.tenant,
-                    )
-                )
+            self._put_named(db, deployments_t, values, changing, taken)
 
     def delete_deployment(self, deployment_id: str) -> set[str] | None:
         """Remove a deployment and what it put on machines; None if it did not exist,
