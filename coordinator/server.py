@@ -76,7 +76,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import AuditEntry
 from coordinator.reports.logs import LogService
 from coordinator.reports.service import ReportService
-from coordinator.store.ports import ChangeFeed, StorageUnavailable
+from coordinator.store.ports import StorageUnavailable
 from coordinator.store.scope import TENANT_SCOPE
 from coordinator.tasks.service import TaskService
 from coordinator.trust import permissions as perms
@@ -181,7 +181,7 @@ class Coordinator:
             self.metrics,
             heartbeat_s=config.heartbeat_s,
             lost_after_s=config.lost_after_s,
-            feed=self.storage if isinstance(self.storage, ChangeFeed) else None,
+            feed=self.storage,
             coordinator_id=self.coordinator_id,
         )
         self.metrics.storage_writable.set_function(

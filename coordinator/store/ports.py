@@ -849,29 +849,6 @@ class ClusterStore(Protocol):
     def mark_lost(self, machine_id: str, now: float, disconnected_since: float) -> bool: ...
 
 
-@runtime_checkable
-class Store(
-    StoreAdmin,
-    MachineStore,
-    UnitStore,
-    TokenStore,
-    UserStore,
-    DeploymentStore,
-    ReportStore,
-    TaskStore,
-    WebOpsStore,
-    WebhookStore,
-    DatabaseStore,
-    MonitoringStore,
-    RateLimitStore,
-    AuditStore,
-    EnvironmentStore,
-    ClusterStore,
-    Protocol,
-):
-    """Every port at once: what `open_store` returns and the composition root holds."""
-
-
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
@@ -904,3 +881,28 @@ class ChangeFeed(Protocol):
     def revoked_serials(self, serials: Iterable[str]) -> set[str]:
         """Which of these certificate serials are revoked (one query, never cached): a
         machine re-enrolled or revoked through another coordinator."""
+
+
+@runtime_checkable
+class Store(
+    StoreAdmin,
+    MachineStore,
+    UnitStore,
+    TokenStore,
+    UserStore,
+    DeploymentStore,
+    ReportStore,
+    TaskStore,
+    WebOpsStore,
+    WebhookStore,
+    DatabaseStore,
+    MonitoringStore,
+    RateLimitStore,
+    AuditStore,
+    EnvironmentStore,
+    ClusterStore,
+    ChangeFeed,
+    Protocol,
+):
+    """Every port at once: what `open_store` returns and the composition root holds."""
+
