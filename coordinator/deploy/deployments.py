@@ -782,11 +782,16 @@ class DeploymentService:
             await self._finish(release, "Failed", f"batch {release.batch + 1} failed: {why}", now)
 
     async def _start_batch(self, release: Release, batch: list[ReleaseJob], now: float) -> None:
-        self.store.update_jobs(
-            [msgspec.structs.replace(j, status="Running", started_at=now) for j in batch]
-        )
+        """Point the batch's machines at the release, then mark its jobs running: in
+        this order, a leader killed between the two leaves the jobs "Created" and the
+        next leader starts the batch again (pointing is idempotent); the other order
+        would leave jobs running towards a release no machine was given, until they
+        time out and fail the rollout."""
         affected = self.store.set_targets(
             release.deployment_id, {j.machine_id: release.id for j in batch}
+        )
+        self.store.update_jobs(
+            [msgspec.structs.replace(j, status="Running", started_at=now) for j in batch]
         )
         self.store.update_release(
             release.id,

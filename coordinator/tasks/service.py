@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import itertools
 import logging
 import time
 import uuid
@@ -29,6 +31,7 @@ from coordinator.errors import Invalid, NotFound
 from coordinator.events import EventBus
 from coordinator.hub.sessions import Hub, Session
 from coordinator.models import MachineGroup
+from coordinator.store.fence import FENCE, Fence
 from coordinator.store.ports import MachineStore, TaskStore
 from coordinator.tasks import definitions as defs
 from coordinator.tasks.logs import CursorError, LogSlice, decode_cursor, slice_log
@@ -95,7 +98,9 @@ class TaskService:
         self._seq = store.max_run_seq()
         self._machines: dict[str, _Machine] = {}
         self._kick: asyncio.Event | None = None
-        self._queue: list[tuple[list[TaskRun], list[RunEvent], asyncio.Future[None]]] = []
+        self._queue: list[
+            tuple[list[TaskRun], list[RunEvent], Fence | None, asyncio.Future[None]]
+        ] = []
         self._writing = False
         self._writers: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
@@ -616,12 +621,17 @@ class TaskService:
     async def _commit(self, runs: list[TaskRun], events: list[RunEvent]) -> None:
         """Store runs and events durably; returns once committed. Group commit: what
         arrives while a transaction is being written goes into the next one, together
-        (one fsync for many executes or agent updates), in arrival order."""
+        (one fsync for many executes or agent updates), in arrival order.
+
+        The writer is shared by every caller, so it runs in a clean context: started
+        from fenced singleton work it would otherwise write the API's runs under that
+        work's lease and refuse them once the lease is lost. Each caller's fence (its
+        `FENCE`, usually none) is kept with its entry and applied to its own batch."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((runs, events, future))
+        self._queue.append((runs, events, FENCE.get(), future))
         if not self._writing:
             self._writing = True
-            task = asyncio.create_task(self._write_queue())
+            task = asyncio.create_task(self._write_queue(), context=contextvars.Context())
             self._writers.add(task)
             task.add_done_callback(self._writers.discard)
         await future
@@ -629,21 +639,33 @@ class TaskService:
     async def _write_queue(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
-                runs = [r for b in batch for r in b[0]]
-                events = [e for b in batch for e in b[1]]
-                try:
-                    await asyncio.to_thread(self.store.put_runs, runs, events)
-                except Exception as exc:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                else:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
+                queued, self._queue = self._queue, []
+                # consecutive entries under the same fence share a transaction
+                for fence, group in itertools.groupby(queued, key=lambda q: q[2]):
+                    await self._write_batch(fence, list(group))
         finally:
             self._writing = False
+
+    async def _write_batch(
+        self,
+        fence: Fence | None,
+        batch: list[tuple[list[TaskRun], list[RunEvent], Fence | None, asyncio.Future[None]]],
+    ) -> None:
+        runs = [r for b in batch for r in b[0]]
+        events = [e for b in batch for e in b[1]]
+        token = FENCE.set(fence)  # this writer task's own context, copied into the thread
+        try:
+            await asyncio.to_thread(self.store.put_runs, runs, events)
+        except Exception as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            FENCE.reset(token)
 
     @staticmethod
     def _event(

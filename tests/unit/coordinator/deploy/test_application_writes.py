@@ -5,7 +5,8 @@ write runs in a thread, and what it reads, numbers and writes is one transaction
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from coordinator.config import CoordinatorConfig
 from coordinator.deploy.deployments import NotFound
 from coordinator.server import Coordinator
+from proto.tokens import JOIN_KIND, parse_token
 from tests.harness.databases import default_engine, fresh_database
 
 
@@ -59,3 +61,44 @@ async def test_an_update_racing_a_delete_does_not_bring_the_application_back(
         await update
     assert coordinator.storage.get_application(app.id) is None
     assert coordinator.storage.versions(app.id) == []
+
+
+def _enrol(c: Coordinator, machine_id: str) -> None:
+    made = c.tokens.create_join_tokens()
+    token = parse_token(made.tokens[0], JOIN_KIND)
+    c.storage.enroll(token.id, machine_id, serial=machine_id, not_after=1e12, now=1)
+
+
+async def test_a_leader_dying_while_it_starts_a_batch_leaves_it_for_the_next(
+    coordinator: Coordinator,
+) -> None:
+    """Starting a batch is several commits; a leader killed between them (here: the
+    write pointing machines at the release never happens) must leave the batch for the
+    next leader to start, not jobs running towards a release no machine was given."""
+    service = coordinator.deployments
+    for mid in ("m1", "m2"):
+        _enrol(coordinator, mid)
+    app, _ = await service.create_application("web", manifest("/bin/true"))
+    d, _ = service.create_deployment("", app.id, "default")
+    store = coordinator.storage
+    point = store.set_targets
+
+    def killed_here(deployment_id: str, changes: Mapping[str, str | None]) -> set[str]:
+        raise SystemExit("the leader was killed before pointing machines at the release")
+
+    store.set_targets = killed_here  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SystemExit):
+            await service.deploy(d.id)
+    finally:
+        store.set_targets = point  # type: ignore[method-assign]
+    (release,) = service.releases(d.id)
+    assert {j.status for j in service.jobs(release.id)} == {"Created"}
+
+    await service.tick(time.time())  # the next leader's first pass
+    assert store.targets(d.id) == {"m1": release.id}  # batches of one (the default)
+    assert {j.machine_id: j.status for j in service.jobs(release.id)} == {
+        "m1": "Running",
+        "m2": "Created",
+    }
+    assert set(service.machine_units("m1")) == {"a.service"}

@@ -3,6 +3,8 @@ with a recording session (the link itself is tests/integration/test_tasks.py).""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -14,8 +16,9 @@ from coordinator.errors import Conflict, NotFound
 from coordinator.events import Event
 from coordinator.hub.sessions import Session
 from coordinator.server import Coordinator
+from coordinator.store.fence import FENCE, Fence, LeaseLost
 from coordinator.tasks import definitions as defs
-from coordinator.tasks.records import RunQuery
+from coordinator.tasks.records import RunQuery, TaskRun
 from proto import messages as m
 from proto.tokens import JOIN_KIND, parse_token
 from tests.harness.databases import coordinator_database_url
@@ -210,3 +213,33 @@ async def test_a_tenants_runs_go_only_to_its_own_machines(coordinator: Coordinat
     assert tasks.run("a", run.run_id).machine_id == "ma"
     assert isinstance(last(in_a), m.TaskStart)
     assert tasks.clusters("b") == ["default"]
+
+
+async def test_group_commit_writes_each_callers_runs_under_its_own_fence(
+    coordinator: Coordinator,
+) -> None:
+    """The shared writer of runs may be started by fenced singleton work (the leader's
+    scheduler) whose lease is lost: the API's runs queued behind it are still written,
+    unfenced; and a fenced caller queued behind an unfenced one is still refused."""
+    tasks = coordinator.tasks
+    definition = tasks.create_definition("default", defs.DefinitionInput(alias="j", image="a"))
+    stale = contextvars.copy_context()
+    stale.run(FENCE.set, Fence("leader", "a-coordinator-gone", 7))  # no such lease held
+
+    def execute(context: contextvars.Context | None = None) -> asyncio.Task[object]:
+        go = tasks.execute("default", definition, defs.ExecuteInput(), require_owner=False)
+        return asyncio.create_task(go, context=context)
+
+    fenced = execute(stale)
+    await asyncio.sleep(0)  # it queues its run and starts the writer, under its fence
+    unfenced = execute()
+    with pytest.raises(LeaseLost):
+        await fenced
+    run = cast(TaskRun, await unfenced)
+    assert coordinator.storage.get_run(run.run_id) is not None
+
+    unfenced, fenced = execute(), execute(stale)
+    run = cast(TaskRun, await unfenced)
+    with pytest.raises(LeaseLost):
+        await fenced
+    assert tasks.history("default", tasks_query())[0] == 2
