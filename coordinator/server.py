@@ -351,6 +351,9 @@ class Coordinator:
                 # Anonymous routes get their body cap before anything else; the others only
                 # once the caller is known, so nobody unauthenticated makes us read a body.
                 request = guard.bounded(request)
+                if "%00" in request.raw_path.lower():
+                    # no name, filter or id holds a NUL, and PostgreSQL's text cannot
+                    raise ApiError(400, "the URL holds a NUL character (%00)")
                 await self._admit(request, route, gate)
                 await guard.read_body(request, self.config.body_timeout_s)
                 response = await handler(request)

@@ -78,3 +78,23 @@ def coordinator_database_url(tmp_path: Path) -> str:
 def open_test_store(tmp_path: Path, engine: str | None = None) -> SqlStore:
     """A store on a fresh database of the run's (or the given) engine."""
     return SqlStore(fresh_database(tmp_path, engine))
+
+
+def dump_database(target: str) -> str:
+    """Every row of every table of a database (SQLite file or PostgreSQL URL) as text:
+    for tests that a secret is never stored in clear, on either engine."""
+    import sqlalchemy as sa
+
+    from coordinator.store.sql import database_url, schema
+
+    engine = sa.create_engine(database_url(target))
+    try:
+        with engine.connect() as conn:
+            lines = [
+                f"{table.name}: {tuple(row)}"
+                for table in schema.metadata.sorted_tables
+                for row in conn.execute(sa.select(table))
+            ]
+    finally:
+        engine.dispose()
+    return "\n".join(lines)

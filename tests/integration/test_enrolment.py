@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.databases import dump_database
 from tests.procs import AgentProc, CoordinatorProc, wait_for
 
 pytestmark = pytest.mark.integration
@@ -102,11 +103,9 @@ def test_wrong_ca_pin_is_refused_before_the_token_is_sent(
 
 
 def test_join_token_is_stored_hashed(coordinator: CoordinatorProc) -> None:
-    import sqlite3
-
     token = coordinator.join_token()
     secret = token.split(".")[2]
-    dump = "\n".join(sqlite3.connect(coordinator.state_dir / "moorage.db").iterdump())
+    dump = dump_database(coordinator.database_url or str(coordinator.state_dir / "moorage.db"))
     assert token.split(".")[1] in dump
     assert secret not in dump
 

@@ -36,6 +36,7 @@ def coord(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProc]
             str(empty_config(state)),
             "--state-dir",
             str(state),
+            *(["--database-url", proc.database_url] if proc.database_url else []),
         ],
         capture_output=True,
         text=True,

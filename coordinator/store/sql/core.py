@@ -35,7 +35,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
-from coordinator.errors import Conflict
+from coordinator.errors import Conflict, Invalid
 from coordinator.store.health import StorageHealth
 from coordinator.store.ports import StorageError, StorageUnavailable
 from coordinator.store.scope import SETTING, TENANT_SCOPE
@@ -163,6 +163,15 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_size=4, max_overflow=4, pool_pre_ping=True)
 
 
+def _refuse_value(error: exc.DBAPIError) -> None:
+    """A value the database cannot hold (PostgreSQL: text with a NUL character, a number
+    out of range; SQLite takes both) is the request's fault: Invalid (400) naming it,
+    never a 500."""
+    if isinstance(error, exc.DataError):
+        detail = str(error.orig or error).splitlines()[0]
+        raise Invalid(f"a value the database cannot store: {detail}") from error
+
+
 def _scope(conn: Connection) -> None:
     """Give a PostgreSQL connection the current request's tenant (`moorage.tenant`, read
     by the row-level security policies), only when it differs from what the connection
@@ -252,6 +261,7 @@ class SqlCore:
                 _scope(conn)
                 yield conn
         except exc.DBAPIError as exc_:
+            _refuse_value(exc_)
             kind = storage_fault(exc_)
             if kind is None:
                 raise
@@ -335,6 +345,8 @@ class SqlCore:
     def _fault(self, exc_: BaseException) -> None:
         """Raise StorageUnavailable for a fault of the storage itself (else return:
         the caller re-raises the error, which is the request's)."""
+        if isinstance(exc_, exc.DBAPIError):
+            _refuse_value(exc_)
         kind = storage_fault(exc_)
         if kind is None:
             return

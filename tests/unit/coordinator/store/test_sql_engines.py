@@ -65,3 +65,41 @@ def test_database_url() -> None:
     assert database_url("/var/lib/moorage/moorage.db") == "sqlite:////var/lib/moorage/moorage.db"
     assert database_url("postgresql://u@h:5432/d") == "postgresql+psycopg://u@h:5432/d"
     assert database_url("postgresql+psycopg://u@h/d") == "postgresql+psycopg://u@h/d"
+
+
+class _PgError(Exception):
+    """What psycopg raises: an error carrying its SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "fault"),
+    [("53100", "full"), ("58030", "io"), ("08006", "unreachable"), ("57P01", "unreachable")],
+)
+def test_postgresql_faults_of_the_server_are_named(sqlstate: str, fault: str) -> None:
+    from coordinator.store.sql import storage_fault
+
+    assert storage_fault(_PgError(sqlstate)) == fault
+    wrapped = sa.exc.OperationalError("SELECT 1", {}, _PgError(sqlstate))
+    assert storage_fault(wrapped) == fault
+
+
+def test_an_error_of_the_request_is_not_a_fault() -> None:
+    from coordinator.store.sql import storage_fault
+
+    assert storage_fault(_PgError("23505")) is None  # a unique violation
+
+
+def test_a_value_the_database_cannot_hold_is_invalid_not_a_crash(store: SqlStore) -> None:
+    from coordinator.errors import Invalid
+
+    try:
+        with store.batch() as db:
+            db.execute(sa.insert(schema.tenants).values(name="nul\x00here", created_at=0.0))
+    except Invalid as exc:
+        assert "cannot store" in str(exc)  # PostgreSQL: text holds no NUL
+    else:
+        assert store.dialect == "sqlite"  # SQLite stores it
