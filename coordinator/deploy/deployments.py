@@ -824,18 +824,21 @@ class DeploymentService:
             )
         if status == "Success" and release.batches == 0:
             message = "the cluster group has no machines; new members will get this release"
-        self.store.update_release(
-            release.id,
-            status=status,
-            batch=release.batch,
-            message=message,
-            now=now,
-            finished=True,
-            rolled_back=rolled_back,
-        )
-        self.store.set_deployment_status(
-            d.id, status, now, current_release=release.id if status == "Success" else None
-        )
+        # One transaction: a leader killed between the two would leave the deployment
+        # "Running" with no running release to finish it (and every later deploy 409).
+        with self.store.batch():
+            self.store.update_release(
+                release.id,
+                status=status,
+                batch=release.batch,
+                message=message,
+                now=now,
+                finished=True,
+                rolled_back=rolled_back,
+            )
+            self.store.set_deployment_status(
+                d.id, status, now, current_release=release.id if status == "Success" else None
+            )
         log.info("deployment %s: release %s %s %s", d.name, release.id, status, message)
         self.events.emit(
             "deployment.completed" if status == "Success" else "deployment.failed",

@@ -102,3 +102,34 @@ async def test_a_leader_dying_while_it_starts_a_batch_leaves_it_for_the_next(
         "m2": "Created",
     }
     assert set(service.machine_units("m1")) == {"a.service"}
+
+
+async def test_a_leader_dying_while_it_finishes_a_release_leaves_it_for_the_next(
+    coordinator: Coordinator,
+) -> None:
+    """Finishing a release and the deployment's status are one transaction: a leader
+    killed between the two writes leaves both as they were, and the next leader's pass
+    finishes them (before, the deployment stayed Running with no release to finish)."""
+    service = coordinator.deployments
+    app, _ = await service.create_application("web", manifest("/bin/true"))
+    d, _ = service.create_deployment("", app.id, "default")  # no machines: done at once
+    store = coordinator.storage
+    status_write = store.set_deployment_status
+
+    def killed_here(*args: object, **kwargs: object) -> None:
+        raise SystemExit("the leader was killed before the deployment's status was written")
+
+    store.set_deployment_status = killed_here  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SystemExit):
+            await service.deploy(d.id)
+    finally:
+        store.set_deployment_status = status_write  # type: ignore[method-assign]
+    (release,) = service.releases(d.id)
+    assert release.status != "Success" and not release.finished_at  # rolled back with it
+
+    await service.tick(time.time())  # the next leader's first pass
+    (release,) = service.releases(d.id)
+    assert release.status == "Success"
+    deployment = store.get_deployment(d.id)
+    assert deployment is not None and deployment.status == "Success"
