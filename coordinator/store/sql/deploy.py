@@ -373,21 +373,37 @@ class DeploySql(SqlCore):
     # --- releases and jobs ------------------------------------------------------------------
 
     def create_release(self, release: Release, jobs: list[ReleaseJob]) -> None:
-        """Store a new release with its jobs and mark the deployment Running, at once."""
+        """Store a new release with its jobs and mark the deployment Running, at once;
+        a Conflict if the deployment is Running already. That is decided here, by the
+        database, not by the service's lock alone: two coordinators may take a deploy of
+        the same deployment at once, and only one of them may start a release."""
+        running = f"deployment {release.deployment_id!r} already has a release running"
         with self._tx() as db:
-            db.execute(
-                sa.insert(releases_t).values(
-                    id=release.id,
-                    deployment_id=release.deployment_id,
-                    seq=release.seq,
-                    body=msgspec.json.encode(release).decode(),
-                    status=release.status,
-                    batch=release.batch,
-                    message=release.message,
-                    created_at=release.created_at,
-                    updated_at=release.updated_at,
+            if release.status == "Running":
+                claimed = db.execute(
+                    sa.update(deployments_t)
+                    .where(
+                        deployments_t.c.id == release.deployment_id,
+                        deployments_t.c.status != "Running",
+                    )
+                    .values(status="Running", updated_at=release.created_at)
                 )
-            )
+                if claimed.rowcount != 1:
+                    raise Conflict(running)
+            with unique_name(running):  # the same release number, taken meanwhile
+                db.execute(
+                    sa.insert(releases_t).values(
+                        id=release.id,
+                        deployment_id=release.deployment_id,
+                        seq=release.seq,
+                        body=msgspec.json.encode(release).decode(),
+                        status=release.status,
+                        batch=release.batch,
+                        message=release.message,
+                        created_at=release.created_at,
+                        updated_at=release.updated_at,
+                    )
+                )
             if jobs:
                 db.execute(
                     sa.insert(jobs_t),

@@ -219,6 +219,7 @@ def test_releases_and_jobs(store: SqlStore) -> None:
         ReleaseJob(id="j1", release_id="r1", machine_id="m1", batch=1),
     ]
     store.create_release(release("r1", "d1", 1, created_at=3), jobs)
+    store.set_deployment_status("d1", "Failed", 3)  # a new release only once r1 ended
     store.create_release(release("r2", "d1", 2, created_at=2), [])
     assert store.next_release_seq("d1") == 3
     deployment = store.get_deployment("d1")
@@ -270,6 +271,7 @@ def test_releases_and_jobs(store: SqlStore) -> None:
 def test_targets_bump_exactly_the_machines_that_change(store: SqlStore) -> None:
     deployed(store, "m1", "m2", "m3")
     store.create_release(release("r1", "d1", 1), [])
+    store.set_deployment_status("d1", "Success", 1)
     store.create_release(release("r2", "d1", 2), [])
     before = {m: revision(store, m) for m in ("m1", "m2", "m3")}
     assert store.set_targets("d1", {"m1": "r1", "m2": "r1"}) == {"m1", "m2"}
@@ -307,6 +309,7 @@ def test_many_targets_in_one_change(store: SqlStore) -> None:
     ids = [f"m{i:05}" for i in range(2 * IN_CHUNK + 7)]
     deployed(store, *ids)
     store.create_release(release("r1", "d1", 1), [])
+    store.set_deployment_status("d1", "Success", 1)
     store.create_release(release("r2", "d1", 2), [])
     assert store.set_targets("d1", dict.fromkeys(ids, "r1")) == set(ids)
     half = ids[::2]
@@ -504,3 +507,19 @@ def test_a_request_scoped_to_a_tenant_deploys_within_it(engine: str, store: SqlS
         TENANT_SCOPE.reset(token)
     assert {g.id for g in store.list_groups()} >= {"g-a", "g-b"}
     assert revision(store, "ma") == 1 and revision(store, "mb") == 0
+
+
+def test_a_second_release_while_one_runs_is_a_conflict_decided_by_the_database(
+    store: SqlStore,
+) -> None:
+    """Two coordinators may take a deploy of one deployment at once: the service's lock
+    is per process, so the store's transaction decides, and only one release starts."""
+    deployed(store, "m1")
+    store.create_release(release("r1", "d1", 1), [])
+    with pytest.raises(Conflict, match="already has a release running"):
+        store.create_release(release("r2", "d1", 2), [])
+    assert [r.id for r in store.list_releases("d1")] == ["r1"]  # nothing of r2 stored
+    store.set_deployment_status("d1", "Success", 2)
+    store.create_release(release("r2", "d1", 2), [])
+    with pytest.raises(Conflict, match="already has a release running"):
+        store.create_release(release("r3", "d1", 2), [])  # r2's number, and d1 Running
