@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         reconnect_s = load.wait(done, args.timeout, common.progress("failing over"))
         print(f"all {args.agents} agents on the survivor {reconnect_s:.1f} s after kill -9")
         # The stored, fleet-wide view (any coordinator's API) catches up through the
-        # survivor's write-behind.
-        wait_for(lambda: len(procs[survivor].connected()) >= args.agents, 120, 0.5, "stored view")
-        stored_s = time.monotonic() - killed
+        # survivor's write-behind; a machine left behind there is a finding, not a crash.
+        stored: Counter[str] = Counter()
+        stored_s: float | None = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stored = Counter(m["state"] for m in procs[survivor].machines())
+            if stored["connected"] >= args.agents:
+                stored_s = time.monotonic() - killed
+                break
+            time.sleep(0.5)
+        if stored_s is None:
+            print(f"the stored view still says {dict(stored)} after 60 s", flush=True)
         if args.kill == "leader" and not takeover:
             wait_for(lambda: leading(procs[survivor]), 60, 0.2, "takeover")
             takeover.append(time.monotonic() - killed)
@@ -137,7 +147,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "agents_on_surviving_coordinator": on_survivor,
             "killed": args.kill,
             "kill9_reconnect_all_seconds": round(reconnect_s, 1),
-            "kill9_stored_view_all_connected_seconds": round(stored_s, 1),
+            "kill9_stored_view_all_connected_seconds": (
+                round(stored_s, 1) if stored_s is not None else None
+            ),
+            "stored_states_after": dict(stored),
             "survivor_sessions": gauge(procs[survivor], "moorage_agents_connected"),
             "leader_takeover_seconds": round(takeover[0], 1) if takeover else None,
         }
