@@ -1,6 +1,7 @@
 """Figure 2: placements per second, acknowledged by the agents.
 
     python -m bench.bench_placements --machines 10000 --units 100000
+    python -m bench.bench_placements --machines 10000 --units 100000 --database postgresql
 
 Units with constraints (a third pinned to a rack by MachineMetadata, a third with
 Conflicts, a third free) are submitted in batches through the API; the clock runs
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import common
@@ -58,8 +61,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--batch", type=int, default=100_000, help="units per API request")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the coordinator's store: its SQLite file, or a private PostgreSQL cluster",
+    )
     ap.add_argument("--name", default="placements")
     args = ap.parse_args(argv)
+    database: dict[str, str] = {}
+    if args.database == "postgresql":
+        from tests.harness.databases import fresh_database
+
+        url = fresh_database(Path(tempfile.gettempdir()), "postgresql")  # no file
+        database["database_url"] = url
     with sim_fleet(
         args.machines,
         workers=args.workers,
@@ -67,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         racks=RACKS,
         heartbeat=10,
         **{"lost-after": 600},
+        **database,
     ) as fleet:
         coordinator, load = fleet.coordinator, fleet.load
         print(f"submitting {args.units} units", flush=True)
@@ -82,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         passes = re.search(r"^moorage_schedule_seconds_count (\S+)", metrics, re.M)
         pass_sum = re.search(r"^moorage_schedule_seconds_sum (\S+)", metrics, re.M)
         figures: dict[str, object] = {
+            "database": args.database,
             "machines": args.machines,
             "units": args.units,
             "placements_per_second_acknowledged": round(args.units / total_s),

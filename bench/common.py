@@ -22,6 +22,8 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # 1, 5 and 15 minutes when the figures are written: others may share the host.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -58,7 +60,11 @@ def write(name: str, figures: dict[str, Any], params: dict[str, Any]) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
-    print(f"\n== {name} ({doc['machine']['cores']} cores, {doc['machine']['memory_gib']} GiB) ==")
+    host = doc["machine"]
+    print(
+        f"\n== {name} ({host['cores']} cores, {host['memory_gib']} GiB,"
+        f" load average {' '.join(map(str, host['load_average']))}) =="
+    )
     for key, value in figures.items():
         print(f"  {key:<40} {value}")
     print(f"  -> {path}")

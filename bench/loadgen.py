@@ -21,7 +21,12 @@ Metadata = Callable[[str], dict[str, str]]
 
 
 def _worker(
-    identities: list[SimIdentity], hub_url: str, ca_file: str, conn: Connection, rack_count: int
+    identities: list[SimIdentity],
+    hub_urls: list[str],
+    ca_file: str,
+    conn: Connection,
+    rack_count: int,
+    backoff: tuple[float, float],
 ) -> None:
     raise_fd_limit()
     try:
@@ -30,11 +35,16 @@ def _worker(
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(identities, hub_url, ca_file, conn, rack_count))
+    asyncio.run(_serve(identities, hub_urls, ca_file, conn, rack_count, backoff))
 
 
 async def _serve(
-    identities: list[SimIdentity], hub_url: str, ca_file: str, conn: Connection, rack_count: int
+    identities: list[SimIdentity],
+    hub_urls: list[str],
+    ca_file: str,
+    conn: Connection,
+    rack_count: int,
+    backoff: tuple[float, float],
 ) -> None:
     stats = Stats()
     stop = asyncio.Event()
@@ -42,7 +52,15 @@ async def _serve(
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as http:
         agents = [
-            SimAgent(i, hub_url, ca_file, stats, {"rack": f"r{n % rack_count}"})
+            SimAgent(
+                i,
+                hub_urls,
+                ca_file,
+                stats,
+                {"rack": f"r{n % rack_count}"},
+                first_hub=n,  # as if enrolled through each coordinator in turn
+                backoff=backoff,
+            )
             for n, i in enumerate(identities)
         ]
         tasks = []
@@ -65,6 +83,7 @@ async def _serve(
                     "tasks_started": stats.tasks_started,
                     "tasks_final": stats.tasks_final,
                     "task_lines": stats.task_lines,
+                    **{f"connected_hub{h}": n for h, n in stats.by_hub.items()},
                 }
             )
         stop.set()
@@ -75,12 +94,17 @@ class LoadGen:
     def __init__(
         self,
         identities: list[SimIdentity],
-        hub_url: str,
+        hub_urls: str | list[str],
         ca_file: str,
         *,
         workers: int = 2,
         racks: int = 10,
+        backoff: tuple[float, float] = (0.25, 5.0),
     ) -> None:
+        """`hub_urls`: one hub, or several coordinators' (each agent starts on one in
+        turn and fails over to the others); `backoff`: the agents' initial and longest
+        reconnect delay (s)."""
+        hubs = [hub_urls] if isinstance(hub_urls, str) else list(hub_urls)
         ctx = mp.get_context("fork")
         self._conns: list[Connection] = []
         self._procs: list[mp.process.BaseProcess] = []
@@ -89,7 +113,7 @@ class LoadGen:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker,
-                args=(identities[w::workers], hub_url, ca_file, child, racks),
+                args=(identities[w::workers], hubs, ca_file, child, racks, backoff),
                 daemon=True,
             )
             proc.start()

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from agent.backoff import next_failures, reconnect_delay
+from agent.backoff import next_dial
 from coordinator.trust import pki
 from moorctl.client import ApiClient
 from proto import messages as m
@@ -91,6 +91,8 @@ class Stats:
         self.applied_units = 0
         self.errors = 0
         self.last_applied_at = 0.0
+        self.by_hub: dict[int, int] = {}
+        """Sessions open now, by index in the hub list (several coordinators, #23)."""
         self.tasks_started = 0
         """TaskStarts received (batch tasks, #19)."""
         self.tasks_final = 0
@@ -102,13 +104,20 @@ class SimAgent:
     def __init__(
         self,
         identity: SimIdentity,
-        hub_url: str,
+        hub_urls: str | Sequence[str],
         ca_file: str,
         stats: Stats,
         metadata: dict[str, str] | None = None,
+        *,
+        first_hub: int = 0,
+        backoff: tuple[float, float] = (0.25, 5.0),
     ) -> None:
+        """`hub_urls`: every coordinator's hub, dialled from `first_hub` on and failed
+        over as the real agent does; `backoff`: its initial and longest delay (s)."""
         self.identity = identity
-        self.hub_url = hub_url
+        self.hub_urls = [hub_urls] if isinstance(hub_urls, str) else list(hub_urls)
+        self.hub = first_hub % len(self.hub_urls)
+        self.backoff = backoff
         self.stats = stats
         self.metadata = metadata or {}
         self.revision = 0
@@ -121,10 +130,12 @@ class SimAgent:
         self.ssl = ctx
 
     async def run(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        """Reconnect as the real agent does (agent/backoff.py): a session that got a
-        Welcome resets the count, and the first retry is spread over the window the
-        coordinator sent, so the bench sees the fleet's real reconnect wave."""
+        """Reconnect as the real agent does (agent/backoff.py `next_dial`): a session that
+        got a Welcome resets the count and its hub is tried again first, the first retry
+        spread over the window the coordinator sent, so the bench sees the fleet's real
+        reconnect wave; each failure moves on to the next hub of the list."""
         failures = 0
+        initial, maximum = self.backoff
         while not stop.is_set():
             self.spread = 0.0
             self.welcomed = False
@@ -134,18 +145,27 @@ class SimAgent:
                 self.stats.errors += 1
             if stop.is_set():
                 return
-            failures = next_failures(failures, welcomed=self.welcomed)
-            delay = reconnect_delay(
-                failures, initial=0.25, maximum=5.0, spread=self.spread, rand=random.random()
+            dial = next_dial(
+                self.hub,
+                failures,
+                hubs=len(self.hub_urls),
+                welcomed=self.welcomed,
+                refused=False,
+                initial=initial,
+                maximum=maximum,
+                spread=self.spread,
+                rand=random.random(),
             )
+            self.hub, failures = dial.hub, dial.failures
             try:
-                await asyncio.wait_for(stop.wait(), delay)
+                await asyncio.wait_for(stop.wait(), dial.delay)
             except TimeoutError:
                 pass
 
     async def _session(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        hub = self.hub
         async with http.ws_connect(
-            self.hub_url, ssl=self.ssl, max_msg_size=m.HARD_FRAME_LIMIT, autoping=True
+            self.hub_urls[hub], ssl=self.ssl, max_msg_size=m.HARD_FRAME_LIMIT, autoping=True
         ) as ws:
             await ws.send_bytes(m.encode(self._hello()))
             first = await ws.receive(timeout=60)
@@ -157,6 +177,7 @@ class SimAgent:
             self.connected = True
             self.stats.connected += 1
             self.stats.sessions += 1
+            self.stats.by_hub[hub] = self.stats.by_hub.get(hub, 0) + 1
             beat = asyncio.create_task(self._beat(ws, welcome.heartbeat_s))
             closer = asyncio.create_task(self._close_on(stop, ws))
             try:
@@ -168,6 +189,7 @@ class SimAgent:
                 closer.cancel()
                 self.connected = False
                 self.stats.connected -= 1
+                self.stats.by_hub[hub] -= 1
 
     @staticmethod
     async def _close_on(stop: asyncio.Event, ws: aiohttp.ClientWebSocketResponse) -> None:

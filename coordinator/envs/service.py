@@ -464,12 +464,14 @@ class EnvironmentService:
 
     async def _bind(self, tenant: str) -> None:
         """Bind unbound agent-driven targets to the machines they name, then bring every
-        touched environment's machine group up to date."""
-        machines = self.deployments.machines(tenant=tenant)
+        touched environment's machine group up to date. The machines are read only when
+        a target is unbound: this runs on every agent's Hello, and reading the whole
+        fleet each time made a reconnect wave quadratic (bench/bench_ha.py)."""
+        targets = self.store.targets_of(tenant=tenant)
+        unbound = [t for t in targets if t.target_type in AGENT_DRIVEN and not t.machine_id]
+        machines = self.deployments.machines(tenant=tenant) if unbound else []
         touched: set[str] = set()
-        for t in self.store.targets_of(tenant=tenant):
-            if t.target_type not in AGENT_DRIVEN or t.machine_id:
-                continue
+        for t in unbound:
             match = next(
                 (
                     mach
@@ -484,7 +486,7 @@ class EnvironmentService:
                 )
                 log.info("target %s bound to machine %s", t.name, match.id)
                 touched.add(t.environment_id)
-        for t in self.store.targets_of(tenant=tenant):
+        for t in targets:  # those bound just now are in `touched` already
             if t.machine_id and t.target_type in AGENT_DRIVEN:
                 touched.add(t.environment_id)
         for env_id in sorted(touched):

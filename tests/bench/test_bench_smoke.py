@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.dockerd import dockerd_available
+from tests.harness.postgres import postgres_available
 from tests.harness.systemd import systemd_available
 
 pytestmark = pytest.mark.integration
@@ -120,3 +121,34 @@ def test_fleet(results_dir: Path) -> None:
     assert figures["units"] == 12
     for key in bench_fleet.TARGETS:
         assert float(figures[key]) > 0, key
+
+
+@pytest.mark.skipif(postgres_available() is not None, reason=str(postgres_available()))
+def test_ha_kill9(results_dir: Path) -> None:
+    from bench import bench_ha
+
+    bench_ha.main(["--agents", "40", "--heartbeat", "1", "--name", "smoke-ha"])
+    figures = load(results_dir, "smoke-ha")
+    assert (
+        figures["agents_on_killed_coordinator"] + figures["agents_on_surviving_coordinator"] == 40
+    )
+    assert figures["agents_on_killed_coordinator"] > 0  # both coordinators held agents
+    assert figures["survivor_sessions"] == 40
+    assert (
+        0
+        < figures["kill9_reconnect_all_seconds"]
+        <= figures["kill9_stored_view_all_connected_seconds"]
+    )
+    assert figures["leader_takeover_seconds"] > 0
+
+
+@pytest.mark.skipif(postgres_available() is not None, reason=str(postgres_available()))
+def test_placements_postgresql(results_dir: Path) -> None:
+    from bench import bench_placements
+
+    bench_placements.main(
+        ["--machines", "20", "--units", "200", "--database", "postgresql", "--name", "smoke-pg"]
+    )
+    figures = load(results_dir, "smoke-pg")
+    assert figures["database"] == "postgresql" and figures["units"] == 200
+    assert figures["placements_per_second_acknowledged"] > 0

@@ -636,3 +636,32 @@ async def test_a_renamed_environment_keeps_its_deployment(api: Api) -> None:
     assert c.deployments.release(again["releaseId"]).deployment_id == (
         c.deployments.release(first["releaseId"]).deployment_id
     )
+
+
+async def test_a_hello_reads_the_fleet_only_while_a_target_is_unbound(api: Api) -> None:
+    """Binding runs on every agent's Hello: without an unbound agent-driven target it
+    must not read every machine, or a reconnect wave of n agents reads n² rows."""
+    service = api.coordinator.environments
+    listed: list[str] = []
+    real = service.deployments.machines
+
+    def counting(*, tenant: str = "default") -> list[Any]:
+        listed.append(tenant)
+        return list(real(tenant=tenant))
+
+    service.deployments.machines = counting  # type: ignore[method-assign]
+    api.machine("m1", "web-01")
+    await service._bind("default")
+    assert listed == []
+
+    env = await api.call("POST", "/api/v1/environments", {"name": "staging"}, expect=201)
+    body = {"environmentId": env["id"], "targetType": "docker_host"}
+    target = await api.call(
+        "POST",
+        "/api/v1/targets",
+        {**body, "name": "t1", "connection": {"host": "web-01"}},
+        expect=201,
+    )
+    assert target["machineId"] == "m1" and listed == ["default"]  # bound: read once
+    await service._bind("default")
+    assert listed == ["default"]  # bound now: a Hello reads no machine
