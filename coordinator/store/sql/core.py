@@ -289,12 +289,8 @@ class SqlCore:
                 _scope(conn)
                 yield conn
         except exc.DBAPIError as exc_:
-            _refuse_value(exc_)
-            kind = storage_fault(exc_)
-            if kind is None:
-                raise
-            self.health.failed(kind, str(exc_.orig or exc_))
-            raise StorageUnavailable(kind, str(exc_.orig or exc_)) from exc_
+            self._fault(exc_)
+            raise
 
     def _rows(self, stmt: sa.Executable, params: Any = None) -> Sequence[Row[Any]]:
         """Every row of one query (never a result that outlives the connection)."""

@@ -111,20 +111,24 @@ def _known(script: ScriptDirectory, revision: str) -> bool:
         return False
 
 
-def _user_version(raw: sqlite3.Connection) -> int:
-    return int(raw.execute("PRAGMA user_version").fetchone()[0])
+def _numbered_era(conn: Connection) -> tuple[sqlite3.Connection, int] | None:
+    """An SQLite file of the numbered era (user_version > 0, no `alembic_version`): its
+    driver connection and version; None for anything else."""
+    raw = conn.connection.dbapi_connection
+    assert isinstance(raw, sqlite3.Connection)
+    version = int(raw.execute("PRAGMA user_version").fetchone()[0])
+    has_alembic = raw.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
+    ).fetchone()
+    return None if has_alembic or version == 0 else (raw, version)
 
 
 def _from_numbered_era(conn: Connection) -> None:
     """Carry a file of the numbered era to migration 12 and stamp it as the baseline."""
-    raw = conn.connection.dbapi_connection
-    assert isinstance(raw, sqlite3.Connection)
-    version = _user_version(raw)
-    has_alembic = raw.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
-    ).fetchone()
-    if has_alembic or version == 0:
+    found = _numbered_era(conn)
+    if found is None:
         return
+    raw, version = found
     if version > len(LEGACY_MIGRATIONS):
         raise TooNew(
             f"database schema version {version} is newer than this coordinator understands"
@@ -160,12 +164,7 @@ def status(conn: Connection) -> tuple[str | None, str]:
     """(the revision the database is at, or None; this coordinator's head), read only.
     A file of the numbered era reads as "numbered-N"."""
     if conn.dialect.name == "sqlite":
-        raw = conn.connection.dbapi_connection
-        assert isinstance(raw, sqlite3.Connection)
-        version = _user_version(raw)
-        has_alembic = raw.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
-        ).fetchone()
-        if not has_alembic and version:
-            return f"numbered-{version}", head()
+        found = _numbered_era(conn)
+        if found is not None:
+            return f"numbered-{found[1]}", head()
     return current_revision(conn), head()
