@@ -43,6 +43,7 @@ from coordinator.store.scope import SETTING, TENANT_SCOPE
 from coordinator.store.sql import migrate, schema
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 REVOCATION_CACHE_S = 1.0
 """How long `is_serial_revoked` trusts an answer it read (every API request and agent
@@ -443,6 +444,16 @@ def unique_violation(error: exc.IntegrityError) -> bool:
     return getattr(error.orig, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(
         error.orig
     )
+
+
+IN_CHUNK = 1000
+"""Values per IN list: far below PostgreSQL's 65,535 parameters per statement."""
+
+
+def in_chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in consecutive slices of at most `size`, for IN lists. Pure."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def bump(db: Connection, machine_ids: set[str]) -> None:

@@ -12,7 +12,7 @@ that read and this write, by the unique constraint the write then breaks.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -32,7 +32,7 @@ from coordinator.models import (
 )
 from coordinator.store.ports import builtin_group_id
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, bump, unique_name
+from coordinator.store.sql.core import SqlCore, bump, in_chunks, unique_name
 from coordinator.store.sql.core import row_record as _record
 
 # One implementation of "a unique name taken in a race is the check's Conflict", envs'
@@ -40,8 +40,6 @@ from coordinator.store.sql.core import row_record as _record
 
 _release_decoder = msgspec.json.Decoder(Release)
 
-IN_CHUNK = 1000
-"""Values per IN list (PostgreSQL takes at most 65535 parameters per statement)."""
 
 groups_t = schema.machine_groups
 apps_t = schema.applications
@@ -65,11 +63,6 @@ def target_changes(
     point = {m: r for m, r in changes.items() if r is not None and current.get(m) != r}
     remove = {m for m, r in changes.items() if r is None and m in current}
     return point, remove
-
-
-def _chunks(values: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(values), IN_CHUNK):
-        yield values[start : start + IN_CHUNK]
 
 
 def _applications() -> sa.Select[Any]:
@@ -525,7 +518,7 @@ class DeploySql(SqlCore):
             return set()
         with self._tx() as db:
             current: dict[str, str] = {}
-            for chunk in _chunks(sorted(changes)):
+            for chunk in in_chunks(sorted(changes)):
                 for machine_id, release_id in db.execute(
                     sa.select(targets_t.c.machine_id, targets_t.c.release_id).where(
                         targets_t.c.deployment_id == deployment_id,

@@ -28,14 +28,12 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import CHANGES_CHANNEL, SqlCore, notify_machines
+from coordinator.store.sql.core import CHANGES_CHANNEL, SqlCore, in_chunks, notify_machines
 
 log = logging.getLogger("coordinator.storage.feed")
 
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
-IN_CHUNK = 1000
-"""Ids per `IN (...)` list: one query for a normal fleet, bounded statements for a huge one."""
 KEEPALIVE = "keepalives=1&keepalives_idle=5&keepalives_interval=2&keepalives_count=3"
 """A silently dropped listener connection is noticed in about 11 s, then re-opened."""
 
@@ -43,11 +41,6 @@ KEEPALIVE = "keepalives=1&keepalives_idle=5&keepalives_interval=2&keepalives_cou
 def payload_ids(payload: str) -> list[str]:
     """The machine ids of one notification (space-separated, see `core.notify_payloads`). Pure."""
     return payload.split()
-
-
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), IN_CHUNK):
-        yield items[start : start + IN_CHUNK]
 
 
 class NotifySql(SqlCore):
@@ -69,7 +62,7 @@ class NotifySql(SqlCore):
         must end."""
         m = schema.machines
         out: dict[str, int] = {}
-        for chunk in _chunks(sorted(set(machine_ids))):
+        for chunk in in_chunks(sorted(set(machine_ids))):
             rows = self._rows(
                 sa.select(m.c.id, m.c.desired_revision).where(m.c.id.in_(chunk), m.c.revoked == 0)
             )
@@ -79,7 +72,7 @@ class NotifySql(SqlCore):
     def revoked_serials(self, serials: Iterable[str]) -> set[str]:
         r = schema.revoked_certs
         out: set[str] = set()
-        for chunk in _chunks(sorted(set(serials))):
+        for chunk in in_chunks(sorted(set(serials))):
             rows = self._rows(sa.select(r.c.serial).where(r.c.serial.in_(chunk)))
             out.update(str(row.serial) for row in rows)
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from coordinator.models import DEFAULT_TENANT, Unit, UnitHead, UnitState
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, bump, row_record
+from coordinator.store.sql.core import SqlCore, bump, in_chunks, row_record
 from proto.messages import UnitStatus
 from proto.units import UnitOption
 
@@ -89,11 +89,6 @@ _STATE_COLUMNS = (
     "target_state",
     "updated_at",
 )
-
-
-def _chunks(names: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(names), IN_CHUNK):
-        yield names[i : i + IN_CHUNK]
 
 
 class UnitsSql(SqlCore):
@@ -179,7 +174,7 @@ class UnitsSql(SqlCore):
         self, names: Sequence[str], *, tenant: str = DEFAULT_TENANT
     ) -> dict[str, list[UnitOption]]:
         out: dict[str, list[UnitOption]] = {}
-        for chunk in _chunks(names):
+        for chunk in in_chunks(names, IN_CHUNK):
             for name, options in self._rows(
                 sa.select(_u.c.name, _u.c.options).where(
                     _u.c.tenant == tenant, _u.c.name.in_(chunk)
@@ -242,7 +237,7 @@ class UnitsSql(SqlCore):
         statements; returns what they were before (a name without any: empty)."""
         names = sorted(wanted)
         old: dict[str, set[str]] = {name: set() for name in names}
-        for chunk in _chunks(names):
+        for chunk in in_chunks(names, IN_CHUNK):
             for unit, machine in db.execute(
                 sa.select(_p.c.unit, _p.c.machine_id).where(
                     _p.c.tenant == tenant, _p.c.unit.in_(chunk)

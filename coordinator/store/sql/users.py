@@ -12,14 +12,12 @@ from sqlalchemy.engine import Connection, RowMapping
 from coordinator.errors import Conflict
 from coordinator.models import User, UserToken
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore
+from coordinator.store.sql.core import SqlCore, in_chunks
 
 _users = schema.users
 _user_tenants = schema.user_tenants
 _tokens = schema.user_tokens
 
-IN_CHUNK = 1000
-"""Ids per IN list (PostgreSQL takes at most 65535 parameters in one statement)."""
 
 
 class UsersSql(SqlCore):
@@ -191,11 +189,10 @@ def _load_users(db: Connection, user_ids: Sequence[int]) -> list[User]:
 
 def _tenants_of(db: Connection, user_ids: Sequence[int]) -> dict[int, list[str]]:
     """Each user's tenants in their order (the first is the default), in one query
-    per IN_CHUNK users instead of one per user."""
+    per `core.IN_CHUNK` users instead of one per user."""
     found: dict[int, list[str]] = {}
     ut = _user_tenants
-    for start in range(0, len(user_ids), IN_CHUNK):
-        chunk = user_ids[start : start + IN_CHUNK]
+    for chunk in in_chunks(user_ids):
         rows = db.execute(
             sa.select(ut.c.user_id, ut.c.tenant)
             .where(ut.c.user_id.in_(chunk))

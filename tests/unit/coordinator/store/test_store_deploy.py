@@ -23,7 +23,8 @@ from coordinator.models import (
 from coordinator.store.ports import DEFAULT_GROUP, DEFAULT_GROUP_ID, Conflict, builtin_group_id
 from coordinator.store.scope import TENANT_SCOPE
 from coordinator.store.sql import SqlStore, schema
-from coordinator.store.sql.deploy import IN_CHUNK, target_changes
+from coordinator.store.sql.core import IN_CHUNK
+from coordinator.store.sql.deploy import target_changes
 
 UNIT = ReleaseUnit(name="web.service", options=[], hash="h", sha256="s")
 
