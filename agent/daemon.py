@@ -485,7 +485,8 @@ class Agent:
                 backends[backend.kind] = backend.unavailable_reason or "not available"
                 continue
             try:
-                reading = await asyncio.wait_for(backend.read(sorted(wanted[backend.kind])), 5.0)
+                async with asyncio.timeout(5.0):
+                    reading = await backend.read(sorted(wanted[backend.kind]))
             except (BackendError, BackendUnavailable, TimeoutError) as exc:
                 backends[backend.kind] = str(exc) or "did not answer in 5 s"
                 continue

@@ -610,7 +610,8 @@ class TaskRunner:
                 log.exception("run %s: unexpected failure; retrying", run.run_id)
             run.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.wake.wait(), RETRY_S)
+                async with asyncio.timeout(RETRY_S):
+                    await run.wake.wait()
 
     async def _drive_once(self, run: Run) -> None:
         record = run.record

@@ -356,7 +356,8 @@ class WebOps:
                     await self._log(name, bid, "info", line)
 
         try:
-            await asyncio.wait_for(pump(), STEP_TIMEOUT_S)
+            async with asyncio.timeout(STEP_TIMEOUT_S):
+                await pump()
             code = await proc.wait()
         except TimeoutError:
             proc.kill()

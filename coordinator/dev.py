@@ -253,7 +253,8 @@ async def _start_keeper(
     )
     assert keeper.stdout is not None
     try:
-        line = await asyncio.wait_for(keeper.stdout.readline(), KEEPER_START_TIMEOUT_S)
+        async with asyncio.timeout(KEEPER_START_TIMEOUT_S):
+            line = await keeper.stdout.readline()
         return keeper, msgspec.json.decode(line, type=Started)
     except (TimeoutError, msgspec.DecodeError, msgspec.ValidationError):
         await _stop_keeper(keeper)
@@ -265,7 +266,8 @@ async def _stop_keeper(keeper: asyncio.subprocess.Process) -> None:
     if keeper.stdin is not None and not keeper.stdin.is_closing():
         keeper.stdin.close()
     try:
-        await asyncio.wait_for(keeper.wait(), KEEPER_STOP_TIMEOUT_S)
+        async with asyncio.timeout(KEEPER_STOP_TIMEOUT_S):
+            await keeper.wait()
     except TimeoutError:
         keeper.kill()
         await keeper.wait()
@@ -357,7 +359,8 @@ async def _stop_agent(agent: asyncio.subprocess.Process) -> None:
     if agent.returncode is None:
         agent.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(agent.wait(), 10)
+            async with asyncio.timeout(10):
+                await agent.wait()
         except TimeoutError:
             agent.kill()
             await agent.wait()

@@ -48,6 +48,10 @@ DEFAULT_IDLE_TIMEOUT_S = 30.0
 """A connection with no request under way (idle after TLS, between keep-alive requests,
 or still sending its headers) is closed after this long."""
 DEFAULT_TLS_HANDSHAKE_TIMEOUT_S = 30.0
+MAX_TLS_HANDSHAKES = 64
+"""TLS handshakes in progress per listener; other connections wait in the listen
+backlog (`coordinator.guard.Listener`): enough to keep a core busy, few enough that
+each finishes quickly when thousands of agents reconnect at once."""
 """A connection that has not finished its TLS handshake by then is dropped. Generous:
 after a coordinator restart thousands of agents handshake at once on one loop."""
 DEFAULT_BODY_TIMEOUT_S = 60.0

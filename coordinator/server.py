@@ -246,7 +246,7 @@ class Coordinator:
         self.api_port = 0
         self.hub_port = 0
         self._runners: list[web.AppRunner] = []
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[guard.Listener] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def _leader(self) -> Leader:

@@ -514,7 +514,8 @@ class DockerBackend:
             self._watcher = threading.Thread(target=self._watch, name="docker-events", daemon=True)
             self._watcher.start()
         try:
-            reason = await asyncio.wait_for(asyncio.shield(attempt), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reason = await asyncio.shield(attempt)
         except TimeoutError:
             reason = f"dockerd at {self.where()} did not answer within {CONNECT_TIMEOUT:.0f} s"
             self._last_error = reason
@@ -1135,7 +1136,8 @@ class DockerBackend:
                 ended = False
                 while len(batch) < BATCH_MAX_LINES and size < BATCH_MAX_BYTES:
                     try:
-                        item = await asyncio.wait_for(queue.get(), max(deadline - loop.time(), 0))
+                        async with asyncio.timeout(max(deadline - loop.time(), 0)):
+                            item = await queue.get()
                     except TimeoutError:
                         break
                     if item is None or isinstance(item, BaseException):

@@ -321,7 +321,8 @@ class SystemdBackend:
             _disconnect_quietly(bus)
         if watcher is not None and watcher is not asyncio.current_task():
             try:
-                await asyncio.wait_for(asyncio.shield(watcher), 5)
+                async with asyncio.timeout(5):
+                    await asyncio.shield(watcher)
             except (TimeoutError, asyncio.CancelledError):
                 watcher.cancel()
         self._fail_jobs(BackendUnavailable("the systemd bus connection was closed"))
@@ -567,7 +568,8 @@ class SystemdBackend:
             job_path = str(reply.body[0])
             remaining = deadline - time.monotonic()
             try:
-                return await asyncio.wait_for(fut, max(remaining, 0.0))
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    return await fut
             except TimeoutError:
                 log.warning(
                     "%s %s: job %s not finished after %.1f s", method, name, job_path, timeout

@@ -150,7 +150,8 @@ class Leader:
         """A store call in a thread (it may wait on a long write, or on a database that
         does not answer), bounded by `within_s`: (whether it answered, its answer)."""
         try:
-            result = await asyncio.wait_for(asyncio.to_thread(fn, *args), within_s)
+            async with asyncio.timeout(within_s):
+                result = await asyncio.to_thread(fn, *args)
         except Exception as exc:
             if not self._warned:
                 log.warning("lease %r: the database did not answer: %s", self.name, exc)

@@ -81,7 +81,8 @@ class LogService:
             while True:
                 timeout = FIRST_CHUNK_TIMEOUT_S if (first or not follow) else None
                 try:
-                    chunk = await asyncio.wait_for(queue.get(), timeout)
+                    async with asyncio.timeout(timeout):
+                        chunk = await queue.get()
                 except TimeoutError:
                     raise LogUnavailable(f"machine {machine_id} did not answer in time") from None
                 first = False

@@ -252,7 +252,8 @@ class ReportService:
                     "disconnected", f"machine {machine_id} disconnected"
                 ) from None
             try:
-                reply = await asyncio.wait_for(future, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    reply = await future
             except TimeoutError:
                 raise ReportUnavailable(
                     "timeout", f"machine {machine_id} did not answer the {what} in {timeout_s:g} s"

@@ -278,7 +278,8 @@ class RateLimiter:
             fut: asyncio.Future[None] = loop.create_future()
             self._waiters.setdefault(k, []).append(fut)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, wait)
+                async with asyncio.timeout(wait):
+                    await fut
 
     def release(self, slot: Slot | None) -> None:
         """Give a reserved slot back (the request did not use up the limit)."""

@@ -92,6 +92,7 @@ class LiveHub:
                 stream.queue.get_nowait()
             return RESYNC
         try:
-            return await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
+            async with asyncio.timeout(KEEPALIVE_S):
+                return await stream.queue.get()
         except TimeoutError:
             return b": keep-alive\n\n"

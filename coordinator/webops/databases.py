@@ -320,7 +320,8 @@ class DatabaseService:
         except OSError as exc:
             raise Unavailable(f"cannot run {Path(argv[0]).name}: {exc}") from None
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT_S)
+            async with asyncio.timeout(TIMEOUT_S):
+                out, err = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()
