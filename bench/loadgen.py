@@ -84,6 +84,7 @@ async def _serve(
                     "tasks_final": stats.tasks_final,
                     "task_lines": stats.task_lines,
                     **{f"connected_hub{h}": n for h, n in stats.by_hub.items()},
+                    **{f"error_{k}": n for k, n in stats.error_kinds.items()},
                 }
             )
         stop.set()

@@ -90,6 +90,8 @@ class Stats:
         self.desired = 0
         self.applied_units = 0
         self.errors = 0
+        self.error_kinds: dict[str, int] = {}
+        """Failed sessions by what failed them (exception class)."""
         self.last_applied_at = 0.0
         self.by_hub: dict[int, int] = {}
         """Sessions open now, by index in the hub list (several coordinators, #23)."""
@@ -141,8 +143,10 @@ class SimAgent:
             self.welcomed = False
             try:
                 await self._session(http, stop)
-            except (aiohttp.ClientError, OSError, TimeoutError):
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.stats.errors += 1
+                kind = type(exc).__name__
+                self.stats.error_kinds[kind] = self.stats.error_kinds.get(kind, 0) + 1
             if stop.is_set():
                 return
             dial = next_dial(

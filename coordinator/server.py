@@ -71,6 +71,7 @@ from coordinator.events import ACTOR, EventBus
 from coordinator.fleet.machines import MachineService
 from coordinator.fleet.units import UnitService
 from coordinator.hub.liveness import ISOLATION_MARGIN_S
+from coordinator.hub.relay import RELAY_PATH
 from coordinator.hub.sessions import Hub
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import AuditEntry
@@ -184,6 +185,12 @@ class Coordinator:
             feed=self.storage,
             coordinator_id=self.coordinator_id,
         )
+        # Questions to agents connected to another coordinator go through it (#23),
+        # as this coordinator's admin certificate from the CA they share.
+        self.hub.relay_ssl = pki.client_ssl_context(
+            self.paths.ca_cert, self.paths.admin_cert, self.paths.admin_key
+        )
+        self.hub.peer_stale_s = config.lease_ttl_s
         self.metrics.storage_writable.set_function(
             lambda: 0.0 if self.storage.health.fault else 1.0
         )
@@ -336,6 +343,7 @@ class Coordinator:
     def hub_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(HUB_PATH, self.hub.handle)
+        app.router.add_get(RELAY_PATH, self.hub.serve_relay)
         return app
 
     @web.middleware

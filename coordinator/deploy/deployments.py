@@ -57,6 +57,9 @@ from proto.units import UnitOption, backend_for, unit_file_sha256, unit_hash
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+COALESCE_S = 0.05
+"""After a tick, wakes are gathered this long: a burst of them (thousands of agents
+connecting at once) makes one tick, not one each."""
 """How often running rollouts look at what their machines report."""
 SYNC_EVERY_TICKS = 10
 """Every so many ticks, machines that joined a group get its deployments' releases."""
@@ -647,10 +650,9 @@ class DeploymentService:
         return out
 
     async def _resolve(self, refs: list[str], members: list[Machine]) -> dict[str, tuple[str, str]]:
+        online = self.hub.connected_ids()  # asked through a relay when elsewhere
         candidates = [
-            mach.id
-            for mach in members
-            if mach.id in self.hub.sessions and "docker" in mach.capabilities
+            mach.id for mach in members if mach.id in online and "docker" in mach.capabilities
         ]
         if not candidates or self.images is None:
             raise Unavailable(
@@ -714,10 +716,14 @@ class DeploymentService:
                     await self.sync_members()
             except Exception:
                 log.exception("rollout step failed")
+            await asyncio.sleep(COALESCE_S)
 
     async def tick(self, now: float) -> None:
+        running = self.store.releases_with_status("Running")
+        if not running:
+            return
         self.hub.buffer.flush()  # judge by the newest reports
-        for release in self.store.releases_with_status("Running"):
+        for release in running:
             async with self._lock(release.deployment_id):
                 current = self.store.get_release(release.id)
                 if current is None or current.status != "Running":

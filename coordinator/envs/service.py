@@ -508,7 +508,7 @@ class EnvironmentService:
 
     async def _on_connect(self, session: Session) -> None:
         """A machine that enrols (or comes back) binds the targets that name it."""
-        machine = self.deployments.storage.get_machine(session.machine_id)
+        machine = session.machine
         if machine is not None:
             try:
                 await self._bind(machine.tenant)

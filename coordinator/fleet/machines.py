@@ -117,7 +117,8 @@ class MachineService:
 
     def connected_count(self, *, tenant: str = DEFAULT_TENANT) -> int:
         """Connected machines of `tenant`."""
-        return sum(1 for mach in self.list_machines(tenant=tenant) if mach.id in self.hub.sessions)
+        online = self.hub.connected_ids()
+        return sum(1 for mach in self.list_machines(tenant=tenant) if mach.id in online)
 
     def names(self, *, tenant: str = DEFAULT_TENANT) -> dict[str, str]:
         """Machine id -> the name to show (hostname, else the id)."""
@@ -145,14 +146,15 @@ class MachineService:
     def clusters(self, *, tenant: str = DEFAULT_TENANT) -> list[Cluster]:
         """Every machine of the tenant not revoked, with its health."""
         drift, stickers = self._reported(None, tenant)
-        return clusters_of(self.list_machines(tenant=tenant), self.hub.sessions, drift, stickers)
+        online = self.hub.connected_ids()
+        return clusters_of(self.list_machines(tenant=tenant), online, drift, stickers)
 
     def cluster(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Cluster:
         mach = self.find(machine_id, tenant=tenant)
         if mach is None or mach.revoked:
             raise NotFound(f"cluster {machine_id!r} does not exist")
         drift, stickers = self._reported(mach.id, tenant)
-        return clusters_of([mach], self.hub.sessions, drift, stickers)[0]
+        return clusters_of([mach], self.hub.connected_ids(), drift, stickers)[0]
 
     def _reported(
         self, machine_id: str | None, tenant: str

@@ -50,7 +50,10 @@ class Sent(msgspec.Struct):
 
     session_id: str
     revision: int
-    units: dict[str, DesiredUnit]
+    units: dict[str, DesiredUnit] | None
+    """None: the agent said at its Hello that it holds `revision`, and what that is was
+    not computed (a reconnect wave would pay for it on every machine); the next change
+    is then sent in full."""
 
 
 class BatchWritten(msgspec.Struct):
@@ -520,21 +523,25 @@ class UnitService:
             machine = self.storage.get_machine(machine_id)
             if machine is None:
                 return
-            desired = self.desired_for(machine_id)
             sent = self._sent.get(machine_id)
-            if full or sent is None or sent.session_id != session.id:
+            base: tuple[int, dict[str, DesiredUnit]] | None = None
+            if not full and sent is not None and sent.session_id == session.id:
+                if sent.revision == machine.desired_revision:
+                    return
+                if sent.units is not None:
+                    base = (sent.revision, sent.units)
+            desired = self.desired_for(machine_id)
+            if base is None:
                 message = m.Desired(
                     revision=machine.desired_revision,
                     full=True,
                     upserts=list(desired.values()),
                 )
             else:
-                if sent.revision == machine.desired_revision:
-                    return
-                upserts, removes = diff(sent.units, desired)
+                upserts, removes = diff(base[1], desired)
                 message = m.Desired(
                     revision=machine.desired_revision,
-                    base_revision=sent.revision,
+                    base_revision=base[0],
                     upserts=upserts,
                     removes=removes,
                 )
@@ -569,9 +576,8 @@ class UnitService:
         if machine is None:
             return
         if hello.applied_revision == machine.desired_revision:
-            # The agent already has exactly this revision: only remember it as the base.
-            desired = self.desired_for(session.machine_id)
-            self._sent[session.machine_id] = Sent(session.id, machine.desired_revision, desired)
+            # The agent already has exactly this revision: nothing to send now.
+            self._sent[session.machine_id] = Sent(session.id, machine.desired_revision, None)
         else:
             await self._push_one(session.machine_id, full=True)
         self.reschedule_soon()

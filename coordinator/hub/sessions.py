@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
@@ -23,8 +24,17 @@ from aiohttp import web
 
 from coordinator import limits
 from coordinator.hub import liveness
+from coordinator.hub.relay import (
+    COMMANDS,
+    MAX_OPEN_PER_RELAY,
+    QUESTIONS,
+    Relay,
+    RemoteSession,
+    request_id_of,
+)
 from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
+from coordinator.models import Machine
 from coordinator.store.ports import (
     ChangeFeed,
     ClusterStore,
@@ -44,6 +54,8 @@ CLOSE_REVOKED = 4001
 CLOSE_IDENTITY = 4003
 CLOSE_REPLACED = 4008
 CLOSE_SILENT = 4009
+CLOSE_GONE = 4010
+"""A relay ends: the agent's session it served ended."""
 HELLO_TIMEOUT_S = 10.0
 MAX_HEARTBEATS_PER_S = 500.0
 MAX_RECONNECTS_PER_S = 2000.0
@@ -74,6 +86,9 @@ class Session:
         self.connected_at = time.time()
         self.last_seen = self.connected_at
         self.hello: m.Hello | None = None
+        self.machine: Machine | None = None
+        """The machine's stored record as read when the session was admitted (its
+        tenant, for the connect hooks: read once per session, not once per hook)."""
         self.cert_window = (0.0, 0.0)
         self.sent_revision = -1
         """The desired revision this agent was last sent (or had at its Hello): the
@@ -127,6 +142,20 @@ class Hub:
         """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self.on_disconnect: list[Callable[[Session], None]] = []
         """Called when a session ends (streams waiting on that machine end too)."""
+        self.relay_ssl: ssl.SSLContext | None = None
+        """This coordinator's client context (admin certificate) for relays to the
+        others (`coordinator.hub.relay`); None: questions go to local sessions only."""
+        self.peer_stale_s = 30.0
+        """A coordinator whose heartbeat is older holds no session worth relaying to."""
+        self.on_relay_answer: list[Callable[[RemoteSession, m.Message], Awaitable[None]]] = []
+        """Services that ask agents: answers arriving through a relay (only answers:
+        the agent's other messages are handled where its session is)."""
+        self.on_relay_closed: list[Callable[[RemoteSession], None]] = []
+        """Called when a relay ends (what waited on it ends too)."""
+        self._relayed: dict[str, Relay] = {}
+        """Request id -> the relay its answers go back through (the answering end)."""
+        self._relays: dict[str, set[Relay]] = {}
+        """Machine id -> relays open to its session here."""
         self.on_desired: list[MachinesHook] = []
         """Called with machines that have a session here and whose stored desired
         revision is not the one their session was last sent (changed by another
@@ -135,14 +164,16 @@ class Hub:
         """Called with machines that have a session here and whose stored state another
         coordinator changed: re-derive from the store what their agents must be sent
         (task starts and stops...)."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     # --- session lifecycle ----------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peer = pki.peer_cert_info(request.transport)
-        refusal = self._refuse_peer(peer)
-        if refusal or peer is None:
+        # In a thread: on PostgreSQL these are round trips, and while thousands of
+        # agents reconnect the loop has their TLS handshakes to do meanwhile.
+        refusal, machine = await asyncio.to_thread(self._refuse_peer, peer)
+        if refusal or peer is None or machine is None:
             self.metrics.sessions_refused.labels(refusal or "no_cert").inc()
             raise web.HTTPForbidden(text=refusal or "client certificate required")
 
@@ -151,6 +182,7 @@ class Hub:
         ws = web.WebSocketResponse(max_msg_size=m.HARD_FRAME_LIMIT, autoping=True)
         await ws.prepare(request)
         session = Session(peer.common_name, peer.serial, ws, self.metrics)
+        session.machine = machine
         session.cert_window = (peer.not_before, peer.not_after)
         try:
             if await self._handshake(session):
@@ -159,17 +191,18 @@ class Hub:
             await self._drop(session)
         return ws
 
-    def _refuse_peer(self, peer: pki.CertInfo | None) -> str:
+    def _refuse_peer(self, peer: pki.CertInfo | None) -> tuple[str, Machine | None]:
+        """Why this peer may not hold a session ("" if it may), and its machine."""
         if peer is None:
-            return "no_cert"
+            return "no_cert", None
         if peer.role != pki.ROLE_AGENT:
-            return "not_agent_cert"
+            return "not_agent_cert", None
         if self.storage.is_serial_revoked(peer.serial):
-            return "revoked"
+            return "revoked", None
         machine = self.storage.get_machine(peer.common_name)
         if machine is None or machine.revoked:
-            return "unknown_machine" if machine is None else "revoked"
-        return ""
+            return ("unknown_machine" if machine is None else "revoked"), None
+        return "", machine
 
     async def _handshake(self, session: Session) -> bool:
         try:
@@ -237,7 +270,7 @@ class Hub:
                 cert_not_after=session.cert_window[1],
                 lost_after_s=self.lost_after_s,
                 reconnect_spread_s=self.reconnect_spread_for(len(self.sessions)),
-                desired_revision=self._desired_revision(session.machine_id),
+                desired_revision=session.machine.desired_revision if session.machine else -1,
             )
         )
         log.info("machine %s connected (session %s)", session.machine_id, session.id)
@@ -256,8 +289,8 @@ class Hub:
             capabilities=hello.capabilities,
             agent_version=hello.agent_version,
             now=now,
+            session_owner=self.coordinator_id,
         )
-        self.storage.claim_session(machine_id, self.coordinator_id)
 
     def _disconnected(self, machine_id: str, now: float, last_seen: float) -> None:
         """One buffered write: the session this coordinator held ended."""
@@ -307,6 +340,12 @@ class Hub:
             await session.send(message)
         elif isinstance(message, m.CertRenew):
             await self._renew(session, message)
+        rid = request_id_of(message)
+        relay = self._relayed.get(rid) if rid else None
+        if relay is not None and relay.machine_id == session.machine_id:
+            await relay.forward(message)
+            if rid not in relay.open:
+                self._relayed.pop(rid, None)
         for handler in self.handlers:
             try:
                 await handler(session, message)
@@ -344,6 +383,8 @@ class Hub:
             )
             self.metrics.agents_connected.set(len(self.sessions))
             log.info("machine %s disconnected", session.machine_id)
+            for relay in self._relays.pop(session.machine_id, set()):
+                self._background(relay.ws.close(code=CLOSE_GONE, message=b"disconnected"))
         if not session.ws.closed:
             await session.ws.close()
 
@@ -352,14 +393,112 @@ class Hub:
         restarted hub takes at most about MAX_RECONNECTS_PER_S sessions a second."""
         return max(RECONNECT_SPREAD_MIN_S, fleet_size / MAX_RECONNECTS_PER_S)
 
-    def _desired_revision(self, machine_id: str) -> int:
-        machine = self.storage.get_machine(machine_id)
-        return machine.desired_revision if machine is not None else -1
-
     def heartbeat_for(self, fleet_size: int) -> float:
         """Nomad's rule: the interval grows with the fleet so the hub never handles more
         than MAX_HEARTBEATS_PER_S beats, however many machines there are."""
         return max(self.heartbeat_s, fleet_size / MAX_HEARTBEATS_PER_S)
+
+    # --- questions to agents wherever their session is (#23) -------------------------------
+
+    def connected_ids(self) -> set[str]:
+        """Machines with a session anywhere: here (exactly), or on another coordinator
+        (as stored: that coordinator's write-behind lags by a flush)."""
+        return set(self.sessions) | self.storage.sessions_elsewhere(self.coordinator_id)
+
+    async def reach(self, machine_id: str) -> Session | RemoteSession | None:
+        """The machine's session here, else a relay to the coordinator holding it (the
+        caller closes it when done), else None (connected nowhere). Raises RelayFailed
+        when the coordinator holding it cannot be asked."""
+        session = self.sessions.get(machine_id)
+        if session is not None or self.relay_ssl is None:
+            return session
+        route = await asyncio.to_thread(self.storage.session_route, machine_id, self.peer_stale_s)
+        if route is None or route[0] == self.coordinator_id or not route[1]:
+            return None
+        return await RemoteSession.open(
+            route[1], machine_id, route[0], self.relay_ssl, self._relay_answer, self._relay_closed
+        )
+
+    async def _relay_answer(self, remote: RemoteSession, message: m.Message) -> None:
+        for handler in self.on_relay_answer:
+            try:
+                await handler(remote, message)
+            except Exception:
+                log.exception("relayed %s from %s failed", type(message).__name__, remote.owner)
+
+    def _relay_closed(self, remote: RemoteSession) -> None:
+        for hook in self.on_relay_closed:
+            hook(remote)
+
+    async def serve_relay(self, request: web.Request) -> web.StreamResponse:
+        """The answering end: another coordinator's questions to an agent whose session
+        is here. Only coordinators (admin certificates of the fleet's CA) may ask, only
+        questions pass, and the relay ends with the session."""
+        peer = pki.peer_cert_info(request.transport)
+        if peer is None or peer.role != pki.ROLE_ADMIN:
+            raise web.HTTPForbidden(text="relays are for coordinators (an admin certificate)")
+        if await asyncio.to_thread(self.storage.is_serial_revoked, peer.serial):
+            raise web.HTTPForbidden(text="certificate revoked")
+        machine_id = request.match_info["machine_id"]
+        session = self.sessions.get(machine_id)
+        if session is None or not session.ready:
+            raise web.HTTPNotFound(text=f"machine {machine_id} has no session here")
+        ws = web.WebSocketResponse(max_msg_size=m.MAX_FRAME, autoping=True)
+        await ws.prepare(request)
+        relay = Relay(machine_id, ws)
+        self._relays.setdefault(machine_id, set()).add(relay)
+        try:
+            await self._relay_questions(session, relay)
+        finally:
+            mine = self._relays.get(machine_id)
+            if mine is not None:
+                mine.discard(relay)
+                if not mine:
+                    del self._relays[machine_id]
+            for rid in relay.open:
+                self._relayed.pop(rid, None)
+            if self.sessions.get(machine_id) is session:
+                for rid in relay.follows:
+                    with contextlib.suppress(ConnectionError):
+                        await session.send(m.LogCancel(rid))
+            await ws.close()
+        return ws
+
+    async def _relay_questions(self, session: Session, relay: Relay) -> None:
+        async for frame in relay.ws:
+            if frame.type != aiohttp.WSMsgType.BINARY:
+                return
+            try:
+                question = m.decode(frame.data)
+            except m.FrameError as exc:
+                log.warning("relay for %s: %s", session.machine_id, exc.message)
+                return
+            if limits.message_problem(question):
+                log.warning("relay for %s: %s refused", session.machine_id, type(question))
+                return
+            if isinstance(question, COMMANDS):
+                pass  # passed on; nothing comes back
+            elif not isinstance(question, QUESTIONS):
+                log.warning("relay for %s: %s refused", session.machine_id, type(question))
+                return
+            elif not isinstance(question, m.LogCancel):
+                rid = question.request_id
+                if len(relay.open) >= MAX_OPEN_PER_RELAY or rid in self._relayed:
+                    return
+                relay.open.add(rid)
+                self._relayed[rid] = relay
+                if isinstance(question, m.LogRequest) and question.follow:
+                    relay.follows.add(rid)
+            elif question.request_id in relay.open:
+                relay.follows.discard(question.request_id)
+            else:
+                continue  # not this relay's request
+            if self.sessions.get(session.machine_id) is not session:
+                return
+            try:
+                await session.send(question)
+            except ConnectionError:
+                return
 
     # --- operator actions -------------------------------------------------------------
 
@@ -385,7 +524,7 @@ class Hub:
             self.announce([machine_id])
         return True
 
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, object]) -> None:
         """Closing handshakes wait on the peer; an API call must not wait with them."""
         task = asyncio.create_task(coro)
         self._tasks.add(task)

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 
 from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
+from coordinator.hub.relay import RelayFailed, RemoteSession
 from coordinator.hub.sessions import Hub, Session
 from coordinator.models import Unit
 from proto import messages as m
@@ -44,20 +45,26 @@ class LogService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self._queues: dict[str, asyncio.Queue[m.LogChunk | None]] = {}
-        self._machines: dict[str, str] = {}
+        self._sessions: dict[str, str] = {}
+        """request id -> the session (or relay) it was sent through."""
         hub.handlers.append(self._on_message)
         hub.on_disconnect.append(self._on_disconnect)
+        hub.on_relay_answer.append(self._on_message)
+        hub.on_relay_closed.append(self._on_disconnect)
 
-    def _on_disconnect(self, session: Session) -> None:
-        """A follow must not hang when its machine goes away: end it with the reason."""
-        for request_id, machine_id in list(self._machines.items()):
+    def _on_disconnect(self, session: Session | RemoteSession) -> None:
+        """A follow must not hang when its machine goes away (or the relay to the
+        coordinator holding its session): end it with the reason."""
+        for request_id, session_id in list(self._sessions.items()):
             queue = self._queues.get(request_id)
-            if machine_id == session.machine_id and queue is not None:
+            if session_id == session.id and queue is not None:
                 queue.put_nowait(
-                    m.LogChunk(request_id, done=True, error=f"machine {machine_id} disconnected")
+                    m.LogChunk(
+                        request_id, done=True, error=f"machine {session.machine_id} disconnected"
+                    )
                 )
 
-    async def _on_message(self, session: Session, message: m.Message) -> None:
+    async def _on_message(self, session: Session | RemoteSession, message: m.Message) -> None:
         if isinstance(message, m.LogChunk):
             queue = self._queues.get(message.request_id)
             if queue is not None:
@@ -66,13 +73,16 @@ class LogService:
     async def stream(
         self, machine_id: str, unit: str, *, lines: int, follow: bool, cursor: str = ""
     ) -> AsyncIterator[m.LogChunk]:
-        session = self.hub.sessions.get(machine_id)
+        try:
+            session = await self.hub.reach(machine_id)
+        except RelayFailed as exc:
+            raise LogUnavailable(str(exc)) from None
         if session is None:
             raise LogUnavailable(f"machine {machine_id} is not connected")
         request_id = secrets.token_hex(8)
         queue: asyncio.Queue[m.LogChunk | None] = asyncio.Queue()
         self._queues[request_id] = queue
-        self._machines[request_id] = machine_id
+        self._sessions[request_id] = session.id
         try:
             await session.send(
                 m.LogRequest(request_id, unit, lines=lines, follow=follow, cursor=cursor)
@@ -93,7 +103,9 @@ class LogService:
                     return
         finally:
             self._queues.pop(request_id, None)
-            self._machines.pop(request_id, None)
-            if follow and session is self.hub.sessions.get(machine_id):
+            self._sessions.pop(request_id, None)
+            if isinstance(session, RemoteSession):
+                await session.close()  # the other end cancels a follow
+            elif follow and session is self.hub.sessions.get(machine_id):
                 with contextlib.suppress(ConnectionError):
                     await session.send(m.LogCancel(request_id))

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from coordinator.errors import NotFound, Unavailable
 from coordinator.events import EventBus
+from coordinator.hub.relay import RelayFailed, RemoteSession
 from coordinator.hub.sessions import Hub, Session
 from coordinator.models import DEFAULT_TENANT, MachineDrift, MachineSticker
 from coordinator.store.ports import MachineStore, ReportStore
@@ -34,8 +35,9 @@ T = TypeVar("T")
 
 
 class ReportUnavailable(Unavailable):
-    """The machine cannot answer now; ``reason`` is "not_connected", "disconnected" or
-    "timeout" (the message says which machine and why)."""
+    """The machine cannot answer now; ``reason`` is "not_connected", "disconnected",
+    "timeout" or "unreachable" (its session is on a coordinator that could not be
+    asked); the message says which machine and why."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -77,6 +79,8 @@ class ReportService:
         hub.handlers.append(self._on_message)
         hub.on_connect.append(self._on_connect)
         hub.on_disconnect.append(self._on_disconnect)
+        hub.on_relay_answer.append(self._on_relay_answer)
+        hub.on_relay_closed.append(self._on_disconnect)
 
     # --- what agents send ---------------------------------------------------------------
 
@@ -131,7 +135,16 @@ class ReportService:
             functools.partial(self.deploystore.put_stickers, machine_id, stickers, time.time())
         )
 
-    def _answer(self, session: Session, request_id: str, message: m.Message) -> None:
+    async def _on_relay_answer(self, remote: RemoteSession, message: m.Message) -> None:
+        """An answer from a machine whose session is on another coordinator (it stored
+        the drift report and told of it; here it only answers the question)."""
+        answers = m.DriftReport | m.ImageResolved | m.HealthReport
+        if isinstance(message, answers) and message.request_id:
+            self._answer(remote, message.request_id, message)
+
+    def _answer(
+        self, session: Session | RemoteSession, request_id: str, message: m.Message
+    ) -> None:
         waiter = self._waiters.get(request_id)
         if waiter is None or waiter.machine_id != session.machine_id:
             return  # late (the asker gave up) or not this machine's question
@@ -140,7 +153,7 @@ class ReportService:
         if not waiter.future.done():
             waiter.future.set_result(message)
 
-    def _on_disconnect(self, session: Session) -> None:
+    def _on_disconnect(self, session: Session | RemoteSession) -> None:
         """Questions to a machine that went away end now, with the reason."""
         for waiter in list(self._waiters.values()):
             if waiter.session_id == session.id and not waiter.future.done():
@@ -238,7 +251,10 @@ class ReportService:
         timeout_s: float,
         what: str,
     ) -> T:
-        session = self.hub.sessions.get(machine_id)
+        try:
+            session = await self.hub.reach(machine_id)
+        except RelayFailed as exc:
+            raise ReportUnavailable("unreachable", str(exc)) from None
         if session is None:
             raise ReportUnavailable("not_connected", f"machine {machine_id} is not connected")
         request_id = secrets.token_hex(8)
@@ -260,6 +276,8 @@ class ReportService:
                 ) from None
         finally:
             self._waiters.pop(request_id, None)
+            if isinstance(session, RemoteSession):
+                await session.close()
         if not isinstance(reply, kind):  # _answer only accepts `kind`; never on the wire
             raise ReportUnavailable("invalid", f"machine {machine_id} answered the {what} wrongly")
         return reply

@@ -149,7 +149,11 @@ class MachineStore(Protocol):
         capabilities: Sequence[str],
         agent_version: str,
         now: float,
-    ) -> None: ...
+        session_owner: str = "",
+    ) -> None:
+        """The machine is connected; with `session_owner`, to that coordinator (one
+        write for both: a reconnect wave makes thousands)."""
+        ...
 
     def patch_metadata(self, machine_id: str, patch: dict[str, str | None]) -> bool:
         """Operator overrides over what the agent publishes; None removes a key."""
@@ -835,6 +839,15 @@ class ClusterStore(Protocol):
     def lease(self, name: str) -> LeaseInfo | None: ...
 
     def claim_session(self, machine_id: str, coordinator_id: str) -> None: ...
+
+    def sessions_elsewhere(self, coordinator_id: str) -> set[str]:
+        """Machines stored as connected to a coordinator other than this one."""
+        ...
+
+    def session_route(self, machine_id: str, stale_after_s: float) -> tuple[str, str] | None:
+        """(coordinator id, hub URL) of the live coordinator holding the machine's
+        session, or None when no live coordinator does."""
+        ...
 
     def drop_session(
         self, machine_id: str, coordinator_id: str, now: float, *, last_seen: float

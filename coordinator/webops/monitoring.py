@@ -153,12 +153,13 @@ class MonitoringService:
 
     def health(self, tenant: str) -> dict[str, object]:
         machines = []
+        online = self.hub.connected_ids()
         for mach in self.storage.list_machines(tenant=tenant):
             got = self.latest.get(mach.id)
             item: dict[str, object] = {
                 "id": mach.id,
                 "hostname": mach.hostname,
-                "connected": mach.id in self.hub.sessions,
+                "connected": mach.id in online,
                 "reported_at": got[1] if got else None,
             }
             if got is not None:
@@ -249,7 +250,8 @@ class MonitoringService:
             if machine not in mine:
                 raise NotFound(f"machine {machine!r} does not exist")
         else:
-            connected = [x for x in mine if x in self.hub.sessions]
+            online = self.hub.connected_ids()
+            connected = [x for x in mine if x in online]
             if len(connected) != 1:
                 raise Invalid(
                     f"machine is required (the tenant has {len(connected)} connected machines)"

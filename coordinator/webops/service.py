@@ -25,6 +25,7 @@ import msgspec
 from coordinator.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from coordinator.events import EventBus
 from coordinator.fleet.units import UnitService
+from coordinator.hub.relay import RemoteSession
 from coordinator.hub.sessions import Hub, Session
 from coordinator.store.ports import MachineStore, WebOpsStore
 from coordinator.webops import rules
@@ -425,10 +426,11 @@ class WebOpsService:
                 raise NotFound(f"machine {wanted!r} does not exist")
             return wanted
         need = rules.backend_needed(project_type)
+        online = self.hub.connected_ids()
         machines = [
             mach.id
             for mach in known
-            if mach.id in self.hub.sessions and (not need or need in mach.capabilities)
+            if mach.id in online and (not need or need in mach.capabilities)
         ]
         if not machines:
             what = f" that can run {need} units" if need else ""
@@ -451,13 +453,18 @@ class WebOpsService:
             self._log(dep, "warning", f"{exc}: the build starts when it is back")
 
     async def _send(self, dep: WebDeployment, message: m.Message) -> None:
-        session = self.hub.sessions.get(dep.machine_id)
+        """To the machine's agent, through the coordinator holding its session when that
+        is another one (#23): its reports are then handled there, from the store."""
+        session = await self.hub.reach(dep.machine_id)  # RelayFailed is Unavailable
         if session is None:
             raise Unavailable(f"machine {dep.machine_id!r} is not connected")
         try:
             await session.send(message)
         except ConnectionError as exc:
             raise Unavailable(f"machine {dep.machine_id!r}: {exc}") from None
+        finally:
+            if isinstance(session, RemoteSession):
+                await session.close()
 
     def _failed(self, dep: WebDeployment, build_id: str, error: str) -> None:
         dep.building = ""

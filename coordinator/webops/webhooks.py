@@ -48,6 +48,9 @@ MAX_URL = 2048
 MAX_EVENTS = 50
 MAX_SECRET = 256
 MAX_HOOKS_PER_TENANT = 100
+HOOKS_CACHE_S = 5.0
+"""How long a tenant's webhooks are read from memory: a webhook created or deleted
+through another coordinator sharing the database (#23) counts here after at most this."""
 TEST_EVENT = "webhook.test"
 
 ALIASES: dict[str, str] = {
@@ -158,7 +161,8 @@ class WebhookService:
         self.inflight_max = inflight_max
         self.dropped = 0
         self._queue: asyncio.Queue[tuple[Webhook, str, bytes, str]] = asyncio.Queue(queue_max)
-        self._cache: dict[str, list[Webhook]] = {}
+        self._cache: dict[str, tuple[float, list[Webhook]]] = {}
+        """tenant -> (when read, monotonic; its webhooks)"""
         self._worker: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(inflight_max)
@@ -191,9 +195,11 @@ class WebhookService:
         return hook
 
     def hooks(self, tenant: str) -> list[Webhook]:
-        if tenant not in self._cache:
-            self._cache[tenant] = self.storage.webhooks(tenant)
-        return list(self._cache[tenant])
+        now = time.monotonic()
+        cached = self._cache.get(tenant)
+        if cached is None or now - cached[0] >= HOOKS_CACHE_S:
+            cached = self._cache[tenant] = (now, self.storage.webhooks(tenant))
+        return list(cached[1])
 
     def get(self, tenant: str, hook_id: int) -> Webhook:
         hook = self.storage.webhook_get(hook_id, tenant)

@@ -173,6 +173,28 @@ class ClusterSql(SqlCore):
                 sa.update(M).where(M.c.id == machine_id).values(session_owner=coordinator_id)
             )
 
+    def sessions_elsewhere(self, coordinator_id: str) -> set[str]:
+        rows = self._rows(
+            sa.select(M.c.id).where(
+                M.c.state == "connected",
+                M.c.session_owner != "",
+                M.c.session_owner != coordinator_id,
+            )
+        )
+        return {r[0] for r in rows}
+
+    def session_route(self, machine_id: str, stale_after_s: float) -> tuple[str, str] | None:
+        row = self._first(
+            sa.select(C.c.id, C.c.hub_url)
+            .select_from(M.join(C, C.c.id == M.c.session_owner))
+            .where(
+                M.c.id == machine_id,
+                M.c.state == "connected",
+                C.c.heartbeat_at > self._db_now() - stale_after_s,
+            )
+        )
+        return None if row is None else (str(row["id"]), str(row["hub_url"]))
+
     def drop_session(
         self, machine_id: str, coordinator_id: str, now: float, *, last_seen: float
     ) -> bool:

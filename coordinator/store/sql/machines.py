@@ -45,6 +45,7 @@ _HELLO = (
         last_seen=sa.bindparam("now"),
     )
 )
+_HELLO_OWNED = _HELLO.values(session_owner=sa.bindparam("owner"))
 
 
 class MachinesSql(SqlCore):
@@ -73,20 +74,22 @@ class MachinesSql(SqlCore):
         capabilities: Sequence[str],
         agent_version: str,
         now: float,
+        session_owner: str = "",
     ) -> None:
+        params = {
+            "mid": machine_id,
+            "host": hostname,
+            "ip": primary_ip,
+            "meta": json.dumps(metadata, sort_keys=True),
+            "caps": json.dumps(list(capabilities)),
+            "version": agent_version,
+            "now": now,
+        }
         with self._tx() as db:
-            db.execute(
-                _HELLO,
-                {
-                    "mid": machine_id,
-                    "host": hostname,
-                    "ip": primary_ip,
-                    "meta": json.dumps(metadata, sort_keys=True),
-                    "caps": json.dumps(list(capabilities)),
-                    "version": agent_version,
-                    "now": now,
-                },
-            )
+            if session_owner:
+                db.execute(_HELLO_OWNED, {**params, "owner": session_owner})
+            else:
+                db.execute(_HELLO, params)
 
     def patch_metadata(self, machine_id: str, patch: dict[str, str | None]) -> bool:
         """Operator overrides over what the agent publishes; None removes a key."""

@@ -171,8 +171,18 @@ def test_sessions_are_owned_released_and_reaped_per_coordinator(pair: Pair) -> N
     assert a.release_sessions("A", 20.0, unowned=True) == 1
     assert _machine(a, "m1") == ("disconnected", "", 20.0)
     assert _machine(a, "m2") == ("connected", "B", 10.0)
-    # m3 failed over to A; B's late "session ended" must not undo that
-    a.claim_session("m3", "A")
+    # m3 failed over to A (its Hello claims the session in the same write); B's late
+    # "session ended" must not undo that
+    a.record_hello(
+        "m3",
+        hostname="m3",
+        primary_ip="",
+        metadata={},
+        capabilities=[],
+        agent_version="",
+        now=10.0,
+        session_owner="A",
+    )
     assert not b.drop_session("m3", "B", 21.0, last_seen=21.0)
     assert _machine(a, "m3") == ("connected", "A", 10.0)
     assert b.drop_session("m2", "B", 22.0, last_seen=22.0)

@@ -255,3 +255,27 @@ async def test_a_deleted_webhook_gets_no_more_retries(
         await client.delete(f"/api/v1/webhooks/{hook_id}/", headers=auth)
         await coordinator.webhooks.idle()
         assert len(rx.got) == 1
+
+
+def test_a_webhook_created_through_another_coordinator_counts_here_soon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two coordinators on one database (#23): each reads a tenant's webhooks from
+    memory for at most HOOKS_CACHE_S, so events emitted on B reach a hook made on A."""
+    from coordinator.events import EventBus
+    from coordinator.store.sql import SqlStore
+
+    monkeypatch.setattr(wh, "HOOKS_CACHE_S", 0.2)
+    a_store, b_store = SqlStore(tmp_path / "shared.db"), SqlStore(tmp_path / "shared.db")
+    try:
+        a, b = wh.WebhookService(a_store, EventBus()), wh.WebhookService(b_store, EventBus())
+        assert b.hooks("default") == []  # B has read (and remembers) none
+        hook = a.create("default", "https://hooks.example/in", ["deployment.completed"])
+        time.sleep(0.25)
+        assert [h.id for h in b.hooks("default")] == [hook.id]
+        a.delete(hook)
+        time.sleep(0.25)
+        assert b.hooks("default") == []
+    finally:
+        a_store.close()
+        b_store.close()

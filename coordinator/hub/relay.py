@@ -1,0 +1,172 @@
+"""Questions to an agent whose session is on another coordinator (#23).
+
+Logs, drift checks, image resolution and health checks are answered by the machine's
+own agent, over its session. With several coordinators that session may be held by
+another one: this coordinator then opens a relay, a WebSocket to that coordinator's
+hub authenticated by this coordinator's admin certificate (from the CA they share),
+and sends the question through it. The other hub hands the question to the agent and
+sends back what answers it (messages carrying the question's request id). A relay
+serves one request and ends with it; it ends too when the agent's session does, so a
+waiting request learns at once that the machine went away.
+
+Both ends are here: `RemoteSession` (the asking end, looks like a `Session` to the
+services that ask) and `Relay` (the answering end's record of one relay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+from aiohttp import web
+
+from coordinator.errors import Unavailable
+from proto import messages as m
+
+log = logging.getLogger(__name__)
+
+RELAY_PATH = "/internal/v1/relay/{machine_id}"
+QUESTIONS = (m.LogRequest, m.LogCancel, m.DriftRequest, m.ImageResolve, m.HealthCheck)
+"""Questions to the agent: their answers (same request id) go back through the relay."""
+COMMANDS = (m.WebBuild, m.WebEnv, m.WebAction)
+"""WebOps' instructions to the agent: passed on, nothing comes back through the relay
+(the agent's reports are handled where its session is, from the stored deployment)."""
+MAX_OPEN_PER_RELAY = 16
+"""Request ids one relay may have open (it serves one request; a follow may cancel)."""
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RelayFailed(Unavailable):
+    """The coordinator holding the machine's session could not be asked."""
+
+
+def relay_url(hub_url: str, machine_id: str) -> str:
+    """The relay endpoint on the hub a coordinator registered (same scheme, host and
+    port; the relay's path). Pure."""
+    parts = urlsplit(hub_url)
+    path = RELAY_PATH.format(machine_id=quote(machine_id, safe=""))
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def request_id_of(message: m.Message) -> str:
+    return str(getattr(message, "request_id", "") or "")
+
+
+AnswerHandler = Callable[["RemoteSession", m.Message], Awaitable[None]]
+ClosedHandler = Callable[["RemoteSession"], None]
+
+
+class RemoteSession:
+    """The asking end: `send` a question; answers go to `on_answer`, and `on_closed`
+    runs once when the relay ends (the agent's session ended, or the other coordinator
+    went away)."""
+
+    def __init__(
+        self,
+        machine_id: str,
+        owner: str,
+        http: aiohttp.ClientSession,
+        ws: aiohttp.ClientWebSocketResponse,
+        on_answer: AnswerHandler,
+        on_closed: ClosedHandler,
+    ) -> None:
+        self.machine_id = machine_id
+        self.owner = owner
+        """The coordinator holding the machine's session."""
+        self.id = f"relay-{secrets.token_hex(8)}"
+        self._http = http
+        self._ws = ws
+        self._on_answer = on_answer
+        self._on_closed = on_closed
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls,
+        hub_url: str,
+        machine_id: str,
+        owner: str,
+        ctx: ssl.SSLContext,
+        on_answer: AnswerHandler,
+        on_closed: ClosedHandler,
+    ) -> RemoteSession:
+        http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
+        )
+        try:
+            ws = await http.ws_connect(
+                relay_url(hub_url, machine_id),
+                ssl=ctx,
+                max_msg_size=m.HARD_FRAME_LIMIT,
+                autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_close=CONNECT_TIMEOUT_S),
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await http.close()
+            detail = (
+                exc.message
+                if isinstance(exc, aiohttp.WSServerHandshakeError)
+                else str(exc) or type(exc).__name__
+            )
+            raise RelayFailed(
+                f"machine {machine_id} is connected to coordinator {owner}, which could not"
+                f" be asked: {detail}"
+            ) from None
+        return cls(machine_id, owner, http, ws, on_answer, on_closed)
+
+    async def send(self, message: m.Message) -> None:
+        if self._ws.closed:
+            raise ConnectionError(f"the relay to coordinator {self.owner} is closed")
+        try:
+            await self._ws.send_bytes(m.encode(message))
+        except (aiohttp.ClientError, RuntimeError) as exc:
+            raise ConnectionError(str(exc)) from exc
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self._ws:
+                if frame.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                try:
+                    message = m.decode(frame.data, max_size=m.HARD_FRAME_LIMIT)
+                except m.FrameError as exc:
+                    log.warning("relay from %s: undecodable frame: %s", self.owner, exc.message)
+                    continue
+                await self._on_answer(self, message)
+        except Exception:
+            log.exception("relay from coordinator %s failed", self.owner)
+        finally:
+            self._on_closed(self)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+        await self._http.close()
+
+
+class Relay:
+    """The answering end of one relay: the request ids it has open."""
+
+    def __init__(self, machine_id: str, ws: web.WebSocketResponse) -> None:
+        self.machine_id = machine_id
+        self.ws = ws
+        self.open: set[str] = set()
+        self.follows: set[str] = set()
+        """Log follows among them: cancelled on the agent when the relay ends."""
+
+    async def forward(self, message: m.Message) -> None:
+        """An answer to the asking coordinator (a closed relay drops it)."""
+        if isinstance(message, m.LogChunk) and message.done:
+            self.open.discard(message.request_id)
+            self.follows.discard(message.request_id)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_bytes(m.encode(message))
