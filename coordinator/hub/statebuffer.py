@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 0.05
 RETRY_S = 1.0
 MAX_PENDING = 2000
+"""Queued writes that make the flusher write at once (no gathering pause)."""
+HARD_PENDING = 20 * MAX_PENDING
+"""Queued writes past which `add` writes them itself, on the loop: the flusher cannot
+keep up, and holding the agents' messages back is the only bound left (memory). Below
+it the loop never waits on the database for observations (a burst of 2,000 state
+reports once blocked it for a whole batch on PostgreSQL)."""
 
 
 class StateBuffer:
@@ -54,7 +60,7 @@ class StateBuffer:
     def add(self, op: Callable[[], None]) -> None:
         """Queue a storage write; writes are applied in the order they were added."""
         self._ops.append(op)
-        if len(self._ops) >= MAX_PENDING and not self.stalled:
+        if len(self._ops) >= HARD_PENDING and not self.stalled:
             self.flush()
         else:
             self._wake.set()
@@ -133,5 +139,6 @@ class StateBuffer:
             else:
                 await self._wake.wait()
                 self._wake.clear()  # before sleeping: an add() during the sleep wakes us again
-                await asyncio.sleep(self.interval_s)
+                if len(self._ops) < MAX_PENDING:
+                    await asyncio.sleep(self.interval_s)  # gather a batch
             await self.flush_in_thread()
