@@ -273,6 +273,7 @@ class Coordinator:
         leader.add("freeze-windows", self.environments.run)
         leader.add("task-queue", self.tasks.run_scheduler)
         leader.add("scheduling", self._scheduling)
+        leader.add("webhooks", self.webhooks.run)
         Gauge(
             "moorage_coordinator_leader",
             "1 while this coordinator holds the lease singleton work runs under",
@@ -565,7 +566,6 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.audit.run()))
         # The webhook worker lives as long as the process: started here, outside any
         # singleton work's fenced context (it would otherwise inherit the first event's).
-        self.webhooks._start()
         host = (self.config.server_names or [socket.getfqdn()])[0]
         await self.leader.start(f"https://{host}:{self.api_port}", self._hub_url(host)[0])
         # What is loaded by now lives as long as the process: keep it out of the cyclic

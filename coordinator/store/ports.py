@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         Database,
         DatabaseBackup,
         ErrorItem,
+        OutboxItem,
         Sample,
         WebDeployment,
         Webhook,
@@ -699,6 +700,23 @@ class WebhookStore(Protocol):
 
     def webhook_deliveries(self, hook_id: int, limit: int) -> list[WebhookDelivery]:
         """Newest first."""
+
+    def outbox_add(self, items: list[OutboxItem]) -> None:
+        """Deliveries to make (one transaction)."""
+
+    def outbox_claim(self, now: float, limit: int, until: float) -> list[OutboxItem]:
+        """Those whose next attempt is due, oldest first, each made due again only at
+        `until` (one transaction: an attempt in progress is not taken twice)."""
+
+    def outbox_next_at(self) -> float | None:
+        """When the earliest waiting delivery is due (None: none waits)."""
+
+    def outbox_done(self, item_id: int) -> None:
+        """Delivered, refused for good or out of attempts: gone from the outbox."""
+
+    def outbox_retry(self, item_id: int, attempts: int, next_at: float) -> None: ...
+
+    def outbox_count(self) -> int: ...
 
 
 @runtime_checkable

@@ -64,6 +64,23 @@ class Webhook(msgspec.Struct, kw_only=True):
     created_at: float = 0.0
 
 
+class OutboxItem(msgspec.Struct, frozen=True, kw_only=True):
+    """An event waiting to be delivered to one webhook (stored: a crash or a lost lease
+    loses none; the coordinator holding the lease delivers, #23)."""
+
+    id: int = 0
+    webhook_id: int
+    tenant: str
+    event: str
+    delivery: str
+    body: str
+    """The signed payload (JSON), exactly as every attempt sends it."""
+    attempts: int = 0
+    """Attempts made so far."""
+    next_at: float
+    created_at: float = 0.0
+
+
 class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
     """One attempt at delivering one event to one webhook."""
 

@@ -7,11 +7,15 @@ a receiver refuses one too old, so a captured delivery cannot be replayed later)
 `X-Moorage-Event` names the event and `X-Moorage-Delivery` the delivery (the same over
 its retries, so a receiver can drop duplicates).
 
-The bus calls `_on_event` on the event loop: it only puts the delivery on a bounded
-queue (dropped, and logged, when full). A worker task sends them, each in its own task,
-retrying a failed attempt (no answer, 408, 429, 5xx) with exponential backoff; every
-attempt goes to the delivery log. A receiver that is down or slow only ever holds its
-own deliveries.
+The bus calls `_on_event` on the event loop of whichever coordinator the event happened
+on: it stores one delivery per matching webhook in the outbox (one write, never an
+HTTP call). The coordinator holding the lease (#23) runs `run`: it sends due
+deliveries, each attempt in its own task, and retries a failed one (no answer, 408,
+429, 5xx) with exponential backoff by storing when it is next due; a delivery leaves
+the outbox when it succeeded, was refused for good or ran out of attempts. Every
+attempt goes to the delivery log. A crash, a restart or a failover loses no delivery
+(one in flight at the crash may be sent twice: the delivery id lets a receiver drop
+the duplicate). A receiver that is down or slow only ever holds its own deliveries.
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import secrets
 import time
 import urllib.parse
 import uuid
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -33,7 +36,7 @@ import msgspec
 from coordinator.errors import Invalid, NotFound
 from coordinator.events import Event, EventBus, matches
 from coordinator.store.ports import WebhookStore
-from coordinator.webops.records import Webhook, WebhookDelivery
+from coordinator.webops.records import OutboxItem, Webhook, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ HOOKS_CACHE_S = 5.0
 """How long a tenant's webhooks are read from memory: a webhook created or deleted
 through another coordinator sharing the database (#23) counts here after at most this."""
 TEST_EVENT = "webhook.test"
+POLL_S = 0.5
+CLAIM_MARGIN_S = 5.0
+"""A claimed delivery is due again this long after its attempt's timeout."""
+"""How often the delivery loop looks for deliveries stored by other coordinators."""
 
 ALIASES: dict[str, str] = {
     "webops.created": "deployment.created",
@@ -150,8 +157,8 @@ class WebhookService:
         backoff_s: float = 2.0,
         backoff_cap_s: float = 300.0,
         timeout_s: float = 10.0,
-        queue_max: int = 1000,
         inflight_max: int = 200,
+        poll_s: float = POLL_S,
     ) -> None:
         self.storage = storage
         self.attempts = attempts
@@ -159,13 +166,14 @@ class WebhookService:
         self.backoff_cap_s = backoff_cap_s
         self.timeout_s = timeout_s
         self.inflight_max = inflight_max
+        self.poll_s = poll_s
         self.dropped = 0
-        self._queue: asyncio.Queue[tuple[Webhook, str, bytes, str]] = asyncio.Queue(queue_max)
+        """Deliveries that could not even be stored (the storage refused)."""
         self._cache: dict[str, tuple[float, list[Webhook]]] = {}
         """tenant -> (when read, monotonic; its webhooks)"""
-        self._worker: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(inflight_max)
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        """Outbox item id -> its attempt in progress."""
+        self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         events.subscribe(self._on_event)
 
@@ -226,56 +234,89 @@ class WebhookService:
     # --- delivery -----------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        """On the loop, from the bus: queue, never wait."""
+        """On the loop, from the bus, on whichever coordinator the event happened: its
+        deliveries are stored (never waited for); the lease holder sends them."""
         name = event_name(event.kind)
         if name == TEST_EVENT:
             return
         hooks = [h for h in self.hooks(event.tenant) if h.active and wants(h.events, name)]
         if not hooks:
             return
-        if not self._start():
-            return
+        now = time.time()
+        items = []
         for hook in hooks:
             delivery = uuid.uuid4().hex
-            try:
-                self._queue.put_nowait((hook, name, payload(event, name, delivery), delivery))
-            except asyncio.QueueFull:
-                self.dropped += 1
-                log.warning("webhook %d: queue full, %s not delivered", hook.id, name)
-
-    def _start(self) -> bool:
-        if self._worker is not None and not self._worker.done():
-            return True
+            items.append(
+                OutboxItem(
+                    webhook_id=hook.id,
+                    tenant=hook.tenant,
+                    event=name,
+                    delivery=delivery,
+                    body=payload(event, name, delivery).decode(),
+                    next_at=now,
+                    created_at=now,
+                )
+            )
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return False  # no loop (a synchronous caller): nothing can deliver
-        self._worker = loop.create_task(self._run())
-        return True
+            self.storage.outbox_add(items)
+        except Exception as exc:  # a storage fault, or the hook deleted meanwhile
+            self.dropped += len(items)
+            log.warning("webhooks: %d delivery(ies) of %s not stored: %s", len(items), name, exc)
+            return
+        self._wake.set()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """The lease holder's delivery loop (`coordinator.cluster.leader`): due
+        deliveries from the outbox, each attempt in its own task (at most
+        `inflight_max`), woken by a new event here, by a retry coming due, or every
+        `poll_s` for events stored by the other coordinators."""
         while True:
-            hook, name, body, delivery = await self._queue.get()
-            await self._slots.acquire()
-            task = asyncio.create_task(self._deliver(hook, name, body, delivery))
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
+            self._wake.clear()
+            room = self.inflight_max - len(self._inflight)
+            due: list[OutboxItem] = []
+            if room > 0:
+                now = time.time()
+                # Claimed until the attempt must be over: a crash mid-attempt makes the
+                # item due again then (on whichever coordinator leads by then).
+                until = now + self.timeout_s + CLAIM_MARGIN_S
+                due = await asyncio.to_thread(self.storage.outbox_claim, now, room, until)
+            for item in due:
+                if item.id not in self._inflight:
+                    self._inflight[item.id] = asyncio.create_task(self._deliver(item))
+            wait = self.poll_s
+            if not due or len(due) < room:
+                following = await asyncio.to_thread(self.storage.outbox_next_at)
+                if following is not None:
+                    wait = min(wait, max(0.0, following - time.time()))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self._slots.release()
-        self._queue.task_done()
+    async def _deliver(self, item: OutboxItem) -> None:
+        try:
+            await self._attempt_item(item)
+        finally:
+            self._inflight.pop(item.id, None)
+            self._wake.set()  # room for the next one
 
-    async def _deliver(self, hook: Webhook, name: str, body: bytes, delivery: str) -> None:
-        for attempt in range(1, self.attempts + 1):
-            result = await self._attempt(hook, name, body, delivery, attempt)
-            if result.ok or not retryable(result.status_code):
-                return
-            if attempt < self.attempts:
-                await asyncio.sleep(backoff(attempt, self.backoff_s, self.backoff_cap_s))
-                if all(h.id != hook.id for h in self.hooks(hook.tenant)):
-                    return  # deleted meanwhile: no more attempts
-        log.warning("webhook %d: %s not delivered after %d attempts", hook.id, name, self.attempts)
+    async def _attempt_item(self, item: OutboxItem) -> None:
+        """One attempt; then the item is done, or waits for its next attempt."""
+        hook = self.storage.webhook_get(item.webhook_id, item.tenant)
+        if hook is None or not hook.active:
+            self.storage.outbox_done(item.id)  # deleted or disabled meanwhile
+            return
+        attempt = item.attempts + 1
+        result = await self._attempt(hook, item.event, item.body.encode(), item.delivery, attempt)
+        if result.ok or not retryable(result.status_code) or attempt >= self.attempts:
+            if not result.ok:
+                log.warning(
+                    "webhook %d: %s not delivered after %d attempt(s)", hook.id, item.event, attempt
+                )
+            self.storage.outbox_done(item.id)
+            return
+        delay = backoff(attempt, self.backoff_s, self.backoff_cap_s)
+        self.storage.outbox_retry(item.id, attempt, time.time() + delay)
+        asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     async def _attempt(
         self, hook: Webhook, name: str, body: bytes, delivery: str, attempt: int
@@ -326,17 +367,18 @@ class WebhookService:
         return self._session
 
     async def idle(self) -> None:
-        """Until the queue is empty and nothing is in flight (tests, shutdown)."""
-        await self._queue.join()
+        """Until the outbox is empty and nothing is in flight (tests; needs `run`)."""
+        while True:
+            if not self._inflight and not await asyncio.to_thread(self.storage.outbox_count):
+                return
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        tasks: list[Any] = [self._worker, *self._inflight]
+        tasks = list(self._inflight.values())
         for task in tasks:
-            if task is not None:
-                task.cancel()
+            task.cancel()
         for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._session is not None:
             await self._session.close()

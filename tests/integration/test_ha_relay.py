@@ -3,7 +3,8 @@ checks and drift refreshes asked through coordinator A reach an agent connected 
 through a relay (a WebSocket from A to B's hub, A's admin certificate of the shared
 CA), and the answers come back; the relay ends with the agent's session (a waiting
 question learns it at once) and a follow cancelled on A is cancelled on the agent.
-B's relay endpoint takes only coordinators and only questions.
+B's relay endpoint takes only coordinators and only questions. And webhook delivery,
+singleton work: an event on the follower is delivered by the leader, from the outbox.
 
 Two real coordinators in one process on one SQLite file (as in test_ha_notify), real
 TLS; the agent is a `RawLink` (the protocol by hand, so the test sees each message).
@@ -20,15 +21,18 @@ from typing import cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from agent.enrol import enrol
 from agent.identity import Identity
 from coordinator.config import CoordinatorConfig
+from coordinator.events import Event
 from coordinator.hub.relay import RemoteSession, relay_url
 from coordinator.reports.logs import LogUnavailable
 from coordinator.reports.service import ReportUnavailable
 from coordinator.server import Coordinator
 from coordinator.trust import pki
+from coordinator.webops import webhooks as wh
 from proto import messages as m
 from tests.integration.linkclient import RawLink
 from tests.integration.test_ha_notify import share_ca
@@ -229,3 +233,46 @@ async def test_the_fleet_wide_view_and_webops_commands_reach_the_agent_on_b(
             assert not b.hub._relayed
         finally:
             await link.close()
+
+
+async def test_an_event_on_the_follower_is_delivered_by_the_leader(tmp_path: Path) -> None:
+    """Webhook delivery is singleton work (#23): the follower stores the delivery, the
+    lease holder sends it, signed, once."""
+    got: list[tuple[str, bool]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        ok = wh.verify(
+            "k",
+            request.headers.get(wh.TIMESTAMP_HEADER, ""),
+            request.headers.get(wh.SIGNATURE_HEADER, ""),
+            body,
+            now=time.time(),
+        )
+        got.append((request.headers.get(wh.EVENT_HEADER, ""), ok))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with pair(tmp_path) as (a, b):
+            leader, follower = (a, b) if a.leader.leading else (b, a)
+            assert not follower.leader.leading
+            follower.webhooks.create(
+                "default", f"http://127.0.0.1:{port}/hook", ["deployment.completed"], "k"
+            )
+            follower.events.publish(Event("webops.deployed", subject="site"))
+            assert follower.storage.outbox_count() == 1
+            deadline = time.monotonic() + 10
+            while not got:
+                assert time.monotonic() < deadline, "the leader never delivered it"
+                await asyncio.sleep(0.05)
+            await leader.webhooks.idle()
+            assert got == [("deployment.completed", True)]
+    finally:
+        await runner.cleanup()

@@ -580,6 +580,23 @@ webhooks = sa.Table(
 )
 
 
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("webhook_id", Int, sa.ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("tenant", Str, nullable=False),
+    sa.Column("event", Str, nullable=False),
+    sa.Column("delivery", Str, nullable=False),
+    sa.Column("body", Str, nullable=False),
+    sa.Column("attempts", Int, nullable=False, server_default="0"),
+    sa.Column("next_at", Real, nullable=False),
+    sa.Column("created_at", Real, nullable=False),
+    sa.Index("webhook_outbox_by_due", "next_at"),
+    sqlite_autoincrement=True,
+)
+
+
 webhook_deliveries = sa.Table(
     "webhook_deliveries",
     metadata,

@@ -16,6 +16,7 @@ from coordinator.webops.records import (
     Database,
     DatabaseBackup,
     ErrorItem,
+    OutboxItem,
     Sample,
     WebDeployment,
     Webhook,
@@ -31,6 +32,7 @@ deps = schema.webops_deployments
 logs = schema.webops_logs
 hooks = schema.webhooks
 deliveries = schema.webhook_deliveries
+outbox = schema.webhook_outbox
 dbs = schema.webops_databases
 backups_t = schema.webops_db_backups
 samples_t = schema.machine_samples
@@ -199,6 +201,7 @@ class WebOpsSql(SqlCore):
     def webhook_delete(self, hook_id: int) -> None:
         with self._tx() as db:
             db.execute(sa.delete(deliveries).where(deliveries.c.webhook_id == hook_id))
+            db.execute(sa.delete(outbox).where(outbox.c.webhook_id == hook_id))
             db.execute(sa.delete(hooks).where(hooks.c.id == hook_id))
 
     def webhook_delivered(self, d: WebhookDelivery) -> None:
@@ -225,6 +228,52 @@ class WebOpsSql(SqlCore):
             .limit(limit)
         )
         return [row_record(r, WebhookDelivery) for r in rows]
+
+    def outbox_add(self, items: list[OutboxItem]) -> None:
+        if not items:
+            return
+        rows = [
+            {k: getattr(item, k) for k in item.__struct_fields__ if k != "id"} for item in items
+        ]
+        with self._tx() as db:
+            db.execute(sa.insert(outbox), rows)
+
+    def outbox_claim(self, now: float, limit: int, until: float) -> list[OutboxItem]:
+        with self._tx() as db:
+            rows = list(
+                db.execute(
+                    sa.select(outbox)
+                    .where(outbox.c.next_at <= now)
+                    .order_by(outbox.c.id)
+                    .limit(limit)
+                ).mappings()
+            )
+            if rows:
+                db.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id.in_([r["id"] for r in rows]))
+                    .values(next_at=until)
+                )
+        return [row_record(r, OutboxItem) for r in rows]
+
+    def outbox_next_at(self) -> float | None:
+        found = self._scalar(sa.select(sa.func.min(outbox.c.next_at)))
+        return None if found is None else float(found)
+
+    def outbox_done(self, item_id: int) -> None:
+        with self._tx() as db:
+            db.execute(sa.delete(outbox).where(outbox.c.id == item_id))
+
+    def outbox_retry(self, item_id: int, attempts: int, next_at: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                sa.update(outbox)
+                .where(outbox.c.id == item_id)
+                .values(attempts=attempts, next_at=next_at)
+            )
+
+    def outbox_count(self) -> int:
+        return int(self._scalar(sa.select(sa.func.count()).select_from(outbox)) or 0)
 
     # --- databases (#21) ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from coordinator.store.sql import SqlStore
 from coordinator.webops.records import (
     Database,
     DatabaseBackup,
+    OutboxItem,
     Sample,
     WebDeployment,
     Webhook,
@@ -197,3 +198,32 @@ def test_samples_upsert_per_minute_prune_and_resume(store: SqlStore) -> None:
     page = store.samples("default", 0, after=("m1", 101), limit=2)
     assert [(s.machine_id, s.minute) for s in page] == [("m1", 102), ("m2", 102)]
     assert [s.machine_id for s in store.samples("t2", 0)] == ["m3"]
+
+
+def test_the_webhook_outbox_claims_each_due_delivery_once(store: SqlStore) -> None:
+    hook = store.webhook_create(Webhook(tenant="default", url="http://h/"))
+    store.outbox_add(
+        [
+            OutboxItem(
+                webhook_id=hook.id,
+                tenant="default",
+                event="deployment.completed",
+                delivery=f"d{i}",
+                body="{}",
+                next_at=10.0 + i,
+            )
+            for i in range(3)
+        ]
+    )
+    assert store.outbox_count() == 3 and store.outbox_next_at() == 10.0
+    first = store.outbox_claim(11.5, 5, until=100.0)  # due: d0, d1
+    assert [i.delivery for i in first] == ["d0", "d1"]
+    assert [i.delivery for i in store.outbox_claim(12.0, 5, until=100.0)] == ["d2"]
+    assert store.outbox_claim(50.0, 5, until=200.0) == []  # all claimed until 100
+    store.outbox_retry(first[0].id, 1, 20.0)
+    again = store.outbox_claim(50.0, 5, until=200.0)
+    assert [(i.delivery, i.attempts) for i in again] == [("d0", 1)]
+    store.outbox_done(first[1].id)
+    assert store.outbox_count() == 2
+    store.webhook_delete(hook.id)  # its waiting deliveries go with it
+    assert store.outbox_count() == 0 and store.outbox_next_at() is None

@@ -5,6 +5,7 @@ signature the way a receiver would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -108,9 +109,14 @@ async def served(
     token, _ = coordinator.tokens.create_api_token("test")
     client = TestClient(TestServer(coordinator.api_app()))
     await client.start_server()
+    # The delivery loop, as the lease holder runs it (the coordinator is not started)
+    delivering = asyncio.create_task(coordinator.webhooks.run())
     try:
         yield client, {"Authorization": f"Bearer {token}"}, coordinator
     finally:
+        delivering.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await delivering
         await coordinator.webhooks.close()
         await client.close()
         coordinator.storage.close()
@@ -277,5 +283,43 @@ def test_a_webhook_created_through_another_coordinator_counts_here_soon(
         time.sleep(0.25)
         assert b.hooks("default") == []
     finally:
+        a_store.close()
+        b_store.close()
+
+
+async def test_deliveries_wait_in_the_database_for_whoever_holds_the_lease(
+    tmp_path: Path,
+) -> None:
+    """An event on coordinator A (which is not delivering: it does not hold the lease,
+    or it died right after) is delivered by B's loop from the shared outbox, once."""
+    from coordinator.events import EventBus
+    from coordinator.store.sql import SqlStore
+
+    a_store, b_store = SqlStore(tmp_path / "shared.db"), SqlStore(tmp_path / "shared.db")
+    a = wh.WebhookService(a_store, EventBus())
+    b = wh.WebhookService(b_store, EventBus(), poll_s=0.05)
+    delivering: asyncio.Task[None] | None = None
+    try:
+        async with Receiver("k", [200]) as rx:
+            hook = a.create("default", rx.url, ["deployment.completed"], "k")
+            a._on_event(Event("webops.deployed", subject="site"))
+            a._on_event(Event("webops.deployed", subject="site2"))
+            assert a_store.outbox_count() == 2 and rx.got == []
+            delivering = asyncio.create_task(b.run())
+            await wait_until(lambda: len(rx.got) == 2, timeout=10)
+            await b.idle()
+            assert [(g[0], g[2], g[3]["subject"]) for g in rx.got] == [
+                ("deployment.completed", True, "site"),
+                ("deployment.completed", True, "site2"),
+            ]
+            assert len({g[1] for g in rx.got}) == 2  # a delivery id each
+            assert [d.ok for d in a.deliveries(hook)] == [True, True]
+            assert a_store.outbox_count() == 0
+    finally:
+        if delivering is not None:
+            delivering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await delivering
+        await b.close()
         a_store.close()
         b_store.close()
