@@ -53,6 +53,17 @@ def freeze_verdict(
     return None, excepted
 
 
+def announced_before(
+    active: Mapping[str, FreezeWindow], now: float, grace_s: float
+) -> dict[str, FreezeWindow]:
+    """At the start of a tenure (a coordinator took the lease, or restarted): the active
+    windows to take as already announced, those that started more than `grace_s` ago,
+    while another coordinator (or this one, before) was watching; the others are
+    announced now. Without it every failover told every webhook again that every
+    active window had just started. Pure."""
+    return {k: w for k, w in active.items() if w.start < now - grace_s}
+
+
 def freeze_transitions(
     before: Mapping[str, FreezeWindow], now: Mapping[str, FreezeWindow]
 ) -> tuple[list[FreezeWindow], list[FreezeWindow]]:

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 WATCH_S = 1.0
 """How often freeze windows are looked at (freeze.started / freeze.ended)."""
+TAKEOVER_GRACE_S = 15.0
+"""A window that started longer ago than this when a tenure begins was announced by
+the watcher before (`rules.announced_before`): the lease's TTL and two watches, with room."""
 HEALTH_TIMEOUT_S = 10.0
 MAX_APPROVALS = 10
 
@@ -294,7 +297,10 @@ class EnvironmentService:
         window deleted while active ends too). Decided by `rules.freeze_transitions`."""
         windows = self.store.freeze_windows(tenant=None)
         active = {w.id: w for w in rules.active_windows(windows, now)}
-        started, ended = rules.freeze_transitions(self._active or {}, active)
+        before = self._active
+        if before is None:
+            before = rules.announced_before(active, now, TAKEOVER_GRACE_S)
+        started, ended = rules.freeze_transitions(before, active)
         for w in started:
             self.events.emit(
                 "freeze.started",
@@ -315,6 +321,8 @@ class EnvironmentService:
         return env.name if env is not None else w.environment_id
 
     async def run(self) -> None:
+        """The lease holder's watch; each tenure starts from what is in force now."""
+        self._active = None
         while True:
             try:
                 self.watch(time.time())

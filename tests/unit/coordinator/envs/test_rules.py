@@ -164,6 +164,14 @@ def test_freeze_transitions_start_and_end_windows_once() -> None:
     assert rules.freeze_transitions({"b": b}, {}) == ([], [b])
 
 
+def test_a_new_tenure_announces_only_windows_that_started_lately() -> None:
+    old, new = window(0, 1000, wid="old"), window(95, 1000, wid="new")
+    active = {"old": old, "new": new}
+    before = rules.announced_before(active, now=100.0, grace_s=15.0)
+    assert before == {"old": old}  # started 100 s ago: the previous watcher told of it
+    assert rules.freeze_transitions(before, active) == ([new], [])
+
+
 def test_rollouts_take_the_environments_timeout_and_health_interval() -> None:
     assert rules.rollout_settings({"deploymentTimeout": 600, "healthCheckInterval": 30}) == (
         600.0,
