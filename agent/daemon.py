@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Coroutine
+from collections.abc import AsyncGenerator, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from agent.reporting import Observer, Reporter, unavailable
 from agent.stickers import StickerStore
 from agent.store import AgentState, StateStore
 from agent.tasks import TaskRunner
-from agent.webops import WebOps, cgroup_usage
+from agent.webops import RUNTIME_FIRST_LINES, WebOps, cgroup_usage
 from proto import messages as m
 from proto.desired import apply_diff
 
@@ -104,6 +104,7 @@ class Agent:
             proxy_listen=config.webops_proxy_listen,
             nginx=config.webops_nginx,
             docker_host=config.docker_host,
+            follow=self._follow_log,
         )
         """WebOps builds, env files, the agent's nginx and health checks (#20)."""
         self.link.last_contact = isolation.isolation_clock(
@@ -226,10 +227,18 @@ class Agent:
         elif isinstance(message, m.WebBuild | m.WebEnv | m.WebAction):
             await self.webops.on_message(message)
 
+    def _follow_log(self, unit: str, cursor: str) -> AsyncGenerator[list[m.LogLine], None]:
+        """A unit's log as it comes (WebOps' runtime output), from its backend."""
+        lines = 0 if cursor else RUNTIME_FIRST_LINES
+        return self.backends.of(unit).log_follow(unit, after_cursor=cursor, lines=lines)
+
     async def _unit_usage(self, unit: str) -> tuple[int, int]:
-        """(memory bytes, CPU ns) of a unit's cgroup: systemd's accounting, else read
-        from the cgroup's processes (`agent.webops.cgroup_usage`)."""
+        """(memory bytes, CPU ns) of a unit: a container's from dockerd's stats; a
+        service's cgroup from systemd's accounting, else read from the cgroup's
+        processes (`agent.webops.cgroup_usage`)."""
         backend = self.backends.of(unit)
+        if isinstance(backend, DockerBackend):
+            return await backend.usage(unit)
         if not isinstance(backend, SystemdBackend):
             return 0, 0
         memory, cpu, cgroup = await backend.usage(unit)

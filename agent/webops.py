@@ -1,6 +1,7 @@
 """WebOps deployments on the machine (#20): fetch a git repository, build it for its
 type in a versioned build directory, keep its environment file (0600), put its
-domain on the agent's own nginx, and check its health over HTTP.
+domain on the agent's own nginx, check its health over HTTP, and send what the running
+app writes (its unit's journal, or `docker logs`) as runtime log items.
 
 The coordinator turns a good build into an ordinary unit (the unit text names the
 build directory, so a new build means a new unit hash and a restart onto it); this
@@ -9,6 +10,8 @@ module never starts or stops the app itself, except for an explicit restart.
 Layout under `<state_dir>/webops/`:
   <name>/env                      the EnvironmentFile (0600)
   <name>/site.json                port, domain, live build (for the health loop)
+  <name>/runtime.cursor           where the runtime log was read up to (no repeats
+                                  after an agent restart)
   <name>/builds/<build_id>/src    the checkout; venv/ beside it for python apps
   nginx/nginx.conf, nginx/sites/<name>.conf, nginx/nginx.pid   the agent's own nginx
 """
@@ -24,7 +27,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,17 @@ MAX_LINE = 2000
 Send = Callable[[m.Message], Awaitable[object]]
 Restart = Callable[[str], Awaitable[None]]
 Usage = Callable[[str], Awaitable[tuple[int, int]]]
+Follow = Callable[[str, str], AsyncGenerator[list[m.LogLine], None]]
+"""(unit, after cursor) -> batches of its log lines as they come (the unit's backend)."""
+RUNTIME_RATE_PER_S = 20.0
+RUNTIME_BURST = 200
+"""Runtime output sent as log items per deployment: at most this many lines a second
+(bursts of this many); the rest is counted in one warning item a second (all of it stays
+in the journal, `moorctl journal`)."""
+RUNTIME_FIRST_LINES = 50
+"""Without a saved cursor (a new deployment), the follow starts this far back, so the
+app's first words (written before the follower started) are items too."""
+CURSOR_SAVE_S = 1.0
 ORPHAN_GRACE_S = 20.0
 """A site whose unit is not desired is removed once its build is this old (the unit
 arrives in a Desired right after the build; a remove sent while the machine was away
@@ -122,6 +136,7 @@ class WebOps:
         proxy_listen: str = "80",
         nginx: str = "nginx",
         docker_host: str = "",
+        follow: Follow | None = None,
     ) -> None:
         self.root = state_dir / "webops"
         self.send = send
@@ -135,6 +150,9 @@ class WebOps:
         self._locks: dict[str, asyncio.Lock] = {}
         self._health: dict[str, tuple[bool, int, float]] = {}
         self._nginx_lock = asyncio.Lock()
+        self.follow = follow
+        self._runtime: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        """Deployment name -> (its unit, the task sending its runtime output)."""
 
     # --- messages -----------------------------------------------------------------------
 
@@ -167,7 +185,7 @@ class WebOps:
             log.error("webops task failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        for task in [*self._tasks, *(t for _, t in self._runtime.values())]:
             task.cancel()
 
     async def _log(self, name: str, build_id: str, level: str, message: str) -> None:
@@ -246,10 +264,15 @@ class WebOps:
         if kind == "static":
             if not (src / "index.html").is_file():
                 raise BuildFailed("static site without index.html")
-            python = shutil.which("python3") or sys.executable
-            exec_start = f"{python} -m http.server --bind 127.0.0.1 --directory {src} {req.port}"
+            # The agent's own interpreter: it has `agent.static_site` (quiet per request)
+            exec_start = (
+                f"{sys.executable} -m agent.static_site --bind 127.0.0.1 --directory {src}"
+                f" {req.port}"
+            )
         elif kind in ("python", "django"):
             exec_start = await self._python(req, build, src, kind)
+        elif kind == "node":
+            exec_start = await self._node(req, build, src)
         elif kind == "docker":
             image = f"moorage-webops/{name}:{bid}"
             await self._log(name, bid, "info", f"docker build -t {image}")
@@ -315,6 +338,38 @@ class WebOps:
             f"{venv / 'bin' / 'gunicorn'} --bind 127.0.0.1:{req.port} --workers 2"
             f" --chdir {src} {entry}"
         )
+
+    async def _node(self, req: m.WebBuild, build: Path, src: Path) -> str:
+        """`npm ci` (with a lock file) or `npm install` when it has dependencies, `npm run
+        build` when it has that script; run by its `start` script, else `node <main>`,
+        with PORT (and HOST, 127.0.0.1) in its environment, as Node.js hosts do."""
+        name, bid = req.name, req.build_id
+        node, npm, env_cmd = shutil.which("node"), shutil.which("npm"), shutil.which("env")
+        if node is None or npm is None or env_cmd is None:
+            raise BuildFailed("node projects need node and npm on the machine (not found)")
+        package = w.node_package(src / "package.json")
+        if isinstance(package, str):
+            raise BuildFailed(package)
+        npm_env = {"npm_config_cache": str(build / ".npm"), "npm_config_update_notifier": "false"}
+        if package.dependencies:
+            verb = "ci" if (src / "package-lock.json").is_file() else "install"
+            await self._log(name, bid, "info", f"npm {verb}")
+            await self._run(name, bid, [npm, verb, "--no-audit", "--no-fund"], cwd=src, env=npm_env)
+        if package.build_script:
+            await self._log(name, bid, "info", "npm run build")
+            await self._run(name, bid, [npm, "run", "build"], cwd=src, env=npm_env)
+        listen = f"{env_cmd} PORT={req.port} HOST=127.0.0.1"
+        if package.start_script:
+            await self._log(name, bid, "info", "application: npm start")
+            return f"{listen} {npm} start --prefix {src}"
+        main = package.main_file(src)
+        if main is None:
+            raise BuildFailed(
+                "package.json has no start script and no main file (looked for"
+                " scripts.start, main, server.js, index.js)"
+            )
+        await self._log(name, bid, "info", f"application: node {main.name}")
+        return f"{listen} {node} {main}"
 
     def _env_of(self, name: str, env: dict[str, str]) -> dict[str, str]:
         del name
@@ -452,6 +507,7 @@ class WebOps:
                     if self.nginx_pid() is not None:
                         with contextlib.suppress(BuildFailed):
                             await self._run(name, "", [*self._nginx_args(), "-s", "reload"])
+            self._stop_runtime(name)
             shutil.rmtree(self.root / name, ignore_errors=True)
             self._health.pop(name, None)
 
@@ -486,6 +542,7 @@ class WebOps:
                     log.info("webops %s: %s is no longer desired: removing its site", name, unit)
                     await self._remove(name)
                 continue
+            self._watch_runtime(name, unit)
             healthy, status, detail = await http_check(port, domain)
             now = time.monotonic()
             before = self._health.get(name)
@@ -494,12 +551,88 @@ class WebOps:
             self._health[name] = (healthy, status, now)
             memory = cpu = 0
             if self.usage is not None and unit:
-                with contextlib.suppress(Exception):
+                try:
                     memory, cpu = await self.usage(unit)
+                except Exception as exc:  # reported as 0: health matters more
+                    log.warning("webops %s: usage of %s not read: %s", name, unit, exc)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.send(
                     m.WebHealth(name, healthy, status, detail, time.time(), memory, cpu)
                 )
+
+    # --- runtime output -----------------------------------------------------------------
+
+    def _watch_runtime(self, name: str, unit: str) -> None:
+        """A follower for the deployment's unit (again, if the last one ended: the unit
+        was not there yet, or it changed kind)."""
+        if self.follow is None or not unit:
+            return
+        current = self._runtime.get(name)
+        if current is not None and current[0] == unit and not current[1].done():
+            return
+        self._stop_runtime(name)
+        self._runtime[name] = (unit, asyncio.create_task(self._send_runtime(name, unit)))
+
+    def _stop_runtime(self, name: str) -> None:
+        current = self._runtime.pop(name, None)
+        if current is not None:
+            current[1].cancel()
+
+    async def _send_runtime(self, name: str, unit: str) -> None:
+        assert self.follow is not None
+        cursor_file = self.root / name / "runtime.cursor"
+        try:
+            cursor = cursor_file.read_text().strip()[:4096]
+        except OSError:
+            cursor = ""
+        budget = RateBudget(RUNTIME_RATE_PER_S, RUNTIME_BURST, time.monotonic())
+        dropped, noted, saved = 0, time.monotonic(), 0.0
+        try:
+            batches = self.follow(unit, cursor)
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    now = time.monotonic()
+                    for line in batch:
+                        cursor = line.cursor or cursor
+                        if not budget.take(now):
+                            dropped += 1
+                            continue
+                        at = line.timestamp or time.time()
+                        await self.send(m.WebLog(name, "", "info", line.message[:MAX_LINE], at))
+                    if dropped and now - noted >= 1.0:
+                        message = (
+                            f"{dropped} line(s) of output not kept as items (more than"
+                            f" {RUNTIME_RATE_PER_S:g} a second; all are in the unit's journal)"
+                        )
+                        await self.send(m.WebLog(name, "", "warning", message, time.time()))
+                        dropped, noted = 0, now
+                    if cursor and now - saved >= CURSOR_SAVE_S and cursor_file.parent.is_dir():
+                        write_public(cursor_file, cursor.encode())
+                        saved = now
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the unit is not there yet, the link went down...
+            log.debug("webops %s: runtime output of %s: %s", name, unit, exc)
+        finally:
+            if cursor and cursor_file.parent.is_dir():
+                with contextlib.suppress(OSError):
+                    write_public(cursor_file, cursor.encode())
+
+
+class RateBudget:
+    """A token bucket (the agent imports only proto: its own small copy). Pure."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 def fresh_dir(path: Path) -> None:

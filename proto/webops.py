@@ -3,8 +3,11 @@ repository's file listing tells them apart, `.env.example` parsing, env keys."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
+from typing import NamedTuple
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62}[a-zA-Z0-9])?$")
 """WebOps' deployment names: no underscores, no dots, so a name is safe as a path
@@ -22,7 +25,7 @@ BRANCH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$"
 BRANCH_RE = re.compile(BRANCH_PATTERN)
 REPO_URL_PATTERN = r"^((https?|ssh|git|file)://|[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:)[^\x00-\x1f\x7f]*$"
 REPO_URL_RE = re.compile(REPO_URL_PATTERN)
-PROJECT_TYPES = ("static", "python", "django", "docker")
+PROJECT_TYPES = ("static", "python", "django", "docker", "node")
 MAX_ENV_VARS = 200
 MAX_ENV_VALUE = 8192
 
@@ -78,7 +81,7 @@ def env_problem(env: dict[str, str]) -> str | None:
 def detect_project_type(files: Iterable[str]) -> tuple[str | None, str]:
     """The project type of a repository from its top-level file names, with the reason
     (or, when none fits, what was looked for). Order: Dockerfile, Django's manage.py,
-    Python (requirements.txt), static (index.html)."""
+    Python (requirements.txt), Node.js (package.json), static (index.html)."""
     names = set(files)
     if "Dockerfile" in names:
         return "docker", "found Dockerfile"
@@ -86,11 +89,62 @@ def detect_project_type(files: Iterable[str]) -> tuple[str | None, str]:
         return "django", "found manage.py"
     if "requirements.txt" in names or "wsgi.py" in names or "app.py" in names:
         return "python", "found requirements.txt"
+    if "package.json" in names:
+        return "node", "found package.json"
     if "index.html" in names:
         return "static", "found index.html"
     return None, (
         "unknown project type: looked for Dockerfile (docker), manage.py (django),"
-        " requirements.txt/wsgi.py/app.py (python) and index.html (static)"
+        " requirements.txt/wsgi.py/app.py (python), package.json (node) and index.html"
+        " (static)"
+    )
+
+
+MAX_PACKAGE_JSON = 1 << 20
+
+
+class NodePackage(NamedTuple):
+    """What the agent needs from a package.json."""
+
+    dependencies: bool
+    build_script: bool
+    start_script: bool
+    main: str
+
+    def main_file(self, src: Path) -> Path | None:
+        """The file `node` runs without a start script (inside `src`, or None)."""
+        for candidate in (self.main, "server.js", "index.js"):
+            if not candidate:
+                continue
+            path = (src / candidate).resolve()
+            if path.is_file() and path.is_relative_to(src.resolve()):
+                return path
+        return None
+
+
+def node_package(path: Path) -> NodePackage | str:
+    """The package.json's fields the build uses, or why it cannot be used."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PACKAGE_JSON + 1)
+    except OSError as exc:
+        return f"cannot read package.json: {exc.strerror}"
+    if len(raw) > MAX_PACKAGE_JSON:
+        return "package.json is larger than 1 MiB"
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        return f"package.json is not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return "package.json is not a JSON object"
+    raw_scripts, raw_main = data.get("scripts"), data.get("main")
+    scripts: dict[str, object] = raw_scripts if isinstance(raw_scripts, dict) else {}
+    main = raw_main if isinstance(raw_main, str) else ""
+    return NodePackage(
+        dependencies=bool(data.get("dependencies") or data.get("devDependencies")),
+        build_script=isinstance(scripts.get("build"), str),
+        start_script=isinstance(scripts.get("start"), str),
+        main=main,
     )
 
 
@@ -102,6 +156,7 @@ def project_checks(project_type: str, files: Iterable[str]) -> list[tuple[bool, 
         "python": ["requirements.txt"],
         "django": ["manage.py", "requirements.txt"],
         "docker": ["Dockerfile"],
+        "node": ["package.json"],
     }
     out: list[tuple[bool, str, str]] = []
     for f in need.get(project_type, []):

@@ -325,6 +325,18 @@ def parse_env_file(text: str, path: str) -> dict[str, str]:
     return env
 
 
+def container_usage(stats: Mapping[str, Any]) -> tuple[int, int]:
+    """(memory bytes, CPU ns) from a dockerd stats sample, as `docker stats` counts
+    memory: usage less the page cache that can be dropped (cgroup v2 `inactive_file`,
+    v1 `total_inactive_file`). Pure."""
+    memory = stats.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0)) or 0
+    used = max(0, int(memory.get("usage") or 0) - int(cache))
+    cpu = int(((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0)
+    return used, cpu
+
+
 def format_cursor(timestamp: str, seq: int) -> str:
     return f"{timestamp}/{seq}"
 
@@ -992,6 +1004,18 @@ class DockerBackend:
                 f"container {container_name(name)} was not created by Moorage; it is left alone"
             )
         return attrs
+
+    async def usage(self, name: str) -> tuple[int, int]:
+        """(memory bytes, CPU ns used so far) of the unit's running container, from one
+        dockerd stats sample ((0, 0): no running container)."""
+        return await self._call(self._usage_sync, name)
+
+    def _usage_sync(self, api: Any, name: str) -> tuple[int, int]:
+        attrs = self._owned(api, name)
+        if attrs is None or not (attrs.get("State") or {}).get("Running"):
+            return 0, 0
+        stats = api.stats(attrs["Id"], stream=False, one_shot=True)
+        return container_usage(stats)
 
     # -- logs
 

@@ -144,7 +144,7 @@ QUERY_PARAMS: dict[str, Json] = {
     },
     "labels": {"type": "string", "maxLength": 4096},
     "healthStatus": {"type": "string", "enum": ["unknown", "healthy", "unhealthy", "unreachable"]},
-    "project_type": {"type": "string", "enum": ["static", "python", "django", "docker"]},
+    "project_type": {"type": "string", "enum": ["static", "python", "django", "docker", "node"]},
     "search": {"type": "string", "maxLength": 200},
     # WebOps exports (#21).
     "format": {"type": "string", "enum": ["json", "csv"]},

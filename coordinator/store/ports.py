@@ -676,6 +676,15 @@ class WebOpsStore(Protocol):
     def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
         """Oldest first."""
 
+    def webops_runtime_log(
+        self, machine_id: str, name: str, level: str, message: str, at: float
+    ) -> None:
+        """Append an item to the log of the machine's deployment of that name (if it
+        still exists): one statement, for the write-behind of an app's output."""
+
+    def webops_logs_prune(self, machine_id: str, name: str, keep: int) -> int:
+        """Keep that deployment's newest `keep` items; how many went."""
+
     def webops_after(self, tenant: str, after_id: int, limit: int) -> list[WebDeployment]:
         """Up to `limit` deployments with ids above `after_id`, oldest first (exports
         walk the table in such pages instead of loading it)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -36,6 +37,9 @@ from proto import webops as w
 log = logging.getLogger(__name__)
 
 MAX_LOG_MESSAGE = 4096
+MAX_LOG_ITEMS = 10_000
+"""Log items kept per deployment (the oldest go first; the journal keeps everything)."""
+PRUNE_EVERY = 500
 
 
 EnvKey = Annotated[str, msgspec.Meta(pattern=w.ENV_KEY_PATTERN)]
@@ -47,7 +51,7 @@ class CreateRequest(msgspec.Struct, frozen=True, kw_only=True):
     name: Annotated[str, msgspec.Meta(pattern=w.NAME_PATTERN)]
     repo_url: Annotated[str, msgspec.Meta(max_length=2048, pattern=w.REPO_URL_PATTERN)]
     branch: Annotated[str, msgspec.Meta(pattern=w.BRANCH_PATTERN)] = "main"
-    project_type: Literal["", "static", "python", "django", "docker"] = ""
+    project_type: Literal["", "static", "python", "django", "docker", "node"] = ""
     """"": detected from the repository."""
     domain: Annotated[str, msgspec.Meta(max_length=253, pattern=w.OPTIONAL_DOMAIN_PATTERN)] = ""
     env_vars: EnvVars = {}
@@ -161,6 +165,8 @@ class WebOpsService:
         self.hub = hub
         self.events = events if events is not None else EventBus()
         self.health: dict[int, Health] = {}
+        self._runtime_count: dict[tuple[str, str], int] = {}
+        """(machine, deployment name) -> runtime items seen (when to prune)."""
         self.jobs: dict[str, BulkJob] = {}
         self._job_tasks: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
@@ -496,13 +502,36 @@ class WebOpsService:
             env=dep.env,
         )
 
+    def _runtime_item(self, machine_id: str, log: m.WebLog) -> None:
+        """What the running app wrote (the agent rate-limits it): an observation, written
+        behind with the other reports; every `PRUNE_EVERY` items of a deployment, its
+        log is cut to its newest `MAX_LOG_ITEMS`."""
+        level = log.level if log.level in rules.LEVELS else "info"
+        at = log.at or time.time()
+        text = log.message[:MAX_LOG_MESSAGE]
+        self.hub.buffer.add(
+            functools.partial(
+                self.storage.webops_runtime_log, machine_id, log.name, level, text, at
+            )
+        )
+        key = (machine_id, log.name)
+        self._runtime_count[key] = count = self._runtime_count.get(key, 0) + 1
+        if count % PRUNE_EVERY == 0:
+            self.hub.buffer.add(lambda: self._prune(machine_id, log.name))
+
+    def _prune(self, machine_id: str, name: str) -> None:
+        self.storage.webops_logs_prune(machine_id, name, MAX_LOG_ITEMS)
+
     async def _on_message(self, session: Session, message: m.Message) -> None:
+        if isinstance(message, m.WebLog) and not message.build_id:
+            self._runtime_item(session.machine_id, message)
+            return
         if isinstance(message, m.WebLog | m.WebBuilt | m.WebHealth):
             dep = self._of(session.machine_id, message.name)
             if dep is None:
                 return
             if isinstance(message, m.WebLog):
-                if message.build_id and message.build_id != dep.building:
+                if message.build_id != dep.building:
                     return
                 level = message.level if message.level in rules.LEVELS else "info"
                 self._log(dep, level, message.message[:MAX_LOG_MESSAGE], message.at)

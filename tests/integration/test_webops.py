@@ -290,7 +290,11 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     assert status == 200
     streamed = [json.loads(line) for line in lines]
     assert [i["id"] for i in streamed[:-1]] == [i["id"] for i in so_far]
-    assert streamed[-1]["message"] == "restart requested"
+    # The next item (the app's own output comes as items too, so not always the action)
+    assert streamed[-1]["id"] > max(i["id"] for i in so_far)
+    status, body = rig.call("GET", f"/api/v1/deployments/{dep_id}/logs/")
+    new = [i["message"] for i in body["data"]["logs"] if i["id"] > so_far[-1]["id"]]
+    assert "restart requested" in new
     rig.serves("site.test", "hello v3")
 
     # The agent killed: the unit and the proxy serve on; back, it reports health again.
@@ -430,6 +434,67 @@ def test_python_app_env_and_failed_redeploy(rig: WebRig, tmp_path: Path) -> None
     wait_for(lambda: rig.through_proxy("py.test")[0] == 404, 30, what="proxy entry gone")
 
 
+NODE_APP = """\
+const http = require("http");
+http
+  .createServer((req, res) => res.end(`node says ${process.env.GREETING || "nothing"}\\n`))
+  .listen(Number(process.env.PORT), process.env.HOST);
+console.log(`listening on ${process.env.PORT}`);
+"""
+
+
+def test_node_app_started_by_its_start_script(rig: WebRig, tmp_path: Path) -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    url = git_repo(
+        tmp_path / "repo-node",
+        {
+            "package.json": '{"name": "nodeapp", "scripts": {"start": "node server.js"}}\n',
+            "server.js": NODE_APP,
+        },
+    )
+    create = {
+        "name": "nodeapp",
+        "repo_url": url,
+        "branch": "main",
+        "domain": "node.test",
+        "env_vars": {"GREETING": "hi"},
+        "port": free_port(),
+    }
+    status, body = rig.call("POST", "/api/v1/deployments/", create)
+    assert status == 201, body
+    dep_id = body["data"]["id"]
+    got = rig.wait_status("nodeapp", "running", timeout=120)
+    assert got["project_type"] == "node"
+    rig.serves("node.test", "node says hi")
+    # What the running app writes is a log item too (after the build's), in order.
+
+    def messages() -> list[str]:
+        _, body = rig.call("GET", f"/api/v1/deployments/{dep_id}/logs/?lines=1000")
+        return [i["message"] for i in body["data"]["logs"]]
+
+    wait_for(
+        lambda: any(f"listening on {create['port']}" in x for x in messages()),
+        30,
+        interval=0.5,
+        what="the app's output as a log item",
+    )
+    assert messages().index(next(x for x in messages() if "ready (node)" in x)) < next(
+        i for i, x in enumerate(messages()) if "listening on" in x
+    )
+    assert "npm start" in rig.systemd.unit_property(got["unit"], "ExecStart")
+    status, body = rig.call(
+        "POST", "/api/deployments/nodeapp/env/set/", {"key": "GREETING", "value": "bye"}
+    )
+    assert status == 200, body
+    status, body = rig.call("POST", "/api/deployments/nodeapp/restart/")
+    assert status == 200, body
+    rig.serves("node.test", "node says bye")
+    status, body = rig.call("DELETE", "/api/deployments/nodeapp/")
+    assert status == 200, body
+    wait_for(lambda: not (rig.webops_dir / "nodeapp").exists(), 30, what="files removed")
+
+
 @pytest.fixture
 def drig(tmp_path: Path, user_systemd: UserSystemd, dockerd: Dockerd) -> Iterator[WebRig]:
     r = WebRig(tmp_path, user_systemd, dockerd)
@@ -463,6 +528,13 @@ def test_dockerfile_app_built_on_the_machine(drig: WebRig, tmp_path: Path) -> No
     assert got["project_type"] == "docker"
     assert got["unit"] == "webops-dock.container"
     drig.serves("dock.test", "docker v1")
+    # Memory from dockerd's stats of the container (it was 0 for Docker apps)
+    wait_for(
+        lambda: drig.info("dock")["metrics"]["memory_bytes"] > 0,
+        30,
+        interval=0.5,
+        what="the container's memory accounted",
+    )
 
     # Env set + restart: the container is made again with the new environment.
     def container_env() -> list[str]:

@@ -156,6 +156,38 @@ class WebOpsSql(SqlCore):
             )
             return _new_id(result)
 
+    def webops_runtime_log(
+        self, machine_id: str, name: str, level: str, message: str, at: float
+    ) -> None:
+        owner = sa.select(
+            deps.c.id,
+            sa.literal(level, schema.Str),
+            sa.literal(message, schema.Str),
+            sa.literal(at, schema.Real),
+        ).where(deps.c.machine_id == machine_id, deps.c.name == name)
+        with self._tx() as db:
+            db.execute(
+                sa.insert(logs).from_select(
+                    ["deployment_id", "level", "message", "created_at"], owner
+                )
+            )
+
+    def webops_logs_prune(self, machine_id: str, name: str, keep: int) -> int:
+        dep_id = sa.select(deps.c.id).where(deps.c.machine_id == machine_id, deps.c.name == name)
+        newest = (
+            sa.select(logs.c.id)
+            .where(logs.c.deployment_id.in_(dep_id))
+            .order_by(logs.c.id.desc())
+            .offset(keep)
+            .limit(1)
+            .scalar_subquery()
+        )
+        with self._tx() as db:
+            done = db.execute(
+                sa.delete(logs).where(logs.c.deployment_id.in_(dep_id), logs.c.id <= newest)
+            )
+            return int(done.rowcount)
+
     def webops_logs(self, dep_id: int, *, after_id: int = 0) -> list[WebLogItem]:
         rows = self._rows(
             sa.select(logs.c.id, logs.c.level, logs.c.message, logs.c.created_at)

@@ -226,3 +226,16 @@ def test_bad_cursors_are_refused() -> None:
 def test_since_is_a_little_earlier() -> None:
     since = _since("2024-05-06T07:08:09.500000000Z")
     assert 1714979289.498 < since < 1714979289.5
+
+
+def test_container_usage_counts_memory_as_docker_stats_does() -> None:
+    from agent.backends.docker import container_usage
+
+    v2 = {
+        "memory_stats": {"usage": 50_000_000, "stats": {"inactive_file": 8_000_000}},
+        "cpu_stats": {"cpu_usage": {"total_usage": 123_456_789}},
+    }
+    assert container_usage(v2) == (42_000_000, 123_456_789)
+    v1 = {"memory_stats": {"usage": 10, "stats": {"total_inactive_file": 4}}, "cpu_stats": {}}
+    assert container_usage(v1) == (6, 0)
+    assert container_usage({}) == (0, 0)  # a stopped container's sample is empty

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from proto import webops as w
@@ -55,6 +57,7 @@ def test_branches() -> None:
         (["manage.py", "requirements.txt"], "django"),
         (["requirements.txt", "wsgi.py"], "python"),
         (["app.py"], "python"),
+        (["package.json", "server.js", "index.html"], "node"),
         (["index.html", "style.css"], "static"),
     ],
 )
@@ -65,7 +68,7 @@ def test_detection(files: list[str], kind: str) -> None:
 def test_unknown_type_names_what_was_looked_for() -> None:
     kind, why = w.detect_project_type(["README.md"])
     assert kind is None
-    for looked in ("Dockerfile", "manage.py", "requirements.txt", "index.html"):
+    for looked in ("Dockerfile", "manage.py", "requirements.txt", "package.json", "index.html"):
         assert looked in why
 
 
@@ -85,3 +88,23 @@ def test_project_checks() -> None:
     results = w.project_checks("python", ["requirements.txt"])
     assert (False, "error", "WSGI entry point missing (wsgi.py or app.py)") in results
     assert all(ok for ok, _, _ in w.project_checks("static", ["index.html", ".env.example"]))
+
+
+def test_what_a_node_build_reads_from_package_json(tmp_path: Path) -> None:
+    pkg = tmp_path / "package.json"
+    pkg.write_text('{"scripts": {"start": "node server.js", "build": "tsc"}, "dependencies": {}}')
+    got = w.node_package(pkg)
+    assert got == w.NodePackage(dependencies=False, build_script=True, start_script=True, main="")
+    pkg.write_text('{"main": "../../etc/passwd", "devDependencies": {"x": "1"}}')
+    got = w.node_package(pkg)
+    assert isinstance(got, w.NodePackage) and got.dependencies and not got.start_script
+    assert got.main_file(tmp_path) is None  # outside the checkout: never run
+    (tmp_path / "index.js").write_text("")
+    assert got.main_file(tmp_path) == (tmp_path / "index.js").resolve()
+    pkg.write_text("[1, 2]")
+    assert w.node_package(pkg) == "package.json is not a JSON object"
+    pkg.write_text("{nope")
+    assert str(w.node_package(pkg)).startswith("package.json is not valid JSON")
+    pkg.write_bytes(b" " * (w.MAX_PACKAGE_JSON + 1))
+    assert w.node_package(pkg) == "package.json is larger than 1 MiB"
+    assert "cannot read" in str(w.node_package(tmp_path / "missing.json"))

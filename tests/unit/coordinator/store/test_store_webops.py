@@ -227,3 +227,15 @@ def test_the_webhook_outbox_claims_each_due_delivery_once(store: SqlStore) -> No
     assert store.outbox_count() == 2
     store.webhook_delete(hook.id)  # its waiting deliveries go with it
     assert store.outbox_count() == 0 and store.outbox_next_at() is None
+
+
+def test_runtime_output_lands_by_machine_and_name_and_is_pruned(store: SqlStore) -> None:
+    site = store.webops_create(dep("site", machine_id="m1", port=8001))
+    store.webops_create(dep("site", tenant="other", machine_id="m2", port=8001))
+    for i in range(5):
+        store.webops_runtime_log("m1", "site", "info", f"out {i}", float(i))
+    store.webops_runtime_log("m1", "gone", "info", "nobody's", 9.0)  # no such deployment
+    assert [i.message for i in store.webops_logs(site.id)] == [f"out {i}" for i in range(5)]
+    assert store.webops_logs_prune("m1", "site", keep=2) == 3
+    assert [i.message for i in store.webops_logs(site.id)] == ["out 3", "out 4"]
+    assert store.webops_logs_prune("m1", "site", keep=2) == 0
