@@ -227,6 +227,7 @@ class Coordinator:
         )
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
+        self.webops.coordinator_id = self.coordinator_id
         self.webhooks = WebhookService(self.storage, self.events)
         self.monitoring = MonitoringService(
             self.storage, self.hub, self.units, self.webops, self.logs
@@ -543,6 +544,7 @@ class Coordinator:
         # No session of ours survived our last run (other coordinators' did).
         self.storage.release_sessions(self.coordinator_id, now, unowned=True)
         self.limiter.load()
+        self.webops.interrupt_jobs()  # those this coordinator ran before it stopped
         self.hub.load_liveness()
         api_ctx = pki.server_ssl_context(
             self.paths.server_cert,

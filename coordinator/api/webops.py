@@ -30,9 +30,8 @@ from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.trust.auth import PRINCIPAL
 from coordinator.webops import export, rules
-from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+from coordinator.webops.records import BulkJob, WebDeployment, WebLogItem, WebQuery
 from coordinator.webops.service import (
-    BulkJob,
     BulkRequest,
     CreateRequest,
     EnvKey,

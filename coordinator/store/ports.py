@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from coordinator.store.health import StorageHealth
     from coordinator.tasks.records import RunEvent, RunQuery, TaskDefinition, TaskRun
     from coordinator.webops.records import (
+        BulkJob,
         Database,
         DatabaseBackup,
         ErrorItem,
@@ -684,6 +685,14 @@ class WebOpsStore(Protocol):
 
     def webops_logs_prune(self, machine_id: str, name: str, keep: int) -> int:
         """Keep that deployment's newest `keep` items; how many went."""
+
+    def bulk_job_save(self, job: BulkJob, *, keep: int = 0) -> None:
+        """Insert or update a bulk job; with `keep`, only the newest `keep` stay."""
+
+    def bulk_job_get(self, job_id: str, tenant: str) -> BulkJob | None: ...
+
+    def bulk_jobs_interrupt(self, runner: str, now: float) -> int:
+        """Jobs `runner` left running are interrupted; how many."""
 
     def webops_after(self, tenant: str, after_id: int, limit: int) -> list[WebDeployment]:
         """Up to `limit` deployments with ids above `after_id`, oldest first (exports

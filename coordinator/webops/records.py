@@ -146,3 +146,28 @@ class ErrorItem(msgspec.Struct, frozen=True):
     level: str
     message: str
     created_at: float
+
+
+class BulkResult(msgspec.Struct, frozen=True):
+    id: int
+    success: bool
+    name: str = ""
+    status: str = ""
+    """The deployment's status after the action ("" when it failed or was deleted)."""
+    error: str = ""
+    code: int = 200
+    """The HTTP status the action alone would have had."""
+
+
+class BulkJob(msgspec.Struct, kw_only=True):
+    id: str
+    tenant: str
+    action: str
+    total: int
+    status: str = "running"
+    """running, completed, or interrupted (the coordinator running it stopped)."""
+    results: list[BulkResult] = []
+    runner: str = ""
+    """The coordinator running it."""
+    created_at: float = 0.0
+    finished_at: float = 0.0

@@ -30,7 +30,7 @@ from coordinator.hub.relay import RemoteSession
 from coordinator.hub.sessions import Hub, Session
 from coordinator.store.ports import MachineStore, WebOpsStore
 from coordinator.webops import rules
-from coordinator.webops.records import WebDeployment, WebLogItem, WebQuery
+from coordinator.webops.records import BulkJob, BulkResult, WebDeployment, WebLogItem, WebQuery
 from proto import messages as m
 from proto import webops as w
 
@@ -88,7 +88,7 @@ class WebStore(WebOpsStore, MachineStore, Protocol):
 BULK_ACTIONS = ("restart", "stop", "start", "redeploy", "delete")
 MAX_BULK = 100
 MAX_JOBS = 200
-"""Bulk jobs kept (in memory, the newest) for polling."""
+"""Bulk jobs kept (in the store, the newest) for polling."""
 
 
 class BulkRequest(msgspec.Struct, frozen=True):
@@ -97,29 +97,6 @@ class BulkRequest(msgspec.Struct, frozen=True):
         list[Annotated[int, msgspec.Meta(ge=1)]], msgspec.Meta(min_length=1, max_length=MAX_BULK)
     ]
     run_async: bool = msgspec.field(default=False, name="async")
-
-
-class BulkResult(msgspec.Struct, frozen=True):
-    id: int
-    success: bool
-    name: str = ""
-    status: str = ""
-    """The deployment's status after the action ("" when it failed or was deleted)."""
-    error: str = ""
-    code: int = 200
-    """The HTTP status the action alone would have had."""
-
-
-class BulkJob(msgspec.Struct, kw_only=True):
-    id: str
-    tenant: str
-    action: str
-    total: int
-    status: str = "running"
-    """running, completed."""
-    results: list[BulkResult] = []
-    created_at: float = 0.0
-    finished_at: float = 0.0
 
 
 def error_code(exc: DomainError) -> int:
@@ -167,7 +144,8 @@ class WebOpsService:
         self.health: dict[int, Health] = {}
         self._runtime_count: dict[tuple[str, str], int] = {}
         """(machine, deployment name) -> runtime items seen (when to prune)."""
-        self.jobs: dict[str, BulkJob] = {}
+        self.coordinator_id = ""
+        """Set by the server: marks the bulk jobs this coordinator runs."""
         self._job_tasks: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
         hub.on_connect.append(self._on_connect)
@@ -372,11 +350,10 @@ class WebOpsService:
             tenant=tenant,
             action=req.action,
             total=len(req.deployment_ids),
+            runner=self.coordinator_id,
             created_at=time.time(),
         )
-        self.jobs[job.id] = job
-        while len(self.jobs) > MAX_JOBS:
-            self.jobs.pop(next(iter(self.jobs)))
+        self.storage.bulk_job_save(job, keep=MAX_JOBS)
         if req.run_async:
             task = asyncio.create_task(self._run_bulk(job, req.deployment_ids))
             self._job_tasks.add(task)
@@ -386,16 +363,25 @@ class WebOpsService:
         return job
 
     def job(self, tenant: str, job_id: str) -> BulkJob:
-        job = self.jobs.get(job_id)
-        if job is None or job.tenant != tenant:
+        """A bulk job, from any coordinator (each result is stored as it comes)."""
+        job = self.storage.bulk_job_get(job_id, tenant)
+        if job is None:
             raise NotFound(f"bulk job {job_id!r} does not exist")
         return job
+
+    def interrupt_jobs(self) -> int:
+        """At start: the jobs this coordinator was running when it stopped will not go
+        on (an action may have been half done: the results so far say which)."""
+        return self.storage.bulk_jobs_interrupt(self.coordinator_id, time.time())
 
     async def _run_bulk(self, job: BulkJob, ids: list[int]) -> None:
         for dep_id in ids:
             job.results.append(await self._one(job.tenant, job.action, dep_id))
+            if len(job.results) < len(ids):
+                self.storage.bulk_job_save(job)
         job.status = "completed"
         job.finished_at = time.time()
+        self.storage.bulk_job_save(job)
 
     async def _one(self, tenant: str, action: str, dep_id: int) -> BulkResult:
         name = ""

@@ -580,6 +580,22 @@ webhooks = sa.Table(
 )
 
 
+webops_bulk_jobs = sa.Table(
+    "webops_bulk_jobs",
+    metadata,
+    sa.Column("id", Str, primary_key=True),
+    sa.Column("tenant", Str, nullable=False),
+    sa.Column("action", Str, nullable=False),
+    sa.Column("total", Int, nullable=False),
+    sa.Column("status", Str, nullable=False),
+    sa.Column("results", Str, nullable=False, server_default="[]"),
+    sa.Column("runner", Str, nullable=False, server_default=""),
+    sa.Column("created_at", Real, nullable=False),
+    sa.Column("finished_at", Real, nullable=False, server_default="0"),
+    sa.Index("webops_bulk_jobs_by_created", "created_at"),
+)
+
+
 webhook_outbox = sa.Table(
     "webhook_outbox",
     metadata,

@@ -13,6 +13,7 @@ from coordinator.store.ports import StorageError
 from coordinator.store.sql import schema
 from coordinator.store.sql.core import SqlCore, row_record
 from coordinator.webops.records import (
+    BulkJob,
     Database,
     DatabaseBackup,
     ErrorItem,
@@ -33,6 +34,7 @@ logs = schema.webops_logs
 hooks = schema.webhooks
 deliveries = schema.webhook_deliveries
 outbox = schema.webhook_outbox
+jobs_t = schema.webops_bulk_jobs
 dbs = schema.webops_databases
 backups_t = schema.webops_db_backups
 samples_t = schema.machine_samples
@@ -185,6 +187,47 @@ class WebOpsSql(SqlCore):
         with self._tx() as db:
             done = db.execute(
                 sa.delete(logs).where(logs.c.deployment_id.in_(dep_id), logs.c.id <= newest)
+            )
+            return int(done.rowcount)
+
+    def bulk_job_save(self, job: BulkJob, *, keep: int = 0) -> None:
+        values = {
+            "tenant": job.tenant,
+            "action": job.action,
+            "total": job.total,
+            "status": job.status,
+            "results": msgspec.json.encode(job.results).decode(),
+            "runner": job.runner,
+            "created_at": job.created_at,
+            "finished_at": job.finished_at,
+        }
+        ins = self._insert(jobs_t).values(id=job.id, **values)
+        with self._tx() as db:
+            db.execute(ins.on_conflict_do_update(index_elements=[jobs_t.c.id], set_=values))
+            if keep:
+                cutoff = (
+                    sa.select(jobs_t.c.created_at)
+                    .order_by(jobs_t.c.created_at.desc())
+                    .offset(keep)
+                    .limit(1)
+                    .scalar_subquery()
+                )
+                db.execute(sa.delete(jobs_t).where(jobs_t.c.created_at <= cutoff))
+
+    def bulk_job_get(self, job_id: str, tenant: str) -> BulkJob | None:
+        row = self._first(sa.select(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.tenant == tenant))
+        if row is None:
+            return None
+        data = {str(k): v for k, v in row.items()}
+        data["results"] = msgspec.json.decode(data["results"])
+        return msgspec.convert(data, BulkJob, strict=False)
+
+    def bulk_jobs_interrupt(self, runner: str, now: float) -> int:
+        with self._tx() as db:
+            done = db.execute(
+                sa.update(jobs_t)
+                .where(jobs_t.c.runner == runner, jobs_t.c.status == "running")
+                .values(status="interrupted", finished_at=now)
             )
             return int(done.rowcount)
 

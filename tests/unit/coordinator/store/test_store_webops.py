@@ -239,3 +239,32 @@ def test_runtime_output_lands_by_machine_and_name_and_is_pruned(store: SqlStore)
     assert store.webops_logs_prune("m1", "site", keep=2) == 3
     assert [i.message for i in store.webops_logs(site.id)] == ["out 3", "out 4"]
     assert store.webops_logs_prune("m1", "site", keep=2) == 0
+
+
+def test_bulk_jobs_are_stored_per_tenant_kept_newest_and_interrupted(store: SqlStore) -> None:
+    from coordinator.webops.records import BulkJob, BulkResult
+
+    def job(i: int, runner: str = "A") -> BulkJob:
+        return BulkJob(
+            id=f"j{i}",
+            tenant="default",
+            action="restart",
+            total=2,
+            runner=runner,
+            created_at=float(i),
+        )
+
+    first = job(1)
+    store.bulk_job_save(first, keep=2)
+    first.results.append(BulkResult(7, True, "site", "running"))
+    store.bulk_job_save(first)  # progress, read by any coordinator
+    got = store.bulk_job_get("j1", "default")
+    assert got is not None and got.results == [BulkResult(7, True, "site", "running")]
+    assert store.bulk_job_get("j1", "other") is None
+    store.bulk_job_save(job(2, runner="B"), keep=2)
+    store.bulk_job_save(job(3), keep=2)
+    assert store.bulk_job_get("j1", "default") is None  # only the newest 2 are kept
+    assert store.bulk_jobs_interrupt("A", 9.0) == 1  # A restarted: j3 will not go on
+    j3, j2 = store.bulk_job_get("j3", "default"), store.bulk_job_get("j2", "default")
+    assert j3 is not None and (j3.status, j3.finished_at) == ("interrupted", 9.0)
+    assert j2 is not None and j2.status == "running"
