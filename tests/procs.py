@@ -215,8 +215,11 @@ class CoordinatorProc:
 
         return run_sync(go)
 
-    def raw_stream(self, path: str, *, max_lines: int, timeout: float) -> tuple[int, list[bytes]]:
-        """Read up to max_lines lines of a streaming response, then hang up."""
+    def raw_stream(
+        self, path: str, *, max_lines: int, timeout: float, until: bytes = b""
+    ) -> tuple[int, list[bytes]]:
+        """Read up to max_lines lines of a streaming response (or until one holds
+        `until`), then hang up."""
 
         async def go() -> tuple[int, list[bytes]]:
             p = self.paths
@@ -230,6 +233,8 @@ class CoordinatorProc:
                             if not line:
                                 break
                             lines.append(line)
+                            if until and until in line:
+                                break
                 except TimeoutError:
                     pass
                 return resp.status, lines

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import math
@@ -14,7 +16,8 @@ from aiohttp import web
 from coordinator.api.errors import ApiError
 from coordinator.api.identity import Envelope, Pagination, ok, page_args
 from coordinator.api.routing import ENVELOPE, Family, RouteTable, tenant_of
-from coordinator.api.webops import since_arg
+from coordinator.api.webops import FOLLOW_MAX_S, since_arg
+from coordinator.errors import Unavailable
 from coordinator.timefmt import iso
 from coordinator.trust import permissions as perms
 from coordinator.webops import export
@@ -170,12 +173,15 @@ def routes(service: MonitoringService) -> list[Family]:
         errors=(400, 404, 503),
         query=("type", "machine", "lines", "follow"),
     )
-    async def system(request: web.Request) -> web.Response:
-        if request.query.get("follow", "") in ("1", "true"):
-            raise ApiError(400, "follow is not supported on system logs (moorctl journal is)")
+    async def system(request: web.Request) -> web.StreamResponse:
         raw = request.query.get("lines", "50")
         if not raw.isdigit():
             raise ApiError(400, f"lines must be an integer, got {raw!r}")
+        follow = request.query.get("follow", "false")
+        if follow not in ("1", "true", "0", "false", ""):
+            raise ApiError(400, f"follow must be true or false, got {follow!r}")
+        if follow in ("1", "true"):
+            return await system_follow(request, int(raw[:6]))
         machine, lines = await service.system_log(
             tenant_of(request),
             request.query.get("type", "nginx"),
@@ -189,5 +195,38 @@ def routes(service: MonitoringService) -> list[Family]:
             "total_lines": len(lines),
         }
         return ok(data)
+
+    async def system_follow(request: web.Request, count: int) -> web.StreamResponse:
+        """NDJSON lines `{timestamp, message}`: the last `lines`, then each new one, until
+        the client goes away or FOLLOW_MAX_S (as a deployment's log follow)."""
+        _, batches = service.system_follow(
+            tenant_of(request),
+            request.query.get("type", "nginx"),
+            machine=request.query.get("machine", ""),
+            lines=count,
+        )
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        prepared = False
+        try:
+            async with asyncio.timeout(FOLLOW_MAX_S), contextlib.aclosing(batches):
+                async for batch in batches:
+                    if not prepared:
+                        await resp.prepare(request)
+                        prepared = True
+                    for line in batch:
+                        item = {"timestamp": iso(line.timestamp), "message": line.message}
+                        await resp.write(msgspec.json.encode(item) + b"\n")
+        except TimeoutError:
+            pass
+        except Unavailable as exc:
+            if not prepared:
+                raise
+            await resp.write(msgspec.json.encode({"error": str(exc)}) + b"\n")
+        except ConnectionResetError:
+            return resp  # the client went away
+        if not prepared:
+            await resp.prepare(request)
+        await resp.write_eof()
+        return resp
 
     return [Family(V1, ENVELOPE, r.routes), Family(LOGS, ENVELOPE, logs.routes)]

@@ -7,8 +7,9 @@ level error (and warning, when asked)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from typing import Protocol
 
 import msgspec
@@ -241,6 +242,33 @@ class MonitoringService:
         self, tenant: str, kind: str, *, machine: str = "", lines: int = 50
     ) -> tuple[str, list[m.LogLine]]:
         """(the machine, the last `lines` of its `kind` service's journal)."""
+        machine = self._system_machine(tenant, kind, machine, lines)
+        out: list[m.LogLine] = []
+        async for batch in self._system_stream(machine, kind, lines, follow=False):
+            out.extend(batch)
+        return machine, out[-lines:]
+
+    def system_follow(
+        self, tenant: str, kind: str, *, machine: str = "", lines: int = 50
+    ) -> tuple[str, AsyncGenerator[list[m.LogLine], None]]:
+        """(the machine, its `kind` service's journal: the last `lines`, then new lines
+        as they come, until the caller closes it). Bad arguments raise now."""
+        machine = self._system_machine(tenant, kind, machine, lines)
+        return machine, self._system_stream(machine, kind, lines, follow=True)
+
+    async def _system_stream(
+        self, machine: str, kind: str, lines: int, *, follow: bool
+    ) -> AsyncGenerator[list[m.LogLine], None]:
+        if self.logs is None:
+            raise Unavailable("system logs are not available")
+        stream = self.logs.stream(machine, SYSTEM_UNITS[kind], lines=lines, follow=follow)
+        async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                if chunk.error:
+                    raise Unavailable(f"machine {machine}: {chunk.error}")
+                yield list(chunk.lines)
+
+    def _system_machine(self, tenant: str, kind: str, machine: str, lines: int) -> str:
         if kind not in SYSTEM_UNITS:
             raise Invalid(f"type must be one of {', '.join(SYSTEM_UNITS)}, got {kind!r}")
         if not 1 <= lines <= MAX_SYSTEM_LINES:
@@ -257,11 +285,4 @@ class MonitoringService:
                     f"machine is required (the tenant has {len(connected)} connected machines)"
                 )
             machine = connected[0]
-        if self.logs is None:
-            raise Unavailable("system logs are not available")
-        out: list[m.LogLine] = []
-        async for chunk in self.logs.stream(machine, SYSTEM_UNITS[kind], lines=lines, follow=False):
-            if chunk.error:
-                raise Unavailable(f"machine {machine}: {chunk.error}")
-            out.extend(chunk.lines)
-        return machine, out[-lines:]
+        return machine

@@ -7,6 +7,7 @@ a series."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,27 @@ def test_system_logs_are_the_services_journal(rig: MachineRig) -> None:
     assert status == 400 and "type must be one of" in body["error"]["message"]
     status, body = get("/api/v1/logs/system/?type=redis&machine=nope")
     assert status == 404
+    status, body = get("/api/v1/logs/system/?type=redis&follow=maybe")
+    assert status == 400 and "follow must be true or false" in body["error"]["message"]
+
+    # follow=true: NDJSON lines, the last ones, then new ones as the service writes them
+    later = threading.Timer(
+        1.0,
+        lambda: rig.put(
+            "redis-server.service",
+            "[Service]\nExecStart=/bin/sh -c 'echo Ready again; exec sleep 600'\n",
+        ),
+    )
+    later.start()
+    status, lines = rig.coordinator.raw_stream(
+        "/api/v1/logs/system/?type=redis&lines=5&follow=true&machine=" + rig.agent.machine_id,
+        max_lines=50,
+        timeout=20,
+        until=b"Ready again",
+    )
+    later.join()
+    assert status == 200
+    items = [json.loads(line) for line in lines]
+    assert set(items[0]) == {"timestamp", "message"}
+    assert any("Ready to accept" in i["message"] for i in items)
+    assert "Ready again" in items[-1]["message"]
