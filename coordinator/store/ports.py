@@ -766,8 +766,11 @@ class DatabaseStore(Protocol):
 class MonitoringStore(Protocol):
     """Machines' load as a per-minute series, and WebOps error log items (#21)."""
 
-    def sample_put(self, sample: Sample, keep_after_minute: int) -> None:
-        """Upsert the machine's sample of that minute; drop its older than keep_after."""
+    def sample_put(
+        self, sample: Sample, keep_after_minute: int, keep_hours_after_minute: int = 0
+    ) -> None:
+        """Upsert the machine's sample of that minute and its hour's average; drop its
+        minutes before `keep_after_minute`, its hours before `keep_hours_after_minute`."""
 
     def samples(
         self,
@@ -775,6 +778,8 @@ class MonitoringStore(Protocol):
         since_minute: int,
         after: tuple[str, int] = ("", -1),
         limit: int = 100000,
+        *,
+        hourly: bool = False,
     ) -> list[Sample]:
         """Ordered by (machine, minute); `after` resumes past a (machine, minute)."""
 

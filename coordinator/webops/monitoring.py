@@ -1,7 +1,8 @@
 """WebOps monitoring (#21), from what agents report: each agent sends `MachineStats`
 every half minute; the last one of each minute is kept per machine in the store (a
-per-minute series, 30 days), and periods are answered by averaging it into buckets
-(1h in minutes ... 30d in 4-hour buckets). Health is the latest report of each machine
+per-minute series, 2 days) and averaged into an hourly series (31 days) as it comes;
+periods are answered by averaging one of them into buckets (1h in minutes ... 24h from
+minutes, 7d and 30d from hours). Health is the latest report of each machine
 of the tenant, with unit and deployment counts; errors are the WebOps log items of
 level error (and warning, when asked)."""
 
@@ -24,7 +25,10 @@ from coordinator.webops.records import ErrorItem, Sample
 from coordinator.webops.service import WebOpsService
 from proto import messages as m
 
-KEEP_MINUTES = 30 * 1440
+KEEP_MINUTES = 2 * 1440
+KEEP_HOURS = 31 * 24
+HOURLY_FROM_BUCKET_S = 3600
+"""Periods whose buckets are at least an hour read the hourly series (`7d`, `30d`)."""
 PERIODS: dict[str, tuple[int, int]] = {
     "1h": (3600, 60),
     "6h": (6 * 3600, 300),
@@ -150,6 +154,7 @@ class MonitoringService:
                 uptime_s=max(0.0, message.uptime_s),
             ),
             minute - KEEP_MINUTES,
+            minute - KEEP_HOURS * 60,
         )
 
     def health(self, tenant: str) -> dict[str, object]:
@@ -195,7 +200,7 @@ class MonitoringService:
 
     def metrics(self, tenant: str, period: str, machine: str = "") -> list[Point]:
         span, bucket = period_of(period)
-        points = downsample(self._samples(tenant, span), bucket)
+        points = downsample(self._samples(tenant, span, bucket), bucket)
         return [p for p in points if not machine or p.machine == machine]
 
     def export_pages(self, tenant: str, period: str, page: int = 500) -> Iterator[list[Point]]:
@@ -204,15 +209,18 @@ class MonitoringService:
         span, bucket = period_of(period)
         since = int((time.time() - span) // 60)
         after: tuple[str, int] = ("", -1)
+        hourly = bucket >= HOURLY_FROM_BUCKET_S
         while True:
-            got = self.storage.samples(tenant, since, after, page)
+            got = self.storage.samples(tenant, since, after, page, hourly=hourly)
             if not got:
                 return
             yield downsample(got, bucket)
             after = (got[-1].machine_id, got[-1].minute)
 
-    def _samples(self, tenant: str, span: int) -> list[Sample]:
-        return self.storage.samples(tenant, int((time.time() - span) // 60))
+    def _samples(self, tenant: str, span: int, bucket: int) -> list[Sample]:
+        since = int((time.time() - span) // 60)
+        hourly = bucket >= HOURLY_FROM_BUCKET_S
+        return self.storage.samples(tenant, since, hourly=hourly)
 
     def errors(
         self,

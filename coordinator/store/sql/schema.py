@@ -682,6 +682,25 @@ machine_samples = sa.Table(
 )
 
 
+machine_samples_hourly = sa.Table(
+    "machine_samples_hourly",
+    metadata,
+    sa.Column("machine_id", Str, primary_key=True),
+    sa.Column("minute", Int, primary_key=True),
+    sa.Column("tenant", Str, nullable=False),
+    sa.Column("cpu_percent", Real, nullable=False),
+    sa.Column("load1", Real, nullable=False),
+    sa.Column("memory_total", Int, nullable=False),
+    sa.Column("memory_used", Int, nullable=False),
+    sa.Column("disk_total", Int, nullable=False),
+    sa.Column("disk_used", Int, nullable=False),
+    sa.Column("uptime_s", Real, nullable=False),
+    sa.Index("machine_samples_hourly_by_tenant", "tenant", "minute"),
+    sqlite_with_rowid=False,
+)
+"""The per-minute series averaged by hour (`minute`: the hour's first), kept longer."""
+
+
 coordinators = sa.Table(
     "coordinators",
     metadata,

@@ -38,6 +38,16 @@ jobs_t = schema.webops_bulk_jobs
 dbs = schema.webops_databases
 backups_t = schema.webops_db_backups
 samples_t = schema.machine_samples
+hourly_t = schema.machine_samples_hourly
+
+
+def _upsert_sample(insert: Any, values: dict[str, Any]) -> Any:
+    """An insert of a sample row that replaces the row of its (machine, minute)."""
+    stmt = insert.values(**values)
+    return stmt.on_conflict_do_update(
+        index_elements=["machine_id", "minute"],
+        set_={k: stmt.excluded[k] for k in values if k not in ("machine_id", "minute")},
+    )
 
 
 def _values(dep: WebDeployment) -> dict[str, Any]:
@@ -405,36 +415,72 @@ class WebOpsSql(SqlCore):
 
     # --- monitoring (#21) -----------------------------------------------------------------
 
-    def sample_put(self, sample: Sample, keep_after_minute: int) -> None:
-        """Upsert the machine's sample of that minute; drop those before keep_after."""
+    def sample_put(
+        self, sample: Sample, keep_after_minute: int, keep_hours_after_minute: int = 0
+    ) -> None:
+        """Upsert the machine's sample of that minute and its hour's average; drop the
+        minutes before `keep_after_minute` and the hours before `keep_hours_after_minute`."""
         values = {k: getattr(sample, k) for k in sample.__struct_fields__}
-        stmt = self._insert(samples_t).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[samples_t.c.machine_id, samples_t.c.minute],
-            set_={k: stmt.excluded[k] for k in values if k not in ("machine_id", "minute")},
-        )
+        hour = (sample.minute // 60) * 60
+        s = samples_t.c
+        average = sa.select(
+            sa.func.avg(s.cpu_percent),
+            sa.func.avg(s.load1),
+            sa.func.max(s.memory_total),
+            sa.func.avg(s.memory_used),
+            sa.func.max(s.disk_total),
+            sa.func.avg(s.disk_used),
+            sa.func.max(s.uptime_s),
+        ).where(s.machine_id == sample.machine_id, s.minute >= hour, s.minute < hour + 60)
         with self._tx() as conn:
-            conn.execute(stmt)
+            conn.execute(_upsert_sample(self._insert(samples_t), values))
+            got = conn.execute(average).one()
+            hourly = {
+                **values,
+                "minute": hour,
+                "cpu_percent": float(got[0] or 0.0),
+                "load1": float(got[1] or 0.0),
+                "memory_total": int(got[2] or 0),
+                "memory_used": int(got[3] or 0),
+                "disk_total": int(got[4] or 0),
+                "disk_used": int(got[5] or 0),
+                "uptime_s": float(got[6] or 0.0),
+            }
+            conn.execute(_upsert_sample(self._insert(hourly_t), hourly))
             conn.execute(
                 sa.delete(samples_t).where(
-                    samples_t.c.machine_id == sample.machine_id,
-                    samples_t.c.minute < keep_after_minute,
+                    s.machine_id == sample.machine_id, s.minute < keep_after_minute
                 )
             )
+            if keep_hours_after_minute:
+                conn.execute(
+                    sa.delete(hourly_t).where(
+                        hourly_t.c.machine_id == sample.machine_id,
+                        hourly_t.c.minute < keep_hours_after_minute,
+                    )
+                )
 
     def samples(
-        self, tenant: str, since_minute: int, after: tuple[str, int] = ("", -1), limit: int = 100000
+        self,
+        tenant: str,
+        since_minute: int,
+        after: tuple[str, int] = ("", -1),
+        limit: int = 100000,
+        *,
+        hourly: bool = False,
     ) -> list[Sample]:
-        """Oldest first by machine then minute; `after` resumes past (machine, minute)."""
-        key = sa.tuple_(samples_t.c.machine_id, samples_t.c.minute)
+        """Oldest first by machine then minute; `after` resumes past (machine, minute);
+        `hourly`: the hours' averages (`minute`: each hour's first)."""
+        table = hourly_t if hourly else samples_t
+        key = sa.tuple_(table.c.machine_id, table.c.minute)
         rows = self._maps(
-            sa.select(samples_t)
+            sa.select(table)
             .where(
-                samples_t.c.tenant == tenant,
-                samples_t.c.minute >= since_minute,
+                table.c.tenant == tenant,
+                table.c.minute >= since_minute,
                 key > sa.tuple_(sa.literal(after[0], schema.Str), sa.literal(after[1], schema.Int)),
             )
-            .order_by(samples_t.c.machine_id, samples_t.c.minute)
+            .order_by(table.c.machine_id, table.c.minute)
             .limit(limit)
         )
         return [row_record(r, Sample) for r in rows]

@@ -200,6 +200,26 @@ def test_samples_upsert_per_minute_prune_and_resume(store: SqlStore) -> None:
     assert [s.machine_id for s in store.samples("t2", 0)] == ["m3"]
 
 
+def test_samples_are_averaged_by_hour_as_they_come_and_kept_longer(store: SqlStore) -> None:
+    def sample(minute: int, cpu: float, used: int) -> Sample:
+        return Sample(
+            machine_id="m1", minute=minute, cpu_percent=cpu, memory_total=100, memory_used=used
+        )
+
+    store.sample_put(sample(60, 10.0, 10), 0, 0)  # hour 1 (minutes 60-119)
+    store.sample_put(sample(61, 30.0, 30), 0, 0)
+    store.sample_put(sample(125, 50.0, 50), 0, 0)  # hour 2
+    hours = store.samples("default", 0, hourly=True)
+    assert [(h.minute, h.cpu_percent, h.memory_used) for h in hours] == [
+        (60, 20.0, 20),
+        (120, 50.0, 50),
+    ]
+    # Minutes go after their window; the hours stay until theirs
+    store.sample_put(sample(200, 70.0, 70), 190, 100)
+    assert [s.minute for s in store.samples("default", 0)] == [200]
+    assert [h.minute for h in store.samples("default", 0, hourly=True)] == [120, 180]
+
+
 def test_the_webhook_outbox_claims_each_due_delivery_once(store: SqlStore) -> None:
     hook = store.webhook_create(Webhook(tenant="default", url="http://h/"))
     store.outbox_add(
