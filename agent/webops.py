@@ -33,6 +33,7 @@ from typing import Any
 
 from proto import messages as m
 from proto import webops as w
+from proto.bucket import TokenBucket
 from proto.files import write_private, write_public
 
 log = logging.getLogger(__name__)
@@ -585,7 +586,7 @@ class WebOps:
             cursor = cursor_file.read_text().strip()[:4096]
         except OSError:
             cursor = ""
-        budget = RateBudget(RUNTIME_RATE_PER_S, RUNTIME_BURST, time.monotonic())
+        budget = TokenBucket(RUNTIME_RATE_PER_S, RUNTIME_BURST, time.monotonic())
         dropped, noted, saved = 0, time.monotonic(), 0.0
         try:
             batches = self.follow(unit, cursor)
@@ -617,22 +618,6 @@ class WebOps:
             if cursor and cursor_file.parent.is_dir():
                 with contextlib.suppress(OSError):
                     write_public(cursor_file, cursor.encode())
-
-
-class RateBudget:
-    """A token bucket (the agent imports only proto: its own small copy). Pure."""
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.at = float(burst), now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 def fresh_dir(path: Path) -> None:

@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from proto import messages as m
+from proto.bucket import TokenBucket
 from proto.units import UnitOption
 
 # --- HTTP bodies -------------------------------------------------------------------------
@@ -171,27 +172,8 @@ def unit_size_problem(options: list[UnitOption] | tuple[UnitOption, ...]) -> str
 # --- agent messages ----------------------------------------------------------------------
 
 
-class TokenBucket:
-    """`rate` actions a second on average, bursts of `burst`: the hub's limit on agent
-    requests that each cost a full push or a signature. Time is passed in (pure)."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.at = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def retry_after(self) -> float:
-        return max(0.0, (1.0 - self.tokens) / self.rate)
-
+__all__ = ["TokenBucket"]
+"""The hub's limit on agent requests that each cost a full push or a signature."""
 
 EXPENSIVE_RATE_PER_S = 0.5
 EXPENSIVE_BURST = 5.0

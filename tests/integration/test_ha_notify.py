@@ -184,7 +184,11 @@ async def test_a_machine_revoked_through_a_loses_its_session_on_b(
 
 
 @contextlib.asynccontextmanager
-async def coordinators_in_process(tmp: Path) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
+async def coordinators_in_process(
+    tmp: Path, server_names: list[str] | None = None
+) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
+    """A and B on one SQLite file, sharing A's CA (`server_names`: the name each puts in
+    the hub URL it registers, for what one asks of the other)."""
     shared = str(tmp / "shared.db")
 
     def config(name: str) -> CoordinatorConfig:
@@ -192,6 +196,7 @@ async def coordinators_in_process(tmp: Path) -> AsyncIterator[tuple[Coordinator,
             state_dir=str(tmp / name),
             api_listen="127.0.0.1:0",
             hub_listen="127.0.0.1:0",
+            server_names=list(server_names or []),
             database_url=shared,
             heartbeat_s=1.0,
             lost_after_s=30.0,

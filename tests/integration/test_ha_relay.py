@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import cast
 
@@ -25,7 +25,6 @@ from aiohttp import web
 
 from agent.enrol import enrol
 from agent.identity import Identity
-from coordinator.config import CoordinatorConfig
 from coordinator.events import Event
 from coordinator.hub.relay import RemoteSession, relay_url
 from coordinator.reports.logs import LogUnavailable
@@ -35,38 +34,16 @@ from coordinator.trust import pki
 from coordinator.webops import webhooks as wh
 from proto import messages as m
 from tests.integration.linkclient import RawLink
-from tests.integration.test_ha_notify import share_ca
+from tests.integration.test_ha_notify import coordinators_in_process
 
 pytestmark = pytest.mark.integration
 
 MACHINE = "on-b"
 
 
-@contextlib.asynccontextmanager
-async def pair(tmp: Path) -> AsyncIterator[tuple[Coordinator, Coordinator]]:
-    def config(name: str) -> CoordinatorConfig:
-        return CoordinatorConfig(
-            state_dir=str(tmp / name),
-            api_listen="127.0.0.1:0",
-            hub_listen="127.0.0.1:0",
-            server_names=["localhost"],  # the hub URL each registers for the other
-            database_url=str(tmp / "shared.db"),
-            heartbeat_s=1.0,
-            lost_after_s=30.0,
-        )
-
-    a = Coordinator(config("a"))
-    share_ca(tmp / "a" / "pki", tmp / "b" / "pki")
-    b = Coordinator(config("b"))
-    started: list[Coordinator] = []
-    try:
-        for c in (a, b):
-            await c.start()
-            started.append(c)
-        yield a, b
-    finally:
-        for c in reversed(started):
-            await c.stop()
+def pair(tmp: Path) -> contextlib.AbstractAsyncContextManager[tuple[Coordinator, Coordinator]]:
+    """Two coordinators on one SQLite file, each registering `localhost` in its hub URL."""
+    return coordinators_in_process(tmp, server_names=["localhost"])
 
 
 async def agent_on(b: Coordinator, a: Coordinator, root: Path) -> tuple[RawLink, Identity]:

@@ -664,40 +664,29 @@ webops_db_backups = sa.Table(
 )
 
 
-machine_samples = sa.Table(
-    "machine_samples",
-    metadata,
-    sa.Column("machine_id", Str, primary_key=True),
-    sa.Column("minute", Int, primary_key=True),
-    sa.Column("tenant", Str, nullable=False),
-    sa.Column("cpu_percent", Real, nullable=False),
-    sa.Column("load1", Real, nullable=False),
-    sa.Column("memory_total", Int, nullable=False),
-    sa.Column("memory_used", Int, nullable=False),
-    sa.Column("disk_total", Int, nullable=False),
-    sa.Column("disk_used", Int, nullable=False),
-    sa.Column("uptime_s", Real, nullable=False),
-    sa.Index("machine_samples_by_tenant", "tenant", "minute"),
-    sqlite_with_rowid=False,
-)
+def _sample_table(name: str) -> sa.Table:
+    """A machine load series (#21): one row per machine and `minute` (Unix time // 60)."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("machine_id", Str, primary_key=True),
+        sa.Column("minute", Int, primary_key=True),
+        sa.Column("tenant", Str, nullable=False),
+        sa.Column("cpu_percent", Real, nullable=False),
+        sa.Column("load1", Real, nullable=False),
+        sa.Column("memory_total", Int, nullable=False),
+        sa.Column("memory_used", Int, nullable=False),
+        sa.Column("disk_total", Int, nullable=False),
+        sa.Column("disk_used", Int, nullable=False),
+        sa.Column("uptime_s", Real, nullable=False),
+        sa.Index(f"{name}_by_tenant", "tenant", "minute"),
+        sqlite_with_rowid=False,
+    )
 
 
-machine_samples_hourly = sa.Table(
-    "machine_samples_hourly",
-    metadata,
-    sa.Column("machine_id", Str, primary_key=True),
-    sa.Column("minute", Int, primary_key=True),
-    sa.Column("tenant", Str, nullable=False),
-    sa.Column("cpu_percent", Real, nullable=False),
-    sa.Column("load1", Real, nullable=False),
-    sa.Column("memory_total", Int, nullable=False),
-    sa.Column("memory_used", Int, nullable=False),
-    sa.Column("disk_total", Int, nullable=False),
-    sa.Column("disk_used", Int, nullable=False),
-    sa.Column("uptime_s", Real, nullable=False),
-    sa.Index("machine_samples_hourly_by_tenant", "tenant", "minute"),
-    sqlite_with_rowid=False,
-)
+machine_samples = _sample_table("machine_samples")
+"""The last report of each minute."""
+machine_samples_hourly = _sample_table("machine_samples_hourly")
 """The per-minute series averaged by hour (`minute`: the hour's first), kept longer."""
 
 

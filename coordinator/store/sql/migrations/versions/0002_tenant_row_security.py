@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from coordinator.store.sql.migrations import walls
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -49,26 +51,12 @@ OWNED = (
 )
 READ_ONLY_WALL = ("audit_log", "machine_samples")
 
-VISIBLE = (
-    "COALESCE(current_setting('moorage.tenant', true), '') = ''"
-    " OR tenant = current_setting('moorage.tenant', true)"
-)
-
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
     for table in OWNED:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({VISIBLE}) WITH CHECK ({VISIBLE})")
+        walls.tenant_wall(table)
     for table in READ_ONLY_WALL:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall_read ON {table} FOR SELECT USING ({VISIBLE})")
-        op.execute(f"CREATE POLICY tenant_wall_insert ON {table} FOR INSERT WITH CHECK (true)")
-        op.execute(f"CREATE POLICY tenant_wall_update ON {table} FOR UPDATE USING (true)")
-        op.execute(f"CREATE POLICY tenant_wall_delete ON {table} FOR DELETE USING (true)")
+        walls.read_wall(table)
 
 
 def downgrade() -> None:

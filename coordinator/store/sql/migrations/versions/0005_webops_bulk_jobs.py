@@ -10,17 +10,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from coordinator.store.sql.migrations import walls
 from coordinator.store.sql.schema import Int, Real, Str
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
-
-VISIBLE = (  # as 0002's
-    "COALESCE(current_setting('moorage.tenant', true), '') = ''"
-    " OR tenant = current_setting('moorage.tenant', true)"
-)
 
 
 def upgrade() -> None:
@@ -39,11 +35,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("webops_bulk_jobs", schema=None) as batch_op:
         batch_op.create_index("webops_bulk_jobs_by_created", ["created_at"], unique=False)
-    if op.get_bind().dialect.name == "postgresql":
-        table = "webops_bulk_jobs"
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall ON {table} USING ({VISIBLE}) WITH CHECK ({VISIBLE})")
+    walls.tenant_wall("webops_bulk_jobs")
 
 
 def downgrade() -> None:

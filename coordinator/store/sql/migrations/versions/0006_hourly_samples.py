@@ -14,17 +14,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from coordinator.store.sql.migrations import walls
 from coordinator.store.sql.schema import Int, Real, Str
 
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
-
-VISIBLE = (  # as 0002's
-    "COALESCE(current_setting('moorage.tenant', true), '') = ''"
-    " OR tenant = current_setting('moorage.tenant', true)"
-)
 
 
 def upgrade() -> None:
@@ -55,14 +51,7 @@ def upgrade() -> None:
         " CAST(AVG(disk_used) AS BIGINT), MAX(uptime_s)"
         " FROM machine_samples GROUP BY machine_id, (minute / 60) * 60"
     )
-    if op.get_bind().dialect.name == "postgresql":
-        table = "machine_samples_hourly"
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(f"CREATE POLICY tenant_wall_read ON {table} FOR SELECT USING ({VISIBLE})")
-        op.execute(f"CREATE POLICY tenant_wall_insert ON {table} FOR INSERT WITH CHECK (true)")
-        op.execute(f"CREATE POLICY tenant_wall_update ON {table} FOR UPDATE USING (true)")
-        op.execute(f"CREATE POLICY tenant_wall_delete ON {table} FOR DELETE USING (true)")
+    walls.read_wall("machine_samples_hourly")
 
 
 def downgrade() -> None:
