@@ -272,22 +272,21 @@ class WebhookService:
         `poll_s` for events stored by the other coordinators."""
         while True:
             self._wake.clear()
+            now = time.time()
+            following = await asyncio.to_thread(self.storage.outbox_next_at)  # a read
             room = self.inflight_max - len(self._inflight)
-            due: list[OutboxItem] = []
-            if room > 0:
-                now = time.time()
+            if room > 0 and following is not None and following <= now:
                 # Claimed until the attempt must be over: a crash mid-attempt makes the
                 # item due again then (on whichever coordinator leads by then).
                 until = now + self.timeout_s + CLAIM_MARGIN_S
                 due = await asyncio.to_thread(self.storage.outbox_claim, now, room, until)
-            for item in due:
-                if item.id not in self._inflight:
-                    self._inflight[item.id] = asyncio.create_task(self._deliver(item))
+                for item in due:
+                    if item.id not in self._inflight:
+                        self._inflight[item.id] = asyncio.create_task(self._deliver(item))
+                continue  # more may be due
             wait = self.poll_s
-            if not due or len(due) < room:
-                following = await asyncio.to_thread(self.storage.outbox_next_at)
-                if following is not None:
-                    wait = min(wait, max(0.0, following - time.time()))
+            if room > 0 and following is not None:
+                wait = min(wait, max(0.0, following - now))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
