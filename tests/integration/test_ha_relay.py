@@ -253,3 +253,22 @@ async def test_an_event_on_the_follower_is_delivered_by_the_leader(tmp_path: Pat
             assert got == [("deployment.completed", True)]
     finally:
         await runner.cleanup()
+
+
+async def test_a_coordinator_that_cannot_be_reached_is_a_clear_refusal(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (a, b):
+        link, _ = await agent_on(b, a, tmp_path)
+        try:
+            hub_listener = b._servers[1]  # B's hub stops listening; its session row stays
+            hub_listener.close()
+            await hub_listener.wait_closed()
+            started = time.monotonic()
+            with pytest.raises(ReportUnavailable) as refused:
+                await a.reports.health_check(MACHINE, ["web.service"])
+            assert refused.value.reason == "unreachable"
+            assert f"connected to coordinator {b.coordinator_id}" in str(refused.value)
+            assert time.monotonic() - started < 10  # refused, not a hang
+            with pytest.raises(LogUnavailable, match="could not be asked"):
+                await anext(a.logs.stream(MACHINE, "web.service", lines=1, follow=False))
+        finally:
+            await link.close()
