@@ -197,6 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "cpu_seconds_during_failover": cpu,
             "survivor_sessions": gauge(procs[survivor], "moorage_agents_connected"),
             "leader_takeover_seconds": round(takeover[0], 1) if takeover else None,
+            # Failed attempts during the wave by kind (the killed hub's refusals are
+            # expected: one per agent that was on it)
+            "failed_attempts": {
+                k.removeprefix("error_"): int(v - before.get(k, 0))
+                for k, v in load.stats().items()
+                if k.startswith("error_")
+            },
         }
         params: dict[str, Any] = vars(args)
         common.write(args.name, figures, params)
