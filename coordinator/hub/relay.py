@@ -54,6 +54,25 @@ def relay_url(hub_url: str, machine_id: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def refusal(machine_id: str, owner: str, exc: BaseException) -> str:
+    """What to tell the asker when the relay could not be opened. Pure."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 404:
+        return (
+            f"machine {machine_id} is no longer connected to coordinator {owner}"
+            " (it is reconnecting: try again)"
+        )
+    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 403:
+        return (
+            f"coordinator {owner} refused this coordinator's certificate (do they share"
+            " the fleet CA?)"
+        )
+    detail = str(exc) or type(exc).__name__
+    return (
+        f"machine {machine_id} is connected to coordinator {owner}, which could not be"
+        f" asked: {detail}"
+    )
+
+
 def request_id_of(message: m.Message) -> str:
     return str(getattr(message, "request_id", "") or "")
 
@@ -109,15 +128,7 @@ class RemoteSession:
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             await http.close()
-            detail = (
-                exc.message
-                if isinstance(exc, aiohttp.WSServerHandshakeError)
-                else str(exc) or type(exc).__name__
-            )
-            raise RelayFailed(
-                f"machine {machine_id} is connected to coordinator {owner}, which could not"
-                f" be asked: {detail}"
-            ) from None
+            raise RelayFailed(refusal(machine_id, owner, exc)) from None
         return cls(machine_id, owner, http, ws, on_answer, on_closed)
 
     async def send(self, message: m.Message) -> None:

@@ -272,3 +272,17 @@ async def test_a_coordinator_that_cannot_be_reached_is_a_clear_refusal(tmp_path:
                 await anext(a.logs.stream(MACHINE, "web.service", lines=1, follow=False))
         finally:
             await link.close()
+
+
+def test_why_a_relay_could_not_be_opened_is_said_plainly() -> None:
+    from yarl import URL
+
+    from coordinator.hub.relay import refusal
+
+    def handshake(status: int) -> aiohttp.WSServerHandshakeError:
+        info = aiohttp.RequestInfo(URL("wss://b/"), "GET", {}, URL("wss://b/"))  # type: ignore[arg-type]
+        return aiohttp.WSServerHandshakeError(info, (), status=status, message="x")
+
+    assert "no longer connected to coordinator B" in refusal("m1", "B", handshake(404))
+    assert "share the fleet CA" in refusal("m1", "B", handshake(403))
+    assert "could not be asked: boom" in refusal("m1", "B", OSError("boom"))
