@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import jinja2
 from aiohttp import web
 
 from coordinator.api.environments import actor_of
@@ -43,6 +42,9 @@ from coordinator.ui.live import LiveHub
 from coordinator.webops.records import WebQuery
 from coordinator.webops.service import WebOpsService
 from proto.messages import DesiredState
+
+if TYPE_CHECKING:
+    import jinja2
 
 PREFIX = "/ui"
 PAGE_SIZE = 50
@@ -204,12 +206,22 @@ class Dashboard:
         self.units = units
         self.live = live
         self.sessions = ss.SessionStore()
-        self.templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(HERE / "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-        )
+        self._templates: jinja2.Environment | None = None
         self.script = (HERE / "static" / "ui.js").read_bytes()
+
+    @property
+    def templates(self) -> jinja2.Environment:
+        """Jinja, loaded when a page is first asked for: ~9 MiB a coordinator whose
+        dashboard nobody opens does not hold (#22)."""
+        if self._templates is None:
+            import jinja2
+
+            self._templates = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(HERE / "templates"),
+                autoescape=True,
+                undefined=jinja2.StrictUndefined,
+            )
+        return self._templates
 
     @staticmethod
     def owns(path: str) -> bool:

@@ -17,19 +17,22 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy.engine import Connection
 
 from coordinator.store.sql.legacy import LEGACY_MIGRATIONS
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 SCRIPTS = Path(__file__).parent / "migrations"
 BASELINE = "0001"
+HEAD = "0006"
+"""This coordinator's newest revision (a test checks it is Alembic's head). A database
+already there is opened without importing Alembic (~10 MiB a coordinator keeps, #22)."""
 """The Alembic revision whose schema is the last numbered migration's (12)."""
 ALEMBIC_ERA = 1000
 """SQLite's user_version on files Alembic manages."""
@@ -41,6 +44,8 @@ class TooNew(Exception):
 
 
 def _config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(SCRIPTS))
     config.attributes["connection"] = conn
@@ -48,19 +53,22 @@ def _config(conn: Connection | None = None) -> Config:
 
 
 def scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_config())
 
 
 def head() -> str:
     """This coordinator's newest revision."""
-    found = scripts().get_current_head()
-    assert found is not None
-    return found
+    return HEAD
 
 
 def current_revision(conn: Connection) -> str | None:
     """The revision the database is at (None: not under Alembic yet)."""
-    return MigrationContext.configure(conn).get_current_revision()
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    rows = [r[0] for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))]
+    return rows[0] if len(rows) == 1 else None
 
 
 def touch(conn: Connection) -> None:
@@ -90,6 +98,13 @@ def upgrade(conn: Connection) -> None:
             _from_numbered_era(conn)
         current = current_revision(conn)
         conn.rollback()
+        if current == HEAD:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(f"PRAGMA user_version={ALEMBIC_ERA}")
+                conn.commit()
+            return
+        from alembic import command
+
         script = scripts()
         if current is not None and not _known(script, current):
             raise TooNew(
@@ -105,6 +120,8 @@ def upgrade(conn: Connection) -> None:
 
 
 def _known(script: ScriptDirectory, revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return script.get_revision(revision) is not None
     except CommandError:
@@ -156,6 +173,8 @@ def _from_numbered_era(conn: Connection) -> None:
                 raise
     finally:
         raw.execute("PRAGMA foreign_keys=ON")
+    from alembic import command
+
     command.stamp(_config(conn), BASELINE)
     conn.commit()
 

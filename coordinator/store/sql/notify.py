@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Iterable
+from typing import TYPE_CHECKING
 
-import psycopg
 import sqlalchemy as sa
-from psycopg import sql
 
 from coordinator.store.sql import schema
 from coordinator.store.sql.core import CHANGES_CHANNEL, SqlCore, in_chunks, notify_machines
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("coordinator.storage.feed")
 
@@ -80,6 +82,10 @@ class NotifySql(SqlCore):
     async def changes(self) -> AsyncGenerator[list[str] | None, None]:
         if not self.shared:
             await asyncio.Event().wait()  # one coordinator: nothing will ever come
+        # Here, not at import: ~20 MiB a coordinator on SQLite never needs (#22)
+        import psycopg
+        from psycopg import sql
+
         delay = RETRY_MIN_S
         while True:
             queue: asyncio.Queue[list[str] | BaseException] = asyncio.Queue()
@@ -126,6 +132,8 @@ class NotifySql(SqlCore):
         queue: asyncio.Queue[list[str] | BaseException],
     ) -> None:
         """Notifications into `queue` as they arrive; the connection's failure too."""
+        import psycopg
+
         try:
             async for note in conn.notifies():
                 if note.channel == CHANGES_CHANNEL:

@@ -100,3 +100,30 @@ def test_a_numbered_file_newer_than_the_last_numbered_migration_is_refused(
     raw = sqlite3.connect(path)
     assert raw.execute("PRAGMA user_version").fetchone()[0] == 13
     raw.close()
+
+
+def test_head_is_alembics_head_and_an_up_to_date_database_opens_without_alembic(
+    tmp_path: Path,
+) -> None:
+    """HEAD (what a coordinator compares with, not importing Alembic when the database is
+    there) must be the newest revision file's: a new revision must move it."""
+    import subprocess
+    import sys
+
+    from coordinator.store.sql import migrate
+
+    assert migrate.scripts().get_current_head() == migrate.HEAD == head()
+    SqlStore(tmp_path / "db").close()  # created and migrated (Alembic)
+    opened = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from coordinator.store.sql import SqlStore;"
+            f" SqlStore({str(tmp_path / 'db')!r}).close();"
+            " print(sorted(m for m in ('alembic', 'psycopg') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert opened.stdout.strip() == "[]"
