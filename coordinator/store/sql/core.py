@@ -133,6 +133,12 @@ def storage_fault(exc_: BaseException) -> str | None:
     return None
 
 
+def _changes(conn: Connection) -> int | None:
+    """SQLite's count of rows changed on this connection (None on PostgreSQL)."""
+    raw = conn.connection.dbapi_connection
+    return raw.total_changes if isinstance(raw, sqlite3.Connection) else None
+
+
 def make_engine(url: str) -> Engine:
     """The engine for one database: SQLite with WAL, FULL sync and foreign keys on each
     connection, BEGIN IMMEDIATE for the writer (the pysqlite driver's own transaction
@@ -348,6 +354,7 @@ class SqlCore:
     def _begin_commit(self, conn: Connection) -> Iterator[Connection]:
         if conn.in_transaction():  # autobegun by a raw statement outside any `_tx`
             conn.commit()
+        before = _changes(conn)
         try:
             try:
                 with conn.begin():
@@ -361,7 +368,10 @@ class SqlCore:
         except (exc.DBAPIError, sqlite3.Error, OSError) as exc_:
             self._fault(exc_)
             raise
-        self.health.ok()
+        if before is None or _changes(conn) != before:
+            self.health.ok()
+        # else: a transaction that wrote nothing (SQLite) proves nothing about a disk
+        # that was full; the next real write (or the probe) says whether it is back.
 
     def _check_fence(self, conn: Connection) -> None:
         """First thing in each outermost transaction: refuse it when it is made for
