@@ -566,8 +566,6 @@ class Coordinator:
         self._tasks.append(asyncio.create_task(self.users.warm()))
         self._tasks.append(asyncio.create_task(self.limiter.run()))
         self._tasks.append(asyncio.create_task(self.audit.run()))
-        # The webhook worker lives as long as the process: started here, outside any
-        # singleton work's fenced context (it would otherwise inherit the first event's).
         host = (self.config.server_names or [socket.getfqdn()])[0]
         await self.leader.start(f"https://{host}:{self.api_port}", self._hub_url(host)[0])
         # What is loaded by now lives as long as the process: keep it out of the cyclic

@@ -57,10 +57,10 @@ from proto.units import UnitOption, backend_for, unit_file_sha256, unit_hash
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+"""How often running rollouts look at what their machines report."""
 COALESCE_S = 0.05
 """After a tick, wakes are gathered this long: a burst of them (thousands of agents
 connecting at once) makes one tick, not one each."""
-"""How often running rollouts look at what their machines report."""
 SYNC_EVERY_TICKS = 10
 """Every so many ticks, machines that joined a group get its deployments' releases."""
 IMAGE_RESOLVE_TIMEOUT_S = 120.0

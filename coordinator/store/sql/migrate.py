@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 SCRIPTS = Path(__file__).parent / "migrations"
 BASELINE = "0001"
+"""The Alembic revision whose schema is the last numbered migration's (12)."""
 HEAD = "0006"
 """This coordinator's newest revision (a test checks it is Alembic's head). A database
 already there is opened without importing Alembic (~10 MiB a coordinator keeps, #22)."""
-"""The Alembic revision whose schema is the last numbered migration's (12)."""
 ALEMBIC_ERA = 1000
 """SQLite's user_version on files Alembic manages."""
 MIGRATION_LOCK = 0x6D6F6F72  # "moor": the advisory lock key coordinators migrate under
