@@ -167,12 +167,6 @@ class ClusterSql(SqlCore):
 
     # -- hub sessions -------------------------------------------------------------------
 
-    def claim_session(self, machine_id: str, coordinator_id: str) -> None:
-        with self._tx() as db:
-            db.execute(
-                sa.update(M).where(M.c.id == machine_id).values(session_owner=coordinator_id)
-            )
-
     def sessions_elsewhere(self, coordinator_id: str) -> set[str]:
         rows = self._rows(
             sa.select(M.c.id).where(

@@ -166,7 +166,7 @@ def test_sessions_are_owned_released_and_reaped_per_coordinator(pair: Pair) -> N
     b.register_coordinator("B", "", "", 0.0)
     for store, mid, owner in ((a, "m1", "A"), (b, "m2", "B"), (b, "m3", "B")):
         _set(store, mid, state="connected", state_since=10.0)
-        store.claim_session(mid, owner)
+        _set(store, mid, session_owner=owner)
     # A restarts: only its own sessions end
     assert a.release_sessions("A", 20.0, unowned=True) == 1
     assert _machine(a, "m1") == ("disconnected", "", 20.0)
@@ -188,7 +188,7 @@ def test_sessions_are_owned_released_and_reaped_per_coordinator(pair: Pair) -> N
     assert b.drop_session("m2", "B", 22.0, last_seen=22.0)
     assert _machine(a, "m2") == ("disconnected", "", 22.0)
     # B is killed while holding m2 again: once its heartbeat is stale, the leader reaps it
-    b.claim_session("m2", "B")
+    _set(b, "m2", session_owner="B")
     _set(a, "m2", state="connected", state_since=23.0)
     assert a.disconnect_orphans(24.0, 30.0) == []
     time.sleep(TTL + 0.2)
@@ -204,7 +204,7 @@ def test_lost_only_if_nothing_changed_since_it_was_judged(pair: Pair) -> None:
     _enrol(a, "m1", "m2")
     _set(a, "m1", state="disconnected", state_since=5.0)
     _set(a, "m2", state="disconnected", state_since=5.0)
-    b.claim_session("m2", "B")  # m2 reconnected to B meanwhile
+    _set(b, "m2", session_owner="B")  # m2 reconnected to B meanwhile
     assert a.unowned_disconnected() == [("m1", 5.0)]
     assert not a.mark_lost("m1", 70.0, 4.0)  # it changed since (another disconnect)
     assert a.mark_lost("m1", 70.0, 5.0)
