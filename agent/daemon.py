@@ -43,7 +43,7 @@ from agent.reporting import Observer, Reporter, unavailable
 from agent.stickers import StickerStore
 from agent.store import AgentState, StateStore
 from agent.tasks import TaskRunner
-from agent.webops import RUNTIME_FIRST_LINES, WebOps, cgroup_usage
+from agent.webops import WebOps, cgroup_usage
 from proto import messages as m
 from proto.desired import apply_diff
 
@@ -227,9 +227,10 @@ class Agent:
         elif isinstance(message, m.WebBuild | m.WebEnv | m.WebAction):
             await self.webops.on_message(message)
 
-    def _follow_log(self, unit: str, cursor: str) -> AsyncGenerator[list[m.LogLine], None]:
+    def _follow_log(
+        self, unit: str, cursor: str, lines: int
+    ) -> AsyncGenerator[list[m.LogLine], None]:
         """A unit's log as it comes (WebOps' runtime output), from its backend."""
-        lines = 0 if cursor else RUNTIME_FIRST_LINES
         return self.backends.of(unit).log_follow(unit, after_cursor=cursor, lines=lines)
 
     async def _unit_usage(self, unit: str) -> tuple[int, int]:

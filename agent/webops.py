@@ -48,8 +48,9 @@ MAX_LINE = 2000
 Send = Callable[[m.Message], Awaitable[object]]
 Restart = Callable[[str], Awaitable[None]]
 Usage = Callable[[str], Awaitable[tuple[int, int]]]
-Follow = Callable[[str, str], AsyncGenerator[list[m.LogLine], None]]
-"""(unit, after cursor) -> batches of its log lines as they come (the unit's backend)."""
+Follow = Callable[[str, str, int], AsyncGenerator[list[m.LogLine], None]]
+"""(unit, after cursor, lines before now when there is no cursor) -> batches of its log
+lines as they come (the unit's backend)."""
 RUNTIME_RATE_PER_S = 20.0
 RUNTIME_BURST = 200
 """Runtime output sent as log items per deployment: at most this many lines a second
@@ -588,8 +589,14 @@ class WebOps:
             cursor = ""
         budget = TokenBucket(RUNTIME_RATE_PER_S, RUNTIME_BURST, time.monotonic())
         dropped, noted, saved = 0, time.monotonic(), 0.0
+
+        def save() -> None:
+            if cursor and cursor_file.parent.is_dir():  # not after a remove
+                with contextlib.suppress(OSError):
+                    write_public(cursor_file, cursor.encode())
+
         try:
-            batches = self.follow(unit, cursor)
+            batches = self.follow(unit, cursor, 0 if cursor else RUNTIME_FIRST_LINES)
             async with contextlib.aclosing(batches):
                 async for batch in batches:
                     now = time.monotonic()
@@ -607,17 +614,13 @@ class WebOps:
                         )
                         await self.send(m.WebLog(name, "", "warning", message, time.time()))
                         dropped, noted = 0, now
-                    if cursor and now - saved >= CURSOR_SAVE_S and cursor_file.parent.is_dir():
-                        write_public(cursor_file, cursor.encode())
+                    if now - saved >= CURSOR_SAVE_S:
+                        save()
                         saved = now
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the unit is not there yet, the link went down...
             log.debug("webops %s: runtime output of %s: %s", name, unit, exc)
         finally:
-            if cursor and cursor_file.parent.is_dir():
-                with contextlib.suppress(OSError):
-                    write_public(cursor_file, cursor.encode())
+            save()
 
 
 def fresh_dir(path: Path) -> None:
