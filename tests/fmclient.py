@@ -17,6 +17,13 @@ class FleetManager:
             self.coordinator.api("POST", "/moorage/v1/api-tokens", {"name": "gitops"})["token"]
         )
 
+    def aimed_at(self, coordinator: CoordinatorProc) -> FleetManager:
+        """The same client (its API key) aimed at another coordinator."""
+        twin = FleetManager.__new__(FleetManager)
+        twin.coordinator = coordinator
+        twin.key = self.key
+        return twin
+
     def call(
         self, method: str, path: str, body: Any = None, *, header: str = "api-key"
     ) -> tuple[int, Any]:

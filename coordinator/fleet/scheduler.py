@@ -12,7 +12,8 @@ Rules (fleet's `[X-Fleet]` semantics):
   placements go only to connected machines that have the unit's backend
   (systemd or docker); among those the least loaded wins, ties by machine id.
 * A unit that fits nowhere stays unplaced and is placed when a machine that fits
-  appears. Units of lost machines are placed again; of disconnected ones, not.
+  appears. Units of lost machines are placed again; of disconnected ones, not. Global
+  units stay placed on a lost machine that had them (and go to no new lost machine).
 * `StopWhenIsolated=true` units of a lost machine are placed again only once the
   machine no longer `holds_isolated` (its agent has stopped them by then).
 """
@@ -209,10 +210,15 @@ def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict
             if (mid in state.live or state.held(unit, mid)) and state.fits(unit, mid):
                 state.put(unit.name, mid)
 
-    # Global units: every matching machine that is present.
+    # Global units: every matching machine that is present. A lost machine keeps the
+    # global units it had: they have nowhere else to go, its agent runs them on, and
+    # dropping them would have it stop and start them again the moment it is back
+    # (found by the fault suite, tests/chaos: partition past lost_after).
     for unit in (u for u in active if u.xfleet.is_global):
-        for mid in sorted(state.live):
+        for mid in sorted(state.by_id):
             keep = mid in unit.machines
+            if mid not in state.live and not keep:
+                continue
             if (
                 (keep or mid in state.fresh)
                 and state.fits(unit, mid)

@@ -2,8 +2,11 @@
 
 The host end gets 10.231.N.1/30, the namespace end 10.231.N.2/30; a process started
 through `wrap` runs in the namespace (an agent there reaches a hub listening on the
-host end's address). `cut` drops the link silently (the host end goes down: no RST,
-no FIN, packets vanish), `heal` brings it back. Each test picks its own N, so
+host end's address). Three ways to partition it, each silent (no RST, no FIN, packets
+vanish): `cut` takes the host end of the link down, `blackhole` keeps the link up and
+drops what is routed either way, `drop_one_way` drops only what the namespace sends
+(the hub's packets still arrive, its answers' acknowledgements do not); `heal` undoes
+whichever was done. Each test picks its own N, so
 addresses never clash; `close` deletes the namespace and with it both veth ends.
 """
 
@@ -77,7 +80,22 @@ class NetNs:
         into a veth without a peer and vanish (connects time out, nothing is refused)."""
         _ip("link", "set", self.host_if, "down")
 
+    def blackhole(self) -> None:
+        """The link stays up; a blackhole route on each side swallows the other's
+        packets (a firewall dropping everything, a broken route upstream)."""
+        _ip("route", "replace", "blackhole", f"{self.ns_ip}/32")
+        _ip("-n", self.name, "route", "replace", "blackhole", f"{self.host_ip}/32")
+
+    def drop_one_way(self) -> None:
+        """Only the namespace's packets vanish (an asymmetric fault): the host's still
+        arrive, but nothing it sends is acknowledged or answered."""
+        _ip("-n", self.name, "route", "replace", "blackhole", f"{self.host_ip}/32")
+
     def heal(self) -> None:
+        """Undo `cut`, `blackhole` and `drop_one_way`, whichever was done."""
+        _ip("route", "del", "blackhole", f"{self.ns_ip}/32", check=False)
+        if self._made:
+            _ip("-n", self.name, "route", "del", "blackhole", f"{self.host_ip}/32", check=False)
         _ip("link", "set", self.host_if, "up")
 
     def close(self) -> None:

@@ -272,7 +272,7 @@ def test_kill9_of_the_leader_mid_rollout_the_survivor_completes_it(cluster: Clus
     )
     acked.add(
         "deployment web-default",
-        lambda p: _fm_on(fm, p).call("GET", f"/deployments/{dep['id']}")[0] == 200,
+        lambda p: fm.aimed_at(p).call("GET", f"/deployments/{dep['id']}")[0] == 200,
     )
     fm.ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
     fm.wait_release(dep["id"], "Success")
@@ -302,16 +302,16 @@ def test_kill9_of_the_leader_mid_rollout_the_survivor_completes_it(cluster: Clus
         acked.add(
             "application version 2",
             lambda p: (
-                _fm_on(fm, p).ok("GET", f"/deployment-applications/{app['id']}")["version"] == "2"
+                fm.aimed_at(p).ok("GET", f"/deployment-applications/{app['id']}")["version"] == "2"
             ),
         )
-        release = _fm_on(fm, other).ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
+        release = fm.aimed_at(other).ok("POST", f"/deployments/{dep['id']}/deploy", expect=201)
         assert (release["batches"], release["batchSize"]) == (3, 1)
         acked.add(
             "release v2",
             lambda p: any(
                 r["id"] == release["id"]
-                for r in _fm_on(fm, p).ok("GET", f"/deployments/{dep['id']}/releases")
+                for r in fm.aimed_at(p).ok("GET", f"/deployments/{dep['id']}/releases")
             ),
         )
 
@@ -394,10 +394,3 @@ def test_kill9_of_the_leader_mid_rollout_the_survivor_completes_it(cluster: Clus
     # every write answered before the kill is there
     assert acked.missing(other) == []
 
-
-def _fm_on(fm: FleetManager, proc: CoordinatorProc) -> FleetManager:
-    """The same GitOps client (its API key) aimed at another coordinator."""
-    twin = FleetManager.__new__(FleetManager)
-    twin.coordinator = proc
-    twin.key = fm.key
-    return twin

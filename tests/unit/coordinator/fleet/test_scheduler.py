@@ -173,6 +173,18 @@ def test_global_on_every_matching_machine_and_new_ones() -> None:
     assert schedule([g], [*THREE, m("m4")])["g.service"] == ["m1", "m2", "m3", "m4"]
 
 
+def test_a_lost_machine_keeps_its_global_units_and_gets_no_new_ones() -> None:
+    """Dropping them would make its agent stop and start them again when it returns."""
+    g = u("g.service", ("Global", "true"), on=("m1", "m2", "m3"))
+    lost = [m("m1"), m("m2"), m("m3", state="lost")]
+    assert schedule([g], lost)["g.service"] == ["m1", "m2", "m3"]
+    fresh = u("h.service", ("Global", "true"))
+    assert schedule([fresh], lost)["h.service"] == ["m1", "m2"]
+    # ...unless it no longer matches
+    meta = u("k.service", ("Global", "true"), ("MachineMetadata", "k=v"), on=("m1", "m3"))
+    assert schedule([meta], [m("m1", k="v"), m("m3", state="lost")])["k.service"] == ["m1"]
+
+
 def test_replaces_moves_the_replaced_unit_away() -> None:
     old = u("old.service", on=("m1",))
     new = u("new.service", ("Replaces", "old.service"), ("MachineMetadata", "k=v"))
