@@ -53,6 +53,8 @@ class Scenario:
     shape: Shape = field(default_factory=Shape)
     rollout: bool = True
     """Start a new release's rollout in every round, just before the fault."""
+    redeploys: bool = False
+    """The fault itself rolls out releases (their unit is replaced: not a wrong stop)."""
     may_move: bool = False
     """Units may be rescheduled (the fault lasts past `lost_after`)."""
     copies_while_cut: bool = False
@@ -64,6 +66,9 @@ class Scenario:
     """The world it runs in (a subclass for two coordinators, a proxied link...)."""
     needs: Callable[[], str | None] = lambda: None
     """Why it cannot run here beyond systemd and namespaces (PostgreSQL, dockerd...)."""
+    writes_survive: bool = True
+    """Acknowledged writes must be readable afterwards (not so when the fault is a
+    restore from a backup taken before them: they are counted, not judged)."""
 
 
 @dataclass
@@ -185,9 +190,9 @@ def scenarios(config: Config) -> list[Scenario]:
                     expect_victim="lost" if past else "disconnected",
                 )
             )
-    from tests.chaos import dockerkill, full_disk, leader, slow_link
+    from tests.chaos import dockerkill, full_disk, leader, restore, slow_link
 
-    for module in (leader, dockerkill, full_disk, slow_link):
+    for module in (restore, leader, dockerkill, full_disk, slow_link):
         out += module.scenarios(config)
     return out
 
@@ -236,7 +241,7 @@ def run_round(world: World, scenario: Scenario, number: int, rng: random.Random)
     if fault.note:
         result.notes.append(fault.note)
 
-    replaced = [RELEASE_UNIT] if scenario.rollout else []
+    replaced = [RELEASE_UNIT] if scenario.rollout or scenario.redeploys else []
     result.wrongly_stopped = inv.wrongly_stopped(
         before, after, replaced=replaced, spared=fault.spared
     )
@@ -258,7 +263,9 @@ def run_round(world: World, scenario: Scenario, number: int, rng: random.Random)
     if result.converge_s is not None:
         result.problems += [f"drift after convergence: {d}" for d in world.drift()]
     result.acked_writes = len(writer.acked)
-    result.lost_writes = writer.lost()
+    lost = writer.lost()
+    if scenario.writes_survive:
+        result.lost_writes = lost
     return result
 
 

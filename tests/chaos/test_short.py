@@ -21,6 +21,7 @@ GROUPS = {
         "partition-oneway-4s",
         "partition-oneway-lost",
     ),
+    "restore": ("restore",),
     "leader": ("leader-kill",),
     "dockerd": ("dockerd-kill",),
     "disk": ("disk-full",),

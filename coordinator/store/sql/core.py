@@ -466,16 +466,31 @@ def in_chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]
         yield items[start : start + size]
 
 
+def revision_floor(now: float) -> int:
+    """The least revision a change made at `now` gets: the wall clock in milliseconds.
+
+    Revisions only go up, but a database restored from a backup goes back to older
+    ones while agents hold newer: counting on by one from there would, after as many
+    changes as were lost, give an agent's revision to different content, and the
+    agent, holding "that revision", would never be sent it (found by the fault
+    suite's restore scenario). Taken from the clock, a revision made after a restore
+    is above any made before it. Well below 2**53 (JSON's integers) for millennia."""
+    return int(now * 1000)
+
+
 def bump(db: Connection, machine_ids: set[str]) -> None:
-    """Raise each machine's desired revision by one (its agent has something to fetch),
-    and tell the other coordinators in the same transaction (`notify_machines`)."""
+    """Raise each machine's desired revision (its agent has something to fetch): by one,
+    and at least to `revision_floor` of now; and tell the other coordinators in the
+    same transaction (`notify_machines`)."""
     if not machine_ids:
         return
     m = schema.machines
+    following = m.c.desired_revision + 1
+    floor = sa.literal(revision_floor(time.time()), schema.Int)
     db.execute(
         sa.update(m)
         .where(m.c.id == sa.bindparam("mid"))
-        .values(desired_revision=m.c.desired_revision + 1),
+        .values(desired_revision=sa.case((following > floor, following), else_=floor)),
         [{"mid": mid} for mid in sorted(machine_ids)],
     )
     notify_machines(db, machine_ids)

@@ -4,6 +4,7 @@ PostgreSQL (`store` / `new_store`, conftest.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -39,6 +40,24 @@ def unit(name: str, *machines: str, cmd: str = "x", state: str = "launched") -> 
 
 def revisions(store: SqlStore) -> dict[str, int]:
     return {m.id: m.desired_revision for m in store.list_machines(include_revoked=True)}
+
+
+@pytest.mark.real_revision_floor
+def test_a_revision_made_after_a_restore_is_above_every_older_one(store: SqlStore) -> None:
+    """A database restored from a backup has older revisions than its agents hold; a
+    change made then must not hand an agent's revision to different content."""
+    add_machines(store, "m1")
+    started = int(time.time() * 1000)
+    store.put_unit(unit("a.service", "m1"), time.time())
+    first = revisions(store)["m1"]
+    assert first >= started
+    store.put_unit(unit("b.service", "m1"), time.time())
+    held = revisions(store)["m1"]  # what the agent holds
+    assert held > first
+    with store.batch() as db:  # the restore: back to the backup's revision
+        db.execute(sa.update(schema.machines).values(desired_revision=first))
+    store.put_unit(unit("c.service", "m1"), time.time())
+    assert revisions(store)["m1"] > held
 
 
 # -- machines -----------------------------------------------------------------
