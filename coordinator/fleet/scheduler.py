@@ -8,9 +8,10 @@ Rules (fleet's `[X-Fleet]` semantics):
   key) filters machines; `MachineOf=X` co-locates with X; `Conflicts=glob` keeps
   units apart (checked both ways); `Replaces=X` takes X's place and moves X away;
   `Global=true` runs on every matching machine.
-* A unit stays where it is while its machine is not lost and still matches; new
-  placements go only to connected machines that have the unit's backend
-  (systemd or docker); among those the least loaded wins, ties by machine id.
+* A unit stays where it is while its machine is not lost and still matches (a backend
+  that went away meanwhile, dockerd restarting, moves nothing); new placements go only
+  to connected machines that have the unit's backend (systemd or docker); among those
+  the least loaded wins, ties by machine id.
 * A unit that fits nowhere stays unplaced and is placed when a machine that fits
   appears. Units of lost machines are placed again; of disconnected ones, not. Global
   units stay placed on a lost machine that had them (and go to no new lost machine).
@@ -207,7 +208,7 @@ def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict
         if unit.xfleet.is_global:
             continue
         for mid in unit.machines[:1]:
-            if (mid in state.live or state.held(unit, mid)) and state.fits(unit, mid):
+            if (mid in state.live or state.held(unit, mid)) and state.still_fits(unit, mid):
                 state.put(unit.name, mid)
 
     # Global units: every matching machine that is present. A lost machine keeps the
@@ -219,11 +220,8 @@ def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict
             keep = mid in unit.machines
             if mid not in state.live and not keep:
                 continue
-            if (
-                (keep or mid in state.fresh)
-                and state.fits(unit, mid)
-                and not state.conflicted(unit, mid)
-            ):
+            fits = state.still_fits(unit, mid) if keep else state.fits(unit, mid)
+            if (keep or mid in state.fresh) and fits and not state.conflicted(unit, mid):
                 state.put(unit.name, mid)
 
     # Everything else that is unplaced; co-located units after their anchors.
@@ -275,10 +273,16 @@ class _State:
         return unit.xfleet.stop_when_isolated and machine is not None and machine.holds_isolated
 
     def fits(self, unit: UnitView, mid: str) -> bool:
+        """Whether `unit` may be placed on `mid`: its backend there, and its constraints."""
+        return unit.backend in self.by_id[mid].capabilities and self.still_fits(unit, mid)
+
+    def still_fits(self, unit: UnitView, mid: str) -> bool:
+        """Whether `unit`, already on `mid`, may stay: its constraints, not its backend. A
+        backend that went away (dockerd restarting: the agent's `Facts` lack "docker" for
+        a few seconds) must not move or drop what runs there; only a lost machine does
+        (found by the fault suite's dockerd-kill scenario)."""
         machine = self.by_id[mid]
         x = unit.xfleet
-        if unit.backend not in machine.capabilities:
-            return False
         if x.machine_id and x.machine_id != mid:
             return False
         return all(machine.metadata.get(k) in allowed for k, allowed in x.metadata.items())

@@ -43,6 +43,8 @@ class Fault:
     spared: tuple[str, ...] = ()
     """Machines whose units the fault itself stops (a power cycle)."""
     note: str = ""
+    problems: tuple[str, ...] = ()
+    """Broken promises the fault saw itself while it lasted (it still took)."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ def run_round(world: World, scenario: Scenario, number: int, rng: random.Random)
             try:
                 fault = scenario.inject(world, rng)
                 result.faults = 1
+                result.problems += list(fault.problems)
             except FaultNotTaken as exc:
                 result.problems.append(str(exc))
         result.converge_s = world.wait_converged(CONVERGE_TIMEOUT_S)

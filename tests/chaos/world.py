@@ -118,9 +118,21 @@ class World:
             host = self.ns.host_ip
         self.coordinator = self._make_coordinator(host)
         self.coordinator.start()
-        for mid in self.machines:
-            self._add(mid)
+        self._add_agents()
+        self._add_units()
+
+    def _add_agents(self) -> None:
+        """Every machine, enrolled through `_enrol_at` (its hub first in the agent's list)."""
+        for i, mid in enumerate(self.machines):
+            self._add(mid, self._enrol_at(i))
         self.wait(lambda: not self.connection_problems(), 60, "every agent connected")
+
+    def _enrol_at(self, index: int) -> CoordinatorProc:
+        """The coordinator machine number `index` enrols through."""
+        return self.coord
+
+    def _add_units(self) -> None:
+        """The fleet units and the first release, everywhere; returns once converged."""
         self.fm = FleetManager(self.coord)
         for name in PLACED:
             self.put_unit(name, SLEEPER.format(name=name))
@@ -144,14 +156,15 @@ class World:
             },
         )
 
-    def _add(self, mid: str) -> None:
+    def _add(self, mid: str, at: CoordinatorProc) -> None:
+        """Machine `mid`: its own systemd manager, and an agent enrolled through `at`."""
         sd = UserSystemd()
         self.systemds[mid] = sd
         sd.start()
         agent = AgentProc(
             self.tmp,
             mid,
-            self.coord,
+            at,
             extra=[
                 *sd.agent_flags(),
                 "--sticker-dir",
@@ -160,15 +173,20 @@ class World:
                 "2",
                 "--backoff-max",
                 str(self.shape.backoff_max),
+                *self.agent_flags(mid),
             ],
             env=sd.agent_env(),
         )
         if self.ns is not None and mid == self.victim:
             agent_in(self.ns, agent)
         self.agents[mid] = agent
-        enrolled = agent.enroll(self.coord.join_token())
+        enrolled = agent.enroll(at.join_token())
         assert enrolled.returncode == 0, enrolled.stderr
         agent.start()
+
+    def agent_flags(self, mid: str) -> list[str]:
+        """More agent flags for machine `mid` (a subclass's Docker endpoint...)."""
+        return []
 
     def sticker_dir(self, mid: str) -> Path:
         return self.tmp / f"stickers-{mid}"

@@ -185,6 +185,20 @@ def test_a_lost_machine_keeps_its_global_units_and_gets_no_new_ones() -> None:
     assert schedule([meta], [m("m1", k="v"), m("m3", state="lost")])["k.service"] == ["m1"]
 
 
+def test_a_backend_gone_for_a_while_moves_nothing_already_there() -> None:
+    """dockerd restarting: the agent's Facts lack "docker" for a few seconds; the
+    container stays placed (and a new one goes where docker is)."""
+    box = u("box.container", backend="docker", on=("m1",))
+    gbox = u("g.container", ("Global", "true"), backend="docker", on=("m1",))
+    machines = [m("m1", caps=("systemd",)), m("m2", caps=("systemd", "docker"))]
+    placed = schedule([box, gbox, u("new.container", backend="docker")], machines)
+    assert placed == {
+        "box.container": ["m1"],
+        "g.container": ["m1", "m2"],
+        "new.container": ["m2"],
+    }
+
+
 def test_replaces_moves_the_replaced_unit_away() -> None:
     old = u("old.service", on=("m1",))
     new = u("new.service", ("Replaces", "old.service"), ("MachineMetadata", "k=v"))
