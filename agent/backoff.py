@@ -9,7 +9,10 @@ grow, and each failure moves on to the next hub of the list. The delays grow onc
 round of the list, not per attempt, so a dead coordinator costs one short wait before
 the next one is tried. A refusal (revoked, unknown machine) is never retried soon, on
 this hub or the next: every coordinator of a fleet shares the same trust, so the others
-are unlikely to judge differently and must not be asked in a hot loop.
+are unlikely to judge differently and must not be asked in a hot loop. An attempt that
+nothing answered at all (no TCP connection: a partition, a dead host) waits at most
+`PROBE_MAX_S` more: it loads no coordinator, and the machine should be back as soon as
+its link is.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from typing import NamedTuple
 
 REFUSED = 32
 """Failure count after a refusal (revoked, unknown): the longest delays at once."""
+PROBE_MAX_S = 2.0
+"""The longest wait before dialling again after an attempt nobody answered (a
+partition, a dead host): such an attempt already took its connect timeout and cost the
+coordinator nothing, so backing off further would only make the machine come back
+later than its link does (up to the longest backoff after a long partition; the fault
+suite measures convergence within 10 s of the heal)."""
 
 
 class Dial(NamedTuple):
@@ -82,9 +91,11 @@ def next_dial(
     maximum: float,
     spread: float,
     rand: float,
+    unreachable: bool = False,
 ) -> Dial:
     """After an attempt on hub `index` of `hubs` ended: the hub that worked stays first;
-    a failure or refusal moves to the next, round the list."""
+    a failure or refusal moves to the next, round the list. `unreachable`: nothing
+    answered the attempt (see `PROBE_MAX_S`)."""
     count = max(1, hubs)
     failures = next_failures(failures, welcomed=welcomed, refused=refused)
     hub = index % count if welcomed else (index + 1) % count
@@ -97,4 +108,6 @@ def next_dial(
         hubs=count,
         refused=refused,
     )
+    if unreachable and not refused and not welcomed:
+        delay = min(delay, PROBE_MAX_S / 2 + rand * PROBE_MAX_S / 2)
     return Dial(hub, failures, delay)

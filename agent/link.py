@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from agent.backoff import next_dial
 from agent.identity import Identity, LinkStatus
 from agent.metrics import AgentMetrics
-from agent.wsclient import CLOSE_ABNORMAL, HandshakeRefused, WebSocket, WsError
+from agent.wsclient import CLOSE_ABNORMAL, HandshakeRefused, Unreachable, WebSocket, WsError
 from proto import messages as m
 from proto.enrolment import unique_urls
 
@@ -92,12 +92,15 @@ class Link:
         self._save_status("", 0.0)
         while True:
             self._welcomed = False
-            refused = False
+            refused = unreachable = False
             try:
                 log.info("%s", await self._session())
             except LinkRefused as exc:
                 log.error("coordinator %s refused this agent: %s", self.hub_url, exc)
                 refused = True
+            except Unreachable as exc:
+                log.warning("link to %s failed: %s", self.hub_url, describe(exc))
+                unreachable = True
             except (WsError, OSError, TimeoutError) as exc:
                 log.warning("link to %s failed: %s", self.hub_url, describe(exc))
             finally:
@@ -116,6 +119,7 @@ class Link:
                 maximum=self.backoff_max_s,
                 spread=self._spread_s,
                 rand=random.random(),
+                unreachable=unreachable,
             )
             self._index, failures = dial.hub, dial.failures
             log.info("reconnecting to %s in %.1f s", self.hub_url, dial.delay)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ssl
 from collections import deque
 from types import TracebackType
@@ -41,6 +42,17 @@ CLOSE_GRACE_S = 0.5
 
 class WsError(Exception):
     """The WebSocket connection failed or broke (the link reconnects)."""
+
+
+class Unreachable(WsError):
+    """Nothing answered at the hub's address (the TCP connect timed out, or no route to
+    it): a partition or a dead host, where probing costs the coordinator nothing."""
+
+
+UNREACHABLE_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EINVAL}
+)
+"""No route (EINVAL: what Linux answers a connect routed into a blackhole route)."""
 
 
 class HandshakeRefused(WsError):
@@ -85,20 +97,35 @@ class WebSocket:
         secure = parts.scheme == "wss"
         port = parts.port or (443 if secure else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        async with asyncio.timeout(open_timeout_s):
-            reader, writer = await asyncio.open_connection(
-                parts.hostname,
-                port,
-                ssl=(ssl_context or ssl.create_default_context()) if secure else None,
-                server_hostname=parts.hostname if secure else None,
-                limit=READ_SIZE,
-            )
+        deadline = asyncio.get_running_loop().time() + open_timeout_s
+        # TCP first, on its own: a connect that nobody answers is `Unreachable` (the
+        # link probes again soon), unlike a hub that answered and then failed or stalled
+        # in TLS or the upgrade (an overloaded coordinator: the link backs off).
+        try:
+            async with asyncio.timeout_at(deadline):
+                reader, writer = await asyncio.open_connection(
+                    parts.hostname, port, limit=READ_SIZE
+                )
+        except TimeoutError:
+            raise Unreachable(
+                f"no answer from {parts.netloc} within {open_timeout_s:g} s"
+            ) from None
+        except OSError as exc:
+            if exc.errno in UNREACHABLE_ERRNOS:
+                raise Unreachable(f"{parts.netloc}: {exc.strerror or exc}") from None
+            raise
+        try:
             enable_keepalive(writer.get_extra_info("socket"))
-            try:
+            async with asyncio.timeout_at(deadline):
+                if secure:
+                    await writer.start_tls(
+                        ssl_context or ssl.create_default_context(),
+                        server_hostname=parts.hostname,
+                    )
                 return await cls._upgrade(reader, writer, parts.netloc, target, max_size)
-            except BaseException:
-                writer.close()
-                raise
+        except BaseException:
+            writer.close()
+            raise
 
     @classmethod
     async def _upgrade(

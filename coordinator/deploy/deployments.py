@@ -48,6 +48,7 @@ from coordinator.reports.service import ReportUnavailable
 from coordinator.store.ports import (
     DEFAULT_GROUP,
     FleetStore,
+    StorageUnavailable,
     TransactionalDeploymentStore,
 )
 from proto import messages as m
@@ -714,6 +715,10 @@ class DeploymentService:
                 ticks += 1
                 if ticks % SYNC_EVERY_TICKS == 0:
                     await self.sync_members()
+            except StorageUnavailable as exc:
+                # the store reports its own outage once (full disk, database away):
+                # a traceback per tick would only bury it
+                log.debug("rollout step waits for the storage: %s", exc)
             except Exception:
                 log.exception("rollout step failed")
             await asyncio.sleep(COALESCE_S)

@@ -337,7 +337,8 @@ class Hub:
                 )
             return
         if isinstance(message, m.Heartbeat):
-            await session.send(message)
+            with contextlib.suppress(ConnectionError):  # the echo of a link closing now
+                await session.send(message)
         elif isinstance(message, m.CertRenew):
             await self._renew(session, message)
         rid = request_id_of(message)
@@ -349,6 +350,10 @@ class Hub:
         for handler in self.handlers:
             try:
                 await handler(session, message)
+            except StorageUnavailable as exc:  # reported once by the store itself
+                log.debug(
+                    "%s from %s not stored: %s", type(message).__name__, session.machine_id, exc
+                )
             except Exception:
                 log.exception(
                     "handler failed on %s from %s", type(message).__name__, session.machine_id

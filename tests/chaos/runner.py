@@ -68,6 +68,8 @@ class Scenario:
     """The world it runs in (a subclass for two coordinators, a proxied link...)."""
     needs: Callable[[], str | None] = lambda: None
     """Why it cannot run here beyond systemd and namespaces (PostgreSQL, dockerd...)."""
+    rounds: Callable[[Config], int] | None = None
+    """Its round count, when the runner's default (by kind) costs too long."""
     writes_survive: bool = True
     """Acknowledged writes must be readable afterwards (not so when the fault is a
     restore from a backup taken before them: they are counted, not judged)."""
@@ -200,6 +202,8 @@ def scenarios(config: Config) -> list[Scenario]:
 
 
 def rounds_of(scenario: Scenario, config: Config) -> int:
+    if scenario.rounds is not None:
+        return scenario.rounds(config)
     if scenario.name.startswith("partition-"):
         return config.partitions
     if scenario.name == "reboot":

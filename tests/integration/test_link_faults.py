@@ -95,7 +95,7 @@ def test_ten_restarts_reconnect_fast_and_a_black_hole_is_seen_in_15_s(
         assert cut_agent is not None
         before = cut_agent.log()
         wait_for(
-            lambda: "no connection within 5 s" in cut_agent.log()[len(before) :],
+            lambda: "within 5 s" in cut_agent.log()[len(before) :],
             timeout=40,
             interval=0.5,
             what="the isolated agent's connect attempt timing out",

@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.backoff import REFUSED, Dial, next_dial
+from agent.backoff import PROBE_MAX_S, REFUSED, Dial, next_dial
 from agent.identity import LinkInfo
 from proto.enrolment import EnrollResponse, hub_urls_of, unique_urls
 
@@ -164,3 +164,26 @@ def test_unique_urls_keeps_first_occurrences_in_order(urls: list[str]) -> None:
     got = unique_urls(urls)
     assert len(got) == len(set(got)) and "" not in got
     assert got == sorted(set(urls) - {""}, key=urls.index)
+
+
+def test_an_attempt_nobody_answered_is_tried_again_soon_however_long_the_outage() -> None:
+    """A partition: each attempt already took its connect timeout and loaded nobody;
+    after a long one the machine must come back with its link, not up to 30 s later."""
+    long_outage = 12  # failures: the backoff alone would be the longest step by now
+    plain = dial(0, long_outage, 1, rand=0.9)
+    assert plain.delay > 20
+    probing = next_dial(
+        0,
+        long_outage,
+        hubs=1,
+        welcomed=False,
+        refused=False,
+        initial=INITIAL,
+        maximum=MAXIMUM,
+        spread=1.0,
+        rand=0.9,
+        unreachable=True,
+    )
+    assert probing.delay <= PROBE_MAX_S and probing.failures == plain.failures
+    # a hub that answered and failed (overloaded, refusing) still backs off in full
+    assert dial(0, long_outage, 1, refused=True, rand=0.9).delay > 20
