@@ -33,17 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, help="partitions of each kind and length (10)")
     parser.add_argument("--reboots", type=int, help="reboots (10)")
     parser.add_argument(
-        "--partition-seconds", help="lengths below lost_after, comma-separated (30,120)"
+        "--partition-seconds",
+        help="partition lengths, comma-separated (30,120; one past lost_after is added)",
     )
-    parser.add_argument("--lost-after", type=float, help="the coordinator's lost_after (45)")
+    parser.add_argument("--lost-after", type=float, help="the coordinator's lost_after (60)")
     parser.add_argument("--minutes", type=float, help="stop starting rounds after this long")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--subnet", type=int, help="third octet of the namespace's 10.231.N.0/30 (170)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/chaos.json"))
     parser.add_argument("--json", action="store_true", help="print the JSON, not the table")
     args = parser.parse_args(argv)
 
     config = Config.short() if args.short else Config()
-    for key in ("rounds", "partitions", "reboots", "lost_after"):
+    for key in ("rounds", "partitions", "reboots", "lost_after", "subnet"):
         value = getattr(args, key)
         if value is not None:
             setattr(config, key, value)
@@ -61,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         else (lambda line: print(line, flush=True))
     )
     try:
-        outcome = run(config, names, seed=args.seed, deadline=deadline, log=log)
+        outcome = run(
+            config,
+            names,
+            seed=args.seed,
+            deadline=deadline,
+            log=log,
+            on_round=lambda partial: write_json(partial, args.out),
+        )
     except ValueError as exc:
         parser.error(str(exc))
     write_json(outcome, args.out)

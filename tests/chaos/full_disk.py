@@ -288,7 +288,7 @@ def full_disk(seconds: float) -> Callable[[World, random.Random], Fault]:
 
 
 def scenarios(config: Config) -> list[Scenario]:
-    # The short config is told by its lost_after (8 s, the long one's 45): the fault must
+    # The short config is told by its lost_after (8 s, the long one's 60): the fault must
     # stay well under it, or machines would be called lost and their units moved.
     seconds = 3.0 if config.lost_after < Config().lost_after else 10.0
     return [

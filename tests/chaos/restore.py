@@ -10,7 +10,7 @@ started; a new release is rolled out through the restored coordinator while the
 victim is still away; then the victim's agent comes back. The world must converge on
 the restored coordinator's word: the new release everywhere, the victim included,
 with true stickers. Writes acknowledged after the backup are gone by definition
-(counted, not judged).
+(counted, not judged). As many rounds as reboots (a round takes ~20 s).
 """
 
 from __future__ import annotations
@@ -90,5 +90,6 @@ def scenarios(config: Config) -> list[Scenario]:
             rollout=False,
             redeploys=True,
             writes_survive=False,
+            rounds=lambda c: c.reboots,
         )
     ]

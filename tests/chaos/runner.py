@@ -85,8 +85,11 @@ class Config:
     """Partitions of each kind and length."""
     reboots: int = 10
     partition_s: tuple[float, ...] = (30.0, 120.0)
-    lost_after: float = 45.0
+    lost_after: float = 60.0
+    """The coordinator's default: 30 s partitions stay below it, 2 min ones go past."""
     heartbeat: float = 2.0
+    subnet: int = 170
+    """The victim's namespace is 10.231.<subnet>.0/30 (two runs at once need two)."""
 
     @classmethod
     def short(cls) -> Config:
@@ -173,7 +176,7 @@ class FaultNotTaken(Exception):
 
 
 def scenarios(config: Config) -> list[Scenario]:
-    shape = Shape(lost_after=config.lost_after, heartbeat=config.heartbeat)
+    shape = Shape(lost_after=config.lost_after, heartbeat=config.heartbeat, subnet=config.subnet)
     out = [
         Scenario("agent-kill", agent_kill, shape),
         Scenario("coordinator-kill", coordinator_kill, shape),
@@ -185,7 +188,7 @@ def scenarios(config: Config) -> list[Scenario]:
             past = seconds > config.lost_after
             out.append(
                 Scenario(
-                    f"partition-{kind}-{'lost' if past else f'{seconds:g}s'}",
+                    f"partition-{kind}-{seconds:g}s" + ("-lost" if past else ""),
                     partition(kind, seconds),
                     shape,
                     rollout=False,
@@ -310,6 +313,7 @@ def run(
     deadline: float | None = None,
     tmp_root: Path | None = None,
     log: Callable[[str], None] = print,
+    on_round: Callable[[Run], None] | None = None,
 ) -> Run:
     """Every chosen scenario, each in a world of its own, round after round, until its
     rounds are done or `deadline` (time.monotonic()) passes."""
@@ -348,6 +352,8 @@ def run(
                     worlds.close()
                 results.append(result)
                 log(_line(result))
+                if on_round is not None:
+                    on_round(outcome)  # a long run's figures survive its interruption
                 if not result.ok:
                     worlds.keep = True
     finally:

@@ -17,9 +17,9 @@ GROUPS = {
     "kills": ("agent-kill", "coordinator-kill", "reboot"),
     "partitions": (
         "partition-down-4s",
-        "partition-blackhole-lost",
+        "partition-blackhole-13s-lost",
         "partition-oneway-4s",
-        "partition-oneway-lost",
+        "partition-oneway-13s-lost",
     ),
     "restore": ("restore",),
     "leader": ("leader-kill",),

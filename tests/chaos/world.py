@@ -58,7 +58,7 @@ class Shape:
 
     machines: int = 3
     isolated: bool = True
-    lost_after: float = 45.0
+    lost_after: float = 60.0
     heartbeat: float = 2.0
     backoff_max: float = 30.0
     subnet: int = 170
