@@ -359,7 +359,7 @@ def scenarios(config: Config) -> list[Scenario]:
         Scenario(
             "dockerd-kill",
             dockerd_kill,
-            shape=Shape(isolated=False, lost_after=config.lost_after, heartbeat=config.heartbeat),
+            shape=config.loopback(),
             world=DockerWorld,
             needs=dockerd_available,
         )

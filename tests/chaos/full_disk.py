@@ -124,16 +124,10 @@ class SmallDiskWorld(World):
         super()._start()
 
     def _make_coordinator(self, host: str) -> CoordinatorProc:
-        port = free_port()
         return CountingCoordinator(
             self.mount,
             database_url="",  # the SQLite file in the state directory, on the tmpfs
-            **{
-                "lost-after": self.shape.lost_after,
-                "heartbeat": self.shape.heartbeat,
-                "hub-listen": f"{host}:{port}",
-                "hub-url": f"wss://{host}:{port}/agent/v1",
-            },
+            **self._coordinator_options(host, free_port()),
         )
 
     @property
@@ -288,14 +282,12 @@ def full_disk(seconds: float) -> Callable[[World, random.Random], Fault]:
 
 
 def scenarios(config: Config) -> list[Scenario]:
-    # The short config is told by its lost_after (8 s, the long one's 60): the fault must
-    # stay well under it, or machines would be called lost and their units moved.
-    seconds = 3.0 if config.lost_after < Config().lost_after else 10.0
+    seconds = 3.0 if config.shorter else 10.0
     return [
         Scenario(
             "disk-full",
             full_disk(seconds),
-            shape=Shape(isolated=False, lost_after=config.lost_after, heartbeat=config.heartbeat),
+            shape=config.loopback(),
             world=SmallDiskWorld,
             needs=needs,
             rounds=lambda c: min(c.rounds, 40),

@@ -299,5 +299,5 @@ def _needs() -> str | None:
 
 
 def scenarios(config: Config) -> list[Scenario]:
-    shape = Shape(isolated=False, lost_after=config.lost_after, heartbeat=config.heartbeat)
+    shape = config.loopback()
     return [Scenario("leader-kill", leader_kill, shape, world=PairWorld, needs=_needs)]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.chaos.world import Shape, World
+from tests.chaos.world import World
 
 if TYPE_CHECKING:
     from tests.chaos.runner import Config, Fault, Scenario
@@ -80,7 +80,7 @@ def restore(world: World, rng: random.Random) -> Fault:
 def scenarios(config: Config) -> list[Scenario]:
     from tests.chaos.runner import Scenario
 
-    shape = Shape(isolated=False, lost_after=config.lost_after, heartbeat=config.heartbeat)
+    shape = config.loopback()
     return [
         Scenario(
             "restore",

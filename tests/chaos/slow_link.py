@@ -25,7 +25,6 @@ from pathlib import Path
 from tests.chaos.runner import Config, Fault, FaultNotTaken, Scenario
 from tests.chaos.slow_link_proxy import LinkProxy
 from tests.chaos.world import Shape, World
-from tests.procs import CoordinatorProc, free_port
 
 STALL_S = (1.0, 3.0)
 
@@ -37,18 +36,10 @@ class ProxiedWorld(World):
         super().__init__(tmp, shape)
         self.proxy: LinkProxy | None = None
 
-    def _make_coordinator(self, host: str) -> CoordinatorProc:
-        hub_port = free_port()
-        self.proxy = LinkProxy((host, hub_port), host=host).start()
-        return CoordinatorProc(
-            self.tmp / "coordinator",
-            **{
-                "lost-after": self.shape.lost_after,
-                "heartbeat": self.shape.heartbeat,
-                "hub-listen": f"{host}:{hub_port}",
-                "hub-url": f"wss://{host}:{self.proxy.port}/agent/v1",
-            },
-        )
+    def _hub_url(self, host: str, port: int) -> str:
+        """Agents are given the proxy's address; it forwards to the hub."""
+        self.proxy = LinkProxy((host, port), host=host).start()
+        return f"wss://{host}:{self.proxy.port}/agent/v1"
 
     @property
     def link(self) -> LinkProxy:
@@ -112,14 +103,12 @@ def slow_link(seconds: float) -> Callable[[World, random.Random], Fault]:
 
 
 def scenarios(config: Config) -> list[Scenario]:
-    # The short config is told by its lost_after (8 s, the long one's 60): the fault must
-    # stay well under it, or machines would be called lost and their units moved.
-    seconds = 5.0 if config.lost_after < Config().lost_after else 20.0
+    seconds = 5.0 if config.shorter else 20.0
     return [
         Scenario(
             "slow-link",
             slow_link(seconds),
-            shape=Shape(isolated=False, lost_after=config.lost_after, heartbeat=config.heartbeat),
+            shape=config.loopback(),
             world=ProxiedWorld,
             rounds=lambda c: min(c.rounds, 30),
         )

@@ -67,3 +67,12 @@ def test_summary_counts_and_percentiles() -> None:
     assert inv.percentile([], 50) is None
     assert inv.percentile([float(v) for v in range(1, 101)], 99) == 99.0
     assert "| s | 2 | 2 | 0 | 1 | 3 | 0 | 1 | 0 | 2.0 s | 2.0 s |" in inv.table([s])
+
+
+def test_a_slot_tells_which_write_of_its_round_it_holds() -> None:
+    from tests.chaos.world import ACK_MARK, written_number
+
+    held = [{"section": "Unit", "name": "Description", "value": f"{ACK_MARK}agent-kill-3#17"}]
+    assert written_number(held, "agent-kill-3") == 17
+    assert written_number(held, "agent-kill-4") == -1  # an older round's write
+    assert written_number([], "agent-kill-3") == -1

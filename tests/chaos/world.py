@@ -145,16 +145,23 @@ class World:
     def _make_coordinator(self, host: str) -> CoordinatorProc:
         """The coordinator, its hub on `host` (where every agent, the victim in its
         namespace too, reaches it). Worlds of other shapes override this."""
-        port = free_port()
         return CoordinatorProc(
-            self.tmp / "coordinator",
-            **{
-                "lost-after": self.shape.lost_after,
-                "heartbeat": self.shape.heartbeat,
-                "hub-listen": f"{host}:{port}",
-                "hub-url": f"wss://{host}:{port}/agent/v1",
-            },
+            self.tmp / "coordinator", **self._coordinator_options(host, free_port())
         )
+
+    def _coordinator_options(self, host: str, port: int) -> dict[str, Any]:
+        """The world's timings, the hub listening on `host:port`, and the hub URL agents
+        are given (`_hub_url`)."""
+        return {
+            "lost-after": self.shape.lost_after,
+            "heartbeat": self.shape.heartbeat,
+            "hub-listen": f"{host}:{port}",
+            "hub-url": self._hub_url(host, port),
+        }
+
+    def _hub_url(self, host: str, port: int) -> str:
+        """Where agents dial the hub listening on `host:port` (a proxy's, in a subclass)."""
+        return f"wss://{host}:{port}/agent/v1"
 
     def _add(self, mid: str, at: CoordinatorProc) -> None:
         """Machine `mid`: its own systemd manager, and an agent enrolled through `at`."""
@@ -388,10 +395,17 @@ class Sampler:
         self._thread.join(30)
 
 
+ACK_SLOTS = 32
+"""Writes go round this many units (`ack-<slot>.service`), each write replacing its
+slot's unit with one naming the write: the world stays small however long the run,
+and one listing reads every write back."""
+ACK_MARK = "Moorage fault suite write "
+
+
 class Writer:
     """Fleet API writes, one after another, while a fault runs: each answered 2xx is an
-    acknowledged write that must be readable afterwards (a submitted, inactive unit;
-    removed again once checked)."""
+    acknowledged write that must be readable afterwards. Write n of a round replaces
+    the inactive unit `ack-<n mod ACK_SLOTS>.service` with a text naming `<tag>#<n>`."""
 
     def __init__(
         self, world: World, tag: str, targets: list[CoordinatorProc] | None = None
@@ -400,26 +414,32 @@ class Writer:
         self.tag = tag
         self.targets = targets or [world.coord]
         self.acked: list[str] = []
+        self.last_acked: dict[str, int] = {}
+        """slot -> the number of its last acknowledged write."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         n = 0
         while not self._stop.is_set():
-            name = f"ack-{self.tag}-{n}.service"
+            slot = f"ack-{n % ACK_SLOTS}.service"
+            text = (
+                f"[Unit]\nDescription={ACK_MARK}{self.tag}#{n}\n\n[Service]\nExecStart=/bin/true\n"
+            )
             target = self.targets[n % len(self.targets)]
-            n += 1
             try:
                 target.api(
                     "PUT",
-                    f"/fleet/v1/units/{name}",
-                    {"desiredState": "inactive", "options": options(SLEEPER.format(name=name))},
+                    f"/fleet/v1/units/{slot}",
+                    {"desiredState": "inactive", "options": options(text)},
                 )
             except Exception:
                 self._stop.wait(0.2)  # refused or unanswered: not acknowledged
-                continue
-            self.acked.append(name)
-            self._stop.wait(0.05)
+            else:
+                self.acked.append(f"{self.tag}#{n}")
+                self.last_acked[slot] = n
+                self._stop.wait(0.05)
+            n += 1
 
     def __enter__(self) -> Writer:
         self._thread.start()
@@ -430,20 +450,29 @@ class Writer:
         self._thread.join(60)
 
     def lost(self, coordinator: CoordinatorProc | None = None) -> list[str]:
-        """Acknowledged writes the coordinator cannot read back; the rest are removed."""
+        """Acknowledged writes the coordinator cannot read back: each slot must hold its
+        last acknowledged write or a later one (a write whose answer was lost may have
+        landed after it)."""
         coord = coordinator or self.world.coord
+        held = {
+            u["name"]: written_number(u["options"], self.tag)
+            for u in coord.api("GET", "/moorage/v1/units")["units"]
+        }
         lost = []
-        for name in self.acked:
-            try:
-                coord.api("GET", f"/fleet/v1/units/{name}")
-            except Exception as exc:
-                lost.append(f"{name}: {exc}")
-                continue
-            try:
-                coord.api("DELETE", f"/fleet/v1/units/{name}")
-            except Exception:
-                pass
+        for slot, n in sorted(self.last_acked.items()):
+            have = held.get(slot)
+            if have is None or have < n:
+                now = "missing" if have is None else f"holds an older write ({have})"
+                lost.append(f"{slot}: write {self.tag}#{n} was acknowledged, the unit is {now}")
         return lost
+
+
+def written_number(unit_options: list[dict[str, str]], tag: str) -> int:
+    """The number of the write of round `tag` a slot's unit holds (-1: another round's)."""
+    for o in unit_options:
+        if o.get("name") == "Description" and o.get("value", "").startswith(ACK_MARK + tag + "#"):
+            return int(o["value"].rsplit("#", 1)[1])
+    return -1
 
 
 def worlds(tmp: Path, shape: Shape) -> Iterator[World]:
