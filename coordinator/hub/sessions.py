@@ -16,7 +16,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 import aiohttp
@@ -423,6 +423,16 @@ class Hub:
         return await RemoteSession.open(
             route[1], machine_id, route[0], self.relay_ssl, self._relay_answer, self._relay_closed
         )
+
+    @contextlib.asynccontextmanager
+    async def reaching(self, machine_id: str) -> AsyncIterator[Session | RemoteSession | None]:
+        """`reach`, and the relay (if it is one) closed when the block ends, however."""
+        session = await self.reach(machine_id)
+        try:
+            yield session
+        finally:
+            if isinstance(session, RemoteSession):
+                await session.close()
 
     async def _relay_answer(self, remote: RemoteSession, message: m.Message) -> None:
         for handler in self.on_relay_answer:

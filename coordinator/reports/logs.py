@@ -73,39 +73,40 @@ class LogService:
     async def stream(
         self, machine_id: str, unit: str, *, lines: int, follow: bool, cursor: str = ""
     ) -> AsyncIterator[m.LogChunk]:
-        try:
-            session = await self.hub.reach(machine_id)
-        except RelayFailed as exc:
-            raise LogUnavailable(str(exc)) from None
-        if session is None:
-            raise LogUnavailable(f"machine {machine_id} is not connected")
-        request_id = secrets.token_hex(8)
-        queue: asyncio.Queue[m.LogChunk | None] = asyncio.Queue()
-        self._queues[request_id] = queue
-        self._sessions[request_id] = session.id
-        try:
-            await session.send(
-                m.LogRequest(request_id, unit, lines=lines, follow=follow, cursor=cursor)
-            )
-            first = True
-            while True:
-                timeout = FIRST_CHUNK_TIMEOUT_S if (first or not follow) else None
-                try:
-                    async with asyncio.timeout(timeout):
-                        chunk = await queue.get()
-                except TimeoutError:
-                    raise LogUnavailable(f"machine {machine_id} did not answer in time") from None
-                first = False
-                if chunk is None:
-                    return
-                yield chunk
-                if chunk.done:
-                    return
-        finally:
-            self._queues.pop(request_id, None)
-            self._sessions.pop(request_id, None)
-            if isinstance(session, RemoteSession):
-                await session.close()  # the other end cancels a follow
-            elif follow and session is self.hub.sessions.get(machine_id):
-                with contextlib.suppress(ConnectionError):
-                    await session.send(m.LogCancel(request_id))
+        async with contextlib.AsyncExitStack() as stack:
+            try:  # a relay is closed with the stack: the other end cancels a follow
+                session = await stack.enter_async_context(self.hub.reaching(machine_id))
+            except RelayFailed as exc:
+                raise LogUnavailable(str(exc)) from None
+            if session is None:
+                raise LogUnavailable(f"machine {machine_id} is not connected")
+            request_id = secrets.token_hex(8)
+            queue: asyncio.Queue[m.LogChunk | None] = asyncio.Queue()
+            self._queues[request_id] = queue
+            self._sessions[request_id] = session.id
+            try:
+                await session.send(
+                    m.LogRequest(request_id, unit, lines=lines, follow=follow, cursor=cursor)
+                )
+                first = True
+                while True:
+                    timeout = FIRST_CHUNK_TIMEOUT_S if (first or not follow) else None
+                    try:
+                        async with asyncio.timeout(timeout):
+                            chunk = await queue.get()
+                    except TimeoutError:
+                        raise LogUnavailable(
+                            f"machine {machine_id} did not answer in time"
+                        ) from None
+                    first = False
+                    if chunk is None:
+                        return
+                    yield chunk
+                    if chunk.done:
+                        return
+            finally:
+                self._queues.pop(request_id, None)
+                self._sessions.pop(request_id, None)
+                if follow and session is self.hub.sessions.get(machine_id):
+                    with contextlib.suppress(ConnectionError):
+                        await session.send(m.LogCancel(request_id))

@@ -252,32 +252,33 @@ class ReportService:
         what: str,
     ) -> T:
         try:
-            session = await self.hub.reach(machine_id)
-        except RelayFailed as exc:
+            async with self.hub.reaching(machine_id) as session:
+                if session is None:
+                    raise ReportUnavailable(
+                        "not_connected", f"machine {machine_id} is not connected"
+                    )
+                request_id = secrets.token_hex(8)
+                future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+                self._waiters[request_id] = _Waiter(machine_id, session.id, future, kind)
+                try:
+                    try:
+                        await session.send(make(request_id))
+                    except ConnectionError:
+                        raise ReportUnavailable(
+                            "disconnected", f"machine {machine_id} disconnected"
+                        ) from None
+                    try:
+                        async with asyncio.timeout(timeout_s):
+                            reply = await future
+                    except TimeoutError:
+                        raise ReportUnavailable(
+                            "timeout",
+                            f"machine {machine_id} did not answer the {what} in {timeout_s:g} s",
+                        ) from None
+                finally:
+                    self._waiters.pop(request_id, None)
+        except RelayFailed as exc:  # the coordinator holding its session cannot be asked
             raise ReportUnavailable("unreachable", str(exc)) from None
-        if session is None:
-            raise ReportUnavailable("not_connected", f"machine {machine_id} is not connected")
-        request_id = secrets.token_hex(8)
-        future: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = _Waiter(machine_id, session.id, future, kind)
-        try:
-            try:
-                await session.send(make(request_id))
-            except ConnectionError:
-                raise ReportUnavailable(
-                    "disconnected", f"machine {machine_id} disconnected"
-                ) from None
-            try:
-                async with asyncio.timeout(timeout_s):
-                    reply = await future
-            except TimeoutError:
-                raise ReportUnavailable(
-                    "timeout", f"machine {machine_id} did not answer the {what} in {timeout_s:g} s"
-                ) from None
-        finally:
-            self._waiters.pop(request_id, None)
-            if isinstance(session, RemoteSession):
-                await session.close()
         if not isinstance(reply, kind):  # _answer only accepts `kind`; never on the wire
             raise ReportUnavailable("invalid", f"machine {machine_id} answered the {what} wrongly")
         return reply

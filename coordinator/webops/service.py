@@ -26,7 +26,6 @@ import msgspec
 from coordinator.errors import Conflict, DomainError, Invalid, NotFound, Unavailable
 from coordinator.events import EventBus
 from coordinator.fleet.units import UnitService
-from coordinator.hub.relay import RemoteSession
 from coordinator.hub.sessions import Hub, Session
 from coordinator.store.ports import MachineStore, WebOpsStore
 from coordinator.webops import rules
@@ -447,16 +446,13 @@ class WebOpsService:
     async def _send(self, dep: WebDeployment, message: m.Message) -> None:
         """To the machine's agent, through the coordinator holding its session when that
         is another one (#23): its reports are then handled there, from the store."""
-        session = await self.hub.reach(dep.machine_id)  # RelayFailed is Unavailable
-        if session is None:
-            raise Unavailable(f"machine {dep.machine_id!r} is not connected")
-        try:
-            await session.send(message)
-        except ConnectionError as exc:
-            raise Unavailable(f"machine {dep.machine_id!r}: {exc}") from None
-        finally:
-            if isinstance(session, RemoteSession):
-                await session.close()
+        async with self.hub.reaching(dep.machine_id) as session:  # RelayFailed: Unavailable
+            if session is None:
+                raise Unavailable(f"machine {dep.machine_id!r} is not connected")
+            try:
+                await session.send(message)
+            except ConnectionError as exc:
+                raise Unavailable(f"machine {dep.machine_id!r}: {exc}") from None
 
     def _failed(self, dep: WebDeployment, build_id: str, error: str) -> None:
         dep.building = ""
