@@ -210,6 +210,15 @@ class Hub:
         except TimeoutError:
             await self._refuse(session, "hello_timeout", CLOSE_PROTO, "no Hello received")
             return False
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            # gone before its Hello (a reset link, an agent stopping): nothing to refuse
+            log.info("machine %s went away before its Hello", session.machine_id)
+            return False
         if msg.type != aiohttp.WSMsgType.BINARY:
             await self._refuse(session, "no_hello", CLOSE_PROTO, "expected a binary Hello frame")
             return False
