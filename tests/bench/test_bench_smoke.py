@@ -152,3 +152,12 @@ def test_placements_postgresql(results_dir: Path) -> None:
     figures = load(results_dir, "smoke-pg")
     assert figures["database"] == "postgresql" and figures["units"] == 200
     assert figures["placements_per_second_acknowledged"] > 0
+
+
+def test_tls_handshake_floor(results_dir: Path) -> None:
+    from bench import bench_tls
+
+    bench_tls.main(["--handshakes", "40", "--name", "smoke-tls"])
+    figures = load(results_dir, "smoke-tls")
+    assert figures["server_cpu_ms_per_handshake"] > 0
+    assert figures["client_cpu_ms_per_handshake"] > 0

@@ -1,0 +1,135 @@
+"""The CPU one mutual-TLS handshake costs each side on this machine (#23's floor).
+
+A reconnect wave after a failover (figure 10) is bounded below by what the handshakes
+alone cost: every agent that moves does one TLS 1.3 handshake with its client
+certificate against the survivor. This measures exactly that and nothing else, with
+Moorage's own PKI (an EC P-256 fleet CA, server and client certificates as
+`init_pki` issues them) and the coordinator's server context
+(`pki.server_ssl_context`, client certificates required): a server process on the
+event loop the coordinator runs (`proto.process.run_main`: uvloop) accepts the
+connections, a client process dials them 32 at a time, each side reports its own CPU
+time per handshake.
+
+    python -m bench.bench_tls --handshakes 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import write
+from coordinator.trust import pki
+from proto.process import run_main
+from proto.tls import client_ssl_context
+
+
+def _serve(paths: pki.PkiPaths, port: int, count: int, out: multiprocessing.Queue[float]) -> None:
+    ctx = pki.server_ssl_context(
+        paths.server_cert, paths.server_key, paths.ca_cert, client_certs="required"
+    )
+    seen = 0
+    started = 0.0
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen, started
+        if seen == 0:
+            started = time.process_time()
+        seen += 1
+        writer.close()
+        if seen == count:
+            done.set()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx, backlog=1024)
+        out.put(-1.0)  # listening
+        async with server:
+            await done.wait()
+        out.put((time.process_time() - started) / count)
+
+    run_main(main())
+
+
+def _dial(paths: pki.PkiPaths, port: int, count: int, out: multiprocessing.Queue[float]) -> None:
+    ctx = client_ssl_context(paths.ca_cert, paths.admin_cert, paths.admin_key)
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+        )
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def guarded() -> None:
+            async with gate:
+                await one()
+
+        started = time.process_time()
+        await asyncio.gather(*(guarded() for _ in range(count)))
+        out.put((time.process_time() - started) / count)
+
+    run_main(main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--handshakes", type=int, default=3000)
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    parser.add_argument("--name", default="tls", help="results file name")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = pki.init_pki(Path(tmp) / "pki", ["localhost"], ["127.0.0.1"])
+        port = args.port or _free_port()
+        server_out: multiprocessing.Queue[float] = multiprocessing.Queue()
+        client_out: multiprocessing.Queue[float] = multiprocessing.Queue()
+        server = multiprocessing.Process(
+            target=_serve, args=(paths, port, args.handshakes, server_out)
+        )
+        server.start()
+        assert server_out.get(timeout=30) == -1.0
+        wall = time.monotonic()
+        client = multiprocessing.Process(
+            target=_dial, args=(paths, port, args.handshakes, client_out)
+        )
+        client.start()
+        client_s = client_out.get(timeout=600)
+        server_s = server_out.get(timeout=600)
+        wall = time.monotonic() - wall
+        client.join(30)
+        server.join(30)
+    write(
+        args.name,
+        {
+            "server_cpu_ms_per_handshake": round(server_s * 1000, 3),
+            "client_cpu_ms_per_handshake": round(client_s * 1000, 3),
+            "handshakes_per_second": round(args.handshakes / wall, 1),
+            "cores": os.cpu_count(),
+            # what a wave of n moves costs in handshakes alone, both sides on these cores
+            "floor_s_for_4636_moves_on_these_cores": round(
+                4636 * (server_s + client_s) / (os.cpu_count() or 1), 1
+            ),
+            "floor_s_for_4636_moves_survivor_alone": round(4636 * server_s, 1),
+        },
+        {"handshakes": args.handshakes, "concurrency": 32},
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    main()
