@@ -103,8 +103,11 @@ class Config:
 
     @classmethod
     def short(cls) -> Config:
+        """A partition below lost_after lasts 6 s: the hub calls a silent session
+        disconnected after 3 heartbeats (3 s here) and checks every second, so it is
+        seen to take; past lost_after, 13 s."""
         return cls(
-            rounds=2, partitions=1, reboots=1, partition_s=(4.0,), lost_after=8.0, heartbeat=1.0
+            rounds=2, partitions=1, reboots=1, partition_s=(6.0,), lost_after=8.0, heartbeat=1.0
         )
 
 

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.integration
 GROUPS = {
     "kills": ("agent-kill", "coordinator-kill", "reboot"),
     "partitions": (
-        "partition-down-4s",
+        "partition-down-6s",
         "partition-blackhole-13s-lost",
-        "partition-oneway-4s",
+        "partition-oneway-6s",
         "partition-oneway-13s-lost",
     ),
     "restore": ("restore",),
