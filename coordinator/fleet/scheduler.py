@@ -14,7 +14,8 @@ Rules (fleet's `[X-Fleet]` semantics):
   the least loaded wins, ties by machine id.
 * A unit that fits nowhere stays unplaced and is placed when a machine that fits
   appears. Units of lost machines are placed again; of disconnected ones, not. Global
-  units stay placed on a lost machine that had them (and go to no new lost machine).
+  units stay placed on a lost machine that had them (and go to no new lost machine),
+  and so does a unit of a lost machine that fits on no other (pinned by `MachineID`).
 * `StopWhenIsolated=true` units of a lost machine are placed again only once the
   machine no longer `holds_isolated` (its agent has stopped them by then).
 """
@@ -246,6 +247,16 @@ def schedule(units: Sequence[UnitView], machines: Sequence[MachineView]) -> dict
                 state.evict(evicted, target)
                 waiting.append(state.by_name[evicted])
         queue = sorted(waiting, key=order)
+
+    # A unit of a lost machine that fits on no other (pinned there by MachineID, say)
+    # stays placed on it: its agent runs it on, and unplacing it would have the agent
+    # stop it the moment the machine is back (found by the fault suite).
+    for unit in active:
+        if unit.xfleet.is_global or state.placed[unit.name]:
+            continue
+        for mid in unit.machines[:1]:
+            if mid in state.by_id and mid not in state.live and state.still_fits(unit, mid):
+                state.put(unit.name, mid)
     return {name: sorted(mids) for name, mids in state.placed.items()}
 
 

@@ -162,7 +162,15 @@ class DockerWorld(World):
         others one that does not exist (a host's own Docker is never looked at)."""
         if mid == self.victim:
             assert self.dockerd is not None
-            return ["--docker-host", self.dockerd.host]
+            # task runs (tests/chaos/tasks.py) go here: no network, a modest memory cap
+            return [
+                "--docker-host",
+                self.dockerd.host,
+                "--task-network",
+                "none",
+                "--task-memory-mb",
+                "256",
+            ]
         return ["--docker-host", f"unix://{self.tmp}/no-dockerd-{mid}.sock"]
 
     def close(self) -> None:

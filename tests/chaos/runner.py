@@ -45,6 +45,9 @@ class Fault:
     note: str = ""
     problems: tuple[str, ...] = ()
     """Broken promises the fault saw itself while it lasted (it still took)."""
+    judge: Callable[[], list[str]] | None = None
+    """Broken promises to look for once the world has converged (a task run acknowledged
+    during the fault must have finished, with all its output)."""
 
 
 @dataclass(frozen=True)
@@ -210,9 +213,9 @@ def scenarios(config: Config) -> list[Scenario]:
                     expect_victim="lost" if past else "disconnected",
                 )
             )
-    from tests.chaos import dockerkill, full_disk, leader, restore, slow_link
+    from tests.chaos import dockerkill, full_disk, leader, restore, slow_link, tasks
 
-    for module in (restore, leader, dockerkill, full_disk, slow_link):
+    for module in (restore, leader, dockerkill, tasks, full_disk, slow_link):
         out += module.scenarios(config)
     return out
 
@@ -263,6 +266,8 @@ def run_round(world: World, scenario: Scenario, number: int, rng: random.Random)
     after = world.snapshot()
     if fault.note:
         result.notes.append(fault.note)
+    if fault.judge is not None:
+        result.problems += fault.judge()
 
     replaced = [RELEASE_UNIT] if scenario.rollout or scenario.redeploys else []
     result.wrongly_stopped = inv.wrongly_stopped(

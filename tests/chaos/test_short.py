@@ -24,6 +24,7 @@ GROUPS = {
     "restore": ("restore",),
     "leader": ("leader-kill",),
     "dockerd": ("dockerd-kill",),
+    "tasks": ("task-agent-kill",),
     "disk": ("disk-full",),
     "link": ("slow-link",),
 }

@@ -199,6 +199,14 @@ def test_a_backend_gone_for_a_while_moves_nothing_already_there() -> None:
     }
 
 
+def test_a_unit_that_fits_nowhere_else_stays_on_its_lost_machine() -> None:
+    """Pinned there: unplacing it would only make its agent stop it when it is back."""
+    pinned = u("box.service", ("MachineID", "m1"), on=("m1",))
+    free = u("web.service", on=("m1",))
+    machines = [m("m1", state="lost"), m("m2")]
+    assert schedule([pinned, free], machines) == {"box.service": ["m1"], "web.service": ["m2"]}
+
+
 def test_replaces_moves_the_replaced_unit_away() -> None:
     old = u("old.service", on=("m1",))
     new = u("new.service", ("Replaces", "old.service"), ("MachineMetadata", "k=v"))
