@@ -57,6 +57,8 @@ CLOSE_SILENT = 4009
 CLOSE_GONE = 4010
 """A relay ends: the agent's session it served ended."""
 HELLO_TIMEOUT_S = 10.0
+CLAIM_EVERY_S = 10.0
+"""How often a coordinator sets right what the store says of its live sessions."""
 MAX_HEARTBEATS_PER_S = 500.0
 MAX_RECONNECTS_PER_S = 2000.0
 RECONNECT_SPREAD_MIN_S = 1.0
@@ -661,13 +663,40 @@ class Hub:
 
     async def liveness_loop(self, interval_s: float = 1.0) -> None:
         """This coordinator's sessions: close those whose heartbeats stopped (every
-        coordinator, for the sessions it holds)."""
+        coordinator, for the sessions it holds); every `CLAIM_EVERY_S`, store as its own
+        and connected any the store says otherwise (`claim_sessions`)."""
+        claimed = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
             try:
                 self.check_sessions(time.time())
+                if time.monotonic() - claimed >= CLAIM_EVERY_S:
+                    claimed = time.monotonic()
+                    await self.claim_sessions()
+            except StorageUnavailable:
+                pass  # logged by the store's health
             except Exception:
                 log.exception("session check failed")
+
+    async def claim_sessions(self) -> int:
+        """Set right what the store says of this coordinator's live sessions (ready ones:
+        a Hello's own write claims the others)."""
+        seen_at = time.time()
+        ready = [mid for mid, s in self.sessions.items() if s.ready]
+        if not ready:
+            return 0
+        fixed = await asyncio.to_thread(
+            functools.partial(
+                self.storage.claim_sessions,
+                self.coordinator_id,
+                ready,
+                time.time(),
+                seen_at=seen_at,
+            )
+        )
+        if fixed:
+            log.warning("%d session(s) here were stored as elsewhere or gone: claimed", fixed)
+        return fixed
 
     async def lost_loop(self, coordinator_stale_s: float, interval_s: float = 1.0) -> None:
         """Singleton work (the leader's): machines no coordinator holds a session of
@@ -718,7 +747,9 @@ class Hub:
         """End the sessions of coordinators whose heartbeat stopped (killed or cut off):
         their machines are disconnected from now, and lost later unless they connect
         again (to any coordinator)."""
-        for mid in self.storage.disconnect_orphans(now, coordinator_stale_s):
+        for mid in self.storage.disconnect_orphans(
+            now, coordinator_stale_s, alive=self.coordinator_id
+        ):
             log.info("machine %s: its coordinator is gone; disconnected", mid)
             if mid not in self.sessions:
                 self.disconnected_since[mid] = now

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from coordinator.store.fence import FENCE, CoordinatorInfo, LeaseInfo, LeaseLost
 from coordinator.store.ports import StorageUnavailable
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, row_record
+from coordinator.store.sql.core import SqlCore, in_chunks, row_record
 
 L = schema.leases
 C = schema.coordinators
@@ -219,11 +219,15 @@ class ClusterSql(SqlCore):
             db.execute(sa.update(M).where(owned).values(session_owner=""))
             return int(done.rowcount)
 
-    def disconnect_orphans(self, now: float, stale_after_s: float) -> list[str]:
+    def disconnect_orphans(self, now: float, stale_after_s: float, *, alive: str = "") -> list[str]:
         """Sessions held by coordinators whose heartbeat stopped (killed, cut off): their
-        machines are disconnected now (the leader's job)."""
+        machines are disconnected now (the leader's job). `alive`: the caller, whose own
+        sessions are never orphans however stale its stored heartbeat (a storage outage
+        kept it from writing it: found by the fault suite's disk-full scenario)."""
         live = sa.select(C.c.id).where(C.c.heartbeat_at > self._db_now() - stale_after_s)
-        orphaned = sa.and_(M.c.session_owner != "", M.c.session_owner.not_in(live))
+        orphaned = sa.and_(
+            M.c.session_owner != "", M.c.session_owner != alive, M.c.session_owner.not_in(live)
+        )
         with self._tx() as db:
             ids = [r[0] for r in db.execute(sa.select(M.c.id).where(orphaned).order_by(M.c.id))]
             if ids:
@@ -233,6 +237,31 @@ class ClusterSql(SqlCore):
                     .values(state="disconnected", state_since=now, session_owner="")
                 )
             return ids
+
+    def claim_sessions(
+        self, coordinator_id: str, machine_ids: list[str], now: float, *, seen_at: float
+    ) -> int:
+        """The sessions this coordinator holds (as of `seen_at`), stored as its own and
+        connected where the store has them unowned (taken for orphans while a storage
+        outage kept this coordinator's heartbeat from being written); how many were
+        wrong. Never one another coordinator holds (the agent moved: this session is
+        about to end), nor one whose state changed after `seen_at` (it just ended)."""
+        fixed = 0
+        with self._tx() as db:
+            for chunk in in_chunks(sorted(machine_ids)):
+                done = db.execute(
+                    sa.update(M)
+                    .where(
+                        M.c.id.in_(chunk),
+                        M.c.revoked == 0,
+                        M.c.session_owner.in_(["", coordinator_id]),
+                        sa.or_(M.c.session_owner != coordinator_id, M.c.state != "connected"),
+                        M.c.state_since <= seen_at,
+                    )
+                    .values(state="connected", state_since=now, session_owner=coordinator_id)
+                )
+                fixed += int(done.rowcount)
+        return fixed
 
     def unowned_disconnected(self) -> list[tuple[str, float]]:
         """Machines disconnected and held by no coordinator, and since when."""

@@ -199,6 +199,33 @@ def test_sessions_are_owned_released_and_reaped_per_coordinator(pair: Pair) -> N
     assert a.unowned_disconnected() == [("m1", 20.0), ("m2", 25.0)]
 
 
+def test_a_live_coordinator_is_never_its_own_orphan_and_claims_back_what_was_reaped(
+    pair: Pair,
+) -> None:
+    """A storage outage kept A from writing its heartbeat: its own reap must spare its
+    sessions, another's reap is set right by A's next claim (never one B holds)."""
+    a, b = pair
+    _enrol(a, "m1", "m2", "m3")
+    _set(a, "m1", state="connected", state_since=1.0, session_owner="A")
+    _set(a, "m2", state="connected", state_since=1.0, session_owner="A")
+    _set(a, "m3", state="connected", state_since=1.0, session_owner="B")
+    time.sleep(TTL + 0.2)  # neither heartbeat is fresh
+    assert a.disconnect_orphans(5.0, TTL, alive="A") == ["m3"]
+    assert _machine(a, "m1") == ("connected", "A", 1.0)
+    assert b.disconnect_orphans(6.0, TTL, alive="B") == ["m1", "m2"]
+    assert _machine(a, "m1") == ("disconnected", "", 6.0)
+    _set(a, "m3", state="connected", state_since=7.0, session_owner="B")  # m3 moved to B
+    # A still holds m1, m2 (and an old session of m3 about to end)
+    assert a.claim_sessions("A", ["m1", "m2", "m3"], 8.0, seen_at=7.5) == 2
+    assert _machine(a, "m1") == ("connected", "A", 8.0)
+    assert _machine(a, "m3") == ("connected", "B", 7.0)
+    # nothing to set right: nothing written; a session that ended after A looked stays ended
+    assert a.claim_sessions("A", ["m1", "m2"], 9.0, seen_at=8.5) == 0
+    assert b.drop_session("m3", "B", 10.0, last_seen=10.0)
+    assert a.claim_sessions("A", ["m3"], 11.0, seen_at=9.5) == 0
+    assert _machine(a, "m3") == ("disconnected", "", 10.0)
+
+
 def test_lost_only_if_nothing_changed_since_it_was_judged(pair: Pair) -> None:
     a, b = pair
     _enrol(a, "m1", "m2")
