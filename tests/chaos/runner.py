@@ -247,6 +247,7 @@ def needs(scenario: Scenario) -> str | None:
 
 def run_round(world: World, scenario: Scenario, number: int, rng: random.Random) -> inv.RoundResult:
     result = inv.RoundResult(scenario.name, number)
+    refused = len(world.refusals())
     before = world.snapshot()
     world.last_placements = dict(before.placements)
     fault = Fault()
@@ -268,6 +269,7 @@ def run_round(world: World, scenario: Scenario, number: int, rng: random.Random)
         result.notes.append(fault.note)
     if fault.judge is not None:
         result.problems += fault.judge()
+    result.problems += [f"an agent was refused: {line}" for line in world.refusals()[refused:]]
 
     replaced = [RELEASE_UNIT] if scenario.rollout or scenario.redeploys else []
     result.wrongly_stopped = inv.wrongly_stopped(

@@ -11,6 +11,7 @@ fault is measured as users would see it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -328,6 +329,19 @@ class World:
         if want != hashlib.sha256(text).hexdigest():
             return [f"sticker on {mid} gives another hash than the file's"]
         return []
+
+    def refusals(self) -> list[str]:
+        """Every time an agent was refused by a hub, from the agents' logs: an honest agent
+        never is, whatever the fault (a refusal costs it the longest backoff)."""
+        found = []
+        for log in sorted(self.tmp.glob("agent-*.log")):
+            with contextlib.suppress(OSError):
+                found += [
+                    line
+                    for line in log.read_text(errors="replace").splitlines()
+                    if "refused this agent" in line
+                ]
+        return found
 
     def drift(self, coordinator: CoordinatorProc | None = None) -> list[str]:
         """Drift the agents report when asked afresh (after convergence: none)."""
