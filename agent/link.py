@@ -98,11 +98,9 @@ class Link:
             except LinkRefused as exc:
                 log.error("coordinator %s refused this agent: %s", self.hub_url, exc)
                 refused = True
-            except Unreachable as exc:
-                log.warning("link to %s failed: %s", self.hub_url, describe(exc))
-                unreachable = True
             except (WsError, OSError, TimeoutError) as exc:
                 log.warning("link to %s failed: %s", self.hub_url, describe(exc))
+                unreachable = isinstance(exc, Unreachable)
             finally:
                 self._ws = None
                 self.connected.clear()
