@@ -16,6 +16,7 @@ from coordinator.limits import (
     DEFAULT_TLS_HANDSHAKE_TIMEOUT_S,
 )
 from proto.files import write_private
+from proto.units import UnitNameError, validate_unit_name
 
 DEFAULT_CONFIG = Path("/etc/moorage/coordinator.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/moorage/coordinator")
@@ -74,6 +75,12 @@ class PostgresServer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where psql, pg_dump and pg_restore are; "": on PATH."""
     public_host: str = ""
     """The host deployments reach it by (their DATABASE_URL); "": `host`."""
+    unit: str = ""
+    """The server is this Moorage unit (of the default tenant, pinned to one machine
+    with `MachineID=`: its data directory is there): databases are made where it is
+    reported active, at that machine's address (`host` is then unused), and every
+    database operation while it is not running answers 503 naming it. "": the server
+    at `host`, run by whoever runs it."""
 
 
 class CoordinatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -210,6 +217,11 @@ def load_config(path: Path | None) -> CoordinatorConfig:
     problems = config.rate_limits.problems() + lease.problems(
         config.lease_ttl_s, config.lease_renew_s
     )
+    if config.postgres is not None and config.postgres.unit:
+        try:
+            validate_unit_name(config.postgres.unit)
+        except UnitNameError as exc:
+            problems.append(f"postgres.unit: {exc}")
     if len(config.coordinator_id) > COORDINATOR_ID_MAX:
         problems.append(f"coordinator_id must be at most {COORDINATOR_ID_MAX} characters")
     if problems:

@@ -233,7 +233,12 @@ class Coordinator:
             self.storage, self.hub, self.units, self.webops, self.logs
         )
         self.databases = DatabaseService(
-            self.storage, self.webops, config.postgres, state / "db-backups"
+            self.storage,
+            self.webops,
+            config.postgres,
+            state / "db-backups",
+            self.units,
+            self.machines,
         )
         self.dashboard = Dashboard(
             storage=self.storage,

@@ -10,6 +10,12 @@ with its size and SHA-256; restoring one (checked against its checksum first) ru
 `pg_restore --clean`. Delete drops database and role, refused (409) while a deployment
 is linked unless forced (then the deployment's DATABASE_URL goes too).
 
+The server is either at a configured address, run by whoever runs it, or a Moorage
+unit of the fleet (`[postgres] unit`, Debian's `postgresql` as a unit pinned to one
+machine): then it is found where that unit is reported active (`server_address`), and
+an operation while it is not running is a 503 naming the unit and what its machines
+report.
+
 Passwords travel to the client programs in their environment (`PGPASSWORD`), never on
 a command line (visible in `ps`) and never in a log.
 """
@@ -28,6 +34,9 @@ from pathlib import Path
 
 from coordinator.config import PostgresServer
 from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
+from coordinator.fleet.machines import MachineService
+from coordinator.fleet.units import UnitService
+from coordinator.models import Machine, UnitState
 from coordinator.store.ports import DatabaseStore
 from coordinator.webops.records import Database, DatabaseBackup, WebDeployment
 from coordinator.webops.service import WebOpsService
@@ -62,6 +71,43 @@ def database_url(db: Database, host: str) -> str:
     return f"postgresql://{auth}@{host}:{db.port}/{db.pg_name}"
 
 
+def server_address(
+    server: PostgresServer, states: list[UnitState], machines: dict[str, Machine | None]
+) -> str:
+    """The host the server is reached at: the configured one, or, when it runs as a
+    Moorage unit, the address of the one machine reporting that unit active.
+
+    Raises Unavailable saying why not (not submitted, not running and what each machine
+    reports, running on more than one machine, a machine without an address)."""
+    if not server.unit:
+        return server.host
+    active = [s for s in states if s.active_state == "active"]
+    if not active:
+        if not states:
+            raise Unavailable(
+                f"the PostgreSQL unit {server.unit} is not running on any machine"
+                " (submit and start it, pinned with MachineID=: see docs/webops.md)"
+            )
+        seen = ", ".join(
+            f"{s.machine_id} {s.active_state or 'unknown'}"
+            for s in sorted(states, key=lambda s: s.machine_id)
+        )
+        raise Unavailable(f"the PostgreSQL unit {server.unit} is not running ({seen})")
+    if len(active) > 1:
+        where = ", ".join(sorted(s.machine_id for s in active))
+        raise Unavailable(
+            f"the PostgreSQL unit {server.unit} runs on {len(active)} machines ({where}):"
+            " pin it to one with MachineID="
+        )
+    machine = machines.get(active[0].machine_id)
+    if machine is None or not machine.primary_ip:
+        raise Unavailable(
+            f"machine {active[0].machine_id}, where the PostgreSQL unit {server.unit}"
+            " runs, has reported no address"
+        )
+    return machine.primary_ip
+
+
 def create_sql(name: str, password: str) -> list[str]:
     """`name` is a checked identifier and `password` url-safe base64 (no quotes)."""
     return [
@@ -89,11 +135,15 @@ class DatabaseService:
         webops: WebOpsService,
         server: PostgresServer | None,
         backup_dir: Path,
+        units: UnitService,
+        machines: MachineService,
     ) -> None:
         self.storage = storage
         self.webops = webops
         self.server = server
         self.backup_dir = backup_dir
+        self.units = units
+        self.machines = machines
 
     # --- queries ------------------------------------------------------------------------
 
@@ -113,8 +163,16 @@ class DatabaseService:
         return db
 
     def url(self, db: Database) -> str:
-        host = (self.server.public_host or self.server.host) if self.server else db.host
-        return database_url(db, host)
+        """Its DATABASE_URL: where the server is now (where it was made, while a server
+        run as a unit cannot be located: reading a database's details never fails for it)."""
+        if self.server is None:
+            return database_url(db, db.host)
+        if self.server.public_host:
+            return database_url(db, self.server.public_host)
+        try:
+            return database_url(db, self._host())
+        except Unavailable:
+            return database_url(db, db.host)
 
     def backups(self, db: Database) -> list[DatabaseBackup]:
         return self.storage.backups(db.id)
@@ -144,7 +202,7 @@ class DatabaseService:
             name=name,
             pg_name=pg_name(tenant, name),
             password=secrets.token_urlsafe(24),
-            host=server.host,
+            host=self._host(),
             port=server.port,
             created_by=actor,
             created_at=time.time(),
@@ -207,7 +265,7 @@ class DatabaseService:
                 "--format=custom",
                 "--no-owner",
                 "-h",
-                server.host,
+                self._host(),
                 "-p",
                 str(server.port),
                 "-U",
@@ -250,7 +308,7 @@ class DatabaseService:
             "--no-owner",
             "--single-transaction",
             "-h",
-            server.host,
+            self._host(),
             "-p",
             str(server.port),
             "-U",
@@ -268,6 +326,14 @@ class DatabaseService:
         if self.server is None:
             raise Unavailable("no PostgreSQL server is configured for databases")
         return self.server
+
+    def _host(self) -> str:
+        server = self._server()
+        if not server.unit:
+            return server.host
+        states = self.units.states(name=server.unit)
+        machines = {s.machine_id: self.machines.find(s.machine_id) for s in states}
+        return server_address(server, states, machines)
 
     def _bin(self, name: str) -> str:
         server = self._server()
@@ -289,7 +355,7 @@ class DatabaseService:
             "-v",
             "ON_ERROR_STOP=1",
             "-h",
-            server.host,
+            self._host(),
             "-p",
             str(server.port),
             "-U",

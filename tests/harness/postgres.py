@@ -83,7 +83,8 @@ class PgCluster:
             [*self._as, *argv], check=True, capture_output=True, timeout=timeout, cwd=self.root
         )
 
-    def start(self) -> None:
+    def init(self) -> None:
+        """`initdb` (the admin role, its password file) and a free port; not started."""
         self.root.chmod(0o755)
         pw = self.root / "initdb.pw"
         pw.write_text(self.password + "\n")
@@ -106,6 +107,16 @@ class PgCluster:
         )
         pw.unlink()
         self.port = _free_port()
+
+    def server_options(self) -> list[str]:
+        return [
+            *("-h", self.host, "-p", str(self.port), "-k", str(self.root)),
+            *("-c", "fsync=off", "-c", "max_connections=400"),
+        ]
+
+    def start(self) -> None:
+        """Initialised and started by `pg_ctl` (the test's own process)."""
+        self.init()
         self._run(
             f"{self.bin_dir}/pg_ctl",
             "-D",
@@ -113,13 +124,31 @@ class PgCluster:
             "-l",
             str(self.root / "server.log"),
             "-o",
-            f"-h {self.host} -p {self.port} -k {self.root} -c fsync=off -c max_connections=400",
+            " ".join(self.server_options()),
             "-w",
             "-t",
             "120",
             "start",
         )
         self.started = True
+
+    def unit_text(self, machine_id: str) -> str:
+        """A systemd service running this (initialised) cluster's server in the
+        foreground, as an operator runs Debian's PostgreSQL as a Moorage unit: pinned to
+        its machine (the data directory is there). A user manager cannot switch users
+        (`User=`), so as root the server drops to `postgres` through setpriv. The
+        caller stops it; `stop()` still tries its postmaster pid."""
+        drop = []
+        if self._as:
+            drop = ["/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        argv = [*drop, f"{self.bin_dir}/postgres", "-D", str(self.data), *self.server_options()]
+        self.started = True  # stop() cleans up whoever started it
+        return (
+            "[Unit]\nDescription=PostgreSQL for WebOps databases (test cluster)\n\n"
+            f"[Service]\nExecStart={' '.join(argv)}\n"
+            "KillMode=mixed\nKillSignal=SIGINT\nTimeoutStopSec=30\n\n"
+            f"[X-Fleet]\nMachineID={machine_id}\n"
+        )
 
     def psql(self, sql: str, *, url: str | None = None) -> str:
         """Run SQL as the admin (or through a connection URL) and answer its output."""

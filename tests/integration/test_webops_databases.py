@@ -8,11 +8,13 @@ build); "the app" is psql connecting with the DATABASE_URL the link gave it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -23,10 +25,10 @@ from coordinator.server import Coordinator
 from coordinator.webops import databases as dbs
 from coordinator.webops.records import WebDeployment
 from tests.harness.fixtures import postgres, user_systemd  # noqa: F401
-from tests.harness.postgres import PgCluster
+from tests.harness.postgres import PgCluster, postgres_available
 from tests.harness.systemd import UserSystemd
 from tests.integration.test_webops import WebRig, git_repo, pypi_unreachable
-from tests.procs import wait_for
+from tests.procs import MachineRig, wait_for
 
 Client = TestClient[web.Request, web.Application]
 
@@ -266,3 +268,98 @@ bin_dir = "{postgres.bin_dir}"
         rig.serves("notes.test", "notes=moored")
     finally:
         rig.close()
+
+
+PG_UNIT = "webops-postgresql.service"
+
+
+def test_the_server_runs_as_a_moorage_unit(tmp_path: Path, user_systemd: UserSystemd) -> None:
+    """`[postgres] unit`: PostgreSQL is a unit the fleet runs (a real agent on a real
+    systemd manager). Databases are made where it is reported active; while it is not
+    running, every database operation is a 503 naming it, and a database's details
+    still read; its data outlives a stop and start of the unit."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    pg = PgCluster()
+    rig: MachineRig | None = None
+    try:
+        pg.init()
+        config = f"""
+[postgres]
+unit = "{PG_UNIT}"
+port = {pg.port}
+admin_user = "{pg.admin}"
+admin_password_file = "{pg.password_file}"
+bin_dir = "{pg.bin_dir}"
+"""
+        rig = MachineRig(
+            tmp_path, extra=user_systemd.agent_flags(), env=user_systemd.agent_env(), config=config
+        )
+        token = rig.coordinator.api(
+            "POST", "/moorage/v1/api-tokens", {"name": "dbs", "unlimited": True}
+        )["token"]
+
+        def call(method: str, path: str, body: object = None) -> tuple[int, dict[str, Any]]:
+            data = None if body is None else json.dumps(body).encode()
+            status, raw = rig.coordinator.raw(
+                method,
+                path,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                data=data,
+                cert=False,
+            )
+            return status, json.loads(raw)
+
+        # Not submitted yet: a 503 that says what to do.
+        status, body = call("POST", "/api/v1/databases/", {"name": "shop"})
+        assert status == 503, body
+        assert f"{PG_UNIT} is not running on any machine" in body["error"]["message"]
+
+        rig.put(PG_UNIT, pg.unit_text("m1"))
+        rig.wait_state(PG_UNIT, "active", timeout=60)
+
+        def made() -> dict[str, Any] | None:
+            status, body = call("POST", "/api/v1/databases/", {"name": "shop"})
+            return body["data"] if status == 201 else None  # the server may still start
+
+        db = wait_for(made, 60, interval=0.5, what="a database on the unit's server")
+        url = db["url"]
+        assert f"@127.0.0.1:{pg.port}/" in url  # the machine's address (loopback here)
+        pg.psql("CREATE TABLE orders (id int PRIMARY KEY, item text)", url=url)
+        pg.psql("INSERT INTO orders VALUES (1, 'anchor')", url=url)
+        status, body = call("POST", f"/api/v1/databases/{db['id']}/backup/")
+        assert status == 201, body
+        backup_id = body["data"]["id"]
+        pg.psql("DROP TABLE orders", url=url)
+        status, body = call(
+            "POST", f"/api/v1/databases/{db['id']}/restore/", {"backup_id": backup_id}
+        )
+        assert status == 200, body
+        assert pg.psql("SELECT item FROM orders WHERE id = 1", url=url) == "anchor"
+
+        # The unit stopped: operations say so; the database's details still read.
+        rig.put(PG_UNIT, pg.unit_text("m1"), state="loaded")
+        rig.wait_state(PG_UNIT, "inactive", timeout=60)
+        status, body = call("GET", f"/api/v1/databases/{db['id']}/metrics/")
+        assert status == 503, body
+        assert f"{PG_UNIT} is not running (m1 inactive)" in body["error"]["message"]
+        status, body = call("GET", f"/api/v1/databases/{db['id']}/")
+        assert status == 200 and body["data"]["url"] == url
+
+        # Started again: its data is still there.
+        rig.put(PG_UNIT, pg.unit_text("m1"))
+        rig.wait_state(PG_UNIT, "active", timeout=60)
+        wait_for(
+            lambda: call("GET", f"/api/v1/databases/{db['id']}/metrics/")[0] == 200,
+            60,
+            interval=0.5,
+            what="metrics from the restarted server",
+        )
+        assert pg.psql("SELECT item FROM orders WHERE id = 1", url=url) == "anchor"
+    finally:
+        try:
+            if rig is not None:
+                rig.close()
+        finally:
+            pg.stop()
