@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from coordinator.models import DEFAULT_TENANT, Unit, UnitHead, UnitState
 from coordinator.store.sql import schema
-from coordinator.store.sql.core import SqlCore, bump, in_chunks, row_record
+from coordinator.store.sql.core import Prepared, SqlCore, bump, in_chunks, row_record
 from proto.messages import UnitStatus
 from proto.units import UnitOption
 
@@ -35,6 +36,19 @@ _PLACEMENTS_OF = (
     sa.select(_p.c.machine_id)
     .where(_p.c.tenant == sa.bindparam("tenant"), _p.c.unit == sa.bindparam("name"))
     .order_by(_p.c.machine_id)
+)
+_PLACEMENTS_OF_UNITS = sa.select(_p.c.unit, _p.c.machine_id).where(
+    _p.c.tenant == sa.bindparam("tenant"), _p.c.unit.in_(sa.bindparam("names", expanding=True))
+)
+_UNIT_COLUMNS = (
+    "tenant",
+    "name",
+    "options",
+    "hash",
+    "desired_state",
+    "pinned",
+    "created_at",
+    "updated_at",
 )
 _machine_tenant = sa.select(_m.c.tenant).where(_m.c.id == sa.bindparam("mid")).scalar_subquery()
 _UNITS_ON_MACHINE = (
@@ -95,12 +109,11 @@ class UnitsSql(SqlCore):
     """Units are keyed by (tenant, name): two tenants may each have `web.service`."""
 
     @cached_property
-    def _upsert_units(self) -> Any:
-        """Create a unit or replace all but its creation time. Built once per store (it
-        depends on the engine); SQLAlchemy still compiles an ON CONFLICT statement on
-        every execution (it has no cache key), so hot paths avoid one where they can."""
+    def _upsert_units(self) -> Prepared:
+        """Create a unit or replace all but its creation time (compiled once per store:
+        SQLAlchemy would compile an ON CONFLICT statement on every execution)."""
         stmt = self._insert(_u)
-        return stmt.on_conflict_do_update(
+        upsert = stmt.on_conflict_do_update(
             index_elements=[_u.c.tenant, _u.c.name],
             set_={
                 "options": stmt.excluded.options,
@@ -110,19 +123,23 @@ class UnitsSql(SqlCore):
                 "updated_at": stmt.excluded.updated_at,
             },
         )
+        return self._prepare(upsert, _UNIT_COLUMNS)
 
     @cached_property
-    def _add_placements(self) -> Any:
-        return self._insert(_p).on_conflict_do_nothing()
+    def _add_placements(self) -> Prepared:
+        return self._prepare(
+            self._insert(_p).on_conflict_do_nothing(), ("tenant", "unit", "machine_id")
+        )
 
     @cached_property
-    def _upsert_states(self) -> Any:
+    def _upsert_states(self) -> Prepared:
         """What a machine reported about a unit, over what it reported before."""
         stmt = self._insert(_s)
-        return stmt.on_conflict_do_update(
+        upsert = stmt.on_conflict_do_update(
             index_elements=[_s.c.name, _s.c.machine_id],
             set_={c: stmt.excluded[c] for c in _STATE_COLUMNS if c not in ("name", "machine_id")},
         )
+        return self._prepare(upsert, _STATE_COLUMNS)
 
     def get_unit(self, name: str, *, tenant: str = DEFAULT_TENANT) -> Unit | None:
         row = self._first(_GET_UNIT, {"tenant": tenant, "name": name})
@@ -239,9 +256,7 @@ class UnitsSql(SqlCore):
         old: dict[str, set[str]] = {name: set() for name in names}
         for chunk in in_chunks(names, IN_CHUNK):
             for unit, machine in db.execute(
-                sa.select(_p.c.unit, _p.c.machine_id).where(
-                    _p.c.tenant == tenant, _p.c.unit.in_(chunk)
-                )
+                _PLACEMENTS_OF_UNITS, {"tenant": tenant, "names": chunk}
             ):
                 old[unit].add(machine)
         gone = [
@@ -257,7 +272,7 @@ class UnitsSql(SqlCore):
         if gone:
             db.execute(_DELETE_PLACEMENT, gone)
         if added:
-            db.execute(self._add_placements, added)
+            self._add_placements.run(db, added)
         return old
 
     def put_units(self, units: list[Unit], now: float, *, tenant: str = DEFAULT_TENANT) -> set[str]:
@@ -267,8 +282,8 @@ class UnitsSql(SqlCore):
             return set()
         last = {u.name: u for u in units}  # a name given twice: the later one wins
         with self._tx() as db:
-            db.execute(
-                self._upsert_units,
+            self._upsert_units.run(
+                db,
                 [
                     {
                         "tenant": tenant,
@@ -345,8 +360,7 @@ class UnitsSql(SqlCore):
         """Store what a machine reported; `replace_all` for a Hello's full snapshot.
 
         The snapshot (every agent's, when a fleet reconnects) lands with a plain
-        INSERT after the DELETE: no row of the machine is left to conflict with, and
-        unlike an ON CONFLICT statement SQLAlchemy compiles it once, not per call."""
+        INSERT after the DELETE: no row of the machine is left to conflict with."""
         rows = {c.name: _state_row(c, machine_id, now) for c in changes}  # the later wins
         with self._tx() as db:
             if replace_all:
@@ -354,8 +368,10 @@ class UnitsSql(SqlCore):
             if removed:
                 db.execute(_DELETE_STATE, [{"n": name, "mid": machine_id} for name in removed])
             if rows:
-                upsert = _INSERT_STATE if replace_all else self._upsert_states
-                db.execute(upsert, list(rows.values()))
+                if replace_all:
+                    db.execute(_INSERT_STATE, list(rows.values()))
+                else:
+                    self._upsert_states.run(db, list(rows.values()))
 
     def unit_states(
         self,
@@ -366,18 +382,27 @@ class UnitsSql(SqlCore):
     ) -> list[UnitState]:
         """Reported states ordered by (name, machine) - fleet's order for /state; with
         `tenant`, only what that tenant's machines reported."""
-        stmt = sa.select(_s)
-        if tenant is not None:
-            m = schema.machines
-            stmt = stmt.select_from(m.join(_s, _s.c.machine_id == m.c.id)).where(
-                m.c.tenant == tenant
-            )
-        if machine_id is not None:
-            stmt = stmt.where(_s.c.machine_id == machine_id)
-        if name is not None:
-            stmt = stmt.where(_s.c.name == name)
-        rows = self._maps(stmt.order_by(_s.c.name, _s.c.machine_id))
+        stmt = _states_query(tenant is not None, machine_id is not None, name is not None)
+        rows = self._maps(stmt, {"tenant": tenant, "mid": machine_id, "name": name})
         return [row_record(r, UnitState) for r in rows]
+
+
+@functools.cache
+def _states_query(by_tenant: bool, by_machine: bool, by_name: bool) -> sa.Select[Any]:
+    """`unit_states`' query for one combination of filters, built once (a fleet
+    `GET /units/x` asks for one unit's states: building the statement cost more than
+    running it)."""
+    stmt = sa.select(_s)
+    if by_tenant:
+        m = schema.machines
+        stmt = stmt.select_from(m.join(_s, _s.c.machine_id == m.c.id)).where(
+            m.c.tenant == sa.bindparam("tenant")
+        )
+    if by_machine:
+        stmt = stmt.where(_s.c.machine_id == sa.bindparam("mid"))
+    if by_name:
+        stmt = stmt.where(_s.c.name == sa.bindparam("name"))
+    return stmt.order_by(_s.c.name, _s.c.machine_id)
 
 
 def _state_row(c: UnitStatus, machine_id: str, now: float) -> dict[str, Any]:

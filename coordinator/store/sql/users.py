@@ -19,7 +19,6 @@ _user_tenants = schema.user_tenants
 _tokens = schema.user_tokens
 
 
-
 class UsersSql(SqlCore):
     def create_user(
         self,
