@@ -13,6 +13,8 @@ Layout under `<state_dir>/webops/`:
   <name>/runtime.cursor           where the runtime log was read up to (no repeats
                                   after an agent restart)
   <name>/builds/<build_id>/src    the checkout; venv/ beside it for python apps
+  <name>/builds/<build_id>/outcome.json   a good build's outcome (what it was asked,
+                                  what it reported): a repeat of the build gets it again
   nginx/nginx.conf, nginx/sites/<name>.conf, nginx/nginx.pid   the agent's own nginx
 """
 
@@ -30,6 +32,8 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from proto import messages as m
 from proto import webops as w
@@ -66,8 +70,25 @@ arrives in a Desired right after the build; a remove sent while the machine was 
 is not lost)."""
 
 
+OUTCOME = "outcome.json"
+
+
 class BuildFailed(Exception):
     pass
+
+
+def build_key(req: m.WebBuild) -> dict[str, Any]:
+    """What makes a build request the same request again (its env is not in it: the
+    env file is written afresh either way, and secrets stay out of the outcome)."""
+    return {
+        "name": req.name,
+        "build_id": req.build_id,
+        "repo_url": req.repo_url,
+        "branch": req.branch,
+        "project_type": req.project_type,
+        "port": req.port,
+        "domain": req.domain,
+    }
 
 
 def nginx_conf(root: Path, listen: str) -> str:
@@ -150,6 +171,9 @@ class WebOps:
         self.docker_host = docker_host
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._building: set[tuple[str, str]] = set()
+        """(name, build id) of the builds asked for and not ended yet (running, or
+        waiting for the deployment's lock)."""
         self._health: dict[str, tuple[bool, int, float]] = {}
         self._nginx_lock = asyncio.Lock()
         self.follow = follow
@@ -211,20 +235,65 @@ class WebOps:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.send(m.WebBuilt(req.name, req.build_id, ok=False, error=problem))
             return
-        lock = self._locks.setdefault(req.name, asyncio.Lock())
-        async with lock:
-            build = self.root / req.name / "builds" / req.build_id
-            try:
-                built = await self._build_in(req, build)
-            except BuildFailed as exc:
-                shutil.rmtree(build, ignore_errors=True)
-                built = m.WebBuilt(req.name, req.build_id, ok=False, error=str(exc))
-            except Exception as exc:
-                log.exception("webops build %s/%s", req.name, req.build_id)
-                shutil.rmtree(build, ignore_errors=True)
-                built = m.WebBuilt(req.name, req.build_id, ok=False, error=f"agent error: {exc}")
+        # The coordinator sends a build again whenever the machine connects while it has
+        # no outcome of it (the agent, the coordinator or the link went down mid-build):
+        # the same build is never made twice at once, and a good build is never made
+        # again over itself (its directory may be what the unit runs by now: rebuilding
+        # it in place took the live site away for the length of a build, and a failed
+        # rebuild would delete it). Found by the fault suite's webops-coordinator-kill.
+        key = (req.name, req.build_id)
+        if key in self._building:
+            log.info(
+                "webops %s: build %s is under way: its outcome will answer the repeat",
+                req.name,
+                req.build_id,
+            )
+            return
+        self._building.add(key)
+        try:
+            lock = self._locks.setdefault(req.name, asyncio.Lock())
+            async with lock:
+                built = await self._build_once(req)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.send(built)
+        finally:
+            self._building.discard(key)
+
+    async def _build_once(self, req: m.WebBuild) -> m.WebBuilt:
+        """The build's outcome: made now, or the one it had if it was made already."""
+        build = self.root / req.name / "builds" / req.build_id
+        done = self.outcome_of(req)
+        if done is not None:
+            self._write_env(req.name, req.env)
+            await self._log(
+                req.name, req.build_id, "info", f"build {req.build_id} was done: outcome sent again"
+            )
+            return done
+        try:
+            built = await self._build_in(req, build)
+        except BuildFailed as exc:
+            shutil.rmtree(build, ignore_errors=True)
+            return m.WebBuilt(req.name, req.build_id, ok=False, error=str(exc))
+        except Exception as exc:
+            log.exception("webops build %s/%s", req.name, req.build_id)
+            shutil.rmtree(build, ignore_errors=True)
+            return m.WebBuilt(req.name, req.build_id, ok=False, error=f"agent error: {exc}")
+        outcome = {"request": build_key(req), "built": msgspec.to_builtins(built)}
+        write_private(build / OUTCOME, json.dumps(outcome).encode())
+        return built
+
+    def outcome_of(self, req: m.WebBuild) -> m.WebBuilt | None:
+        """The outcome of this very build if it was made with success already (its
+        directory still there, asked the same), else None."""
+        build = self.root / req.name / "builds" / req.build_id
+        try:
+            outcome = json.loads((build / OUTCOME).read_text())
+            if outcome["request"] != build_key(req) or not (build / "src").is_dir():
+                return None
+            built = msgspec.convert(outcome["built"], m.WebBuilt)
+        except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError):
+            return None
+        return built if built.ok and built.build_id == req.build_id else None
 
     async def _build_in(self, req: m.WebBuild, build: Path) -> m.WebBuilt:
         name, bid = req.name, req.build_id

@@ -464,8 +464,11 @@ class WebOpsService:
 
     async def _on_connect(self, session: Session) -> None:
         """Builds whose outcome never arrived (the agent or the coordinator restarted
-        mid-build, or the link dropped) are sent again: a build is redone from scratch
-        in its own directory, so a repeat is harmless."""
+        mid-build, or the link dropped) are sent again under the same id: the agent
+        makes a build once (a repeat of the build it is making is answered by that
+        build's outcome, a repeat of one it made gets its outcome again) and from
+        scratch only without a good outcome of it (it died mid-build), so a repeat is
+        harmless. An outcome of a build no longer in progress is ignored (`_on_built`)."""
         for dep in self.storage.webops_on_machine(session.machine_id):
             if dep.building:
                 self._log(dep, "warning", f"build {dep.building} sent again (machine reconnected)")

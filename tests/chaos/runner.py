@@ -48,6 +48,11 @@ class Fault:
     judge: Callable[[], list[str]] | None = None
     """Broken promises to look for once the world has converged (a task run acknowledged
     during the fault must have finished, with all its output)."""
+    replaced: tuple[str, ...] = ()
+    """Units the fault itself replaces on purpose on the machines that run them (a WebOps
+    redeploy restarts its deployment's unit onto the new build): not a wrong stop."""
+    seen: list[str] = field(default_factory=list)
+    """What the judge saw, for the reader (its timings): filled as it runs, noted after."""
 
 
 @dataclass(frozen=True)
@@ -213,9 +218,9 @@ def scenarios(config: Config) -> list[Scenario]:
                     expect_victim="lost" if past else "disconnected",
                 )
             )
-    from tests.chaos import dockerkill, full_disk, leader, restore, slow_link, tasks
+    from tests.chaos import dockerkill, full_disk, leader, restore, slow_link, tasks, webops
 
-    for module in (restore, leader, dockerkill, tasks, full_disk, slow_link):
+    for module in (restore, leader, dockerkill, tasks, full_disk, slow_link, webops):
         out += module.scenarios(config)
     return out
 
@@ -269,9 +274,11 @@ def run_round(world: World, scenario: Scenario, number: int, rng: random.Random)
         result.notes.append(fault.note)
     if fault.judge is not None:
         result.problems += fault.judge()
+        result.notes += fault.seen
     result.problems += [f"an agent was refused: {line}" for line in world.refusals()[refused:]]
 
     replaced = [RELEASE_UNIT] if scenario.rollout or scenario.redeploys else []
+    replaced += fault.replaced
     result.wrongly_stopped = inv.wrongly_stopped(
         before, after, replaced=replaced, spared=fault.spared
     )
@@ -369,13 +376,14 @@ def run(
                     result = inv.RoundResult(scenario.name, number)
                     result.problems.append(f"round aborted: {type(exc).__name__}: {exc}")
                     worlds.keep = True
-                    worlds.close()
+                    worlds.close()  # its logs kept; the next world's only if it fails
+                else:
+                    if not result.ok:
+                        worlds.keep = True
                 results.append(result)
                 log(_line(result))
                 if on_round is not None:
                     on_round(outcome)  # a long run's figures survive its interruption
-                if not result.ok:
-                    worlds.keep = True
     finally:
         worlds.close()
     return outcome

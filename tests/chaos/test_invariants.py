@@ -76,3 +76,28 @@ def test_a_slot_tells_which_write_of_its_round_it_holds() -> None:
     assert written_number(held, "agent-kill-3") == 17
     assert written_number(held, "agent-kill-4") == -1  # an older round's write
     assert written_number([], "agent-kill-3") == -1
+
+
+def test_webops_serving_allows_only_old_a_short_switch_then_new() -> None:
+    from tests.chaos.webops import GAP_MAX_S, judge_serving
+
+    def ok(*seq: tuple[int, int | None]) -> list[tuple[float, int, int | None]]:
+        return [(i * 0.1, status, version) for i, (status, version) in enumerate(seq)]
+
+    switch = ok((200, 1), (502, None), (502, None), (200, 2), (200, 2))
+    problems, summary = judge_serving(switch, 1, 2)
+    assert problems == [] and "2 failed (502 x2)" in summary
+    # The live build taken away mid-build (a repeated build over its directory: #25)
+    problems, _ = judge_serving(ok((200, 1), (500, None), (200, 1), (502, None), (200, 2)), 1, 2)
+    assert problems == ["the site failed 0.1 s (500 x1) while v1 should serve"]
+    problems, _ = judge_serving(ok((200, 1), (200, 2), (500, None), (200, 2), (200, 1)), 1, 2)
+    assert problems == [
+        "the site failed 0.1 s (500 x1) after the switch",
+        "v1 served again after v2 was",
+    ]
+    slow = [(0.0, 200, 1), (0.1, 502, None), (GAP_MAX_S + 0.2, 200, 2)]
+    assert judge_serving(slow, 1, 2)[0] == [
+        f"the switch to v2 took the site away {GAP_MAX_S + 0.1:.1f} s (502 x1)"
+    ]
+    problems, _ = judge_serving(ok((200, 1), (200, 7)), 1, 2)
+    assert problems == ["the site failed 0.0 s (200 v7 x1) to the end", "the proxy never served v2"]

@@ -27,6 +27,7 @@ GROUPS = {
     "tasks": ("task-agent-kill",),
     "disk": ("disk-full",),
     "link": ("slow-link",),
+    "webops": ("webops-agent-kill", "webops-coordinator-kill"),
 }
 
 

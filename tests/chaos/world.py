@@ -72,6 +72,9 @@ def options(text: str) -> list[dict[str, str]]:
 class World:
     """Everything a scenario acts on; `close` stops what it started, whatever happened."""
 
+    observed: tuple[str, ...] = OBSERVED
+    """The units looked at on every machine and judged (a subclass adds its own)."""
+
     def __init__(self, tmp: Path, shape: Shape) -> None:
         self.tmp = tmp
         self.shape = shape
@@ -253,7 +256,7 @@ class World:
         the manager is down)."""
         sd = self.systemds[mid]
         try:
-            out = sd.systemctl("show", "-p", SHOW, *OBSERVED, timeout=10)
+            out = sd.systemctl("show", "-p", SHOW, *self.observed, timeout=10)
         except Exception:
             return {}
         if out.returncode != 0:
@@ -271,7 +274,7 @@ class World:
         out = {
             u["name"]: frozenset(u["machines"])
             for u in units
-            if u["name"] in OBSERVED and u["desired_state"] == "launched"
+            if u["name"] in self.observed and u["desired_state"] == "launched"
         }
         out[RELEASE_UNIT] = frozenset(self.machines)
         return out

@@ -1,14 +1,18 @@
 """The agent's WebOps helpers that need no daemon: nginx text, WSGI entry points,
-cgroup usage."""
+cgroup usage; a build sent again (a static site from a local git repository)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from agent.webops import BuildFailed, cgroup_usage, nginx_conf, site_conf, wsgi_entry
+from agent.webops import BuildFailed, WebOps, cgroup_usage, nginx_conf, site_conf, wsgi_entry
+from proto import messages as m
 
 
 def test_usage_from_cgroup_v2_files(tmp_path: Path) -> None:
@@ -52,3 +56,100 @@ def test_wsgi_entry_points(tmp_path: Path) -> None:
     (tmp_path / "site1").mkdir()
     (tmp_path / "site1" / "wsgi.py").write_text("application = 1\n")
     assert wsgi_entry(tmp_path, "django") == "site1.wsgi:application"
+
+
+# --- a build sent again (#25) ----------------------------------------------------------
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[m.Message] = []
+
+    async def __call__(self, message: m.Message) -> None:
+        self.messages.append(message)
+
+    def built(self) -> list[m.WebBuilt]:
+        return [x for x in self.messages if isinstance(x, m.WebBuilt)]
+
+    def clones(self) -> int:
+        return sum(
+            1 for x in self.messages if isinstance(x, m.WebLog) and x.message.startswith("cloning ")
+        )
+
+
+async def _no_restart(unit: str) -> None:
+    del unit
+
+
+def site_repo(tmp_path: Path) -> str:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "index.html").write_text("<h1>v1</h1>\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "v1"]):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+        )
+    return f"file://{repo}"
+
+
+async def settle(ops: WebOps) -> None:
+    while ops._tasks:
+        await asyncio.gather(*ops._tasks)
+
+
+async def test_a_good_build_sent_again_is_not_made_again_over_itself(tmp_path: Path) -> None:
+    """The coordinator sends a build again when the machine connects while it has no
+    outcome of it; the first outcome may have arrived meanwhile and the unit run the
+    build's directory already. Rebuilding it in place took the site away for the
+    length of a build (the fault suite's webops-coordinator-kill saw 5 s of 500s)."""
+    sent = Sent()
+    ops = WebOps(tmp_path / "state", sent, _no_restart)
+    req = m.WebBuild("site", "b1", site_repo(tmp_path), project_type="static", port=8123)
+    await ops.on_message(req)
+    await settle(ops)
+    [first] = sent.built()
+    assert first.ok, first.error
+    live = Path(first.workdir)
+    (live / "served-now").write_text("the unit runs this directory\n")
+
+    await ops.on_message(req)  # sent again (the coordinator restarted meanwhile)
+    await settle(ops)
+    assert sent.built() == [first, first]
+    assert sent.clones() == 1
+    assert (live / "served-now").is_file()
+
+    # The same build id asked with something else (another port: another request, as
+    # from a deployment made again under the same name): built afresh.
+    other = m.WebBuild("site", "b1", req.repo_url, project_type="static", port=8124)
+    await ops.on_message(other)
+    await settle(ops)
+    assert sent.clones() == 2 and sent.built()[-1].ok
+    assert not (live / "served-now").exists()
+
+
+async def test_a_build_sent_again_while_it_runs_is_made_once(tmp_path: Path) -> None:
+    sent = Sent()
+    ops = WebOps(tmp_path / "state", sent, _no_restart)
+    req = m.WebBuild("site", "b1", site_repo(tmp_path), project_type="static", port=8123)
+    await ops.on_message(req)
+    await ops.on_message(req)  # while the first is cloning: its outcome answers both
+    await settle(ops)
+    assert sent.clones() == 1
+    [built] = sent.built()
+    assert built.ok, built.error
+
+
+async def test_a_failed_build_sent_again_is_tried_again(tmp_path: Path) -> None:
+    sent = Sent()
+    ops = WebOps(tmp_path / "state", sent, _no_restart)
+    req = m.WebBuild("site", "b1", site_repo(tmp_path), branch="nope", port=8123)
+    for _ in range(2):
+        await ops.on_message(req)
+        await settle(ops)
+    assert [b.ok for b in sent.built()] == [False, False]
+    assert sent.clones() == 2
