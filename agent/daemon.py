@@ -105,6 +105,7 @@ class Agent:
             nginx=config.webops_nginx,
             docker_host=config.docker_host,
             follow=self._follow_log,
+            start_proxy=self._start_proxy,
         )
         """WebOps builds, env files, the agent's nginx and health checks (#20)."""
         self.link.last_contact = isolation.isolation_clock(
@@ -246,6 +247,19 @@ class Agent:
         if (not memory or not cpu) and cgroup:
             return await asyncio.to_thread(cgroup_usage, cgroup)
         return memory, cpu
+
+    async def _start_proxy(self, unit: str, argv: list[str]) -> bool:
+        """The agent's nginx as a transient service of its systemd manager (False:
+        no manager connected; WebOps then runs nginx itself)."""
+        backend = self.backends.get("systemd")
+        if not isinstance(backend, SystemdBackend) or not backend.connected:
+            return False
+        result = await backend.start_transient(
+            unit, argv, description="Moorage WebOps proxy (the agent's nginx)"
+        )
+        if result != "done":
+            raise RuntimeError(f"its start job ended {result!r}")
+        return True
 
     async def _restart_unit(self, unit: str) -> None:
         """A WebOps restart: the unit's own backend restarts it (systemd's restart job,

@@ -71,6 +71,13 @@ is not lost)."""
 
 
 OUTCOME = "outcome.json"
+PROXY_UNIT = "moorage-webops-proxy.service"
+"""The agent's nginx, where a systemd manager runs it (see `WebOps._start_nginx`)."""
+PROXY_PID_WAIT_S = 5.0
+
+StartProxy = Callable[[str, list[str]], Awaitable[bool]]
+"""Run (unit name, argv) as a transient service of the agent's systemd manager; False
+when there is no manager to run it (the agent then runs nginx itself)."""
 
 
 class BuildFailed(Exception):
@@ -160,8 +167,10 @@ class WebOps:
         nginx: str = "nginx",
         docker_host: str = "",
         follow: Follow | None = None,
+        start_proxy: StartProxy | None = None,
     ) -> None:
         self.root = state_dir / "webops"
+        self.start_proxy = start_proxy
         self.send = send
         self.restart = restart
         self.usage = usage
@@ -543,7 +552,7 @@ class WebOps:
         async with self._nginx_lock:
             n = self.root / "nginx"
             write_public(n / "nginx.conf", nginx_conf(self.root, self.proxy_listen).encode())
-            await self._run("", "", self._nginx_args())
+            await self._start_nginx("", "")
 
     def nginx_pid(self) -> int | None:
         try:
@@ -555,9 +564,34 @@ class WebOps:
 
     async def _reload(self, name: str, bid: str) -> None:
         if self.nginx_pid() is None:
-            await self._run(name, bid, self._nginx_args())
+            await self._start_nginx(name, bid)
         else:
             await self._run(name, bid, [*self._nginx_args(), "-s", "reload"])
+
+    async def _start_nginx(self, name: str, bid: str) -> None:
+        """Start the agent's nginx: where a systemd manager can run it, as its own
+        transient service (`PROXY_UNIT`), so every site stays up while the agent is
+        stopped, restarted or upgraded (the agent's service, `KillMode=control-group`,
+        ends every process of its own cgroup, a daemonised child included); else as
+        the agent's own (daemonised) child."""
+        argv = [shutil.which(self.nginx) or self.nginx, *self._nginx_args()[1:]]
+        try:
+            started = self.start_proxy is not None and await self.start_proxy(
+                PROXY_UNIT, [*argv, "-g", "daemon off;"]
+            )
+        except Exception as exc:
+            raise BuildFailed(f"nginx could not be started as {PROXY_UNIT}: {exc}") from None
+        if not started:
+            await self._run(name, bid, argv)
+            return
+        deadline = time.monotonic() + PROXY_PID_WAIT_S
+        while self.nginx_pid() is None:  # reloads signal the pid its pid file names
+            if time.monotonic() > deadline:
+                raise BuildFailed(
+                    f"{PROXY_UNIT} started, but nginx wrote no pid file within"
+                    f" {PROXY_PID_WAIT_S:g} s (its journal says why)"
+                )
+            await asyncio.sleep(0.05)
 
     # --- actions ------------------------------------------------------------------------
 

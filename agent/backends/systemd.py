@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
-from dbus_fast import BusType, Message, MessageFlag, MessageType
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from agent.journal import JournalReader
@@ -545,8 +545,41 @@ class SystemdBackend:
         """Restart ``name`` (starts it if stopped) and return its job result."""
         return await self._run_job("RestartUnit", name, timeout)
 
-    async def _run_job(self, method: str, name: str, timeout: float) -> str:  # noqa: ASYNC109
-        """Enqueue a job in mode ``replace`` and wait for its JobRemoved.
+    async def start_transient(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        description: str,
+        timeout: float = 30.0,  # noqa: ASYNC109
+    ) -> str:
+        """Run ``argv`` as the transient service ``name`` of this manager (what
+        ``systemd-run`` does) and return its start job's result. Its processes are the
+        manager's, not the caller's: they outlive the caller's stop or restart (a
+        service's ``KillMode=control-group`` ends every child of the service). A failed
+        one of that name left loaded is cleared first; one still active is an error
+        (``UnitExists``)."""
+        await self.reset_failed(name)
+        properties = [
+            ("Description", Variant("s", description)),
+            ("ExecStart", Variant("a(sasb)", [[argv[0], list(argv), False]])),
+            ("Restart", Variant("s", "on-failure")),
+        ]
+        msg = _manager_call(
+            "StartTransientUnit", "ssa(sv)a(sa(sv))", [name, "fail", properties, []]
+        )
+        return await self._run_job("StartTransientUnit", name, timeout, msg=msg)
+
+    async def _run_job(
+        self,
+        method: str,
+        name: str,
+        timeout: float,  # noqa: ASYNC109
+        *,
+        msg: Message | None = None,
+    ) -> str:
+        """Enqueue a job in mode ``replace`` (or send `msg`, a call answering with a
+        job) and wait for its JobRemoved.
 
         If ``timeout`` expires first, returns ``"timeout"``: the job may still be queued or
         running in systemd (it is not cancelled).
@@ -554,7 +587,8 @@ class SystemdBackend:
         self._watched.add(name)
         deadline = time.monotonic() + timeout
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        msg = _manager_call(method, "ss", [name, "replace"])
+        if msg is None:
+            msg = _manager_call(method, "ss", [name, "replace"])
         job_path = ""
         try:
             try:

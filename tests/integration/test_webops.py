@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from agent.webops import PROXY_UNIT
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd, user_systemd  # noqa: F401
 from tests.harness.systemd import UserSystemd
@@ -297,6 +298,13 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     assert "restart requested" in new
     rig.serves("site.test", "hello v3")
 
+    # The proxy is its own service of the machine's systemd manager, not a child in the
+    # agent's cgroup (a packaged agent's stop or restart ends every process there).
+    nginx = int((rig.webops_dir / "nginx" / "nginx.pid").read_text())
+    assert rig.systemd.unit_property(PROXY_UNIT, "ActiveState") == "active"
+    assert int(rig.systemd.unit_property(PROXY_UNIT, "MainPID")) == nginx
+    assert PROXY_UNIT in Path(f"/proc/{nginx}/cgroup").read_text()
+
     # The agent killed: the unit and the proxy serve on; back, it reports health again.
     assert rig.agent.proc is not None
     rig.agent.proc.kill9()
@@ -305,6 +313,7 @@ def test_static_site_from_git_through_both_surfaces(rig: WebRig, tmp_path: Path)
     wait_for(lambda: "m1" in rig.coordinator.connected(), 30, what="agent back")
     rig.serves("site.test", "hello v3", timeout=5)
     assert rig.info("site")["status"] == "running"
+    assert int((rig.webops_dir / "nginx" / "nginx.pid").read_text()) == nginx  # the same one
 
     # PUT on /api/v1: a new domain goes on the proxy through a redeploy.
     status, body = rig.call("PUT", f"/api/v1/deployments/{dep_id}/", {"domain": "www.site.test"})
