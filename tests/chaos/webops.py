@@ -58,7 +58,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -69,6 +68,7 @@ from typing import Any
 from proto.webops import unit_name
 from tests.chaos.runner import Config, Fault, FaultNotTaken, Scenario
 from tests.chaos.world import OBSERVED, Shape, World
+from tests.harness.gitrepo import git
 from tests.procs import free_port
 
 NAME = "site"
@@ -126,16 +126,6 @@ VERSION_RE = re.compile(r"<h1>v([0-9]+)</h1>")
 
 def page(version: int) -> str:
     return f"<h1>v{version}</h1>\n"
-
-
-def git(path: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=chaos", "-c", "user.email=chaos@moorage.test", *args],
-        cwd=path,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
 
 
 def webops_needs() -> str | None:

@@ -393,4 +393,3 @@ def test_kill9_of_the_leader_mid_rollout_the_survivor_completes_it(cluster: Clus
 
     # every write answered before the kill is there
     assert acked.missing(other) == []
-

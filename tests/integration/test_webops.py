@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ import pytest
 from agent.webops import PROXY_UNIT
 from tests.harness.dockerd import BUSYBOX_TAG, Dockerd
 from tests.harness.fixtures import dockerd, user_systemd  # noqa: F401
+from tests.harness.gitrepo import commit, git_repo
 from tests.harness.systemd import UserSystemd
 from tests.procs import MachineRig, free_port, wait_for
 
@@ -120,32 +120,6 @@ class WebRig(MachineRig):
                 os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
             except (OSError, ValueError):
                 pass
-
-
-def git_repo(path: Path, files: dict[str, str | None]) -> str:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    commit(path, files, "first")
-    return f"file://{path}"
-
-
-def git(path: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=path,
-        check=True,
-        capture_output=True,
-    )
-
-
-def commit(path: Path, files: dict[str, str | None], message: str) -> None:
-    for name, text in files.items():
-        if text is None:
-            (path / name).unlink()
-        else:
-            (path / name).write_text(text)
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", message)
 
 
 @pytest.fixture

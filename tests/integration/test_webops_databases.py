@@ -25,9 +25,10 @@ from coordinator.server import Coordinator
 from coordinator.webops import databases as dbs
 from coordinator.webops.records import WebDeployment
 from tests.harness.fixtures import postgres, user_systemd  # noqa: F401
+from tests.harness.gitrepo import git_repo
 from tests.harness.postgres import PgCluster, postgres_available
 from tests.harness.systemd import UserSystemd
-from tests.integration.test_webops import WebRig, git_repo, pypi_unreachable
+from tests.integration.test_webops import WebRig, pypi_unreachable
 from tests.procs import MachineRig, wait_for
 
 Client = TestClient[web.Request, web.Application]

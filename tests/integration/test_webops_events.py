@@ -19,7 +19,8 @@ import pytest
 
 from coordinator.webops import webhooks as wh
 from tests.harness.fixtures import user_systemd  # noqa: F401
-from tests.integration.test_webops import WebRig, git_repo, rig  # noqa: F401
+from tests.harness.gitrepo import git_repo
+from tests.integration.test_webops import WebRig, rig  # noqa: F401
 from tests.procs import wait_for
 
 

@@ -66,9 +66,7 @@ def test_a_numbered_file_is_carried_to_the_same_schema_as_a_new_one(
     numbered(old, version)
     raw = sqlite3.connect(old)
     with raw:
-        raw.execute(
-            "INSERT INTO machines (id, hostname, enrolled_at) VALUES ('m1', 'host-1', 1.0)"
-        )
+        raw.execute("INSERT INTO machines (id, hostname, enrolled_at) VALUES ('m1', 'host-1', 1.0)")
     raw.close()
     store = SqlStore(old)
     assert store.schema_version == head()
