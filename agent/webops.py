@@ -74,6 +74,7 @@ OUTCOME = "outcome.json"
 PROXY_UNIT = "moorage-webops-proxy.service"
 """The agent's nginx, where a systemd manager runs it (see `WebOps._start_nginx`)."""
 PROXY_PID_WAIT_S = 5.0
+GIT_QUERY_TIMEOUT_S = 30.0
 
 StartProxy = Callable[[str, list[str]], Awaitable[bool]]
 """Run (unit name, argv) as a transient service of the agent's systemd manager; False
@@ -273,11 +274,27 @@ class WebOps:
         build = self.root / req.name / "builds" / req.build_id
         done = self.outcome_of(req)
         if done is not None:
-            self._write_env(req.name, req.env)
+            made, commit = done
+            head = await self._branch_head(req)
+            if head == commit:
+                self._write_env(req.name, req.env)
+                await self._log(
+                    req.name,
+                    req.build_id,
+                    "info",
+                    f"build {req.build_id} was done: outcome sent again",
+                )
+                return made
+            # Not the same build after all (the deployment made again under its name
+            # while a remove was lost, a coordinator restored from an older backup):
+            # the branch moved on since, or cannot be read. Made afresh.
             await self._log(
-                req.name, req.build_id, "info", f"build {req.build_id} was done: outcome sent again"
+                req.name,
+                req.build_id,
+                "info",
+                f"build {req.build_id} was made from {commit[:12] or 'an unknown commit'},"
+                f" {req.branch} is at {head[:12] or 'an unreadable commit'} now: made again",
             )
-            return done
         try:
             built = await self._build_in(req, build)
         except BuildFailed as exc:
@@ -287,22 +304,58 @@ class WebOps:
             log.exception("webops build %s/%s", req.name, req.build_id)
             shutil.rmtree(build, ignore_errors=True)
             return m.WebBuilt(req.name, req.build_id, ok=False, error=f"agent error: {exc}")
-        outcome = {"request": build_key(req), "built": msgspec.to_builtins(built)}
+        commit = await self._git_output(["git", "-C", str(build / "src"), "rev-parse", "HEAD"])
+        outcome = {
+            "request": build_key(req),
+            "commit": commit,
+            "built": msgspec.to_builtins(built),
+        }
         write_private(build / OUTCOME, json.dumps(outcome).encode())
         return built
 
-    def outcome_of(self, req: m.WebBuild) -> m.WebBuilt | None:
-        """The outcome of this very build if it was made with success already (its
-        directory still there, asked the same), else None."""
+    def outcome_of(self, req: m.WebBuild) -> tuple[m.WebBuilt, str] | None:
+        """The outcome of this very build and the commit it built, if it was made with
+        success already (its directory still there, asked the same), else None."""
         build = self.root / req.name / "builds" / req.build_id
         try:
             outcome = json.loads((build / OUTCOME).read_text())
             if outcome["request"] != build_key(req) or not (build / "src").is_dir():
                 return None
             built = msgspec.convert(outcome["built"], m.WebBuilt)
+            commit = str(outcome.get("commit", ""))
         except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError):
             return None
-        return built if built.ok and built.build_id == req.build_id else None
+        if not built.ok or built.build_id != req.build_id:
+            return None
+        return built, commit
+
+    async def _branch_head(self, req: m.WebBuild) -> str:
+        """The commit the requested branch is at now ("" when it cannot be read)."""
+        out = await self._git_output(
+            ["git", "ls-remote", "--", req.repo_url, f"refs/heads/{req.branch}"]
+        )
+        return out.split()[0] if out.split() else ""
+
+    async def _git_output(self, argv: list[str]) -> str:
+        """A short git query's output ("" on any failure), bounded in time."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+            )
+        except OSError:
+            return ""
+        try:
+            async with asyncio.timeout(GIT_QUERY_TIMEOUT_S):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return ""
+        return out.decode(errors="replace").strip() if proc.returncode == 0 else ""
 
     async def _build_in(self, req: m.WebBuild, build: Path) -> m.WebBuilt:
         name, bid = req.name, req.build_id

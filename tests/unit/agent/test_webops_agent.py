@@ -153,3 +153,32 @@ async def test_a_failed_build_sent_again_is_tried_again(tmp_path: Path) -> None:
         await settle(ops)
     assert [b.ok for b in sent.built()] == [False, False]
     assert sent.clones() == 2
+
+
+async def test_a_good_build_sent_again_after_its_branch_moved_is_made_again(
+    tmp_path: Path,
+) -> None:
+    """The same build id and request, but the branch is at another commit than the one
+    built (a deployment made again under its name while a remove was lost, or a
+    coordinator restored from an older backup): not the same build, so made afresh."""
+    sent = Sent()
+    ops = WebOps(tmp_path / "state", sent, _no_restart)
+    url = site_repo(tmp_path)
+    req = m.WebBuild("site", "b1", url, project_type="static", port=8123)
+    await ops.on_message(req)
+    await settle(ops)
+    (tmp_path / "repo" / "index.html").write_text("<h1>v2</h1>\n")
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "v2"],
+        cwd=tmp_path / "repo",
+        check=True,
+        capture_output=True,
+    )
+    await ops.on_message(req)
+    await settle(ops)
+    assert sent.clones() == 2
+    [_, again] = sent.built()
+    assert again.ok, again.error
+    assert "v2" in (Path(again.workdir) / "index.html").read_text()
+    logs = [x.message for x in sent.messages if isinstance(x, m.WebLog)]
+    assert any("is at" in line and "made again" in line for line in logs), logs
