@@ -124,6 +124,9 @@ class DockerWorld(World):
     """The standard world on loopback, its victim also running a private dockerd and
     one container unit (`CONTAINER`) pinned to it."""
 
+    dockerd_args: tuple[str, ...] = ()
+    """dockerd's own options (the default: none, so live-restore off)."""
+
     def __init__(self, tmp: Path, shape: Shape) -> None:
         super().__init__(tmp, shape)
         self.dockerd: KillableDockerd | None = None
@@ -150,7 +153,7 @@ class DockerWorld(World):
     def _add(self, mid: str, at: CoordinatorProc) -> None:
         """As World._add; the victim's private dockerd is started first."""
         if mid == self.victim:
-            self.dockerd = KillableDockerd()
+            self.dockerd = KillableDockerd(extra_args=self.dockerd_args)
             self.dockerd.start()
             self.dockerd.import_busybox()
             info = self.dockerd.client(timeout=30).info()
@@ -362,6 +365,18 @@ def dockerd_kill(world: World, rng: random.Random) -> Fault:
     return Fault(note=note, problems=tuple(problems))
 
 
+class LiveRestoreWorld(DockerWorld):
+    """DockerWorld whose dockerd runs with ``--live-restore``: the container must not
+    restart at all when dockerd is killed."""
+
+    dockerd_args = ("--live-restore",)
+
+    def _add(self, mid: str, at: CoordinatorProc) -> None:
+        super()._add(mid, at)
+        if mid == self.victim and not self.live_restore:
+            raise RuntimeError("dockerd was started with --live-restore but does not report it")
+
+
 def scenarios(config: Config) -> list[Scenario]:
     return [
         Scenario(
@@ -370,5 +385,12 @@ def scenarios(config: Config) -> list[Scenario]:
             shape=config.loopback(),
             world=DockerWorld,
             needs=dockerd_available,
-        )
+        ),
+        Scenario(
+            "dockerd-kill-live-restore",
+            dockerd_kill,
+            shape=config.loopback(),
+            world=LiveRestoreWorld,
+            needs=dockerd_available,
+        ),
     ]

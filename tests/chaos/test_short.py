@@ -23,7 +23,7 @@ GROUPS = {
     ),
     "restore": ("restore",),
     "leader": ("leader-kill",),
-    "dockerd": ("dockerd-kill",),
+    "dockerd": ("dockerd-kill", "dockerd-kill-live-restore"),
     "tasks": ("task-agent-kill",),
     "disk": ("disk-full",),
     "link": ("slow-link",),
