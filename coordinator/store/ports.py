@@ -963,4 +963,3 @@ class Store(
     Protocol,
 ):
     """Every port at once: what `open_store` returns and the composition root holds."""
-

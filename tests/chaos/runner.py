@@ -218,9 +218,18 @@ def scenarios(config: Config) -> list[Scenario]:
                     expect_victim="lost" if past else "disconnected",
                 )
             )
-    from tests.chaos import dockerkill, full_disk, leader, restore, slow_link, tasks, webops
+    from tests.chaos import (
+        dockerkill,
+        full_disk,
+        leader,
+        pg_partition,
+        restore,
+        slow_link,
+        tasks,
+        webops,
+    )
 
-    for module in (restore, leader, dockerkill, tasks, full_disk, slow_link, webops):
+    for module in (restore, leader, pg_partition, dockerkill, tasks, full_disk, slow_link, webops):
         out += module.scenarios(config)
     return out
 

@@ -5,8 +5,11 @@ It runs an asyncio loop in a thread of its own (in the fault suite's process) an
 forwards every connection it accepts to one upstream address, byte for byte: TLS goes
 through it untouched. Transparent until `slow()`; `transparent()` releases whatever is
 held at once and forwards without delay again. `reset_one()` ends one connection with
-an RST on both sides (SO_LINGER 0), the loss a TCP proxy can make. `close()` stops the
-listener, every connection and the thread.
+an RST on both sides (SO_LINGER 0), the loss a TCP proxy can make. `blackhole()` cuts
+the link as a dead route would: nothing passes either way on the connections it holds,
+and new ones are accepted and then stall (packets vanish; no error reaches either end)
+until `transparent()`. `refuse()` cuts it loudly instead: every connection reset, new
+ones reset at once. `close()` stops the listener, every connection and the thread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Counts:
     """Chunks held back while the link was slow."""
     stalls: int = 0
     resets: int = 0
+    refused: int = 0
+    """Connections reset as soon as accepted while refusing."""
 
 
 class _Conn:
@@ -68,6 +73,7 @@ class LinkProxy:
         self.delay_s = (0.1, 0.3)
         self._slow = False
         self._stall_until = 0.0
+        self._refusing = False
         self._rng = random.Random(0)
         self._healed = asyncio.Event()
         """Set while transparent: what is held goes at once."""
@@ -92,8 +98,18 @@ class LinkProxy:
         """Nothing passes, either way, for `seconds` (only while slow)."""
         self._call(self._stall(seconds))
 
+    def blackhole(self) -> None:
+        """Nothing passes either way, on live connections and on new ones (accepted,
+        then silent), until `transparent()`: then what was held goes on, in order."""
+        self._call(self._blackhole())
+
+    def refuse(self) -> int:
+        """Reset every live connection and each new one as soon as it is accepted, until
+        `transparent()`; returns how many live ones were reset."""
+        return self._call(self._refuse())
+
     def transparent(self) -> None:
-        """Forward without delay again, and release whatever is held now."""
+        """Forward without delay again, and release whatever is held now (stop refusing)."""
         self._call(self._set(slow=False))
 
     def reset_one(self, rng: random.Random) -> bool:
@@ -133,7 +149,23 @@ class LinkProxy:
             self._healed.clear()
         else:
             self._stall_until = 0.0
+            self._refusing = False
             self._healed.set()
+
+    async def _blackhole(self) -> None:
+        self._slow = True
+        self._healed.clear()
+        self._stall_until = float("inf")
+        self.counts.stalls += 1
+
+    async def _refuse(self) -> int:
+        self._refusing = True
+        conns = sorted(self._conns, key=id)
+        for conn in conns:
+            self._conns.discard(conn)
+            conn.abort(rst=True)
+        self.counts.resets += len(conns)
+        return len(conns)
 
     async def _stall(self, seconds: float) -> None:
         if self._slow:
@@ -163,6 +195,14 @@ class LinkProxy:
                     await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            self.counts.refused += 1
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -229,5 +269,5 @@ class LinkProxy:
             if wait <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(wait if wait != float("inf") else None):
                     await self._healed.wait()

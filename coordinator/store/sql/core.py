@@ -168,7 +168,7 @@ def make_engine(url: str) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    engine = sa.create_engine(url, pool_size=4, max_overflow=4)
+    engine = sa.create_engine(url, pool_size=4, max_overflow=4, connect_args=PG_LINK_LIMITS)
 
     @event.listens_for(engine, "checkin")
     def _checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -192,6 +192,23 @@ def make_engine(url: str) -> Engine:
 
     return engine
 
+
+PG_LINK_LIMITS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 5000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+}
+"""libpq's bounds on a PostgreSQL link that goes silent (packets dropped: a partition,
+a host gone), without which a read waits for TCP's own retransmissions, ~15 minutes:
+a connection attempt gives up after 5 s; a request whose bytes the server's kernel has
+not acknowledged within 5 s fails (`tcp_user_timeout`: a busy server still acknowledges
+at once, so a slow query is not cut); an idle pooled connection is
+found dead within ~19 s. A failed read or write is then the storage fault it is (503),
+and the lease holder, whose renewals fail, steps down. Found by the fault suite's
+pg-partition (the event loop hung on a dead link until the heal)."""
 
 IDLE_SINCE = "moorage.idle_since"
 PING_AFTER_IDLE_S = 1.0

@@ -168,7 +168,8 @@ async def test_a_good_build_sent_again_after_its_branch_moved_is_made_again(
     await ops.on_message(req)
     await settle(ops)
     (tmp_path / "repo" / "index.html").write_text("<h1>v2</h1>\n")
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-am", "v2"],
         cwd=tmp_path / "repo",
         check=True,
