@@ -94,14 +94,23 @@ def test_units_match_the_code_defaults_and_shipped_commands() -> None:
 
 
 def test_maintainer_scripts_never_stop_a_service_on_upgrade() -> None:
+    """Stops only in prerm (on removal) or in postrm's purge branch (the package and
+    its state are going for good): never on an upgrade."""
     for pkg in ("agent", "coordinator"):
         for script in ("preinst", "prerm", "postinst", "postrm"):
             path = PACKAGING / pkg / script
             if not path.exists():
                 continue
+            branch = ""
             for line in path.read_text().splitlines():
+                case = re.match(r"\s*([a-z|-]+)\)\s*$", line)
+                if case:
+                    branch = case.group(1)
+                elif line.strip() == ";;":
+                    branch = ""
                 if re.search(r"deb-systemd-invoke\s+(stop|\$)", line):
-                    assert script == "prerm", f"{path}: {line.strip()}"
+                    purging = script == "postrm" and branch == "purge"
+                    assert script == "prerm" or purging, f"{path}: {line.strip()}"
             if script == "prerm":
                 text = path.read_text()
                 assert '[ "$1" = remove ]' in text, "prerm stops only on removal"
