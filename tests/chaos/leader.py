@@ -236,7 +236,7 @@ class PairWorld(World):
         return " ".join(f"{mid}@{self.hub_of(mid)}" for mid in self.machines)
 
 
-def _wait(check: Any, timeout: float, interval: float = 0.1) -> float | None:
+def wait_until(check: Any, timeout: float, interval: float = 0.1) -> float | None:
     """Seconds until `check()` held, None if it did not within `timeout`."""
     started = time.monotonic()
     while True:
@@ -258,9 +258,9 @@ def leader_kill(world: World, rng: random.Random) -> Fault:
     assert isinstance(world, PairWorld), world
     # the kill falls in a batch drawn at random (each lasts at least min_healthy_s, 1 s)
     batch = rng.randint(1, len(world.machines))
-    _wait(lambda: _batch_running(world.jobs(world.coord), batch), BATCH_WAIT_S)
+    wait_until(lambda: _batch_running(world.jobs(world.coord), batch), BATCH_WAIT_S)
     time.sleep(rng.uniform(0.0, 1.0))
-    _wait(lambda: len(world.leaders()) == 1, 10)
+    wait_until(lambda: len(world.leaders()) == 1, 10)
     leaders = world.leaders()
     if len(leaders) != 1:
         raise FaultNotTaken(f"no single leader before the kill ({len(leaders)} lead)")
@@ -272,7 +272,7 @@ def leader_kill(world: World, rng: random.Random) -> Fault:
     leader.kill9()
     world.forget_leader()
     try:
-        took = _wait(lambda: leads(survivor), TAKEOVER_WAIT_S)
+        took = wait_until(lambda: leads(survivor), TAKEOVER_WAIT_S)
     finally:
         delay = rng.uniform(0.0, RESTART_MAX_S)
         time.sleep(delay)

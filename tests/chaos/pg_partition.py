@@ -58,7 +58,7 @@ from coordinator.cluster.lease import LEADER
 from coordinator.store.ports import StorageError
 from coordinator.store.sql import SqlStore
 from proto.tls import client_ssl_context
-from tests.chaos.leader import RENEW, SLACK, TTL, PairWorld, leads, ready
+from tests.chaos.leader import RENEW, SLACK, TTL, PairWorld, leads, ready, wait_until
 from tests.chaos.runner import Config, Fault, FaultNotTaken, Scenario
 from tests.chaos.slow_link_proxy import LinkProxy
 from tests.chaos.world import Shape, World, options
@@ -240,21 +240,11 @@ def log_lines(proc: CoordinatorProc) -> list[str]:
     return proc.proc.log().splitlines()
 
 
-def _wait(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float | None:
-    started = time.monotonic()
-    while True:
-        if check():
-            return time.monotonic() - started
-        if time.monotonic() - started > timeout:
-            return None
-        time.sleep(interval)
-
-
 def pg_partition(seconds: float) -> Callable[[World, random.Random], Fault]:
     def inject(world: World, rng: random.Random) -> Fault:
         assert isinstance(world, PgPartitionWorld), world
         time.sleep(rng.uniform(0.5, 2.0))  # into the rollout's first batch
-        _wait(lambda: len(world.leaders()) == 1, 10)
+        wait_until(lambda: len(world.leaders()) == 1, 10)
         leaders = world.leaders()
         if len(leaders) != 1:
             raise FaultNotTaken(f"no single leader before the cut ({len(leaders)} lead)")
