@@ -55,10 +55,9 @@ def hub_url(proc: CoordinatorProc) -> str:
     return f"wss://127.0.0.1:{proc.hub_port}/agent/v1"
 
 
-def ready(proc: CoordinatorProc, timeout: float = 2.0) -> dict[str, Any] | None:
-    """`/readyz`'s JSON (None: the coordinator does not answer, or is not ready)."""
-    if proc.proc is None or not proc.proc.alive():
-        return None
+def readyz(proc: CoordinatorProc, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """`/readyz`'s status and JSON (0: no answer within `timeout`; 503 is an answer: the
+    coordinator says its storage refuses writes)."""
     try:
         ctx = ssl.create_default_context(cafile=str(proc.paths.ca_cert))
         conn = http.client.HTTPSConnection("127.0.0.1", proc.api_port, context=ctx, timeout=timeout)
@@ -69,14 +68,20 @@ def ready(proc: CoordinatorProc, timeout: float = 2.0) -> dict[str, Any] | None:
         finally:
             conn.close()
     except (OSError, ssl.SSLError, http.client.HTTPException):
-        return None
-    if resp.status != 200:
-        return None
+        return 0, {}
     try:
         answer = json.loads(body)
     except ValueError:
+        answer = {}
+    return resp.status, answer if isinstance(answer, dict) else {}
+
+
+def ready(proc: CoordinatorProc, timeout: float = 2.0) -> dict[str, Any] | None:
+    """`/readyz`'s JSON (None: the coordinator does not answer, or is not ready)."""
+    if proc.proc is None or not proc.proc.alive():
         return None
-    return answer if isinstance(answer, dict) else None
+    status, answer = readyz(proc, timeout)
+    return answer if status == 200 and answer else None
 
 
 def leads(proc: CoordinatorProc) -> bool:

@@ -58,7 +58,16 @@ from coordinator.cluster.lease import LEADER
 from coordinator.store.ports import StorageError
 from coordinator.store.sql import SqlStore
 from proto.tls import client_ssl_context
-from tests.chaos.leader import RENEW, SLACK, TTL, PairWorld, leads, ready, wait_until
+from tests.chaos.leader import (
+    RENEW,
+    SLACK,
+    TTL,
+    PairWorld,
+    leads,
+    ready,
+    readyz,
+    wait_until,
+)
 from tests.chaos.runner import Config, Fault, FaultNotTaken, Scenario
 from tests.chaos.slow_link_proxy import LinkProxy
 from tests.chaos.world import Shape, World, options
@@ -191,26 +200,6 @@ class Probe:
             self.answers.append((status, time.monotonic() - started))
             n += 1
             self._stop.wait(PROBE_EVERY_S)
-
-
-def readyz(proc: CoordinatorProc, timeout: float = 2.0) -> tuple[int, dict[str, object]]:
-    """`/readyz`'s status and JSON (0: no answer within `timeout`; 503 is an answer: the
-    coordinator says its storage refuses writes)."""
-    ctx = ssl.create_default_context(cafile=str(proc.paths.ca_cert))
-    conn = http.client.HTTPSConnection("127.0.0.1", proc.api_port, context=ctx, timeout=timeout)
-    try:
-        conn.request("GET", "/readyz")
-        resp = conn.getresponse()
-        body = resp.read()
-    except (OSError, ssl.SSLError, http.client.HTTPException):
-        return 0, {}
-    finally:
-        conn.close()
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        answer = {}
-    return resp.status, answer if isinstance(answer, dict) else {}
 
 
 def write(proc: CoordinatorProc, unit: str, word: str, timeout: float) -> int:
