@@ -191,6 +191,9 @@ class Coordinator:
             self.paths.ca_cert, self.paths.admin_cert, self.paths.admin_key
         )
         self.hub.peer_stale_s = config.lease_ttl_s
+        if self.storage.shared:  # PostgreSQL: others may reach it, let the agents go there
+            self.hub.database_lost_since = self._database_lost_since
+            self.hub.let_go_after_s = config.lease_ttl_s
         self.metrics.storage_writable.set_function(
             lambda: 0.0 if self.storage.health.fault else 1.0
         )
@@ -507,6 +510,10 @@ class Coordinator:
                 client_ip=request.remote or "",
             )
         )
+
+    def _database_lost_since(self) -> float | None:
+        health = self.storage.health
+        return health.since if health.fault == "unreachable" else None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})

@@ -56,6 +56,9 @@ CLOSE_REPLACED = 4008
 CLOSE_SILENT = 4009
 CLOSE_GONE = 4010
 """A relay ends: the agent's session it served ended."""
+CLOSE_NO_DATABASE = 1013
+"""A coordinator cut off its database lets its agents go (WebSocket's "try again
+later": not one of the 4000s the agent takes as a refusal), so they dial the next."""
 HELLO_TIMEOUT_S = 10.0
 CLAIM_EVERY_S = 10.0
 """How often a coordinator sets right what the store says of its live sessions."""
@@ -149,6 +152,12 @@ class Hub:
         others (`coordinator.hub.relay`); None: questions go to local sessions only."""
         self.peer_stale_s = 30.0
         """A coordinator whose heartbeat is older holds no session worth relaying to."""
+        self.database_lost_since: Callable[[], float | None] = lambda: None
+        """Since when (wall clock) the database has not been reached (None: it is)."""
+        self.let_go_after_s = float("inf")
+        """How long without the database before this coordinator lets its agents go
+        (`let_go`): another coordinator sharing the database takes their sessions over
+        this long after its last heartbeat (`peer_stale_s`); with no other, never."""
         self.on_relay_answer: list[Callable[[RemoteSession, m.Message], Awaitable[None]]] = []
         """Services that ask agents: answers arriving through a relay (only answers:
         the agent's other messages are handled where its session is)."""
@@ -174,7 +183,11 @@ class Hub:
         peer = pki.peer_cert_info(request.transport)
         # In a thread: on PostgreSQL these are round trips, and while thousands of
         # agents reconnect the loop has their TLS handshakes to do meanwhile.
-        refusal, machine = await asyncio.to_thread(self._refuse_peer, peer)
+        try:
+            refusal, machine = await asyncio.to_thread(self._refuse_peer, peer)
+        except StorageUnavailable as exc:  # not a refusal: the agent tries the next hub
+            self.metrics.sessions_refused.labels("storage").inc()
+            raise web.HTTPServiceUnavailable(text=str(exc)) from None
         if refusal or peer is None or machine is None:
             self.metrics.sessions_refused.labels(refusal or "no_cert").inc()
             raise web.HTTPForbidden(text=refusal or "client certificate required")
@@ -669,6 +682,7 @@ class Hub:
         while True:
             await asyncio.sleep(interval_s)
             try:
+                self.let_go(time.time())
                 self.check_sessions(time.time())
                 if time.monotonic() - claimed >= CLAIM_EVERY_S:
                     claimed = time.monotonic()
@@ -726,6 +740,28 @@ class Hub:
         then `lost`."""
         self.check_sessions(now)
         await self.check_lost(now)
+
+    def let_go(self, now: float) -> int:
+        """Close every session here once the database has been out of reach for
+        `let_go_after_s` (found by the fault suite's pg-partition: a coordinator cut off
+        its database kept answering its agents' heartbeats, so they stayed, while the
+        coordinator that took the lease counted them disconnected and then lost, and
+        moved their units). Closed, they dial the next coordinator; this one refuses
+        new sessions (503) until the database answers again. How many were closed."""
+        since = self.database_lost_since()
+        if since is None or now - since < self.let_go_after_s or not self.sessions:
+            return 0
+        log.warning(
+            "the database has not been reached for %.0f s: letting %d agent(s) go to a"
+            " coordinator that reaches it",
+            now - since,
+            len(self.sessions),
+        )
+        for session in list(self.sessions.values()):
+            self._background(
+                session.close(CLOSE_NO_DATABASE, "this coordinator cannot reach its database")
+            )
+        return len(self.sessions)
 
     def check_sessions(self, now: float) -> None:
         """Close this coordinator's sessions whose heartbeats stopped."""

@@ -31,13 +31,16 @@ The round's Writer and rollout go through the coordinator that is not cut off
 the ones that must survive. The cut-off coordinator's agents may stay with it or move
 over; their units must keep running.
 
-Found by its first runs (December 2026): under a blackhole the cut-off leader's event
-loop blocks on the database (a store read made synchronously on the loop, e.g. the
-rollout singleton's `releases_with_status` waiting for a new pooled connection, or an
-API request's `is_serial_revoked`): it neither answers nor stops its singleton work
-until the heal. Its fence and the other's takeover keep the fleet safe; the rounds
-fail on those promises until the loop no longer waits on PostgreSQL. The loud cut
-passes.
+Found by its first runs (December 2026), and fixed: under a blackhole the cut-off
+leader's event loop blocked on the database (a store read made synchronously on the
+loop, e.g. the rollout singleton's `releases_with_status` waiting for a new pooled
+connection, or an API request's `is_serial_revoked`): it neither answered nor stopped
+its singleton work until the heal. Every wait on PostgreSQL is now bounded by the
+server's answering (`coordinator/store/sql/link.py`, the store's breaker). Then the
+next fault: the cut-off coordinator, answering again, kept its agents' sessions, so
+the new leader counted them disconnected and then lost and moved their units (short
+config: lost after 8 s); it now lets them go once it has been cut off for the lease's
+TTL (`Hub.let_go`). The loud cut passed from the start.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ GROUPS = {
     ),
     "restore": ("restore",),
     "leader": ("leader-kill",),
+    "pg-partition": ("pg-partition",),
     "dockerd": ("dockerd-kill", "dockerd-kill-live-restore"),
     "tasks": ("task-agent-kill",),
     "disk": ("disk-full",),

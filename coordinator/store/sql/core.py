@@ -18,13 +18,14 @@ coordinator alone run the singleton work (scheduling, rollouts, liveness).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -123,8 +124,11 @@ def storage_fault(exc_: BaseException) -> str | None:
         if sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03"):
             return "unreachable"  # connection exceptions, admin/crash shutdown
         return None
-    if type(exc_).__name__ == "OperationalError" and type(exc_).__module__.startswith("psycopg"):
-        return "unreachable"  # psycopg's "connection failed" carries no SQLSTATE
+    if any(
+        c.__name__ == "OperationalError" and c.__module__.startswith("psycopg")
+        for c in type(exc_).__mro__
+    ):  # psycopg's "connection failed", its ConnectionTimeout, link.LinkSilent: no SQLSTATE
+        return "unreachable"
     if isinstance(exc_, OSError):
         if exc_.errno in (errno.ENOSPC, errno.EDQUOT):
             return "full"
@@ -133,13 +137,65 @@ def storage_fault(exc_: BaseException) -> str | None:
     return None
 
 
+def on_loop() -> bool:
+    """Whether this thread runs an event loop (a wait here stalls everything on it)."""
+    return asyncio._get_running_loop() is not None
+
+
+def silent_link(exc_: BaseException) -> bool:
+    """Whether a storage error says the link is silent rather than refused: a wait that
+    outlived the server's answering (`link.LinkSilent`), or a connection not made
+    within its time. Refusals and resets fail fast by themselves. Pure."""
+    inner = getattr(exc_, "orig", None) or exc_
+    return type(inner).__name__ == "LinkSilent" or "timeout expired" in str(inner)
+
+
 def _changes(conn: Connection) -> int | None:
     """SQLite's count of rows changed on this connection (None on PostgreSQL)."""
     raw = conn.connection.dbapi_connection
     return raw.total_changes if isinstance(raw, sqlite3.Connection) else None
 
 
-def make_engine(url: str) -> Engine:
+class Breaker:
+    """Whether an engine's PostgreSQL link is known silent (`link`): while it is, no
+    connection is made and the store refuses every call at once (503), and a thread
+    probes the server every PROBE_EVERY_S until it answers again. Tripped by a wait or
+    a connection that outlived the server's answering; one breaker per engine."""
+
+    def __init__(self, on_clear: Callable[[], None] = lambda: None) -> None:
+        self.silent = ""
+        """Why the link is known silent (empty: it is not)."""
+        self.probe: Callable[[], bool] = lambda: True
+        """Whether the server answers again (set by `make_engine`)."""
+        self.trips = 0
+        self._on_clear = on_clear
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def trip(self, detail: str) -> None:
+        with self._lock:
+            if self.silent or self._closed.is_set():
+                return
+            self.silent = detail or "the database does not answer"
+            self.trips += 1
+        log.error("the database does not answer (%s): refusing its work until it does", detail)
+        threading.Thread(target=self._probe, name="moorage-store-probe", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _probe(self) -> None:
+        started = time.monotonic()
+        while not self._closed.wait(PROBE_EVERY_S):
+            if self.probe():
+                with self._lock:
+                    self.silent = ""
+                log.warning("the database answers again (after %.1f s)", time.monotonic() - started)
+                self._on_clear()
+                return
+
+
+def make_engine(url: str, breaker: Breaker | None = None) -> Engine:
     """The engine for one database: SQLite with WAL, FULL sync and foreign keys on each
     connection, BEGIN IMMEDIATE for the writer (the pysqlite driver's own transaction
     handling is turned off, as SQLAlchemy's documentation advises); PostgreSQL through
@@ -168,7 +224,25 @@ def make_engine(url: str) -> Engine:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    engine = sa.create_engine(url, pool_size=4, max_overflow=4, connect_args=PG_LINK_LIMITS)
+    from coordinator.store.sql import link  # psycopg: only a PostgreSQL store loads it
+
+    engine = sa.create_engine(
+        url,
+        pool_size=4,
+        max_overflow=4,
+        pool_timeout=POOL_WAIT_S,
+        connect_args=PG_LINK_LIMITS,
+    )
+
+    watch = breaker or Breaker()
+    _, params = engine.dialect.create_connect_args(engine.url)
+    watch.probe = lambda: link.answers(dict(params))
+
+    @event.listens_for(engine, "do_connect")
+    def _open(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> Any:
+        """Every pooled connection is a `link.WatchedConnection` (no wait outlives the
+        server's answering; a connection made on the event loop gives up sooner)."""
+        return link.WatchedConnection.open(dict(cparams), watch)
 
     @event.listens_for(engine, "checkin")
     def _checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -194,21 +268,31 @@ def make_engine(url: str) -> Engine:
 
 
 PG_LINK_LIMITS: dict[str, Any] = {
-    "connect_timeout": 5,
     "tcp_user_timeout": 5000,
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 3,
     "keepalives_count": 3,
 }
-"""libpq's bounds on a PostgreSQL link that goes silent (packets dropped: a partition,
-a host gone), without which a read waits for TCP's own retransmissions, ~15 minutes:
-a connection attempt gives up after 5 s; a request whose bytes the server's kernel has
-not acknowledged within 5 s fails (`tcp_user_timeout`: a busy server still acknowledges
-at once, so a slow query is not cut); an idle pooled connection is
-found dead within ~19 s. A failed read or write is then the storage fault it is (503),
-and the lease holder, whose renewals fail, steps down. Found by the fault suite's
-pg-partition (the event loop hung on a dead link until the heal)."""
+"""libpq's bounds on a PostgreSQL link whose packets are dropped (a partition, a host
+gone), without which a read waits for TCP's own retransmissions, ~15 minutes: a request
+whose bytes the server's kernel has not acknowledged within 5 s fails
+(`tcp_user_timeout`: a busy server still acknowledges at once, so a slow query is not
+cut); an idle pooled connection is found dead within ~19 s. A link held open and silent
+(a proxy acknowledges the bytes) is `link`'s to end; connection attempts are bounded
+there too (`link.WatchedConnection.open`)."""
+
+POOL_WAIT_S = 5.0
+"""How long a caller waits for a pooled PostgreSQL connection when all are in use
+(SQLAlchemy's default is 30 s): each is released within its own wait's bounds
+(`link`), so a longer wait means a storm, and a 503 is the better answer."""
+LOOP_LOCK_WAIT_S = 1.0
+"""How long a thread's write may have held the write lock before a write on the event
+loop stops waiting for it (PostgreSQL only: that thread may be waiting on a silent
+link, up to `link`'s bounds); past it the loop's write is refused (503, "busy")
+rather than the loop stalled."""
+PROBE_EVERY_S = 0.5
+"""While the link is silent, how often the store asks whether PostgreSQL answers again."""
 
 IDLE_SINCE = "moorage.idle_since"
 PING_AFTER_IDLE_S = 1.0
@@ -284,10 +368,13 @@ class SqlCore:
         self.url = database_url(target)
         self.path = str(target) if "://" not in str(target) else ""
         self.health = StorageHealth()
-        self.engine = make_engine(self.url)
+        self.breaker = Breaker(on_clear=self._link_back)
+        self.engine = make_engine(self.url, self.breaker)
         self.dialect = self.engine.dialect.name
         """"sqlite" or "postgresql": for the few statements that differ (`insert`)."""
         self._lock = threading.RLock()
+        self._held_since: float | None = None
+        """When the outermost write holding `_lock` took it (PostgreSQL; monotonic)."""
         self._local = threading.local()
         self._revocations: dict[str, tuple[bool, float]] = {}
         """serial -> (revoked, when read, monotonic): see REVOCATION_CACHE_S."""
@@ -306,6 +393,7 @@ class SqlCore:
             raise
 
     def close(self) -> None:
+        self.breaker.close()
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -343,6 +431,7 @@ class SqlCore:
             with self._read_lock:
                 yield self._reader
             return
+        self._gate()
         try:
             with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 _scope(conn)
@@ -350,6 +439,8 @@ class SqlCore:
         except exc.DBAPIError as exc_:
             self._fault(exc_)
             raise
+        except exc.TimeoutError as exc_:
+            raise self._busy(f"no free database connection within {POOL_WAIT_S:g} s") from exc_
 
     def _rows(self, stmt: sa.Executable, params: Any = None) -> Sequence[Row[Any]]:
         """Every row of one query (never a result that outlives the connection)."""
@@ -383,11 +474,12 @@ class SqlCore:
         another thread waits for the whole transaction (it is re-entrant, so the thread
         that holds it joins).
         """
-        with self._lock:
-            inside = getattr(self._local, "conn", None)
-            if inside is not None:
+        inside = getattr(self._local, "conn", None)
+        if inside is not None:
+            with self._lock:
                 yield inside
-                return
+            return
+        with self._write_lock():
             try:
                 conn = self._writer if self._writer is not None else self.engine.connect()
                 if self.dialect == "postgresql":
@@ -395,6 +487,8 @@ class SqlCore:
             except exc.DBAPIError as exc_:
                 self._fault(exc_)
                 raise
+            except exc.TimeoutError as exc_:
+                raise self._busy(f"no free database connection within {POOL_WAIT_S:g} s") from exc_
             try:
                 self._local.conn = conn
                 yield from self._begin_commit(conn)
@@ -402,6 +496,48 @@ class SqlCore:
                 self._local.conn = None
                 if conn is not self._writer:
                     conn.close()
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        """The write lock, for an outermost transaction. On PostgreSQL a write on the
+        event loop waits for it only until the holder has held it LOOP_LOCK_WAIT_S (the
+        thread holding it may be waiting on a silent link: the loop pays that at most
+        once per holder), and none is begun while the link is known silent."""
+        if self.dialect != "postgresql":
+            with self._lock:
+                yield
+            return
+        self._gate()
+        if on_loop():
+            since = self._held_since
+            held = 0.0 if since is None else time.monotonic() - since
+            got = self._lock.acquire(timeout=max(0.001, LOOP_LOCK_WAIT_S - held))
+        else:
+            got = self._lock.acquire()
+        if not got:
+            raise self._busy(f"another write held the database for {LOOP_LOCK_WAIT_S:g} s")
+        self._held_since = time.monotonic()
+        try:
+            self._gate()
+            yield
+        finally:
+            self._held_since = None
+            self._lock.release()
+
+    # -- a silent PostgreSQL link --------------------------------------------------
+
+    def _gate(self) -> None:
+        """Fail at once while the PostgreSQL link is known silent: every statement
+        sent down it would wait out `link`'s bounds first (on the event loop, stalling
+        everything) to fail the same way."""
+        silent = self.breaker.silent
+        if silent:
+            raise StorageUnavailable("unreachable", silent)
+
+    def _busy(self, detail: str) -> StorageUnavailable:
+        """A 503 for a store too busy to take this call in time (no fault recorded: the
+        database answers, a caller is just not waited for)."""
+        return StorageUnavailable("busy", detail)
 
     def _begin_commit(self, conn: Connection) -> Iterator[Connection]:
         if conn.in_transaction():  # autobegun by a raw statement outside any `_tx`
@@ -429,6 +565,10 @@ class SqlCore:
         """First thing in each outermost transaction: refuse it when it is made for
         singleton work whose lease is lost (`coordinator.store.fence`; `ClusterSql`)."""
 
+    def _link_back(self) -> None:
+        if self.health.fault == "unreachable":
+            self.health.ok()
+
     def _fault(self, exc_: BaseException) -> None:
         """Raise StorageUnavailable for a fault of the storage itself (else return:
         the caller re-raises the error, which is the request's)."""
@@ -439,6 +579,8 @@ class SqlCore:
             return
         detail = str(getattr(exc_, "orig", None) or exc_)
         self.health.failed(kind, detail)
+        if kind == "unreachable" and silent_link(exc_):
+            self.breaker.trip(detail)
         raise StorageUnavailable(kind, detail) from exc_
 
     def probe(self) -> bool:
