@@ -9,15 +9,18 @@ enforces them is in `coordinator/guard.py` (HTTP) and `coordinator/hub/sessions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import yaml
 
 from proto import messages as m
 from proto.bucket import TokenBucket
 from proto.units import UnitOption
+
+if TYPE_CHECKING:
+    import yaml
 
 # --- HTTP bodies -------------------------------------------------------------------------
 
@@ -82,52 +85,60 @@ def decode_json(raw: bytes, kind: type[Any]) -> Any:
         raise TooDeep(f"request body is {NESTING_MESSAGE}") from None
 
 
-class _DepthLimitedLoader(yaml.SafeLoader):
-    """PyYAML's scanner and parser are iterative; only composing nodes recurses, so
-    counting there bounds the recursion of everything after it."""
+@functools.cache
+def _depth_limited_loader() -> type[yaml.SafeLoader]:
+    """The loader class, made with the first YAML to compose: PyYAML is imported then,
+    not with this module (a coordinator that never parses a manifest never loads it, #22)."""
+    import yaml
 
-    max_depth = MAX_YAML_DEPTH
+    class _DepthLimitedLoader(yaml.SafeLoader):
+        """PyYAML's scanner and parser are iterative; only composing nodes recurses, so
+        counting there bounds the recursion of everything after it."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
+        max_depth = MAX_YAML_DEPTH
 
-    def check_printable(self, data: str) -> None:
-        """PyYAML's check, in slices: one regex search over megabytes holds the
-        interpreter lock (so the event loop) for tens of milliseconds."""
-        step = 1 << 16
-        for start in range(0, len(data), step):
-            match = self.NON_PRINTABLE.search(data, start, start + step)
-            if match:
-                position = self.index + (len(self.buffer) - self.pointer) + match.start()
-                raise yaml.reader.ReaderError(
-                    self.name,
-                    position,
-                    ord(match.group()),
-                    "unicode",
-                    "special characters are not allowed",
-                )
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > self.max_depth:
-                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"{NESTING_MESSAGE} (more than {self.max_depth} levels)",
-                    mark,
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+        def check_printable(self, data: str) -> None:
+            """PyYAML's check, in slices: one regex search over megabytes holds the
+            interpreter lock (so the event loop) for tens of milliseconds."""
+            step = 1 << 16
+            for start in range(0, len(data), step):
+                match = self.NON_PRINTABLE.search(data, start, start + step)
+                if match:
+                    position = self.index + (len(self.buffer) - self.pointer) + match.start()
+                    raise yaml.reader.ReaderError(
+                        self.name,
+                        position,
+                        ord(match.group()),
+                        "unicode",
+                        "special characters are not allowed",
+                    )
+
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+            self._depth += 1
+            try:
+                if self._depth > self.max_depth:
+                    mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"{NESTING_MESSAGE} (more than {self.max_depth} levels)",
+                        mark,
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return _DepthLimitedLoader
 
 
 def compose_yaml(text: str) -> yaml.Node | None:
     """`yaml.compose` with SafeLoader, refusing documents nested deeper than
     MAX_YAML_DEPTH with a YAMLError that carries the line (never a RecursionError)."""
-    loader = _DepthLimitedLoader(text)
+    loader = _depth_limited_loader()(text)
     try:
         return loader.get_single_node()
     finally:

@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy import event, exc
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row, RowMapping
 
@@ -610,6 +609,8 @@ class SqlCore:
         `on_conflict_do_update(index_elements=..., set_=...)` (both engines spell them
         the same; `.excluded` names the row that was not inserted)."""
         if self.dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql  # not loaded by a SQLite store
+
             return postgresql.insert(table)
         return sqlite_dialect.insert(table)
 

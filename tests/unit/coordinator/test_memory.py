@@ -1,4 +1,5 @@
-"""The coordinator pins glibc's mmap threshold (coordinator/memory.py)."""
+"""The coordinator's memory: it pins glibc's mmap threshold (coordinator/memory.py) and
+does not import at start what only some requests or commands use (#22)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,30 @@ print(ctypes.c_size_t.from_address(p - ctypes.sizeof(ctypes.c_size_t)).value & 2
         )
         mapped[mode] = int(out.stdout) == 2
     assert mapped == {"dynamic": False, "fixed": True}
+
+
+DEFERRED = (
+    "yaml",
+    "coordinator.deploy.manifest_yaml",
+    "jinja2",
+    "alembic",
+    "psycopg",
+    "sqlalchemy.dialects.postgresql",
+)
+"""Imported by the first manifest (PyYAML and the parser, ~1 MiB), dashboard page,
+schema upgrade or PostgreSQL store, never by the import of the server."""
+
+
+def test_the_server_does_not_import_what_only_some_requests_use() -> None:
+    code = f"""
+import sys
+import coordinator.server
+print(sorted(m for m in {DEFERRED!r} if m in sys.modules))
+from coordinator.deploy.manifest import parse_manifest
+parse_manifest('units: [{{name: a.service, contents: "[Service]\\\\nExecStart=/bin/true"}}]')
+print("yaml" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]
