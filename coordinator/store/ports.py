@@ -77,7 +77,12 @@ def builtin_group_id(tenant: str) -> str:
     return str(uuid.uuid5(uuid.UUID(DEFAULT_GROUP_ID), "tenant:" + tenant))
 
 
-FAULT_MESSAGES = {"full": "coordinator storage is full", "io": "coordinator storage is failing"}
+FAULT_MESSAGES = {
+    "full": "coordinator storage is full",
+    "io": "coordinator storage is failing",
+    "unreachable": "the coordinator's database cannot be reached",
+    "busy": "the coordinator's database is busy",
+}
 
 
 class StorageError(Exception):
@@ -97,8 +102,10 @@ class EnrollConflict(EnrollRefused):
 
 
 class StorageUnavailable(StorageError):
-    """A write failed because the storage is full or failing (`kind` "full" or "io");
-    answered 507/503 naming storage, and retried by what writes behind."""
+    """A call failed for the storage's sake, not the request's: full or failing (`kind`
+    "full", "io"), a database that cannot be reached ("unreachable") or one too busy to
+    take the call in time ("busy", see `core._write_lock`); answered 507 (full) or 503
+    naming it, and retried by what writes behind."""
 
     def __init__(self, kind: str, detail: str) -> None:
         self.kind = kind

@@ -445,6 +445,6 @@ def scenarios(config: Config) -> list[Scenario]:
             config.loopback(),
             world=PgPartitionWorld,
             needs=_needs,
-            rounds=lambda c: min(c.rounds, 20),
+            rounds=lambda c: min(c.rounds, 3 * 10),  # 10 loud cuts (LOUD_EVERY), 20 silent
         )
     ]
