@@ -40,6 +40,15 @@ COMMANDS = (m.WebBuild, m.WebEnv, m.WebAction)
 MAX_OPEN_PER_RELAY = 16
 """Request ids one relay may have open (it serves one request; a follow may cancel)."""
 CONNECT_TIMEOUT_S = 5.0
+OPEN_TIMEOUT_S = 10.0
+"""The whole opening (TCP, TLS, the WebSocket upgrade): a coordinator whose link went
+silent (a partition between coordinators, a proxy holding the connection) must not
+hold the request that asked (`sock_connect` bounds only the TCP part)."""
+FORWARD_TIMEOUT_S = 2.0
+HEARTBEAT_S = 10.0
+"""An open relay pings the other coordinator this often and ends when no pong comes
+within half of it: a relay whose link went silent ends (and the request waiting on it
+learns so) instead of waiting for answers that cannot come. Both ends do."""
 
 
 class RelayFailed(Unavailable):
@@ -119,14 +128,21 @@ class RemoteSession:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
         )
         try:
-            ws = await http.ws_connect(
-                relay_url(hub_url, machine_id),
-                ssl=ctx,
-                max_msg_size=m.HARD_FRAME_LIMIT,
-                autoping=True,
-                timeout=aiohttp.ClientWSTimeout(ws_close=CONNECT_TIMEOUT_S),
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(OPEN_TIMEOUT_S):
+                ws = await http.ws_connect(
+                    relay_url(hub_url, machine_id),
+                    ssl=ctx,
+                    max_msg_size=m.HARD_FRAME_LIMIT,
+                    autoping=True,
+                    heartbeat=HEARTBEAT_S,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=CONNECT_TIMEOUT_S),
+                )
+        except TimeoutError:
+            await http.close()
+            raise RelayFailed(
+                refusal(machine_id, owner, TimeoutError(f"no answer within {OPEN_TIMEOUT_S:g} s"))
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
             await http.close()
             raise RelayFailed(refusal(machine_id, owner, exc)) from None
         return cls(machine_id, owner, http, ws, on_answer, on_closed)
@@ -167,17 +183,34 @@ class RemoteSession:
 class Relay:
     """The answering end of one relay: the request ids it has open."""
 
-    def __init__(self, machine_id: str, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, machine_id: str, ws: web.WebSocketResponse, abort: Callable[[], None]
+    ) -> None:
         self.machine_id = machine_id
         self.ws = ws
+        self.abort = abort
+        """Drops the relay's connection at once (no closing handshake to wait on)."""
         self.open: set[str] = set()
         self.follows: set[str] = set()
         """Log follows among them: cancelled on the agent when the relay ends."""
 
     async def forward(self, message: m.Message) -> None:
-        """An answer to the asking coordinator (a closed relay drops it)."""
+        """An answer to the asking coordinator (a closed relay drops it). It is sent
+        from the agent's session, which waits for it: an asker whose link went silent
+        (its buffers full) would stall the session, heartbeats and all, so a send that
+        does not get through within FORWARD_TIMEOUT_S ends the relay instead."""
         if isinstance(message, m.LogChunk) and message.done:
             self.open.discard(message.request_id)
             self.follows.discard(message.request_id)
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_bytes(m.encode(message))
+        try:
+            async with asyncio.timeout(FORWARD_TIMEOUT_S):
+                await self.ws.send_bytes(m.encode(message))
+        except TimeoutError:
+            log.warning(
+                "relay for %s: the asking coordinator took nothing for %g s; ending it",
+                self.machine_id,
+                FORWARD_TIMEOUT_S,
+            )
+            self.abort()
+        except (ConnectionError, RuntimeError):
+            pass

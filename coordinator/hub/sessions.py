@@ -32,6 +32,7 @@ from coordinator.hub.relay import (
     RemoteSession,
     request_id_of,
 )
+from coordinator.hub.relay import HEARTBEAT_S as RELAY_HEARTBEAT_S
 from coordinator.hub.statebuffer import StateBuffer
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.models import Machine
@@ -482,9 +483,12 @@ class Hub:
         session = self.sessions.get(machine_id)
         if session is None or not session.ready:
             raise web.HTTPNotFound(text=f"machine {machine_id} has no session here")
-        ws = web.WebSocketResponse(max_msg_size=m.MAX_FRAME, autoping=True)
+        ws = web.WebSocketResponse(
+            max_msg_size=m.MAX_FRAME, autoping=True, heartbeat=RELAY_HEARTBEAT_S
+        )
         await ws.prepare(request)
-        relay = Relay(machine_id, ws)
+        transport = request.transport
+        relay = Relay(machine_id, ws, transport.abort if transport is not None else lambda: None)
         self._relays.setdefault(machine_id, set()).add(relay)
         try:
             await self._relay_questions(session, relay)
