@@ -107,6 +107,8 @@ from coordinator.ui.live import LiveHub
 from coordinator.webops.databases import DatabaseService
 from coordinator.webops.monitoring import MonitoringService
 from coordinator.webops.service import WebOpsService
+from coordinator.webops.webhooks import LONE_POLL_S as WEBHOOK_LONE_POLL_S
+from coordinator.webops.webhooks import POLL_S as WEBHOOK_POLL_S
 from coordinator.webops.webhooks import WebhookService
 from proto.enrolment import HUB_PATH
 
@@ -231,7 +233,13 @@ class Coordinator:
         self.users = UserService(self.storage, self.events)
         self.webops = WebOpsService(self.storage, self.units, self.hub, self.events)
         self.webops.coordinator_id = self.coordinator_id
-        self.webhooks = WebhookService(self.storage, self.events)
+        self.webhooks = WebhookService(
+            self.storage,
+            self.events,
+            # Alone on its database every event is stored here and wakes the loop at
+            # once: the poll is only a safety net (CPU at rest, #22).
+            poll_s=WEBHOOK_POLL_S if self.storage.shared else WEBHOOK_LONE_POLL_S,
+        )
         self.monitoring = MonitoringService(
             self.storage, self.hub, self.units, self.webops, self.logs
         )

@@ -228,6 +228,10 @@ class ClusterSql(SqlCore):
         orphaned = sa.and_(
             M.c.session_owner != "", M.c.session_owner != alive, M.c.session_owner.not_in(live)
         )
+        # A read first: the leader asks every second and the answer is almost always
+        # none, which needs no write transaction (nor SQLite's write lock).
+        if self._scalar(sa.select(M.c.id).where(orphaned).limit(1)) is None:
+            return []
         with self._tx() as db:
             ids = [r[0] for r in db.execute(sa.select(M.c.id).where(orphaned).order_by(M.c.id))]
             if ids:
