@@ -219,6 +219,7 @@ def scenarios(config: Config) -> list[Scenario]:
                 )
             )
     from tests.chaos import (
+        agent_unit,
         dockerkill,
         full_disk,
         leader,
@@ -229,7 +230,17 @@ def scenarios(config: Config) -> list[Scenario]:
         webops,
     )
 
-    for module in (restore, leader, pg_partition, dockerkill, tasks, full_disk, slow_link, webops):
+    for module in (
+        agent_unit,
+        restore,
+        leader,
+        pg_partition,
+        dockerkill,
+        tasks,
+        full_disk,
+        slow_link,
+        webops,
+    ):
         out += module.scenarios(config)
     return out
 

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 
 GROUPS = {
     "kills": ("agent-kill", "coordinator-kill", "reboot"),
+    "agent-unit": ("agent-systemd-restart",),
     "partitions": (
         "partition-down-6s",
         "partition-blackhole-13s-lost",

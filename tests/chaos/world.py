@@ -172,11 +172,11 @@ class World:
         sd = UserSystemd()
         self.systemds[mid] = sd
         sd.start()
-        agent = AgentProc(
-            self.tmp,
+        agent = self._make_agent(
             mid,
             at,
-            extra=[
+            sd,
+            [
                 *sd.agent_flags(),
                 "--sticker-dir",
                 str(self.sticker_dir(mid)),
@@ -186,7 +186,6 @@ class World:
                 str(self.shape.backoff_max),
                 *self.agent_flags(mid),
             ],
-            env=sd.agent_env(),
         )
         if self.ns is not None and mid == self.victim:
             agent_in(self.ns, agent)
@@ -194,6 +193,13 @@ class World:
         enrolled = agent.enroll(at.join_token())
         assert enrolled.returncode == 0, enrolled.stderr
         agent.start()
+
+    def _make_agent(
+        self, mid: str, at: CoordinatorProc, sd: UserSystemd, extra: list[str]
+    ) -> AgentProc:
+        """Machine `mid`'s agent (not yet enrolled nor started), with the flags `extra`,
+        pointed at its manager `sd` (a subclass runs it as a unit of that manager)."""
+        return AgentProc(self.tmp, mid, at, extra=extra, env=sd.agent_env())
 
     def agent_flags(self, mid: str) -> list[str]:
         """More agent flags for machine `mid` (a subclass's Docker endpoint...)."""
