@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 RESCHEDULE_DELAY_S = 0.25
 
+XFLEET_CACHE_SLACK = 256
+"""Stale entries (versions no unit has any more: replaced, destroyed) the parsed
+[X-Fleet] cache may hold beyond twice its live ones before a pass prunes it."""
+
 
 class Sent(msgspec.Struct):
     """What the current session of a machine was last told (the base of the next diff)."""
@@ -442,6 +446,10 @@ class UnitService:
                     sorted(unseen), tenant=tenant
                 ).items():
                     self._xfleet[unseen[name]] = parse_xfleet(options)
+            live = {u.hash for heads in free.values() for u in heads}
+            if len(self._xfleet) > 2 * len(live) + XFLEET_CACHE_SLACK:
+                # Bounded by what exists: every replace or destroy leaves a version behind.
+                self._xfleet = {h: x for h, x in self._xfleet.items() if h in live}
             now = time.time()
             machines: dict[str, list[MachineView]] = {}
             for mach in self.storage.list_machines():

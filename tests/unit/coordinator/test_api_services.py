@@ -22,6 +22,7 @@ from coordinator.api.routing import (
 )
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
+from coordinator.fleet import units as units_module
 from coordinator.fleet.machines import MachineService, cluster_health, clusters_of
 from coordinator.fleet.units import UnitService, put_plan
 from coordinator.hub.sessions import Hub
@@ -178,6 +179,25 @@ async def test_apply_creates_replaces_and_keeps_pinning(rig: Rig) -> None:
     assert rig.units.unit("p.service").desired_state == "inactive"
     assert await rig.units.apply("n.service", SLEEP, None) == "create"
     assert rig.units.unit("n.service").desired_state == "inactive"
+
+
+async def test_the_parsed_xfleet_cache_keeps_only_versions_that_exist(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every replace leaves a version behind: a pass drops them once they outnumber the
+    live ones, so a long-lived coordinator's cache is bounded by its units."""
+    monkeypatch.setattr(units_module, "XFLEET_CACHE_SLACK", 2)
+    versions = []
+    for i in range(8):
+        options = [UnitOption("Service", "ExecStart", f"/bin/sleep {i}")]
+        versions.append(unit_hash(options))
+        await rig.units.put("v.service", options, "launched")
+    await rig.units.put("w.service", SLEEP, "launched")
+    live = {versions[-1], unit_hash(SLEEP)}
+    cache = rig.units._xfleet
+    assert live <= set(cache) and len(cache) <= 2 * len(live) + 2
+    await rig.units.reschedule()  # views of every live version are still there
+    assert rig.units.unit("v.service").unschedulable == "no machine is connected"
 
 
 # --- tokens ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator.fleet.scheduler import (
+    NO_XFLEET,
     MachineView,
     UnitView,
     XFleet,
@@ -342,3 +343,13 @@ def test_a_global_that_is_not_a_boolean_is_refused_by_both_readings() -> None:
     with pytest.raises(XFleetError):
         parse_xfleet(options)
     assert not fleet_is_global({"options": msgspec.to_builtins(options)})
+
+
+def test_units_without_scheduling_options_share_one_value() -> None:
+    """The unit service keeps one per unit version: 1,000 plain units, one struct."""
+    plain = [UnitOption("Service", "ExecStart", "/bin/true")]
+    assert parse_xfleet(plain) is NO_XFLEET and parse_xfleet([]) is NO_XFLEET
+    assert xf(("Global", "false")) is NO_XFLEET  # spelled out, still the defaults
+    assert xf(("Global", "true")) is not NO_XFLEET and xf(("Global", "true")).is_global
+    assert xf(("MachineMetadata", "a=b")).metadata == {"a": ("b",)}
+    assert XFleet() == NO_XFLEET and NO_XFLEET.metadata == {}
