@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -210,6 +212,7 @@ def serve(config_path: Path | None, verbose: bool, **overrides: object) -> None:
     setup_logging(verbose)
     config = _config(config_path, **overrides)
     memory.fix_mmap_threshold()
+    migrate_apart(config)
     coordinator = Coordinator(config)
 
     def ready() -> None:
@@ -222,6 +225,33 @@ def serve(config_path: Path | None, verbose: bool, **overrides: object) -> None:
         run_main(run_until_signalled(coordinator, ready))
     except OSError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def migrate_apart(config: CoordinatorConfig) -> None:
+    """Bring a schema that is behind (a new database, an upgrade) to this coordinator's
+    in a forked child before serving: Alembic, which only an upgrade imports, then never
+    loads into the long-lived coordinator, which would keep it (~12 MiB on a new
+    database, #22). Called before any thread or event loop exists. Whatever goes wrong
+    is left to the coordinator's own opening, which migrates in process and says why."""
+    try:
+        before, head = schema_status(config)
+    except StorageError:
+        return
+    if before == head:
+        return
+    pid = os.fork()
+    if pid == 0:  # the child: migrate and leave without the parent's exit handlers
+        code = 1
+        try:
+            open_store(config).close()
+            code = 0
+        except StorageError as exc:
+            click.echo(f"migrating the database failed: {exc}", err=True)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
 
 
 def _display(listen: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ schema upgrade or PostgreSQL store, never by the import of the server."""
 def test_the_server_does_not_import_what_only_some_requests_use() -> None:
     code = f"""
 import sys
+from pathlib import Path
 import coordinator.server
 print(sorted(m for m in {DEFERRED!r} if m in sys.modules))
 from coordinator.deploy.manifest import parse_manifest
@@ -62,3 +64,23 @@ print("yaml" in sys.modules)
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split("\n")
     assert out[:2] == ["[]", "True"]
+
+
+def test_a_new_database_is_migrated_apart_and_alembic_never_loads(tmp_path: Path) -> None:
+    """`serve` migrates a schema that is behind in a forked child (cli.migrate_apart):
+    the coordinator then opens a database at its head without importing Alembic."""
+    code = f"""
+import sys
+from pathlib import Path
+from coordinator.cli import migrate_apart
+from coordinator.config import CoordinatorConfig
+from coordinator.store.sql import SqlStore, core, migrate
+config = CoordinatorConfig(state_dir={str(tmp_path)!r})
+migrate_apart(config)
+assert core.status(config.database)[0] == migrate.HEAD, core.status(config.database)
+SqlStore(config.database).close()
+print("alembic" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"]
