@@ -233,6 +233,7 @@ def migrate_apart(config: CoordinatorConfig) -> None:
     loads into the long-lived coordinator, which would keep it (~12 MiB on a new
     database, #22). Called before any thread or event loop exists. Whatever goes wrong
     is left to the coordinator's own opening, which migrates in process and says why."""
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)  # as it would
     try:
         before, head = schema_status(config)
     except StorageError:

@@ -75,7 +75,7 @@ from pathlib import Path
 from coordinator.cli import migrate_apart
 from coordinator.config import CoordinatorConfig
 from coordinator.store.sql import SqlStore, core, migrate
-config = CoordinatorConfig(state_dir={str(tmp_path)!r})
+config = CoordinatorConfig(state_dir={str(tmp_path / "state")!r})  # not there yet
 migrate_apart(config)
 assert core.status(config.database)[0] == migrate.HEAD, core.status(config.database)
 SqlStore(config.database).close()
