@@ -67,8 +67,7 @@ ForwardToSyslog=no
 ForwardToWall=no
 Audit=no
 """
-# Variables that would make the manager talk to whatever started us.
-_INHERITED_SERVICE_VARS = (
+INHERITED_SERVICE_VARS = (
     "NOTIFY_SOCKET",
     "LISTEN_PID",
     "LISTEN_FDS",
@@ -80,6 +79,8 @@ _INHERITED_SERVICE_VARS = (
     "WATCHDOG_USEC",
     "SYSTEMD_EXEC_PID",
 )
+"""What a service manager sets for the process it starts: passed on to one we start,
+they would make it talk to whatever started us."""
 PR_SET_PDEATHSIG = 1
 PREVIOUS_KEEPER_WAIT_S = 30.0
 CONTAINER_STOP_S = 2.0
@@ -719,7 +720,7 @@ exec {q(self.systemd_binary)} --user --log-target=journal
 
     def _launch(self) -> None:
         script = self._write_files()
-        env = {k: v for k, v in self.env.items() if k not in _INHERITED_SERVICE_VARS}
+        env = {k: v for k, v in self.env.items() if k not in INHERITED_SERVICE_VARS}
         with self.log_path.open("wb") as log_file:
             self._proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", str(script)],

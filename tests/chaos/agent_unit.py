@@ -54,6 +54,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from coordinator.devhost import INHERITED_SERVICE_VARS
 from tests.chaos.runner import Config, Fault, FaultNotTaken, Scenario
 from tests.chaos.world import RELEASE_UNIT, Shape, World
 from tests.harness.systemd import CGROUP_HIERARCHIES, UserSystemd
@@ -78,19 +79,6 @@ cgroup, then started again); a crash (`systemctl kill --kill-whom=main
 RESTART_SEC = 2.0
 BACK_WITHIN_S = 30.0
 """The agent's unit must be active again this long after the kill (or restart)."""
-NOT_PASSED = (
-    "NOTIFY_SOCKET",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "INVOCATION_ID",
-    "JOURNAL_STREAM",
-    "SYSTEMD_EXEC_PID",
-    "MANAGERPID",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-)
-"""What a service manager sets for its own service: not the agent's to inherit."""
 
 
 def unit_name(mid: str) -> str:
@@ -122,7 +110,7 @@ class AgentUnit(AgentProc):
         return {
             k: v
             for k, v in env.items()
-            if k not in NOT_PASSED and "\n" not in v and k.replace("_", "a").isalnum()
+            if k not in INHERITED_SERVICE_VARS and "\n" not in v and k.replace("_", "a").isalnum()
         }
 
     def _write_script(self) -> None:
