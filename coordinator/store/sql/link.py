@@ -39,8 +39,11 @@ LOOP_QUIET_S = 0.5
 """Silence on the event loop's thread before the side question is asked."""
 THREAD_QUIET_S = 2.0
 """Silence in a worker thread before the side question is asked."""
-SIDE_S = 0.5
-"""How long the side question waits for the server's first answer."""
+SIDE_S = 1.0
+"""How long the side question waits for the server's first answer: a postmaster forks
+and answers in milliseconds even on a loaded machine; a longer bound only makes a false
+"silent" (a breaker tripped on a live server) less likely, at the cost of the event
+loop's one wait per outage (LOOP_QUIET_S + SIDE_S)."""
 LOOP_CONNECT_S = 2
 """A new pooled connection made on the event loop's thread gives up after this (libpq's
 floor), else after THREAD_CONNECT_S."""
