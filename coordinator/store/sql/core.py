@@ -440,6 +440,8 @@ class SqlCore:
             raise
         except exc.TimeoutError as exc_:
             raise self._busy(f"no free database connection within {POOL_WAIT_S:g} s") from exc_
+        if self.health.fault == "unreachable":  # a round trip made: it is reachable again
+            self.health.ok()
 
     def _rows(self, stmt: sa.Executable, params: Any = None) -> Sequence[Row[Any]]:
         """Every row of one query (never a result that outlives the connection)."""

@@ -51,3 +51,23 @@ def test_a_connection_used_moments_ago_is_not_pinged(
         assert store.list_machines() == []  # and the pool has replaced it
     finally:
         store.close()
+
+
+def test_a_read_that_gets_through_ends_an_unreachable_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator that met a cut lets its agents go while its database is unreachable
+    (`Hub.let_go`): the first round trip that gets through says it is back, not only the
+    next write (a few seconds later)."""
+    store = SqlStore(fresh_database(tmp_path, "postgresql"))
+    try:
+        assert store.list_machines() == []
+        _cut(store)
+        monkeypatch.setattr(core, "PING_AFTER_IDLE_S", 3600.0)
+        with pytest.raises(StorageUnavailable):
+            store.list_machines()
+        assert store.health.fault == "unreachable"
+        assert store.list_machines() == []
+        assert store.health.fault == ""
+    finally:
+        store.close()
