@@ -87,15 +87,12 @@ def _ssl_answer(host: str, port: int) -> bool:
     try:
         if host.startswith("/"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address: Any = f"{host}/.s.PGSQL.{port}"
-        else:
-            sock = socket.socket(
-                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM
-            )
-            address = (host, port)
+            sock.settimeout(SIDE_S)
+            sock.connect(f"{host}/.s.PGSQL.{port}")
+        else:  # a name or an address of either family, as libpq takes them
+            sock = socket.create_connection((host, port), timeout=SIDE_S)
         with sock:
             sock.settimeout(SIDE_S)
-            sock.connect(address)
             sock.sendall(SSL_REQUEST)
             return sock.recv(1) in (b"S", b"N")
     except (OSError, ValueError):

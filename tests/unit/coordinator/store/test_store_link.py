@@ -9,6 +9,7 @@ connections it holds go silent, new ones are accepted and stall)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from coordinator.store.ports import StorageUnavailable
 from coordinator.store.sql import SqlStore, core, link
 from tests.chaos.slow_link_proxy import LinkProxy
-from tests.harness.databases import fresh_database
+from tests.harness.databases import cluster, fresh_database
 from tests.harness.postgres import postgres_available
 
 pytestmark = pytest.mark.skipif(postgres_available() is not None, reason="no PostgreSQL")
@@ -167,3 +168,17 @@ def test_a_thread_waits_longer_than_the_loop_but_not_forever(
     out, took = result
     assert isinstance(out, StorageUnavailable) and out.kind == "unreachable", out
     assert 1.5 <= took < 1.5 + link.SIDE_S + 1.0, took
+
+
+def test_the_side_question_asks_the_server_itself() -> None:
+    """PostgreSQL answers an SSLRequest over TCP (by address or name) and over its Unix
+    socket; a port nothing listens on does not; of several hosts, any one that answers."""
+    pg = cluster()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: refused
+        assert link.answers({"host": pg.host, "port": pg.port})
+        assert link.answers({"host": "localhost", "port": str(pg.port)})
+        assert link.answers({"host": str(pg.root), "port": pg.port})
+        assert not link.answers({"host": "127.0.0.1", "port": closed})
+        assert link.answers({"host": f"127.0.0.1,{pg.host}", "port": f"{closed},{pg.port}"})
