@@ -56,10 +56,9 @@ HOOKS_CACHE_S = 5.0
 through another coordinator sharing the database (#23) counts here after at most this."""
 TEST_EVENT = "webhook.test"
 POLL_S = 0.5
-"""How often the outbox is read for deliveries other coordinators stored."""
+"""How often the delivery loop looks for deliveries stored by other coordinators."""
 LONE_POLL_S = 10.0
 """The same, for a coordinator alone on its database (its own events wake the loop)."""
-"""How often the delivery loop looks for deliveries stored by other coordinators."""
 CLAIM_MARGIN_S = 5.0
 """A claimed delivery is due again this long after its attempt's timeout."""
 

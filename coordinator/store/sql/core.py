@@ -141,14 +141,6 @@ def on_loop() -> bool:
     return asyncio._get_running_loop() is not None
 
 
-def silent_link(exc_: BaseException) -> bool:
-    """Whether a storage error says the link is silent rather than refused: a wait that
-    outlived the server's answering (`link.LinkSilent`), or a connection not made
-    within its time. Refusals and resets fail fast by themselves. Pure."""
-    inner = getattr(exc_, "orig", None) or exc_
-    return type(inner).__name__ == "LinkSilent" or "timeout expired" in str(inner)
-
-
 def _changes(conn: Connection) -> int | None:
     """SQLite's count of rows changed on this connection (None on PostgreSQL)."""
     raw = conn.connection.dbapi_connection
@@ -158,15 +150,14 @@ def _changes(conn: Connection) -> int | None:
 class Breaker:
     """Whether an engine's PostgreSQL link is known silent (`link`): while it is, no
     connection is made and the store refuses every call at once (503), and a thread
-    probes the server every PROBE_EVERY_S until it answers again. Tripped by a wait or
-    a connection that outlived the server's answering; one breaker per engine."""
+    probes the server every PROBE_EVERY_S until it answers again. Tripped in `link`, by
+    a wait or a connection that outlived the server's answering; one per engine."""
 
     def __init__(self, on_clear: Callable[[], None] = lambda: None) -> None:
         self.silent = ""
         """Why the link is known silent (empty: it is not)."""
         self.probe: Callable[[], bool] = lambda: True
         """Whether the server answers again (set by `make_engine`)."""
-        self.trips = 0
         self._on_clear = on_clear
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -176,7 +167,6 @@ class Breaker:
             if self.silent or self._closed.is_set():
                 return
             self.silent = detail or "the database does not answer"
-            self.trips += 1
         log.error("the database does not answer (%s): refusing its work until it does", detail)
         threading.Thread(target=self._probe, name="moorage-store-probe", daemon=True).start()
 
@@ -440,8 +430,7 @@ class SqlCore:
             raise
         except exc.TimeoutError as exc_:
             raise self._busy(f"no free database connection within {POOL_WAIT_S:g} s") from exc_
-        if self.health.fault == "unreachable":  # a round trip made: it is reachable again
-            self.health.ok()
+        self._link_back()  # a round trip made: it is reachable again
 
     def _rows(self, stmt: sa.Executable, params: Any = None) -> Sequence[Row[Any]]:
         """Every row of one query (never a result that outlives the connection)."""
@@ -567,6 +556,8 @@ class SqlCore:
         singleton work whose lease is lost (`coordinator.store.fence`; `ClusterSql`)."""
 
     def _link_back(self) -> None:
+        """The database answered again: an unreachable fault is over (full or failing
+        storage is not: a read proves nothing about writes)."""
         if self.health.fault == "unreachable":
             self.health.ok()
 
@@ -580,8 +571,6 @@ class SqlCore:
             return
         detail = str(getattr(exc_, "orig", None) or exc_)
         self.health.failed(kind, detail)
-        if kind == "unreachable" and silent_link(exc_):
-            self.breaker.trip(detail)
         raise StorageUnavailable(kind, detail) from exc_
 
     def probe(self) -> bool:
