@@ -28,22 +28,29 @@ certificate, as Go's `net/http` client in fleetctl is; every request carries
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
+import multiprocessing
 import os
+import signal
 import ssl
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import psutil
 
 from bench import common
 from bench.realagent import RealAgent, real_agent
+from coordinator.trust import pki
+from proto.process import run_main
+from tests.procs import free_port
 
 POLL_S = 0.25
 """fleetctl's polling interval (spec notes: every 250 ms)."""
@@ -73,12 +80,12 @@ TARGETS = {
 class FleetClient:
     """One keep-alive HTTPS connection, like Go's http.Client in fleetctl."""
 
-    def __init__(self, rig: RealAgent) -> None:
+    def __init__(self, rig: RealAgent, port: int | None = None) -> None:
         p = rig.coordinator.paths
         ctx = ssl.create_default_context(cafile=p.ca_cert)
         ctx.load_cert_chain(p.admin_cert, p.admin_key)
         self.conn = http.client.HTTPSConnection(
-            "127.0.0.1", rig.coordinator.api_port, context=ctx, timeout=60
+            "127.0.0.1", port or rig.coordinator.api_port, context=ctx, timeout=60
         )
         self.requests = 0
 
@@ -149,6 +156,90 @@ def submit(client: FleetClient, names: list[str]) -> float:
         )
         assert status == 201, (status, doc)
     return time.monotonic() - started
+
+
+_NOT_FOUND = b'{"error":{"code":404,"message":"unit not found"}}'
+_CANNED = {
+    b"GET": b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_NOT_FOUND), _NOT_FOUND),
+    b"PUT": b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+}
+
+
+def _canned_server(paths: pki.PkiPaths, port: int, ready: Any) -> None:
+    """A TLS server with the coordinator's context and event loop that answers each
+    request with a fixed response: no HTTP framework, routing, auth or database."""
+    ctx = pki.server_ssl_context(
+        paths.server_cert, paths.server_key, paths.ca_cert, client_certs="optional"
+    )
+
+    class Canned(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while b"\r\n\r\n" in self.buf:
+                head, rest = self.buf.split(b"\r\n\r\n", 1)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                if len(rest) < length:
+                    return
+                self.buf = rest[length:]
+                self.transport.write(_CANNED[head.split(b" ", 1)[0]])
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_server(Canned, "127.0.0.1", port, ssl=ctx)
+        ready.put(True)
+        await asyncio.sleep(3600)  # until terminated
+
+    run_main(main())
+
+
+def submit_floor(rig: RealAgent, count: int) -> tuple[float, float]:
+    """`submit`'s exact requests from this client over TLS to `_canned_server`: what
+    the client, TLS and the loopback cost before any server-side work (wall seconds,
+    the server's CPU seconds)."""
+    port = free_port()
+    ready: multiprocessing.Queue[bool] = multiprocessing.Queue()
+    server = multiprocessing.Process(
+        target=_canned_server, args=(rig.coordinator.paths, port, ready)
+    )
+    server.start()
+    try:
+        ready.get(timeout=30)
+        client = FleetClient(rig, port)
+        cpu = psutil.Process(server.pid)
+        before = sum(cpu.cpu_times()[:2])
+        started = time.monotonic()
+        for i in range(count):
+            name = f"floor{i:05d}.service"
+            client.call("GET", f"units/{quote(name)}")
+            client.call("PUT", f"units/{quote(name)}", {"name": name, "options": options(i)})
+        elapsed = time.monotonic() - started
+        client.close()
+        return elapsed, sum(cpu.cpu_times()[:2]) - before
+    finally:
+        server.terminate()
+        server.join(30)
+
+
+STACK = ("asyncio", "ssl", "uvloop", "sqlalchemy", "aiohttp.web")
+"""The libraries docs/architecture.md chose for the coordinator."""
+
+
+def stack_floor_mib() -> float:
+    """The resident memory of a new interpreter that imports only `STACK`: what any
+    coordinator built on them holds before its first line of code runs."""
+    code = (
+        f"import {', '.join(STACK)}\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout) / 1024
 
 
 def fsync_floor(directory: Path, count: int) -> float:
@@ -229,6 +320,28 @@ def timed(
     return elapsed, out
 
 
+def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy (in the project's virtualenv) sampling the coordinator until SIGINT."""
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "1000",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            out,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # let it attach before the clock starts
+    return spy
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,6 +350,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--rounds", type=int, default=5, help="start/stop/list rounds (median)")
     ap.add_argument("--rest", type=float, default=10.0, help="seconds to sample CPU at rest")
     ap.add_argument("--name", default="fleet")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the coordinator with py-spy during submit (collapsed stacks to FILE)",
+    )
     args = ap.parse_args(argv)
     with real_agent() as rig:
         return _run(rig, args)
@@ -250,10 +368,15 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     coordinator = psutil.Process(c.proc.pid)
     cpu_before = sum(coordinator.cpu_times()[:2])
     client_before = time.process_time()
+    spy = _py_spy(c.proc.pid, args.profile) if args.profile else None
     submit_s = submit(client, names)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     submit_cpu_s = sum(coordinator.cpu_times()[:2]) - cpu_before
     client_cpu_s = time.process_time() - client_before
     floor_s = fsync_floor(c.state_dir, args.units)
+    canned_s, canned_cpu_s = submit_floor(rig, args.units)
     print(
         f"  submit {args.units}: {submit_s:.2f} s (coordinator CPU {submit_cpu_s:.2f} s;"
         f" {args.units} bare fdatasyncs just after: {floor_s:.2f} s)",
@@ -293,6 +416,8 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
         "submit_coordinator_cpu_seconds": round(submit_cpu_s, 2),
         "submit_client_cpu_seconds (this Python client's own share)": round(client_cpu_s, 2),
         "fsync_floor_seconds (as many bare write+fdatasync)": round(floor_s, 2),
+        "submit_floor_seconds (same requests, TLS server with canned answers)": round(canned_s, 2),
+        "submit_floor_server_cpu_seconds": round(canned_cpu_s, 2),
         "submit_wait_seconds (fleetctl's inactive check, 1 GET each)": round(wait_s, 2),
         "list_unit_files_seconds": round(statistics.median(lists), 3),
         "start_seconds": round(statistics.median(starts), 2),
@@ -305,6 +430,9 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
         "moorctl_version_seconds": round(statistics.median(versions), 3),
         "moorctl_list_unit_files_seconds": round(statistics.median(mlists), 3),
         f"coordinator_rss_mib_with_{2 * args.units}_units": rss_all["rss_mib"],
+        "stack_floor_rss_mb (" + ", ".join(STACK) + " imported, nothing else)": round(
+            stack_floor_mib() * 2**20 / 1e6, 1
+        ),
         "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     print("\n  figure                              fleet v1.0.0   Moorage   target")

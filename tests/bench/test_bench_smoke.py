@@ -121,6 +121,10 @@ def test_fleet(results_dir: Path) -> None:
     assert figures["units"] == 12
     for key in bench_fleet.TARGETS:
         assert float(figures[key]) > 0, key
+    floor = figures["submit_floor_seconds (same requests, TLS server with canned answers)"]
+    assert floor > 0
+    stack = next(v for k, v in figures.items() if k.startswith("stack_floor_rss_mb"))
+    assert 10 < stack < figures["coordinator_rss_mb"]
 
 
 @pytest.mark.skipif(postgres_available() is not None, reason=str(postgres_available()))
@@ -157,7 +161,12 @@ def test_placements_postgresql(results_dir: Path) -> None:
 def test_tls_handshake_floor(results_dir: Path) -> None:
     from bench import bench_tls
 
-    bench_tls.main(["--handshakes", "40", "--name", "smoke-tls"])
+    bench_tls.main(["--handshakes", "40", "--hold", "40", "--name", "smoke-tls"])
     figures = load(results_dir, "smoke-tls")
     assert figures["server_cpu_ms_per_handshake"] > 0
     assert figures["client_cpu_ms_per_handshake"] > 0
+    # a held TLS connection costs more than a plain one: the measurement sees TLS
+    assert (
+        figures["server_kib_per_held_tls_connection"]
+        > figures["server_kib_per_held_tcp_connection"]
+    )

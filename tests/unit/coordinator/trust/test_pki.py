@@ -624,6 +624,27 @@ async def test_tls_server_requires_tls13(tls: _Tls) -> None:
     assert seen == []
 
 
+async def test_tls_server_issues_no_session_tickets(tls: _Tls) -> None:
+    """No client resumes (agents, moorctl and fleetctl make a full handshake each time),
+    so a ticket is only work: two encryptions of a session holding the client's
+    certificate on every handshake, which a reconnect storm pays 10,000 times."""
+    seen: list[pki.CertInfo | None] = []
+    async with _server(tls, "required", seen) as port:
+        ctx = pki.client_ssl_context(tls.paths.ca_cert, tls.agent_identity("m6"))
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx), 10
+        )
+        try:
+            # Tickets come after the handshake, before the server's first data.
+            assert await asyncio.wait_for(reader.readline(), 10) == b"hello m6\n"
+            session = writer.get_extra_info("ssl_object").session
+            assert session is None or not session.has_ticket
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
 def test_peer_cert_info_without_tls() -> None:
     assert pki.peer_cert_info(None) is None
     assert pki.peer_cert_info(object()) is None
