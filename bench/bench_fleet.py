@@ -199,15 +199,43 @@ def _canned_server(paths: pki.PkiPaths, port: int, ready: Any) -> None:
     run_main(main())
 
 
-def submit_floor(rig: RealAgent, count: int) -> tuple[float, float]:
-    """`submit`'s exact requests from this client over TLS to `_canned_server`: what
-    the client, TLS and the loopback cost before any server-side work (wall seconds,
-    the server's CPU seconds)."""
+def _aiohttp_server(paths: pki.PkiPaths, port: int, ready: Any) -> None:
+    """The same answers from an aiohttp application with the two routes and nothing
+    else (no middleware, auth, access log or database): the framework's own share."""
+    from aiohttp import web
+
+    ctx = pki.server_ssl_context(
+        paths.server_cert, paths.server_key, paths.ca_cert, client_certs="optional"
+    )
+
+    async def get(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"code": 404, "message": "unit not found"}}, status=404)
+
+    async def put(request: web.Request) -> web.Response:
+        json.loads(await request.read())
+        return web.Response(status=201)
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/fleet/v1/units/{name}", get)
+        app.router.add_put("/fleet/v1/units/{name}", put)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+        ready.put(True)
+        await asyncio.sleep(3600)  # until terminated
+
+    run_main(main())
+
+
+def submit_floor(rig: RealAgent, count: int, serve: Any = _canned_server) -> tuple[float, float]:
+    """`submit`'s exact requests from this client over TLS to `serve` (`_canned_server`:
+    what the client, TLS and the loopback cost before any server-side work;
+    `_aiohttp_server`: that and the HTTP framework); wall seconds and the server's CPU
+    seconds."""
     port = free_port()
     ready: multiprocessing.Queue[bool] = multiprocessing.Queue()
-    server = multiprocessing.Process(
-        target=_canned_server, args=(rig.coordinator.paths, port, ready)
-    )
+    server = multiprocessing.Process(target=serve, args=(rig.coordinator.paths, port, ready))
     server.start()
     try:
         ready.get(timeout=30)
@@ -377,6 +405,7 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     client_cpu_s = time.process_time() - client_before
     floor_s = fsync_floor(c.state_dir, args.units)
     canned_s, canned_cpu_s = submit_floor(rig, args.units)
+    framework_s, framework_cpu_s = submit_floor(rig, args.units, _aiohttp_server)
     print(
         f"  submit {args.units}: {submit_s:.2f} s (coordinator CPU {submit_cpu_s:.2f} s;"
         f" {args.units} bare fdatasyncs just after: {floor_s:.2f} s)",
@@ -418,6 +447,8 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
         "fsync_floor_seconds (as many bare write+fdatasync)": round(floor_s, 2),
         "submit_floor_seconds (same requests, TLS server with canned answers)": round(canned_s, 2),
         "submit_floor_server_cpu_seconds": round(canned_cpu_s, 2),
+        "submit_aiohttp_floor_seconds (same, an aiohttp app answering them)": round(framework_s, 2),
+        "submit_aiohttp_floor_server_cpu_seconds": round(framework_cpu_s, 2),
         "submit_wait_seconds (fleetctl's inactive check, 1 GET each)": round(wait_s, 2),
         "list_unit_files_seconds": round(statistics.median(lists), 3),
         "start_seconds": round(statistics.median(starts), 2),
