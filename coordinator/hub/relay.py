@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 from aiohttp import web
 
+from coordinator.connector import LoopConnector
 from coordinator.errors import Unavailable
 from proto import messages as m
 
@@ -40,10 +41,13 @@ COMMANDS = (m.WebBuild, m.WebEnv, m.WebAction)
 MAX_OPEN_PER_RELAY = 16
 """Request ids one relay may have open (it serves one request; a follow may cancel)."""
 CONNECT_TIMEOUT_S = 5.0
+"""The connection: TCP and the TLS handshake (aiohttp's `sock_connect` bounds both)."""
 OPEN_TIMEOUT_S = 10.0
-"""The whole opening (TCP, TLS, the WebSocket upgrade): a coordinator whose link went
-silent (a partition between coordinators, a proxy holding the connection) must not
-hold the request that asked (`sock_connect` bounds only the TCP part)."""
+"""The whole opening (the connection, then the WebSocket upgrade): a coordinator whose
+link went silent (a partition between coordinators, a proxy holding the connection)
+must not hold the request that asked."""
+CLOSE_GONE = 4010
+"""A relay ends: the agent's session it served ended (`Hub._drop` closes it so)."""
 FORWARD_TIMEOUT_S = 2.0
 HEARTBEAT_S = 10.0
 """An open relay pings the other coordinator this often and ends when no pong comes
@@ -82,6 +86,20 @@ def refusal(machine_id: str, owner: str, exc: BaseException) -> str:
     )
 
 
+def ended(machine_id: str, owner: str, code: int | None, exc: BaseException | None) -> str:
+    """Why a relay ended, as told to what waited on it. Pure. Only the answering end's
+    CLOSE_GONE says the machine went away; any other end is the relay's own (the other
+    coordinator silent past the heartbeat, the connection reset, the other stopping),
+    and the machine may well still be connected there."""
+    if code == CLOSE_GONE:
+        return f"machine {machine_id} disconnected from coordinator {owner}"
+    detail = str(exc) if exc is not None and str(exc) else f"close code {code}"
+    return (
+        f"the relay to coordinator {owner}, which holds the session of machine"
+        f" {machine_id}, ended: {detail}"
+    )
+
+
 def request_id_of(message: m.Message) -> str:
     return str(getattr(message, "request_id", "") or "")
 
@@ -112,6 +130,8 @@ class RemoteSession:
         self._ws = ws
         self._on_answer = on_answer
         self._on_closed = on_closed
+        self.ended = ""
+        """Why the relay ended, for whoever waited on it (set before `on_closed` runs)."""
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -125,7 +145,8 @@ class RemoteSession:
         on_closed: ClosedHandler,
     ) -> RemoteSession:
         http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
+            connector=LoopConnector(),  # not aiohttp's own: see coordinator.connector
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
         )
         try:
             async with asyncio.timeout(OPEN_TIMEOUT_S):
@@ -137,11 +158,14 @@ class RemoteSession:
                     heartbeat=HEARTBEAT_S,
                     timeout=aiohttp.ClientWSTimeout(ws_close=CONNECT_TIMEOUT_S),
                 )
-        except TimeoutError:
+        except TimeoutError as exc:  # aiohttp's are TimeoutErrors too
             await http.close()
-            raise RelayFailed(
-                refusal(machine_id, owner, TimeoutError(f"no answer within {OPEN_TIMEOUT_S:g} s"))
-            ) from None
+            waited = (
+                f"no answer to the connection (TCP, TLS) within {CONNECT_TIMEOUT_S:g} s"
+                if isinstance(exc, aiohttp.ServerTimeoutError)
+                else f"no answer within {OPEN_TIMEOUT_S:g} s"
+            )
+            raise RelayFailed(refusal(machine_id, owner, TimeoutError(waited))) from None
         except (aiohttp.ClientError, OSError) as exc:
             await http.close()
             raise RelayFailed(refusal(machine_id, owner, exc)) from None
@@ -169,6 +193,9 @@ class RemoteSession:
         except Exception:
             log.exception("relay from coordinator %s failed", self.owner)
         finally:
+            self.ended = ended(
+                self.machine_id, self.owner, self._ws.close_code, self._ws.exception()
+            )
             self._on_closed(self)
 
     async def close(self) -> None:

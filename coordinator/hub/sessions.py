@@ -25,6 +25,7 @@ from aiohttp import web
 from coordinator import limits
 from coordinator.hub import liveness
 from coordinator.hub.relay import (
+    CLOSE_GONE,
     COMMANDS,
     MAX_OPEN_PER_RELAY,
     QUESTIONS,
@@ -55,8 +56,6 @@ CLOSE_REVOKED = 4001
 CLOSE_IDENTITY = 4003
 CLOSE_REPLACED = 4008
 CLOSE_SILENT = 4009
-CLOSE_GONE = 4010
-"""A relay ends: the agent's session it served ended."""
 CLOSE_NO_DATABASE = 1013
 """A coordinator cut off its database lets its agents go (WebSocket's "try again
 later": not one of the 4000s the agent takes as a refusal), so they dial the next."""
@@ -73,6 +72,14 @@ lost while the feed reconnects, or a NOTIFY that failed after its commit)."""
 
 MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
 MachinesHook = Callable[[list[str]], Awaitable[None]]
+
+
+def gone(session: Session | RemoteSession) -> str:
+    """Why what was asked through `session` will not be answered: the machine went away,
+    or (a relay) the link to the coordinator holding its session did. Pure."""
+    if isinstance(session, RemoteSession):
+        return session.ended or f"the relay to coordinator {session.owner} ended"
+    return f"machine {session.machine_id} disconnected"
 
 
 class HubStore(SessionStore, ClusterStore, Protocol):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from coordinator.errors import Conflict, Invalid, NotFound, Unavailable
 from coordinator.hub.relay import RelayFailed, RemoteSession
-from coordinator.hub.sessions import Hub, Session
+from coordinator.hub.sessions import Hub, Session, gone
 from coordinator.models import Unit
 from proto import messages as m
 
@@ -58,11 +58,7 @@ class LogService:
         for request_id, session_id in list(self._sessions.items()):
             queue = self._queues.get(request_id)
             if session_id == session.id and queue is not None:
-                queue.put_nowait(
-                    m.LogChunk(
-                        request_id, done=True, error=f"machine {session.machine_id} disconnected"
-                    )
-                )
+                queue.put_nowait(m.LogChunk(request_id, done=True, error=gone(session)))
 
     async def _on_message(self, session: Session | RemoteSession, message: m.Message) -> None:
         if isinstance(message, m.LogChunk):

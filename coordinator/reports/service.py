@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from coordinator.errors import NotFound, Unavailable
 from coordinator.events import EventBus
 from coordinator.hub.relay import RelayFailed, RemoteSession
-from coordinator.hub.sessions import Hub, Session
+from coordinator.hub.sessions import Hub, Session, gone
 from coordinator.models import DEFAULT_TENANT, MachineDrift, MachineSticker
 from coordinator.store.ports import MachineStore, ReportStore
 from proto import messages as m
@@ -157,9 +157,7 @@ class ReportService:
         """Questions to a machine that went away end now, with the reason."""
         for waiter in list(self._waiters.values()):
             if waiter.session_id == session.id and not waiter.future.done():
-                waiter.future.set_exception(
-                    ReportUnavailable("disconnected", f"machine {session.machine_id} disconnected")
-                )
+                waiter.future.set_exception(ReportUnavailable("disconnected", gone(session)))
 
     # --- what the API reads ------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import uuid
 import aiohttp
 import msgspec
 
+from coordinator.connector import LoopConnector
 from coordinator.errors import Invalid, NotFound
 from coordinator.events import Event, EventBus, matches
 from coordinator.store.ports import WebhookStore
@@ -363,7 +364,7 @@ class WebhookService:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                connector=aiohttp.TCPConnector(limit=self.inflight_max, limit_per_host=8),
+                connector=LoopConnector(limit=self.inflight_max, limit_per_host=8),
             )
         return self._session
 

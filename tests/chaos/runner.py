@@ -220,6 +220,7 @@ def scenarios(config: Config) -> list[Scenario]:
             )
     from tests.chaos import (
         agent_unit,
+        coord_partition,
         dockerkill,
         full_disk,
         leader,
@@ -235,6 +236,7 @@ def scenarios(config: Config) -> list[Scenario]:
         restore,
         leader,
         pg_partition,
+        coord_partition,
         dockerkill,
         tasks,
         full_disk,

@@ -25,6 +25,7 @@ GROUPS = {
     "restore": ("restore",),
     "leader": ("leader-kill",),
     "pg-partition": ("pg-partition",),
+    "coord-partition": ("coord-partition",),
     "dockerd": ("dockerd-kill", "dockerd-kill-live-restore"),
     "tasks": ("task-agent-kill",),
     "disk": ("disk-full",),

@@ -146,6 +146,9 @@ async def test_a_waiting_question_ends_when_the_session_on_b_does(tmp_path: Path
         with pytest.raises(ReportUnavailable) as refused:
             await asyncio.wait_for(asking, 10)
         assert refused.value.reason == "disconnected"
+        assert refused.value.message == (
+            f"machine {MACHINE} disconnected from coordinator {b.coordinator_id}"
+        )
         assert time.monotonic() - started < 10  # not the question's 30 s timeout
         # connected nowhere now: a clear refusal, for logs too
         deadline = time.monotonic() + 5
