@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--heartbeat", type=float, default=10.0)
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--no-restart", action="store_true", help="skip figure 5")
+    ap.add_argument(
+        "--hello-units", type=int, default=0, help="units each agent reports in its Hello"
+    )
     ap.add_argument("--name", default="agents")
     args = ap.parse_args(argv)
 
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         workers=args.workers,
         timeout=args.timeout,
         heartbeat=args.heartbeat,
+        hello_units=args.hello_units,
         **{"lost-after": 300},
     ) as fleet:
         coordinator, load = fleet.coordinator, fleet.load

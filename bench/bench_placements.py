@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     ap.add_argument("--name", default="placements")
     args = ap.parse_args(argv)
-    database: dict[str, str] = {}
+    database: dict[str, Any] = {}  # coordinator options
     if args.database == "postgresql":
         from tests.harness.databases import fresh_database
 

@@ -27,6 +27,7 @@ def _worker(
     conn: Connection,
     rack_count: int,
     backoff: tuple[float, float],
+    hello_units: int = 0,
 ) -> None:
     raise_fd_limit()
     try:
@@ -35,7 +36,7 @@ def _worker(
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(identities, hub_urls, ca_file, conn, rack_count, backoff))
+    asyncio.run(_serve(identities, hub_urls, ca_file, conn, rack_count, backoff, hello_units))
 
 
 async def _serve(
@@ -45,6 +46,7 @@ async def _serve(
     conn: Connection,
     rack_count: int,
     backoff: tuple[float, float],
+    hello_units: int,
 ) -> None:
     stats = Stats()
     stop = asyncio.Event()
@@ -60,6 +62,7 @@ async def _serve(
                 {"rack": f"r{n % rack_count}"},
                 first_hub=n,  # as if enrolled through each coordinator in turn
                 backoff=backoff,
+                hello_units=hello_units,
             )
             for n, i in enumerate(identities)
         ]
@@ -101,10 +104,12 @@ class LoadGen:
         workers: int = 2,
         racks: int = 10,
         backoff: tuple[float, float] = (0.25, 5.0),
+        hello_units: int = 0,
     ) -> None:
         """`hub_urls`: one hub, or several coordinators' (each agent starts on one in
         turn and fails over to the others); `backoff`: the agents' initial and longest
-        reconnect delay (s)."""
+        reconnect delay (s); `hello_units`: units each agent reports running in its
+        Hello (`SimAgent`)."""
         hubs = [hub_urls] if isinstance(hub_urls, str) else list(hub_urls)
         ctx = mp.get_context("fork")
         self._conns: list[Connection] = []
@@ -114,7 +119,7 @@ class LoadGen:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker,
-                args=(identities[w::workers], hubs, ca_file, child, racks, backoff),
+                args=(identities[w::workers], hubs, ca_file, child, racks, backoff, hello_units),
                 daemon=True,
             )
             proc.start()
@@ -181,7 +186,13 @@ class SimFleet:
 
 @contextlib.contextmanager
 def sim_fleet(
-    agents: int, *, workers: int, timeout: float, racks: int = 10, **coordinator_options: Any
+    agents: int,
+    *,
+    workers: int,
+    timeout: float,
+    racks: int = 10,
+    hello_units: int = 0,
+    **coordinator_options: Any,
 ) -> Iterator[SimFleet]:
     from bench import common
     from bench.simagent import enrol_many, raise_fd_limit
@@ -199,7 +210,14 @@ def sim_fleet(
         enrol_s = time.monotonic() - started
         print(f"enrolled {agents} agents in {enrol_s:.1f} s", flush=True)
         hub = f"wss://127.0.0.1:{coordinator.hub_port}/agent/v1"
-        load = LoadGen(identities, hub, coordinator.paths.ca_cert, workers=workers, racks=racks)
+        load = LoadGen(
+            identities,
+            hub,
+            coordinator.paths.ca_cert,
+            workers=workers,
+            racks=racks,
+            hello_units=hello_units,
+        )
         connect_s = load.wait(
             lambda s: s.get("connected", 0) >= agents, timeout, common.progress("connecting")
         )

@@ -113,9 +113,12 @@ class SimAgent:
         *,
         first_hub: int = 0,
         backoff: tuple[float, float] = (0.25, 5.0),
+        hello_units: int = 0,
     ) -> None:
         """`hub_urls`: every coordinator's hub, dialled from `first_hub` on and failed
-        over as the real agent does; `backoff`: its initial and longest delay (s)."""
+        over as the real agent does; `backoff`: its initial and longest delay (s);
+        `hello_units`: units it reports running in its Hello while the coordinator has
+        given it none (as an agent that ran them before the coordinator restarted)."""
         self.identity = identity
         self.hub_urls = [hub_urls] if isinstance(hub_urls, str) else list(hub_urls)
         self.hub = first_hub % len(self.hub_urls)
@@ -124,6 +127,18 @@ class SimAgent:
         self.metadata = metadata or {}
         self.revision = 0
         self.units: dict[str, m.DesiredUnit] = {}
+        self.held = [
+            m.UnitStatus(
+                name=f"held-{i:04d}.service",
+                hash=f"{i:040x}",
+                load_state="loaded",
+                active_state="active",
+                sub_state="running",
+                main_pid=1000 + i,
+                target_state="launched",
+            )
+            for i in range(hello_units)
+        ]
         self.connected = False
         self.spread = 0.0
         self.welcomed = False
@@ -210,7 +225,7 @@ class SimAgent:
             capabilities=["systemd", "docker"],
             resources=TASK_ROOM,
             applied_revision=self.revision,
-            snapshot=[self._status(u) for u in self.units.values()],
+            snapshot=[self._status(u) for u in self.units.values()] or self.held,
             agent_version="sim",
         )
 

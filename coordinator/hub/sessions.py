@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from typing import Any, Protocol
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from coordinator import limits
@@ -100,8 +101,9 @@ class Session:
         self.last_seen = self.connected_at
         self.hello: m.Hello | None = None
         self.machine: Machine | None = None
-        """The machine's stored record as read when the session was admitted (its
-        tenant, for the connect hooks: read once per session, not once per hook)."""
+        """The machine's stored record as read when the session was admitted, for the
+        Welcome and the connect hooks (its tenant: read once per session, not once per
+        hook); None once they ran, so a session does not keep it for its life."""
         self.cert_window = (0.0, 0.0)
         self.sent_revision = -1
         """The desired revision this agent was last sent (or had at its Hello): the
@@ -308,6 +310,11 @@ class Hub:
         log.info("machine %s connected (session %s)", session.machine_id, session.id)
         for hook in self.on_connect:
             await hook(session)
+        # What the hooks needed of the Hello and the admitted record is taken: keep the
+        # machine's facts, not its every unit's state and sticker, nor the record
+        # (kilobytes a session, per agent, for as long as the session lasts).
+        session.hello = msgspec.structs.replace(hello, snapshot=[], stickers=[])
+        session.machine = None
         session.ready = True
         return True
 

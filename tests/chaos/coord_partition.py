@@ -555,10 +555,6 @@ def coord_partition(seconds: float) -> Callable[[World, random.Random], Fault]:
     return inject
 
 
-def _needs() -> str | None:
-    return postgres_available()
-
-
 def scenarios(config: Config) -> list[Scenario]:
     seconds = 20.0 if config.shorter else 30.0
     return [
@@ -567,7 +563,7 @@ def scenarios(config: Config) -> list[Scenario]:
             coord_partition(seconds),
             config.loopback(),
             world=CoordPartitionWorld,
-            needs=_needs,
+            needs=postgres_available,
             rounds=lambda c: min(c.rounds, 3 * 10),  # 10 loud cuts (LOUD_EVERY), 20 silent
         )
     ]

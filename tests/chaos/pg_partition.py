@@ -432,10 +432,6 @@ def _fencing(
     return seen, out
 
 
-def _needs() -> str | None:
-    return postgres_available()
-
-
 def scenarios(config: Config) -> list[Scenario]:
     seconds = 12.0 if config.shorter else 30.0
     return [
@@ -444,7 +440,7 @@ def scenarios(config: Config) -> list[Scenario]:
             pg_partition(seconds),
             config.loopback(),
             world=PgPartitionWorld,
-            needs=_needs,
+            needs=postgres_available,
             rounds=lambda c: min(c.rounds, 3 * 10),  # 10 loud cuts (LOUD_EVERY), 20 silent
         )
     ]
