@@ -68,11 +68,10 @@ from urllib.parse import quote
 from coordinator.hub.relay import HEARTBEAT_S, OPEN_TIMEOUT_S
 from proto.tls import client_ssl_context
 from tests.chaos.leader import PairWorld, hub_url
-from tests.chaos.pg_partition import LOUD_EVERY, log_lines
+from tests.chaos.pg_partition import LOUD_EVERY, cut_scenario, log_lines
 from tests.chaos.runner import Config, Fault, FaultNotTaken, Scenario
 from tests.chaos.slow_link_proxy import LinkProxy
 from tests.chaos.world import ACK_MARK, GLOBAL, Shape, World, options, written_number
-from tests.harness.postgres import postgres_available
 from tests.procs import CoordinatorProc
 
 SLACK_S = 3.0
@@ -556,14 +555,4 @@ def coord_partition(seconds: float) -> Callable[[World, random.Random], Fault]:
 
 
 def scenarios(config: Config) -> list[Scenario]:
-    seconds = 20.0 if config.shorter else 30.0
-    return [
-        Scenario(
-            "coord-partition",
-            coord_partition(seconds),
-            config.loopback(),
-            world=CoordPartitionWorld,
-            needs=postgres_available,
-            rounds=lambda c: min(c.rounds, 3 * 10),  # 10 loud cuts (LOUD_EVERY), 20 silent
-        )
-    ]
+    return [cut_scenario("coord-partition", coord_partition, CoordPartitionWorld, config, 20.0)]

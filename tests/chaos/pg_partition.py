@@ -432,15 +432,25 @@ def _fencing(
     return seen, out
 
 
+def cut_scenario(
+    name: str,
+    inject: Callable[[float], Callable[[World, random.Random], Fault]],
+    world: Callable[[Path, Shape], World],
+    config: Config,
+    short_s: float,
+) -> Scenario:
+    """A scenario of two coordinators on PostgreSQL whose proxies cut a link for 30 s
+    (`short_s` in the short run), loudly every LOUD_EVERY rounds: 30 rounds at most,
+    10 loud cuts and 20 silent ones."""
+    return Scenario(
+        name,
+        inject(short_s if config.shorter else 30.0),
+        config.loopback(),
+        world=world,
+        needs=postgres_available,
+        rounds=lambda c: min(c.rounds, 3 * 10),
+    )
+
+
 def scenarios(config: Config) -> list[Scenario]:
-    seconds = 12.0 if config.shorter else 30.0
-    return [
-        Scenario(
-            "pg-partition",
-            pg_partition(seconds),
-            config.loopback(),
-            world=PgPartitionWorld,
-            needs=postgres_available,
-            rounds=lambda c: min(c.rounds, 3 * 10),  # 10 loud cuts (LOUD_EVERY), 20 silent
-        )
-    ]
+    return [cut_scenario("pg-partition", pg_partition, PgPartitionWorld, config, 12.0)]

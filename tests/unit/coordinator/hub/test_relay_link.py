@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -32,6 +32,13 @@ CTX = ssl.create_default_context()
 
 async def _nothing(_remote: RemoteSession, _message: m.Message) -> None:
     return None
+
+
+async def _open(
+    url: str, on_closed: Callable[[RemoteSession], None] = lambda _r: None
+) -> RemoteSession:
+    """A relay to machine m1 on coordinator b, answers ignored."""
+    return await RemoteSession.open(url, "m1", "b", CTX, _nothing, on_closed)
 
 
 @pytest.fixture
@@ -58,14 +65,7 @@ async def test_opening_a_relay_to_a_silent_coordinator_gives_up_in_time(
     monkeypatch.setattr(relay, "OPEN_TIMEOUT_S", 0.5)
     started = time.monotonic()
     with pytest.raises(RelayFailed, match=r"could not be asked: no answer within 0\.5 s"):
-        await RemoteSession.open(
-            f"ws://127.0.0.1:{silent_server}/agent/v1",
-            "m1",
-            "b",
-            CTX,
-            _nothing,
-            lambda _r: None,
-        )
+        await _open(f"ws://127.0.0.1:{silent_server}/agent/v1")
     assert time.monotonic() - started < 2.0
 
 
@@ -78,14 +78,7 @@ async def test_a_tls_handshake_left_unanswered_is_refused_naming_its_bound(
     monkeypatch.setattr(relay, "OPEN_TIMEOUT_S", 5.0)
     started = time.monotonic()
     with pytest.raises(RelayFailed) as refused:
-        await RemoteSession.open(
-            f"wss://127.0.0.1:{silent_server}/agent/v1",
-            "m1",
-            "b",
-            CTX,
-            _nothing,
-            lambda _r: None,
-        )
+        await _open(f"wss://127.0.0.1:{silent_server}/agent/v1")
     assert time.monotonic() - started < 2.0
     assert str(refused.value) == (
         "machine m1 is connected to coordinator b, which could not be asked: no answer to "
@@ -139,14 +132,7 @@ async def test_an_open_relay_whose_link_goes_silent_ends_by_its_heartbeat(
     proxy = LinkProxy(("127.0.0.1", port)).start()
     closed = asyncio.Event()
     try:
-        remote = await RemoteSession.open(
-            f"ws://127.0.0.1:{proxy.port}/agent/v1",
-            "m1",
-            "b",
-            CTX,
-            _nothing,
-            lambda _r: closed.set(),
-        )
+        remote = await _open(f"ws://127.0.0.1:{proxy.port}/agent/v1", lambda _r: closed.set())
         await asyncio.sleep(1.0)
         assert not closed.is_set()  # pings answered: the relay stays
         proxy.blackhole()
@@ -167,9 +153,7 @@ async def test_a_relay_the_answering_end_closes_as_gone_says_the_machine_went(
 ) -> None:
     port, sockets = relay_server
     closed = asyncio.Event()
-    remote = await RemoteSession.open(
-        f"ws://127.0.0.1:{port}/agent/v1", "m1", "b", CTX, _nothing, lambda _r: closed.set()
-    )
+    remote = await _open(f"ws://127.0.0.1:{port}/agent/v1", lambda _r: closed.set())
     try:
         for _ in range(500):  # the server's end is listed just after the upgrade
             if sockets:
