@@ -33,6 +33,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         f.close()
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C reaches a command run from a terminal. A test run started in the
+    background of a non-interactive shell has SIGINT ignored, which its children
+    inherit (Python then leaves it ignored, and SIGINT would not end the follow)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_unit_on_a_chosen_machine(fleet: Fleet) -> None:
     (fleet.workdir / "pinned.service").write_text(
         TICKER.format(word="pinned") + "\n[X-Fleet]\nMachineID=m2\n"
@@ -67,6 +74,7 @@ def test_unit_on_a_chosen_machine(fleet: Fleet) -> None:
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         assert follower.stdout is not None
