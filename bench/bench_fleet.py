@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote
@@ -166,12 +167,17 @@ _CANNED = {
 }
 
 
+def _api_context(paths: pki.PkiPaths) -> ssl.SSLContext:
+    """The coordinator's API context (client certificates optional), for the floors."""
+    return pki.server_ssl_context(
+        paths.server_cert, paths.server_key, paths.ca_cert, client_certs="optional"
+    )
+
+
 def _canned_server(paths: pki.PkiPaths, port: int, ready: Any) -> None:
     """A TLS server with the coordinator's context and event loop that answers each
     request with a fixed response: no HTTP framework, routing, auth or database."""
-    ctx = pki.server_ssl_context(
-        paths.server_cert, paths.server_key, paths.ca_cert, client_certs="optional"
-    )
+    ctx = _api_context(paths)
 
     class Canned(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,9 +210,7 @@ def _aiohttp_server(paths: pki.PkiPaths, port: int, ready: Any) -> None:
     else (no middleware, auth, access log or database): the framework's own share."""
     from aiohttp import web
 
-    ctx = pki.server_ssl_context(
-        paths.server_cert, paths.server_key, paths.ca_cert, client_certs="optional"
-    )
+    ctx = _api_context(paths)
 
     async def get(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": 404, "message": "unit not found"}}, status=404)
@@ -228,7 +232,9 @@ def _aiohttp_server(paths: pki.PkiPaths, port: int, ready: Any) -> None:
     run_main(main())
 
 
-def submit_floor(rig: RealAgent, count: int, serve: Any = _canned_server) -> tuple[float, float]:
+def submit_floor(
+    rig: RealAgent, count: int, serve: Callable[[pki.PkiPaths, int, Any], None] = _canned_server
+) -> tuple[float, float]:
     """`submit`'s exact requests from this client over TLS to `serve` (`_canned_server`:
     what the client, TLS and the loopback cost before any server-side work;
     `_aiohttp_server`: that and the HTTP framework); wall seconds and the server's CPU
@@ -242,12 +248,7 @@ def submit_floor(rig: RealAgent, count: int, serve: Any = _canned_server) -> tup
         client = FleetClient(rig, port)
         cpu = psutil.Process(server.pid)
         before = sum(cpu.cpu_times()[:2])
-        started = time.monotonic()
-        for i in range(count):
-            name = f"floor{i:05d}.service"
-            client.call("GET", f"units/{quote(name)}")
-            client.call("PUT", f"units/{quote(name)}", {"name": name, "options": options(i)})
-        elapsed = time.monotonic() - started
+        elapsed = submit(client, [f"floor{i:05d}.service" for i in range(count)])
         client.close()
         return elapsed, sum(cpu.cpu_times()[:2]) - before
     finally:

@@ -27,9 +27,12 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import ssl
 import tempfile
 import time
 from pathlib import Path
+
+import psutil
 
 from bench.common import write
 from coordinator import memory
@@ -39,10 +42,15 @@ from proto.tls import client_ssl_context
 from tests.procs import free_port
 
 
-def _serve(paths: pki.PkiPaths, port: int, count: int, out: multiprocessing.Queue[float]) -> None:
-    ctx = pki.server_ssl_context(
+def _hub_context(paths: pki.PkiPaths) -> ssl.SSLContext:
+    """The coordinator's server context with client certificates required (the hub's)."""
+    return pki.server_ssl_context(
         paths.server_cert, paths.server_key, paths.ca_cert, client_certs="required"
     )
+
+
+def _serve(paths: pki.PkiPaths, port: int, count: int, out: multiprocessing.Queue[float]) -> None:
+    ctx = _hub_context(paths)
     seen = 0
     started = 0.0
     done = asyncio.Event()
@@ -90,26 +98,12 @@ def _dial(paths: pki.PkiPaths, port: int, count: int, out: multiprocessing.Queue
     run_main(main())
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def _hold(
     paths: pki.PkiPaths, port: int, count: int, tls: bool, out: multiprocessing.Queue[float]
 ) -> None:
     """Accept `count` connections and keep them; put the resident KiB each one added."""
     memory.fix_mmap_threshold()
-    ctx = (
-        pki.server_ssl_context(
-            paths.server_cert, paths.server_key, paths.ca_cert, client_certs="required"
-        )
-        if tls
-        else None
-    )
+    ctx = _hub_context(paths) if tls else None
     held: list[asyncio.BaseTransport] = []
     done = asyncio.Event()
 
@@ -127,12 +121,12 @@ def _hold(
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Keep, "127.0.0.1", port, ssl=ctx, backlog=4096)
         await asyncio.sleep(0.2)
-        base = _rss_kib()
+        base = psutil.Process().memory_info().rss // 1024
         out.put(-1.0)  # listening
         async with server:
             await done.wait()
             await asyncio.sleep(0.5)  # let the last handshakes' temporaries go
-            out.put((_rss_kib() - base) / count)
+            out.put((psutil.Process().memory_info().rss // 1024 - base) / count)
             await asyncio.sleep(3600)  # until terminated
 
     run_main(main())

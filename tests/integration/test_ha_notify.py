@@ -216,8 +216,11 @@ async def coordinators_in_process(
             await c.stop()
 
 
-async def link_to(a: Coordinator, b: Coordinator, root: Path) -> RawLink:
-    """Enrolled through A's API, the session on B's hub."""
+async def link_to(
+    a: Coordinator, b: Coordinator, root: Path, hello: m.Hello | None = None
+) -> RawLink:
+    """Enrolled through A's API, the session on B's hub (ready: its hooks ran), opened
+    with `hello` (default: a machine with docker and room for tasks)."""
     identity = Identity(root / f"raw-{MACHINE}")
     await enrol(
         coordinator_url=f"https://127.0.0.1:{a.api_port}",
@@ -230,7 +233,7 @@ async def link_to(a: Coordinator, b: Coordinator, root: Path) -> RawLink:
         f"wss://127.0.0.1:{b.hub_port}/agent/v1", ssl=identity.ssl_context(), max_msg_size=0
     )
     link = RawLink(http, ws)
-    hello = m.Hello(
+    hello = hello or m.Hello(
         proto=m.PROTO_VERSION,
         machine_id=MACHINE,
         hostname="sim",

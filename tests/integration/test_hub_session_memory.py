@@ -5,28 +5,14 @@ coordinator holding thousands). A real hub, in process, and a real TLS WebSocket
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
-import aiohttp
-
-from agent.enrol import enrol
-from agent.identity import Identity
 from proto import messages as m
-from tests.integration.linkclient import RawLink
-from tests.integration.test_ha_notify import MACHINE, coordinators_in_process
+from tests.integration.test_ha_notify import MACHINE, coordinators_in_process, link_to
 
 
 async def test_a_ready_session_keeps_the_hellos_facts_not_its_bulk(tmp_path: Path) -> None:
     async with coordinators_in_process(tmp_path) as (a, _):
-        identity = Identity(tmp_path / "raw")
-        await enrol(
-            coordinator_url=f"https://127.0.0.1:{a.api_port}",
-            token=a.tokens.create_join_token(600),
-            machine_id=MACHINE,
-            identity=identity,
-        )
         snapshot = [
             m.UnitStatus(
                 f"u{i}.service",
@@ -47,18 +33,8 @@ async def test_a_ready_session_keeps_the_hellos_facts_not_its_bulk(tmp_path: Pat
             snapshot=snapshot,
             stickers=[sticker],
         )
-        http = aiohttp.ClientSession()
-        ws = await http.ws_connect(
-            f"wss://127.0.0.1:{a.hub_port}/agent/v1", ssl=identity.ssl_context(), max_msg_size=0
-        )
-        link = RawLink(http, ws)
+        link = await link_to(a, a, tmp_path, hello)
         try:
-            await link.send(hello)
-            assert isinstance(await link.recv(), m.Welcome)
-            deadline = time.monotonic() + 5
-            while not ((s := a.hub.sessions.get(MACHINE)) and s.ready):
-                assert time.monotonic() < deadline, "no ready session"
-                await asyncio.sleep(0.01)
             session = a.hub.sessions[MACHINE]
             assert session.hello is not None
             assert session.hello.snapshot == [] and session.hello.stickers == []
