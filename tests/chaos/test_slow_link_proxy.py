@@ -66,15 +66,21 @@ def test_refuse_resets_live_and_new_connections(proxy: LinkProxy) -> None:
     assert live.recv(64) == b"x"
     assert proxy.refuse() == 1
     assert _cut(live, b"y")
-    late = _connect(proxy)
-    assert _cut(late, b"z")
+    late: socket.socket | None = None
+    try:
+        late = _connect(proxy)
+    except ConnectionResetError:
+        pass  # a timed connect polls for its end; a reset before the poll is reported by it
+    if late is not None:
+        assert _cut(late, b"z")
     assert proxy.counts.refused >= 1
     proxy.transparent()
     again = _connect(proxy)
     again.sendall(b"ok")
     assert again.recv(64) == b"ok"
     for s in (live, late, again):
-        s.close()
+        if s is not None:
+            s.close()
 
 
 def _cut(s: socket.socket, data: bytes) -> bool:
