@@ -43,7 +43,6 @@ from coordinator.envs.model import (
 )
 from coordinator.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from coordinator.events import ACTOR, Event, EventBus
-from coordinator.hub.sessions import Session
 from coordinator.models import DEFAULT_TENANT, Deployment, Release
 from coordinator.reports.service import ReportService, ReportUnavailable
 from coordinator.store.ports import EnvironmentStore
@@ -116,7 +115,7 @@ class EnvironmentService:
         self._work: set[asyncio.Task[None]] = set()
         events.subscribe(self._on_rollout, ("deployment.completed", "deployment.failed"))
         deployments.deploy_guards.append(self._guard_deploy)
-        deployments.hub.on_connect.append(self._on_connect)
+        deployments.hub.on_connected.append(self._on_connected)
 
     # --- environments ---------------------------------------------------------------------
 
@@ -514,14 +513,16 @@ class EnvironmentService:
         if group is not None and sorted(group.machines) != wanted:
             await self.deployments.update_group(group.id, machines=wanted, tenant=env.tenant)
 
-    async def _on_connect(self, session: Session) -> None:
-        """A machine that enrols (or comes back) binds the targets that name it."""
-        machine = session.machine
-        if machine is not None:
+    async def _on_connected(self, machine_ids: list[str]) -> None:
+        """Machines that enrol (or come back) bind the targets that name them: once per
+        tenant of the wave."""
+        hub = self.deployments.hub
+        tenants = {s.tenant for mid in machine_ids if (s := hub.sessions.get(mid)) is not None}
+        for tenant in sorted(tenants):
             try:
-                await self._bind(machine.tenant)
-            except Exception:  # a hook must not break the agent's session
-                log.exception("binding targets to machine %s failed", machine.id)
+                await self._bind(tenant)
+            except Exception:  # a hook must not break the agents' sessions
+                log.exception("binding targets to machines of tenant %s failed", tenant)
 
     def _driven(self, target: Target) -> None:
         if target.target_type not in AGENT_DRIVEN:

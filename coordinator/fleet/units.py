@@ -215,6 +215,7 @@ class UnitService:
         """Other producers of a machine's units (deployments' releases); fleet units
         come first and a source never replaces one of them."""
         hub.on_connect.append(self._on_connect)
+        hub.on_connected.append(self._on_connected)
         hub.on_state_change.append(self._on_machine_state)
         hub.handlers.append(self._on_message)
 
@@ -580,14 +581,25 @@ class UnitService:
                 replace_all=True,
             )
         )
-        machine = self.storage.get_machine(session.machine_id)
-        if machine is None:
-            return
-        if hello.applied_revision == machine.desired_revision:
-            # The agent already has exactly this revision: nothing to send now.
-            self._sent[session.machine_id] = Sent(session.id, machine.desired_revision, None)
-        else:
-            await self._push_one(session.machine_id, full=True)
+
+    async def _on_connected(self, machine_ids: list[str]) -> None:
+        """A wave of new sessions: their stored desired revisions in one read; an agent
+        that already holds its revision is sent nothing now, the others their whole
+        desired state."""
+        revisions = await asyncio.to_thread(self.storage.desired_revisions, machine_ids)
+        stale: list[str] = []
+        for mid in machine_ids:
+            session = self.hub.sessions.get(mid)
+            if session is None or session.hello is None or mid not in revisions:
+                continue
+            sent = self._sent.get(mid)
+            if sent is not None and sent.session_id == session.id:
+                continue  # a push reached this session first
+            if session.hello.applied_revision == revisions[mid]:
+                self._sent[mid] = Sent(session.id, revisions[mid], None)
+            else:
+                stale.append(mid)
+        await asyncio.gather(*(self._push_one(mid, full=True) for mid in stale))
         self.reschedule_soon()
 
     async def _on_message(self, session: Session, message: m.Message) -> None:

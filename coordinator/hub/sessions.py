@@ -104,12 +104,15 @@ class Session:
         """The machine's stored record as read when the session was admitted, for the
         Welcome and the connect hooks (its tenant: read once per session, not once per
         hook); None once they ran, so a session does not keep it for its life."""
+        self.tenant = ""
+        """The machine's tenant (kept from `machine`, for the hooks of its wave)."""
         self.cert_window = (0.0, 0.0)
         self.sent_revision = -1
         """The desired revision this agent was last sent (or had at its Hello): the
         change feed's safety net compares it with the stored one."""
         self.ready = False
-        """Its Hello is handled and every on_connect hook ran (what they derived is sent)."""
+        """Its Hello is handled and every on_connect hook ran; its wave's `on_connected`
+        hooks run after (what they derive is sent then)."""
         self._metrics = metrics
         self.expensive = limits.TokenBucket(
             limits.EXPENSIVE_RATE_PER_S, limits.EXPENSIVE_BURST, time.monotonic()
@@ -153,6 +156,15 @@ class Hub:
         self.handlers: list[MessageHandler] = []
         """Domain services subscribe here for Applied, StateReport, LogChunk..."""
         self.on_connect: list[Callable[[Session], Awaitable[None]]] = []
+        """Called with each session after its Welcome, before it is ready: for what must
+        be taken from the Hello before the session drops its bulk (no store reads here:
+        they go in `on_connected`, once a wave)."""
+        self.on_connected: list[MachinesHook] = []
+        """Called with the machines whose sessions became ready since the last call: a
+        reconnect wave of thousands of agents costs a hook one read per batch, not one
+        per Hello (a batch is what arrived while the previous one was handled)."""
+        self._arrived: list[str] = []
+        self._arrivals: asyncio.Task[None] | None = None
         self.on_state_change: list[Callable[[str, str], Awaitable[None]]] = []
         """Called with (machine id, new state) for liveness transitions (lost, ...)."""
         self.on_disconnect: list[Callable[[Session], None]] = []
@@ -208,6 +220,7 @@ class Hub:
         await ws.prepare(request)
         session = Session(peer.common_name, peer.serial, ws, self.metrics)
         session.machine = machine
+        session.tenant = machine.tenant
         session.cert_window = (peer.not_before, peer.not_after)
         try:
             if await self._handshake(session):
@@ -316,7 +329,20 @@ class Hub:
         session.hello = msgspec.structs.replace(hello, snapshot=[], stickers=[])
         session.machine = None
         session.ready = True
+        self._arrived.append(session.machine_id)
+        if self._arrivals is None or self._arrivals.done():
+            self._arrivals = asyncio.create_task(self._connected_waves())
         return True
+
+    async def _connected_waves(self) -> None:
+        """Hand the `on_connected` hooks what arrived, a batch at a time, until none is
+        left; sessions that ended meanwhile are left out."""
+        while self._arrived:
+            await asyncio.sleep(0)  # the Hellos handled in this turn of the loop join
+            batch = sorted({mid for mid in self._arrived if self._ready(mid)})
+            self._arrived.clear()
+            if batch:
+                await self._call(self.on_connected, batch)
 
     def _connected(self, machine_id: str, hello: m.Hello, now: float) -> None:
         """One buffered write: the machine is connected, to this coordinator."""
@@ -622,7 +648,7 @@ class Hub:
         sessions = {mid: s for mid in ids if (s := self.sessions.get(mid)) and s.ready}
         if not sessions:
             return
-        revisions = self.feed.desired_revisions(sessions)
+        revisions = self.storage.desired_revisions(sessions)
         revoked = self.feed.revoked_serials(s.serial for s in sessions.values())
         stale: list[str] = []
         for mid, session in sessions.items():

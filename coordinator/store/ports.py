@@ -142,6 +142,11 @@ class MachineStore(Protocol):
 
     def get_machine(self, machine_id: str) -> Machine | None: ...
 
+    def desired_revisions(self, machine_ids: Iterable[str]) -> dict[str, int]:
+        """The stored desired revision of each machine that exists and is not revoked
+        (one query): what a wave of new sessions and the hub's safety net compare with
+        what their agents hold or were last sent."""
+
     def list_machines(
         self, *, include_revoked: bool = False, tenant: str | None = None
     ) -> list[Machine]:
@@ -672,6 +677,9 @@ class WebOpsStore(Protocol):
 
     def webops_on_machine(self, machine_id: str) -> list[WebDeployment]: ...
 
+    def webops_building(self) -> list[WebDeployment]:
+        """Every tenant's deployments with a build in progress (few, at any time)."""
+
     def webops_list(self, tenant: str, query: WebQuery) -> tuple[list[WebDeployment], int]:
         """(one page, newest first; total matching)."""
 
@@ -938,10 +946,6 @@ class ChangeFeed(Protocol):
     def announce(self, machine_ids: Iterable[str]) -> None:
         """Tell every coordinator that these machines' stored state changed (already
         committed): for changes that do not bump a desired revision."""
-
-    def desired_revisions(self, machine_ids: Iterable[str]) -> dict[str, int]:
-        """The stored desired revision of each machine that exists and is not revoked
-        (one query): the safety net compares it with what the hub last sent."""
 
     def revoked_serials(self, serials: Iterable[str]) -> set[str]:
         """Which of these certificate serials are revoked (one query, never cached): a

@@ -105,6 +105,7 @@ class TaskService:
         self._writers: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
         hub.on_connect.append(self._on_connect)
+        hub.on_connected.append(self._on_connected)
         hub.on_state_change.append(self._on_state_change)
         hub.on_nudge.append(self._on_nudge)
 
@@ -405,7 +406,10 @@ class TaskService:
         hello = session.hello
         assert hello is not None
         self._remember(session.machine_id, hello.capabilities, hello.resources, hello.hostname)
-        await self._resend({session.machine_id}, self._runs.values())
+
+    async def _on_connected(self, machine_ids: list[str]) -> None:
+        """A wave of new sessions: what their agents must hold, one pass over the runs."""
+        await self._resend(set(machine_ids), self._runs.values())
         self.kick()
 
     async def _resend(self, machine_ids: set[str], runs: Iterable[TaskRun]) -> None:

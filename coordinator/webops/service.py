@@ -147,7 +147,7 @@ class WebOpsService:
         """Set by the server: marks the bulk jobs this coordinator runs."""
         self._job_tasks: set[asyncio.Task[None]] = set()
         hub.handlers.append(self._on_message)
-        hub.on_connect.append(self._on_connect)
+        hub.on_connected.append(self._on_connected)
 
     # --- queries ------------------------------------------------------------------------
 
@@ -462,15 +462,17 @@ class WebOpsService:
         self._log(dep, "error", f"build {build_id} failed: {error}{keeps}")
         self.events.emit("webops.failed", tenant=dep.tenant, subject=dep.name, build=build_id)
 
-    async def _on_connect(self, session: Session) -> None:
+    async def _on_connected(self, machine_ids: list[str]) -> None:
         """Builds whose outcome never arrived (the agent or the coordinator restarted
         mid-build, or the link dropped) are sent again under the same id: the agent
         makes a build once (a repeat of the build it is making is answered by that
         build's outcome, a repeat of one it made gets its outcome again) and from
         scratch only without a good outcome of it (it died mid-build), so a repeat is
-        harmless. An outcome of a build no longer in progress is ignored (`_on_built`)."""
-        for dep in self.storage.webops_on_machine(session.machine_id):
-            if dep.building:
+        harmless. An outcome of a build no longer in progress is ignored (`_on_built`).
+        One read for a wave of sessions: the builds in progress, on any machine."""
+        wave = set(machine_ids)
+        for dep in await asyncio.to_thread(self.storage.webops_building):
+            if dep.machine_id in wave:
                 self._log(dep, "warning", f"build {dep.building} sent again (machine reconnected)")
                 with contextlib.suppress(Unavailable):
                     await self._send(dep, self._build_message(dep))

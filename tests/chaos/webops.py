@@ -16,7 +16,7 @@ start or the build step: the note says where).
 The promise, as the code is designed (coordinator/webops/service.py, agent/webops.py):
 a redeploy answered 2xx has stored its build (`building = b<n>`) before answering;
 the coordinator sends a build whose outcome never arrived again whenever the
-machine's agent connects (`_on_connect`: after an agent restart, a coordinator
+machine's agent connects (`_on_connected`: after an agent restart, a coordinator
 restart or a dropped link), under the same build id, and the agent makes a build
 once: a repeat of the build it is making is answered by that build's outcome, a
 repeat of one it made by its stored outcome, and one without a good outcome (the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import RowMapping
@@ -15,6 +15,7 @@ from coordinator.store.sql.core import (
     REVOCATION_CACHE_MAX,
     REVOCATION_CACHE_S,
     SqlCore,
+    in_chunks,
     record_issued,
 )
 
@@ -52,6 +53,19 @@ class MachinesSql(SqlCore):
     def get_machine(self, machine_id: str) -> Machine | None:
         row = self._first(_GET_MACHINE, {"mid": machine_id})
         return _machine(row) if row else None
+
+    def desired_revisions(self, machine_ids: Iterable[str]) -> dict[str, int]:
+        """Revoked machines are left out, like machines that do not exist: their sessions
+        must end."""
+        out: dict[str, int] = {}
+        for chunk in in_chunks(sorted(set(machine_ids))):
+            rows = self._rows(
+                sa.select(_m.c.id, _m.c.desired_revision).where(
+                    _m.c.id.in_(chunk), _m.c.revoked == 0
+                )
+            )
+            out.update({row.id: int(row.desired_revision) for row in rows})
+        return out
 
     def list_machines(
         self, *, include_revoked: bool = False, tenant: str | None = None

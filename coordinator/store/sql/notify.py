@@ -11,7 +11,7 @@ becomes one pass over the sessions.
 NOTIFY is not durable: while the listener is away (the server restarted, the network
 dropped) notifications are lost. So after every (re)connection the feed yields None
 ("check everything"), and the hub compares stored revisions with what it last sent
-(`desired_revisions`, `revoked_serials`) then and every few seconds.
+(the machines' `desired_revisions`, `revoked_serials`) then and every few seconds.
 
 SQLite: one coordinator, whose services push in process; the feed never yields.
 """
@@ -58,18 +58,6 @@ class NotifySql(SqlCore):
             return
         with self._tx() as db:
             notify_machines(db, ids)
-
-    def desired_revisions(self, machine_ids: Iterable[str]) -> dict[str, int]:
-        """Revoked machines are left out, like machines that do not exist: their sessions
-        must end."""
-        m = schema.machines
-        out: dict[str, int] = {}
-        for chunk in in_chunks(sorted(set(machine_ids))):
-            rows = self._rows(
-                sa.select(m.c.id, m.c.desired_revision).where(m.c.id.in_(chunk), m.c.revoked == 0)
-            )
-            out.update({row.id: int(row.desired_revision) for row in rows})
-        return out
 
     def revoked_serials(self, serials: Iterable[str]) -> set[str]:
         r = schema.revoked_certs

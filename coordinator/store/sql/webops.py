@@ -136,6 +136,10 @@ class WebOpsSql(SqlCore):
         )
         return [_dep(r) for r in rows]
 
+    def webops_building(self) -> list[WebDeployment]:
+        rows = self._maps(sa.select(deps).where(deps.c.building != "").order_by(deps.c.id))
+        return [_dep(r) for r in rows]
+
     def webops_list(self, tenant: str, query: WebQuery) -> tuple[list[WebDeployment], int]:
         cond: list[sa.ColumnElement[bool]] = [deps.c.tenant == tenant]
         if query.status:

@@ -80,6 +80,7 @@ async def connect(
     session = RecordingSession(machine_id, memory_mb, tasks=tasks)
     c.hub.sessions[machine_id] = cast(Session, session)
     await c.tasks._on_connect(cast(Session, session))
+    await c.tasks._on_connected([machine_id])
     return session
 
 

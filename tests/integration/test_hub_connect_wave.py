@@ -1,0 +1,119 @@
+"""A wave of agents connecting (a coordinator restarted under its fleet) costs the
+connect hooks a few store reads per batch of sessions, not several per Hello: the
+stored desired revisions, the builds in progress and each tenant's targets are read
+once for what arrived together. And what the batch decides is still exact: an agent
+whose stored revision moved is sent its whole desired state, one that holds it is
+sent nothing. A real hub, in process, real TLS WebSockets, a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.enrol import enrol
+from agent.identity import Identity
+from coordinator.server import Coordinator
+from coordinator.store.sql import SqlStore
+from coordinator.store.sql.core import bump
+from proto import messages as m
+from tests.integration.linkclient import RawLink
+from tests.integration.test_ha_notify import coordinators_in_process, eventually, quiet
+
+pytestmark = pytest.mark.integration
+
+AGENTS = 16
+COUNTED = ("desired_revisions", "get_machine", "targets_of", "webops_building")
+
+
+async def _enrolled(c: Coordinator, root: Path, machine_id: str) -> Identity:
+    identity = Identity(root / machine_id)
+    await enrol(
+        coordinator_url=f"https://127.0.0.1:{c.api_port}",
+        token=c.tokens.create_join_token(600),
+        machine_id=machine_id,
+        identity=identity,
+    )
+    return identity
+
+
+async def _hello(c: Coordinator, identity: Identity, machine_id: str) -> RawLink:
+    """Connected, Hello sent (holding revision 0), Welcome received."""
+    http = aiohttp.ClientSession()
+    ws = await http.ws_connect(
+        f"wss://127.0.0.1:{c.hub_port}/agent/v1", ssl=identity.ssl_context(), max_msg_size=0
+    )
+    link = RawLink(http, ws)
+    await link.send(m.Hello(proto=m.PROTO_VERSION, machine_id=machine_id, hostname=machine_id))
+    assert isinstance(await link.recv(), m.Welcome)
+    return link
+
+
+def _count(store: Any, calls: Counter[str], hold: threading.Event) -> None:
+    """Count the store's reads; the first revisions read waits for `hold` (in its
+    worker thread), so every other Hello arrives while the first batch is handled."""
+
+    def counted(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            if name == "desired_revisions" and calls[name] == 1:
+                assert hold.wait(20)
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in COUNTED:
+        setattr(store, name, counted(name, getattr(store, name)))
+
+
+async def test_a_wave_of_hellos_is_read_for_once_per_batch(tmp_path: Path) -> None:
+    async with coordinators_in_process(tmp_path) as (c, _):
+        ids = [f"wave-{i:02d}" for i in range(AGENTS)]
+        identities = [await _enrolled(c, tmp_path, mid) for mid in ids]
+        moved = set(ids[::2])  # their stored revision is past what the agent holds
+        assert isinstance(c.storage, SqlStore)
+        with c.storage.batch() as db:
+            bump(db, moved)
+        revision = c.storage.desired_revisions(moved)
+        assert len(revision) == len(moved) and 0 not in revision.values()
+
+        calls: Counter[str] = Counter()
+        hold = threading.Event()
+        _count(c.storage, calls, hold)
+        links: list[RawLink] = []
+        try:
+            links = list(
+                await asyncio.gather(
+                    *(_hello(c, i, mid) for i, mid in zip(identities, ids, strict=True))
+                )
+            )
+            await eventually(
+                lambda: all((s := c.hub.sessions.get(mid)) and s.ready for mid in ids), 10
+            )
+            hold.set()
+            for mid, link in zip(ids, links, strict=True):
+                if mid in moved:
+                    desired = await link.recv(skip=(m.Heartbeat,))
+                    assert isinstance(desired, m.Desired)
+                    assert desired.full and desired.revision == revision[mid]
+            for mid, link in zip(ids, links, strict=True):
+                if mid not in moved:
+                    await quiet(link)
+
+            # The first batch (what arrived before its read ended) and the rest: two of
+            # each read, for 16 Hellos. The machine is read once per Hello to admit it,
+            # and once more for each agent sent its desired state.
+            assert calls["desired_revisions"] == 2, calls
+            assert calls["targets_of"] == 2, calls
+            assert calls["webops_building"] == 2, calls
+            assert calls["get_machine"] == AGENTS + len(moved), calls
+        finally:
+            hold.set()
+            for link in links:
+                await link.close()
