@@ -3,7 +3,8 @@
     python -m bench.bench_agents --agents 10000
 
 1. agents connected and heartbeating, the coordinator's RSS and CPU at rest;
-5. coordinator `kill -9` and restart: seconds until every agent is connected again.
+5. coordinator `kill -9` and restart: seconds until every agent is connected again
+   (`--profile FILE`: py-spy's raw stacks of the restarted coordinator over the wave).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--no-restart", action="store_true", help="skip figure 5")
     ap.add_argument(
         "--hello-units", type=int, default=0, help="units each agent reports in its Hello"
+    )
+    ap.add_argument(
+        "--profile", metavar="FILE", help="py-spy raw stacks of the restarted coordinator"
     )
     ap.add_argument("--name", default="agents")
     args = ap.parse_args(argv)
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             coordinator.kill9()
             t1 = time.monotonic()
             coordinator.start()
+            spy = common.py_spy(coordinator.proc.pid, args.profile) if args.profile else None
             load.wait(
                 lambda s: (
                     s.get("sessions", 0) >= sessions + args.agents
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 common.progress("reconnecting"),
             )
             figures["kill9_reconnect_all_seconds"] = round(time.monotonic() - t1, 1)
+            common.stop_spy(spy)
             figures["agents_connected_after_restart"] = len(coordinator.connected())
         common.write(args.name, figures, vars(args))
         return figures

@@ -33,7 +33,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import signal
 import ssl
 import statistics
 import subprocess
@@ -349,28 +348,6 @@ def timed(
     return elapsed, out
 
 
-def _py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
-    """py-spy (in the project's virtualenv) sampling the coordinator until SIGINT."""
-    spy = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("py-spy")),
-            "record",
-            "--pid",
-            str(pid),
-            "--rate",
-            "1000",
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--output",
-            out,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)  # let it attach before the clock starts
-    return spy
-
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -397,11 +374,11 @@ def _run(rig: RealAgent, args: argparse.Namespace) -> dict[str, object]:
     coordinator = psutil.Process(c.proc.pid)
     cpu_before = sum(coordinator.cpu_times()[:2])
     client_before = time.process_time()
-    spy = _py_spy(c.proc.pid, args.profile) if args.profile else None
-    submit_s = submit(client, names)
+    spy = common.py_spy(c.proc.pid, args.profile) if args.profile else None
     if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=60)
+        time.sleep(1.0)  # let it attach before the clock starts
+    submit_s = submit(client, names)
+    common.stop_spy(spy)
     submit_cpu_s = sum(coordinator.cpu_times()[:2]) - cpu_before
     client_cpu_s = time.process_time() - client_before
     floor_s = fsync_floor(c.state_dir, args.units)

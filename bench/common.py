@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -82,3 +85,32 @@ def progress(label: str) -> Any:
         )
 
     return show
+
+
+def py_spy(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy (in the project's virtualenv) sampling `pid` until SIGINT: raw stacks into
+    `out` (flamegraph.pl or speedscope read them)."""
+    spy = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "1000",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            out,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    return spy
+
+
+def stop_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    """End a `py_spy` recording: it writes its file on SIGINT."""
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)

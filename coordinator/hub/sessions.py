@@ -342,7 +342,23 @@ class Hub:
             batch = sorted({mid for mid in self._arrived if self._ready(mid)})
             self._arrived.clear()
             if batch:
-                await self._call(self.on_connected, batch)
+                await self._wave(batch)
+
+    async def _wave(self, batch: list[str]) -> None:
+        """The `on_connected` hooks over one batch. Without the database they cannot
+        derive what the agents must be sent: the batch's sessions end ("try again
+        later"), and their agents come back for it, as when a Hello's own read fails."""
+        for hook in self.on_connected:
+            try:
+                await hook(batch)
+            except StorageUnavailable as exc:
+                log.warning("%d new session(s) closed: %s", len(batch), exc)
+                for mid in batch:
+                    if (session := self.sessions.get(mid)) is not None:
+                        self._background(session.close(CLOSE_NO_DATABASE, "database unavailable"))
+                return
+            except Exception:
+                log.exception("hook %s failed for %d machine(s)", hook, len(batch))
 
     def _connected(self, machine_id: str, hello: m.Hello, now: float) -> None:
         """One buffered write: the machine is connected, to this coordinator."""

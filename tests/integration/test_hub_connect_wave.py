@@ -20,6 +20,7 @@ import pytest
 from agent.enrol import enrol
 from agent.identity import Identity
 from coordinator.server import Coordinator
+from coordinator.store.ports import StorageUnavailable
 from coordinator.store.sql import SqlStore
 from coordinator.store.sql.core import bump
 from proto import messages as m
@@ -117,3 +118,22 @@ async def test_a_wave_of_hellos_is_read_for_once_per_batch(tmp_path: Path) -> No
             hold.set()
             for link in links:
                 await link.close()
+
+
+async def test_a_wave_the_database_fails_is_sent_to_try_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the hooks would derive cannot be read: the sessions end with "try again
+    later" (1013), not left without their desired state."""
+    async with coordinators_in_process(tmp_path) as (c, _):
+        identity = await _enrolled(c, tmp_path, "unlucky")
+
+        def unavailable(machine_ids: object) -> dict[str, int]:
+            raise StorageUnavailable("unreachable", "the test took it away")
+
+        monkeypatch.setattr(c.storage, "desired_revisions", unavailable)
+        link = await _hello(c, identity, "unlucky")
+        try:
+            assert await link.closed() == 1013
+        finally:
+            await link.close()
