@@ -75,6 +75,18 @@ MessageHandler = Callable[["Session", m.Message], Awaitable[None]]
 MachinesHook = Callable[[list[str]], Awaitable[None]]
 
 
+def connected_line(machine_ids: list[str], named: int = 8) -> str:
+    """The log's line for a batch of new sessions: a wave of thousands is a few hundred
+    lines, not one per agent (each machine's `machine.up` is in the audit log). Pure."""
+    if len(machine_ids) == 1:
+        return f"machine {machine_ids[0]} connected"
+    shown = ", ".join(machine_ids[:named])
+    more = len(machine_ids) - named
+    return f"{len(machine_ids)} machines connected: {shown}" + (
+        f" and {more} more" if more > 0 else ""
+    )
+
+
 def gone(session: Session | RemoteSession) -> str:
     """Why what was asked through `session` will not be answered: the machine went away,
     or (a relay) the link to the coordinator holding its session did. Pure."""
@@ -320,7 +332,7 @@ class Hub:
                 desired_revision=session.machine.desired_revision if session.machine else -1,
             )
         )
-        log.info("machine %s connected (session %s)", session.machine_id, session.id)
+        log.debug("machine %s connected (session %s)", session.machine_id, session.id)
         for hook in self.on_connect:
             await hook(session)
         # What the hooks needed of the Hello and the admitted record is taken: keep the
@@ -342,6 +354,7 @@ class Hub:
             batch = sorted({mid for mid in self._arrived if self._ready(mid)})
             self._arrived.clear()
             if batch:
+                log.info("%s", connected_line(batch))
                 await self._wave(batch)
 
     async def _wave(self, batch: list[str]) -> None:
@@ -857,7 +870,9 @@ class Hub:
         # Every queued write first (a `disconnected` among them): never out of order.
         if not self.buffer.flush():
             return
-        since = dict(self.storage.unowned_disconnected())
+        # Only those disconnected long enough: after a restart under thousands of
+        # agents, all of them are disconnected until they are back, read every second.
+        since = dict(self.storage.unowned_disconnected(before=now - self.lost_after_s))
         views = [
             liveness.LivenessView(mid, "disconnected", at, at, False)
             for mid, at in since.items()

@@ -917,7 +917,9 @@ class ClusterStore(Protocol):
         self, coordinator_id: str, machine_ids: list[str], now: float, *, seen_at: float
     ) -> int: ...
 
-    def unowned_disconnected(self) -> list[tuple[str, float]]: ...
+    def unowned_disconnected(self, before: float | None = None) -> list[tuple[str, float]]:
+        """Machines disconnected and held by no coordinator, and since when (with
+        `before`: only those disconnected since then or earlier)."""
 
     def mark_lost(self, machine_id: str, now: float, disconnected_since: float) -> bool: ...
 

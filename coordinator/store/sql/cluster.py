@@ -267,13 +267,15 @@ class ClusterSql(SqlCore):
                 fixed += int(done.rowcount)
         return fixed
 
-    def unowned_disconnected(self) -> list[tuple[str, float]]:
-        """Machines disconnected and held by no coordinator, and since when."""
-        rows = self._rows(
-            sa.select(M.c.id, M.c.state_since)
-            .where(M.c.state == "disconnected", M.c.session_owner == "")
-            .order_by(M.c.id)
+    def unowned_disconnected(self, before: float | None = None) -> list[tuple[str, float]]:
+        """Machines disconnected and held by no coordinator, and since when (with
+        `before`: only those disconnected since then or earlier)."""
+        stmt = sa.select(M.c.id, M.c.state_since).where(
+            M.c.state == "disconnected", M.c.session_owner == ""
         )
+        if before is not None:
+            stmt = stmt.where(M.c.state_since <= before)
+        rows = self._rows(stmt.order_by(M.c.id))
         return [(str(r[0]), float(r[1])) for r in rows]
 
     def mark_lost(self, machine_id: str, now: float, disconnected_since: float) -> bool:

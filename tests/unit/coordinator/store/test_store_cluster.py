@@ -197,6 +197,8 @@ def test_sessions_are_owned_released_and_reaped_per_coordinator(pair: Pair) -> N
     assert _machine(a, "m2") == ("disconnected", "", 25.0)
     assert _machine(a, "m3") == ("connected", "A", 10.0)
     assert a.unowned_disconnected() == [("m1", 20.0), ("m2", 25.0)]
+    assert a.unowned_disconnected(before=24.9) == [("m1", 20.0)]  # only the long gone
+    assert a.unowned_disconnected(before=25.0) == [("m1", 20.0), ("m2", 25.0)]
 
 
 def test_a_live_coordinator_is_never_its_own_orphan_and_claims_back_what_was_reaped(
