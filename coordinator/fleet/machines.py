@@ -64,6 +64,18 @@ def clusters_of(
     return out
 
 
+def with_live_seen(machines: list[Machine], seen: Mapping[str, float]) -> list[Machine]:
+    """The store keeps `last_seen` as of a machine's Hello and disconnect, not of every
+    heartbeat (thousands of writes a second at 10,000 agents); the coordinator holding
+    a machine's session knows when it last heard from it. Pure."""
+    return [
+        msgspec.structs.replace(mach, last_seen=seen[mach.id])
+        if mach.id in seen and seen[mach.id] > mach.last_seen
+        else mach
+        for mach in machines
+    ]
+
+
 class MachineService:
     def __init__(
         self,
@@ -98,12 +110,20 @@ class MachineService:
         self, *, include_revoked: bool = False, tenant: str = DEFAULT_TENANT
     ) -> list[Machine]:
         """The tenant's machines ordered by id; revoked ones only when asked."""
-        return self.storage.list_machines(include_revoked=include_revoked, tenant=tenant)
+        return with_live_seen(
+            self.storage.list_machines(include_revoked=include_revoked, tenant=tenant),
+            self._seen_here(),
+        )
 
     def find(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Machine | None:
         """A machine of `tenant` (another tenant's is None, like one that does not exist)."""
         machine = self.storage.get_machine(machine_id)
-        return machine if machine is not None and machine.tenant == tenant else None
+        if machine is None or machine.tenant != tenant:
+            return None
+        return with_live_seen([machine], self._seen_here())[0]
+
+    def _seen_here(self) -> dict[str, float]:
+        return {mid: s.last_seen for mid, s in self.hub.sessions.items() if s.ready}
 
     def get(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Machine:
         machine = self.find(machine_id, tenant=tenant)

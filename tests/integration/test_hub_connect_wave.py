@@ -3,12 +3,14 @@ connect hooks a few store reads per batch of sessions, not several per Hello: th
 stored desired revisions, the builds in progress and each tenant's targets are read
 once for what arrived together. And what the batch decides is still exact: an agent
 whose stored revision moved is sent its whole desired state, one that holds it is
-sent nothing. A real hub, in process, real TLS WebSockets, a real SQLite store."""
+sent nothing. A real hub, in process, real TLS WebSockets, a real SQLite store.
+Last, what the machines say of a session the hub holds."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,13 @@ from coordinator.store.sql import SqlStore
 from coordinator.store.sql.core import bump
 from proto import messages as m
 from tests.integration.linkclient import RawLink
-from tests.integration.test_ha_notify import coordinators_in_process, eventually, quiet
+from tests.integration.test_ha_notify import (
+    MACHINE,
+    coordinators_in_process,
+    eventually,
+    link_to,
+    quiet,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -135,5 +143,27 @@ async def test_a_wave_the_database_fails_is_sent_to_try_again(
         link = await _hello(c, identity, "unlucky")
         try:
             assert await link.closed() == 1013
+        finally:
+            await link.close()
+
+
+async def test_a_connected_machine_is_seen_at_its_last_heartbeat(tmp_path: Path) -> None:
+    """The store keeps `last_seen` as of the Hello (heartbeats are not written); the
+    API's machines say when the coordinator holding the session last heard from it, so
+    a connected machine is never shown as seen long ago."""
+    async with coordinators_in_process(tmp_path) as (c, _):
+        link = await link_to(c, c, tmp_path)
+        try:
+            c.hub.buffer.flush()
+            stored = c.storage.get_machine(MACHINE)
+            assert stored is not None
+            await asyncio.sleep(0.3)
+            await link.send(m.Heartbeat(seq=1, sent_at=time.time()))
+            await link.recv(skip=(m.Desired,))  # its echo: the heartbeat was handled
+            seen = c.machines.get(MACHINE).last_seen
+            assert seen >= stored.last_seen + 0.3
+            assert c.storage.get_machine(MACHINE) == stored  # nothing written for it
+            listed = {mach.id: mach for mach in c.machines.list_machines()}
+            assert listed[MACHINE].last_seen == seen
         finally:
             await link.close()
