@@ -120,10 +120,17 @@ class MachineService:
         machine = self.storage.get_machine(machine_id)
         if machine is None or machine.tenant != tenant:
             return None
-        return with_live_seen([machine], self._seen_here())[0]
+        return with_live_seen([machine], self._seen_here([machine_id]))[0]
 
-    def _seen_here(self) -> dict[str, float]:
-        return {mid: s.last_seen for mid, s in self.hub.sessions.items() if s.ready}
+    def _seen_here(self, machine_ids: Iterable[str] | None = None) -> dict[str, float]:
+        """When this coordinator last heard from these machines (default: every one
+        with a session here); `find` asks for one, not a map of every session."""
+        ids = self.hub.sessions if machine_ids is None else machine_ids
+        return {
+            mid: s.last_seen
+            for mid in ids
+            if (s := self.hub.sessions.get(mid)) is not None and s.ready
+        }
 
     def get(self, machine_id: str, *, tenant: str = DEFAULT_TENANT) -> Machine:
         machine = self.find(machine_id, tenant=tenant)
